@@ -1,0 +1,328 @@
+"""Long jobs (training, merging) as child processes, watched by a background thread.
+
+A job is `python -m core train|merge ...` started without a shell, in its own session, so
+closing the browser or restarting the panel never kills it. A small record
+(workspace/job.json) lets a restarted panel find it again. One GPU job runs at a time.
+
+When a training child dies without writing a final state (the kernel's OOM killer, a
+segfault) the watcher writes state "failed" with the cause in words.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from core import paths, runs
+from core.config import MergeConfig, TrainConfig
+from core.errors import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+# Called before a training child starts, so the panel can free a chat model holding GPU memory.
+before_train: list = []
+
+
+def _job_file() -> Path:
+    return paths.home() / "job.json"
+
+
+@dataclass
+class Job:
+    """One child process: a training run (folder = the run) or a merge (folder = the output)."""
+
+    kind: str
+    pid: int
+    folder: str
+    started: float
+    argv: list[str]
+    log: str = ""
+    proc: subprocess.Popen | None = field(default=None, repr=False, compare=False)
+
+    def alive(self) -> bool:
+        """True while the child process is running."""
+        if self.proc is not None:
+            return self.proc.poll() is None
+        return runs._pid_alive(self.pid) and _same_process(self)
+
+    def state(self) -> str:
+        """The job's state: the run's status.json for training, running/finished/failed for a merge."""
+        if self.kind == "train":
+            return runs.read_status(self.folder)["state"]
+        if self.alive():
+            return "running"
+        return "finished" if (Path(self.folder) / "config.json").is_file() else "failed"
+
+    def log_tail(self, n: int = 40) -> str:
+        """The last n lines of the child's output."""
+        return runs.log_tail(self.log, n)
+
+    def record(self) -> dict:
+        return {k: getattr(self, k) for k in ("kind", "pid", "folder", "started", "argv", "log")}
+
+
+def _same_process(job: Job) -> bool:
+    """Guard against pid reuse: the process must be ours (same command, started when we started it)."""
+    try:
+        import psutil
+
+        p = psutil.Process(job.pid)
+        return abs(p.create_time() - job.started) < 10 and p.cmdline()[-len(job.argv) + 1:] == job.argv[1:]
+    except Exception:
+        return False
+
+
+def _now_name(model: str) -> str:
+    short = Path(model.rstrip("/")).name.lower() or "model"
+    short = "".join(c if c.isalnum() or c in "-." else "-" for c in short)[:24]
+    if short in ("default", ""):
+        short = "smollm2"
+    return f"{datetime.now():%Y-%m-%d_%H%M}_{short}"
+
+
+def _unique(folder: Path) -> Path:
+    out, i = folder, 2
+    while out.exists():
+        out, i = folder.with_name(f"{folder.name}-{i}"), i + 1
+    return out
+
+
+def _write_json(path: Path, data: dict) -> None:
+    # Write-then-rename: a reader never sees half a file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def death_cause(code: int | None) -> tuple[str, str]:
+    """(cause, hint) in words for a child that ended without writing a final state."""
+    if code is None:
+        return ("the training process ended without saying why",
+                "look at the end of the log; press Resume to continue from the last checkpoint")
+    if code < 0:
+        sig = -code
+        if sig == signal.SIGKILL:
+            return (f"the training process was killed (signal {sig}), most likely out of system memory",
+                    "lower batch size or max sequence length, close other programs, then press Resume")
+        if sig == signal.SIGSEGV:
+            return (f"the training process crashed (signal {sig}, segmentation fault)",
+                    "look at the end of the log; updating the GPU driver or bitsandbytes often helps")
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+        return (f"the training process was ended by signal {sig} ({name})", "press Resume to continue from the last checkpoint")
+    return (f"the training process ended with exit code {code}", "look at the end of the log for the reason")
+
+
+def _last_error(log: str) -> str | None:
+    """The one-line 'error: ...' a core command prints for a UserError, or the last exception line."""
+    lines = [line.strip() for line in runs.log_tail(log, 200).splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith("error: "):
+            return line[len("error: "):]
+    for line in reversed(lines):
+        if "Error:" in line or "Exception:" in line:
+            return line[:300]
+    return None
+
+
+class JobManager:
+    """Starts, stops and watches the one job of a workspace; a new manager reattaches to it."""
+
+    def __init__(self, command: list[str] | None = None):
+        # The child command; tests swap in a small fake that follows the same protocol.
+        self.command = command or [sys.executable, "-m", "core"]
+        self._lock = threading.Lock()
+        self._watched: set[int] = set()
+
+    # ---- looking -----------------------------------------------------------------------
+    def current(self) -> Job | None:
+        """The job still running (started by this panel or an earlier one), or None."""
+        try:
+            rec = json.loads(_job_file().read_text(encoding="utf-8"))
+            job = Job(**{k: rec[k] for k in ("kind", "pid", "folder", "started", "argv", "log") if k in rec})
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+        mine = getattr(self, "_mine", None)
+        if mine is not None and mine.pid == job.pid:
+            job = mine
+        if not job.alive():
+            return None
+        self._watch(job)  # a restarted panel must still notice a crash
+        return job
+
+    def last(self) -> Job | None:
+        """The most recent job, running or not."""
+        try:
+            rec = json.loads(_job_file().read_text(encoding="utf-8"))
+            return Job(**{k: rec[k] for k in ("kind", "pid", "folder", "started", "argv", "log") if k in rec})
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+
+    # ---- starting ----------------------------------------------------------------------
+    def start_train(self, cfg: TrainConfig, env: dict | None = None) -> Job:
+        """Validate cfg, create the run folder, save config.json and start the training child."""
+        if not cfg.out:
+            cfg = cfg.replace(out=str(_unique(paths.runs() / _now_name(cfg.model))))
+        cfg.check()
+        if not Path(cfg.data).is_dir():
+            raise UserError(f"data: prepared dataset {cfg.data} not found; make one in the Data tab first", field="data")
+        run = Path(cfg.out).resolve()
+        if cfg.resume:
+            if not (run / "config.json").is_file():
+                raise UserError(f"resume: {run} is not a run folder", field="out")
+        elif run.exists() and any(run.iterdir()):
+            raise UserError(f"out: run folder {run} already exists; choose another name", field="out")
+        with self._lock:
+            self._refuse_second()
+            for hook in list(before_train):
+                hook()
+            run.mkdir(parents=True, exist_ok=True)
+            cfg = cfg.replace(out=str(run))
+            cfg.save(run / "config.json")
+            _write_json(run / "status.json", {
+                "state": "starting", "pid": None, "started": time.time(), "ended": None, "step": 0,
+                "max_steps": cfg.max_steps, "device": None, "mode": None, "error": None, "hint": None, "adapter": None,
+            })
+            argv = ["train", "--config", str(run / "config.json"), "--out", str(run)]
+            if cfg.resume:
+                argv.append("--resume")
+            return self._spawn("train", argv, run, run / "train.log", env)
+
+    def resume(self, run: str | Path, env: dict | None = None) -> Job:
+        """Restart a stopped or failed run from its last checkpoint."""
+        run = Path(run)
+        state = runs.read_status(run)["state"]
+        if state not in ("stopped", "failed"):
+            raise UserError(f"resume: run {run.name} is {state}; only a stopped or failed run can be resumed")
+        cfg = TrainConfig.load(run / "config.json").replace(resume=True, out=str(run))
+        return self.start_train(cfg, env)
+
+    def start_merge(self, cfg: MergeConfig) -> Job:
+        """Start merging an adapter into its base model in a child process."""
+        if not cfg.out:
+            run = Path(cfg.adapter).resolve().parent.name or "model"
+            cfg = cfg.replace(out=str(_unique(paths.merged() / run)))
+        cfg.check()
+        if not (Path(cfg.adapter) / "adapter_config.json").is_file():
+            raise UserError(f"adapter: {cfg.adapter} has no trained adapter (adapter_config.json); pick a finished run", field="adapter")
+        out = Path(cfg.out).resolve()
+        if out.exists():
+            raise UserError(f"out: {out} already exists; choose another folder", field="out")
+        with self._lock:
+            self._refuse_second()
+            out.parent.mkdir(parents=True, exist_ok=True)
+            argv = ["merge", "--adapter", str(Path(cfg.adapter).resolve()), "--out", str(out), "--dtype", cfg.dtype]
+            if cfg.base:
+                argv += ["--base", cfg.base]
+            if cfg.trust_remote_code:
+                argv.append("--trust-remote-code")
+            return self._spawn("merge", argv, out, out.with_name(out.name + ".log"), None)
+
+    def _refuse_second(self) -> None:
+        job = self.current()
+        if job is None:
+            return
+        what = "a training run" if job.kind == "train" else "a merge"
+        raise UserError(f"{what} is already going: {Path(job.folder).name}; stop it first or wait")
+
+    def _spawn(self, kind: str, argv: list[str], folder: Path, log: Path, env: dict | None) -> Job:
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        full_env.setdefault("PYTHONPATH", str(ROOT))
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                [*self.command, *argv], cwd=ROOT, env=full_env, stdin=subprocess.DEVNULL,
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        job = Job(kind, proc.pid, str(folder), time.time(), [*self.command, *argv], str(log), proc)
+        self._mine = job
+        _write_json(_job_file(), job.record())
+        self._watch(job)
+        return job
+
+    # ---- watching ----------------------------------------------------------------------
+    def _watch(self, job: Job) -> None:
+        if job.pid in self._watched:
+            return
+        self._watched.add(job.pid)
+        threading.Thread(target=self._supervise, args=(job,), name=f"job-{job.pid}", daemon=True).start()
+
+    def _supervise(self, job: Job) -> None:
+        if job.proc is not None:
+            code = job.proc.wait()
+        else:  # reattached: not our child, so poll until it is gone
+            while job.alive():
+                time.sleep(1.0)
+            code = None
+        if job.kind != "train":
+            return
+        status_path = Path(job.folder) / "status.json"
+        status = runs._read_json(status_path)
+        if status.get("state") in runs.FINAL:
+            return
+        cause, hint = death_cause(code)
+        if code is not None and code > 0:
+            cause = _last_error(job.log) or cause
+            hint = hint if cause.startswith("the training") else "fix the setting named above, then start again"
+        status.update(state="failed", ended=time.time(), error=cause, hint=hint)
+        status.setdefault("pid", job.pid)
+        _write_json(status_path, status)
+
+    # ---- stopping ----------------------------------------------------------------------
+    def stop(self, job: Job | None = None, grace: float = 120.0) -> Job | None:
+        """Ask the job to stop after its current step (SIGINT), then SIGTERM, SIGKILL as last resort."""
+        job = job or self.current()
+        if job is None or not job.alive():
+            return None
+        threading.Thread(target=self._escalate, args=(job, grace), name=f"stop-{job.pid}", daemon=True).start()
+        return job
+
+    def _escalate(self, job: Job, grace: float) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.kill(job.pid, sig)
+            except ProcessLookupError:
+                return
+            deadline = time.time() + grace
+            while time.time() < deadline:
+                if not job.alive():
+                    return
+                time.sleep(0.2)
+
+
+_manager = JobManager()
+
+
+def current() -> Job | None:
+    """The live job of this workspace, or None."""
+    return _manager.current()
+
+
+def last() -> Job | None:
+    """The most recent job of this workspace, running or not."""
+    return _manager.last()
+
+
+def start_train(cfg: TrainConfig, env: dict | None = None) -> Job:
+    """Start a training run (see JobManager.start_train)."""
+    return _manager.start_train(cfg, env)
+
+
+def start_merge(cfg: MergeConfig) -> Job:
+    """Start a merge (see JobManager.start_merge)."""
+    return _manager.start_merge(cfg)
+
+
+def resume(run: str | Path, env: dict | None = None) -> Job:
+    """Resume a stopped or failed run."""
+    return _manager.resume(run, env)
+
+
+def stop(job: Job | None = None, grace: float = 120.0) -> Job | None:
+    """Stop the running job after its current step."""
+    return _manager.stop(job, grace)

@@ -1,0 +1,129 @@
+"""Reading run folders: status, metrics and a one-line summary of every run.
+
+The training child writes RUN/status.json, RUN/metrics.jsonl and RUN/train.log; everything
+here only reads them, so the panel, the command line and tests all see the same thing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from core import paths
+
+FINAL = ("finished", "stopped", "failed")
+LIVE = ("starting", "running", "stopping")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        # Missing, or caught half-written by the child: the next poll will see it whole.
+        return {}
+
+
+def _pid_alive(pid) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, TypeError):
+        return True
+    try:  # a zombie (our own child not yet reaped) is gone for every practical purpose
+        with open(f"/proc/{int(pid)}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def read_status(run: str | Path) -> dict:
+    """RUN/status.json, with a run whose process vanished without a final word shown as failed."""
+    status = {"state": "unknown", "step": 0, "max_steps": 0, "error": None, "hint": None, "adapter": None}
+    status.update(_read_json(Path(run) / "status.json"))
+    if status["state"] in LIVE and status.get("pid") and not _pid_alive(status["pid"]):
+        status["state"] = "failed"
+        status["error"] = status.get("error") or "the training process is gone without saying why (the machine restarted or the process was killed)"
+        status["hint"] = status.get("hint") or "press Resume to continue from the last checkpoint"
+    return status
+
+
+def read_metrics(run: str | Path) -> list[dict]:
+    """Every metrics line of RUN/metrics.jsonl; a partly written last line is skipped."""
+    out = []
+    try:
+        lines = (Path(run) / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            out.append(row)
+    return out
+
+
+def final_loss(metrics: list[dict]) -> float | None:
+    """The last training loss logged, or None before the first logging step."""
+    for row in reversed(metrics):
+        if row.get("loss") is not None:
+            return row["loss"]
+    return None
+
+
+def summary(run: str | Path) -> dict:
+    """What the runs list shows for one run: state, model, data, key settings, final loss."""
+    run = Path(run)
+    cfg = _read_json(run / "config.json")
+    status = read_status(run)
+    metrics = read_metrics(run)
+    adapter = run / "adapter"
+    created = status.get("started") or (run.stat().st_mtime if run.exists() else None)
+    return {
+        "folder": str(run),
+        "name": run.name,
+        "state": status["state"],
+        "step": status.get("step") or (metrics[-1].get("step", 0) if metrics else 0),
+        "max_steps": status.get("max_steps") or cfg.get("max_steps", 0),
+        "model": cfg.get("model", ""),
+        "data": Path(cfg.get("data", "")).name,
+        "preset": cfg.get("preset", ""),
+        "r": cfg.get("lora_r"),
+        "lr": cfg.get("learning_rate"),
+        "steps": cfg.get("max_steps"),
+        "batch": cfg.get("batch_size"),
+        "final_loss": final_loss(metrics),
+        "created": created,
+        "error": status.get("error"),
+        "hint": status.get("hint"),
+        "adapter": str(adapter) if (adapter / "adapter_config.json").is_file() else None,
+    }
+
+
+def list_runs() -> list[dict]:
+    """A summary of every run folder in the workspace, newest first."""
+    root = paths.runs()
+    if not root.is_dir():
+        return []
+    found = [summary(p) for p in root.iterdir() if p.is_dir() and (p / "config.json").is_file()]
+    return sorted(found, key=lambda s: s["created"] or 0, reverse=True)
+
+
+def log_tail(run: str | Path, n: int = 40, name: str = "train.log") -> str:
+    """The last n lines of a run's log (or of any log file next to it)."""
+    path = Path(run) / name if Path(run).is_dir() else Path(run)
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 64_000))
+            text = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    # Progress bars redraw with carriage returns: keep only the last drawing of each line.
+    lines = [line.rsplit("\r", 1)[-1] for line in text.splitlines()]
+    return "\n".join(lines[-n:])

@@ -1,0 +1,131 @@
+"""The job supervisor with real child processes (a fake trainer that follows the run protocol)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from core import jobs, runs
+from core.config import TrainConfig
+from core.errors import UserError
+
+FAKE = [sys.executable, str(Path(__file__).with_name("fake_child.py"))]
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("QLORA_STUDIO_HOME", str(tmp_path))
+    (tmp_path / "datasets" / "d").mkdir(parents=True)
+    return tmp_path
+
+
+def manager():
+    return jobs.JobManager(command=FAKE)
+
+
+def cfg(home, **kw):
+    return TrainConfig(data=str(home / "datasets" / "d"), **kw)
+
+
+def wait_for(predicate, timeout=20.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting")
+
+
+def test_run_finishes_in_a_named_folder_with_metrics(home, monkeypatch):
+    monkeypatch.setenv("FAKE_MODE", "ok")
+    job = manager().start_train(cfg(home), env={"WANDB_API_KEY": "s3cret"})
+    run = Path(job.folder)
+    assert run.parent == home / "runs" and run.name.endswith("_smollm2")
+    wait_for(lambda: job.state() == "finished")
+    assert [m["step"] for m in runs.read_metrics(run)] == [1, 2, 3, 4, 5]
+    # the secret reached the child but was never written to the run's config
+    assert "secret is set" in job.log_tail()
+    assert "s3cret" not in (run / "config.json").read_text()
+
+
+def test_second_start_is_refused_naming_the_run(home, monkeypatch):
+    monkeypatch.setenv("FAKE_STEP_S", "1")
+    m = manager()
+    job = m.start_train(cfg(home))
+    with pytest.raises(UserError, match=f"a training run is already going: {Path(job.folder).name}; stop it first"):
+        m.start_train(cfg(home))
+    m.stop(job, grace=10)
+    wait_for(lambda: not job.alive())
+
+
+def test_stop_waits_for_the_step_and_keeps_the_adapter(home, monkeypatch):
+    monkeypatch.setenv("FAKE_STEPS", "50")
+    m = manager()
+    job = m.start_train(cfg(home))
+    wait_for(lambda: runs.read_status(job.folder)["step"] >= 1)
+    m.stop(job, grace=10)
+    wait_for(lambda: not job.alive())
+    status = runs.read_status(job.folder)
+    assert status["state"] == "stopped" and status["step"] < 50
+    assert (Path(job.folder) / "adapter" / "adapter_config.json").is_file()
+
+
+def test_a_child_deaf_to_sigint_gets_sigterm(home, monkeypatch):
+    monkeypatch.setenv("FAKE_MODE", "deaf")
+    monkeypatch.setenv("FAKE_STEPS", "50")
+    m = manager()
+    job = m.start_train(cfg(home))
+    wait_for(lambda: runs.read_status(job.folder)["step"] >= 1)
+    m.stop(job, grace=1.0)
+    time.sleep(0.6)
+    assert job.alive(), "SIGINT ignored: the child must be given its grace period"
+    wait_for(lambda: not job.alive())
+    assert runs.read_status(job.folder)["state"] == "stopped"
+
+
+def test_crash_without_final_state_becomes_failed_with_a_cause(home, monkeypatch):
+    monkeypatch.setenv("FAKE_MODE", "crash")
+    job = manager().start_train(cfg(home))
+    status = wait_for(lambda: (s := runs.read_status(job.folder))["state"] == "failed" and s)
+    assert "killed (signal 9), most likely out of system memory" in status["error"]
+    assert status["hint"]
+
+
+def test_user_error_in_child_is_the_failure_cause(home, monkeypatch):
+    monkeypatch.setenv("FAKE_MODE", "error")
+    job = manager().start_train(cfg(home, model="/nope"))
+    status = wait_for(lambda: (s := runs.read_status(job.folder))["state"] == "failed" and s)
+    assert status["error"] == "model: folder /nope not found"
+
+
+def test_restarted_manager_reattaches_and_resume_continues(home, monkeypatch):
+    monkeypatch.setenv("FAKE_STEPS", "8")
+    first = manager()
+    job = first.start_train(cfg(home))
+    again = manager()  # the panel restarted: a fresh manager knows only workspace/job.json
+    found = again.current()
+    assert found is not None and found.pid == job.pid and found.folder == job.folder
+    with pytest.raises(UserError, match="already going"):
+        again.start_train(cfg(home))
+    wait_for(lambda: runs.read_status(job.folder)["step"] >= 2)
+    again.stop(found, grace=10)
+    wait_for(lambda: not job.alive())
+    assert again.current() is None
+    assert runs.read_status(job.folder)["state"] == "stopped"
+    resumed = again.resume(job.folder)
+    assert resumed.folder == job.folder
+    wait_for(lambda: resumed.state() == "finished")
+    steps = [m["step"] for m in runs.read_metrics(job.folder)]
+    assert steps == list(range(1, 9))
+    assert json.loads((Path(job.folder) / "config.json").read_text())["resume"] is True
+
+
+def test_missing_dataset_is_refused_before_anything_starts(home):
+    with pytest.raises(UserError, match="data: prepared dataset .* not found"):
+        manager().start_train(TrainConfig(data=str(home / "nothing")))
+    assert not (home / "runs").exists()

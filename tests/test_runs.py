@@ -1,0 +1,44 @@
+"""Reading run folders: tolerant metrics, vanished processes, the runs list."""
+
+from __future__ import annotations
+
+import json
+
+from core import runs
+from core.config import TrainConfig
+
+
+def make_run(root, name, status, metrics="", **cfg):
+    run = root / "runs" / name
+    run.mkdir(parents=True)
+    TrainConfig(data="/x/datasets/belle-64", out=str(run), **cfg).save(run / "config.json")
+    (run / "status.json").write_text(json.dumps(status))
+    (run / "metrics.jsonl").write_text(metrics)
+    return run
+
+
+def test_partly_written_last_metrics_line_is_skipped(tmp_path):
+    run = make_run(tmp_path, "a", {"state": "running"},
+                   '{"step": 1, "loss": 2.5}\n{"step": 2, "loss": 2.1}\n{"step": 3, "lo')
+    assert [m["step"] for m in runs.read_metrics(run)] == [1, 2]
+
+
+def test_a_run_whose_process_vanished_reads_as_failed(tmp_path):
+    run = make_run(tmp_path, "a", {"state": "running", "pid": 2**22 + 12345})
+    status = runs.read_status(run)
+    assert status["state"] == "failed" and "gone" in status["error"]
+
+
+def test_list_runs_newest_first_with_settings_and_final_loss(tmp_path, monkeypatch):
+    monkeypatch.setenv("QLORA_STUDIO_HOME", str(tmp_path))
+    make_run(tmp_path, "old", {"state": "finished", "started": 100}, '{"step": 10, "loss": 1.25}\n', lora_r=8)
+    make_run(tmp_path, "new", {"state": "failed", "started": 200, "error": "out of memory"}, "", preset="tutorial")
+    listed = runs.list_runs()
+    assert [r["name"] for r in listed] == ["new", "old"]
+    assert listed[1]["final_loss"] == 1.25 and listed[1]["r"] == 8 and listed[1]["data"] == "belle-64"
+    assert listed[0]["final_loss"] is None and listed[0]["error"] == "out of memory"
+
+
+def test_log_tail_keeps_last_drawing_of_progress_bars(tmp_path):
+    (tmp_path / "train.log").write_text("start\n 10%|#\r 50%|#####\r100%|##########\ndone\n")
+    assert runs.log_tail(tmp_path, 2) == "100%|##########\ndone"
