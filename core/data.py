@@ -1,0 +1,304 @@
+"""Data preparation: an instruction file in, a training-ready dataset folder out.
+
+The story: stream the file once (validating every row, hashing the bytes, keeping a
+seeded random sample of N rows in a reservoir), render the sample with the chosen
+template, count tokens with the model's tokenizer, and write
+
+    DIR/train.jsonl     {"segments": [[text, trained], ...], "text": "..."} per row
+    DIR/eval.jsonl      the same, when an eval share is asked for
+    DIR/manifest.json   source + sha256, layout, seed, N, template, model, counts, statistics
+
+into a temporary sibling folder that is renamed into place only when complete.
+`python -m core prepare INPUT --out DIR ...` runs the same code as the panel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import math
+import random
+import shutil
+import tempfile
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+
+from core import paths, readers
+from core.config import PrepareConfig, add_arguments
+from core.errors import UserError
+from core.readers import BadRow, Dropped
+from core.template import Template
+
+MANIFEST = "manifest.json"
+CONTAINERS = {"jsonl": "JSON lines", "json": "JSON array", "csv": "CSV"}
+MAX_LENGTHS = 20000  # longer datasets keep only the histogram in the manifest
+TOKENIZE_BATCH = 256
+
+
+# ---- what the panel calls ---------------------------------------------------------------
+def detect(path: str | Path) -> str:
+    """The layout of a data file: alpaca, sharegpt, messages or text (UserError if unknown)."""
+    first_bad = None
+    for i, (where, rec) in enumerate(readers.records(Path(path).expanduser())):
+        if not isinstance(rec, BadRow):
+            return readers.layout_of(rec, where)
+        first_bad = first_bad or rec
+        if i >= 20:
+            break
+    raise first_bad
+
+
+def preview(cfg: PrepareConfig, n: int = 5) -> list[dict]:
+    """The first `n` usable rows rendered as the model will see them: {text, prompt, response, where}."""
+    template = Template.parse(cfg.template)
+    tokenizer = _tokenizer(cfg.model, cfg.trust_remote_code)
+    out = []
+    for _, where, row in readers.rows(Path(cfg.input).expanduser(), cfg.format):
+        if isinstance(row, Dropped) or (isinstance(row, BadRow) and cfg.skip_bad):
+            continue
+        if isinstance(row, BadRow):
+            raise row
+        segs = _render(template, row, tokenizer, where)
+        last = max((i for i, (_, trained) in enumerate(segs) if trained), default=len(segs))
+        out.append({
+            "text": "".join(t for t, _ in segs),
+            "prompt": "".join(t for t, _ in segs[:last]),
+            "response": "".join(t for t, _ in segs[last:]),
+            "where": where,
+        })
+        if len(out) >= n:
+            break
+    return out
+
+
+def prepare(cfg: PrepareConfig) -> dict:
+    """Sample, render and write a dataset folder; returns its manifest (counts and statistics)."""
+    cfg.check()
+    src = Path(cfg.input).expanduser()
+    out = _out_dir(cfg, src)
+    template = Template.parse(cfg.template)
+    digest = hashlib.sha256()
+    # Reading comes first and writes nothing, so a bad file leaves no trace on disk.
+    picked, counts, layout = _read(src, cfg, digest)
+    tokenizer = _tokenizer(cfg.model, cfg.trust_remote_code)
+
+    rng = random.Random(cfg.seed + 1)  # a second stream: the split does not move the sample
+    n_eval = _eval_size(len(picked), cfg.eval_ratio)
+    order = list(range(len(picked)))
+    rng.shuffle(order)
+    eval_idx = set(order[:n_eval])
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        lengths = _write(tmp, picked, eval_idx, template, tokenizer)
+        manifest = {
+            "version": 1,
+            "source": {"path": str(src.resolve()), "name": src.name, "sha256": digest.hexdigest(),
+                       "bytes": src.stat().st_size},
+            "container": readers.container(src),
+            "layout": layout,
+            "format": cfg.format,
+            "seed": cfg.seed,
+            "sample": cfg.sample,
+            "eval_ratio": cfg.eval_ratio,
+            "template": template.to_dict(),
+            "model": cfg.model,
+            "max_seq_length": cfg.max_seq_length,
+            "counts": {**counts, "kept": len(picked), "train": len(picked) - n_eval, "eval": n_eval},
+            "stats": statistics(lengths, cfg.max_seq_length),
+            "files": {"train": "train.jsonl", "eval": "eval.jsonl" if n_eval else None},
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "config": cfg.replace(out=str(out)).to_dict(),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        if out.exists():  # someone made it while we worked: still never overwrite
+            raise UserError(f"{out}: the output folder already exists; choose another one")
+        tmp.chmod(0o755)  # mkdtemp makes it private; a dataset folder is an ordinary folder
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    manifest["path"] = str(out)
+    return manifest
+
+
+def list_datasets(root: str | Path | None = None) -> list[dict]:
+    """Prepared dataset folders under `root` (the workspace by default), newest first."""
+    root = Path(root) if root is not None else paths.datasets()
+    found = []
+    if not root.is_dir():
+        return found
+    for d in root.iterdir():
+        if d.name.startswith(".") or not (d / MANIFEST).is_file():
+            continue
+        try:
+            m = json.loads((d / MANIFEST).read_text(encoding="utf-8"))
+            template = Template.from_dict(m.get("template"))
+        except (OSError, ValueError, UserError):
+            continue  # a folder someone edited by hand: not offered rather than crashing the list
+        counts = m.get("counts", {})
+        found.append({
+            "path": str(d), "name": d.name, "rows": counts.get("train", 0), "eval_rows": counts.get("eval", 0),
+            "template": template.label, "layout": m.get("layout"), "model": m.get("model"),
+            "source": m.get("source", {}).get("name"), "created": m.get("created", ""),
+        })
+    return sorted(found, key=lambda r: r["created"], reverse=True)
+
+
+def statistics(lengths: list[int], max_seq_length: int) -> dict:
+    """Token length summary, the share of rows max_seq_length would cut, and a histogram."""
+    if not lengths:
+        return {"tokens": {}, "cut_rows": 0, "cut_share": 0.0, "lengths": [], "histogram": {}}
+    s = sorted(lengths)
+
+    def pct(p: float) -> int:  # nearest rank: a length that some row really has
+        return s[max(0, math.ceil(p / 100 * len(s)) - 1)]
+
+    cut = sum(1 for n in s if n > max_seq_length)
+    width = max(1, math.ceil((s[-1] + 1) / 20))
+    bins = Counter(n // width for n in s)
+    return {
+        "tokens": {"mean": round(sum(s) / len(s), 1), "p50": pct(50), "p95": pct(95), "max": s[-1], "min": s[0],
+                   "total": sum(s)},
+        "cut_rows": cut,
+        "cut_share": round(cut / len(s), 4),
+        "lengths": lengths if len(lengths) <= MAX_LENGTHS else [],
+        "histogram": {"width": width, "starts": [b * width for b in range(max(bins) + 1)],
+                      "counts": [bins.get(b, 0) for b in range(max(bins) + 1)]},
+    }
+
+
+# ---- the steps --------------------------------------------------------------------------
+def _out_dir(cfg: PrepareConfig, src: Path) -> Path:
+    if cfg.out:
+        out = Path(cfg.out).expanduser().resolve()
+        if out.exists():
+            raise UserError(f"{out}: the output folder already exists; choose a new folder (nothing is overwritten)")
+        return out
+    # No folder given (the panel): a fresh name in the workspace.
+    base = paths.datasets() / f"{src.stem}-{cfg.sample or 'all'}-seed{cfg.seed}"
+    out, i = base, 1
+    while out.exists():
+        i += 1
+        out = base.with_name(f"{base.name}-{i}")
+    return out
+
+
+def _read(src: Path, cfg: PrepareConfig, digest) -> tuple[list, dict, str]:
+    """One pass: every row checked and counted; a seeded reservoir keeps N of the usable ones."""
+    rng = random.Random(cfg.seed)
+    k = cfg.sample or math.inf
+    picked: list[tuple[str, dict]] = []
+    dropped: Counter = Counter()
+    read = usable = 0
+    layout = ""
+    for layout_, where, row in readers.rows(src, cfg.format, digest):
+        read += 1
+        layout = layout_ or layout
+        if isinstance(row, BadRow):
+            if not cfg.skip_bad:
+                raise UserError(f"{row} (or use --skip-bad to skip and count broken rows)")
+            dropped[row.reason] += 1
+            continue
+        if isinstance(row, Dropped):
+            dropped[row.reason] += 1
+            continue
+        # Reservoir sampling: after the pass, every usable row had the same chance, and the
+        # same seed on the same file picks the same rows, without holding the file in memory.
+        if usable < k:
+            picked.append((where, row))
+        else:
+            j = rng.randrange(usable + 1)
+            if j < k:
+                picked[j] = (where, row)
+        usable += 1
+    if not picked:
+        why = ", ".join(f"{r}: {n}" for r, n in dropped.most_common()) or "no rows"
+        raise UserError(f"{src}: no usable rows among {read} ({why})")
+    rng.shuffle(picked)  # like random.sample: the order is random too
+    counts = {"read": read, "usable": usable, "dropped": dict(dropped.most_common()),
+              "dropped_total": sum(dropped.values())}
+    return picked, counts, layout
+
+
+def _eval_size(n: int, ratio: float) -> int:
+    if ratio <= 0 or n < 2:
+        return 0
+    return min(n - 1, max(1, round(n * ratio)))
+
+
+def _render(template: Template, row: dict, tokenizer, where: str) -> list:
+    try:
+        return template.render(row, tokenizer)
+    except UserError:
+        raise
+    except Exception as e:  # a model's own chat template may refuse a conversation (jinja error)
+        raise UserError(f"{where}: the model's chat template failed on this row: {e}") from None
+
+
+def _write(folder: Path, picked: list, eval_idx: set, template: Template, tokenizer) -> list[int]:
+    """Render every picked row into train/eval.jsonl; returns token lengths in file order."""
+    files = {"train": (folder / "train.jsonl").open("w", encoding="utf-8")}
+    if eval_idx:
+        files["eval"] = (folder / "eval.jsonl").open("w", encoding="utf-8")
+    # Chat templates write their own special tokens; seed/custom text gets what the trainer adds.
+    specials = template.name != "chat"
+    lengths: list[int] = []
+    try:
+        for start in range(0, len(picked), TOKENIZE_BATCH):
+            batch = []
+            for i in range(start, min(start + TOKENIZE_BATCH, len(picked))):
+                where, row = picked[i]
+                segs = _render(template, row, tokenizer, where)
+                text = "".join(t for t, _ in segs)
+                batch.append(text)
+                line = json.dumps({"segments": [[t, bool(b)] for t, b in segs], "text": text}, ensure_ascii=False)
+                files["eval" if i in eval_idx else "train"].write(line + "\n")
+            lengths += [len(ids) for ids in tokenizer(batch, add_special_tokens=specials)["input_ids"]]
+    finally:
+        for f in files.values():
+            f.close()
+    return lengths
+
+
+@functools.lru_cache(maxsize=2)
+def _tokenizer(model: str, trust_remote_code: bool):
+    from core.models import load_tokenizer
+
+    return load_tokenizer(model, trust_remote_code=trust_remote_code)
+
+
+# ---- command line -----------------------------------------------------------------------
+def summary(m: dict) -> str:
+    """The few lines the command line prints after `prepare`."""
+    c, s = m["counts"], m["stats"]
+    lines = [f"Read {c['read']} rows from {m['source']['name']} ({m['layout']} layout, {CONTAINERS[m['container']]})"]
+    if c["dropped_total"]:
+        why = ", ".join(f"{r} {n}" for r, n in c["dropped"].items())
+        lines.append(f"Dropped {c['dropped_total']}: {why}")
+    if m["sample"] and m["sample"] > c["usable"]:
+        lines.append(f"Asked for {m['sample']} rows but only {c['usable']} are usable: all of them are kept")
+    picked = f"{c['kept']} rows picked at random (seed {m['seed']})" if m["sample"] else f"all {c['kept']} usable rows"
+    lines.append(f"Kept {picked}: {c['train']} train, {c['eval']} eval")
+    t = s["tokens"]
+    lines.append(f"Tokens per row: mean {t['mean']}, p50 {t['p50']}, p95 {t['p95']}, max {t['max']}")
+    lines.append(f"{s['cut_rows']} rows ({s['cut_share']:.1%}) are longer than max_seq_length {m['max_seq_length']} "
+                 "and would be cut")
+    lines.append(f"Template: {Template.from_dict(m['template']).label}")
+    files = ", ".join(f for f in (m["files"]["train"], m["files"]["eval"], MANIFEST) if f)
+    lines.append(f"Wrote {m['path']}/ ({files})")
+    return "\n".join(lines)
+
+
+def cli(argv: list[str]) -> int:
+    """`python -m core prepare INPUT --out DIR [options]`."""
+    parser = argparse.ArgumentParser(prog="python -m core prepare",
+                                     description="Sample and convert an instruction file into a training dataset.")
+    parser.add_argument("input", help=PrepareConfig.help()["input"])
+    add_arguments(parser, PrepareConfig, skip=("input",))
+    cfg = PrepareConfig.from_dict(vars(parser.parse_args(argv)))
+    print(summary(prepare(cfg)))
+    return 0

@@ -1,0 +1,332 @@
+"""Reading instruction files, one row at a time, into normalized conversations.
+
+Containers: JSON lines (the Belle file, despite its `.json` name), a JSON array, CSV.
+Layouts (what a row holds):
+
+    alpaca    {"instruction", "input", "output"}           one turn; `input` is optional
+    sharegpt  {"conversations": [{"from", "value"}, ...]}  multi-turn, from = human/user/gpt/assistant/system
+    messages  {"messages": [{"role", "content"}, ...]}     OpenAI chat, system message included
+    text      {"text": "..."}                              plain text, all of it trained
+
+Every row becomes the dict core.template renders: {"system", "turns": [...]} or {"text"}.
+Files are streamed (bytes hashed on the way) so that a 300 MB file never sits in memory.
+A broken row raises BadRow (a UserError naming the file and line); a row that is fine but
+useless (an empty reply) raises Dropped, which the caller counts instead of failing.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from core.errors import UserError
+
+LAYOUTS = ("alpaca", "sharegpt", "messages", "text")
+USER_ROLES = {"human": "user", "user": "user"}
+ASSISTANT_ROLES = {"gpt": "assistant", "assistant": "assistant", "model": "assistant", "bot": "assistant"}
+CHUNK = 1 << 20
+
+
+class BadRow(UserError):
+    """A row that is broken (bad JSON, missing field): fatal unless the user skips bad rows."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class Dropped(Exception):
+    """A readable row with nothing to learn from; counted under `reason`, never fatal."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+# ---- containers ---------------------------------------------------------------------
+def container(path: Path) -> str:
+    """'jsonl', 'json' (an array) or 'csv', from the extension and the first character."""
+    if not path.is_file():
+        raise UserError(f"{path}: file not found" if not path.exists() else f"{path}: is a folder, not a file")
+    if path.suffix.lower() in (".csv", ".tsv"):
+        return "csv"
+    with path.open("rb") as f:
+        head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    if not head:
+        raise UserError(f"{path}: the file is empty; choose a file with one row per line")
+    if head[:1] == b"[":
+        return "json"
+    if head[:1] == b"{":
+        return "jsonl"
+    raise UserError(f"{path}: not JSON lines, a JSON array or CSV (it starts with {head[:20]!r}); "
+                    "save it as .jsonl with one JSON object per line, or as .csv")
+
+
+def records(path: Path, digest=None) -> Iterator[tuple[str, dict]]:
+    """(where, record) for every record of the file; `where` reads like 'data.jsonl line 7'."""
+    kind = container(path)
+    reader = {"jsonl": _jsonl, "json": _json_array, "csv": _csv}[kind]
+    empty = True
+    for where, rec in reader(path, digest):
+        empty = False
+        yield where, rec
+    if empty:
+        raise UserError(f"{path}: the file is empty (no rows); choose a file with one row per line")
+
+
+def _decode(raw: bytes, where: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadRow(f"{where}: not UTF-8 text (byte {e.start + 1} of the line is 0x{raw[e.start]:02x}); "
+                     "save the file as UTF-8 (it may be GBK)", "not UTF-8") from None
+
+
+def _hashing(path: Path, digest):
+    """The file's lines as bytes, fed to the hash as they go by."""
+    with path.open("rb") as f:
+        for raw in f:
+            if digest is not None:
+                digest.update(raw)
+            yield raw
+
+
+def _jsonl(path: Path, digest) -> Iterator[tuple[str, dict]]:
+    for n, raw in enumerate(_hashing(path, digest), 1):
+        where = f"{path.name} line {n}"
+        if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        if not raw.strip():
+            continue
+        try:
+            text = _decode(raw, where)
+            rec = json.loads(text)
+            if not isinstance(rec, dict):
+                raise BadRow(f"{where}: expected a JSON object {{...}}, found {type(rec).__name__}", "not an object")
+        except json.JSONDecodeError as e:
+            hint = " (a JSON array? it must start with '[')" if n == 1 else ""
+            rec = BadRow(f"{where}: invalid JSON at column {e.colno}: {e.msg}{hint}", "invalid JSON")
+        except BadRow as e:
+            rec = e
+        yield where, rec
+
+
+def _json_array(path: Path, digest) -> Iterator[tuple[str, dict]]:
+    """Objects of a top-level JSON array, decoded one by one from a sliding buffer."""
+    dec = json.JSONDecoder()
+    f = path.open("rb")
+    buf, pos, line, row, eof, first = "", 0, 1, 0, False, True
+    tail = b""  # a UTF-8 character cut in two by the chunk boundary
+
+    def more() -> bool:
+        nonlocal buf, pos, eof, tail, first
+        chunk = f.read(CHUNK)
+        if digest is not None:
+            digest.update(chunk)
+        if not chunk:
+            eof = True
+            return False
+        chunk, tail = tail + chunk, b""
+        try:
+            text = chunk.decode("utf-8")
+        except UnicodeDecodeError as e:
+            if e.end == len(chunk) and len(chunk) - e.start < 4:
+                text, tail = chunk[: e.start].decode("utf-8"), chunk[e.start:]
+            else:
+                at = line + buf[pos:].count("\n") + chunk[: e.start].count(b"\n")
+                raise UserError(f"{path.name} line {at}: not UTF-8 text (byte 0x{chunk[e.start]:02x}); "
+                                "save the file as UTF-8 (it may be GBK)") from None
+        if first:
+            text, first = text.lstrip("\ufeff"), False
+        buf, pos = buf[pos:] + text, 0
+        return True
+
+    def skip(chars: str) -> str:
+        """Skip whitespace and `chars`; return the next character ('' at end of file)."""
+        nonlocal pos, line
+        while True:
+            while pos < len(buf) and (buf[pos].isspace() or buf[pos] in chars):
+                line += buf[pos] == "\n"
+                pos += 1
+            if pos < len(buf):
+                return buf[pos]
+            if not more():
+                return ""
+
+    with f:
+        if skip("") != "[":
+            raise UserError(f"{path.name} line {line}: a JSON array must start with '['")
+        pos += 1
+        while True:
+            c = skip(",")
+            if c == "]" or c == "":
+                if c == "":
+                    raise UserError(f"{path.name} line {line}: the JSON array is not closed with ']'")
+                return
+            row += 1
+            where = f"{path.name} row {row} (line {line})"
+            while True:
+                try:
+                    rec, end = dec.raw_decode(buf, pos)
+                    break
+                except json.JSONDecodeError as e:
+                    # Maybe the object runs past the buffer: read more; at the end it is really broken.
+                    if not eof and more():
+                        continue
+                    raise UserError(f"{path.name} line {line + buf.count(chr(10), pos, e.pos)}: "
+                                    f"invalid JSON: {e.msg}") from None
+            line += buf.count("\n", pos, end)
+            pos = end
+            if not isinstance(rec, dict):
+                rec = BadRow(f"{where}: expected a JSON object {{...}}, found {type(rec).__name__}", "not an object")
+            yield where, rec
+
+
+def _csv(path: Path, digest) -> Iterator[tuple[str, dict]]:
+    state = {"line": 0}
+
+    def lines():
+        for raw in _hashing(path, digest):
+            state["line"] += 1
+            if state["line"] == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            yield _decode(raw, f"{path.name} line {state['line']}")
+
+    dialect = "excel-tab" if path.suffix.lower() == ".tsv" else "excel"
+    reader = csv.reader(lines(), dialect=dialect)
+    header = None
+    try:
+        for cells in reader:
+            if header is None:
+                header = [h.strip() for h in cells]
+                continue
+            if not any(c.strip() for c in cells):
+                continue
+            where = f"{path.name} line {reader.line_num}"
+            if len(cells) > len(header):
+                yield where, BadRow(f"{where}: {len(cells)} cells but the header has {len(header)} columns; "
+                                    "put quotes around text that contains commas", "wrong number of cells")
+                continue
+            yield where, dict(zip(header, cells))
+    except csv.Error as e:
+        raise UserError(f"{path.name} line {reader.line_num}: broken CSV: {e}") from None
+
+
+# ---- layouts ------------------------------------------------------------------------
+def layout_of(rec: dict, where: str) -> str:
+    """The layout one record looks like, or a UserError listing the keys it has."""
+    if "conversations" in rec:
+        return "sharegpt"
+    if "messages" in rec:
+        return "messages"
+    if "instruction" in rec and "output" in rec:
+        return "alpaca"
+    if "text" in rec:
+        return "text"
+    keys = ", ".join(sorted(map(str, rec))) or "none"
+    raise UserError(f"{where}: unknown layout (keys found: {keys}); expected instruction/input/output, "
+                    "conversations (ShareGPT), messages (OpenAI chat) or text")
+
+
+def normalize(rec: dict, layout: str, where: str) -> dict:
+    """The conversation dict core.template renders, BadRow if broken, Dropped if empty."""
+    if isinstance(rec, BadRow):
+        raise rec
+    return {"alpaca": _alpaca, "sharegpt": _sharegpt, "messages": _messages, "text": _text}[layout](rec, where)
+
+
+def _str(rec: dict, key: str, where: str, required: bool = True) -> str:
+    if key not in rec or rec[key] is None:
+        if required:
+            raise BadRow(f"{where}: the row has no `{key}` field", f"no {key}")
+        return ""
+    v = rec[key]
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return str(v)
+    if not isinstance(v, str):
+        raise BadRow(f"{where}: `{key}` must be text, found {type(v).__name__}", f"{key} not text")
+    return v
+
+
+def _alpaca(rec: dict, where: str) -> dict:
+    instruction = _str(rec, "instruction", where)
+    output = _str(rec, "output", where)
+    inp = _str(rec, "input", where, required=False)
+    if not output.strip():
+        raise Dropped("empty output")
+    if not instruction.strip() and not inp.strip():
+        raise Dropped("empty instruction")
+    system = _str(rec, "system", where, required=False)
+    return {"system": system, "turns": [{"instruction": instruction.strip() or inp.strip(),
+                                         "input": inp.strip() if instruction.strip() else "",
+                                         "output": output}]}
+
+
+def _text(rec: dict, where: str) -> dict:
+    text = _str(rec, "text", where)
+    if not text.strip():
+        raise Dropped("empty text")
+    return {"text": text}
+
+
+def _sharegpt(rec: dict, where: str) -> dict:
+    return _chat(rec, "conversations", "from", "value", where)
+
+
+def _messages(rec: dict, where: str) -> dict:
+    return _chat(rec, "messages", "role", "content", where)
+
+
+def _chat(rec: dict, key: str, role_key: str, text_key: str, where: str) -> dict:
+    """Messages -> turns: consecutive user messages are joined; a reply closes a turn."""
+    msgs = rec.get(key)
+    if not isinstance(msgs, list):
+        raise BadRow(f"{where}: `{key}` must be a list of messages", f"{key} not a list")
+    system, turns, pending = "", [], []
+    for i, m in enumerate(msgs, 1):
+        if not isinstance(m, dict) or role_key not in m:
+            raise BadRow(f"{where}: message {i} of `{key}` has no `{role_key}`", f"no {role_key}")
+        role = str(m[role_key]).strip().lower()
+        text = _str(m, text_key, f"{where}: message {i}")
+        if role == "system":
+            system = f"{system}\n{text}" if system else text
+        elif role in USER_ROLES:
+            pending.append(text)
+        elif role in ASSISTANT_ROLES:
+            if not pending:
+                raise BadRow(f"{where}: message {i} is a reply ({m[role_key]}) with no question before it",
+                             "reply without question")
+            turns.append({"instruction": "\n".join(pending), "input": "", "output": text})
+            pending = []
+        else:
+            raise BadRow(f"{where}: message {i} has an unknown {role_key} {m[role_key]!r}; use "
+                         f"{'human, gpt' if key == 'conversations' else 'user, assistant'} or system",
+                         f"unknown {role_key}")
+    # A question left without a reply teaches nothing: it is dropped with the rest kept.
+    if not turns:
+        raise Dropped("no assistant reply")
+    if any(not t["output"].strip() for t in turns):
+        raise Dropped("empty output")
+    return {"system": system, "turns": turns}
+
+
+def rows(path: Path, fmt: str = "auto", digest=None) -> Iterator[tuple[str, str, dict | Exception]]:
+    """(layout, where, normalized row or the BadRow/Dropped it raised) for every record."""
+    layout = None if fmt == "auto" else fmt
+    for where, rec in records(path, digest):
+        if layout is None:
+            if isinstance(rec, BadRow):
+                yield "", where, rec  # the first readable row decides the layout
+                continue
+            layout = layout_of(rec, where)
+        try:
+            yield layout, where, normalize(rec, layout, where)
+        except (BadRow, Dropped) as e:
+            yield layout, where, e
+
+
+def sha256() -> hashlib._Hash:
+    return hashlib.sha256()
