@@ -49,7 +49,14 @@ class Template:
 
     @classmethod
     def custom(cls, pattern: str) -> Template:
-        fields = {f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None}
+        try:
+            parsed = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(pattern) if f is not None]
+        except ValueError as e:  # a lone brace would otherwise surface as a traceback
+            raise UserError(f"template: {e}; write a literal brace as {{{{ or }}}}", field="template") from None
+        if any(spec or conv for _, spec, conv in parsed):
+            raise UserError("template: write fields plainly, like {output}, without :format or !conversion",
+                            field="template")
+        fields = {f for f, _, _ in parsed}
         unknown = fields - {"instruction", "input", "output"}
         if unknown:
             raise UserError(
