@@ -1,0 +1,257 @@
+"""Data preparation as a user meets it: files in every layout, sampling, statistics, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core import data, readers
+from core.__main__ import main
+from core.config import PrepareConfig
+from core.errors import UserError
+
+DATA = Path(__file__).parent / "data"
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "assets" / "sample_zh.jsonl"
+
+
+@pytest.fixture(autouse=True)
+def _model(tokenizer):
+    """Every test here counts tokens with the embedded model's tokenizer."""
+
+
+def prep(tmp_path, src, name="out", **kw) -> dict:
+    kw.setdefault("sample", 0)
+    return data.prepare(PrepareConfig(input=str(src), out=str(tmp_path / name), **kw))
+
+
+def lines(folder, split="train") -> list[dict]:
+    return [json.loads(x) for x in (Path(folder) / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    rc = main(["prepare", *map(str, args)])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+# ---- layouts ----------------------------------------------------------------------------
+@pytest.mark.parametrize("name, layout, rows", [
+    ("alpaca.jsonl", "alpaca", 10),
+    ("alpaca_array.json", "alpaca", 6),
+    ("alpaca.csv", "alpaca", 4),
+    ("sharegpt.jsonl", "sharegpt", 2),
+    ("messages.jsonl", "messages", 2),
+    ("text.jsonl", "text", 2),
+])
+def test_each_layout_is_detected_and_prepared(tmp_path, name, layout, rows):
+    assert data.detect(DATA / name) == layout
+    m = prep(tmp_path, DATA / name)
+    out = lines(m["path"])
+    assert m["layout"] == layout and m["counts"]["kept"] == rows == len(out)
+    for row in out:
+        assert row["text"] == "".join(t for t, _ in row["segments"])
+        assert any(trained for _, trained in row["segments"])
+
+
+def test_csv_keeps_commas_quotes_and_newlines_inside_cells(tmp_path):
+    texts = {r["text"] for r in lines(prep(tmp_path, DATA / "alpaca.csv")["path"])}
+    joined = "\n".join(texts)
+    assert "Translate, please.\n你好，世界" in joined and "Hello, world" in joined
+    assert "床前明月光，\n疑是地上霜。" in joined and 'What is "LoRA"?' in joined
+
+
+def test_json_array_is_read_across_chunk_boundaries(monkeypatch):
+    whole = [r for _, r in readers.records(DATA / "alpaca_array.json")]
+    monkeypatch.setattr(readers, "CHUNK", 7)  # cuts objects and Chinese characters in two
+    assert [r for _, r in readers.records(DATA / "alpaca_array.json")] == whole
+    assert len(whole) == 6 and whole[0]["input"] == "我喜欢喝茶。"
+
+
+def test_forced_format_overrides_detection(tmp_path):
+    assert data.detect(DATA / "both.jsonl") == "alpaca"
+    auto = lines(prep(tmp_path, DATA / "both.jsonl", "auto")["path"])
+    forced = prep(tmp_path, DATA / "both.jsonl", "forced", format="text")
+    assert forced["layout"] == "text"
+    assert all("answer" in r["text"] for r in auto)
+    assert all(r["text"].startswith("plain text") and r["segments"] == [[r["text"], True]]
+               for r in lines(forced["path"]))
+
+
+def test_forcing_a_layout_the_file_does_not_have_names_the_row(tmp_path, capsys):
+    rc, _, err = cli(capsys, DATA / "alpaca.jsonl", "--out", tmp_path / "o", "--format", "sharegpt")
+    assert rc == 2 and "alpaca.jsonl line 1" in err and "conversations" in err
+
+
+# ---- templates --------------------------------------------------------------------------
+def test_seed_template_keeps_input_and_ends_replies_with_eos(tmp_path, tokenizer):
+    rows = lines(prep(tmp_path, DATA / "alpaca.jsonl")["path"])
+    tea = next(r for r in rows if "我喜欢喝茶" in r["text"])
+    assert tea["segments"] == [
+        ["### Human: 把下面的句子翻译成英文。\n我喜欢喝茶。 ### Assistant: ", False],
+        ["I like drinking tea." + tokenizer.eos_token, True],
+    ]
+
+
+def test_chat_template_uses_the_models_own_markers(tmp_path):
+    m = prep(tmp_path, DATA / "messages.jsonl", template="chat")
+    assert m["template"] == {"name": "chat", "pattern": ""}
+    rows = lines(m["path"])
+    tokyo = next(r for r in rows if "Tokyo" in r["text"])
+    assert "<|im_start|>system\nAnswer in one word.<|im_end|>" in tokyo["text"]
+    assert [s for s in tokyo["segments"] if s[1]] == [["Tokyo.<|im_end|>\n", True]]
+
+
+def test_custom_template(tmp_path, tokenizer):
+    m = prep(tmp_path, DATA / "alpaca.jsonl", template="问：{instruction}\n{input}\n答：{output}")
+    assert m["template"]["name"] == "custom"
+    tea = next(r for r in lines(m["path"]) if "我喜欢喝茶" in r["text"])
+    assert tea["text"] == "问：把下面的句子翻译成英文。\n我喜欢喝茶。\n答：I like drinking tea." + tokenizer.eos_token
+
+
+def test_multi_turn_is_rendered_turn_by_turn_with_only_replies_trained(tmp_path, tokenizer):
+    m = prep(tmp_path, DATA / "sharegpt.jsonl")
+    assert m["counts"]["dropped"] == {"no assistant reply": 1}
+    convo = next(r for r in lines(m["path"]) if "乘以 4" in r["text"])
+    eos = tokenizer.eos_token
+    assert convo["segments"] == [
+        ["你是一个乐于助人的助手。\n", False],
+        ["### Human: 你好！ ### Assistant: ", False], ["你好，有什么可以帮你？" + eos, True],
+        ["### Human: 2 加 3 等于几？ ### Assistant: ", False], ["等于 5。" + eos, True],
+        ["### Human: 再乘以 4 呢？ ### Assistant: ", False], ["等于 20。" + eos, True],
+    ]
+
+
+def test_multi_turn_chat_template_trains_each_reply(tmp_path):
+    rows = lines(prep(tmp_path, DATA / "messages.jsonl", template="chat")["path"])
+    colors = next(r for r in rows if "草呢" in r["text"])
+    assert [t for t, trained in colors["segments"] if trained] == ["蓝色。<|im_end|>\n", "绿色。<|im_end|>\n"]
+    assert "草呢" in "".join(t for t, trained in colors["segments"] if not trained)
+
+
+# ---- sampling and splits ----------------------------------------------------------------
+def test_same_seed_same_rows_other_seed_other_rows(tmp_path):
+    pick = lambda name, seed: sorted(r["text"] for r in lines(prep(tmp_path, SAMPLE, name, sample=20, seed=seed)["path"]))
+    a, b, c = pick("a", 1), pick("b", 1), pick("c", 2)
+    assert len(a) == 20 and a == b and a != c
+
+
+def test_asking_for_more_rows_than_the_file_has_takes_them_all(tmp_path, capsys):
+    rc, out, _ = cli(capsys, DATA / "alpaca.jsonl", "--out", tmp_path / "o", "--sample", 1000)
+    assert rc == 0 and len(lines(tmp_path / "o")) == 10
+    assert "only 10 are usable" in out
+
+
+@pytest.mark.parametrize("sample, ratio, train, evals", [(100, 0.1, 90, 10), (20, 0.25, 15, 5), (3, 0.01, 2, 1)])
+def test_eval_split_sizes(tmp_path, sample, ratio, train, evals):
+    m = prep(tmp_path, SAMPLE, sample=sample, eval_ratio=ratio)
+    tr, ev = lines(m["path"]), lines(m["path"], "eval")
+    assert (len(tr), len(ev)) == (train, evals) == (m["counts"]["train"], m["counts"]["eval"])
+    assert not {r["text"] for r in tr} & {r["text"] for r in ev}
+
+
+def test_no_eval_file_without_an_eval_share(tmp_path):
+    m = prep(tmp_path, DATA / "alpaca.jsonl")
+    assert not (Path(m["path"]) / "eval.jsonl").exists() and m["files"]["eval"] is None
+
+
+# ---- statistics and manifest ------------------------------------------------------------
+def test_statistics_count_the_rows_max_seq_length_cuts(tmp_path, tokenizer):
+    m = prep(tmp_path, DATA / "alpaca.jsonl", max_seq_length=24)
+    lengths = [len(tokenizer(r["text"]).input_ids) for r in lines(m["path"])]
+    cut = sum(n > 24 for n in lengths)
+    assert 0 < cut < len(lengths)  # the fixture straddles the limit, so the count means something
+    s = m["stats"]
+    assert s["lengths"] == lengths and s["cut_rows"] == cut and s["cut_share"] == round(cut / len(lengths), 4)
+    assert s["tokens"]["max"] == max(lengths) and min(lengths) <= s["tokens"]["p50"] <= s["tokens"]["p95"]
+    assert sum(s["histogram"]["counts"]) == len(lengths)
+
+
+def test_manifest_records_source_template_and_counts(tmp_path):
+    m = prep(tmp_path, DATA / "empty_output.jsonl", seed=7, template="chat")
+    saved = json.loads((Path(m["path"]) / "manifest.json").read_text(encoding="utf-8"))
+    assert saved["source"]["sha256"] == hashlib.sha256((DATA / "empty_output.jsonl").read_bytes()).hexdigest()
+    assert saved["seed"] == 7 and saved["template"]["name"] == "chat" and saved["model"] == "default"
+    # An empty reply teaches nothing: such rows are dropped and counted, not fatal.
+    assert saved["counts"] | {} == {"read": 7, "usable": 5, "dropped": {"empty output": 2}, "dropped_total": 2,
+                                    "kept": 5, "train": 5, "eval": 0}
+
+
+def test_list_datasets_offers_prepared_folders(tmp_path):
+    prep(tmp_path, DATA / "alpaca.jsonl", "one")
+    prep(tmp_path, DATA / "text.jsonl", "two", template="Q {instruction} A {output}")
+    (tmp_path / ".half-written.tmp").mkdir()
+    found = {d["name"]: d for d in data.list_datasets(tmp_path)}
+    assert set(found) == {"one", "two"}
+    assert found["one"]["rows"] == 10 and found["one"]["template"] == "seed"
+    assert found["two"]["template"] == "Q {instruction} A {output}"
+
+
+def test_preview_reads_only_the_rows_it_shows():
+    cfg = PrepareConfig(input=str(DATA / "bad_json.jsonl"))  # broken at line 7, well after row 3
+    rows = data.preview(cfg, n=3)
+    assert len(rows) == 3 and all(r["prompt"] + r["response"] == r["text"] for r in rows)
+    assert rows[0]["prompt"].startswith("### Human: 把下面的句子翻译成英文。\n我喜欢喝茶。")
+    assert rows[0]["response"].startswith("I like drinking tea.")
+
+
+# ---- bad input --------------------------------------------------------------------------
+@pytest.mark.parametrize("name, expected", [
+    ("bad_json.jsonl", ["bad_json.jsonl line 7", "invalid JSON"]),
+    ("no_output.jsonl", ["no_output.jsonl line 12", "`output`"]),
+    ("empty.jsonl", ["empty.jsonl", "empty"]),
+    ("not_utf8.jsonl", ["not_utf8.jsonl line 3", "UTF-8"]),
+    ("unknown.jsonl", ["unknown layout", "answer, question"]),
+    ("missing.jsonl", ["missing.jsonl", "not found"]),
+])
+def test_bad_input_is_refused_with_one_line_naming_the_place(tmp_path, capsys, name, expected):
+    out = tmp_path / "out"
+    rc, stdout, err = cli(capsys, DATA / name, "--out", out)
+    assert rc == 2 and stdout == ""
+    assert err.count("\n") == 1, err
+    for part in expected:
+        assert part in err
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even a temporary folder
+
+
+def test_skip_bad_counts_broken_rows_instead_of_stopping(tmp_path, capsys):
+    rc, _, err = cli(capsys, DATA / "mixed_bad.jsonl", "--out", tmp_path / "strict")
+    assert rc == 2 and "line 4" in err and "--skip-bad" in err
+    rc, out, _ = cli(capsys, DATA / "mixed_bad.jsonl", "--out", tmp_path / "lenient", "--skip-bad")
+    assert rc == 0
+    m = json.loads((tmp_path / "lenient" / "manifest.json").read_text(encoding="utf-8"))
+    assert m["counts"]["dropped"] == {"invalid JSON": 2, "no output": 1, "empty output": 1}
+    assert m["counts"]["read"] == 11 and m["counts"]["kept"] == 7 == len(lines(tmp_path / "lenient"))
+    assert "Dropped 4: invalid JSON 2" in out
+
+
+def test_an_existing_output_folder_is_never_overwritten(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    rc, _, err = cli(capsys, DATA / "alpaca.jsonl", "--out", out)
+    assert rc == 2 and "already exists" in err and str(out) in err
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_a_file_with_nothing_usable_is_refused(tmp_path):
+    src = tmp_path / "blank_answers.jsonl"
+    src.write_text('{"instruction": "a", "output": ""}\n{"instruction": "b", "output": " "}\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"no usable rows among 2 \(empty output: 2\)"):
+        prep(tmp_path, src)
+
+
+def test_command_line_exit_codes_and_summary(tmp_path):
+    """The real command: exit 0 with a summary, exit 2 with one line and no traceback."""
+    run = lambda *a: subprocess.run([sys.executable, "-m", "core", "prepare", *map(str, a)],
+                                    cwd=ROOT, capture_output=True, text=True, timeout=120)
+    bad = run(DATA / "bad_json.jsonl", "--out", tmp_path / "bad")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1
+    ok = run(SAMPLE, "--out", tmp_path / "ok", "--sample", 64, "--eval-ratio", 0.125)
+    assert ok.returncode == 0, ok.stderr
+    assert "Read 120 rows" in ok.stdout and "56 train, 8 eval" in ok.stdout and str(tmp_path / "ok") in ok.stdout
