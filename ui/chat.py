@@ -1,0 +1,174 @@
+"""Chat tab: streaming chat with a merged model, a run's adapter or the base; optional side by side."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import gradio as gr
+
+from core import jobs, models, runs
+from core.config import GenerationConfig
+from core.errors import UserError
+from ui.i18n import help, label, lang, say, t
+
+ADAPTER = "adapter:"
+GEN = ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens")
+
+_loaded: dict[str, object] = {}  # source -> core.chat.Chat; at most the two on screen
+_lock = threading.Lock()
+
+
+def sources() -> list[tuple[str, str]]:
+    """Every model one can talk to: base and merged models, then each run's adapter."""
+    out = [(f"{'base · default (SmolLM2-135M-Instruct)' if m == 'default' else Path(m).name}", m) for m in models.available()]
+    out += [(f"{r['name']} (adapter)", ADAPTER + r["adapter"]) for r in runs.list_runs() if r["adapter"]]
+    return out
+
+
+def release() -> None:
+    """Unload every chat model so its GPU memory comes back (called before training starts)."""
+    with _lock:
+        for chat in _loaded.values():
+            try:
+                chat.close()
+            except Exception:
+                pass
+        _loaded.clear()
+
+
+def _model(source: str):
+    """The loaded Chat for a source, loading it (and dropping models no longer shown) on first use."""
+    from core.chat import Chat
+
+    with _lock:
+        if source not in _loaded:
+            chat = Chat()
+            if source.startswith(ADAPTER):
+                adapter = source[len(ADAPTER):]
+                meta = {}
+                try:
+                    meta = json.loads((Path(adapter) / "qlora_studio.json").read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    pass
+                chat.load(model=meta.get("base_model") or "default", adapter=adapter)
+            else:
+                chat.load(model=source)
+            _loaded[source] = chat
+        return _loaded[source]
+
+
+def keep_only(*shown: str) -> None:
+    with _lock:
+        for key in [k for k in _loaded if k not in shown]:
+            try:
+                _loaded.pop(key).close()
+            except Exception:
+                pass
+
+
+def generation(system, *values) -> GenerationConfig:
+    """The sampling widgets as one GenerationConfig."""
+    return GenerationConfig.from_dict({"system": system or "", **dict(zip(GEN, values))})
+
+
+def _pairs(history: list) -> list[tuple[str, str]]:
+    """Chatbot messages -> (user, assistant) pairs for the prompt template."""
+    pairs, user = [], None
+    for m in history or []:
+        role, content = (m.get("role"), m.get("content")) if isinstance(m, dict) else (None, None)
+        text = content if isinstance(content, str) else " ".join(
+            c.get("text", "") for c in content if isinstance(c, dict)) if isinstance(content, list) else ""
+        if role == "user":
+            user = text
+        elif role == "assistant" and user is not None:
+            pairs.append((user, text))
+            user = None
+    return pairs
+
+
+def _answer(source: str, history: list, message: str, gen: GenerationConfig):
+    """Stream one model's reply into its chatbot history."""
+    history = list(history or []) + [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
+    chat = _model(source)
+    for text in chat.stream(_pairs(history[:-2]), message, gen):
+        history[-1] = {"role": "assistant", "content": text}
+        yield history
+    yield history
+
+
+def respond(message, hist_a, hist_b, source_a, source_b, system, *values, request: gr.Request = None):
+    """Send the message to the chosen model, then to the comparison model; replies stream."""
+    if not message or not message.strip():
+        yield gr.update(), hist_a, hist_b, ""
+        return
+    if jobs.current() is not None and jobs.current().kind == "train":
+        # Loading a second model next to training can run the GPU out of memory: warn, still answer.
+        note = "⚠️ training is running: chatting now shares its memory"
+    else:
+        note = ""
+    try:
+        gen = generation(system, *values)
+        gen.check()
+        keep_only(source_a, source_b or "")
+        for hist_a in _answer(source_a or "default", hist_a, message, gen):
+            yield "", hist_a, hist_b, note
+        if source_b:
+            for hist_b in _answer(source_b, hist_b, message, gen):
+                yield "", hist_a, hist_b, note
+    except UserError as e:
+        yield gr.update(), hist_a, hist_b, f"⚠️ {e}"
+
+
+def unload(request: gr.Request = None):
+    release()
+    return say("released", lang(request))
+
+
+def build() -> dict:
+    """The Chat tab's widgets; registers the hook that frees chat models before training."""
+    if release not in jobs.before_train:
+        jobs.before_train.append(release)
+    gr.Markdown(t("chat_intro"))
+    choices = sources()
+    with gr.Row():
+        source_a = gr.Dropdown(choices, value="default", label=t("chat_model"), allow_custom_value=True, scale=3)
+        source_b = gr.Dropdown([("—", "")] + choices, value="", label=t("compare_with"), allow_custom_value=True, scale=3)
+        refresh = gr.Button(t("refresh"), size="sm", scale=1)
+    with gr.Row():
+        chat_a = gr.Chatbot(label=t("chat_a"), height=420, buttons=["copy"])
+        chat_b = gr.Chatbot(label=t("chat_b"), height=420, visible=False, buttons=["copy"])
+    with gr.Row():
+        message = gr.Textbox(label=t("message"), lines=2, scale=6, submit_btn=False)
+        with gr.Column(scale=1, min_width=120):
+            send = gr.Button(t("send"), variant="primary")
+            clear = gr.Button(t("clear"))
+    note = gr.Markdown()
+    defaults = GenerationConfig()
+    with gr.Accordion(t("sampling"), open=False):
+        system = gr.Textbox(defaults.system, label=label("system"), info=help("system"), lines=2)
+        with gr.Row():
+            temperature = gr.Slider(0, 2, defaults.temperature, step=0.05, label=label("temperature"), info=help("temperature"))
+            top_p = gr.Slider(0.05, 1, defaults.top_p, step=0.05, label=label("top_p"), info=help("top_p"))
+            top_k = gr.Number(defaults.top_k, precision=0, minimum=0, label=label("top_k"), info=help("top_k"))
+        with gr.Row():
+            rep = gr.Slider(0.5, 2, defaults.repetition_penalty, step=0.05, label=label("repetition_penalty"), info=help("repetition_penalty"))
+            max_new = gr.Slider(1, 2048, defaults.max_new_tokens, step=1, label=label("max_new_tokens"), info=help("max_new_tokens"))
+        unload_btn = gr.Button(t("release"), size="sm")
+    inputs = [message, chat_a, chat_b, source_a, source_b, system, temperature, top_p, top_k, rep, max_new]
+    outputs = [message, chat_a, chat_b, note]
+    send.click(respond, inputs, outputs, api_name="chat", concurrency_id="gpu", concurrency_limit=1)
+    message.submit(respond, inputs, outputs, api_name=False, concurrency_id="gpu", concurrency_limit=1)
+    clear.click(lambda: ([], [], ""), None, [chat_a, chat_b, note], api_name="clear_chat")
+    source_b.change(lambda s: gr.update(visible=bool(s)), source_b, chat_b, api_name=False)
+    refresh.click(lambda: (gr.update(choices=sources()), gr.update(choices=[("—", "")] + sources())), None,
+                  [source_a, source_b], api_name=False)
+    unload_btn.click(unload, None, note, api_name=False)
+    return {"source_a": source_a, "source_b": source_b}
+
+
+def build_refresh():
+    """Fresh choices for both model pickers (after a merge or a new run)."""
+    choices = sources()
+    return gr.update(choices=choices), gr.update(choices=[("—", "")] + choices)

@@ -1,0 +1,149 @@
+"""Data tab: a file in, a preview of the exact training text, statistics, a saved dataset."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from core import models, paths
+from core.config import PrepareConfig
+from core.errors import UserError
+from ui.i18n import help, label, lang, say, t
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "assets" / "sample_zh.jsonl"
+SUFFIXES = (".jsonl", ".json", ".csv")
+
+
+def files() -> list[str]:
+    """Data files the panel offers: uploads in the workspace, then the bundled sample."""
+    found = []
+    if paths.uploads().is_dir():
+        found += sorted((str(p) for p in paths.uploads().iterdir() if p.suffix.lower() in SUFFIXES), reverse=True)
+    if SAMPLE.is_file():
+        found.append(str(SAMPLE))
+    return found
+
+
+def upload(file: str | None):
+    """Keep an uploaded file in the workspace's data folder and select it."""
+    if not file:
+        return gr.update()
+    src = Path(file)
+    paths.uploads().mkdir(parents=True, exist_ok=True)
+    dest = paths.uploads() / src.name
+    i = 2
+    while dest.exists() and dest.read_bytes() != src.read_bytes():
+        dest = paths.uploads() / f"{src.stem}-{i}{src.suffix}"
+        i += 1
+    shutil.copyfile(src, dest)
+    return gr.update(choices=files(), value=str(dest))
+
+
+def config(source, sample, seed, template, eval_ratio, max_seq_length, model, skip_bad, name) -> PrepareConfig:
+    """The tab's widgets as one PrepareConfig (the only place that conversion happens)."""
+    out = str(paths.datasets() / name.strip()) if name and name.strip() else ""
+    return PrepareConfig.from_dict(dict(
+        input=source or "", out=out, sample=sample, seed=seed, template=template or "seed",
+        eval_ratio=eval_ratio, max_seq_length=max_seq_length, model=model or "default", skip_bad=bool(skip_bad),
+    ))
+
+
+def preview(*values, request: gr.Request = None):
+    """Detected layout and the first rows rendered with the template."""
+    from core import data
+
+    language = lang(request)
+    empty = pd.DataFrame(columns=["prompt", "response"])
+    if not values[0]:
+        return say("no_file", language), empty
+    try:
+        cfg = config(*values)
+        layout = data.detect(cfg.input)
+        rows = data.preview(cfg, n=5)
+    except UserError as e:
+        return f"⚠️ {e}", empty
+    table = pd.DataFrame([{"prompt": r["prompt"], "response": r["response"]} for r in rows])
+    return f"**{layout}** · `{Path(cfg.input).name}`", table
+
+
+def save(*values, request: gr.Request = None):
+    """Prepare the dataset; report counts, dropped rows, token lengths and the histogram."""
+    from core import data
+
+    language = lang(request)
+    empty = pd.DataFrame({"tokens": [], "rows": []})
+    if not values[0]:
+        return say("no_file", language), empty, gr.update()
+    try:
+        manifest = data.prepare(config(*values))
+    except UserError as e:
+        return f"⚠️ {e}", empty, gr.update()
+    return _stats_text(manifest, language), _histogram(manifest), manifest["path"]
+
+
+def _stats_text(m: dict, language: str) -> str:
+    c, s = m["counts"], m["stats"]
+    tok = s.get("tokens", {})
+    name = Path(m["path"]).name
+    lines = [say("saved", language, name=name, train=c.get("train", 0), eval=c.get("eval", 0)), ""]
+    zh = language == "zh"
+    lines.append(("读取 {read} 行，可用 {usable} 行，选取 {kept} 行。" if zh else
+                  "Read {read} rows, {usable} usable, {kept} picked.").format(**{k: c.get(k, 0) for k in ("read", "usable", "kept")}))
+    if c.get("dropped_total"):
+        why = "，".join(f"{r} {n}" for r, n in c.get("dropped", {}).items()) if zh else \
+            ", ".join(f"{r}: {n}" for r, n in c.get("dropped", {}).items())
+        lines.append((f"丢弃 {c['dropped_total']} 行（{why}）。" if zh else f"Dropped {c['dropped_total']} rows ({why})."))
+    if tok:
+        lines.append((f"每行 token 数：平均 {tok['mean']}，中位数 {tok['p50']}，p95 {tok['p95']}，最长 {tok['max']}。" if zh else
+                      f"Tokens per row: mean {tok['mean']}, median {tok['p50']}, p95 {tok['p95']}, longest {tok['max']}."))
+    lines.append((f"超过最长序列 {m['max_seq_length']} 而会被截断的：{s['cut_rows']} 行（{s['cut_share']:.1%}）。" if zh else
+                  f"Longer than max sequence length {m['max_seq_length']} (would be cut): {s['cut_rows']} rows ({s['cut_share']:.1%})."))
+    return "\n\n".join(lines)
+
+
+def _histogram(m: dict) -> pd.DataFrame:
+    h = m["stats"].get("histogram") or {}
+    return pd.DataFrame({"tokens": [str(x) for x in h.get("starts", [])], "rows": h.get("counts", [])})
+
+
+def use_sample():
+    return gr.update(choices=files(), value=str(SAMPLE))
+
+
+def build() -> dict:
+    """The Data tab's widgets; the layout wires `dataset` (the saved folder) to the Train tab."""
+    gr.Markdown(t("data_intro"))
+    with gr.Row():
+        with gr.Column(scale=1):
+            file = gr.File(label=t("upload"), file_types=list(SUFFIXES), type="filepath", height=120)
+            source = gr.Dropdown(files(), value=None, label=t("source"), allow_custom_value=True)
+            sample_btn = gr.Button(t("use_sample"), size="sm")
+            sample = gr.Number(1000, label=label("sample"), info=help("sample"), precision=0, minimum=0)
+            seed = gr.Number(42, label=label("seed"), info=help("seed"), precision=0)
+            template = gr.Dropdown(["seed", "chat"], value="seed", label=label("template"), info=help("template"), allow_custom_value=True)
+            eval_ratio = gr.Slider(0, 0.5, 0.0, step=0.01, label=label("eval_ratio"), info=help("eval_ratio"))
+            with gr.Accordion(t("advanced"), open=False):
+                max_len = gr.Number(512, label=label("max_seq_length"), info=help("max_seq_length"), precision=0, minimum=16)
+                model = gr.Dropdown(models.available(), value="default", label=t("model"), info=help("model"), allow_custom_value=True)
+                skip_bad = gr.Checkbox(False, label=label("skip_bad"), info=help("skip_bad"))
+                name = gr.Textbox("", label=t("dataset_name"))
+        with gr.Column(scale=2):
+            layout = gr.Markdown(label=t("layout"))
+            table = gr.Dataframe(label=t("preview"), wrap=True, max_height=360, interactive=False)
+            preview_btn = gr.Button(t("preview_btn"), size="sm")
+            save_btn = gr.Button(t("save_dataset"), variant="primary")
+            stats = gr.Markdown()
+            hist = gr.BarPlot(x="tokens", y="rows", label=t("histogram"), height=220, sort=None)
+            dataset = gr.Textbox(visible=False)
+    inputs = [source, sample, seed, template, eval_ratio, max_len, model, skip_bad, name]
+    file.upload(upload, file, source, api_name="upload")
+    sample_btn.click(use_sample, None, source, api_name=False)
+    for ev in (source.change, template.change):
+        ev(preview, inputs, [layout, table], api_name=False, concurrency_id="cpu", concurrency_limit=2)
+    preview_btn.click(preview, inputs, [layout, table], api_name="preview", concurrency_id="cpu", concurrency_limit=2)
+    save_btn.click(save, inputs, [stats, hist, dataset], api_name="prepare", concurrency_id="cpu", concurrency_limit=2)
+    return {"source": source, "dataset": dataset, "file": file}

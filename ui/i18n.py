@@ -1,0 +1,219 @@
+"""English and Chinese text of the panel.
+
+Static text (labels, help, headings) goes through gr.I18n: the browser's language picks
+the table, and the footer's Settings → Language switches it at run time. Text made by the
+server (status lines) follows the browser's Accept-Language through `say()`.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from core.config import GenerationConfig, MergeConfig, PrepareConfig, TrainConfig
+
+EN: dict[str, str] = {
+    "title": "# QLoRA Studio\nFine-tune a language model on your own instruction data: **1 Data → 2 Train → 3 Merge → 4 Chat**.",
+    "tab_data": "1 · Data", "tab_train": "2 · Train", "tab_merge": "3 · Merge", "tab_chat": "4 · Chat", "tab_runs": "Runs",
+    # data
+    "data_intro": "Upload an instruction file (JSON lines, JSON or CSV with instruction / input / output), or try the bundled Chinese sample. The preview shows the exact text the model will learn from.",
+    "upload": "Upload a data file", "source": "Data file", "use_sample": "Use the sample data",
+    "layout": "Detected layout", "preview": "Preview (template applied)", "preview_btn": "Refresh preview",
+    "save_dataset": "Save dataset", "stats": "Statistics", "histogram": "Token length of each row",
+    "dataset_name": "Dataset name (optional)",
+    # train
+    "train_intro": "Pick a model and a prepared dataset, choose a preset, press Start. Training runs in the background: you can close the browser and come back.",
+    "model": "Model", "dataset": "Prepared dataset", "preset": "Preset", "run_name": "Run name (optional)",
+    "basic": "Main settings", "advanced": "Advanced settings", "wandb_key": "wandb API key (only passed to the run, never saved)",
+    "start": "Start training", "stop": "Stop (keeps the adapter)", "resume": "Resume",
+    "run_shown": "Run shown", "progress": "Progress", "loss_chart": "Loss", "gpu": "GPU and memory", "log": "Run log (last lines)",
+    "refresh": "Refresh",
+    # merge
+    "merge_intro": "Fold a finished run's adapter into its base model to get a standalone model you can share or chat with.",
+    "run": "Run", "base": "Base model (empty = the one the run was trained on)", "out": "Output folder",
+    "dtype": "Weight format", "merge_btn": "Merge", "merge_result": "Result",
+    # chat
+    "chat_intro": "Talk to the merged model, a run's adapter on its base, or the base model. Pick a second model to compare their answers side by side.",
+    "chat_model": "Model", "compare_with": "Compare with (optional)", "message": "Message",
+    "send": "Send", "clear": "Clear", "sampling": "Sampling settings", "release": "Unload models",
+    "chat_a": "Answer", "chat_b": "Comparison",
+    # runs
+    "runs_intro": "Every training run in this workspace. Select a row, then open it.",
+    "open_train": "Show in Train", "open_merge": "Merge this run", "open_chat": "Chat with this run",
+    "selected": "Selected run",
+}
+
+ZH: dict[str, str] = {
+    "title": "# QLoRA Studio\n用你自己的指令数据微调大语言模型：**1 数据 → 2 训练 → 3 合并 → 4 对话**。",
+    "tab_data": "1 · 数据", "tab_train": "2 · 训练", "tab_merge": "3 · 合并", "tab_chat": "4 · 对话", "tab_runs": "训练记录",
+    "data_intro": "上传指令数据文件（JSON Lines、JSON 或 CSV，包含 instruction / input / output 字段），也可以先用自带的中文示例数据试一试。预览里显示的就是模型训练时看到的原文。",
+    "upload": "上传数据文件", "source": "数据文件", "use_sample": "使用示例数据",
+    "layout": "识别出的数据格式", "preview": "预览（已套用模板）", "preview_btn": "刷新预览",
+    "save_dataset": "保存数据集", "stats": "统计信息", "histogram": "每条数据的 token 长度分布",
+    "dataset_name": "数据集名称（可不填）",
+    "train_intro": "选择模型和处理好的数据集，选一个预设，点击“开始训练”。训练在后台进行：关掉浏览器也不会中断，回来即可继续查看。",
+    "model": "模型", "dataset": "数据集", "preset": "预设", "run_name": "训练名称（可不填）",
+    "basic": "主要设置", "advanced": "高级设置", "wandb_key": "wandb API 密钥（只交给本次训练使用，不会保存）",
+    "start": "开始训练", "stop": "停止（保留已训练的适配器）", "resume": "继续训练",
+    "run_shown": "当前查看的训练", "progress": "进度", "loss_chart": "损失曲线", "gpu": "显卡与内存", "log": "训练日志（最后几行）",
+    "refresh": "刷新",
+    "merge_intro": "把训练好的适配器合并进基础模型，得到一个可以单独使用、分享或对话的完整模型。",
+    "run": "训练记录", "base": "基础模型（留空 = 训练时用的模型）", "out": "输出文件夹",
+    "dtype": "权重精度", "merge_btn": "开始合并", "merge_result": "合并结果",
+    "chat_intro": "和合并后的模型、带适配器的基础模型或原始基础模型对话。再选一个模型，就能并排比较两者的回答。",
+    "chat_model": "模型", "compare_with": "对比模型（可不选）", "message": "输入消息",
+    "send": "发送", "clear": "清空", "sampling": "生成参数", "release": "卸载模型",
+    "chat_a": "回答", "chat_b": "对比回答",
+    "runs_intro": "本工作区里的所有训练。选中一行后，可以查看曲线、合并或对话。",
+    "open_train": "在训练页查看", "open_merge": "合并这次训练", "open_chat": "和它对话",
+    "selected": "选中的训练",
+}
+
+# Help shown under each setting, in Chinese; the English comes from the dataclasses themselves.
+HELP_ZH: dict[str, str] = {
+    "input": "数据文件：JSON Lines、JSON 数组或 CSV。",
+    "sample": "随机抽取多少条（0 = 全部）。原教程抽取 1000 条。",
+    "seed": "随机种子：种子相同，抽到的数据和训练结果就能复现。",
+    "template": "提示模板：seed（### Human: … ### Assistant: …）、chat（模型自带的对话模板），或自定义，用 {instruction}、{input}、{output} 占位。",
+    "eval_ratio": "留出多少比例的数据用来评估（0 到 0.5）。",
+    "format": "数据格式：auto（自动识别）、alpaca、sharegpt、messages 或 text。",
+    "max_seq_length": "最长序列（token 数），更长的数据会被截断；统计信息会告诉你有多少条会被截断。",
+    "skip_bad": "跳过格式有误的行并计数，而不是在第一处错误就停下。",
+    "trust_remote_code": "运行模型自带的代码。只对你信任的模型打开。",
+    "model": "基础模型：default（内置的 SmolLM2-135M-Instruct）、本地文件夹或 Hugging Face 模型名。",
+    "quantization": "以 4 位 NF4 量化加载基础模型（QLoRA），或不量化（none，普通 LoRA）。",
+    "double_quant": "对 4 位量化的缩放系数再量化一次，每个参数约省 0.4 位。",
+    "compute_dtype": "计算精度：auto（显卡支持时用 bf16，CPU 上用 fp32）、bfloat16、float16 或 float32。",
+    "lora_r": "LoRA 秩：越大能学到的越多，显存占用也越多。",
+    "lora_alpha": "LoRA 缩放系数 alpha，更新量按 alpha / r 缩放。",
+    "lora_dropout": "LoRA 输入的 dropout，防止过拟合（0 到 0.5）。",
+    "target_modules": "加 LoRA 的层：default（模型常用的层，Llama 为 q_proj 和 v_proj）、all-linear，或用逗号分隔的层名。",
+    "learning_rate": "每次更新的步子有多大。LoRA 通常用 2e-4。",
+    "lr_scheduler": "学习率在训练过程中如何变化。",
+    "warmup_ratio": "前多少比例的步数里，学习率从 0 逐渐升高。",
+    "batch_size": "每块显卡每一步处理的序列数。显存不够时调小它。",
+    "grad_accum": "累积多少步的梯度再更新一次：实际批大小 = 批大小 × 这个数。",
+    "max_steps": "更新多少次（0 = 改用轮数 epochs）。",
+    "epochs": "把数据完整过几遍，只在最大步数为 0 时使用。",
+    "packing": "把几条短数据拼进同一条序列（不用填充，每条数据仍只看到它自己）。",
+    "gradient_checkpointing": "反向传播时重算激活值：显存省很多，速度慢约 30%。",
+    "loss_on": "只在回答部分计算损失（response），还是在全文上计算（all）。",
+    "optim": "优化器（transformers 支持的名字，例如 adamw_torch、paged_adamw_8bit）。",
+    "max_grad_norm": "梯度裁剪的范数上限（0 = 不裁剪）。",
+    "logging_steps": "每隔多少步记录一次指标。",
+    "save_steps": "每隔多少步保存一次检查点（0 = 只在最后保存）。",
+    "eval_steps": "每隔多少步计算一次评估损失（0 = 不计算；需要留出评估数据）。",
+    "report_to": "同时记录到：none、wandb 或 tensorboard。",
+    "wandb_project": "wandb 项目名。",
+    "adapter": "训练得到的适配器文件夹（RUN/adapter）。",
+    "base": "基础模型；留空 = 训练时用的模型。",
+    "dtype": "合并后权重的精度。",
+    "system": "系统提示词：给助手的长期指示。",
+    "temperature": "随机程度：0 表示总是选最可能的词。",
+    "top_p": "只从累计概率达到这个比例的候选词里抽样。",
+    "top_k": "只从最可能的这么多个词里抽样（0 = 不限制）。",
+    "repetition_penalty": "大于 1 时减少重复。",
+    "max_new_tokens": "回答最多多少个 token。",
+}
+
+# Field labels: the setting's name in words.
+LABEL_EN: dict[str, str] = {
+    "sample": "Rows to sample", "seed": "Random seed", "template": "Template", "eval_ratio": "Eval share",
+    "format": "Layout", "max_seq_length": "Max sequence length", "skip_bad": "Skip broken rows",
+    "trust_remote_code": "Trust remote code", "quantization": "Quantization", "double_quant": "Double quantization",
+    "compute_dtype": "Compute dtype", "lora_r": "LoRA rank (r)", "lora_alpha": "LoRA alpha", "lora_dropout": "LoRA dropout",
+    "target_modules": "Target modules", "learning_rate": "Learning rate", "lr_scheduler": "LR schedule",
+    "warmup_ratio": "Warmup share", "batch_size": "Batch size", "grad_accum": "Gradient accumulation",
+    "max_steps": "Max steps", "epochs": "Epochs", "packing": "Packing", "gradient_checkpointing": "Gradient checkpointing",
+    "loss_on": "Loss on", "optim": "Optimizer", "max_grad_norm": "Max grad norm", "logging_steps": "Log every N steps",
+    "save_steps": "Save every N steps", "eval_steps": "Eval every N steps", "report_to": "Report to",
+    "wandb_project": "wandb project", "system": "System prompt", "temperature": "Temperature", "top_p": "Top-p",
+    "top_k": "Top-k", "repetition_penalty": "Repetition penalty", "max_new_tokens": "Max new tokens",
+}
+LABEL_ZH: dict[str, str] = {
+    "sample": "抽样条数", "seed": "随机种子", "template": "模板", "eval_ratio": "评估集比例",
+    "format": "数据格式", "max_seq_length": "最长序列", "skip_bad": "跳过有误的行",
+    "trust_remote_code": "信任远程代码", "quantization": "量化方式", "double_quant": "双重量化",
+    "compute_dtype": "计算精度", "lora_r": "LoRA 秩 (r)", "lora_alpha": "LoRA alpha", "lora_dropout": "LoRA dropout",
+    "target_modules": "目标层", "learning_rate": "学习率", "lr_scheduler": "学习率调度",
+    "warmup_ratio": "预热比例", "batch_size": "批大小", "grad_accum": "梯度累积步数",
+    "max_steps": "最大步数", "epochs": "训练轮数", "packing": "序列拼接 (packing)", "gradient_checkpointing": "梯度检查点",
+    "loss_on": "损失计算范围", "optim": "优化器", "max_grad_norm": "梯度裁剪", "logging_steps": "记录间隔步数",
+    "save_steps": "保存间隔步数", "eval_steps": "评估间隔步数", "report_to": "同步记录到",
+    "wandb_project": "wandb 项目", "system": "系统提示词", "temperature": "温度", "top_p": "Top-p",
+    "top_k": "Top-k", "repetition_penalty": "重复惩罚", "max_new_tokens": "最大生成长度",
+}
+
+
+def _help_en() -> dict[str, str]:
+    out = {}
+    for cls in (PrepareConfig, TrainConfig, MergeConfig, GenerationConfig):
+        out.update({f"help_{k}": v for k, v in cls.help().items()})
+    return out
+
+
+I18N = gr.I18n(
+    en={**EN, **_help_en(), **{f"label_{k}": v for k, v in LABEL_EN.items()}},
+    zh={**ZH, **{f"help_{k}": v for k, v in HELP_ZH.items()}, **{f"label_{k}": v for k, v in LABEL_ZH.items()}},
+)
+
+
+def t(key: str):
+    """A translatable piece of static text."""
+    return I18N(key)
+
+
+def label(name: str):
+    return I18N(f"label_{name}")
+
+
+def help(name: str):
+    return I18N(f"help_{name}")
+
+
+# ---- text made on the server -------------------------------------------------------------
+SAY = {
+    "en": {
+        "state_starting": "starting", "state_running": "running", "state_stopping": "stopping after this step",
+        "state_finished": "finished", "state_stopped": "stopped (adapter kept)", "state_failed": "failed",
+        "state_unknown": "no run yet",
+        "started": "Training started in {run}.", "stopping": "Stopping {run} after the current step; the adapter will be kept.",
+        "nothing_running": "Nothing is running.", "resumed": "Resuming {run} from its last checkpoint.",
+        "saved": "Saved dataset **{name}**: {train} rows for training, {eval} for evaluation. The Train tab lists it now.",
+        "no_file": "Choose a data file first (upload one or press “Use the sample data”).",
+        "merge_running": "Merging… (this loads the base model; it can take a few minutes on large models)",
+        "merged": "Merged model written to **{out}** ({size}).", "merge_failed": "The merge failed: {cause}",
+        "no_run": "No run selected.", "loaded": "Loaded {what}.", "released": "Models unloaded; GPU memory freed.",
+        "chat_released": "The chat model was unloaded so that training can use the GPU memory.",
+        "no_gpu": "No GPU found: training runs on the CPU (fine for the small default model, slow for big ones).",
+    },
+    "zh": {
+        "state_starting": "正在启动", "state_running": "训练中", "state_stopping": "本步结束后停止",
+        "state_finished": "已完成", "state_stopped": "已停止（适配器已保存）", "state_failed": "失败",
+        "state_unknown": "还没有训练",
+        "started": "训练已开始：{run}。", "stopping": "{run} 会在当前这一步结束后停止，已训练的适配器会保留。",
+        "nothing_running": "当前没有正在进行的任务。", "resumed": "从最近的检查点继续训练 {run}。",
+        "saved": "数据集 **{name}** 已保存：训练 {train} 条，评估 {eval} 条。训练页里已经可以选择它。",
+        "no_file": "请先选择数据文件（上传一个，或点击“使用示例数据”）。",
+        "merge_running": "正在合并……（需要加载基础模型，大模型可能要几分钟）",
+        "merged": "合并后的模型已保存到 **{out}**（{size}）。", "merge_failed": "合并失败：{cause}",
+        "no_run": "还没有选择训练记录。", "loaded": "已加载 {what}。", "released": "模型已卸载，显存已释放。",
+        "chat_released": "为了让训练使用显存，已卸载对话模型。",
+        "no_gpu": "没有检测到显卡：训练将在 CPU 上进行（小的默认模型没问题，大模型会很慢）。",
+    },
+}
+
+
+def lang(request: gr.Request | None) -> str:
+    """'zh' when the browser prefers Chinese, else 'en'."""
+    try:
+        accept = request.headers.get("accept-language", "") if request is not None else ""
+    except Exception:
+        accept = ""
+    first = accept.split(",")[0].strip().lower()
+    return "zh" if first.startswith("zh") else "en"
+
+
+def say(key: str, language: str = "en", **kw) -> str:
+    """A server-made message in the user's language."""
+    text = SAY.get(language, SAY["en"]).get(key) or SAY["en"].get(key, key)
+    return text.format(**kw)

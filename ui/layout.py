@@ -1,0 +1,64 @@
+"""The panel: one Blocks app joining the tabs, with the wiring between them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from core import jobs
+from ui import chat, data, merge, runs, train
+from ui.i18n import I18N, t
+
+CSS = (Path(__file__).resolve().parent.parent / "assets" / "style.css")
+
+
+def _reattach():
+    """On page load: show the running training (or the newest run) from its first step, fresh lists."""
+    shown = train.shown_run("")
+    return (gr.update(choices=train.run_choices(), value=shown or None), gr.update(choices=train.datasets()),
+            gr.update(choices=merge.finished_runs()), runs.table(), *chat.build_refresh())
+
+
+def build() -> gr.Blocks:
+    """The whole panel (launch it with `launch_kwargs()`)."""
+    with gr.Blocks(title="QLoRA Studio") as demo:
+        gr.Markdown(t("title"))
+        with gr.Tabs() as tabs:
+            with gr.Tab(t("tab_data"), id="data"):
+                d = data.build()
+            with gr.Tab(t("tab_train"), id="train"):
+                tr = train.build()
+            with gr.Tab(t("tab_merge"), id="merge"):
+                m = merge.build()
+            with gr.Tab(t("tab_chat"), id="chat"):
+                c = chat.build()
+            with gr.Tab(t("tab_runs"), id="runs"):
+                r = runs.build()
+        # A saved dataset is offered (and chosen) in the Train tab at once.
+        d["dataset"].change(lambda p: gr.update(choices=train.datasets(), value=p or None), d["dataset"], tr["data"],
+                            api_name=False)
+        # Runs tab buttons open the selected run elsewhere.
+        r["to_train"].click(lambda s: (gr.update(choices=train.run_choices(), value=s), gr.Tabs(selected="train")),
+                            r["selected"], [tr["viewed"], tabs], api_name=False)
+        r["to_merge"].click(lambda s: (gr.update(choices=merge.finished_runs(), value=s), gr.Tabs(selected="merge")),
+                            r["selected"], [m["run"], tabs], api_name=False)
+        r["to_chat"].click(_open_chat, r["selected"], [c["source_a"], c["source_b"], tabs], api_name=False)
+        demo.load(_reattach, None, [tr["viewed"], tr["data"], m["run"], r["frame"], c["source_a"], c["source_b"]],
+                  api_name="reattach")
+    return demo
+
+
+def _open_chat(run: str):
+    adapter = str(Path(run) / "adapter") if run else ""
+    choices = chat.sources()
+    return (gr.update(choices=choices, value=chat.ADAPTER + adapter if adapter else "default"),
+            gr.update(choices=[("—", "")] + choices, value="default" if adapter else ""), gr.Tabs(selected="chat"))
+
+
+def launch_kwargs() -> dict:
+    """Arguments for demo.launch(): translations, stylesheet, a quiet footer."""
+    kw = dict(i18n=I18N, footer_links=["settings", "api"])
+    if CSS.is_file():
+        kw["css_paths"] = [CSS]
+    return kw

@@ -1,0 +1,116 @@
+"""Merge tab: a finished run's adapter folded into its base model, in a child process."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import gradio as gr
+
+from core import jobs, paths, runs
+from core.config import MergeConfig
+from core.errors import UserError
+from ui.i18n import help, lang, say, t
+
+
+def finished_runs() -> list[tuple[str, str]]:
+    """Runs that have an adapter to merge, newest first."""
+    return [(f"{r['name']} · {r['state']}", r["folder"]) for r in runs.list_runs() if r["adapter"]]
+
+
+def pick(run: str | None):
+    """Fill the base model from the adapter's qlora_studio.json and propose an output folder."""
+    if not run:
+        return gr.update(), gr.update()
+    meta = {}
+    try:
+        meta = json.loads((Path(run) / "adapter" / "qlora_studio.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pass
+    out = paths.merged() / Path(run).name
+    i = 2
+    while out.exists():
+        out, i = paths.merged() / f"{Path(run).name}-{i}", i + 1
+    return gr.update(value=meta.get("base_model", "")), gr.update(value=str(out))
+
+
+def config(run, base, out, dtype) -> MergeConfig:
+    """The tab's widgets as one MergeConfig."""
+    return MergeConfig.from_dict(dict(adapter=str(Path(run) / "adapter") if run else "", base=base or "",
+                                      out=out or "", dtype=dtype))
+
+
+def _report(job: jobs.Job) -> dict:
+    """The JSON report the merge command prints last (or what the output folder shows)."""
+    for line in reversed(runs.log_tail(job.log, 50).splitlines()):
+        line = line.strip()
+        if line.startswith("{") and line.endswith("}"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                continue
+    return {}
+
+
+def _size(nbytes: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if nbytes < 1024 or unit == "GB":
+            return f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return ""
+
+
+def result_text(job: jobs.Job, language: str) -> str:
+    """Where the model is, its size, and how closely it matches base + adapter."""
+    out = Path(job.folder)
+    if not (out / "config.json").is_file():
+        cause = jobs._last_error(job.log) or "see the log below"
+        return say("merge_failed", language, cause=cause)
+    report = _report(job)
+    size = report.get("size_bytes") or sum(p.stat().st_size for p in out.glob("*.safetensors"))
+    lines = [say("merged", language, out=out, size=_size(size))]
+    check = report.get("check") or report.get("logit_check") or {}
+    if isinstance(check, dict) and check:
+        zh = language == "zh"
+        diff = check.get("max_abs_diff", check.get("max_diff"))
+        ok = check.get("ok", check.get("passed"))
+        lines.append(("与“基础模型 + 适配器”的输出对比：最大差 {d}，{r}。" if zh else
+                      "Logit check against base + adapter: max difference {d}, {r}.").format(
+            d=diff, r=("通过" if ok else "未通过") if zh else ("passed" if ok else "NOT passed")))
+    extra = {k: v for k, v in report.items() if k not in ("check", "logit_check") and not isinstance(v, (dict, list))}
+    if extra:
+        lines.append("\n".join(f"- {k}: `{v}`" for k, v in extra.items()))
+    return "\n\n".join(lines)
+
+
+def merge(run, base, out, dtype, request: gr.Request = None):
+    """Start the merge child and report as it goes; the last update is the result."""
+    language = lang(request)
+    try:
+        job = jobs.start_merge(config(run, base, out, dtype))
+    except UserError as e:
+        yield f"⚠️ {e}", ""
+        return
+    while job.alive():
+        yield say("merge_running", language), job.log_tail(12)
+        time.sleep(1.0)
+    yield result_text(job, language), job.log_tail(12)
+
+
+def build() -> dict:
+    """The Merge tab's widgets."""
+    gr.Markdown(t("merge_intro"))
+    with gr.Row():
+        with gr.Column():
+            run = gr.Dropdown(finished_runs(), label=t("run"), allow_custom_value=True)
+            base = gr.Textbox(label=t("base"), info=help("base"))
+            out = gr.Textbox(label=t("out"))
+            dtype = gr.Radio(["float16", "bfloat16", "float32"], value="float16", label=t("dtype"), info=help("dtype"))
+            go = gr.Button(t("merge_btn"), variant="primary")
+        with gr.Column():
+            result = gr.Markdown(label=t("merge_result"))
+            log = gr.Textbox(label=t("log"), lines=10, interactive=False)
+    run.change(pick, run, [base, out], api_name="pick_run")
+    go.click(merge, [run, base, out, dtype], [result, log], api_name="merge", concurrency_id="gpu", concurrency_limit=1)
+    return {"run": run}

@@ -1,0 +1,233 @@
+"""Train tab: every TrainConfig setting with its help, Start / Stop / Resume, and the live view."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from core import jobs, models, paths, runs
+from core.config import PRESETS, TrainConfig
+from core.errors import UserError
+from ui.i18n import help, label, lang, say, t
+
+HIDDEN = ("model", "data", "out", "preset", "resume")
+BASIC = ("max_steps", "learning_rate", "batch_size", "grad_accum", "max_seq_length",
+         "lora_r", "lora_alpha", "lora_dropout", "logging_steps", "save_steps")
+ADVANCED = tuple(f.name for f in fields(TrainConfig) if f.name not in HIDDEN + BASIC)
+SETTINGS = BASIC + ADVANCED
+
+
+def _widget(name: str, value):
+    f = next(f for f in fields(TrainConfig) if f.name == name)
+    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    kw = dict(label=label(name), info=help(name), value=value)
+    if kind.startswith("bool"):
+        return gr.Checkbox(**kw)
+    if f.metadata.get("choices"):
+        return gr.Dropdown(list(f.metadata["choices"]), **kw)
+    if kind.startswith("int"):
+        return gr.Number(precision=0, minimum=0, **kw)
+    if kind.startswith("float"):
+        return gr.Number(minimum=0, **kw)
+    return gr.Textbox(**kw)
+
+
+def config(model, data, preset, name, *values) -> TrainConfig:
+    """The tab's widgets as one TrainConfig (the only place that conversion happens)."""
+    out = str(paths.runs() / name.strip()) if name and name.strip() else ""
+    return TrainConfig.from_dict({**dict(zip(SETTINGS, values)), "model": model or "default",
+                                  "data": data or "", "preset": preset, "out": out})
+
+
+def fill_preset(preset: str):
+    """Choosing a preset puts its values into the fields it sets."""
+    values = PRESETS.get(preset, {})
+    return [gr.update(value=values[n]) if n in values else gr.update() for n in SETTINGS]
+
+
+def datasets() -> list[tuple[str, str]]:
+    from core import data
+
+    return [(f"{d['name']} ({d['rows']})", d["path"]) for d in data.list_datasets()]
+
+
+def run_choices() -> list[tuple[str, str]]:
+    return [(f"{r['name']} · {r['state']}", r["folder"]) for r in runs.list_runs()]
+
+
+def start(model, data, preset, name, wandb_key, *values, request: gr.Request = None):
+    """Validate the form and start the training child; problems are shown next to the form."""
+    language = lang(request)
+    try:
+        cfg = config(model, data, preset, name, *values)
+        problems = cfg.replace(out=cfg.out or "auto").validate()
+        if problems:
+            return "⚠️ " + "  \n⚠️ ".join(problems), gr.update()
+        env = {"WANDB_API_KEY": wandb_key.strip()} if wandb_key and wandb_key.strip() else None
+        job = jobs.start_train(cfg, env=env)
+    except UserError as e:
+        return f"⚠️ {e}", gr.update()
+    return say("started", language, run=Path(job.folder).name), gr.update(choices=run_choices(), value=job.folder)
+
+
+def stop(request: gr.Request = None):
+    """Ask the running job to stop after its current step."""
+    job = jobs.stop()
+    if job is None:
+        return say("nothing_running", lang(request))
+    return say("stopping", lang(request), run=Path(job.folder).name)
+
+
+def resume(viewed, wandb_key, request: gr.Request = None):
+    """Continue the shown run from its last checkpoint."""
+    if not viewed:
+        return say("no_run", lang(request)), gr.update()
+    try:
+        env = {"WANDB_API_KEY": wandb_key.strip()} if wandb_key and wandb_key.strip() else None
+        job = jobs.resume(viewed, env=env)
+    except UserError as e:
+        return f"⚠️ {e}", gr.update()
+    return say("resumed", lang(request), run=Path(job.folder).name), gr.update(choices=run_choices(), value=job.folder)
+
+
+def shown_run(viewed: str | None = None) -> str:
+    """The run to show: the chosen one, else the one running, else the newest."""
+    if viewed and Path(viewed).is_dir():
+        return viewed
+    job = jobs.current()
+    if job is not None and job.kind == "train":
+        return job.folder
+    listed = runs.list_runs()
+    return listed[0]["folder"] if listed else ""
+
+
+def _clock(seconds) -> str:
+    if seconds is None:
+        return "–"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def progress_html(run: str, language: str = "en") -> str:
+    """Step x / y with a bar, elapsed and remaining time, tokens per second, and any failure in words."""
+    if not run:
+        return f"<p>{say('state_unknown', language)}</p>"
+    status = runs.read_status(run)
+    metrics = runs.read_metrics(run)
+    last = metrics[-1] if metrics else {}
+    state = status["state"]
+    step, total = status.get("step") or last.get("step", 0), status.get("max_steps") or last.get("max_steps", 0)
+    pct = 100 * step / total if total else 0
+    elapsed = last.get("elapsed")
+    if elapsed is None and status.get("started"):
+        elapsed = (status.get("ended") or time.time()) - status["started"]
+    zh = language == "zh"
+    icon = {"finished": "✅", "failed": "❌", "stopped": "⏹️", "running": "⏳", "starting": "⏳", "stopping": "⏳"}.get(state, "")
+    parts = [f"<div class='qs-progress'><b>{icon} {Path(run).name}: {say('state_' + state, language)}</b>",
+             f"<div class='qs-bar'><div style='width:{pct:.1f}%'></div></div>",
+             f"<span>{'步数' if zh else 'step'} {step} / {total or '?'}</span> · "
+             f"<span>{'已用' if zh else 'elapsed'} {_clock(elapsed)}</span> · "
+             f"<span>{'剩余' if zh else 'remaining'} {_clock(last.get('remaining')) if state in runs.LIVE else '–'}</span> · "
+             f"<span>{last.get('tokens_per_second', 0) or 0:.0f} tokens/s</span>"]
+    if last.get("loss") is not None:
+        parts.append(f" · <span>loss {last['loss']:.4f}</span>")
+    if state == "failed":
+        parts.append(f"<p class='qs-error'>{status.get('error') or ''}</p>")
+        if status.get("hint"):
+            parts.append(f"<p>👉 {status['hint']}</p>")
+    if state in ("finished", "stopped") and status.get("adapter"):
+        parts.append(f"<p>{'适配器已保存：' if zh else 'Adapter saved in '}<code>{status['adapter']}</code></p>")
+    return "".join(parts) + "</div>"
+
+
+def loss_frame(run: str) -> pd.DataFrame:
+    """Training and eval loss against step, from the start of the run."""
+    rows = []
+    for m in runs.read_metrics(run) if run else []:
+        if m.get("loss") is not None:
+            rows.append({"step": m.get("step", 0), "loss": m["loss"], "series": "train"})
+        if m.get("eval_loss") is not None:
+            rows.append({"step": m.get("step", 0), "loss": m["eval_loss"], "series": "eval"})
+    return pd.DataFrame(rows, columns=["step", "loss", "series"])
+
+
+def gpu_markdown() -> str:
+    """Utilisation, memory, temperature and power of each GPU, then CPU and RAM."""
+    try:
+        from core import monitor
+
+        snap = monitor.snapshot()
+    except Exception as e:  # the monitor must never take the panel down
+        return f"monitor unavailable: {e}"
+    lines = []
+    for g in snap.get("gpus", []):
+        lines.append(f"**GPU {g['index']} · {g['name']}** — {g.get('util_percent', 0):.0f}% · "
+                     f"{g.get('memory_used_gb', 0):.1f} / {g.get('memory_total_gb', 0):.1f} GB · "
+                     f"{g.get('temperature_c') or '–'} °C · {g.get('power_w') or '–'} W")
+    if not snap.get("gpus"):
+        lines.append(f"_{snap.get('gpu_note') or 'no GPU'}_")
+    lines.append(f"CPU {snap.get('cpu_percent', 0):.0f}% · RAM {snap.get('ram_used_gb', 0):.1f} / {snap.get('ram_total_gb', 0):.1f} GB")
+    return "  \n".join(lines)
+
+
+def poll(viewed, request: gr.Request = None):
+    """Everything the live view shows, for the shown run."""
+    run = shown_run(viewed)
+    return progress_html(run, lang(request)), loss_frame(run), runs.log_tail(run, 30) if run else ""
+
+
+def build() -> dict:
+    """The Train tab's widgets."""
+    gr.Markdown(t("train_intro"))
+    defaults = TrainConfig(**{k: v for k, v in PRESETS["default"].items()}, preset="default")
+    with gr.Row():
+        with gr.Column(scale=2):
+            with gr.Row():
+                model = gr.Dropdown(models.available(), value="default", label=t("model"), info=help("model"), allow_custom_value=True)
+                data = gr.Dropdown(datasets(), label=t("dataset"), info=help("data"), allow_custom_value=True)
+            with gr.Row():
+                preset = gr.Radio(list(PRESETS), value="default", label=t("preset"), info=help("preset"))
+                name = gr.Textbox("", label=t("run_name"))
+            widgets = {}
+            with gr.Group():
+                with gr.Row():
+                    for n in BASIC[:5]:
+                        widgets[n] = _widget(n, getattr(defaults, n))
+                with gr.Row():
+                    for n in BASIC[5:]:
+                        widgets[n] = _widget(n, getattr(defaults, n))
+            with gr.Accordion(t("advanced"), open=False):
+                for i in range(0, len(ADVANCED), 4):
+                    with gr.Row():
+                        for n in ADVANCED[i:i + 4]:
+                            widgets[n] = _widget(n, getattr(defaults, n))
+                wandb_key = gr.Textbox("", label=t("wandb_key"), type="password")
+            problems = gr.Markdown()
+            with gr.Row():
+                start_btn = gr.Button(t("start"), variant="primary")
+                stop_btn = gr.Button(t("stop"), variant="stop")
+                resume_btn = gr.Button(t("resume"))
+        with gr.Column(scale=3):
+            with gr.Row():
+                viewed = gr.Dropdown(run_choices(), label=t("run_shown"), allow_custom_value=True, scale=4)
+                refresh = gr.Button(t("refresh"), size="sm", scale=1)
+            progress = gr.HTML(label=t("progress"))
+            plot = gr.LinePlot(loss_frame(""), x="step", y="loss", color="series", label=t("loss_chart"), height=280,
+                               color_map={"train": "#2563eb", "eval": "#f97316"})
+            gpu = gr.Markdown(label=t("gpu"))
+            log = gr.Textbox(label=t("log"), lines=8, max_lines=8, autoscroll=True, interactive=False)
+    settings = [widgets[n] for n in SETTINGS]
+    preset.change(fill_preset, preset, settings, api_name=False)
+    start_btn.click(start, [model, data, preset, name, wandb_key, *settings], [problems, viewed], api_name="start")
+    stop_btn.click(stop, None, problems, api_name="stop")
+    resume_btn.click(resume, [viewed, wandb_key], [problems, viewed], api_name="resume")
+    refresh.click(lambda: gr.update(choices=run_choices()), None, viewed, api_name=False)
+    live = [progress, plot, log]
+    viewed.change(poll, viewed, live, api_name=False)
+    gr.Timer(2.0).tick(poll, viewed, live, api_name="poll", show_progress="hidden")
+    gr.Timer(3.0).tick(gpu_markdown, None, gpu, api_name="gpu", show_progress="hidden")
+    return {"model": model, "data": data, "viewed": viewed, "live": live, "problems": problems, "poll": poll}
