@@ -102,7 +102,7 @@ def _jsonl(path: Path, digest) -> Iterator[tuple[str, dict]]:
         if not raw.strip():
             continue
         try:
-            text = _decode(raw, where)
+            text = _decode(raw, where).rstrip("\r\n")  # so that a cut-off row names its own column
             rec = json.loads(text)
             if not isinstance(rec, dict):
                 raise BadRow(f"{where}: expected a JSON object {{...}}, found {type(rec).__name__}", "not an object")
