@@ -187,10 +187,9 @@ def _out_dir(cfg: PrepareConfig, src: Path) -> Path:
     return out
 
 
-def _read(src: Path, cfg: PrepareConfig, digest) -> tuple[list, dict, str]:
+def _read(src: Path, cfg: PrepareConfig, digest) -> tuple[list | _Again, dict, str]:
     """One pass: every row checked and counted; a seeded reservoir keeps N of the usable ones."""
     rng = random.Random(cfg.seed)
-    k = cfg.sample or math.inf
     picked: list[tuple[str, dict]] = []
     dropped: Counter = Counter()
     read = usable = 0
@@ -206,19 +205,24 @@ def _read(src: Path, cfg: PrepareConfig, digest) -> tuple[list, dict, str]:
         if isinstance(row, Dropped):
             dropped[row.reason] += 1
             continue
+        usable += 1
+        if not cfg.sample:
+            continue  # all rows: read again while writing (_Again), none kept here
         # Reservoir sampling: after the pass, every usable row had the same chance, and the
         # same seed on the same file picks the same rows, without holding the file in memory.
-        if usable < k:
+        if len(picked) < cfg.sample:
             picked.append((where, row))
         else:
-            j = rng.randrange(usable + 1)
-            if j < k:
+            j = rng.randrange(usable)
+            if j < cfg.sample:
                 picked[j] = (where, row)
-        usable += 1
-    if not picked:
+    if not usable:
         why = ", ".join(f"{r}: {n}" for r, n in dropped.most_common()) or "no rows"
         raise UserError(f"{src}: no usable rows among {read} ({why})")
-    rng.shuffle(picked)  # like random.sample: the order is random too
+    if cfg.sample:
+        rng.shuffle(picked)  # like random.sample: the order is random too
+    else:
+        picked = _Again(src, cfg.format, usable)
     counts = {"read": read, "usable": usable, "dropped": dict(dropped.most_common()),
               "dropped_total": sum(dropped.values())}
     return picked, counts, layout
@@ -247,21 +251,46 @@ def _write(folder: Path, picked: list, eval_idx: set, template: Template, tokeni
     # Chat templates write their own special tokens; seed/custom text gets what the trainer adds.
     specials = template.name != "chat"
     lengths: list[int] = []
+    batch: list[str] = []
+
+    def count():  # tokenizing a batch at a time is several times faster than row by row
+        lengths.extend(len(ids) for ids in tokenizer(batch, add_special_tokens=specials)["input_ids"])
+        batch.clear()
+
     try:
-        for start in range(0, len(picked), TOKENIZE_BATCH):
-            batch = []
-            for i in range(start, min(start + TOKENIZE_BATCH, len(picked))):
-                where, row = picked[i]
-                segs = _render(template, row, tokenizer, where)
-                text = "".join(t for t, _ in segs)
-                batch.append(text)
-                line = json.dumps({"segments": [[t, bool(b)] for t, b in segs], "text": text}, ensure_ascii=False)
-                files["eval" if i in eval_idx else "train"].write(line + "\n")
-            lengths += [len(ids) for ids in tokenizer(batch, add_special_tokens=specials)["input_ids"]]
+        for i, (where, row) in enumerate(picked):
+            segs = _render(template, row, tokenizer, where)
+            text = "".join(t for t, _ in segs)
+            line = json.dumps({"segments": [[t, bool(b)] for t, b in segs], "text": text}, ensure_ascii=False)
+            files["eval" if i in eval_idx else "train"].write(line + "\n")
+            batch.append(text)
+            if len(batch) == TOKENIZE_BATCH:
+                count()
+        if batch:
+            count()
     finally:
         for f in files.values():
             f.close()
     return lengths
+
+
+class _Again:
+    """Every usable row, read once more from the file: "all rows" holds no row in memory."""
+
+    def __init__(self, src: Path, fmt: str, n: int):
+        self.src, self.fmt, self.n = src, fmt, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        seen = 0
+        for _, where, row in readers.rows(self.src, self.fmt):
+            if not isinstance(row, Exception):  # broken or dropped: already counted in the first pass
+                seen += 1
+                yield where, row
+        if seen != self.n:
+            raise UserError(f"{self.src}: the file changed while it was being prepared; try again")
 
 
 @functools.lru_cache(maxsize=2)
