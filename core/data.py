@@ -91,8 +91,11 @@ def prepare(cfg: PrepareConfig) -> dict:
     rng.shuffle(order)
     eval_idx = set(order[:n_eval])
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except OSError as e:
+        raise UserError(f"{out}: cannot create the output folder here ({e.strerror}); choose another place") from None
     try:
         lengths = _write(tmp, picked, eval_idx, template, tokenizer)
         manifest = {

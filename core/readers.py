@@ -17,7 +17,6 @@ useless (an empty reply) raises Dropped, which the caller counts instead of fail
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,7 +106,7 @@ def _jsonl(path: Path, digest) -> Iterator[tuple[str, dict]]:
             if not isinstance(rec, dict):
                 raise BadRow(f"{where}: expected a JSON object {{...}}, found {type(rec).__name__}", "not an object")
         except json.JSONDecodeError as e:
-            hint = " (a JSON array? it must start with '[')" if n == 1 else ""
+            hint = "; JSON lines need one whole object per line" if n == 1 else ""
             rec = BadRow(f"{where}: invalid JSON at column {e.colno}: {e.msg}{hint}", "invalid JSON")
         except BadRow as e:
             rec = e
@@ -326,7 +325,3 @@ def rows(path: Path, fmt: str = "auto", digest=None) -> Iterator[tuple[str, str,
             yield layout, where, normalize(rec, layout, where)
         except (BadRow, Dropped) as e:
             yield layout, where, e
-
-
-def sha256() -> hashlib._Hash:
-    return hashlib.sha256()

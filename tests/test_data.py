@@ -147,7 +147,8 @@ def test_asking_for_more_rows_than_the_file_has_takes_them_all(tmp_path, capsys)
     assert "only 10 are usable" in out
 
 
-@pytest.mark.parametrize("sample, ratio, train, evals", [(100, 0.1, 90, 10), (20, 0.25, 15, 5), (3, 0.01, 2, 1)])
+@pytest.mark.parametrize("sample, ratio, train, evals", [(100, 0.1, 90, 10), (20, 0.25, 15, 5), (3, 0.01, 2, 1),
+                                                         (0, 0.2, 96, 24)])
 def test_eval_split_sizes(tmp_path, sample, ratio, train, evals):
     m = prep(tmp_path, SAMPLE, sample=sample, eval_ratio=ratio)
     tr, ev = lines(m["path"]), lines(m["path"], "eval")
@@ -190,6 +191,20 @@ def test_list_datasets_offers_prepared_folders(tmp_path):
     assert set(found) == {"one", "two"}
     assert found["one"]["rows"] == 10 and found["one"]["template"] == "seed"
     assert found["two"]["template"] == "Q {instruction} A {output}"
+
+
+def test_without_a_folder_name_the_dataset_lands_in_the_workspace(workspace):
+    first = data.prepare(PrepareConfig(input=str(DATA / "alpaca.jsonl"), sample=5))
+    again = data.prepare(PrepareConfig(input=str(DATA / "alpaca.jsonl"), sample=5))
+    assert Path(first["path"]).parent == workspace / "datasets"
+    assert Path(first["path"]).name.startswith("alpaca-5-seed42") and again["path"] != first["path"]
+    assert {d["path"] for d in data.list_datasets()} >= {first["path"], again["path"]}
+
+
+def test_an_output_place_that_cannot_be_made_is_a_user_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="cannot create the output folder"):
+        data.prepare(PrepareConfig(input=str(DATA / "alpaca.jsonl"), out=str(tmp_path / "file" / "ds")))
 
 
 def test_preview_reads_only_the_rows_it_shows():
