@@ -192,19 +192,20 @@ def _csv(path: Path, digest) -> Iterator[tuple[str, dict]]:
             state["line"] += 1
             if state["line"] == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]
-            yield _decode(raw, f"{path.name} line {state['line']}")
+            yield _decode(raw, f"{path.name} line {state['line']}").replace("\r\n", "\n")
 
     dialect = "excel-tab" if path.suffix.lower() == ".tsv" else "excel"
     reader = csv.reader(lines(), dialect=dialect)
-    header = None
+    header, end = None, 0
     try:
         for cells in reader:
+            start, end = end + 1, reader.line_num  # a quoted cell may span lines: name the first
             if header is None:
                 header = [h.strip() for h in cells]
                 continue
             if not any(c.strip() for c in cells):
                 continue
-            where = f"{path.name} line {reader.line_num}"
+            where = f"{path.name} line {start}"
             if len(cells) > len(header):
                 yield where, BadRow(f"{where}: {len(cells)} cells but the header has {len(header)} columns; "
                                     "put quotes around text that contains commas", "wrong number of cells")

@@ -219,6 +219,7 @@ def test_preview_reads_only_the_rows_it_shows():
 @pytest.mark.parametrize("name, expected", [
     ("bad_json.jsonl", ["bad_json.jsonl line 7", "invalid JSON"]),
     ("no_output.jsonl", ["no_output.jsonl line 12", "`output`"]),
+    ("no_output.csv", ["no_output.csv line 5", "`output`"]),
     ("empty.jsonl", ["empty.jsonl", "empty"]),
     ("not_utf8.jsonl", ["not_utf8.jsonl line 3", "UTF-8"]),
     ("unknown.jsonl", ["unknown layout", "answer, question"]),
