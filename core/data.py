@@ -97,7 +97,7 @@ def prepare(cfg: PrepareConfig) -> dict:
     except OSError as e:
         raise UserError(f"{out}: cannot create the output folder here ({e.strerror}); choose another place") from None
     try:
-        lengths = _write(tmp, picked, eval_idx, template, tokenizer)
+        lengths, prompts = _write(tmp, picked, eval_idx, template, tokenizer)
         manifest = {
             "version": 1,
             "source": {"path": str(src.resolve()), "name": src.name, "sha256": digest.hexdigest(),
@@ -112,7 +112,7 @@ def prepare(cfg: PrepareConfig) -> dict:
             "model": cfg.model,
             "max_seq_length": cfg.max_seq_length,
             "counts": {**counts, "kept": len(picked), "train": len(picked) - n_eval, "eval": n_eval},
-            "stats": statistics(lengths, cfg.max_seq_length),
+            "stats": statistics(lengths, cfg.max_seq_length, prompts),
             "files": {"train": "train.jsonl", "eval": "eval.jsonl" if n_eval else None},
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "config": cfg.replace(out=str(out)).to_dict(),
@@ -151,10 +151,14 @@ def list_datasets(root: str | Path | None = None) -> list[dict]:
     return sorted(found, key=lambda r: r["created"], reverse=True)
 
 
-def statistics(lengths: list[int], max_seq_length: int) -> dict:
-    """Token length summary, the share of rows max_seq_length would cut, and a histogram."""
+def statistics(lengths: list[int], max_seq_length: int, prompts: list[int] | None = None) -> dict:
+    """Token length summary, the share of rows max_seq_length would cut, and a histogram.
+
+    `prompts` (tokens before each row's first reply) counts the rows whose prompt alone
+    fills max_seq_length: cut there, they have no reply left to learn from.
+    """
     if not lengths:
-        return {"tokens": {}, "cut_rows": 0, "cut_share": 0.0, "lengths": [], "histogram": {}}
+        return {"tokens": {}, "cut_rows": 0, "cut_share": 0.0, "no_reply_rows": 0, "lengths": [], "histogram": {}}
     s = sorted(lengths)
 
     def pct(p: float) -> int:  # nearest rank: a length that some row really has
@@ -168,6 +172,7 @@ def statistics(lengths: list[int], max_seq_length: int) -> dict:
                    "total": sum(s)},
         "cut_rows": cut,
         "cut_share": round(cut / len(s), 4),
+        "no_reply_rows": sum(1 for n in prompts or () if n >= max_seq_length),
         "lengths": lengths if len(lengths) <= MAX_LENGTHS else [],
         "histogram": {"width": width, "starts": [b * width for b in range(max(bins) + 1)],
                       "counts": [bins.get(b, 0) for b in range(max(bins) + 1)]},
@@ -246,18 +251,25 @@ def _render(template: Template, row: dict, tokenizer, where: str) -> list:
         raise UserError(f"{where}: the model's chat template failed on this row: {e}") from None
 
 
-def _write(folder: Path, picked: list, eval_idx: set, template: Template, tokenizer) -> list[int]:
-    """Render every picked row into train/eval.jsonl; returns token lengths in file order."""
+def _write(folder: Path, picked, eval_idx: set, template: Template, tokenizer) -> tuple[list[int], list[int]]:
+    """Render every picked row into train/eval.jsonl; returns (tokens of each row, tokens before its first reply)."""
     files = {"train": (folder / "train.jsonl").open("w", encoding="utf-8")}
     if eval_idx:
         files["eval"] = (folder / "eval.jsonl").open("w", encoding="utf-8")
-    # Chat templates write their own special tokens; seed/custom text gets what the trainer adds.
-    specials = template.name != "chat"
+    # Count exactly as the trainer tokenizes: segment by segment, after one BOS where the model uses it.
+    bos = 1 if _leading_bos(tokenizer) else 0
     lengths: list[int] = []
-    batch: list[str] = []
+    prompts: list[int] = []
+    batch: list[list] = []
 
     def count():  # tokenizing a batch at a time is several times faster than row by row
-        lengths.extend(len(ids) for ids in tokenizer(batch, add_special_tokens=specials)["input_ids"])
+        flat = [t for segs in batch for t, _ in segs]
+        sizes = iter(len(ids) for ids in tokenizer(flat, add_special_tokens=False)["input_ids"])
+        for segs in batch:
+            n = [next(sizes) for _ in segs]
+            first = next((i for i, (_, trained) in enumerate(segs) if trained), len(segs))
+            lengths.append(bos + sum(n))
+            prompts.append(bos + sum(n[:first]))
         batch.clear()
 
     try:
@@ -266,7 +278,7 @@ def _write(folder: Path, picked: list, eval_idx: set, template: Template, tokeni
             text = "".join(t for t, _ in segs)
             line = json.dumps({"segments": [[t, bool(b)] for t, b in segs], "text": text}, ensure_ascii=False)
             files["eval" if i in eval_idx else "train"].write(line + "\n")
-            batch.append(text)
+            batch.append(segs)
             if len(batch) == TOKENIZE_BATCH:
                 count()
         if batch:
@@ -274,7 +286,13 @@ def _write(folder: Path, picked: list, eval_idx: set, template: Template, tokeni
     finally:
         for f in files.values():
             f.close()
-    return lengths
+    return lengths, prompts
+
+
+def _leading_bos(tokenizer) -> bool:
+    """Whether this tokenizer starts a text with BOS (the trainer then puts one before each row)."""
+    ids = tokenizer("a")["input_ids"]
+    return tokenizer.bos_token_id is not None and bool(ids) and ids[0] == tokenizer.bos_token_id
 
 
 class _Again:
@@ -319,6 +337,9 @@ def summary(m: dict) -> str:
     lines.append(f"Tokens per row: mean {t['mean']}, p50 {t['p50']}, p95 {t['p95']}, max {t['max']}")
     lines.append(f"{s['cut_rows']} rows ({s['cut_share']:.1%}) are longer than max_seq_length {m['max_seq_length']} "
                  "and would be cut")
+    if s.get("no_reply_rows"):
+        lines.append(f"{s['no_reply_rows']} of them have a prompt that alone fills max_seq_length: "
+                     "no reply is left to learn from")
     lines.append(f"Template: {Template.from_dict(m['template']).label}")
     files = ", ".join(f for f in (m["files"]["train"], m["files"]["eval"], MANIFEST) if f)
     lines.append(f"Wrote {m['path']}/ ({files})")

@@ -162,15 +162,29 @@ def test_no_eval_file_without_an_eval_share(tmp_path):
 
 
 # ---- statistics and manifest ------------------------------------------------------------
+def _tokens(tokenizer, segments) -> list[int]:
+    """Tokens per segment, the way the trainer counts them."""
+    return [len(tokenizer(t, add_special_tokens=False).input_ids) for t, _ in segments]
+
+
 def test_statistics_count_the_rows_max_seq_length_cuts(tmp_path, tokenizer):
     m = prep(tmp_path, DATA / "alpaca.jsonl", max_seq_length=24)
-    lengths = [len(tokenizer(r["text"]).input_ids) for r in lines(m["path"])]
+    lengths = [sum(_tokens(tokenizer, r["segments"])) for r in lines(m["path"])]
     cut = sum(n > 24 for n in lengths)
     assert 0 < cut < len(lengths)  # the fixture straddles the limit, so the count means something
     s = m["stats"]
     assert s["lengths"] == lengths and s["cut_rows"] == cut and s["cut_share"] == round(cut / len(lengths), 4)
     assert s["tokens"]["max"] == max(lengths) and min(lengths) <= s["tokens"]["p50"] <= s["tokens"]["p95"]
     assert sum(s["histogram"]["counts"]) == len(lengths)
+
+
+def test_rows_whose_prompt_fills_max_seq_length_are_counted(tmp_path, tokenizer, capsys):
+    rc, out, _ = cli(capsys, DATA / "alpaca.jsonl", "--out", tmp_path / "o", "--max-seq-length", 16, "--sample", 0)
+    rows = lines(tmp_path / "o")
+    prompts = [_tokens(tokenizer, r["segments"])[0] for r in rows]
+    expected = sum(n >= 16 for n in prompts)
+    assert rc == 0 and 0 < expected < len(rows)
+    assert f"{expected} of them have a prompt that alone fills max_seq_length" in out
 
 
 def test_manifest_records_source_template_and_counts(tmp_path):
