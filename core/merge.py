@@ -1,0 +1,157 @@
+"""`python -m core merge`: fold a trained LoRA adapter into its base model, giving a standalone model.
+
+The base is reloaded in 16 (or 32) bits, never merged into 4-bit weights, which would round
+the update away. The merged model is checked against base + adapter on a probe prompt before
+it is written, and it appears under its final name only once it is complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from core import models
+from core.config import MergeConfig, add_arguments
+from core.errors import UserError
+
+PROBE = "### Human: Who are you? ### Assistant:"
+BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
+# Largest logit difference accepted between base + adapter and the merged model: merging rounds
+# the weights once more to the target format, so 16-bit formats get a looser bound.
+TOLERANCE = {"float32": 1e-3, "float16": 0.25, "bfloat16": 0.5}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UserError(f"merge: {message}")
+
+
+def cli(argv: list[str]) -> int:
+    """`python -m core merge --adapter RUN/adapter --out DIR [--base M] [--dtype D]`."""
+    parser = _Parser(prog="python -m core merge", description="Merge a trained adapter into its base model.")
+    add_arguments(parser, MergeConfig)
+    cfg = MergeConfig.from_dict(vars(parser.parse_args(argv)))
+    report = merge(cfg, progress=lambda f, text: print(f"[{f:4.0%}] {text}", flush=True))
+    print(json.dumps(report, ensure_ascii=False))
+    return 0 if report["ok"] else 1
+
+
+def merge(cfg: MergeConfig, progress=None) -> dict:
+    """Merge cfg.adapter into its base and write cfg.out; returns the report (path, size, max_abs_diff)."""
+    say = progress or (lambda fraction, text: None)
+    cfg.check()
+    adapter, out = Path(cfg.adapter).expanduser(), Path(cfg.out).expanduser().resolve()
+    if not (adapter / "adapter_config.json").is_file():
+        raise UserError(f"adapter: {cfg.adapter} has no adapter_config.json; pick a finished run's adapter folder",
+                        field="adapter")
+    if out.exists():
+        raise UserError(f"out: {cfg.out} already exists; choose a new folder for the merged model", field="out")
+    record = _record(adapter)
+    base_spec = cfg.base or record.get("base_model") or _adapter_base(adapter)
+    base = models.resolve(base_spec)
+    _check_room(base, out, cfg.dtype)
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    started = time.time()
+    device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    dtype = getattr(torch, cfg.dtype)
+    say(0.05, f"loading {base_spec} in {cfg.dtype}")
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+    model.to(device)
+    say(0.35, "loading the adapter")
+    try:
+        model = PeftModel.from_pretrained(model, str(adapter))
+    except (RuntimeError, ValueError, KeyError) as e:
+        cause = " ".join(str(e).split())[:200]
+        raise UserError(f"adapter: {cfg.adapter} does not fit the base model {base_spec} ({cause}); merge it into "
+                        "the model it was trained on", field="adapter") from None
+    tokenizer = AutoTokenizer.from_pretrained(adapter if (adapter / "tokenizer_config.json").is_file() else base)
+    model.eval()
+
+    say(0.5, "merging")
+    probe = tokenizer(PROBE, return_tensors="pt").to(device)
+    with torch.no_grad():
+        before = model(**probe).logits.float()
+        model = model.merge_and_unload()
+        after = model(**probe).logits.float()
+    diff = (before - after).abs().max().item()
+    ok = diff <= TOLERANCE[cfg.dtype]
+
+    say(0.7, f"writing {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True, max_shard_size="2GB")
+        tokenizer.save_pretrained(tmp)
+        size = models.size_bytes(tmp)
+        report = {"ok": ok, "path": str(out), "size_bytes": size, "size_gb": round(size / 2**30, 3),
+                  "max_abs_diff": diff, "tolerance": TOLERANCE[cfg.dtype], "dtype": cfg.dtype,
+                  "base_model": base_spec, "adapter": str(adapter.resolve()), "device": device,
+                  "seconds": round(time.time() - started, 1)}
+        # The record travels on: chat reads the template from here, like it would from the adapter.
+        merged_record = {**record, "base_model": record.get("base_model", base_spec), "merge": report}
+        (tmp / "qlora_studio.json").write_text(json.dumps(merged_record, indent=2, ensure_ascii=False) + "\n",
+                                                encoding="utf-8")
+        if out.exists():  # made by someone else while we worked: still never overwrite
+            raise UserError(f"out: {cfg.out} already exists; choose a new folder for the merged model", field="out")
+        tmp.chmod(0o755)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        del model
+        if device != "cpu":
+            torch.cuda.empty_cache()
+    say(1.0, f"merged model written to {out} ({report['size_gb']} GiB, max logit difference {diff:.2e})")
+    return report
+
+
+def _record(adapter: Path) -> dict:
+    path = adapter / "qlora_studio.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: invalid JSON at line {e.lineno}; the adapter folder is damaged") from None
+
+
+def _adapter_base(adapter: Path) -> str:
+    config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    base = config.get("base_model_name_or_path")
+    if not base:
+        raise UserError(f"base: {adapter} does not say which model it was trained on; choose the base model",
+                        field="base")
+    return base
+
+
+def _check_room(base: str, out: Path, dtype: str) -> None:
+    """Refuse early, in words, when the disk or the memory is too small for the merged model."""
+    import psutil
+
+    stored = _stored_bytes_per_weight(base)
+    need = int(models.size_bytes(base) / stored * BYTES[dtype])
+    root = out.parent
+    while not root.exists():
+        root = root.parent
+    free = shutil.disk_usage(root).free
+    if free < need * 1.1:
+        raise UserError(f"out: not enough disk space in {root}: the merged model needs about {need / 2**30:.1f} GiB, "
+                        f"{free / 2**30:.1f} GiB are free; free some space or choose another folder", field="out")
+    available = psutil.virtual_memory().available
+    if available < need * 1.2:
+        raise UserError(f"merge: not enough memory: merging needs about {need * 1.2 / 2**30:.1f} GiB of RAM, "
+                        f"{available / 2**30:.1f} GiB are free; close other programs (or stop a running chat)")
+
+
+def _stored_bytes_per_weight(folder: str) -> int:
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return 2
+    return BYTES.get(str(config.get("dtype") or config.get("torch_dtype") or "bfloat16"), 2)
+

@@ -1,0 +1,409 @@
+"""`python -m core train`: QLoRA fine-tuning of a causal LM on a prepared dataset.
+
+The story of a run: build the settings once, check the run folder and the data,
+tokenize the rendered segments (the loss mask comes from the template), load the
+base model (4-bit NF4 on a GPU, plain LoRA elsewhere), wrap it in LoRA, hand it to
+trl's SFTTrainer, and save the adapter with everything chat and merge need to use it.
+
+The run folder: config.json, status.json, metrics.jsonl, train.log, checkpoints/, adapter/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from core import models
+from core.config import TrainConfig, add_arguments, preset
+from core.errors import UserError
+from core.template import Template
+
+log = logging.getLogger("qlora_studio.train")
+
+OOM_HINT = "lower batch size or max sequence length, or turn on gradient checkpointing"
+# Files the supervisor may put into a run folder before it starts us.
+PRESTART_FILES = {"config.json", "train.log", "status.json"}
+
+
+# ---- the command line --------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit code 2, like every other user mistake
+        raise UserError(f"train: {message}")
+
+
+def cli(argv: list[str]) -> int:
+    """`python -m core train --data DIR --out RUN [--preset P] [--config FILE] [any setting]`."""
+    parser = _Parser(prog="python -m core train", description="QLoRA fine-tune a model on a prepared dataset.")
+    parser.add_argument("--config", help="A run's config.json to start from; flags given too override it.")
+    add_arguments(parser, TrainConfig)
+    flags = vars(parser.parse_args(argv))
+    result = train(build_config(flags))
+    print(json.dumps(result, ensure_ascii=False))
+    return 0 if result["state"] in ("finished", "stopped") else 1
+
+
+def build_config(flags: dict) -> TrainConfig:
+    """The one TrainConfig of a run: a --config file or a preset, with the flags on top."""
+    flags = dict(flags)
+    config_file = flags.pop("config", None)
+    if config_file:
+        cfg = TrainConfig.from_dict({**TrainConfig.load(config_file).to_dict(), **flags})
+    else:
+        cfg = preset(flags.pop("preset", "default"), **flags)
+    cfg.check()
+    return cfg
+
+
+def explain(exc: BaseException) -> tuple[str, str | None]:
+    """(error, hint) in words for a failed run; the supervisor uses the same mapping."""
+    if type(exc).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(exc):
+        return "out of GPU memory", OOM_HINT
+    if isinstance(exc, UserError):
+        return str(exc), None
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    return f"{type(exc).__name__}: {first}".rstrip(": "), "see train.log"
+
+
+# ---- the run -----------------------------------------------------------------------------
+def train(cfg: TrainConfig) -> dict:
+    """Run one fine-tuning job to the end (or a stop request); returns the final status."""
+    from core.callbacks import Status
+
+    cfg.check()
+    run = Path(cfg.out).expanduser().resolve()
+    dataset = _check_folders(cfg, run)
+    run.mkdir(parents=True, exist_ok=True)
+    handler = _log_to(run / "train.log")
+    status = Status(run / "status.json")
+    try:
+        return _train(cfg, run, dataset, status)
+    except BaseException as e:
+        error, hint = explain(e)
+        log.error("run failed: %s\n%s", error, traceback.format_exc())
+        status.update(state="failed", error=error, hint=hint, ended=time.time())
+        if isinstance(e, (UserError, KeyboardInterrupt)):
+            raise
+        return status.data
+    finally:
+        logging.getLogger("qlora_studio").removeHandler(handler)
+        handler.close()
+
+
+def _check_folders(cfg: TrainConfig, run: Path) -> Path:
+    """Refuse bad input before anything is written."""
+    data = Path(cfg.data).expanduser()
+    if not (data / "manifest.json").is_file() or not (data / "train.jsonl").is_file():
+        raise UserError(f"data: {cfg.data} is not a prepared dataset; make one in the Data tab or with "
+                        "`python -m core prepare`", field="data")
+    if run.exists() and not run.is_dir():
+        raise UserError(f"out: {cfg.out} is a file; choose a new run folder", field="out")
+    extra = sorted(p.name for p in run.iterdir() if p.name not in PRESTART_FILES) if run.is_dir() else []
+    if extra and not cfg.resume:
+        raise UserError(f"out: run folder {cfg.out} already holds a run ({extra[0]}); choose a new folder "
+                        "or resume it", field="out")
+    if cfg.resume and _last_checkpoint(run) is None:
+        raise UserError(f"resume: {cfg.out} has no complete checkpoint to resume from", field="resume")
+    models.resolve(cfg.model)  # a missing model folder is refused here, with its name
+    return data
+
+
+def _train(cfg: TrainConfig, run: Path, data: Path, status) -> dict:
+    import torch
+    from transformers import PrinterCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from core.callbacks import Progress, StopFlag
+    from core.packing import Counting, PackedRows
+
+    torch.manual_seed(cfg.seed)
+    manifest = json.loads((data / "manifest.json").read_text(encoding="utf-8"))
+    template = Template.from_dict(manifest.get("template"))
+    if not (run / "config.json").is_file() or cfg.resume:
+        cfg.save(run / "config.json")  # never a secret: keys come from the environment only
+
+    device, mode, why, cuda = _device(cfg)
+    status.update(device=device, mode=mode)
+    log.info("run %s: model %s, data %s (%s template), preset %s", run, cfg.model, data, template.label, cfg.preset)
+    log.info("device %s; %s", device, why)
+
+    stop = StopFlag()
+    stop.install()
+    tokenizer = models.load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    train_rows = _tokenized(data / "train.jsonl", tokenizer, cfg)
+    eval_rows = _tokenized(data / "eval.jsonl", tokenizer, cfg) if (data / "eval.jsonl").is_file() else None
+    log.info("%d training rows%s", len(train_rows), f", {len(eval_rows)} eval rows" if eval_rows else "")
+
+    model = _load_model(cfg, cuda)
+    tracking = _tracking(cfg, run)
+    dtype = _compute_dtype(cfg, cuda)
+    args = SFTConfig(
+        output_dir=str(run / "checkpoints"),
+        max_steps=cfg.max_steps or -1,
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,  # a float below 1 is a share of the steps
+        optim=cfg.optim,
+        max_grad_norm=cfg.max_grad_norm,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        fp16=cuda and dtype == torch.float16,
+        bf16=dtype == torch.bfloat16,
+        use_cpu=not cuda,
+        # Liger's fused RMSNorm/SwiGLU/RoPE kernels: less activation memory, faster steps (GPU only).
+        use_liger_kernel=cuda and _has_liger(),
+        max_length=cfg.max_seq_length,
+        packing=cfg.packing,
+        packing_strategy="bfd",
+        completion_only_loss=cfg.loss_on == "response",
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps" if cfg.save_steps else "no",
+        save_steps=cfg.save_steps or 500,
+        save_total_limit=2,
+        eval_strategy="steps" if cfg.eval_steps and eval_rows else "no",
+        eval_steps=cfg.eval_steps or None,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to=tracking,
+        run_name=run.name,
+        disable_tqdm=True,  # train.log gets one clear line per logging step instead of progress bars
+        dataloader_pin_memory=cuda,
+    )
+    progress = Progress(run / "metrics.jsonl", status, stop, log, cuda)
+    progress.first_line = {"device": device, "mode": mode}
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows,
+                         processing_class=tokenizer, callbacks=[progress])
+    trainer.remove_callback(PrinterCallback)  # Progress already writes one line per logging step
+    # Packed rows stay separate rows (see core/packing.py); either way count the real tokens.
+    collator = PackedRows(tokenizer.pad_token_id) if cfg.packing else trainer.data_collator
+    trainer.data_collator = progress.counter = Counting(collator)
+    if cuda and dtype == torch.float16:
+        # The fp16 grad scaler needs float32 master weights to unscale into.
+        for p in trainer.model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+    log.info("trainable parameters: %s", _count(trainer.model))
+
+    try:
+        resume = str(_last_checkpoint(run)) if cfg.resume else None
+        if resume:
+            log.info("resuming from %s", resume)
+        trainer.train(resume_from_checkpoint=resume)
+    finally:
+        progress.close()
+        stop.uninstall()
+
+    adapter = _save_adapter(trainer.model, tokenizer, cfg, template, run)
+    state = "stopped" if stop.requested else "finished"
+    log.info("%s at step %d; adapter saved to %s", state, trainer.state.global_step, adapter)
+    status.update(state=state, step=trainer.state.global_step, adapter=str(adapter), ended=time.time())
+    if "wandb" in tracking:
+        import wandb
+
+        wandb.finish()
+    return status.data
+
+
+# ---- pieces of the story -----------------------------------------------------------------
+def _device(cfg: TrainConfig) -> tuple[str, str, str, bool]:
+    """(device, mode, why) in words, and whether a CUDA GPU is used."""
+    import torch
+
+    if not torch.cuda.is_available():
+        # bitsandbytes has a CPU 4-bit path, but it is slower than float32 on CPU and needs extra
+        # kernels; float16 autocast fails on CPU. Plain LoRA in float32 always works.
+        dt = "bfloat16" if cfg.compute_dtype == "bfloat16" else "float32"
+        return "cpu", f"LoRA {dt} (no GPU)", f"no GPU: plain LoRA in {dt}", False
+    device = f"cuda:0 {torch.cuda.get_device_name(0)}"
+    dt = str(_compute_dtype(cfg, True)).removeprefix("torch.")
+    short = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}[dt]
+    if cfg.quantization == "4bit":
+        dq = " + double quant" if cfg.double_quant else ""
+        return device, f"4-bit NF4 ({short} compute)", f"QLoRA: 4-bit NF4{dq}, {short} compute", True
+    return device, f"LoRA {dt}", f"plain LoRA in {dt} (quantization off)", True
+
+
+def _has_liger() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("liger_kernel") is not None
+
+
+def _compute_dtype(cfg: TrainConfig, cuda: bool):
+    import torch
+
+    if not cuda:
+        return torch.bfloat16 if cfg.compute_dtype == "bfloat16" else torch.float32
+    if cfg.compute_dtype == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return getattr(torch, cfg.compute_dtype)
+
+
+def _tokenized(path: Path, tokenizer, cfg: TrainConfig):
+    """input_ids + completion_mask per row, segment by segment, so the mask follows the template exactly."""
+    from datasets import Dataset
+
+    bos = _leading_bos(tokenizer)
+    rows, dropped = [], 0
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                segments = json.loads(line)["segments"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise UserError(f"{path}, line {n}: not a prepared row (no 'segments'); prepare the data again") from None
+            ids, mask = ([bos], [0]) if bos is not None else ([], [])
+            for text, trained in segments:
+                piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+                ids += piece
+                mask += [1 if trained else 0] * len(piece)
+            ids, mask = ids[: cfg.max_seq_length], mask[: cfg.max_seq_length]
+            if cfg.loss_on == "response" and not any(mask):
+                dropped += 1  # the prompt alone filled max_seq_length: nothing left to learn from
+                continue
+            rows.append({"input_ids": ids, "completion_mask": mask})
+    if dropped:
+        log.info("%s: %d rows skipped: their prompt fills max_seq_length (%d)", path.name, dropped, cfg.max_seq_length)
+    if not rows:
+        raise UserError(f"{path}: no usable rows; raise max_seq_length or prepare the data again")
+    return Dataset.from_list(rows)
+
+
+def _leading_bos(tokenizer) -> int | None:
+    """The BOS id if this tokenizer normally starts a text with it, else None."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return None
+    ids = tokenizer("a")["input_ids"]
+    return bos if ids and ids[0] == bos else None
+
+
+def _load_model(cfg: TrainConfig, cuda: bool):
+    """The base model (4-bit on a GPU when asked) with fresh LoRA layers on it."""
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    folder = models.resolve(cfg.model)
+    dtype = _compute_dtype(cfg, cuda)
+    kw = dict(trust_remote_code=cfg.trust_remote_code)
+    try:
+        if cuda and cfg.quantization == "4bit":
+            kw["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=cfg.double_quant, bnb_4bit_compute_dtype=dtype)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, device_map={"": 0}, **kw)
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype if cuda else torch.float32, **kw)
+            if cuda:
+                model.to("cuda:0")
+    except (OSError, ValueError) as e:
+        raise UserError(f"model: cannot load {cfg.model}: {str(e).splitlines()[0]}", field="model") from None
+    # Without a cache, transformers reads restarting position_ids as separate rows: packed rows
+    # then attend only to themselves (with a cache it would treat them as one long row).
+    model.config.use_cache = False
+    targets = {"default": None, "all-linear": "all-linear"}.get(
+        cfg.target_modules, [t.strip() for t in cfg.target_modules.split(",") if t.strip()])
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=targets, bias="none", task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as e:
+        raise UserError(f"target_modules: {str(e).splitlines()[0]}", field="target_modules") from None
+
+
+def _tracking(cfg: TrainConfig, run: Path) -> list[str]:
+    """Set up wandb or tensorboard; wandb never prompts and never waits for a network that isn't there."""
+    if cfg.report_to == "tensorboard":
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run / "tensorboard")
+        return ["tensorboard"]
+    if cfg.report_to != "wandb":
+        return []
+    os.environ.update(WANDB_SILENT="true", WANDB_DIR=str(run), WANDB_PROJECT=cfg.wandb_project,
+                      WANDB_CONSOLE="off", WANDB_INIT_TIMEOUT="30")
+    os.environ.pop("WANDB_PROMPT", None)
+    if os.environ.get("WANDB_MODE") == "offline":
+        log.info("wandb: offline mode (WANDB_MODE=offline); sync later with `wandb sync %s/wandb`", run)
+    elif not _wandb_key():
+        os.environ["WANDB_MODE"] = "offline"
+        log.info("wandb: no API key (set WANDB_API_KEY): logging offline into %s/wandb", run)
+    elif not _reachable("api.wandb.ai", 443):
+        os.environ["WANDB_MODE"] = "offline"
+        log.info("wandb: api.wandb.ai is not reachable: logging offline into %s/wandb", run)
+    return ["wandb"]
+
+
+def _wandb_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path.home() / ".netrc"
+    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+def _reachable(host: str, port: int, timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _save_adapter(model, tokenizer, cfg: TrainConfig, template: Template, run: Path) -> Path:
+    """RUN/adapter: the LoRA weights (safetensors), the tokenizer, and the record chat and merge read."""
+    out = run / "adapter"
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    record = {"base_model": cfg.model, "template": template.to_dict(), "run": str(run), "config": cfg.to_dict()}
+    (out / "qlora_studio.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return out
+
+
+def _last_checkpoint(run: Path) -> Path | None:
+    """The newest checkpoint that was written completely (weights and trainer state both there)."""
+    done = [p for p in (run / "checkpoints").glob("checkpoint-*")
+            if (p / "trainer_state.json").is_file() and (p / "adapter_model.safetensors").is_file()]
+    return max(done, key=lambda p: int(p.name.rsplit("-", 1)[1]), default=None)
+
+
+def _count(model) -> str:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return f"{trainable:,} of {total:,} ({100 * trainable / total:.2f}%)"
+
+
+def _log_to(path: Path) -> logging.Handler:
+    """Log lines go to stdout; also into train.log unless stdout already is train.log (the supervisor's redirect)."""
+    root = logging.getLogger("qlora_studio")
+    root.setLevel(logging.INFO)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    if not any(getattr(h, "_qlora_stdout", False) for h in root.handlers):
+        console = logging.StreamHandler(sys.stdout)
+        console.setFormatter(fmt)
+        console._qlora_stdout = True
+        root.addHandler(console)
+    if _same_file(sys.stdout, path):
+        handler: logging.Handler = logging.NullHandler()
+    else:
+        handler = logging.FileHandler(path, encoding="utf-8")
+        handler.setFormatter(fmt)
+    root.addHandler(handler)
+    return handler
+
+
+def _same_file(stream, path: Path) -> bool:
+    try:
+        return path.exists() and os.path.samestat(os.fstat(stream.fileno()), path.stat())
+    except (OSError, ValueError, AttributeError):
+        return False
