@@ -53,6 +53,7 @@ def detect(path: str | Path) -> str:
 
 def preview(cfg: PrepareConfig, n: int = 5) -> list[dict]:
     """The first `n` usable rows rendered as the model will see them: {text, prompt, response, where}."""
+    cfg.check()
     template = Template.parse(cfg.template)
     tokenizer = _tokenizer(cfg.model, cfg.trust_remote_code)
     out = []

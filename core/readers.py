@@ -49,11 +49,15 @@ class Dropped(Exception):
 def container(path: Path) -> str:
     """'jsonl', 'json' (an array) or 'csv', from the extension and the first character."""
     if not path.is_file():
-        raise UserError(f"{path}: file not found" if not path.exists() else f"{path}: is a folder, not a file")
+        raise UserError(f"{path}: file not found; check the path" if not path.exists()
+                        else f"{path}: is a folder; choose a data file inside it")
     if path.suffix.lower() in (".csv", ".tsv"):
         return "csv"
     with path.open("rb") as f:
-        head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+        head = f.read(4096)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):  # what Windows Notepad calls "Unicode"
+        raise UserError(f"{path}: the file is saved as UTF-16; save it as UTF-8")
+    head = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if not head:
         raise UserError(f"{path}: the file is empty; choose a file with one row per line")
     if head[:1] == b"[":

@@ -236,6 +236,7 @@ def test_preview_reads_only_the_rows_it_shows():
     ("no_output.csv", ["no_output.csv line 5", "`output`"]),
     ("empty.jsonl", ["empty.jsonl", "empty"]),
     ("not_utf8.jsonl", ["not_utf8.jsonl line 3", "UTF-8"]),
+    ("utf16.jsonl", ["utf16.jsonl", "saved as UTF-16"]),
     ("unknown.jsonl", ["unknown layout", "answer, question"]),
     ("missing.jsonl", ["missing.jsonl", "not found"]),
 ])
