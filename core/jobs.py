@@ -228,6 +228,13 @@ class JobManager:
         job = self.current()
         if job is None:
             return
+        if job.kind == "train" and job.state() in runs.FINAL:
+            # It has said its last word and is only exiting (freeing the GPU): give it a moment.
+            deadline = time.time() + 20
+            while job.alive() and time.time() < deadline:
+                time.sleep(0.2)
+            if not job.alive():
+                return
         what = "a training run" if job.kind == "train" else "a merge"
         raise UserError(f"{what} is already going: {Path(job.folder).name}; stop it first or wait")
 
@@ -242,6 +249,10 @@ class JobManager:
         job = Job(kind, proc.pid, str(folder), time.time(), [*self.command, *argv], str(log), proc)
         self._mine = job
         _write_json(_job_file(), job.record())
+        if kind == "train":  # a pid in status.json lets any reader tell a vanished run from a live one
+            status = runs._read_json(folder / "status.json")
+            if status.get("state") == "starting" and not status.get("pid"):
+                _write_json(folder / "status.json", {**status, "pid": proc.pid})
         self._watch(job)
         return job
 

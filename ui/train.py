@@ -120,10 +120,11 @@ def progress_html(run: str, language: str = "en") -> str:
     metrics = runs.read_metrics(run)
     last = metrics[-1] if metrics else {}
     state = status["state"]
-    step, total = status.get("step") or last.get("step", 0), status.get("max_steps") or last.get("max_steps", 0)
+    step = status.get("step") or last.get("step", 0)
+    total = status.get("max_steps") or last.get("max_steps") or runs._read_json(Path(run) / "config.json").get("max_steps", 0)
     pct = 100 * step / total if total else 0
     elapsed = last.get("elapsed")
-    if elapsed is None and status.get("started"):
+    if status.get("started"):  # the wall clock since start, so it keeps moving between logging steps
         elapsed = (status.get("ended") or time.time()) - status["started"]
     zh = language == "zh"
     icon = {"finished": "✅", "failed": "❌", "stopped": "⏹️", "running": "⏳", "starting": "⏳", "stopping": "⏳"}.get(state, "")

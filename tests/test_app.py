@@ -1,0 +1,203 @@
+"""The panel driven through its API with gradio_client: data → train → merge → chat, as a user would.
+
+The app runs as a real `python app.py` process on a free 127.0.0.1 port with its own workspace;
+training and merging are real child processes on the embedded model (CPU, a few tiny steps).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "assets" / "sample_zh.jsonl"
+# Small enough for a CPU step in a few seconds, big enough to see the loss move.
+TINY = dict(max_steps=3, logging_steps=1, batch_size=2, grad_accum=1, lora_r=8, lora_alpha=16,
+            max_seq_length=96, save_steps=1, quantization="none")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class App:
+    """`python app.py` in a subprocess; restartable, like a user closing and reopening it."""
+
+    def __init__(self, home: Path, base_model: str):
+        self.home, self.proc, self.url = home, None, ""
+        self.env = {**os.environ, "QLORA_STUDIO_HOME": str(home), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+
+    def start(self):
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = open(self.home / f"app-{port}.log", "w")
+        self.proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=self.env,
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(self.url, timeout=2)
+                return self
+            except OSError:
+                assert self.proc.poll() is None, (self.home / f"app-{port}.log").read_text()
+                time.sleep(0.5)
+        raise AssertionError("the panel did not come up")
+
+    def kill(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=30)
+
+    def client(self):
+        from gradio_client import Client
+
+        return Client(self.url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, base_model):
+    a = App(tmp_path_factory.mktemp("panel"), base_model).start()
+    yield a
+    from core import jobs
+
+    os.environ["QLORA_STUDIO_HOME"] = str(a.home)
+    jobs.stop(grace=5)
+    a.kill()
+
+
+def settings(**overrides) -> list:
+    from core.config import preset
+    from ui.train import SETTINGS
+
+    cfg = preset("default", **{**TINY, **overrides})
+    return [getattr(cfg, n) for n in SETTINGS]
+
+
+def start(client, dataset, model="default", name="", **overrides):
+    return client.predict(model, dataset, "default", name, "", *settings(**overrides), api_name="/start")
+
+
+def wait_state(client, run, states, timeout=240):
+    end = time.time() + timeout
+    while time.time() < end:
+        html, plot, log = client.predict(run, api_name="/poll")
+        if any(f": {s}" in html for s in states):
+            return html, plot, log
+        time.sleep(1.5)
+    raise AssertionError(f"run never reached {states}: {html}")
+
+
+@pytest.fixture(scope="module")
+def dataset(app):
+    from gradio_client import handle_file
+
+    c = app.client()
+    source = c.predict(handle_file(str(SAMPLE)), api_name="/upload")["value"]
+    assert Path(source).parent == app.home / "data"
+    layout, table = c.predict(source, 64, 7, "seed", 0.1, 512, "default", False, "", api_name="/preview")
+    assert "alpaca" in layout and table["data"][0][0].startswith("### Human: ")
+    stats, hist, folder = c.predict(source, 64, 7, "seed", 0.1, 512, "default", False, "belle64", api_name="/prepare")
+    assert "64 picked" in stats and "58 rows for training" in stats
+    assert sum(row[1] for row in hist["data"]) == 64  # the histogram covers every sampled row
+    return folder
+
+
+@pytest.fixture(scope="module")
+def finished_run(app, dataset):
+    c = app.client()
+    message, viewed = start(c, dataset, name="first")
+    run = viewed["value"]
+    assert "Training started" in message and Path(run).name == "first"
+    # While it runs: a second Start is refused with the reason, and a fresh page finds the run.
+    refused, _ = start(app.client(), dataset, name="second")
+    assert "a training run is already going: first" in refused
+    assert app.client().predict(api_name="/reattach")[0]["value"] == run
+    seen_running_points = 0
+    end = time.time() + 240
+    while time.time() < end:
+        html, plot, _ = c.predict("", api_name="/poll")  # "" = whatever is running
+        if ": running" in html and plot and plot["data"]:
+            seen_running_points = len(plot["data"])
+        if ": finished" in html:
+            break
+        time.sleep(1)
+    assert seen_running_points >= 1, "the loss chart gained points while training ran"
+    assert "Adapter saved" in html and (Path(run) / "adapter" / "adapter_config.json").is_file()
+    assert [row[0] for row in plot["data"] if row[2] == "train"] == [1, 2, 3]
+    return run
+
+
+def test_validation_messages_are_shown_next_to_the_form(app, dataset):
+    message, _ = start(app.client(), dataset, lora_dropout=0.9, learning_rate=3.0)
+    assert "lora_dropout: must be between 0 and 0.5" in message and "learning_rate" in message
+
+
+def test_train_streams_metrics_then_finishes(finished_run):
+    from core import runs
+
+    assert runs.read_status(finished_run)["state"] == "finished"
+    assert len(runs.read_metrics(finished_run)) == 3
+
+
+def test_bad_model_fails_with_the_cause_in_words(app, dataset, finished_run):
+    c = app.client()
+    message, viewed = start(c, dataset, model="/no/such/model", name="bad")
+    assert "Training started" in message, message
+    html, _, _ = wait_state(c, viewed["value"], ["failed"], timeout=120)
+    assert "model: folder /no/such/model not found" in html
+
+
+def test_stop_keeps_adapter_and_restart_reattaches(app, dataset, finished_run):
+    c = app.client()
+    _, viewed = start(c, dataset, name="long", max_steps=60, save_steps=0)
+    run = viewed["value"]
+    wait_state(c, run, ["running"])
+    # Close the panel altogether: training must go on, and a new panel must find it.
+    app.kill()
+    app.start()
+    c = app.client()
+    assert c.predict(api_name="/reattach")[0]["value"] == run
+    html, plot, _ = wait_state(c, "", ["running"])
+    assert "long" in html
+    end = time.time() + 120
+    while not plot["data"] and time.time() < end:
+        html, plot, _ = c.predict("", api_name="/poll")
+        time.sleep(1)
+    assert plot["data"], "the reattached panel shows the curve from the first step"
+    assert "after the current step" in c.predict(api_name="/stop")
+    html, _, _ = wait_state(c, run, ["stopped"], timeout=120)
+    assert (Path(run) / "adapter" / "adapter_config.json").is_file()
+    rows = c.predict(api_name="/runs")["data"]
+    assert {r[0]: r[1] for r in rows}["long"] == "stopped"
+
+
+def test_merge_then_chat_streams_a_reply(app, finished_run):
+    pytest.importorskip("core.merge")
+    pytest.importorskip("core.chat")
+    c = app.client()
+    base, out = c.predict(finished_run, api_name="/pick_run")
+    assert base["value"] and out["value"].endswith("first")
+    result, _ = c.predict(finished_run, base["value"], out["value"], "float32", api_name="/merge")
+    assert "Merged model written to" in result and (Path(out["value"]) / "config.json").is_file()
+    job = c.submit("1加1等于几？", [], [], out["value"], "default", "", 0.0, 1.0, 0, 1.1, 12, api_name="/chat")
+    updates = list(job)
+    assert len(updates) >= 3, "the reply arrives in pieces"
+    _, hist_a, hist_b, note = job.result()
+    assert hist_a[-1]["role"] == "assistant" and text(hist_a[-1]).strip()
+    assert text(hist_b[-1]).strip(), "side by side: the base model answered too"
+
+
+def text(message: dict) -> str:
+    content = message["content"]
+    return content if isinstance(content, str) else "".join(p.get("text", "") for p in content)
