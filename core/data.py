@@ -23,7 +23,7 @@ import random
 import shutil
 import tempfile
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from core import paths, readers
@@ -115,7 +115,7 @@ def prepare(cfg: PrepareConfig) -> dict:
             "counts": {**counts, "kept": len(picked), "train": len(picked) - n_eval, "eval": n_eval},
             "stats": statistics(lengths, cfg.max_seq_length, prompts),
             "files": {"train": "train.jsonl", "eval": "eval.jsonl" if n_eval else None},
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "config": cfg.replace(out=str(out)).to_dict(),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
@@ -248,7 +248,7 @@ def _render(template: Template, row: dict, tokenizer, where: str) -> list:
         return template.render(row, tokenizer)
     except UserError:
         raise
-    except Exception as e:  # a model's own chat template may refuse a conversation (jinja error)
+    except Exception as e:  # noqa: BLE001 - a model's own chat template may refuse a conversation (jinja error)
         raise UserError(f"{where}: the model's chat template failed on this row: {e}") from None
 
 

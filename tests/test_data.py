@@ -280,7 +280,7 @@ def test_a_file_with_nothing_usable_is_refused(tmp_path):
 def test_command_line_exit_codes_and_summary(tmp_path):
     """The real command: exit 0 with a summary, exit 2 with one line and no traceback."""
     run = lambda *a: subprocess.run([sys.executable, "-m", "core", "prepare", *map(str, a)],
-                                    cwd=ROOT, capture_output=True, text=True, timeout=120)
+                                    check=False, cwd=ROOT, capture_output=True, text=True, timeout=120)
     bad = run(DATA / "bad_json.jsonl", "--out", tmp_path / "bad")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1
     ok = run(SAMPLE, "--out", tmp_path / "ok", "--sample", 64, "--eval-ratio", 0.125)
