@@ -23,6 +23,7 @@ import random
 import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -75,13 +76,16 @@ def preview(cfg: PrepareConfig, n: int = 5) -> list[dict]:
     return out
 
 
-def prepare(cfg: PrepareConfig) -> dict:
-    """Sample, render and write a dataset folder; returns its manifest (counts and statistics)."""
+def prepare(cfg: PrepareConfig, progress: Callable[[float], None] | None = None) -> dict:
+    """Sample, render and write a dataset folder; returns its manifest (counts and statistics).
+
+    `progress`, if given, is called with the share of the file read so far (0 to 1).
+    """
     cfg.check()
     src = Path(cfg.input).expanduser()
     out = _out_dir(cfg, src)
     template = Template.parse(cfg.template)
-    digest = hashlib.sha256()
+    digest = _Hash(src, progress)
     # Reading comes first and writes nothing, so a bad file leaves no trace on disk.
     picked, counts, layout = _read(src, cfg, digest)
     tokenizer = _tokenizer(cfg.model, cfg.trust_remote_code)
@@ -294,6 +298,25 @@ def _leading_bos(tokenizer) -> bool:
     """Whether this tokenizer starts a text with BOS (the trainer then puts one before each row)."""
     ids = tokenizer("a")["input_ids"]
     return tokenizer.bos_token_id is not None and bool(ids) and ids[0] == tokenizer.bos_token_id
+
+
+class _Hash:
+    """sha256 of the file as the reader streams it, reporting how far it got on the way."""
+
+    def __init__(self, src: Path, progress: Callable[[float], None] | None):
+        self.sha = hashlib.sha256()
+        self.progress, self.done, self.next = progress, 0, 0
+        self.size = max(1, src.stat().st_size) if src.is_file() else 1
+
+    def update(self, chunk: bytes) -> None:
+        self.sha.update(chunk)
+        self.done += len(chunk)
+        if self.progress and self.done >= self.next:  # about a hundred calls per file, not one per line
+            self.next = self.done + self.size // 100
+            self.progress(min(1.0, self.done / self.size))
+
+    def hexdigest(self) -> str:
+        return self.sha.hexdigest()
 
 
 class _Again:

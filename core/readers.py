@@ -3,7 +3,8 @@
 Containers: JSON lines (the Belle file, despite its `.json` name), a JSON array, CSV.
 Layouts (what a row holds):
 
-    alpaca    {"instruction", "input", "output"}           one turn; `input` is optional
+    alpaca    {"instruction", "input", "output"}           one turn; `input`, `system` and
+                                                           `history` ([[q, a], ...]) are optional
     sharegpt  {"conversations": [{"from", "value"}, ...]}  multi-turn, from = human/user/gpt/assistant/system
     messages  {"messages": [{"role", "content"}, ...]}     OpenAI chat, system message included
     text      {"text": "..."}                              plain text, all of it trained
@@ -264,9 +265,17 @@ def _alpaca(rec: dict, where: str) -> dict:
     if not instruction.strip() and not inp.strip():
         raise Dropped("empty instruction")
     system = _str(rec, "system", where, required=False)
-    return {"system": system, "turns": [{"instruction": instruction.strip() or inp.strip(),
-                                         "input": inp.strip() if instruction.strip() else "",
-                                         "output": output}]}
+    return {"system": system, "turns": _history(rec, where) + [{
+        "instruction": instruction.strip() or inp.strip(), "input": inp.strip() if instruction.strip() else "",
+        "output": output}]}
+
+
+def _history(rec: dict, where: str) -> list[dict]:
+    """Earlier turns of an alpaca row, as [[question, answer], ...] in `history` (a common extension)."""
+    hist = rec.get("history") or []
+    if not isinstance(hist, list) or any(not isinstance(h, list) or len(h) != 2 for h in hist):
+        raise BadRow(f"{where}: `history` must be a list of [question, answer] pairs", "bad history")
+    return [{"instruction": str(q), "input": "", "output": str(a)} for q, a in hist]
 
 
 def _text(rec: dict, where: str) -> dict:

@@ -127,6 +127,15 @@ def test_multi_turn_is_rendered_turn_by_turn_with_only_replies_trained(tmp_path,
     ]
 
 
+def test_alpaca_history_becomes_earlier_turns(tmp_path, tokenizer):
+    m = prep(tmp_path, DATA / "alpaca_history.jsonl", skip_bad=True)
+    assert m["counts"]["dropped"] == {"bad history": 1}
+    convo = next(r for r in lines(m["path"]) if "乘以 4" in r["text"])
+    eos = tokenizer.eos_token
+    assert [t for t, trained in convo["segments"] if trained] == ["你好，有什么可以帮你？" + eos, "等于 5。" + eos,
+                                                                  "等于 20。" + eos]
+
+
 def test_multi_turn_chat_template_trains_each_reply(tmp_path):
     rows = lines(prep(tmp_path, DATA / "messages.jsonl", template="chat")["path"])
     colors = next(r for r in rows if "草呢" in r["text"])
@@ -205,6 +214,12 @@ def test_list_datasets_offers_prepared_folders(tmp_path):
     assert set(found) == {"one", "two"}
     assert found["one"]["rows"] == 10 and found["one"]["template"] == "seed"
     assert found["two"]["template"] == "Q {instruction} A {output}"
+
+
+def test_progress_is_reported_up_to_the_whole_file(tmp_path):
+    seen = []
+    data.prepare(PrepareConfig(input=str(SAMPLE), out=str(tmp_path / "o"), sample=10), progress=seen.append)
+    assert len(seen) > 10 and seen == sorted(seen) and seen[-1] == 1.0
 
 
 def test_without_a_folder_name_the_dataset_lands_in_the_workspace(workspace):
