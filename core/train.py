@@ -74,11 +74,11 @@ def explain(exc: BaseException) -> tuple[str, str | None]:
 # ---- the run -----------------------------------------------------------------------------
 def train(cfg: TrainConfig) -> dict:
     """Run one fine-tuning job to the end (or a stop request); returns the final status."""
-    from core.callbacks import Status
-
     cfg.check()
     run = Path(cfg.out).expanduser().resolve()
     dataset = _check_folders(cfg, run)
+    from core.callbacks import Status  # only now: it brings in torch and transformers (seconds)
+
     run.mkdir(parents=True, exist_ok=True)
     handler = _log_to(run / "train.log")
     status = Status(run / "status.json")

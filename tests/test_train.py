@@ -1,0 +1,276 @@
+"""Training end to end on CPU: a real run on the embedded model, its run folder, its refusals, stop and resume.
+
+`shared_run()` trains once per test session (identity data, 64 rows, 12 steps) and is reused by
+the merge, chat and learning tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from core.config import PrepareConfig, TrainConfig, preset
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSETS = ROOT / "assets"
+PICKLE = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+# Small but real: enough LoRA capacity and steps for the identity set to be learned on 2 CPU cores.
+FAST = dict(batch_size=4, grad_accum=1, logging_steps=1, packing=False, gradient_checkpointing=False,
+            lora_r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", learning_rate=1e-3,
+            max_seq_length=64, save_steps=0)
+
+_shared: dict[str, Path] = {}
+
+
+def scratch() -> Path:
+    """A folder inside the session's workspace (the conftest points QLORA_STUDIO_HOME at a tmp folder)."""
+    return Path(tempfile.mkdtemp(dir=os.environ["QLORA_STUDIO_HOME"]))
+
+
+def identity_dataset() -> Path:
+    """The 64 identity rows (English and Chinese), prepared with the seed template like any user data."""
+    if "dataset" not in _shared:
+        from core.data import prepare
+
+        folder = scratch()
+        src = folder / "identity.jsonl"
+        src.write_text("".join((ASSETS / n).read_text(encoding="utf-8") for n in ("identity_en.jsonl", "identity_zh.jsonl")),
+                       encoding="utf-8")
+        prepare(PrepareConfig(input=str(src), out=str(folder / "dataset"), sample=0))
+        _shared["dataset"] = folder / "dataset"
+    return _shared["dataset"]
+
+
+def shared_run() -> Path:
+    """One 12-step run on the identity set, trained in-process once per session."""
+    if "run" not in _shared:
+        from core.train import train
+
+        run = scratch() / "run"
+        result = train(preset("default", data=str(identity_dataset()), out=str(run), max_steps=12, **FAST))
+        assert result["state"] == "finished", result
+        _shared["run"] = run
+    return _shared["run"]
+
+
+def shared_merge() -> Path:
+    """The shared run's adapter merged (float32, so the check is tight on CPU)."""
+    if "merged" not in _shared:
+        from core.config import MergeConfig
+        from core.merge import merge
+
+        out = scratch() / "merged"
+        report = merge(MergeConfig(adapter=str(shared_run() / "adapter"), out=str(out), dtype="float32"))
+        assert report["ok"], report
+        _shared["merged"] = out
+    return _shared["merged"]
+
+
+def core_cli(*args, env=None, timeout=300, **kw) -> subprocess.CompletedProcess:
+    """`python -m core ARGS` in a child process, as a user would type it."""
+    return subprocess.run([sys.executable, "-m", "core", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env=env or dict(os.environ), **kw)
+
+
+def pickles(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.suffix in PICKLE)
+
+
+# ---- the shared run ------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_loss_falls_and_every_step_is_logged(base_model):
+    run = shared_run()
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == list(range(1, 13))
+    losses = [x["loss"] for x in lines]
+    assert sum(losses[-3:]) / 3 < 0.5 * sum(losses[:3]) / 3, losses
+    first = lines[0]
+    assert first["mode"] == "LoRA float32 (no GPU)" and first["device"] == "cpu"
+    assert first["gpu_memory_gb"] is None and first["max_steps"] == 12
+    assert all(x["tokens"] > 0 and x["learning_rate"] > 0 and x["elapsed"] >= 0 for x in lines)
+    assert lines[-1]["tokens"] > lines[0]["tokens"] and lines[-1]["remaining"] == 0
+
+
+@pytest.mark.slow
+def test_run_folder_holds_what_merge_and_chat_need(base_model):
+    run = shared_run()
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "finished" and status["step"] == 12 and status["error"] is None
+    assert status["mode"] == "LoRA float32 (no GPU)" and status["ended"] >= status["started"]
+    adapter = Path(status["adapter"])
+    assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "tokenizer.json").is_file()
+    record = json.loads((adapter / "qlora_studio.json").read_text())
+    assert record["base_model"] == "default" and record["template"]["name"] == "seed"
+    assert record["config"]["max_steps"] == 12 and record["run"] == str(run)
+    assert TrainConfig.load(run / "config.json").lora_r == 16
+    # Weights are safetensors everywhere; the adapter holds no pickle at all.
+    assert pickles(adapter) == []
+    assert not list(run.rglob("training_args.bin")) and not list(run.rglob("*.bin"))
+    log = (run / "train.log").read_text()
+    assert log.count("no GPU: plain LoRA in float32") == 1 and "finished at step 12" in log
+
+
+# ---- what the trainer sees -------------------------------------------------------------------
+def test_loss_mask_covers_the_replies_only(tokenizer, tmp_path):
+    from core.train import _tokenized
+
+    rows = tmp_path / "train.jsonl"
+    rows.write_text(json.dumps({"segments": [["### Human: Hi ### Assistant: ", False], ["Hello!<|im_end|>", True]]}) + "\n")
+    row = _tokenized(rows, tokenizer, TrainConfig(data="d", out="o", max_seq_length=512))[0]
+    trained = [i for i, m in zip(row["input_ids"], row["completion_mask"]) if m]
+    assert tokenizer.decode(trained) == "Hello!<|im_end|>"
+    assert tokenizer.decode(row["input_ids"]).endswith("### Assistant: Hello!<|im_end|>")
+    short = _tokenized(rows, tokenizer, TrainConfig(data="d", out="o", max_seq_length=10))[0]
+    assert len(short["input_ids"]) == 10 and short["completion_mask"][-1] == 1
+
+
+def test_packed_rows_do_not_see_each_other(base_model):
+    """Packing puts rows side by side; with the settings training uses, each row's logits stay its own."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+    model.config.use_cache = False  # as in training
+    a, b = torch.tensor([[1, 2, 3, 4, 5, 6]]), torch.tensor([[7, 8, 9, 10]])
+    with torch.no_grad():
+        alone = model(b).logits
+        packed = model(input_ids=torch.cat([a, b], 1), position_ids=torch.tensor([[0, 1, 2, 3, 4, 5, 0, 1, 2, 3]])).logits
+    assert (packed[:, 6:] - alone).abs().max() < 1e-3
+
+
+def test_explain_puts_failures_into_words():
+    import torch
+
+    from core.errors import UserError
+    from core.train import OOM_HINT, explain
+
+    assert explain(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")) == ("out of GPU memory", OOM_HINT)
+    assert explain(UserError("data: bad row on line 7")) == ("data: bad row on line 7", None)
+    error, hint = explain(ValueError("something odd\nmore detail"))
+    assert error == "ValueError: something odd" and hint == "see train.log"
+
+
+# ---- refusals: exit code 2, one line, nothing written ----------------------------------------------
+def _refused(result, *words):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_refuses_a_missing_model_folder(tmp_path):
+    data = identity_dataset()
+    _refused(core_cli("train", "--data", data, "--out", tmp_path / "run", "--model", tmp_path / "no-such-model"),
+             "no-such-model", "not found")
+    assert not (tmp_path / "run").exists()
+
+
+def test_refuses_a_folder_that_is_not_a_prepared_dataset(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "data.jsonl").write_text('{"instruction": "hi", "output": "hello"}\n')
+    _refused(core_cli("train", "--data", tmp_path / "mine", "--out", tmp_path / "run"),
+             "is not a prepared dataset", "python -m core prepare")
+    assert not (tmp_path / "run").exists()
+
+
+def test_refuses_an_existing_run_folder_and_keeps_it(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "adapter").mkdir()
+    (run / "notes.txt").write_text("mine")
+    _refused(core_cli("train", "--data", identity_dataset(), "--out", run), "already holds a run")
+    assert sorted(p.name for p in run.iterdir()) == ["adapter", "notes.txt"]
+    assert (run / "notes.txt").read_text() == "mine"
+
+
+def test_refuses_unknown_settings(tmp_path):
+    _refused(core_cli("train", "--data", identity_dataset(), "--out", tmp_path / "run", "--lora-rank", "8"),
+             "--lora-rank")
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"data": "x", "out": "y", "lora_rank": 8}))
+    _refused(core_cli("train", "--config", cfg), "lora_rank")
+    _refused(core_cli("train", "--data", identity_dataset(), "--out", tmp_path / "run", "--batch-size", "0"),
+             "batch_size")
+    assert not (tmp_path / "run").exists()
+
+
+# ---- as the panel runs it: a child with its output in train.log, stopped, then resumed --------------
+def _start_like_the_supervisor(run: Path, cfg: TrainConfig, env=None) -> subprocess.Popen:
+    run.mkdir(parents=True)
+    cfg.save(run / "config.json")
+    (run / "status.json").write_text(json.dumps({"state": "starting", "pid": None}))
+    with open(run / "train.log", "w") as log:
+        return subprocess.Popen([sys.executable, "-m", "core", "train", "--config", str(run / "config.json"),
+                                 "--out", str(run)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                env=env or dict(os.environ))
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:
+    end = time.time() + timeout
+    while not (path.is_file() and path.read_text().strip()):
+        assert proc.poll() is None, "the run ended early"
+        assert time.time() < end, f"{path.name} never appeared"
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_sigint_stops_after_the_step_and_the_run_resumes(tmp_path):
+    run = tmp_path / "run"
+    cfg = preset("default", data=str(identity_dataset()), out=str(run), max_steps=500,
+                 **{**FAST, "lora_r": 4, "target_modules": "default", "batch_size": 2})
+    proc = _start_like_the_supervisor(run, cfg)
+    try:
+        _wait_for(run / "metrics.jsonl", proc, timeout=240)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=180) == 0
+    finally:
+        proc.kill()
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "stopped", status
+    stopped_at = status["step"]
+    assert 1 <= stopped_at < 500 and status["error"] is None
+    assert (Path(status["adapter"]) / "adapter_model.safetensors").is_file()
+    log = (run / "train.log").read_text()
+    assert log.count("no GPU: plain LoRA in float32") == 1  # stdout is train.log: no line written twice
+    assert "stop requested" in log
+
+    resumed = core_cli("train", "--config", run / "config.json", "--out", run, "--resume",
+                       "--max-steps", stopped_at + 2, timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "finished" and status["step"] == stopped_at + 2
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-2:] == [stopped_at + 1, stopped_at + 2]
+
+
+@pytest.mark.slow
+def test_wandb_without_key_or_network_logs_offline(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["HOME"] = str(tmp_path / "home")  # no ~/.netrc: no key anywhere
+    run = tmp_path / "run"
+    cfg = preset("default", data=str(identity_dataset()), out=str(run), max_steps=1, report_to="wandb",
+                 **{**FAST, "lora_r": 4, "target_modules": "default"})
+    started = time.time()
+    proc = _start_like_the_supervisor(run, cfg, env=env)
+    try:
+        assert proc.wait(timeout=300) == 0, (run / "train.log").read_text()[-3000:]
+    finally:
+        proc.kill()
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "finished"
+    # Offline mode is chosen before the first step, without waiting for a network.
+    first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["time"] - started < 120
+    assert "wandb: no API key" in (run / "train.log").read_text()
+    assert list((run / "wandb").glob("offline-run-*"))
+    assert "WANDB_API_KEY" not in (run / "config.json").read_text()
