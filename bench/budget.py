@@ -4,8 +4,11 @@ The cap is torch.cuda.set_per_process_memory_fraction, so an allocation past GIB
 an out-of-memory error exactly as it would on a card of that size.
 """
 
+import os
 import runpy
 import sys
+
+sys.path.insert(0, os.getcwd())  # run from the repository root, like `python -m core`
 
 import torch
 

@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -56,6 +57,7 @@ def build(shape: str, tokenizer_dir: str, out: Path) -> float:
 def run(name: str, model: Path, data: Path, runs: Path, steps: int, flags: list[str], budget_gib: float | None) -> dict:
     """One `python -m core train` child; its metrics and wall time."""
     out = runs / name
+    shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable]
     if budget_gib:
         cmd += [str(ROOT / "bench" / "budget.py"), str(budget_gib)]

@@ -74,6 +74,9 @@ def explain(exc: BaseException) -> tuple[str, str | None]:
 # ---- the run -----------------------------------------------------------------------------
 def train(cfg: TrainConfig) -> dict:
     """Run one fine-tuning job to the end (or a stop request); returns the final status."""
+    # Growing segments instead of fixed blocks: packed batches vary in shape, and fragmentation
+    # otherwise strands a GiB or more of GPU memory (seen on 13B at batch 8).
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     cfg.check()
     run = Path(cfg.out).expanduser().resolve()
     dataset = _check_folders(cfg, run)
@@ -304,7 +307,16 @@ def _load_model(cfg: TrainConfig, cuda: bool):
                 load_in_4bit=True, bnb_4bit_quant_type="nf4",
                 bnb_4bit_use_double_quant=cfg.double_quant, bnb_4bit_compute_dtype=dtype)
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, device_map={"": 0}, **kw)
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+            if dtype == torch.float16:
+                # fp16's narrow range needs float32 norms, embeddings and head (the classic QLoRA recipe).
+                model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+            else:
+                # bf16 has float32's range: upcasting would only turn the residual stream into float32,
+                # doubling activation memory and costing about 1 GB of weights on a 13B model.
+                for p in model.parameters():
+                    p.requires_grad_(False)
+                if cfg.gradient_checkpointing:
+                    model.enable_input_require_grads()
         else:
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype if cuda else torch.float32, **kw)
             if cuda:
