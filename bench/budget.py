@@ -9,6 +9,8 @@ import runpy
 import sys
 
 sys.path.insert(0, os.getcwd())  # run from the repository root, like `python -m core`
+# The allocator reads its settings when CUDA starts, which the cap below does: set ours first.
+os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 import torch
 
