@@ -120,15 +120,7 @@ def death_cause(code: int | None) -> tuple[str, str]:
 
 
 def _last_error(log: str) -> str | None:
-    """The one-line 'error: ...' a core command prints for a UserError, or the last exception line."""
-    lines = [line.strip() for line in runs.log_tail(log, 200).splitlines() if line.strip()]
-    for line in reversed(lines):
-        if line.startswith("error: "):
-            return line[len("error: "):]
-    for line in reversed(lines):
-        if "Error:" in line or "Exception:" in line:
-            return line[:300]
-    return None
+    return runs.last_error(log)
 
 
 class JobManager:

@@ -45,10 +45,27 @@ def read_status(run: str | Path) -> dict:
     status = {"state": "unknown", "step": 0, "max_steps": 0, "error": None, "hint": None, "adapter": None}
     status.update(_read_json(Path(run) / "status.json"))
     if status["state"] in LIVE and status.get("pid") and not _pid_alive(status["pid"]):
+        # Gone without a final word; its own last error line is the best cause (the supervisor
+        # writes the same into status.json a moment later, or never if the panel was closed).
+        cause = last_error(Path(run) / "train.log")
         status["state"] = "failed"
-        status["error"] = status.get("error") or "the training process is gone without saying why (the machine restarted or the process was killed)"
-        status["hint"] = status.get("hint") or "press Resume to continue from the last checkpoint"
+        status["error"] = status.get("error") or cause or \
+            "the training process is gone without saying why (the machine restarted or the process was killed)"
+        status["hint"] = status.get("hint") or ("fix the setting named above, then start again" if cause else
+                                                "press Resume to continue from the last checkpoint")
     return status
+
+
+def last_error(log: str | Path) -> str | None:
+    """The one-line 'error: ...' a core command prints for a UserError, or the last exception line."""
+    lines = [line.strip() for line in log_tail(log, 200).splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith("error: "):
+            return line[len("error: "):]
+    for line in reversed(lines):
+        if "Error:" in line or "Exception:" in line:
+            return line[:300]
+    return None
 
 
 def read_metrics(run: str | Path) -> list[dict]:

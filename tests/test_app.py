@@ -88,11 +88,16 @@ def start(client, dataset, model="default", name="", **overrides):
     return client.predict(model, dataset, "default", name, "", *settings(**overrides), api_name="/start")
 
 
+def points(plot) -> list[tuple[int, str]]:
+    """(step, series) of the loss chart's real points."""
+    return [(row[0], row[2]) for row in (plot or {}).get("data", []) if row[1] is not None]
+
+
 def wait_state(client, run, states, timeout=240):
     end = time.time() + timeout
     while time.time() < end:
         html, plot, log = client.predict(run, api_name="/poll")
-        if any(f": {s}" in html for s in states):
+        if any(f"qs-{s}'" in html for s in states):
             return html, plot, log
         time.sleep(1.5)
     raise AssertionError(f"run never reached {states}: {html}")
@@ -127,14 +132,14 @@ def finished_run(app, dataset):
     end = time.time() + 240
     while time.time() < end:
         html, plot, _ = c.predict("", api_name="/poll")  # "" = whatever is running
-        if ": running" in html and plot and plot["data"]:
-            seen_running_points = len(plot["data"])
-        if ": finished" in html:
+        if "qs-running'" in html and points(plot):
+            seen_running_points = len(points(plot))
+        if "qs-finished'" in html:
             break
         time.sleep(1)
     assert seen_running_points >= 1, "the loss chart gained points while training ran"
     assert "Adapter saved" in html and (Path(run) / "adapter" / "adapter_config.json").is_file()
-    assert [row[0] for row in plot["data"] if row[2] == "train"] == [1, 2, 3]
+    assert [step for step, series in points(plot)] == [1, 2, 3]
     return run
 
 
@@ -171,10 +176,10 @@ def test_stop_keeps_adapter_and_restart_reattaches(app, dataset, finished_run):
     html, plot, _ = wait_state(c, "", ["running"])
     assert "long" in html
     end = time.time() + 120
-    while not plot["data"] and time.time() < end:
+    while not points(plot) and time.time() < end:
         html, plot, _ = c.predict("", api_name="/poll")
         time.sleep(1)
-    assert plot["data"], "the reattached panel shows the curve from the first step"
+    assert points(plot), "the reattached panel shows the curve from the first step"
     assert "after the current step" in c.predict(api_name="/stop")
     html, _, _ = wait_state(c, run, ["stopped"], timeout=120)
     assert (Path(run) / "adapter" / "adapter_config.json").is_file()
@@ -190,6 +195,7 @@ def test_merge_then_chat_streams_a_reply(app, finished_run):
     assert base["value"] and out["value"].endswith("first")
     result, _ = c.predict(finished_run, base["value"], out["value"], "float32", api_name="/merge")
     assert "Merged model written to" in result and (Path(out["value"]) / "config.json").is_file()
+    assert "Logit check against base + adapter" in result and ", passed." in result
     job = c.submit("1加1等于几？", [], [], out["value"], "default", "", 0.0, 1.0, 0, 1.1, 12, api_name="/chat")
     updates = list(job)
     assert len(updates) >= 3, "the reply arrives in pieces"
@@ -201,3 +207,10 @@ def test_merge_then_chat_streams_a_reply(app, finished_run):
 def text(message: dict) -> str:
     content = message["content"]
     return content if isinstance(content, str) else "".join(p.get("text", "") for p in content)
+
+
+def test_share_without_auth_is_refused():
+    done = subprocess.run([sys.executable, "app.py", "--share"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "--share makes the panel public" in done.stderr and "--auth USER:PASSWORD" in done.stderr
+    assert "Traceback" not in done.stderr

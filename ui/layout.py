@@ -6,7 +6,6 @@ from pathlib import Path
 
 import gradio as gr
 
-from core import jobs
 from ui import chat, data, merge, runs, train
 from ui.i18n import I18N, t
 
@@ -25,16 +24,22 @@ def build() -> gr.Blocks:
     with gr.Blocks(title="QLoRA Studio") as demo:
         gr.Markdown(t("title"))
         with gr.Tabs() as tabs:
-            with gr.Tab(t("tab_data"), id="data"):
+            with gr.Tab(t("tab_data"), id="data", elem_id="tab-data"):
                 d = data.build()
-            with gr.Tab(t("tab_train"), id="train"):
+            with gr.Tab(t("tab_train"), id="train", elem_id="tab-train") as train_tab:
                 tr = train.build()
-            with gr.Tab(t("tab_merge"), id="merge"):
+            with gr.Tab(t("tab_merge"), id="merge", elem_id="tab-merge") as merge_tab:
                 m = merge.build()
-            with gr.Tab(t("tab_chat"), id="chat"):
+            with gr.Tab(t("tab_chat"), id="chat", elem_id="tab-chat") as chat_tab:
                 c = chat.build()
-            with gr.Tab(t("tab_runs"), id="runs"):
+            with gr.Tab(t("tab_runs"), id="runs", elem_id="tab-runs") as runs_tab:
                 r = runs.build()
+        # Opening a tab refreshes its lists: a dataset saved, a run finished or a model merged meanwhile.
+        train_tab.select(lambda: (gr.update(choices=train.datasets()), gr.update(choices=train.run_choices())),
+                         None, [tr["data"], tr["viewed"]], api_name=False)
+        merge_tab.select(lambda: gr.update(choices=merge.finished_runs()), None, m["run"], api_name=False)
+        chat_tab.select(chat.build_refresh, None, [c["source_a"], c["source_b"]], api_name=False)
+        runs_tab.select(runs.table, None, r["frame"], api_name=False)
         # A saved dataset is offered (and chosen) in the Train tab at once.
         d["dataset"].change(lambda p: gr.update(choices=train.datasets(), value=p or None), d["dataset"], tr["data"],
                             api_name=False)

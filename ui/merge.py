@@ -70,17 +70,14 @@ def result_text(job: jobs.Job, language: str) -> str:
     report = _report(job)
     size = report.get("size_bytes") or sum(p.stat().st_size for p in out.glob("*.safetensors"))
     lines = [say("merged", language, out=out, size=_size(size))]
-    check = report.get("check") or report.get("logit_check") or {}
-    if isinstance(check, dict) and check:
-        zh = language == "zh"
-        diff = check.get("max_abs_diff", check.get("max_diff"))
-        ok = check.get("ok", check.get("passed"))
-        lines.append(("与“基础模型 + 适配器”的输出对比：最大差 {d}，{r}。" if zh else
-                      "Logit check against base + adapter: max difference {d}, {r}.").format(
-            d=diff, r=("通过" if ok else "未通过") if zh else ("passed" if ok else "NOT passed")))
-    extra = {k: v for k, v in report.items() if k not in ("check", "logit_check") and not isinstance(v, (dict, list))}
-    if extra:
-        lines.append("\n".join(f"- {k}: `{v}`" for k, v in extra.items()))
+    if report.get("max_abs_diff") is not None:
+        zh, ok = language == "zh", report.get("ok")
+        verdict = ("通过" if ok else "未通过") if zh else ("passed" if ok else "NOT passed")
+        lines.append(("与“基础模型 + 适配器”的输出对比：最大 logit 差 {d:.2e}（容差 {tol}），{v}。" if zh else
+                      "Logit check against base + adapter: largest difference {d:.2e} (tolerance {tol}), {v}.").format(
+            d=report["max_abs_diff"], tol=report.get("tolerance"), v=verdict))
+    if report.get("seconds") is not None:
+        lines.append(f"{report.get('dtype', '')} · {report.get('device', '')} · {report['seconds']} s")
     return "\n\n".join(lines)
 
 
@@ -93,7 +90,9 @@ def merge(run, base, out, dtype, request: gr.Request = None):
         yield f"⚠️ {e}", ""
         return
     while job.alive():
-        yield say("merge_running", language), job.log_tail(12)
+        tail = job.log_tail(12)
+        step = [line for line in tail.splitlines() if line.startswith("[")]
+        yield say("merge_running", language) + (f"\n\n**{step[-1]}**" if step else ""), tail
         time.sleep(1.0)
     yield result_text(job, language), job.log_tail(12)
 

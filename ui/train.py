@@ -127,8 +127,8 @@ def progress_html(run: str, language: str = "en") -> str:
     if status.get("started"):  # the wall clock since start, so it keeps moving between logging steps
         elapsed = (status.get("ended") or time.time()) - status["started"]
     zh = language == "zh"
-    icon = {"finished": "✅", "failed": "❌", "stopped": "⏹️", "running": "⏳", "starting": "⏳", "stopping": "⏳"}.get(state, "")
-    parts = [f"<div class='qs-progress'><b>{icon} {Path(run).name}: {say('state_' + state, language)}</b>",
+    parts = [f"<div class='qs-progress'><span class='qs-state qs-{state}'>{say('state_' + state, language)}</span> "
+             f"<b>{Path(run).name}</b>",
              f"<div class='qs-bar'><div style='width:{pct:.1f}%'></div></div>",
              f"<span>{'步数' if zh else 'step'} {step} / {total or '?'}</span> · "
              f"<span>{'已用' if zh else 'elapsed'} {_clock(elapsed)}</span> · "
@@ -153,7 +153,13 @@ def loss_frame(run: str) -> pd.DataFrame:
             rows.append({"step": m.get("step", 0), "loss": m["loss"], "series": "train"})
         if m.get("eval_loss") is not None:
             rows.append({"step": m.get("step", 0), "loss": m["eval_loss"], "series": "eval"})
-    return pd.DataFrame(rows, columns=["step", "loss", "series"])
+    # The chart fixes its colour for each series when it is first drawn (often before any point
+    # exists), so both series are always present: an empty point (no loss) holds each place.
+    first = rows[0]["step"] if rows else 1
+    for series in ("train", "eval"):
+        if not any(r["series"] == series for r in rows):
+            rows.append({"step": first, "loss": float("nan"), "series": series})
+    return pd.DataFrame(rows).astype({"step": "int64", "loss": "float64", "series": "string"})
 
 
 def gpu_markdown() -> str:

@@ -1,0 +1,123 @@
+"""The panel in headless Chromium, clicked through like a person would: upload, save, train, merge, chat.
+
+Screenshots of each tab go to docs/screenshots/ (data.png, train.png, merge.png, chat.png, data_zh.png).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from test_app import SAMPLE, App
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parent.parent
+SHOTS = ROOT / "docs" / "screenshots"
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium fonts-noto-cjk)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, base_model):
+    a = App(tmp_path_factory.mktemp("browser"), base_model).start()
+    yield a
+    a.kill()
+
+
+def fill(panel, label: str, value) -> None:
+    box = panel.get_by_label(label, exact=False).first
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def choose(page, panel, label: str, option: str) -> None:
+    panel.get_by_label(label, exact=True).first.click()
+    page.get_by_role("option", name=option, exact=True).first.click()
+
+
+def shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / name), full_page=True)
+
+
+def test_click_through_the_four_tabs(app, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000}, locale="en-US")
+    page.set_default_timeout(30_000)
+    page.goto(app.url)
+
+    # 1. Data: upload, see the rendered preview, save 64 rows.
+    data = page.locator("#tab-data")
+    data.locator("input[type=file]").first.set_input_files(str(SAMPLE))
+    data.get_by_text("### Human:").first.wait_for()
+    fill(data, "Rows to sample", 64)
+    fill(data, "Eval share", 0.1)
+    data.get_by_role("button", name="Save dataset").click()
+    data.get_by_text("58 rows for training").wait_for(timeout=60_000)
+    shot(page, "data.png")
+
+    # 2. Train: the saved dataset is already chosen; a tiny run on the embedded model.
+    page.get_by_role("tab", name="2 · Train").click()
+    train = page.locator("#tab-train")
+    assert "(58)" in train.get_by_label("Prepared dataset").first.input_value()
+    for label, value in [("Run name", "browser"), ("Max steps", 3), ("Batch size", 2), ("Gradient accumulation", 1),
+                         ("Max sequence length", 96), ("LoRA rank", 8), ("Log every N steps", 1), ("Save every N steps", 0)]:
+        fill(train, label, value)
+    train.get_by_role("button", name="Start training").click()
+    train.locator(".qs-running, .qs-starting").first.wait_for(timeout=60_000)
+    train.locator(".qs-finished").wait_for(timeout=300_000)
+    page.wait_for_timeout(2500)  # one more refresh of the chart
+    points = train.locator(".vega-embed [aria-roledescription='point']")
+    labels = [points.nth(i).get_attribute("aria-label") or "" for i in range(points.count())]
+    trained = [lb for lb in labels if "series: train" in lb and "NaN" not in lb]
+    assert len(trained) == 3, f"the loss chart shows a point per step: {labels}"
+    shot(page, "train.png")
+
+    # 3. Merge: the finished run is offered, its base filled in.
+    page.get_by_role("tab", name="3 · Merge").click()
+    merge = page.locator("#tab-merge")
+    choose(page, merge, "Run", "browser · finished")
+    page.wait_for_function("() => [...document.querySelectorAll('#tab-merge textarea, #tab-merge input')]"
+                           ".some(e => e.value.endsWith('/merged/browser'))")
+    merge.get_by_role("button", name="Merge").click()
+    merge.get_by_text("Merged model written to").wait_for(timeout=300_000)
+    assert "passed" in merge.get_by_text("Logit check").inner_text()
+    shot(page, "merge.png")
+
+    # 4. Chat: the merged model answers, streamed.
+    page.get_by_role("tab", name="4 · Chat").click()
+    chat = page.locator("#tab-chat")
+    choose(page, chat, "Model", "browser")
+    fill(chat, "Message", "1加1等于几？")
+    chat.get_by_role("button", name="Send").click()
+    bot = chat.locator(".message.bot, [data-testid='bot']").first
+    bot.wait_for(timeout=120_000)
+    page.wait_for_function("() => { const b = document.querySelector('#tab-chat .message.bot, #tab-chat [data-testid=bot]');"
+                           " return b && b.innerText.trim().length > 0; }", timeout=120_000)
+    page.wait_for_timeout(3000)
+    shot(page, "chat.png")
+    page.close()
+
+
+def test_chinese_browser_gets_chinese_labels(app, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 900}, locale="zh-CN")
+    page.goto(app.url)
+    page.get_by_role("tab", name="1 · 数据").wait_for()
+    assert page.get_by_role("button", name="保存数据集").count() == 1
+    assert re.search("用你自己的指令数据微调", page.content())
+    shot(page, "data_zh.png")
+    page.close()
