@@ -50,7 +50,9 @@ class Chat:
             try:
                 net = PeftModel.from_pretrained(net, adapter)
             except (RuntimeError, ValueError, KeyError) as e:
-                raise UserError(f"adapter: {adapter} does not fit the model {spec} ({' '.join(str(e).split())[:160]})",
+                from core.merge import mismatch
+
+                raise UserError(f"adapter: {adapter} does not fit the model {spec} ({mismatch(e)})",
                                 field="adapter") from None
         self.model = net.to("cuda:0" if cuda else "cpu").eval()
         self.template = _template(record, self.tokenizer)
@@ -184,6 +186,9 @@ def cli(argv: list[str]) -> int:
     if not model and not adapter:
         raise UserError("chat: give --model (a model folder or 'default') or --adapter")
     gen = GenerationConfig.from_dict(args)
+    from core.merge import quiet
+
+    quiet()
     chat = Chat()
     chat.load(model, adapter, trust_remote_code=trust)
     shown = ""

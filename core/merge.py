@@ -18,11 +18,15 @@ from core import models
 from core.config import MergeConfig, add_arguments
 from core.errors import UserError
 
-PROBE = "### Human: Who are you? ### Assistant:"
+PROBE = ("### Human: Who are you, and what can you do for me today? ### Assistant: I am an assistant. "
+         "### Human: 请用一句话介绍你自己。 ### Assistant:")
 BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
-# Largest logit difference accepted between base + adapter and the merged model: merging rounds
-# the weights once more to the target format, so 16-bit formats get a looser bound.
-TOLERANCE = {"float32": 1e-3, "float16": 0.25, "bfloat16": 0.5}
+# In float32 the merged model must give the logits of base + adapter to 1e-3. In 16 bits merging
+# rounds every weight once more (bf16 keeps 8 bits of mantissa: logits near 30 move by up to ~2),
+# so there the check is that the next-token choice agrees at most probe positions (a broken
+# merge agrees almost nowhere).
+TOLERANCE = 1e-3
+AGREEMENT = 0.8
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,6 +39,7 @@ def cli(argv: list[str]) -> int:
     parser = _Parser(prog="python -m core merge", description="Merge a trained adapter into its base model.")
     add_arguments(parser, MergeConfig)
     cfg = MergeConfig.from_dict(vars(parser.parse_args(argv)))
+    quiet()
     report = merge(cfg, progress=lambda f, text: print(f"[{f:4.0%}] {text}", flush=True))
     print(json.dumps(report, ensure_ascii=False))
     return 0 if report["ok"] else 1
@@ -69,9 +74,8 @@ def merge(cfg: MergeConfig, progress=None) -> dict:
     try:
         model = PeftModel.from_pretrained(model, str(adapter))
     except (RuntimeError, ValueError, KeyError) as e:
-        cause = " ".join(str(e).split())[:200]
-        raise UserError(f"adapter: {cfg.adapter} does not fit the base model {base_spec} ({cause}); merge it into "
-                        "the model it was trained on", field="adapter") from None
+        raise UserError(f"adapter: {cfg.adapter} does not fit the base model {base_spec} ({mismatch(e)}); merge it "
+                        "into the model it was trained on", field="adapter") from None
     tokenizer = AutoTokenizer.from_pretrained(adapter if (adapter / "tokenizer_config.json").is_file() else base)
     model.eval()
 
@@ -82,7 +86,8 @@ def merge(cfg: MergeConfig, progress=None) -> dict:
         model = model.merge_and_unload()
         after = model(**probe).logits.float()
     diff = (before - after).abs().max().item()
-    ok = diff <= TOLERANCE[cfg.dtype]
+    agreement = (before.argmax(-1) == after.argmax(-1)).float().mean().item()
+    ok = agreement >= AGREEMENT and (cfg.dtype != "float32" or diff <= TOLERANCE)
 
     say(0.7, f"writing {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -92,7 +97,8 @@ def merge(cfg: MergeConfig, progress=None) -> dict:
         tokenizer.save_pretrained(tmp)
         size = models.size_bytes(tmp)
         report = {"ok": ok, "path": str(out), "size_bytes": size, "size_gb": round(size / 2**30, 3),
-                  "max_abs_diff": diff, "tolerance": TOLERANCE[cfg.dtype], "dtype": cfg.dtype,
+                  "max_abs_diff": diff, "mean_abs_diff": (before - after).abs().mean().item(),
+                  "top1_agreement": agreement, "dtype": cfg.dtype,
                   "base_model": base_spec, "adapter": str(adapter.resolve()), "device": device,
                   "seconds": round(time.time() - started, 1)}
         # The record travels on: chat reads the template from here, like it would from the adapter.
@@ -110,6 +116,25 @@ def merge(cfg: MergeConfig, progress=None) -> dict:
             torch.cuda.empty_cache()
     say(1.0, f"merged model written to {out} ({report['size_gb']} GiB, max logit difference {diff:.2e})")
     return report
+
+
+def mismatch(exc: BaseException) -> str:
+    """Why an adapter did not load onto a model, in a few words."""
+    text = " ".join(str(exc).split())
+    if "size mismatch" in text:
+        return "its layers have other shapes: it was trained on a different model"
+    return text[:160]
+
+
+def quiet() -> None:
+    """Keep a command's output to its own lines: no weight-loading bars or optional-kernel notices."""
+    import logging
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 def _record(adapter: Path) -> dict:

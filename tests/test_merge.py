@@ -1,0 +1,94 @@
+"""Merging on CPU: the merged model answers exactly like base + adapter, is pickle-free, and bad input is refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_train import core_cli, pickles, shared_merge, shared_run
+
+TEXT_FILES = {".json", ".jinja", ".txt", ".md"}
+
+
+@pytest.mark.slow
+def test_merged_model_matches_adapter_on_base(base_model):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    merged = shared_merge()
+    adapter = shared_run() / "adapter"
+    tok = AutoTokenizer.from_pretrained(merged)
+    ids = tok("### Human: 你是谁？ ### Assistant:", return_tensors="pt")
+    with torch.no_grad():
+        on_base = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32),
+                                            str(adapter)).eval()(**ids).logits
+        alone = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()(**ids).logits
+        base = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32).eval()(**ids).logits
+    assert (on_base - alone).abs().max() < 1e-3
+    assert (base - alone).abs().max() > 0.1  # the adapter really changed something
+
+
+@pytest.mark.slow
+def test_merged_folder_is_safetensors_and_carries_the_template():
+    merged = shared_merge()
+    assert pickles(merged) == []
+    kinds = {p.suffix for p in merged.iterdir()}
+    assert ".safetensors" in kinds and kinds <= TEXT_FILES | {".safetensors"}, kinds
+    record = json.loads((merged / "qlora_studio.json").read_text())
+    assert record["template"]["name"] == "seed" and record["base_model"] == "default"
+    report = record["merge"]
+    assert report["ok"] and report["max_abs_diff"] < 1e-3 and report["dtype"] == "float32"
+    assert report["size_bytes"] == sum(p.stat().st_size for p in merged.glob("*.safetensors"))
+    assert json.loads((merged / "config.json").read_text())["dtype"] == "float32"
+    assert not list(merged.parent.glob(f".{merged.name}.*"))  # no temporary folder left behind
+
+
+@pytest.mark.slow
+def test_cli_merges_in_16_bit_and_reports(tmp_path):
+    out = tmp_path / "merged16"
+    result = core_cli("merge", "--adapter", shared_run() / "adapter", "--out", out)  # float16 by default
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["ok"] and report["path"] == str(out) and report["dtype"] == "float16"
+    assert report["top1_agreement"] > 0.9 and report["max_abs_diff"] < 1.0
+    assert 0.2 < report["size_gb"] < 0.3  # 135M weights at 2 bytes each
+    assert json.loads((out / "config.json").read_text())["dtype"] == "float16"
+    assert "merged model written to" in result.stdout
+
+
+def test_refuses_an_existing_output_folder(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    result = core_cli("merge", "--adapter", adapter, "--out", out)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"error: out: {out} already exists; choose a new folder for the merged model"]
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_refuses_a_folder_without_an_adapter(tmp_path):
+    result = core_cli("merge", "--adapter", tmp_path, "--out", tmp_path / "out")
+    assert result.returncode == 2 and "has no adapter_config.json" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_refuses_an_adapter_made_for_another_model(tmp_path):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    other = tmp_path / "other-model"  # same family, other shapes: the adapter's matrices cannot fit
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=4)).save_pretrained(other)
+    result = core_cli("merge", "--adapter", shared_run() / "adapter", "--out", tmp_path / "out", "--base", other,
+                      "--dtype", "float32")
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "does not fit the base model" in lines[0] and str(other) in lines[0]
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
