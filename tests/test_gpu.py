@@ -22,7 +22,54 @@ def _scratch() -> Path:
     return Path(tempfile.mkdtemp(dir=os.environ["QLORA_STUDIO_HOME"]))
 
 
-def test_qlora_end_to_end_in_4bit(base_model):
+@pytest.fixture(scope="module")
+def gpu_tokenizer():
+    """The embedded model's tokenizer; on a GPU machine without the embedded package (its 98 MB GGUF
+    file cannot always be carried there), the same tokenizer files from QLORA_STUDIO_GPU_TOKENIZER."""
+    from core import models
+    from core.errors import UserError
+
+    try:
+        return models.load_tokenizer("default")
+    except UserError:
+        folder = os.environ.get("QLORA_STUDIO_GPU_TOKENIZER")
+        if not folder:
+            pytest.skip("no embedded model and no QLORA_STUDIO_GPU_TOKENIZER")
+        return models.load_tokenizer(folder)
+
+
+def _random_llama(tokenizer, folder: Path, **shape) -> Path:
+    """A randomly initialised Llama of the given shape, saved with the tokenizer: costs what real weights cost."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id,
+                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **shape)
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    del model
+    torch.cuda.empty_cache()
+    return folder
+
+
+@pytest.fixture(scope="module")
+def gpu_model(gpu_tokenizer):
+    """The embedded model if it is installed here, else a random model of its exact shape."""
+    from core import models
+    from core.errors import UserError
+
+    try:
+        return str(models.embedded())
+    except UserError:
+        return str(_random_llama(gpu_tokenizer, _scratch() / "smollm2-shape", hidden_size=576, intermediate_size=1536,
+                                 num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                                 tie_word_embeddings=True))
+
+
+def test_qlora_end_to_end_in_4bit(gpu_model):
     import torch
 
     from core.chat import Chat
@@ -31,8 +78,8 @@ def test_qlora_end_to_end_in_4bit(base_model):
     from core.train import train
 
     work = _scratch()
-    prepare(PrepareConfig(input=str(ASSETS / "sample_zh.jsonl"), out=str(work / "data"), sample=64, model=base_model))
-    status = train(preset("default", data=str(work / "data"), out=str(work / "run"), max_steps=12,
+    prepare(PrepareConfig(input=str(ASSETS / "sample_zh.jsonl"), out=str(work / "data"), sample=64, model=gpu_model))
+    status = train(preset("default", model=gpu_model, data=str(work / "data"), out=str(work / "run"), max_steps=12,
                           logging_steps=1, save_steps=0, learning_rate=1e-3, max_seq_length=256))
     assert status["state"] == "finished", status
     assert status["mode"].startswith("4-bit NF4"), status["mode"]
@@ -47,30 +94,20 @@ def test_qlora_end_to_end_in_4bit(base_model):
     assert not [p for p in work.rglob("*") if p.suffix in (".bin", ".pt", ".pkl") and "checkpoints" not in p.parts]
     chat = Chat()
     chat.load(str(work / "merged"))
+    assert next(iter(chat.stream([], "hi", GenerationConfig(max_new_tokens=4))), None) is not None
     reply = chat.reply([], "2+3等于几？", GenerationConfig(temperature=0, max_new_tokens=24))
     chat.close()
     assert reply.strip(), report
 
 
-def test_tutorial_preset_runs_on_a_13b_shaped_model(tokenizer):
+def test_tutorial_preset_runs_on_a_13b_shaped_model(gpu_tokenizer):
     """A randomly initialised Llama-2-13B-shaped model (weights do not change the cost) under the tutorial preset."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from core.data import prepare
     from core.train import train
 
     work = _scratch()
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
-                      num_attention_heads=40, num_key_value_heads=40, max_position_embeddings=4096,
-                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                      pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
-    model.save_pretrained(work / "model-13b")
-    tokenizer.save_pretrained(work / "model-13b")
-    del model
-    torch.cuda.empty_cache()
+    _random_llama(gpu_tokenizer, work / "model-13b", hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
+                  num_attention_heads=40, num_key_value_heads=40, tie_word_embeddings=False)
     prepare(PrepareConfig(input=str(ASSETS / "sample_zh.jsonl"), out=str(work / "data"), sample=0,
                           model=str(work / "model-13b")))
     status = train(preset("tutorial", model=str(work / "model-13b"), data=str(work / "data"),
