@@ -25,6 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     from ui import layout
 
+    # The panel's handlers run in threads, and transformers' lazy first import is not thread-safe
+    # (two tabs loading a tokenizer at once can fail): import it once, here, before any request.
+    import transformers  # noqa: F401
+
+    transformers.AutoTokenizer, transformers.AutoModelForCausalLM  # noqa: B018
     demo = layout.build()
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
     # Jobs are GPU-bound and sequential, but the live views must keep polling while one runs.

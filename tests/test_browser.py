@@ -55,15 +55,22 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(SHOTS / name), full_page=True)
 
 
-def test_click_through_the_four_tabs(app, browser):
+@pytest.fixture
+def page(browser, tmp_path):
     page = browser.new_page(viewport={"width": 1400, "height": 1000}, locale="en-US")
     page.set_default_timeout(30_000)
+    yield page
+    page.screenshot(path=str(tmp_path / "last.png"), full_page=True)  # what the page showed at the end
+    page.close()
+
+
+def test_click_through_the_four_tabs(app, page):
     page.goto(app.url)
 
     # 1. Data: upload, see the rendered preview, save 64 rows.
     data = page.locator("#tab-data")
     data.locator("input[type=file]").first.set_input_files(str(SAMPLE))
-    data.get_by_text("### Human:").first.wait_for()
+    data.locator("table").get_by_text("### Human:").first.wait_for()  # the preview table, not the help text
     fill(data, "Rows to sample", 64)
     fill(data, "Eval share", 0.1)
     data.get_by_role("button", name="Save dataset").click()
@@ -110,7 +117,6 @@ def test_click_through_the_four_tabs(app, browser):
                            " return b && b.innerText.trim().length > 0; }", timeout=120_000)
     page.wait_for_timeout(3000)
     shot(page, "chat.png")
-    page.close()
 
 
 def test_chinese_browser_gets_chinese_labels(app, browser):

@@ -75,7 +75,7 @@ def save(*values, request: gr.Request = None):
     from core import data
 
     language = lang(request)
-    empty = pd.DataFrame({"tokens": [], "rows": []})
+    empty = pd.DataFrame({"tokens": pd.Series(dtype="int64"), "rows": pd.Series(dtype="int64")})
     if not values[0]:
         return say("no_file", language), empty, gr.update()
     try:
@@ -107,7 +107,7 @@ def _stats_text(m: dict, language: str) -> str:
 
 def _histogram(m: dict) -> pd.DataFrame:
     h = m["stats"].get("histogram") or {}
-    return pd.DataFrame({"tokens": [str(x) for x in h.get("starts", [])], "rows": h.get("counts", [])})
+    return pd.DataFrame({"tokens": [int(x) for x in h.get("starts", [])], "rows": h.get("counts", [])})
 
 
 def use_sample():
@@ -123,7 +123,7 @@ def build() -> dict:
             source = gr.Dropdown(files(), value=None, label=t("source"), allow_custom_value=True)
             sample_btn = gr.Button(t("use_sample"), size="sm")
             sample = gr.Number(1000, label=label("sample"), info=help("sample"), precision=0, minimum=0)
-            seed = gr.Number(42, label=label("seed"), info=help("seed"), precision=0)
+            seed = gr.Number(42, label=label("seed"), info=t("help_data_seed"), precision=0)
             template = gr.Dropdown(["seed", "chat"], value="seed", label=label("template"), info=help("template"), allow_custom_value=True)
             eval_ratio = gr.Slider(0, 0.5, 0.0, step=0.01, label=label("eval_ratio"), info=help("eval_ratio"))
             with gr.Accordion(t("advanced"), open=False):
@@ -143,7 +143,7 @@ def build() -> dict:
     file.upload(upload, file, source, api_name="upload")
     sample_btn.click(use_sample, None, source, api_name=False)
     for ev in (source.change, template.change):
-        ev(preview, inputs, [layout, table], api_name=False, concurrency_id="cpu", concurrency_limit=2)
-    preview_btn.click(preview, inputs, [layout, table], api_name="preview", concurrency_id="cpu", concurrency_limit=2)
-    save_btn.click(save, inputs, [stats, hist, dataset], api_name="prepare", concurrency_id="cpu", concurrency_limit=2)
+        ev(preview, inputs, [layout, table], api_name=False, concurrency_id="data", concurrency_limit=1)
+    preview_btn.click(preview, inputs, [layout, table], api_name="preview", concurrency_id="data", concurrency_limit=1)
+    save_btn.click(save, inputs, [stats, hist, dataset], api_name="prepare", concurrency_id="data", concurrency_limit=1)
     return {"source": source, "dataset": dataset, "file": file}

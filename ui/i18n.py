@@ -20,6 +20,7 @@ EN: dict[str, str] = {
     "layout": "Detected layout", "preview": "Preview (template applied)", "preview_btn": "Refresh preview",
     "save_dataset": "Save dataset", "stats": "Statistics", "histogram": "Token length of each row",
     "dataset_name": "Dataset name (optional)",
+    "help_data_seed": "Random seed: the same seed picks the same rows again.",
     # train
     "train_intro": "Pick a model and a prepared dataset, choose a preset, press Start. Training runs in the background: you can close the browser and come back.",
     "model": "Model", "dataset": "Prepared dataset", "preset": "Preset", "run_name": "Run name (optional)",
@@ -50,6 +51,7 @@ ZH: dict[str, str] = {
     "layout": "识别出的数据格式", "preview": "预览（已套用模板）", "preview_btn": "刷新预览",
     "save_dataset": "保存数据集", "stats": "统计信息", "histogram": "每条数据的 token 长度分布",
     "dataset_name": "数据集名称（可不填）",
+    "help_data_seed": "随机种子：种子相同，抽到的就是同样的数据。",
     "train_intro": "选择模型和处理好的数据集，选一个预设，点击“开始训练”。训练在后台进行：关掉浏览器也不会中断，回来即可继续查看。",
     "model": "模型", "dataset": "数据集", "preset": "预设", "run_name": "训练名称（可不填）",
     "basic": "主要设置", "advanced": "高级设置", "wandb_key": "wandb API 密钥（只交给本次训练使用，不会保存）",

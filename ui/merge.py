@@ -73,9 +73,14 @@ def result_text(job: jobs.Job, language: str) -> str:
     if report.get("max_abs_diff") is not None:
         zh, ok = language == "zh", report.get("ok")
         verdict = ("通过" if ok else "未通过") if zh else ("passed" if ok else "NOT passed")
-        lines.append(("与“基础模型 + 适配器”的输出对比：最大 logit 差 {d:.2e}（容差 {tol}），{v}。" if zh else
-                      "Logit check against base + adapter: largest difference {d:.2e} (tolerance {tol}), {v}.").format(
-            d=report["max_abs_diff"], tol=report.get("tolerance"), v=verdict))
+        extra = []
+        if report.get("tolerance") is not None:
+            extra.append(("容差 " if zh else "tolerance ") + f"{report['tolerance']}")
+        if report.get("top1_agreement") is not None:
+            extra.append(("最可能的下一个词一致率 " if zh else "same most likely next token ") + f"{report['top1_agreement']:.0%}")
+        lines.append(("与“基础模型 + 适配器”的输出对比：最大 logit 差 {d:.2e}（{x}），{v}。" if zh else
+                      "Logit check against base + adapter: largest difference {d:.2e} ({x}), {v}.").format(
+            d=report["max_abs_diff"], x=", ".join(extra) or "–", v=verdict))
     if report.get("seconds") is not None:
         lines.append(f"{report.get('dtype', '')} · {report.get('device', '')} · {report['seconds']} s")
     return "\n\n".join(lines)

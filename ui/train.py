@@ -56,7 +56,7 @@ def datasets() -> list[tuple[str, str]]:
 
 
 def run_choices() -> list[tuple[str, str]]:
-    return [(f"{r['name']} · {r['state']}", r["folder"]) for r in runs.list_runs()]
+    return [(r["name"], r["folder"]) for r in runs.list_runs()]  # no state here: it would go stale
 
 
 def start(model, data, preset, name, wandb_key, *values, request: gr.Request = None):
