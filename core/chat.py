@@ -42,7 +42,13 @@ class Chat:
         record = record or _record(folder)
         cuda = torch.cuda.is_available()
         dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else torch.float32
-        self.tokenizer = models.load_tokenizer(adapter if adapter else folder, trust_remote_code=trust_remote_code)
+        self.tokenizer = models.load_tokenizer(folder, trust_remote_code=trust_remote_code)
+        if adapter and (Path(adapter) / "tokenizer_config.json").is_file():
+            # The run saved the tokenizer it trained with next to the adapter: prefer it.
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(adapter, trust_remote_code=trust_remote_code)
+            self.tokenizer.pad_token = self.tokenizer.pad_token or self.tokenizer.eos_token
         net = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code)
         if adapter:
             from peft import PeftModel
