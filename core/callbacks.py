@@ -70,6 +70,7 @@ class Progress(TrainerCallback):
         self.file = open(metrics_path, "a", encoding="utf-8")
         self.status, self.stop, self.log, self.cuda = status, stop, log, cuda
         self.start_time = self.start_step = None
+        self.tokens: int | None = None
         self.first_line: dict = {}
         self.counter = None  # core.packing.Counting, set by the trainer's owner
 
@@ -99,8 +100,9 @@ class Progress(TrainerCallback):
         now = time.time()
         elapsed = now - (self.start_time or now)
         done = max(state.global_step - (self.start_step or 0), 0)
-        # Real (non-pad) tokens counted by the collator; trl's own count misreads packed rows.
-        tokens = self.counter.tokens if self.counter is not None else logs.get("num_tokens")
+        evaluation = "eval_loss" in logs
+        if not evaluation and logs.get("num_tokens") is not None:
+            self.tokens = int(logs["num_tokens"])  # trl's count of real (non-pad) tokens trained on so far
         line = {
             "step": state.global_step,
             "max_steps": state.max_steps,
@@ -108,20 +110,21 @@ class Progress(TrainerCallback):
             "loss": logs.get("loss"),
             "learning_rate": logs.get("learning_rate"),
             "grad_norm": logs.get("grad_norm"),
-            "tokens": int(tokens) if tokens is not None else None,
-            "tokens_per_second": round(tokens / elapsed, 1) if tokens and elapsed > 0 else None,
+            "tokens": self.tokens,
+            "tokens_per_second": round(self.tokens / elapsed, 1) if self.tokens and elapsed > 0 else None,
             "elapsed": round(elapsed, 2),
             "remaining": round(elapsed / done * (state.max_steps - state.global_step), 1) if done else None,
             "gpu_memory_gb": self._gpu_memory(),
             "time": now,
         }
-        if "eval_loss" in logs:
+        if evaluation:
             line["eval_loss"] = logs["eval_loss"]
         line.update({k: v for k, v in self.first_line.items() if k not in line})
         self.first_line = {}
         self.file.write(json.dumps(line, ensure_ascii=False) + "\n")
         self.file.flush()
-        shown = {k: line[k] for k in ("loss", "eval_loss", "learning_rate", "tokens_per_second") if line.get(k) is not None}
+        keys = ("eval_loss",) if evaluation else ("loss", "learning_rate", "tokens_per_second")
+        shown = {k: line[k] for k in keys if line.get(k) is not None}
         self.log.info("step %d/%d %s", line["step"], line["max_steps"],
                       " ".join(f"{k}={v:.4g}" for k, v in shown.items()))
 

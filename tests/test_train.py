@@ -274,3 +274,24 @@ def test_wandb_without_key_or_network_logs_offline(tmp_path):
     assert "wandb: no API key" in (run / "train.log").read_text()
     assert list((run / "wandb").glob("offline-run-*"))
     assert "WANDB_API_KEY" not in (run / "config.json").read_text()
+
+
+@pytest.mark.slow
+def test_eval_split_and_tensorboard(tmp_path):
+    from core.data import prepare
+    from core.train import train
+
+    src = tmp_path / "identity.jsonl"
+    src.write_text((ASSETS / "identity_en.jsonl").read_text(encoding="utf-8"), encoding="utf-8")
+    data = tmp_path / "dataset"
+    prepare(PrepareConfig(input=str(src), out=str(data), sample=0, eval_ratio=0.2))
+    run = tmp_path / "run"
+    result = train(preset("tutorial", data=str(data), out=str(run), max_steps=2, eval_steps=1,
+                          report_to="tensorboard", **{**FAST, "lora_r": 4, "target_modules": "default"}))
+    assert result["state"] == "finished"
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [x for x in lines if "eval_loss" in x]
+    assert [x["step"] for x in evals] == [1, 2] and all(x["eval_loss"] > 0 and x["loss"] is None for x in evals)
+    assert [x["tokens"] for x in lines] == sorted(x["tokens"] for x in lines)
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert TrainConfig.load(run / "config.json").loss_on == "all"  # the tutorial recipe: loss on the whole text
