@@ -120,9 +120,10 @@ def _check_folders(cfg: TrainConfig, run: Path) -> Path:
 def _train(cfg: TrainConfig, run: Path, data: Path, status) -> dict:
     import torch
     from transformers import PrinterCallback
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     from core.callbacks import Progress, StopFlag
+    from core.checkpoints import trainer_class
     from core.packing import Counting, PackedRows
 
     torch.manual_seed(cfg.seed)
@@ -184,8 +185,8 @@ def _train(cfg: TrainConfig, run: Path, data: Path, status) -> dict:
     )
     progress = Progress(run / "metrics.jsonl", status, stop, log, cuda)
     progress.first_line = {"device": device, "mode": mode}
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows,
-                         processing_class=tokenizer, callbacks=[progress])
+    trainer = trainer_class()(model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows,
+                              processing_class=tokenizer, callbacks=[progress])
     trainer.remove_callback(PrinterCallback)  # Progress already writes one line per logging step
     # Packed rows stay separate rows (see core/packing.py); either way count the real tokens.
     collator = PackedRows(tokenizer.pad_token_id) if cfg.packing else trainer.data_collator

@@ -243,6 +243,11 @@ def test_sigint_stops_after_the_step_and_the_run_resumes(tmp_path):
     log = (run / "train.log").read_text()
     assert log.count("no GPU: plain LoRA in float32") == 1  # stdout is train.log: no line written twice
     assert "stop requested" in log
+    # The stop saved a checkpoint to resume from, its trainer state in safetensors: no pickle in the run.
+    checkpoint = run / "checkpoints" / f"checkpoint-{stopped_at}"
+    for name in ("optimizer", "scheduler", "rng_state", "adapter_model"):
+        assert (checkpoint / f"{name}.safetensors").is_file(), name
+    assert pickles(run) == []
 
     resumed = core_cli("train", "--config", run / "config.json", "--out", run, "--resume",
                        "--max-steps", stopped_at + 2, timeout=400)
@@ -251,6 +256,30 @@ def test_sigint_stops_after_the_step_and_the_run_resumes(tmp_path):
     assert status["state"] == "finished" and status["step"] == stopped_at + 2
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps[-2:] == [stopped_at + 1, stopped_at + 2]
+    assert pickles(run) == []
+
+
+def test_trainer_state_round_trips_without_pickle(tmp_path):
+    import random
+
+    import numpy as np
+    import torch
+
+    from core.checkpoints import load_state, save_state
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99))
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    state = {"optimizer": opt.state_dict(), "python": random.getstate(), "numpy": np.random.get_state()}
+    save_state(tmp_path, "state", state)
+    back = load_state(tmp_path, "state")
+    assert back["python"] == state["python"]
+    assert np.array_equal(back["numpy"][1], state["numpy"][1]) and back["numpy"][1].dtype == np.uint32
+    fresh = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    fresh.load_state_dict(back["optimizer"])
+    assert torch.equal(fresh.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    assert fresh.param_groups[0]["betas"] == (0.9, 0.99)
 
 
 @pytest.mark.slow
