@@ -70,7 +70,9 @@ def test_click_through_the_four_tabs(app, page):
     # 1. Data: upload, see the rendered preview, save 64 rows.
     data = page.locator("#tab-data")
     data.locator("input[type=file]").first.set_input_files(str(SAMPLE))
-    data.locator("table").get_by_text("### Human:").first.wait_for()  # the preview table, not the help text
+    # the detected layout above the preview (the file name in code type), once the preview is made
+    data.locator("code", has_text="sample_zh.jsonl").first.wait_for()
+    assert re.search("### Human: [0-9\u4e00-\u9fff]", data.inner_text()), "the preview shows rendered rows"
     fill(data, "Rows to sample", 64)
     fill(data, "Eval share", 0.1)
     data.get_by_role("button", name="Save dataset").click()
@@ -123,7 +125,7 @@ def test_chinese_browser_gets_chinese_labels(app, browser):
     page = browser.new_page(viewport={"width": 1400, "height": 900}, locale="zh-CN")
     page.goto(app.url)
     page.get_by_role("tab", name="1 · 数据").wait_for()
-    assert page.get_by_role("button", name="保存数据集").count() == 1
+    page.get_by_role("button", name="保存数据集").wait_for(timeout=30_000)
     assert re.search("用你自己的指令数据微调", page.content())
     shot(page, "data_zh.png")
     page.close()

@@ -75,7 +75,7 @@ def save(*values, request: gr.Request = None):
     from core import data
 
     language = lang(request)
-    empty = pd.DataFrame({"tokens": pd.Series(dtype="int64"), "rows": pd.Series(dtype="int64")})
+    empty = pd.DataFrame({"tokens": pd.Series(dtype="string"), "rows": pd.Series(dtype="int64")})
     if not values[0]:
         return say("no_file", language), empty, gr.update()
     try:
@@ -107,7 +107,9 @@ def _stats_text(m: dict, language: str) -> str:
 
 def _histogram(m: dict) -> pd.DataFrame:
     h = m["stats"].get("histogram") or {}
-    return pd.DataFrame({"tokens": [int(x) for x in h.get("starts", [])], "rows": h.get("counts", [])})
+    labels = [str(x) for x in h.get("starts", [])]
+    # Bins are labels (the chart draws numbers as thin bars); keep them in numeric order.
+    return gr.update(value=pd.DataFrame({"tokens": labels, "rows": h.get("counts", [])}), sort=labels)
 
 
 def use_sample():
@@ -133,7 +135,8 @@ def build() -> dict:
                 name = gr.Textbox("", label=t("dataset_name"))
         with gr.Column(scale=2):
             layout = gr.Markdown(label=t("layout"))
-            table = gr.Dataframe(label=t("preview"), wrap=True, max_height=360, interactive=False)
+            table = gr.Dataframe(headers=["prompt", "response"], label=t("preview"), wrap=True, max_height=360,
+                                 interactive=False)
             preview_btn = gr.Button(t("preview_btn"), size="sm")
             save_btn = gr.Button(t("save_dataset"), variant="primary")
             stats = gr.Markdown()
