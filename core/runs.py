@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from core import paths
@@ -141,6 +142,13 @@ def log_tail(run: str | Path, n: int = 40, name: str = "train.log") -> str:
             text = f.read().decode("utf-8", errors="replace")
     except OSError:
         return ""
-    # Progress bars redraw with carriage returns: keep only the last drawing of each line.
+    # Progress bars redraw with carriage returns (or, without a terminal, on new lines):
+    # keep only the last drawing of each bar.
     lines = [line.rsplit("\r", 1)[-1] for line in text.splitlines()]
-    return "\n".join(lines[-n:])
+    bars = [_BAR.match(line) for line in lines]
+    kept = [line for i, line in enumerate(lines)
+            if not (bars[i] and i + 1 < len(lines) and bars[i + 1] and bars[i + 1].group(1) == bars[i].group(1))]
+    return "\n".join(kept[-n:])
+
+
+_BAR = re.compile(r"^(.*?):\s*\d+%\|")

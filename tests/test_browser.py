@@ -6,7 +6,6 @@ Screenshots of each tab go to docs/screenshots/ (data.png, train.png, merge.png,
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import pytest

@@ -42,3 +42,8 @@ def test_list_runs_newest_first_with_settings_and_final_loss(tmp_path, monkeypat
 def test_log_tail_keeps_last_drawing_of_progress_bars(tmp_path):
     (tmp_path / "train.log").write_text("start\n 10%|#\r 50%|#####\r100%|##########\ndone\n")
     assert runs.log_tail(tmp_path, 2) == "100%|##########\ndone"
+
+
+def test_log_tail_keeps_one_line_per_progress_bar_without_a_terminal(tmp_path):
+    (tmp_path / "train.log").write_text("Loading weights:  10%|#  | 1/10\nLoading weights: 100%|###| 10/10\nready\n")
+    assert runs.log_tail(tmp_path, 5) == "Loading weights: 100%|###| 10/10\nready"

@@ -184,7 +184,7 @@ def gpu_markdown() -> str:
 def poll(viewed, request: gr.Request = None):
     """Everything the live view shows, for the shown run."""
     run = shown_run(viewed)
-    return progress_html(run, lang(request)), loss_frame(run), runs.log_tail(run, 30) if run else ""
+    return progress_html(run, lang(request)), loss_frame(run), runs.log_tail(run, 8) if run else ""
 
 
 def build() -> dict:
