@@ -14,7 +14,6 @@ import argparse
 import json
 import logging
 import os
-import socket
 import sys
 import time
 import traceback
@@ -24,6 +23,7 @@ from core import models
 from core.config import TrainConfig, add_arguments, preset
 from core.errors import UserError
 from core.template import Template
+from core.tracking import setup as tracking_setup
 
 log = logging.getLogger("qlora_studio.train")
 
@@ -87,11 +87,15 @@ def train(cfg: TrainConfig) -> dict:
     status = Status(run / "status.json")
     try:
         return _train(cfg, run, dataset, status)
+    except KeyboardInterrupt:  # interrupted before training began: nothing to save
+        log.info("stopped before the first step")
+        status.update(state="stopped", ended=time.time())
+        raise
     except BaseException as e:
         error, hint = explain(e)
         log.error("run failed: %s\n%s", error, traceback.format_exc())
         status.update(state="failed", error=error, hint=hint, ended=time.time())
-        if isinstance(e, (UserError, KeyboardInterrupt)):
+        if isinstance(e, UserError):
             raise
         return status.data
     finally:
@@ -145,7 +149,7 @@ def _train(cfg: TrainConfig, run: Path, data: Path, status) -> dict:
     log.info("%d training rows%s", len(train_rows), f", {len(eval_rows)} eval rows" if eval_rows else "")
 
     model = _load_model(cfg, cuda)
-    tracking = _tracking(cfg, run)
+    tracking = tracking_setup(cfg.report_to, cfg.wandb_project, run)
     dtype = _compute_dtype(cfg, cuda)
     args = SFTConfig(
         output_dir=str(run / "checkpoints"),
@@ -335,42 +339,6 @@ def _load_model(cfg: TrainConfig, cuda: bool):
         return get_peft_model(model, lora)
     except ValueError as e:
         raise UserError(f"target_modules: {str(e).splitlines()[0]}", field="target_modules") from None
-
-
-def _tracking(cfg: TrainConfig, run: Path) -> list[str]:
-    """Set up wandb or tensorboard; wandb never prompts and never waits for a network that isn't there."""
-    if cfg.report_to == "tensorboard":
-        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run / "tensorboard")
-        return ["tensorboard"]
-    if cfg.report_to != "wandb":
-        return []
-    os.environ.update(WANDB_SILENT="true", WANDB_DIR=str(run), WANDB_PROJECT=cfg.wandb_project,
-                      WANDB_CONSOLE="off", WANDB_INIT_TIMEOUT="30")
-    os.environ.pop("WANDB_PROMPT", None)
-    if os.environ.get("WANDB_MODE") == "offline":
-        log.info("wandb: offline mode (WANDB_MODE=offline); sync later with `wandb sync %s/wandb`", run)
-    elif not _wandb_key():
-        os.environ["WANDB_MODE"] = "offline"
-        log.info("wandb: no API key (set WANDB_API_KEY): logging offline into %s/wandb", run)
-    elif not _reachable("api.wandb.ai", 443):
-        os.environ["WANDB_MODE"] = "offline"
-        log.info("wandb: api.wandb.ai is not reachable: logging offline into %s/wandb", run)
-    return ["wandb"]
-
-
-def _wandb_key() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    netrc = Path.home() / ".netrc"
-    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
-
-
-def _reachable(host: str, port: int, timeout: float = 3.0) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _save_adapter(model, tokenizer, cfg: TrainConfig, template: Template, run: Path) -> Path:
