@@ -126,14 +126,15 @@ def mismatch(exc: BaseException) -> str:
     return text[:160]
 
 
-def quiet() -> None:
+def quiet(warnings: bool = False) -> None:
     """Keep a command's output to its own lines: no weight-loading bars or optional-kernel notices."""
     import logging
 
+    # bitsandbytes announces on import that an optional CPU kernel package is missing; it is not needed.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
+    hf_logging.set_verbosity_warning() if warnings else hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
 
 

@@ -80,6 +80,9 @@ def train(cfg: TrainConfig) -> dict:
     cfg.check()
     run = Path(cfg.out).expanduser().resolve()
     dataset = _check_folders(cfg, run)
+    from core.merge import quiet
+
+    quiet(warnings=True)  # train.log: our lines and real warnings, not loading bars
     from core.callbacks import Status  # only now: it brings in torch and transformers (seconds)
 
     run.mkdir(parents=True, exist_ok=True)

@@ -324,3 +324,17 @@ def test_eval_split_and_tensorboard(tmp_path):
     assert [x["tokens"] for x in lines] == sorted(x["tokens"] for x in lines)
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert TrainConfig.load(run / "config.json").loss_on == "all"  # the tutorial recipe: loss on the whole text
+
+
+def test_a_damaged_dataset_fails_the_run_with_the_line_named(tmp_path):
+    data = tmp_path / "dataset"
+    shutil.copytree(identity_dataset(), data)
+    rows = (data / "train.jsonl").read_text().splitlines()
+    rows[6] = '{"text": "no segments here"}'
+    (data / "train.jsonl").write_text("\n".join(rows) + "\n")
+    run = tmp_path / "run"
+    result = core_cli("train", "--data", data, "--out", run, "--max-steps", "1")
+    _refused(result, "train.jsonl, line 7", "prepare the data again")
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "failed" and "line 7" in status["error"] and status["adapter"] is None
+    assert "line 7" in (run / "train.log").read_text()
