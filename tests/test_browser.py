@@ -128,3 +128,14 @@ def test_chinese_browser_gets_chinese_labels(app, browser):
     assert re.search("用你自己的指令数据微调", page.content())
     shot(page, "data_zh.png")
     page.close()
+
+
+def test_language_switches_at_run_time_from_settings(app, page):
+    page.goto(app.url)
+    page.get_by_role("tab", name="1 · Data").wait_for()
+    page.get_by_text("Settings").last.click()
+    page.get_by_label("Language").click()
+    page.get_by_role("option", name="简体中文").first.click()
+    page.keyboard.press("Escape")
+    page.get_by_role("tab", name="1 · 数据").wait_for(timeout=10_000)
+    assert page.get_by_role("tab", name="1 · Data").count() == 0
