@@ -129,3 +129,12 @@ def test_missing_dataset_is_refused_before_anything_starts(home):
     with pytest.raises(UserError, match="data: prepared dataset .* not found"):
         manager().start_train(TrainConfig(data=str(home / "nothing")))
     assert not (home / "runs").exists()
+
+
+def test_chat_model_is_released_before_training_starts(home, monkeypatch):
+    released = []
+    monkeypatch.setattr(jobs, "before_train", [lambda: released.append(True)])
+    m = manager()
+    job = m.start_train(cfg(home))
+    assert released == [True]
+    wait_for(lambda: not job.alive())
