@@ -14,42 +14,16 @@ import gc
 import json
 import time
 
+import sys
+from pathlib import Path
+
 import torch
 
-SHAPES = {
-    "13b": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40, num_key_value_heads=40),
-    "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32),
-    "135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3),
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from speed import SHAPES, build  # noqa: E402  (bench/ is on the path when run as a script)
 
-def build_random(shape: str, out: str, tok) -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(vocab_size=len(tok), max_position_embeddings=4096, rms_norm_eps=1e-5, **SHAPES[shape],
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                      tie_word_embeddings=shape == "135m")
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
-    model.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    del model
-    torch.cuda.empty_cache()
-
-
-class Count:
-    """Counts real tokens handed to the model, whatever the collator did."""
-
-    def __init__(self, collator):
-        self.collator, self.tokens = collator, 0
-
-    def __call__(self, examples):
-        batch = self.collator(examples)
-        # Padded batches carry an attention mask; padding-free ones are one row of real tokens.
-        mask = batch.get("attention_mask")
-        self.tokens += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
-        return batch
+from core.packing import Counting as Count  # noqa: E402
 
 
 def run(name, model_dir, tok, rows, *, dtype, packing, batch, accum, steps, liger=False, gc_on=True, compile_=False, optim="adamw_torch", lora_dropout=0.1):
@@ -113,10 +87,8 @@ def main():
     for line in open(a.data, encoding="utf-8"):
         r = json.loads(line)
         rows.append(f"### Human: {r['instruction']} ### Assistant: {r['output']}")
-    model_dir = f"/tmp/rand-{a.shape}"
-    t = time.time()
-    build_random(a.shape, model_dir, tok)
-    print(f"built {a.shape} in {time.time() - t:.0f}s", flush=True)
+    model_dir = Path(f"/tmp/rand-{a.shape}")
+    print(f"built {a.shape} in {build(a.shape, a.tokenizer, model_dir):.0f}s", flush=True)
     fp16, bf16 = torch.float16, torch.bfloat16
     variants = {
         "tutorial": dict(dtype=fp16, packing=False, batch=4, accum=4),
