@@ -48,8 +48,16 @@ def workspace(tmp_path_factory):
 def base_model() -> str:
     """The embedded default converted to a regular model folder (once per machine)."""
     from core import models
+    from core.errors import UserError
 
-    return str(models.embedded())
+    try:
+        return str(models.embedded())
+    except UserError as e:
+        # The GPU machine may lack the embedded package (its 98 MB file exceeds what a call can
+        # carry): skip there. On CPU machines `make test` installs it, so a failure is real.
+        if _has_cuda():
+            pytest.skip(str(e))
+        raise
 
 
 @pytest.fixture(scope="session")

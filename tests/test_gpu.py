@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_train import FAST, identity_dataset, pickles, scratch
+from test_train import FAST, ROOT, identity_dataset, pickles, scratch
 
-from core.config import GenerationConfig, MergeConfig, preset
+from core.config import GenerationConfig, MergeConfig, PrepareConfig, preset
 
 pytestmark = pytest.mark.gpu
 
@@ -77,3 +77,82 @@ def test_monitor_sees_the_gpu():
     snap = monitor.snapshot()
     assert snap["gpus"] and snap["gpus"][0]["memory_total_gb"] > 10
     assert "gpu_note" not in snap
+
+
+# ---- random weights of real shapes: these run on a GPU machine without the embedded package ----
+@pytest.fixture(scope="module")
+def any_tokenizer():
+    """The embedded model's tokenizer, or the same files carried in QLORA_STUDIO_GPU_TOKENIZER."""
+    import os
+
+    from transformers import AutoTokenizer
+
+    from core import models
+    from core.errors import UserError
+
+    try:
+        return models.load_tokenizer("default")
+    except UserError:
+        if not os.environ.get("QLORA_STUDIO_GPU_TOKENIZER"):
+            pytest.skip("neither the embedded model nor QLORA_STUDIO_GPU_TOKENIZER is available")
+        return AutoTokenizer.from_pretrained(os.environ["QLORA_STUDIO_GPU_TOKENIZER"])
+
+
+def _random_llama(tokenizer, folder, **shape):
+    """A randomly initialised Llama of a real shape (weights do not change the cost), with the tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id,
+                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **shape)
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    del model
+    torch.cuda.empty_cache()
+    return str(folder)
+
+
+def test_4bit_pipeline_on_random_weights_of_the_default_shape(any_tokenizer):
+    from core.chat import Chat
+    from core.data import prepare
+    from core.merge import merge
+    from core.train import train
+
+    work = scratch()
+    model = _random_llama(any_tokenizer, work / "smollm2-shape", hidden_size=576, intermediate_size=1536,
+                          num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True)
+    prepare(PrepareConfig(input=str(ROOT / "assets" / "sample_zh.jsonl"), out=str(work / "data"), sample=64, model=model))
+    result = train(preset("default", model=model, data=str(work / "data"), out=str(work / "run"), max_steps=12,
+                          logging_steps=1, save_steps=6, learning_rate=1e-3, max_seq_length=256))
+    assert result["state"] == "finished" and result["mode"].startswith("4-bit NF4"), result
+    losses = [x["loss"] for x in _metrics(work / "run")]
+    assert sum(losses[-3:]) < sum(losses[:3]), losses
+    assert pickles(work / "run") == []
+    report = merge(MergeConfig(adapter=str(work / "run" / "adapter"), out=str(work / "merged"), dtype="bfloat16"))
+    assert report["ok"], report
+    chat = Chat()
+    chat.load(str(work / "merged"))
+    try:
+        assert chat.reply([], "你好", GenerationConfig(temperature=0, max_new_tokens=8)) is not None
+    finally:
+        chat.close()
+
+
+def test_tutorial_preset_on_a_13b_shaped_model_logs_metrics(any_tokenizer):
+    from core.data import prepare
+    from core.train import train
+
+    work = scratch()
+    model = _random_llama(any_tokenizer, work / "llama2-13b-shape", hidden_size=5120, intermediate_size=13824,
+                          num_hidden_layers=40, num_attention_heads=40, num_key_value_heads=40,
+                          tie_word_embeddings=False)
+    prepare(PrepareConfig(input=str(ROOT / "assets" / "sample_zh.jsonl"), out=str(work / "data"), sample=0, model=model))
+    result = train(preset("tutorial", model=model, data=str(work / "data"), out=str(work / "run"), max_steps=3,
+                          logging_steps=1, save_steps=0))
+    assert result["state"] == "finished" and result["mode"] == "4-bit NF4 (fp16 compute)", result
+    lines = _metrics(work / "run")
+    assert [x["step"] for x in lines] == [1, 2, 3]
+    assert all(x["tokens_per_second"] > 0 and x["gpu_memory_gb"] > 5 for x in lines)
