@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 
 from core.errors import UserError
 
@@ -22,6 +23,10 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    # Libraries' notices about their own future versions are not for the person at the terminal,
+    # and would break the promise of one line on stderr for a mistake.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print("usage: python -m core COMMAND [options]   (COMMAND --help for its options)\n")
         for name, (_, about) in COMMANDS.items():

@@ -71,9 +71,14 @@ def app(tmp_path_factory, base_model):
     yield a
     from core import jobs
 
+    # Stop whatever the panel's workspace still runs, then give the other tests their workspace back.
+    before = os.environ["QLORA_STUDIO_HOME"]
     os.environ["QLORA_STUDIO_HOME"] = str(a.home)
-    jobs.stop(grace=5)
-    a.kill()
+    try:
+        jobs.stop(grace=5)
+    finally:
+        os.environ["QLORA_STUDIO_HOME"] = before
+        a.kill()
 
 
 def settings(**overrides) -> list:
