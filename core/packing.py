@@ -49,14 +49,18 @@ class PackedRows:
 class Counting:
     """Wraps any collator and counts the real (non-pad) tokens it hands out, for tokens/s.
 
-    trl's own count reads the attention mask, which packed rows do not have.
+    trl's own count reads the attention mask, which packed rows do not have. The count runs one
+    batch ahead of training (the data loader collates the next batch before the current step),
+    which rates over a run can ignore.
     """
 
-    def __init__(self, collator):
-        self.collator, self.tokens = collator, 0
+    def __init__(self, collator, model=None):
+        self.collator, self.model, self.tokens = collator, model, 0
 
     def __call__(self, examples: list[dict]) -> dict:
         batch = self.collator(examples)
-        mask = batch.get("attention_mask")
-        self.tokens += int(mask.sum()) if mask is not None else sum(len(e["input_ids"]) for e in examples)
+        # The trainer collates evaluation batches with the same collator, in eval mode: not trained on.
+        if self.model is None or self.model.training:
+            mask = batch.get("attention_mask")
+            self.tokens += int(mask.sum()) if mask is not None else sum(len(e["input_ids"]) for e in examples)
         return batch

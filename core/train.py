@@ -197,7 +197,7 @@ def _train(cfg: TrainConfig, run: Path, data: Path, status) -> dict:
     trainer.remove_callback(PrinterCallback)  # Progress already writes one line per logging step
     # Packed rows stay separate rows (see core/packing.py); either way count the real tokens.
     collator = PackedRows(tokenizer.pad_token_id) if cfg.packing else trainer.data_collator
-    trainer.data_collator = progress.counter = Counting(collator)
+    trainer.data_collator = progress.counter = Counting(collator, trainer.model)
     if cuda and dtype == torch.float16:
         # The fp16 grad scaler needs float32 master weights to unscale into.
         for p in trainer.model.parameters():

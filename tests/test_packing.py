@@ -45,3 +45,15 @@ def test_packed_examples_get_the_same_logits_as_alone(base_model, attn):
     where = [(0, 0), (0, 7), (0, 19), (1, 0), (1, 20)]
     for (row, start), doc, ref in zip(where, docs, alone):
         assert torch.allclose(packed[row, start:start + len(doc)], ref, atol=1e-3), "a packed example saw its neighbour"
+
+
+def test_counting_skips_batches_collated_for_evaluation():
+    class Model:
+        training = True
+
+    model = Model()
+    counter = Counting(PackedRows(pad_token_id=0), model)
+    counter([{"input_ids": [1] * 10, "seq_lengths": [10]}])
+    model.training = False
+    counter([{"input_ids": [1] * 50, "seq_lengths": [50]}])
+    assert counter.tokens == 10

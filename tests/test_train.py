@@ -338,3 +338,16 @@ def test_a_damaged_dataset_fails_the_run_with_the_line_named(tmp_path):
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "failed" and "line 7" in status["error"] and status["adapter"] is None
     assert "line 7" in (run / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_tokens_per_second_counts_every_packed_row(tmp_path):
+    from core.train import train
+
+    run = tmp_path / "packed"
+    result = train(preset("default", data=str(identity_dataset()), out=str(run), max_steps=2,
+                          **{**FAST, "packing": True, "batch_size": 2, "max_seq_length": 64}))
+    assert result["state"] == "finished"
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    # Two steps of two packed rows of up to 64 tokens: far more than one row's width a step.
+    assert 2 * 64 < lines[-1]["tokens"] <= 3 * 2 * 64, lines
