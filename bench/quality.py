@@ -80,15 +80,20 @@ def main() -> None:
 
     def run(name: str, steps: int) -> dict:
         t = time.time()
-        status = train(preset(name, out=str(work / name), max_steps=steps, **common))
+        done = work / name / "status.json"
+        if done.is_file() and json.loads(done.read_text())["state"] == "finished":
+            status = json.loads(done.read_text())  # a finished run of an earlier call: score it again
+        else:
+            status = train(preset(name, out=str(work / name), max_steps=steps, **common))
         lines = [json.loads(x) for x in (work / name / "metrics.jsonl").read_text().splitlines()]
         return {"preset": name, "state": status["state"], "steps": steps, "tokens": lines[-1]["tokens"],
                 "train_s": round(time.time() - t, 1), "adapter": status["adapter"]}
 
     results = [run("tutorial", a.steps)]
-    # Same training tokens: packed rows carry about max_seq_length tokens each, 16 rows an update.
+    # No more training tokens than the tutorial had: packed rows carry up to max_seq_length tokens
+    # each, 16 rows an update.
     per_step = 16 * a.max_seq_length
-    results.append(run("default", max(1, math.ceil(results[0]["tokens"] / per_step))))
+    results.append(run("default", max(1, math.floor(results[0]["tokens"] / per_step))))
     scores = {"base": reply_loss(base, None, data / "eval.jsonl", a.max_seq_length)}
     for r in results:
         r["eval_reply_loss"] = scores[r["preset"]] = reply_loss(base, r["adapter"], data / "eval.jsonl", a.max_seq_length)
