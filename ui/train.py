@@ -136,6 +136,9 @@ def progress_html(run: str, language: str = "en") -> str:
              f"<span>{last.get('tokens_per_second', 0) or 0:.0f} tokens/s</span>"]
     if last.get("loss") is not None:
         parts.append(f" · <span>loss {last['loss']:.4f}</span>")
+    if status.get("mode"):  # what the engine chose: 4-bit QLoRA on a GPU, or plain LoRA without one
+        where = (status.get("device") or "").removeprefix("cuda:0 ")
+        parts.append(f"<p class='qs-mode'>{status['mode']}{' · ' + where if where else ''}</p>")
     if state == "failed":
         parts.append(f"<p class='qs-error'>{status.get('error') or ''}</p>")
         if status.get("hint"):
