@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from speed import SHAPES, build  # noqa: E402  (bench/ is on the path when run as a script)
+from speed import build  # noqa: E402  (bench/ is on the path when run as a script)
 
 from core.packing import Counting as Count  # noqa: E402
 

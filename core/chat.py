@@ -7,20 +7,17 @@ Replies stream: generation runs in a background thread and the growing text is y
 
 from __future__ import annotations
 
-import argparse
 import gc
-import json
 import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 from core import models
-from core.config import GenerationConfig, add_arguments
+from core.config import GenerationConfig, Parser, add_arguments
 from core.errors import UserError
 from core.template import Template
 
-RECORD = "qlora_studio.json"
 
 
 class Chat:
@@ -36,10 +33,10 @@ class Chat:
         from transformers import AutoModelForCausalLM
 
         self.close()
-        record = _record(adapter) if adapter else {}
+        record = models.read_record(adapter)
         spec = model or record.get("base_model")
         folder = models.resolve(spec)
-        record = record or _record(folder)
+        record = record or models.read_record(folder)
         cuda = torch.cuda.is_available()
         dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else torch.float32
         self.tokenizer = models.load_tokenizer(folder, trust_remote_code=trust_remote_code)
@@ -155,15 +152,6 @@ def _cut(text: str, stops: list[str]) -> str | None:
     return text[: min(hits)].strip() if hits else None
 
 
-def _record(folder: str | Path | None) -> dict:
-    path = Path(folder) / RECORD if folder else None
-    if not path or not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        return {}
-
 
 def _template(record: dict, tokenizer) -> Template:
     """The template the model was trained with; else the model's own chat template; else the seed."""
@@ -174,14 +162,10 @@ def _template(record: dict, tokenizer) -> Template:
     return Template()
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UserError(f"chat: {message}")
-
 
 def cli(argv: list[str]) -> int:
     """`python -m core chat --model DIR [--adapter DIR] --prompt TEXT [generation flags]`: print the reply."""
-    parser = _Parser(prog="python -m core chat", description="Chat with a model, a merged model or base + adapter.")
+    parser = Parser(prog="python -m core chat", description="Chat with a model, a merged model or base + adapter.")
     parser.add_argument("--model", default=None, help="Model folder, 'default', or empty with --adapter (its base).")
     parser.add_argument("--adapter", default=None, help="A run's adapter folder to put on the model.")
     parser.add_argument("--prompt", required=True, help="The message to answer.")

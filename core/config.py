@@ -7,6 +7,7 @@ understands (empty list = fine).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 from dataclasses import dataclass, field, fields
@@ -264,10 +265,15 @@ class GenerationConfig(_Config):
 
 
 # ---------------------------------------------------------------------------------------
+class Parser(argparse.ArgumentParser):
+    """argparse for `python -m core CMD`: a wrong flag is a UserError (one line, exit code 2)."""
+
+    def error(self, message):
+        raise UserError(f"{self.prog.split()[-1]}: {message}")
+
+
 def add_arguments(parser, cls, skip: tuple[str, ...] = ()) -> None:
     """One `--flag` per dataclass field, help text included; unset flags are left out of the result."""
-    import argparse
-
     for f in fields(cls):
         if f.name in skip:
             continue

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from core import paths, readers
+from core import models, paths, readers
 from core.config import PrepareConfig, add_arguments
 from core.errors import UserError
 from core.readers import BadRow, Dropped
@@ -262,7 +262,7 @@ def _write(folder: Path, picked, eval_idx: set, template: Template, tokenizer) -
     if eval_idx:
         files["eval"] = (folder / "eval.jsonl").open("w", encoding="utf-8")
     # Count exactly as the trainer tokenizes: segment by segment, after one BOS where the model uses it.
-    bos = 1 if _leading_bos(tokenizer) else 0
+    bos = 1 if models.leading_bos(tokenizer) is not None else 0
     lengths: list[int] = []
     prompts: list[int] = []
     batch: list[list] = []
@@ -293,11 +293,6 @@ def _write(folder: Path, picked, eval_idx: set, template: Template, tokenizer) -
             f.close()
     return lengths, prompts
 
-
-def _leading_bos(tokenizer) -> bool:
-    """Whether this tokenizer starts a text with BOS (the trainer then puts one before each row)."""
-    ids = tokenizer("a")["input_ids"]
-    return tokenizer.bos_token_id is not None and bool(ids) and ids[0] == tokenizer.bos_token_id
 
 
 class _Hash:

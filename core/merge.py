@@ -7,7 +7,6 @@ it is written, and it appears under its final name only once it is complete.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import tempfile
@@ -15,7 +14,7 @@ import time
 from pathlib import Path
 
 from core import models
-from core.config import MergeConfig, add_arguments
+from core.config import MergeConfig, Parser, add_arguments
 from core.errors import UserError
 
 PROBE = ("### Human: Who are you, and what can you do for me today? ### Assistant: I am an assistant. "
@@ -29,14 +28,10 @@ TOLERANCE = 1e-3
 AGREEMENT = 0.8
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UserError(f"merge: {message}")
-
 
 def cli(argv: list[str]) -> int:
     """`python -m core merge --adapter RUN/adapter --out DIR [--base M] [--dtype D]`."""
-    parser = _Parser(prog="python -m core merge", description="Merge a trained adapter into its base model.")
+    parser = Parser(prog="python -m core merge", description="Merge a trained adapter into its base model.")
     add_arguments(parser, MergeConfig)
     cfg = MergeConfig.from_dict(vars(parser.parse_args(argv)))
     quiet()
@@ -55,7 +50,7 @@ def merge(cfg: MergeConfig, progress=None) -> dict:
                         field="adapter")
     if out.exists():
         raise UserError(f"out: {cfg.out} already exists; choose a new folder for the merged model", field="out")
-    record = _record(adapter)
+    record = models.read_record(adapter, strict=True)
     base_spec = cfg.base or record.get("base_model") or _adapter_base(adapter)
     base = models.resolve(base_spec)
     _check_room(base, out, cfg.dtype)
@@ -103,8 +98,7 @@ def merge(cfg: MergeConfig, progress=None) -> dict:
                   "seconds": round(time.time() - started, 1)}
         # The record travels on: chat reads the template from here, like it would from the adapter.
         merged_record = {**record, "base_model": record.get("base_model", base_spec), "merge": report}
-        (tmp / "qlora_studio.json").write_text(json.dumps(merged_record, indent=2, ensure_ascii=False) + "\n",
-                                                encoding="utf-8")
+        models.write_record(tmp, merged_record)
         if out.exists():  # made by someone else while we worked: still never overwrite
             raise UserError(f"out: {cfg.out} already exists; choose a new folder for the merged model", field="out")
         tmp.chmod(0o755)
@@ -137,13 +131,6 @@ def quiet(warnings: bool = False) -> None:
     hf_logging.set_verbosity_warning() if warnings else hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
 
-
-def _record(adapter: Path) -> dict:
-    path = adapter / "qlora_studio.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: invalid JSON at line {e.lineno}; the adapter folder is damaged") from None
 
 
 def _adapter_base(adapter: Path) -> str:

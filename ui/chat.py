@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 
@@ -46,13 +45,7 @@ def _model(source: str):
         if source not in _loaded:
             chat = Chat()
             if source.startswith(ADAPTER):
-                adapter = source[len(ADAPTER):]
-                meta = {}
-                try:
-                    meta = json.loads((Path(adapter) / "qlora_studio.json").read_text(encoding="utf-8"))
-                except (OSError, ValueError):
-                    pass
-                chat.load(model=meta.get("base_model") or "default", adapter=adapter)
+                chat.load(adapter=source[len(ADAPTER):])  # on the base model its record names
             else:
                 chat.load(model=source)
             _loaded[source] = chat

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from core import jobs, paths, runs
+from core import jobs, models, paths, runs
 from core.config import MergeConfig
 from core.errors import UserError
 from ui.i18n import help, lang, say, t
@@ -23,11 +23,7 @@ def pick(run: str | None):
     """Fill the base model from the adapter's qlora_studio.json and propose an output folder."""
     if not run:
         return gr.update(), gr.update()
-    meta = {}
-    try:
-        meta = json.loads((Path(run) / "adapter" / "qlora_studio.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        pass
+    meta = models.read_record(Path(run) / "adapter")
     out = paths.merged() / Path(run).name
     i = 2
     while out.exists():
