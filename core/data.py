@@ -14,7 +14,6 @@ into a temporary sibling folder that is renamed into place only when complete.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import hashlib
 import json
@@ -28,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from core import models, paths, readers
-from core.config import PrepareConfig, add_arguments
+from core.config import Parser, PrepareConfig, add_arguments
 from core.errors import UserError
 from core.readers import BadRow, Dropped
 from core.template import Template
@@ -367,8 +366,8 @@ def summary(m: dict) -> str:
 
 def cli(argv: list[str]) -> int:
     """`python -m core prepare INPUT --out DIR [options]`."""
-    parser = argparse.ArgumentParser(prog="python -m core prepare",
-                                     description="Sample and convert an instruction file into a training dataset.")
+    parser = Parser(prog="python -m core prepare",
+                    description="Sample and convert an instruction file into a training dataset.")
     parser.add_argument("input", help=PrepareConfig.help()["input"])
     add_arguments(parser, PrepareConfig, skip=("input",))
     cfg = PrepareConfig.from_dict(vars(parser.parse_args(argv)))

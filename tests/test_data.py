@@ -301,3 +301,9 @@ def test_command_line_exit_codes_and_summary(tmp_path):
     ok = run(SAMPLE, "--out", tmp_path / "ok", "--sample", 64, "--eval-ratio", 0.125)
     assert ok.returncode == 0, ok.stderr
     assert "Read 120 rows" in ok.stdout and "56 train, 8 eval" in ok.stdout and str(tmp_path / "ok") in ok.stdout
+
+
+def test_a_wrong_flag_is_one_line_and_exit_code_2(tmp_path, capsys):
+    rc, _, err = cli(capsys, DATA / "alpaca.jsonl", "--out", tmp_path / "o", "--sample", "10", "--no-such-flag")
+    assert rc == 2 and err.strip().count("\n") == 0 and "--no-such-flag" in err
+    assert not (tmp_path / "o").exists()
