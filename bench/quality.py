@@ -9,6 +9,13 @@ of the held-out rows, which is what a user cares about whatever each preset trai
 
 On a machine without a GPU both presets run plain LoRA in float32, so this compares the
 recipes (packing, reply-only loss, batching), not 4-bit numerics.
+
+    python bench/quality.py --data belle.jsonl --whole-job [--seed 0]
+
+runs the tutorial's whole job instead, each preset as its own `python -m core train` child
+timed from start to saved adapter (bench/speed.py's runner): the tutorial preset as it is
+(100 steps of 16 rows, 512 tokens) and the default preset over the same rows for the same
+number of passes. On a GPU machine this is QLoRA proper (4-bit, fp16 and bf16).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import os
 import sys
 import tempfile
@@ -34,7 +42,8 @@ def reply_loss(model_dir: str, adapter: str | None, eval_file: Path, max_len: in
     from core import models
 
     tok = models.load_tokenizer(model_dir)
-    net = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    net = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
     if adapter:
         from peft import PeftModel
 
@@ -49,9 +58,9 @@ def reply_loss(model_dir: str, adapter: str | None, eval_file: Path, max_len: in
             mask += [trained] * len(piece)
         ids, mask = ids[:max_len], mask[:max_len]
         with torch.no_grad():
-            logits = net(input_ids=torch.tensor([ids])).logits[0, :-1]
-        nll = torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:]), reduction="none")
-        keep = torch.tensor(mask[1:], dtype=torch.bool)
+            logits = net(input_ids=torch.tensor([ids], device=device)).logits[0, :-1]
+        nll = torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:], device=device), reduction="none")
+        keep = torch.tensor(mask[1:], dtype=torch.bool, device=device)
         total += float(nll[keep].sum())
         count += int(keep.sum())
     return total / max(count, 1)
@@ -63,6 +72,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=24, help="tutorial steps; the default preset gets the same tokens")
     p.add_argument("--max-seq-length", type=int, default=256)
     p.add_argument("--work", default="")
+    p.add_argument("--whole-job", action="store_true", help="the tutorial's whole job, each preset a timed child process")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--variant", action="append", default=[], help="name:flags, more default-preset runs (--whole-job)")
     a = p.parse_args()
     work = Path(a.work or tempfile.mkdtemp(prefix="quality-"))
     os.environ.setdefault("QLORA_STUDIO_HOME", str(work / "home"))
@@ -73,10 +85,14 @@ def main() -> None:
 
     base = str(models.embedded())
     data = work / "data"
+    if a.whole_job:
+        a.max_seq_length = 512  # the tutorial's
     if not data.is_dir():
         prepare(PrepareConfig(input=a.data, out=str(data), sample=1000, seed=42, eval_ratio=0.1,
                               max_seq_length=a.max_seq_length))
-    common = dict(data=str(data), max_seq_length=a.max_seq_length, logging_steps=1, save_steps=0, seed=0)
+    if a.whole_job:
+        return whole_job(a, base, data, work)
+    common = dict(data=str(data), max_seq_length=a.max_seq_length, logging_steps=1, save_steps=0, seed=a.seed)
 
     def run(name: str, steps: int) -> dict:
         t = time.time()
@@ -102,6 +118,34 @@ def main() -> None:
     print(f"{'base':<10} {'':>5} {'':>8} {'':>8} {scores['base']:16.4f}")
     for r in results:
         print(f"{r['preset']:<10} {r['steps']:5d} {r['tokens']:8d} {r['train_s']:8.1f} {r['eval_reply_loss']:16.4f}")
+
+
+def whole_job(a, base: str, data: Path, work: Path) -> None:
+    """Both presets' whole jobs as child processes (start to saved adapter), then the same score."""
+    from bench.speed import run
+    from core.config import PRESETS
+
+    t = PRESETS["tutorial"]
+    rows = json.loads((data / "manifest.json").read_text())["counts"]["train"]
+    passes = t["max_steps"] * t["batch_size"] * t["grad_accum"] / rows
+    runs = work / "runs"
+    common = ["--model", base, "--seed", str(a.seed)]
+    same_rows = ["--max-steps", "0", "--epochs", f"{passes:g}"]
+    results = [run("tutorial", Path(base), data, runs, None, ["--preset", "tutorial", *common], None),
+               run("default", Path(base), data, runs, None, ["--preset", "default", *same_rows, *common], None)]
+    for v in a.variant:
+        name, flags = v.split(":", 1)
+        results.append(run(name, Path(base), data, runs, None,
+                           ["--preset", "default", *same_rows, *common, *shlex.split(flags)], None))
+    scores = {"base": reply_loss(base, None, data / "eval.jsonl", 512)}
+    for r in results:
+        r["eval_reply_loss"] = reply_loss(base, str(runs / r["run"] / "adapter"), data / "eval.jsonl", 512)
+    print(json.dumps({"base_eval_reply_loss": scores["base"], "runs": results}, indent=1))
+    print(f"\n{'run':<10} {'mode':<26} {'steps':>5} {'tokens':>8} {'wall s':>7} {'eval reply loss':>16}")
+    print(f"{'base':<10} {'':<26} {'':>5} {'':>8} {'':>7} {scores['base']:16.4f}")
+    for r in results:
+        print(f"{r['run']:<10} {r.get('mode') or '':<26} {r.get('steps', 0):5d} {r.get('tokens', 0):8d} "
+              f"{r['wall_s']:7.1f} {r['eval_reply_loss']:16.4f}")
 
 
 if __name__ == "__main__":

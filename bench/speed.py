@@ -10,6 +10,11 @@ panel would. It reads the runs' metrics.jsonl and prints one table.
 
 --budget caps the default preset's GPU memory (torch.cuda.set_per_process_memory_fraction)
 to show it fits; --variant adds runs of the default preset with other flags.
+
+--whole-job runs the tutorial's whole job instead of a few steps: the tutorial preset as it
+is (100 steps of 16 rows, logging every 10), and the default preset over the same data for
+the same number of passes (100 x 16 rows / 1000 rows = 1.6 epochs), each from process start
+to saved adapter.
 """
 
 from __future__ import annotations
@@ -54,15 +59,17 @@ def build(shape: str, tokenizer_dir: str, out: Path) -> float:
     return time.time() - t
 
 
-def run(name: str, model: Path, data: Path, runs: Path, steps: int, flags: list[str], budget_gib: float | None) -> dict:
-    """One `python -m core train` child; its metrics and wall time."""
+def run(name: str, model: Path, data: Path, runs: Path, steps: int | None, flags: list[str], budget_gib: float | None) -> dict:
+    """One `python -m core train` child; its metrics and wall time (steps=None: the preset's own length)."""
     out = runs / name
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable]
     if budget_gib:
         cmd += [str(ROOT / "bench" / "budget.py"), str(budget_gib)]
-    cmd += ["-m", "core", "train", "--model", str(model), "--data", str(data), "--out", str(out),
-            "--max-steps", str(steps), "--logging-steps", "1", "--save-steps", "0", *flags]
+    cmd += ["-m", "core", "train", "--model", str(model), "--data", str(data), "--out", str(out), "--save-steps", "0"]
+    if steps is not None:
+        cmd += ["--max-steps", str(steps), "--logging-steps", "1"]
+    cmd += flags
     t = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.time() - t
@@ -81,6 +88,9 @@ def run(name: str, model: Path, data: Path, runs: Path, steps: int, flags: list[
             peak_gib=max(x.get("gpu_memory_gb") or 0 for x in lines),
             first_step_at_s=lines[0]["time"] - t,  # start to first step: process start, model load, tokenizing
             loss=[round(lines[0]["loss"], 3), round(lines[-1]["loss"], 3)],
+            steps=lines[-1]["step"],
+            tokens=lines[-1]["tokens"],
+            adapter=(out / "adapter" / "adapter_model.safetensors").is_file(),
         )
     print(json.dumps(res), flush=True)
     return res
@@ -96,6 +106,7 @@ def main() -> None:
     p.add_argument("--variant", action="append", default=[], help="name:flags for extra default-preset runs")
     p.add_argument("--presets", default="tutorial,default")
     p.add_argument("--work", default="/tmp/bench")
+    p.add_argument("--whole-job", action="store_true", help="the tutorial's whole job, start to saved adapter")
     a = p.parse_args()
     budgets = dict((k, float(v)) for k, v in (x.split("=") for x in a.budget.split(",") if x))
     work = Path(a.work)
@@ -114,18 +125,31 @@ def main() -> None:
             prepare(PrepareConfig(input=a.data, out=str(data), sample=1000, seed=42, template="seed", model=str(model)))
         for name in a.presets.split(","):
             budget = budgets.get(shape) if name == "default" else None
-            table.append((shape, run(f"{shape}-{name}", model, data, work / "runs", a.steps, ["--preset", name], budget)))
+            steps, flags = a.steps, ["--preset", name]
+            if a.whole_job:
+                from core.config import PRESETS
+
+                t = PRESETS["tutorial"]
+                rows = json.loads((data / "manifest.json").read_text())["counts"]["train"]
+                passes = t["max_steps"] * t["batch_size"] * t["grad_accum"] / rows
+                steps = None
+                if name != "tutorial":
+                    flags += ["--max-steps", "0", "--epochs", f"{passes:g}"]
+            table.append((shape, run(f"{shape}-{name}", model, data, work / "runs", steps, flags, budget)))
         for v in a.variant:
             name, flags = v.split(":", 1)
             table.append((shape, run(f"{shape}-{name}", model, data, work / "runs", a.steps,
                                      ["--preset", "default", *shlex.split(flags)], budgets.get(shape))))
-    print(f"\n{'run':<22} {'state':<9} {'s/step':>7} {'tok/s':>8} {'tok/step':>9} {'peak GiB':>9} {'1st step s':>10}  vs tutorial")
+    print(f"\n{'run':<22} {'state':<9} {'s/step':>7} {'tok/s':>8} {'tok/step':>9} {'peak GiB':>9} {'1st step s':>10}  vs tutorial"
+          f"   {'wall s':>7} {'steps':>5} {'tokens':>8}  wall vs tutorial")
     for shape, r in table:
         base = next((x for s, x in table if s == shape and x["run"].endswith("-tutorial") and "tokens_per_s" in x), None)
         ratio = f"x{r['tokens_per_s'] / base['tokens_per_s']:.2f}" if base and "tokens_per_s" in r else ""
+        wall = f"x{base['wall_s'] / r['wall_s']:.2f}" if base and "tokens_per_s" in r else ""
         if "tokens_per_s" in r:
             print(f"{r['run']:<22} {r['state']:<9} {r['s_per_step']:7.2f} {r['tokens_per_s']:8.0f} {r['tokens_per_step']:9.0f} "
-                  f"{r['peak_gib']:9.2f} {r['first_step_at_s']:10.1f}  {ratio}")
+                  f"{r['peak_gib']:9.2f} {r['first_step_at_s']:10.1f}  {ratio:>11}   {r['wall_s']:7.1f} {r['steps']:5d} "
+                  f"{r['tokens']:8d}  {wall}")
         else:
             print(f"{r['run']:<22} {r['state'] or '-':<9} {r.get('error') or ''}")
 

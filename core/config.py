@@ -148,6 +148,8 @@ class TrainConfig(_Config):
     max_seq_length: int = _f(512, "Longest sequence in tokens; longer rows are cut.")
     packing: bool = _f(False, "Pack several short rows into one sequence (no padding, each row still sees only itself).")
     gradient_checkpointing: bool = _f(True, "Recompute activations in the backward pass: much less memory, about 30% slower.")
+    liger_kernels: bool = _f(True, "Use Liger's fused GPU kernels (RMSNorm, SwiGLU, RoPE) where the liger-kernel package is installed: less memory, faster steps. GPU only.")
+    offload_activations: bool = _f(False, "Keep the activations saved for the backward pass in CPU memory instead of GPU memory (GPU only): more rows fit in one pass, at the cost of copies that mostly overlap with the math.")
     loss_on: str = _f("response", "Compute the loss on the replies only ('response') or on the whole text ('all').", choices=("response", "all"))
     optim: str = _f("adamw_torch", "Optimizer (any name transformers accepts, e.g. adamw_torch, paged_adamw_8bit).")
     max_grad_norm: float = _f(1.0, "Clip gradients to this norm (0 = off).")
@@ -194,7 +196,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         quantization="4bit", double_quant=True, compute_dtype="float16", lora_r=64, lora_alpha=16,
         lora_dropout=0.1, target_modules="default", learning_rate=2e-4, lr_scheduler="linear",
         warmup_ratio=0.0, batch_size=4, grad_accum=4, max_steps=100, max_seq_length=512,
-        packing=False, gradient_checkpointing=True, loss_on="all", logging_steps=10,
+        packing=False, gradient_checkpointing=True, loss_on="all", logging_steps=10, liger_kernels=False,
+        offload_activations=False,
     ),
     # Ours: the same LoRA and 16 rows an update, but bf16 where the card has it (and then no
     # float32 upcast), rows packed without padding, 8 rows a pass, and the loss on the replies

@@ -137,6 +137,10 @@ def _train(cfg: TrainConfig, run: Path, data: Path, status) -> dict:
     status.update(device=device, mode=mode)
     log.info("run %s: model %s, data %s (%s template), preset %s", run, cfg.model, data, template.label, cfg.preset)
     log.info("device %s; %s", device, why)
+    if cuda and cfg.liger_kernels and not _has_liger():
+        log.info("liger_kernels: the liger-kernel package is not installed; using the model's own layers")
+    if cfg.offload_activations:
+        log.info("offload_activations: %s", "saved activations go to CPU memory" if cuda else "no GPU, nothing to offload (ignored)")
 
     stop = StopFlag()
     stop.install()
@@ -162,11 +166,12 @@ def _train(cfg: TrainConfig, run: Path, data: Path, status) -> dict:
         max_grad_norm=cfg.max_grad_norm,
         gradient_checkpointing=cfg.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False},
+        activation_offloading=cuda and cfg.offload_activations,
         fp16=cuda and dtype == torch.float16,
         bf16=dtype == torch.bfloat16,
         use_cpu=not cuda,
         # Liger's fused RMSNorm/SwiGLU/RoPE kernels: less activation memory, faster steps (GPU only).
-        use_liger_kernel=cuda and _has_liger(),
+        use_liger_kernel=cuda and cfg.liger_kernels and _has_liger(),
         max_length=cfg.max_seq_length,
         packing=cfg.packing,
         packing_strategy="bfd",

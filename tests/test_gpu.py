@@ -53,11 +53,13 @@ def test_tutorial_recipe_runs_in_fp16_with_the_grad_scaler():
 
     run = scratch() / "tutorial"
     result = train(preset("tutorial", data=str(identity_dataset()), out=str(run), max_steps=4, logging_steps=1,
-                          save_steps=0))
+                          save_steps=2))
     assert result["state"] == "finished", result
     assert result["mode"] == "4-bit NF4 (fp16 compute)"
     losses = [x["loss"] for x in _metrics(run)]
     assert len(losses) == 4 and all(0 < x < 20 for x in losses)
+    assert (run / "checkpoints" / "checkpoint-2" / "scaler.safetensors").is_file()
+    assert pickles(run) == []
 
 
 def test_default_recipe_packs_rows_on_the_gpu():
@@ -99,9 +101,19 @@ def any_tokenizer():
 
 
 def _random_llama(tokenizer, folder, **shape):
-    """A randomly initialised Llama of a real shape (weights do not change the cost), with the tokenizer."""
+    """A randomly initialised Llama of a real shape (weights do not change the cost), with the tokenizer.
+
+    With QLORA_STUDIO_GPU_MODELS set, a folder of that name there is used as it is (the benchmark
+    builds the same shapes; writing 26 GB twice would only cost time)."""
+    import os
+    from pathlib import Path
+
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    built = Path(os.environ.get("QLORA_STUDIO_GPU_MODELS", "/nonexistent")) / Path(folder).name
+    if (built / "config.json").is_file():
+        return str(built)
 
     cfg = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id,
                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **shape)
@@ -115,30 +127,77 @@ def _random_llama(tokenizer, folder, **shape):
     return str(folder)
 
 
-def test_4bit_pipeline_on_random_weights_of_the_default_shape(any_tokenizer):
-    from core.chat import Chat
+@pytest.fixture(scope="module")
+def small_random_model(any_tokenizer):
+    """SmolLM2-135M's shape on random weights, and the sample data prepared for it."""
     from core.data import prepare
-    from core.merge import merge
-    from core.train import train
 
     work = scratch()
     model = _random_llama(any_tokenizer, work / "smollm2-shape", hidden_size=576, intermediate_size=1536,
                           num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True)
     prepare(PrepareConfig(input=str(ROOT / "assets" / "sample_zh.jsonl"), out=str(work / "data"), sample=64, model=model))
-    result = train(preset("default", model=model, data=str(work / "data"), out=str(work / "run"), max_steps=12,
+    return model, str(work / "data")
+
+
+def test_4bit_pipeline_on_random_weights_of_the_default_shape(small_random_model):
+    from core.chat import Chat
+    from core.merge import merge
+    from core.train import train
+
+    model, data = small_random_model
+    work = scratch()
+    result = train(preset("default", model=model, data=data, out=str(work / "run"), max_steps=12,
                           logging_steps=1, save_steps=6, learning_rate=1e-3, max_seq_length=256))
     assert result["state"] == "finished" and result["mode"].startswith("4-bit NF4"), result
     losses = [x["loss"] for x in _metrics(work / "run")]
     assert sum(losses[-3:]) < sum(losses[:3]), losses
     assert pickles(work / "run") == []
     report = merge(MergeConfig(adapter=str(work / "run" / "adapter"), out=str(work / "merged"), dtype="bfloat16"))
-    assert report["ok"], report
+    assert report["ok"] and report["device"].startswith("cuda"), report
+    assert pickles(work / "merged") == []
     chat = Chat()
     chat.load(str(work / "merged"))
     try:
         assert chat.reply([], "你好", GenerationConfig(temperature=0, max_new_tokens=8)) is not None
     finally:
         chat.close()
+
+
+def test_tutorial_fp16_checkpoints_hold_the_grad_scaler_and_resume_random_weights(small_random_model):
+    """fp16 compute: the grad scaler's state goes into the checkpoint as safetensors and comes back on resume."""
+    from core.checkpoints import load_state
+    from core.train import train
+
+    model, data = small_random_model
+    run = scratch() / "tutorial"
+    settings = dict(model=model, data=data, out=str(run), logging_steps=1, save_steps=2)
+    result = train(preset("tutorial", max_steps=4, **settings))
+    assert result["state"] == "finished" and result["mode"] == "4-bit NF4 (fp16 compute)", result
+    checkpoint = run / "checkpoints" / "checkpoint-4"
+    scaler = load_state(checkpoint, "scaler")
+    assert scaler["scale"] > 0 and "_growth_tracker" in scaler, scaler
+    assert pickles(run) == []
+    resumed = train(preset("tutorial", max_steps=6, resume=True, **settings))
+    assert resumed["state"] == "finished" and resumed["step"] == 6, resumed
+    steps = [x["step"] for x in _metrics(run)]
+    assert steps == [1, 2, 3, 4, 5, 6], steps
+    assert all(0 < x["loss"] < 20 for x in _metrics(run))
+    assert pickles(run) == []
+
+
+def test_offloaded_activations_train_the_same_random_weights(small_random_model):
+    """Activations kept in CPU memory are the same numbers: the losses match a run without offloading."""
+    from core.train import train
+
+    model, data = small_random_model
+    losses = {}
+    for offload in (False, True):
+        run = scratch() / f"offload-{offload}"
+        result = train(preset("default", model=model, data=data, out=str(run), max_steps=3, logging_steps=1,
+                              save_steps=0, offload_activations=offload, lora_dropout=0.0))
+        assert result["state"] == "finished", result
+        losses[offload] = [x["loss"] for x in _metrics(run)]
+    assert losses[True] == pytest.approx(losses[False], rel=2e-2), losses
 
 
 def test_tutorial_preset_on_a_13b_shaped_model_logs_metrics(any_tokenizer):
