@@ -89,7 +89,7 @@ HELP_ZH: dict[str, str] = {
     "lora_alpha": "LoRA 缩放系数 alpha，更新量按 alpha / r 缩放。",
     "lora_dropout": "LoRA 输入的 dropout，防止过拟合（0 到 0.5）。",
     "target_modules": "加 LoRA 的层：default（模型常用的层，Llama 为 q_proj 和 v_proj）、all-linear，或用逗号分隔的层名。",
-    "learning_rate": "每次更新的步子有多大。LoRA 通常用 2e-4。",
+    "learning_rate": "每次更新的步子有多大。不拼接时 LoRA 通常用 2e-4；默认预设用 3.4e-4，因为拼接后每次更新包含的 token 约多 1.7 倍。",
     "lr_scheduler": "学习率在训练过程中如何变化。",
     "warmup_ratio": "前多少比例的步数里，学习率从 0 逐渐升高。",
     "batch_size": "每块显卡每一步处理的序列数。显存不够时调小它。",
