@@ -15,6 +15,8 @@ to itself, on any attention implementation, and attention stays linear in the ba
 
 from __future__ import annotations
 
+from collections import deque
+
 import torch
 
 
@@ -47,20 +49,26 @@ class PackedRows:
 
 
 class Counting:
-    """Wraps any collator and counts the real (non-pad) tokens it hands out, for tokens/s.
+    """Wraps any collator and counts the real (non-pad) tokens of the batches training consumes.
 
-    trl's own count reads the attention mask, which packed rows do not have. The count runs one
-    batch ahead of training (the data loader collates the next batch before the current step),
-    which rates over a run can ignore.
+    trl's own count reads the attention mask, which packed rows do not have. The data loader
+    collates the next batch before the current step runs, so a batch's count waits in a queue until
+    `consumed()` says a micro-batch was trained on (Progress calls it after every micro-batch).
     """
 
     def __init__(self, collator, model=None):
         self.collator, self.model, self.tokens = collator, model, 0
+        self.pending: deque[int] = deque()
 
     def __call__(self, examples: list[dict]) -> dict:
         batch = self.collator(examples)
         # The trainer collates evaluation batches with the same collator, in eval mode: not trained on.
         if self.model is None or self.model.training:
             mask = batch.get("attention_mask")
-            self.tokens += int(mask.sum()) if mask is not None else sum(len(e["input_ids"]) for e in examples)
+            self.pending.append(int(mask.sum()) if mask is not None else sum(len(e["input_ids"]) for e in examples))
         return batch
+
+    def consumed(self) -> None:
+        """One collated training batch went through a forward and backward pass."""
+        if self.pending:
+            self.tokens += self.pending.popleft()

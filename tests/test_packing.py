@@ -23,7 +23,22 @@ def test_rows_are_padded_apart_and_first_tokens_are_not_trained():
 def test_counting_reports_real_tokens_not_padding():
     counter = Counting(PackedRows(pad_token_id=0))
     counter([{"input_ids": [1] * 13, "seq_lengths": [13]}, {"input_ids": [1] * 3, "seq_lengths": [3]}])
+    counter.consumed()
     assert counter.tokens == 16
+
+
+def test_counting_waits_until_a_collated_batch_is_trained_on():
+    """The data loader collates ahead of training: only consumed batches count, in order."""
+    counter = Counting(PackedRows(pad_token_id=0))
+    for n in (5, 7, 11):  # three batches collated, e.g. two micro-batches plus one prefetched
+        counter([{"input_ids": [1] * n, "seq_lengths": [n]}])
+    assert counter.tokens == 0
+    counter.consumed()
+    counter.consumed()
+    assert counter.tokens == 12
+    counter.consumed()
+    counter.consumed()  # nothing left: no change
+    assert counter.tokens == 23
 
 
 @pytest.mark.slow
@@ -56,4 +71,6 @@ def test_counting_skips_batches_collated_for_evaluation():
     counter([{"input_ids": [1] * 10, "seq_lengths": [10]}])
     model.training = False
     counter([{"input_ids": [1] * 50, "seq_lengths": [50]}])
+    counter.consumed()
+    counter.consumed()
     assert counter.tokens == 10

@@ -254,8 +254,12 @@ def test_sigint_stops_after_the_step_and_the_run_resumes(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "finished" and status["step"] == stopped_at + 2
-    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert steps[-2:] == [stopped_at + 1, stopped_at + 2]
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines[-2:]] == [stopped_at + 1, stopped_at + 2]
+    # The token count goes on from where the stopped run left it, instead of starting again at 0.
+    before = max(x["tokens"] for x in lines if x["step"] <= stopped_at)
+    assert before < lines[-2]["tokens"] < lines[-1]["tokens"], [(x["step"], x["tokens"]) for x in lines]
+    assert lines[-1]["tokens_per_second"] < lines[-1]["tokens"] / lines[-1]["elapsed"]
     assert pickles(run) == []
 
 
@@ -349,5 +353,6 @@ def test_tokens_per_second_counts_every_packed_row(tmp_path):
                           **{**FAST, "packing": True, "batch_size": 2, "max_seq_length": 64}))
     assert result["state"] == "finished"
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    # Two steps of two packed rows of up to 64 tokens: far more than one row's width a step.
-    assert 2 * 64 < lines[-1]["tokens"] <= 3 * 2 * 64, lines
+    # Two steps of two packed rows of up to 64 tokens: far more than one row's width a step, and
+    # only the batches trained on (the data loader's next batch is not counted yet).
+    assert 64 < lines[0]["tokens"] <= 2 * 64 < lines[-1]["tokens"] <= 2 * 2 * 64, lines
