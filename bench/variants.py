@@ -53,7 +53,11 @@ def run(name, model_dir, tok, rows, *, dtype, packing, batch, accum, steps, lige
     marks = []
 
     class Clock(TrainerCallback):
+        def on_substep_end(self, *a, **k):
+            counter.consumed()
+
         def on_step_end(self, *a, **k):
+            counter.consumed()
             torch.cuda.synchronize()
             marks.append((time.time(), counter.tokens))
 
