@@ -149,7 +149,9 @@ def _train(cfg: TrainConfig, run: Path, data: Path, status) -> dict:
     eval_rows = _tokenized(data / "eval.jsonl", tokenizer, cfg) if (data / "eval.jsonl").is_file() else None
     log.info("%d training rows%s", len(train_rows), f", {len(eval_rows)} eval rows" if eval_rows else "")
 
+    loading = time.time()
     model = _load_model(cfg, cuda)
+    log.info("base model loaded in %.1f s", time.time() - loading)
     tracking = tracking_setup(cfg.report_to, cfg.wandb_project, run)
     dtype = _compute_dtype(cfg, cuda)
     args = SFTConfig(
