@@ -91,8 +91,57 @@ def _answer(source: str, history: list, message: str, gen: GenerationConfig):
     yield history
 
 
+def together(*streams):
+    """Run generators side by side, each in its own thread; yield the latest value of every one.
+
+    Each stream yields a growing value (a chat history); whenever one of them has something new,
+    the tuple of all latest values comes out. The first error of any stream is raised after the
+    others are told to stop; closing this generator stops them all.
+    """
+    import queue
+
+    updates: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    done = object()
+
+    def drain(i, stream):
+        try:
+            for value in stream:
+                if stop.is_set():
+                    stream.close()
+                    break
+                updates.put((i, value))
+        except BaseException as e:  # handed to the reader, not lost in the thread
+            updates.put((i, e))
+        finally:
+            updates.put((i, done))
+
+    latest: list = [None] * len(streams)
+    threads = [threading.Thread(target=drain, args=(i, s), daemon=True, name=f"chat-{i}") for i, s in enumerate(streams)]
+    for thread in threads:
+        thread.start()
+    running, failure = len(streams), None
+    try:
+        while running:
+            i, value = updates.get()
+            if value is done:
+                running -= 1
+            elif isinstance(value, BaseException):
+                failure = failure or value
+                stop.set()
+            else:
+                latest[i] = value
+                yield tuple(latest)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    if failure is not None:
+        raise failure
+
+
 def respond(message, hist_a, hist_b, source_a, source_b, system, *values, request: gr.Request = None):
-    """Send the message to the chosen model, then to the comparison model; replies stream."""
+    """Send the message to the chosen model and, side by side, to the comparison model; replies stream."""
     if not message or not message.strip():
         yield gr.update(), hist_a, hist_b, ""
         return
@@ -101,15 +150,23 @@ def respond(message, hist_a, hist_b, source_a, source_b, system, *values, reques
         note = "⚠️ training is running: chatting now shares its memory"
     else:
         note = ""
+    source_a = source_a or "default"
     try:
         gen = generation(system, *values)
         gen.check()
         keep_only(source_a, source_b or "")
-        for hist_a in _answer(source_a or "default", hist_a, message, gen):
-            yield "", hist_a, hist_b, note
-        if source_b:
-            for hist_b in _answer(source_b, hist_b, message, gen):
+        if not source_b or source_b == source_a:
+            # One model, or a model compared with itself (one loaded model is not used by two threads).
+            for hist_a in _answer(source_a, hist_a, message, gen):
                 yield "", hist_a, hist_b, note
+            for hist_b in _answer(source_b, hist_b, message, gen) if source_b else ():
+                yield "", hist_a, hist_b, note
+            return
+        _model(source_a)  # load both first, one after the other; then both answer at once
+        _model(source_b)
+        for new_a, new_b in together(_answer(source_a, hist_a, message, gen), _answer(source_b, hist_b, message, gen)):
+            hist_a, hist_b = new_a or hist_a, new_b or hist_b
+            yield "", hist_a, hist_b, note
     except UserError as e:
         yield gr.update(), hist_a, hist_b, f"⚠️ {e}"
 

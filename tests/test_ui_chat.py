@@ -1,0 +1,67 @@
+"""Side by side chat: two models answer at the same time, errors reach the reader, closing stops both."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from core.errors import UserError
+from ui.chat import together
+
+
+def test_two_replies_stream_at_the_same_time():
+    b_started = threading.Event()
+    seen = {}
+
+    def a():
+        yield "a1"
+        # Run one after the other, A would wait here for B in vain.
+        seen["b before a finished"] = b_started.wait(timeout=10)
+        yield "a2"
+
+    def b():
+        b_started.set()
+        yield "b1"
+        yield "b2"
+
+    updates = list(together(a(), b()))
+    assert seen["b before a finished"]
+    assert updates[-1] == ("a2", "b2")
+    assert ("a1", None) in updates or (None, "b1") in updates  # each update carries the latest of both
+
+
+def test_an_error_in_one_reply_reaches_the_reader_and_stops_the_other():
+    stopped = threading.Event()
+
+    def fails():
+        yield "x"
+        raise UserError("adapter: does not fit the model")
+
+    def endless():
+        try:
+            while True:
+                yield "y"
+        finally:
+            stopped.set()
+
+    with pytest.raises(UserError, match="does not fit"):
+        for _ in together(fails(), endless()):
+            pass
+    assert stopped.wait(timeout=10)
+
+
+def test_closing_stops_both_replies():
+    closed = [threading.Event(), threading.Event()]
+
+    def stream(i):
+        try:
+            while True:
+                yield i
+        finally:
+            closed[i].set()
+
+    joint = together(stream(0), stream(1))
+    next(joint)
+    joint.close()  # the browser went away
+    assert all(e.wait(timeout=10) for e in closed)
