@@ -122,12 +122,9 @@ def main() -> None:
 
 def whole_job(a, base: str, data: Path, work: Path) -> None:
     """Both presets' whole jobs as child processes (start to saved adapter), then the same score."""
-    from bench.speed import run
-    from core.config import PRESETS
+    from bench.speed import run, tutorial_passes
 
-    t = PRESETS["tutorial"]
-    rows = json.loads((data / "manifest.json").read_text())["counts"]["train"]
-    passes = t["max_steps"] * t["batch_size"] * t["grad_accum"] / rows
+    passes = tutorial_passes(data)
     runs = work / "runs"
     common = ["--model", base, "--seed", str(a.seed)]
     same_rows = ["--max-steps", "0", "--epochs", f"{passes:g}"]

@@ -59,6 +59,15 @@ def build(shape: str, tokenizer_dir: str, out: Path) -> float:
     return time.time() - t
 
 
+def tutorial_passes(data: Path) -> float:
+    """How many passes over a prepared dataset the tutorial's job makes (100 steps of 4 x 4 rows)."""
+    from core.config import PRESETS
+
+    t = PRESETS["tutorial"]
+    rows = json.loads((data / "manifest.json").read_text())["counts"]["train"]
+    return t["max_steps"] * t["batch_size"] * t["grad_accum"] / rows
+
+
 def run(name: str, model: Path, data: Path, runs: Path, steps: int | None, flags: list[str], budget_gib: float | None) -> dict:
     """One `python -m core train` child; its metrics and wall time (steps=None: the preset's own length)."""
     out = runs / name
@@ -127,14 +136,9 @@ def main() -> None:
             budget = budgets.get(shape) if name == "default" else None
             steps, flags = a.steps, ["--preset", name]
             if a.whole_job:
-                from core.config import PRESETS
-
-                t = PRESETS["tutorial"]
-                rows = json.loads((data / "manifest.json").read_text())["counts"]["train"]
-                passes = t["max_steps"] * t["batch_size"] * t["grad_accum"] / rows
                 steps = None
                 if name != "tutorial":
-                    flags += ["--max-steps", "0", "--epochs", f"{passes:g}"]
+                    flags += ["--max-steps", "0", "--epochs", f"{tutorial_passes(data):g}"]
             table.append((shape, run(f"{shape}-{name}", model, data, work / "runs", steps, flags, budget)))
         for v in a.variant:
             name, flags = v.split(":", 1)

@@ -33,17 +33,16 @@ def main() -> None:
     work = Path(a.work)
     os.environ.setdefault("QLORA_STUDIO_HOME", str(work / "home"))
     from bench.quality import reply_loss
+    from bench.speed import tutorial_passes
     from core import models
-    from core.config import PRESETS, PrepareConfig
+    from core.config import PrepareConfig
     from core.data import prepare
 
     base = str(models.embedded())
     data = work / "data"
     if not data.is_dir():
         prepare(PrepareConfig(input=a.data, out=str(data), sample=1000, seed=42, eval_ratio=0.1, max_seq_length=512))
-    t = PRESETS["tutorial"]
-    rows = json.loads((data / "manifest.json").read_text())["counts"]["train"]
-    passes = t["max_steps"] * t["batch_size"] * t["grad_accum"] / rows
+    passes = tutorial_passes(data)
     procs = {}
     for spec in a.runs:
         name, flags = spec.split(":", 1)
