@@ -85,6 +85,8 @@ def test_click_through_the_four_tabs(app, page):
     for label, value in [("Run name", "browser"), ("Max steps", 3), ("Batch size", 2), ("Gradient accumulation", 1),
                          ("Max sequence length", 96), ("LoRA rank", 8), ("Log every N steps", 1), ("Save every N steps", 0)]:
         fill(train, label, value)
+    # What the settings mean for this dataset, before anything runs.
+    train.get_by_text("3 updates").wait_for(timeout=30_000)
     train.get_by_role("button", name="Start training").click()
     train.locator(".qs-running, .qs-starting").first.wait_for(timeout=60_000)
     train.locator(".qs-finished").wait_for(timeout=300_000)

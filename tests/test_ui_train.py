@@ -18,3 +18,38 @@ def test_progress_says_what_the_engine_chose_and_why_a_run_failed(tmp_path):
     assert "step 4 / 10" in html and "812 tokens/s" in html and "loss 1.5000" in html
     assert "4-bit NF4 (bf16 compute) · NVIDIA H100 80GB HBM3" in html
     assert "out of GPU memory" in html and "lower batch size" in html
+
+
+def _dataset(tmp_path, lengths):
+    folder = tmp_path / "dataset"
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps({"counts": {"train": len(lengths)}, "stats": {"lengths": lengths}}))
+    return str(folder)
+
+
+def test_plan_counts_updates_passes_and_tokens_an_update(tmp_path):
+    from core.data import plan
+
+    data = _dataset(tmp_path, [100, 300, 700] * 100)  # 300 rows; 700 is cut to 512: 304 tokens a row
+    tutorial = plan(data, 4, 4, 512, False, 100, 1.0)
+    assert tutorial == {"updates": 100, "passes": 5.33, "tokens_per_update": 4864, "rows_per_update": 16.0}
+    packed = plan(data, 16, 1, 512, True, 100, 1.0)
+    assert packed["tokens_per_update"] == 16 * 512 and packed["passes"] == round(100 * 8192 / (300 * 304), 2)
+    by_epochs = plan(data, 16, 1, 512, True, 0, 2.0)
+    assert by_epochs["passes"] == 2.0 and by_epochs["updates"] == -(-2 * 300 * 304 // 8192)
+    assert plan(str(tmp_path / "missing"), 4, 4, 512, False, 100, 1.0) is None
+
+
+def test_train_tab_warns_when_the_settings_go_over_little_data_many_times(tmp_path):
+    from ui.train import SETTINGS, plan_text
+
+    from core.config import PRESETS
+
+    data = _dataset(tmp_path, [40] * 64)  # 64 short rows: less than one packed update
+    values = [PRESETS["default"].get(n, 0) for n in SETTINGS]
+    text = plan_text(data, *values)
+    assert "**100 updates**" in text and "**100 passes**" in text and "learn it by heart" in text
+    values[SETTINGS.index("max_steps")] = 3
+    text = plan_text(data, *values)
+    assert "**3 updates**" in text and "by heart" not in text
+    assert plan_text("", *values) == "" and plan_text(data, *[None] * len(SETTINGS)) == ""

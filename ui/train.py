@@ -59,6 +59,31 @@ def run_choices() -> list[tuple[str, str]]:
     return [(r["name"], r["folder"]) for r in runs.list_runs()]  # no state here: it would go stale
 
 
+PLAN = ("batch_size", "grad_accum", "max_seq_length", "packing", "max_steps", "epochs")
+MANY_PASSES = 10
+
+
+def plan_text(data, *values, request: gr.Request = None) -> str:
+    """What the settings mean for the chosen dataset: updates, passes over it, tokens an update."""
+    from core.data import plan
+
+    settings = dict(zip(SETTINGS, values))
+    try:
+        cfg = TrainConfig.from_dict({k: settings[k] for k in PLAN})
+    except UserError:
+        return ""  # the form shows the problem when Start is pressed
+    numbers = {k: getattr(cfg, k) for k in PLAN}
+    if not data or any(v is None for v in numbers.values()) or min(cfg.batch_size, cfg.grad_accum, cfg.max_seq_length) < 1:
+        return ""
+    info = plan(data, **numbers)
+    if info is None:
+        return ""
+    language = lang(request)
+    text = say("plan", language, updates=f"{info['updates']:,}", passes=f"{info['passes']:g}",
+               tokens=f"{info['tokens_per_update']:,}", rows=f"{info['rows_per_update']:g}")
+    return text + ("  \n⚠️ " + say("plan_many", language) if info["passes"] > MANY_PASSES else "")
+
+
 def start(model, data, preset, name, wandb_key, *values, request: gr.Request = None):
     """Validate the form and start the training child; problems are shown next to the form."""
     language = lang(request)
@@ -210,6 +235,7 @@ def build() -> dict:
                 with gr.Row():
                     for n in BASIC[5:]:
                         widgets[n] = _widget(n, getattr(defaults, n))
+            plan = gr.Markdown()
             with gr.Accordion(t("advanced"), open=False):
                 for i in range(0, len(ADVANCED), 4):
                     with gr.Row():
@@ -232,6 +258,8 @@ def build() -> dict:
             log = gr.Textbox(label=t("log"), lines=8, max_lines=8, autoscroll=True, interactive=False)
     settings = [widgets[n] for n in SETTINGS]
     preset.change(fill_preset, preset, settings, api_name=False)
+    for trigger in [data] + [widgets[n] for n in PLAN]:
+        trigger.change(plan_text, [data, *settings], plan, api_name=False, show_progress="hidden")
     start_btn.click(start, [model, data, preset, name, wandb_key, *settings], [problems, viewed], api_name="start")
     stop_btn.click(stop, None, problems, api_name="stop")
     resume_btn.click(resume, [viewed, wandb_key], [problems, viewed], api_name="resume")
