@@ -134,12 +134,12 @@ def whole_job(a, base: str, data: Path, work: Path) -> None:
         name, flags = v.split(":", 1)
         results.append(run(name, Path(base), data, runs, None,
                            ["--preset", "default", *same_rows, *common, *shlex.split(flags)], None))
-    scores = {"base": reply_loss(base, None, data / "eval.jsonl", 512)}
+    base_loss = reply_loss(base, None, data / "eval.jsonl", 512)
     for r in results:
         r["eval_reply_loss"] = reply_loss(base, str(runs / r["run"] / "adapter"), data / "eval.jsonl", 512)
-    print(json.dumps({"base_eval_reply_loss": scores["base"], "runs": results}, indent=1))
+    print(json.dumps({"base_eval_reply_loss": base_loss, "runs": results}, indent=1))
     print(f"\n{'run':<10} {'mode':<26} {'steps':>5} {'tokens':>8} {'wall s':>7} {'eval reply loss':>16}")
-    print(f"{'base':<10} {'':<26} {'':>5} {'':>8} {'':>7} {scores['base']:16.4f}")
+    print(f"{'base':<10} {'':<26} {'':>5} {'':>8} {'':>7} {base_loss:16.4f}")
     for r in results:
         print(f"{r['run']:<10} {r.get('mode') or '':<26} {r.get('steps', 0):5d} {r.get('tokens', 0):8d} "
               f"{r['wall_s']:7.1f} {r['eval_reply_loss']:16.4f}")

@@ -78,8 +78,12 @@ class Progress(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kw):
         self.start_time, self.start_step = time.time(), state.global_step
-        if state.global_step:
-            self.tokens_before = _tokens_up_to(self.metrics_path, state.global_step)
+        if state.global_step:  # resumed: go on from the count of the last line at or before this step
+            from core.runs import read_metrics
+
+            earlier = [m["tokens"] for m in read_metrics(self.metrics_path.parent)
+                       if m.get("tokens") is not None and (m.get("step") or 0) <= state.global_step]
+            self.tokens_before = earlier[-1] if earlier else 0
         self.status.update(state="running", step=state.global_step, max_steps=state.max_steps)
 
     def on_substep_end(self, args, state, control, **kw):
@@ -155,19 +159,3 @@ class Progress(TrainerCallback):
     def close(self) -> None:
         self.file.close()
 
-
-def _tokens_up_to(metrics: Path, step: int) -> int:
-    """The token count of the last metrics line at or before `step` (0 if there is none)."""
-    tokens = 0
-    try:
-        lines = metrics.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return 0
-    for text in lines:
-        try:
-            line = json.loads(text)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(line, dict) and line.get("tokens") is not None and (line.get("step") or 0) <= step:
-            tokens = line["tokens"]
-    return tokens

@@ -67,9 +67,8 @@ def plan_text(data, *values, request: gr.Request = None) -> str:
     """What the settings mean for the chosen dataset: updates, passes over it, tokens an update."""
     from core.data import plan
 
-    settings = dict(zip(SETTINGS, values))
     try:
-        cfg = TrainConfig.from_dict({k: settings[k] for k in PLAN})
+        cfg = config(None, data, "default", "", *values)
     except UserError:
         return ""  # the form shows the problem when Start is pressed
     numbers = {k: getattr(cfg, k) for k in PLAN}
