@@ -149,7 +149,7 @@ class TrainConfig(_Config):
     packing: bool = _f(False, "Pack several short rows into one sequence (no padding, each row still sees only itself).")
     gradient_checkpointing: bool = _f(True, "Recompute activations in the backward pass: much less memory, about 30% slower.")
     liger_kernels: bool = _f(True, "Use Liger's fused GPU kernels (RMSNorm, SwiGLU, RoPE) where the liger-kernel package is installed: less memory, faster steps. GPU only.")
-    offload_activations: bool = _f(False, "Keep the activations saved for the backward pass in CPU memory instead of GPU memory (GPU only): more rows fit in one pass, at the cost of copies that mostly overlap with the math.")
+    offload_activations: bool = _f(False, "Keep the activations saved for the backward pass in CPU memory instead of GPU memory (GPU only): more rows fit in one pass. The copies run beside the math and come back just before they are needed.")
     loss_on: str = _f("response", "Compute the loss on the replies only ('response') or on the whole text ('all').", choices=("response", "all"))
     optim: str = _f("adamw_torch", "Optimizer (any name transformers accepts, e.g. adamw_torch, paged_adamw_8bit).")
     max_grad_norm: float = _f(1.0, "Clip gradients to this norm (0 = off).")

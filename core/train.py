@@ -139,8 +139,11 @@ def _train(cfg: TrainConfig, run: Path, data: Path, status) -> dict:
     log.info("device %s; %s", device, why)
     if cuda and cfg.liger_kernels and not _has_liger():
         log.info("liger_kernels: the liger-kernel package is not installed; using the model's own layers")
+    arena = None
     if cfg.offload_activations:
         log.info("offload_activations: %s", "saved activations go to CPU memory" if cuda else "no GPU, nothing to offload (ignored)")
+        if cuda:
+            arena = _pinned_arena(cfg)  # pinned while the model loads, instead of during the first step
 
     stop = StopFlag()
     stop.install()
@@ -168,7 +171,7 @@ def _train(cfg: TrainConfig, run: Path, data: Path, status) -> dict:
         max_grad_norm=cfg.max_grad_norm,
         gradient_checkpointing=cfg.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False},
-        activation_offloading=cuda and cfg.offload_activations,
+        activation_offloading=False,  # core/offload.py instead (set below): it prefetches, and pins memory early
         fp16=cuda and dtype == torch.float16,
         bf16=dtype == torch.bfloat16,
         use_cpu=not cuda,
@@ -196,6 +199,13 @@ def _train(cfg: TrainConfig, run: Path, data: Path, status) -> dict:
     trainer = trainer_class()(model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows,
                               processing_class=tokenizer, callbacks=[progress])
     trainer.remove_callback(PrinterCallback)  # Progress already writes one line per logging step
+    if arena is not None:
+        from core.offload import Offload
+
+        if hasattr(trainer, "maybe_activation_offload_context"):
+            trainer.maybe_activation_offload_context = Offload(arena)  # trl enters it around each micro-batch
+        else:
+            log.warning("offload_activations: this trl version has no place for it; activations stay on the GPU")
     # Packed rows stay separate rows (see core/packing.py); either way count the real tokens.
     collator = PackedRows(tokenizer.pad_token_id) if cfg.packing else trainer.data_collator
     trainer.data_collator = progress.counter = Counting(collator, trainer.model)
@@ -249,6 +259,21 @@ def _has_liger() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("liger_kernel") is not None
+
+
+def _pinned_arena(cfg: TrainConfig):
+    """Start reserving the pinned CPU memory that offloaded activations will use (in a thread)."""
+    import psutil
+    from transformers import AutoConfig
+
+    from core.offload import Arena, arena_bytes
+
+    try:
+        config = AutoConfig.from_pretrained(models.resolve(cfg.model), trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError):
+        return Arena()  # the model load reports the problem in its own words
+    need = arena_bytes(config, cfg.batch_size, cfg.max_seq_length)
+    return Arena(min(need, psutil.virtual_memory().available // 2))
 
 
 def _compute_dtype(cfg: TrainConfig, cuda: bool):
