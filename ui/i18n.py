@@ -99,7 +99,7 @@ HELP_ZH: dict[str, str] = {
     "packing": "把几条短数据拼进同一条序列（不用填充，每条数据仍只看到它自己）。",
     "gradient_checkpointing": "反向传播时重算激活值：显存省很多，速度慢约 30%。",
     "liger_kernels": "装有 liger-kernel 时使用 Liger 的融合 GPU 算子（RMSNorm、SwiGLU、RoPE）：更省显存、更快。仅限 GPU。",
-    "offload_activations": "把反向传播要用的激活值放在内存（CPU）里而不是显存里（仅限 GPU）：一次能放下更多行，代价是数据拷贝，大多与计算同时进行。",
+    "offload_activations": "把反向传播要用的激活值放在内存（CPU）里而不是显存里（仅限 GPU）：一次能放下更多行。拷贝与计算同时进行，并在需要之前提前取回。",
     "loss_on": "只在回答部分计算损失（response），还是在全文上计算（all）。",
     "optim": "优化器（transformers 支持的名字，例如 adamw_torch、paged_adamw_8bit）。",
     "max_grad_norm": "梯度裁剪的范数上限（0 = 不裁剪）。",
