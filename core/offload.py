@@ -15,7 +15,8 @@ Two things make it cheaper than a plain saved-tensors hook:
     13B's 3.4 GB, measured); later steps reuse the same block.
 
 Enter it around one forward and backward pass (one micro-batch), as trl does with its own
-`activation_offloading`. GPU only.
+`activation_offloading`. Written for CUDA; any device with torch's stream API works (on "cpu"
+the copies are plain copies, which is how the CPU tests check the bookkeeping).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ MIN_BYTES = 1 << 20  # smaller tensors are not worth a copy
 class Arena:
     """One block of pinned CPU memory handed out front to back; reset for every micro-batch."""
 
-    def __init__(self, nbytes: int = 0):
+    def __init__(self, nbytes: int = 0, *, pin: bool = True):
+        self.pin = pin
         self.block: torch.Tensor | None = None
         self.offset = 0
         self._thread: threading.Thread | None = None
@@ -41,7 +43,7 @@ class Arena:
 
     def _reserve(self, nbytes: int) -> None:
         try:
-            self.block = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+            self.block = torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.pin)
         except RuntimeError:  # not enough lockable memory: fall back to pinning tensor by tensor
             self.block = None
 
@@ -55,7 +57,7 @@ class Arena:
         if self.block is not None and start + nbytes <= self.block.numel():
             self.offset = start + nbytes
             return self.block[start:start + nbytes].view(like.dtype).view(like.shape)
-        return torch.empty(like.shape, dtype=like.dtype, pin_memory=True)
+        return torch.empty(like.shape, dtype=like.dtype, pin_memory=self.pin)
 
     def reset(self) -> None:
         self.offset = 0
@@ -66,17 +68,20 @@ class _Saved:
     cpu: torch.Tensor
     gpu: torch.Tensor | None  # on the GPU: still among the newest, or brought back
     key: tuple | None  # while we hold the GPU tensor, its address can't be reused: a repeat save is the same tensor
-    ready: torch.cuda.Event | None = None  # brought back ahead of time; the copy ends with this event
+    ready: object | None = None  # brought back ahead of time: the event the copy ends with
     uses: int = 1  # the same tensor can be saved by several autograd nodes
 
 
 class Offload(torch.autograd.graph.saved_tensors_hooks):
     """Saved-tensor hooks: large saved activations to pinned CPU memory and back, prefetched."""
 
-    def __init__(self, arena: Arena | None = None, *, keep: int = 2, ahead: int = 2, min_bytes: int = MIN_BYTES):
-        self.arena = arena or Arena()
+    def __init__(self, arena: Arena | None = None, *, keep: int = 2, ahead: int = 2, min_bytes: int = MIN_BYTES,
+                 device: str = "cuda"):
+        self.device = torch.device(device).type
+        self.streams = torch.get_device_module(self.device)  # torch.cuda: Stream, current_stream, stream
+        self.arena = arena or Arena(pin=self.device != "cpu")
         self.keep, self.ahead, self.min_bytes = keep, ahead, min_bytes
-        self.stream = torch.cuda.Stream()
+        self.stream = self.streams.Stream()
         self.bytes_out = self.bytes_back = 0  # totals over all micro-batches, for the log and the tests
         self._reset()
         super().__init__(self._pack, self._unpack)
@@ -98,7 +103,7 @@ class Offload(torch.autograd.graph.saved_tensors_hooks):
 
     # ---- forward: save -----------------------------------------------------------------------
     def _pack(self, t: torch.Tensor):
-        if (not t.is_cuda or isinstance(t, torch.nn.Parameter) or not t.is_contiguous()
+        if (t.device.type != self.device or isinstance(t, torch.nn.Parameter) or not t.is_contiguous()
                 or t.numel() * t.element_size() < self.min_bytes):
             return t
         key = (t.data_ptr(), t.dtype, tuple(t.shape))
@@ -106,12 +111,12 @@ class Offload(torch.autograd.graph.saved_tensors_hooks):
             index = self.by_key[key]
             self.saved[index].uses += 1
             return index
-        self.stream.wait_stream(torch.cuda.current_stream())  # t is complete before it is copied
-        with torch.cuda.stream(self.stream):
+        self.stream.wait_stream(self.streams.current_stream())  # t is complete before it is copied
+        with self.streams.stream(self.stream):
             cpu = self.arena.take(t)
             cpu.copy_(t, non_blocking=True)
         self.bytes_out += cpu.numel() * cpu.element_size()
-        t.record_stream(self.stream)  # its memory is not reused before the copy has read it
+        self._record(t, self.stream)  # its memory is not reused before the copy has read it
         index = len(self.saved)
         self.saved.append(_Saved(cpu=cpu, gpu=t, key=key))
         self.by_key[key] = index
@@ -137,9 +142,9 @@ class Offload(torch.autograd.graph.saved_tensors_hooks):
             self.in_flight -= 1
         t = item.gpu
         if item.ready is not None:
-            compute = torch.cuda.current_stream()
+            compute = self.streams.current_stream()
             compute.wait_event(item.ready)
-            t.record_stream(compute)  # allocated on the copy stream, used on this one
+            self._record(t, compute)  # allocated on the copy stream, used on this one
             item.ready = None
         item.uses -= 1
         if item.uses <= 0:
@@ -148,10 +153,14 @@ class Offload(torch.autograd.graph.saved_tensors_hooks):
         return t
 
     def _fetch(self, item: _Saved) -> None:
-        with torch.cuda.stream(self.stream):
-            item.gpu = item.cpu.to("cuda", non_blocking=True)
+        with self.streams.stream(self.stream):
+            item.gpu = item.cpu.to(self.device, non_blocking=True, copy=True)
             item.ready = self.stream.record_event()
         self.bytes_back += item.cpu.numel() * item.cpu.element_size()
+
+    def _record(self, t: torch.Tensor, stream) -> None:
+        if self.device != "cpu":  # CPU memory has no streams to wait for
+            t.record_stream(stream)
 
     def _prefetch(self, start: int) -> None:
         """Start copying back the next tensors the backward pass will ask for (it goes in reverse saving order)."""
