@@ -73,7 +73,7 @@ def train(cfg: TrainConfig) -> dict:
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     cfg.check()
     run = Path(cfg.out).expanduser().resolve()
-    dataset = _check_folders(cfg, run)
+    dataset, folder = _check_folders(cfg, run)
     from core.merge import quiet
 
     quiet(warnings=True)  # train.log: our lines and real warnings, not loading bars
@@ -83,7 +83,7 @@ def train(cfg: TrainConfig) -> dict:
     handler = _log_to(run / "train.log")
     status = Status(run / "status.json")
     try:
-        return _train(cfg, run, dataset, status)
+        return _train(cfg, run, dataset, folder, status)
     except KeyboardInterrupt:  # interrupted before training began: nothing to save
         log.info("stopped before the first step")
         status.update(state="stopped", ended=time.time())
@@ -100,8 +100,8 @@ def train(cfg: TrainConfig) -> dict:
         handler.close()
 
 
-def _check_folders(cfg: TrainConfig, run: Path) -> Path:
-    """Refuse bad input before anything is written."""
+def _check_folders(cfg: TrainConfig, run: Path) -> tuple[Path, str]:
+    """Refuse bad input before anything is written; the data folder and the model's folder."""
     data = Path(cfg.data).expanduser()
     if not (data / "manifest.json").is_file() or not (data / "train.jsonl").is_file():
         raise UserError(f"data: {cfg.data} is not a prepared dataset; make one in the Data tab or with "
@@ -114,11 +114,11 @@ def _check_folders(cfg: TrainConfig, run: Path) -> Path:
                         "or resume it", field="out")
     if cfg.resume and _last_checkpoint(run) is None:
         raise UserError(f"resume: {cfg.out} has no complete checkpoint to resume from", field="resume")
-    models.resolve(cfg.model)  # a missing model folder is refused here, with its name
-    return data
+    folder = models.resolve(cfg.model)  # a missing model folder is refused here, with its name
+    return data, folder
 
 
-def _train(cfg: TrainConfig, run: Path, data: Path, status) -> dict:
+def _train(cfg: TrainConfig, run: Path, data: Path, folder: str, status) -> dict:
     import torch
     from transformers import PrinterCallback
     from trl import SFTConfig
@@ -143,7 +143,7 @@ def _train(cfg: TrainConfig, run: Path, data: Path, status) -> dict:
     if cfg.offload_activations:
         log.info("offload_activations: %s", "saved activations go to CPU memory" if cuda else "no GPU, nothing to offload (ignored)")
         if cuda:
-            arena = _pinned_arena(cfg)  # pinned while the model loads, instead of during the first step
+            arena = _pinned_arena(cfg, folder)  # pinned while the model loads, instead of during the first step
 
     stop = StopFlag()
     stop.install()
@@ -153,7 +153,7 @@ def _train(cfg: TrainConfig, run: Path, data: Path, status) -> dict:
     log.info("%d training rows%s", len(train_rows), f", {len(eval_rows)} eval rows" if eval_rows else "")
 
     loading = time.time()
-    model = _load_model(cfg, cuda)
+    model = _load_model(cfg, folder, cuda)
     log.info("base model loaded in %.1f s", time.time() - loading)
     tracking = tracking_setup(cfg.report_to, cfg.wandb_project, run)
     dtype = _compute_dtype(cfg, cuda)
@@ -261,7 +261,7 @@ def _has_liger() -> bool:
     return importlib.util.find_spec("liger_kernel") is not None
 
 
-def _pinned_arena(cfg: TrainConfig):
+def _pinned_arena(cfg: TrainConfig, folder: str):
     """Start reserving the pinned CPU memory that offloaded activations will use (in a thread)."""
     import psutil
     from transformers import AutoConfig
@@ -269,7 +269,7 @@ def _pinned_arena(cfg: TrainConfig):
     from core.offload import Arena, arena_bytes
 
     try:
-        config = AutoConfig.from_pretrained(models.resolve(cfg.model), trust_remote_code=cfg.trust_remote_code)
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError):
         return Arena()  # the model load reports the problem in its own words
     need = arena_bytes(config, cfg.batch_size, cfg.max_seq_length)
@@ -319,13 +319,12 @@ def _tokenized(path: Path, tokenizer, cfg: TrainConfig):
 
 
 
-def _load_model(cfg: TrainConfig, cuda: bool):
+def _load_model(cfg: TrainConfig, folder: str, cuda: bool):
     """The base model (4-bit on a GPU when asked) with fresh LoRA layers on it."""
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    folder = models.resolve(cfg.model)
     dtype = _compute_dtype(cfg, cuda)
     kw = dict(trust_remote_code=cfg.trust_remote_code)
     try:
