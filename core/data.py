@@ -138,7 +138,7 @@ def list_datasets(root: str | Path | None = None) -> list[dict]:
     found = []
     if not root.is_dir():
         return found
-    for d in root.iterdir():
+    for d in paths.folders(root):
         if d.name.startswith(".") or not (d / MANIFEST).is_file():
             continue
         try:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from core import paths, runs
+from core import gpus, paths, runs
 from core.config import MergeConfig, TrainConfig
 from core.errors import UserError
 
@@ -231,7 +231,8 @@ class JobManager:
         raise UserError(f"{what} is already going: {Path(job.folder).name}; stop it first or wait")
 
     def _spawn(self, kind: str, argv: list[str], folder: Path, log: Path, env: dict | None) -> Job:
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        # One GPU for the job (several visible GPUs make the trainer refuse to start).
+        full_env = gpus.one({**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         full_env.setdefault("PYTHONPATH", str(ROOT))
         with open(log, "ab") as out:
             proc = subprocess.Popen(

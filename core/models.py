@@ -148,8 +148,7 @@ def available() -> list[str]:
     """Models the panel offers: the default, folders under workspace/models, and merged models."""
     found = [DEFAULT_MODEL]
     for root in (paths.models(), paths.merged()):
-        if root.is_dir():
-            found += sorted(str(p) for p in root.iterdir() if (p / "config.json").is_file())
+        found += sorted(str(p) for p in paths.folders(root) if (p / "config.json").is_file())
     return found
 
 

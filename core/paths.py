@@ -1,13 +1,29 @@
-"""Where things live on disk: the workspace (data, datasets, runs, merged models) and the model cache.
+"""Where things live on disk, and which paths a request from the panel may name.
 
-Both can be moved with environment variables so that tests and several installs stay apart:
-QLORA_STUDIO_HOME (default ./workspace) and QLORA_STUDIO_CACHE (default ~/.cache/qlora-studio).
+The workspace (uploads, datasets, runs, merged models) and the model cache can be moved with
+environment variables so that tests and several installs stay apart: QLORA_STUDIO_HOME
+(default ./workspace) and QLORA_STUDIO_CACHE (default ~/.cache/qlora-studio).
+
+The panel answers anyone who can reach its port, so every path a request names goes through
+here: names become folders only inside the workspace (`child`), and reads come only from the
+workspace, the model cache, the project's own assets and the folders the operator allowed at
+start with `--allow-dir` (`readable`). Symlinks are resolved before the check. The command
+line is the operator's own and is not restricted.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+
+from core.errors import UserError
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+ALLOW_ENV = "QLORA_STUDIO_ALLOW"
+# A hub id: owner/name, nothing that could be read as a path.
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+NAME = re.compile(r"[^\W][\w.\- ]*", re.UNICODE)
 
 
 def home() -> Path:
@@ -40,3 +56,63 @@ def merged() -> Path:
 def models() -> Path:
     """Local model folders the user drops in; the panel lists them."""
     return home() / "models"
+
+
+def allowed() -> list[Path]:
+    """Folders outside the workspace that the operator allowed the panel to read (`--allow-dir`)."""
+    raw = os.environ.get(ALLOW_ENV, "")
+    return [Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p.strip()]
+
+
+def within(path: Path, root: Path) -> bool:
+    """True if `path` is `root` or lies below it (both already resolved)."""
+    return path == root or root in path.parents
+
+
+def child(root: Path, name: str, field: str) -> Path:
+    """The folder called `name` directly inside `root`; a name that leads anywhere else is refused."""
+    name = (name or "").strip()
+    if not NAME.fullmatch(name) or name.startswith(".") or len(name) > 120:
+        raise UserError(f"{field}: {name!r} is not a usable name; use letters, digits, spaces, '-', '_' or '.', "
+                        "without '/' and not starting with '.'", field=field)
+    path = root.resolve() / name
+    if not within(path.resolve(), root.resolve()):  # a symlink someone planted in the folder
+        raise UserError(f"{field}: {name!r} points outside {root}; choose another name", field=field)
+    return path
+
+
+def readable(path: str | Path, field: str) -> Path:
+    """`path` with symlinks resolved, if the panel may read it; relative paths start at the workspace."""
+    raw = Path(str(path).strip()).expanduser()
+    resolved = (raw if raw.is_absolute() else home() / raw).resolve()
+    roots = [home(), cache(), ASSETS, *allowed()]
+    if not any(within(resolved, root) for root in roots):
+        raise UserError(f"{field}: {path} is outside the workspace and the folders this panel may read; put it "
+                        f"under {home()} or start the panel with --allow-dir FOLDER", field=field)
+    return resolved
+
+
+def inside(path: str | Path, root: Path, field: str) -> Path:
+    """`path` resolved, if it lies inside `root` (a run folder in runs/, say)."""
+    resolved = readable(path, field)
+    if not within(resolved, root.resolve()):
+        raise UserError(f"{field}: {path} is not inside {root}", field=field)
+    return resolved
+
+
+def model_spec(spec: str | None, field: str = "model") -> str:
+    """A model as the panel may name it: 'default', a hub id, or a folder it may read."""
+    spec = (spec or "").strip()
+    if spec in ("", "default"):
+        return "default"
+    if HUB_ID.fullmatch(spec) and not Path(spec).exists():
+        return spec
+    return str(readable(spec, field))
+
+
+def folders(root: Path) -> list[Path]:
+    """The folders directly inside `root`; a symlink is followed only into `root` or an allowed folder."""
+    if not root.is_dir():
+        return []
+    roots = [root.resolve(), *allowed()]
+    return [p for p in root.iterdir() if p.is_dir() and any(within(p.resolve(), r) for r in roots)]

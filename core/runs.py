@@ -125,10 +125,7 @@ def summary(run: str | Path) -> dict:
 
 def list_runs() -> list[dict]:
     """A summary of every run folder in the workspace, newest first."""
-    root = paths.runs()
-    if not root.is_dir():
-        return []
-    found = [summary(p) for p in root.iterdir() if p.is_dir() and (p / "config.json").is_file()]
+    found = [summary(p) for p in paths.folders(paths.runs()) if (p / "config.json").is_file()]
     return sorted(found, key=lambda s: s["created"] or 0, reverse=True)
 
 

@@ -18,7 +18,7 @@ import time
 import traceback
 from pathlib import Path
 
-from core import models
+from core import gpus, models
 from core.config import Parser, TrainConfig, add_arguments, preset
 from core.errors import UserError
 from core.template import Template
@@ -71,6 +71,8 @@ def train(cfg: TrainConfig) -> dict:
     # Growing segments instead of fixed blocks: packed batches vary in shape, and fragmentation
     # otherwise strands a GiB or more of GPU memory (seen on 13B at batch 8).
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    # Run by hand on a machine with several GPUs: train on the first (CUDA reads this when it starts).
+    os.environ.update(gpus.one())
     cfg.check()
     run = Path(cfg.out).expanduser().resolve()
     dataset, folder = _check_folders(cfg, run)

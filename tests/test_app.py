@@ -35,15 +35,15 @@ def free_port() -> int:
 class App:
     """`python app.py` in a subprocess; restartable, like a user closing and reopening it."""
 
-    def __init__(self, home: Path, base_model: str):
-        self.home, self.proc, self.url = home, None, ""
+    def __init__(self, home: Path, base_model: str, *args: str):
+        self.home, self.proc, self.url, self.args = home, None, "", list(args)
         self.env = {**os.environ, "QLORA_STUDIO_HOME": str(home), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
 
     def start(self):
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.log = open(self.home / f"app-{port}.log", "w")
-        self.proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=self.env,
+        self.proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), *self.args], cwd=ROOT, env=self.env,
                                      stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 90
         while time.time() < deadline:

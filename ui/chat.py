@@ -7,7 +7,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from core import jobs, models, runs
+from core import jobs, models, paths, runs
 from core.config import GenerationConfig
 from core.errors import UserError
 from ui.i18n import help, label, lang, say, t
@@ -44,10 +44,10 @@ def _model(source: str):
     with _lock:
         if source not in _loaded:
             chat = Chat()
-            if source.startswith(ADAPTER):
-                chat.load(adapter=source[len(ADAPTER):])  # on the base model its record names
+            if source.startswith(ADAPTER):  # a run's adapter, on the base model its record names
+                chat.load(adapter=str(paths.inside(source[len(ADAPTER):], paths.runs(), "model")))
             else:
-                chat.load(model=source)
+                chat.load(model=paths.model_spec(source))
             _loaded[source] = chat
         return _loaded[source]
 

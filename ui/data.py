@@ -45,10 +45,13 @@ def upload(file: str | None):
 
 def config(source, sample, seed, template, eval_ratio, max_seq_length, model, skip_bad, name) -> PrepareConfig:
     """The tab's widgets as one PrepareConfig (the only place that conversion happens)."""
-    out = str(paths.datasets() / name.strip()) if name and name.strip() else ""
+    # Requests name files and folders: only the workspace, the sample and allowed folders are read,
+    # and a dataset name becomes a folder inside the workspace's datasets, nowhere else.
+    out = str(paths.child(paths.datasets(), name, "dataset name")) if name and name.strip() else ""
+    source = str(paths.readable(source, "data file")) if source else ""
     return PrepareConfig.from_dict(dict(
-        input=source or "", out=out, sample=sample, seed=seed, template=template or "seed",
-        eval_ratio=eval_ratio, max_seq_length=max_seq_length, model=model or "default", skip_bad=bool(skip_bad),
+        input=source, out=out, sample=sample, seed=seed, template=template or "seed",
+        eval_ratio=eval_ratio, max_seq_length=max_seq_length, model=paths.model_spec(model), skip_bad=bool(skip_bad),
     ))
 
 

@@ -23,18 +23,24 @@ def pick(run: str | None):
     """Fill the base model from the adapter's qlora_studio.json and propose an output folder."""
     if not run:
         return gr.update(), gr.update()
-    meta = models.read_record(Path(run) / "adapter")
-    out = paths.merged() / Path(run).name
+    try:
+        run = paths.inside(run, paths.runs(), "run")
+    except UserError:
+        return gr.update(value=""), gr.update(value="")
+    meta = models.read_record(run / "adapter")
+    out = paths.merged() / run.name
     i = 2
     while out.exists():
-        out, i = paths.merged() / f"{Path(run).name}-{i}", i + 1
-    return gr.update(value=meta.get("base_model", "")), gr.update(value=str(out))
+        out, i = paths.merged() / f"{run.name}-{i}", i + 1
+    return gr.update(value=meta.get("base_model", "")), gr.update(value=out.name)
 
 
 def config(run, base, out, dtype) -> MergeConfig:
-    """The tab's widgets as one MergeConfig."""
-    return MergeConfig.from_dict(dict(adapter=str(Path(run) / "adapter") if run else "", base=base or "",
-                                      out=out or "", dtype=dtype))
+    """The tab's widgets as one MergeConfig: the run from runs/, the output a name inside merged/."""
+    adapter = str(paths.inside(run, paths.runs(), "run") / "adapter") if run else ""
+    return MergeConfig.from_dict(dict(adapter=adapter, base=paths.model_spec(base, "base") if base and base.strip() else "",
+                                      out=str(paths.child(paths.merged(), out, "output name")) if out else "",
+                                      dtype=dtype))
 
 
 def _report(job: jobs.Job) -> dict:

@@ -38,9 +38,10 @@ def _widget(name: str, value):
 
 def config(model, data, preset, name, *values) -> TrainConfig:
     """The tab's widgets as one TrainConfig (the only place that conversion happens)."""
-    out = str(paths.runs() / name.strip()) if name and name.strip() else ""
-    return TrainConfig.from_dict({**dict(zip(SETTINGS, values)), "model": model or "default",
-                                  "data": data or "", "preset": preset, "out": out})
+    out = str(paths.child(paths.runs(), name, "run name")) if name and name.strip() else ""
+    data = str(paths.readable(data, "dataset")) if data else ""
+    return TrainConfig.from_dict({**dict(zip(SETTINGS, values)), "model": paths.model_spec(model),
+                                  "data": data, "preset": preset, "out": out})
 
 
 def fill_preset(preset: str):
@@ -112,7 +113,7 @@ def resume(viewed, wandb_key, request: gr.Request = None):
         return say("no_run", lang(request)), gr.update()
     try:
         env = {"WANDB_API_KEY": wandb_key.strip()} if wandb_key and wandb_key.strip() else None
-        job = jobs.resume(viewed, env=env)
+        job = jobs.resume(paths.inside(viewed, paths.runs(), "run"), env=env)
     except UserError as e:
         return f"⚠️ {e}", gr.update()
     return say("resumed", lang(request), run=Path(job.folder).name), gr.update(choices=run_choices(), value=job.folder)
@@ -120,8 +121,11 @@ def resume(viewed, wandb_key, request: gr.Request = None):
 
 def shown_run(viewed: str | None = None) -> str:
     """The run to show: the chosen one, else the one running, else the newest."""
-    if viewed and Path(viewed).is_dir():
-        return viewed
+    if viewed:
+        try:  # a request may name any path: only run folders of this workspace are shown
+            return str(paths.inside(viewed, paths.runs(), "run"))
+        except UserError:
+            pass
     job = jobs.current()
     if job is not None and job.kind == "train":
         return job.folder
