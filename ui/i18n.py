@@ -30,7 +30,7 @@ EN: dict[str, str] = {
     "refresh": "Refresh",
     # merge
     "merge_intro": "Fold a finished run's adapter into its base model to get a standalone model you can share or chat with.",
-    "run": "Run", "base": "Base model (empty = the one the run was trained on)", "out": "Output folder",
+    "run": "Run", "base": "Base model (empty = the one the run was trained on)", "out": "Name of the merged model (a folder in workspace/merged)",
     "dtype": "Weight format", "merge_btn": "Merge", "merge_result": "Result",
     # chat
     "chat_intro": "Talk to the merged model, a run's adapter on its base, or the base model. Pick a second model to compare their answers side by side.",
@@ -59,7 +59,7 @@ ZH: dict[str, str] = {
     "run_shown": "当前查看的训练", "progress": "进度", "loss_chart": "损失曲线", "gpu": "显卡与内存", "log": "训练日志（最后几行）",
     "refresh": "刷新",
     "merge_intro": "把训练好的适配器合并进基础模型，得到一个可以单独使用、分享或对话的完整模型。",
-    "run": "训练记录", "base": "基础模型（留空 = 训练时用的模型）", "out": "输出文件夹",
+    "run": "训练记录", "base": "基础模型（留空 = 训练时用的模型）", "out": "合并后模型的名称（workspace/merged 里的文件夹）",
     "dtype": "权重精度", "merge_btn": "开始合并", "merge_result": "合并结果",
     "chat_intro": "和合并后的模型、带适配器的基础模型或原始基础模型对话。再选一个模型，就能并排比较两者的回答。",
     "chat_model": "模型", "compare_with": "对比模型（可不选）", "message": "输入消息",
