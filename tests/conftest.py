@@ -27,13 +27,24 @@ def _has_cuda() -> bool:
         return False
 
 
+def _cuda_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:
+        return 0
+
+
 def pytest_collection_modifyitems(config, items):
-    if _has_cuda():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU (run on the GPU machine)")
+    gpus = _cuda_count()
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (run on the GPU machine)")
+    skip_multi = pytest.mark.skip(reason="needs at least 2 CUDA GPUs (run on the two-GPU machine)")
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        if "multigpu" in item.keywords and gpus < 2:
+            item.add_marker(skip_multi)
+        elif "gpu" in item.keywords and gpus < 1:
+            item.add_marker(skip_gpu)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,0 +1,54 @@
+"""Machines with several GPUs: a run on one GPU works from the command line and from the panel.
+
+Skipped with fewer than two CUDA GPUs (see conftest); run on the two-GPU machine with `pytest -m multigpu`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from test_gpu import any_tokenizer, small_random_model  # noqa: F401 - fixtures
+from test_train import ROOT, scratch
+
+pytestmark = pytest.mark.multigpu
+
+TINY = ["--max-steps", "3", "--logging-steps", "1", "--save-steps", "0", "--max-seq-length", "128", "--batch-size", "4"]
+
+
+def _child_env() -> dict:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env.pop("CUDA_VISIBLE_DEVICES", None)  # the machine's GPUs, all of them, as a new user has them
+    return env
+
+
+def test_command_line_run_trains_on_one_of_several_gpus(small_random_model):  # noqa: F811
+    model, data = small_random_model
+    run = scratch() / "cli"
+    done = subprocess.run([sys.executable, "-m", "core", "train", "--model", model, "--data", data, "--out", str(run),
+                           *TINY], cwd=ROOT, env=_child_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "finished" and status["device"].startswith("cuda:0"), status
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_panel_job_sees_one_gpu_and_the_monitor_sees_all(small_random_model, monkeypatch):  # noqa: F811
+    from core import jobs, monitor, runs
+    from core.config import preset
+
+    model, data = small_random_model
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    job = jobs.JobManager().start_train(preset("default", model=model, data=data, out=str(scratch() / "panel"),
+                                               max_steps=3, logging_steps=1, save_steps=0, max_seq_length=128,
+                                               batch_size=4))
+    end = time.time() + 600
+    while job.alive() and time.time() < end:
+        time.sleep(1)
+    status = runs.read_status(job.folder)
+    assert status["state"] == "finished", (status, job.log_tail(30))
+    assert len(monitor.snapshot()["gpus"]) >= 2
