@@ -10,6 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from core import gpus  # noqa: E402 - after the path is set
 ASSETS = ROOT / "assets"
 
 # Nothing may be fetched from a model hub in tests, here or in CI.
@@ -27,23 +28,21 @@ def _has_cuda() -> bool:
         return False
 
 
-def _cuda_count() -> int:
-    try:
-        import torch
-
-        return torch.cuda.device_count() if torch.cuda.is_available() else 0
-    except Exception:
-        return 0
+# The tests call the engine in this process, where CUDA may start before train() could narrow the
+# GPUs it sees: like every job, this process sees one GPU. The multigpu tests start their own
+# children with all of the machine's GPUs visible.
+MACHINE_GPUS = gpus.count()
+os.environ.update({k: v for k, v in gpus.one().items() if k.startswith("CUDA_")})
 
 
 def pytest_collection_modifyitems(config, items):
-    gpus = _cuda_count()
+    cuda = _has_cuda()
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (run on the GPU machine)")
     skip_multi = pytest.mark.skip(reason="needs at least 2 CUDA GPUs (run on the two-GPU machine)")
     for item in items:
-        if "multigpu" in item.keywords and gpus < 2:
+        if "multigpu" in item.keywords and MACHINE_GPUS < 2:
             item.add_marker(skip_multi)
-        elif "gpu" in item.keywords and gpus < 1:
+        elif "gpu" in item.keywords and not cuda:
             item.add_marker(skip_gpu)
 
 
