@@ -119,10 +119,6 @@ def death_cause(code: int | None) -> tuple[str, str]:
     return (f"the training process ended with exit code {code}", "look at the end of the log for the reason")
 
 
-def _last_error(log: str) -> str | None:
-    return runs.last_error(log)
-
-
 class JobManager:
     """Starts, stops and watches the one job of a workspace; a new manager reattaches to it."""
 
@@ -147,14 +143,6 @@ class JobManager:
             return None
         self._watch(job)  # a restarted panel must still notice a crash
         return job
-
-    def last(self) -> Job | None:
-        """The most recent job, running or not."""
-        try:
-            rec = json.loads(_job_file().read_text(encoding="utf-8"))
-            return Job(**{k: rec[k] for k in ("kind", "pid", "folder", "started", "argv", "log") if k in rec})
-        except (OSError, ValueError, TypeError, KeyError):
-            return None
 
     # ---- starting ----------------------------------------------------------------------
     def start_train(self, cfg: TrainConfig, env: dict | None = None) -> Job:
@@ -271,7 +259,7 @@ class JobManager:
             return
         cause, hint = death_cause(code)
         if code is not None and code > 0:
-            cause = _last_error(job.log) or cause
+            cause = runs.last_error(job.log) or cause
             hint = hint if cause.startswith("the training") else "fix the setting named above, then start again"
         status.update(state="failed", ended=time.time(), error=cause, hint=hint)
         status.setdefault("pid", job.pid)
@@ -305,11 +293,6 @@ _manager = JobManager()
 def current() -> Job | None:
     """The live job of this workspace, or None."""
     return _manager.current()
-
-
-def last() -> Job | None:
-    """The most recent job of this workspace, running or not."""
-    return _manager.last()
 
 
 def start_train(cfg: TrainConfig, env: dict | None = None) -> Job:

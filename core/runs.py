@@ -69,6 +69,11 @@ def last_error(log: str | Path) -> str | None:
     return None
 
 
+def read_config(run: str | Path) -> dict:
+    """RUN/config.json as a dict ({} if missing or damaged)."""
+    return _read_json(Path(run) / "config.json")
+
+
 def read_metrics(run: str | Path) -> list[dict]:
     """Every metrics line of RUN/metrics.jsonl; a partly written last line is skipped."""
     out = []
@@ -97,7 +102,7 @@ def final_loss(metrics: list[dict]) -> float | None:
 def summary(run: str | Path) -> dict:
     """What the runs list shows for one run: state, model, data, key settings, final loss."""
     run = Path(run)
-    cfg = _read_json(run / "config.json")
+    cfg = read_config(run)
     status = read_status(run)
     metrics = read_metrics(run)
     adapter = run / "adapter"

@@ -21,8 +21,10 @@ def test_progress_says_what_the_engine_chose_and_why_a_run_failed(tmp_path):
 
 
 def _dataset(tmp_path, lengths):
-    folder = tmp_path / "dataset"
-    folder.mkdir()
+    from core import paths
+
+    folder = paths.datasets() / tmp_path.name  # the panel reads datasets from the workspace only
+    folder.mkdir(parents=True)
     (folder / "manifest.json").write_text(json.dumps({"counts": {"train": len(lengths)}, "stats": {"lengths": lengths}}))
     return str(folder)
 
@@ -47,9 +49,9 @@ def test_train_tab_warns_when_the_settings_go_over_little_data_many_times(tmp_pa
 
     data = _dataset(tmp_path, [40] * 64)  # 64 short rows: less than one packed update
     values = [PRESETS["default"].get(n, 0) for n in SETTINGS]
-    text = plan_text(data, *values)
+    text = plan_text(None, data, *values)
     assert "**100 updates**" in text and "**100 passes**" in text and "learn it by heart" in text
     values[SETTINGS.index("max_steps")] = 3
-    text = plan_text(data, *values)
+    text = plan_text(None, data, *values)
     assert "**3 updates**" in text and "by heart" not in text
-    assert plan_text("", *values) == "" and plan_text(data, *[None] * len(SETTINGS)) == ""
+    assert plan_text(None, "", *values) == "" and plan_text(None, data, *[None] * len(SETTINGS)) == ""

@@ -10,7 +10,8 @@ import gradio as gr
 from core import jobs, models, paths, runs
 from core.config import GenerationConfig
 from core.errors import UserError
-from ui.i18n import help, label, lang, say, t
+from ui.forms import warn, widget
+from ui.i18n import lang, say, t
 
 ADAPTER = "adapter:"
 GEN = ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens")
@@ -63,7 +64,7 @@ def keep_only(*shown: str) -> None:
 
 def generation(system, *values) -> GenerationConfig:
     """The sampling widgets as one GenerationConfig."""
-    return GenerationConfig.from_dict({"system": system or "", **dict(zip(GEN, values))})
+    return GenerationConfig.from_dict({"system": system or "", **dict(zip(GEN, values, strict=True))})
 
 
 def _pairs(history: list) -> list[tuple[str, str]]:
@@ -140,16 +141,14 @@ def together(*streams):
         raise failure
 
 
-def respond(message, hist_a, hist_b, source_a, source_b, system, *values, request: gr.Request = None):
+def respond(request: gr.Request | None, message, hist_a, hist_b, source_a, source_b, system, *values):
     """Send the message to the chosen model and, side by side, to the comparison model; replies stream."""
     if not message or not message.strip():
         yield gr.update(), hist_a, hist_b, ""
         return
-    if jobs.current() is not None and jobs.current().kind == "train":
-        # Loading a second model next to training can run the GPU out of memory: warn, still answer.
-        note = "⚠️ training is running: chatting now shares its memory"
-    else:
-        note = ""
+    job = jobs.current()
+    # Loading a second model next to training can run the GPU out of memory: warn, still answer.
+    note = warn(say("training_running", lang(request))) if job is not None and job.kind == "train" else ""
     source_a = source_a or "default"
     try:
         gen = generation(system, *values)
@@ -168,7 +167,7 @@ def respond(message, hist_a, hist_b, source_a, source_b, system, *values, reques
             hist_a, hist_b = new_a or hist_a, new_b or hist_b
             yield "", hist_a, hist_b, note
     except UserError as e:
-        yield gr.update(), hist_a, hist_b, f"⚠️ {e}"
+        yield gr.update(), hist_a, hist_b, warn(e)
 
 
 def unload(request: gr.Request = None):
@@ -195,16 +194,15 @@ def build() -> dict:
             send = gr.Button(t("send"), variant="primary")
             clear = gr.Button(t("clear"))
     note = gr.Markdown()
-    defaults = GenerationConfig()
     with gr.Accordion(t("sampling"), open=False):
-        system = gr.Textbox(defaults.system, label=label("system"), info=help("system"), lines=2)
+        system = widget(GenerationConfig, "system", lines=2)
         with gr.Row():
-            temperature = gr.Slider(0, 2, defaults.temperature, step=0.05, label=label("temperature"), info=help("temperature"))
-            top_p = gr.Slider(0.05, 1, defaults.top_p, step=0.05, label=label("top_p"), info=help("top_p"))
-            top_k = gr.Number(defaults.top_k, precision=0, minimum=0, label=label("top_k"), info=help("top_k"))
+            temperature = widget(GenerationConfig, "temperature", slider=(0, 2, 0.05))
+            top_p = widget(GenerationConfig, "top_p", slider=(0.05, 1, 0.05))
+            top_k = widget(GenerationConfig, "top_k")
         with gr.Row():
-            rep = gr.Slider(0.5, 2, defaults.repetition_penalty, step=0.05, label=label("repetition_penalty"), info=help("repetition_penalty"))
-            max_new = gr.Slider(1, 2048, defaults.max_new_tokens, step=1, label=label("max_new_tokens"), info=help("max_new_tokens"))
+            rep = widget(GenerationConfig, "repetition_penalty", slider=(0.5, 2, 0.05))
+            max_new = widget(GenerationConfig, "max_new_tokens", slider=(1, 2048, 1))
         unload_btn = gr.Button(t("release"), size="sm")
     inputs = [message, chat_a, chat_b, source_a, source_b, system, temperature, top_p, top_k, rep, max_new]
     outputs = [message, chat_a, chat_b, note]

@@ -11,7 +11,8 @@ import pandas as pd
 from core import models, paths
 from core.config import PrepareConfig
 from core.errors import UserError
-from ui.i18n import help, label, lang, say, t
+from ui.forms import warn, widget
+from ui.i18n import help, lang, say, t
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "assets" / "sample_zh.jsonl"
@@ -55,7 +56,7 @@ def config(source, sample, seed, template, eval_ratio, max_seq_length, model, sk
     ))
 
 
-def preview(*values, request: gr.Request = None):
+def preview(request: gr.Request, *values):
     """Detected layout and the first rows rendered with the template."""
     from core import data
 
@@ -68,12 +69,12 @@ def preview(*values, request: gr.Request = None):
         layout = data.detect(cfg.input)
         rows = data.preview(cfg, n=5)
     except UserError as e:
-        return f"⚠️ {e}", empty
+        return warn(e), empty
     table = pd.DataFrame([{"prompt": r["prompt"], "response": r["response"]} for r in rows])
     return f"**{layout}** · `{Path(cfg.input).name}`", table
 
 
-def save(*values, request: gr.Request = None):
+def save(request: gr.Request, *values, progress=gr.Progress()):
     """Prepare the dataset; report counts, dropped rows, token lengths and the histogram."""
     from core import data
 
@@ -82,29 +83,24 @@ def save(*values, request: gr.Request = None):
     if not values[0]:
         return say("no_file", language), empty, gr.update()
     try:
-        manifest = data.prepare(config(*values))
+        # prepare() reports the share of the file read: a big file shows a moving bar, not a spinner.
+        manifest = data.prepare(config(*values), progress=lambda share: progress(share, desc=say("reading", language)))
     except UserError as e:
-        return f"⚠️ {e}", empty, gr.update()
+        return warn(e), empty, gr.update()
     return _stats_text(manifest, language), _histogram(manifest), manifest["path"]
 
 
 def _stats_text(m: dict, language: str) -> str:
     c, s = m["counts"], m["stats"]
     tok = s.get("tokens", {})
-    name = Path(m["path"]).name
-    lines = [say("saved", language, name=name, train=c.get("train", 0), eval=c.get("eval", 0)), ""]
-    zh = language == "zh"
-    lines.append(("读取 {read} 行，可用 {usable} 行，选取 {kept} 行。" if zh else
-                  "Read {read} rows, {usable} usable, {kept} picked.").format(**{k: c.get(k, 0) for k in ("read", "usable", "kept")}))
+    lines = [say("saved", language, name=Path(m["path"]).name, train=c.get("train", 0), eval=c.get("eval", 0)), "",
+             say("counts", language, **{k: c.get(k, 0) for k in ("read", "usable", "kept")})]
     if c.get("dropped_total"):
-        why = "，".join(f"{r} {n}" for r, n in c.get("dropped", {}).items()) if zh else \
-            ", ".join(f"{r}: {n}" for r, n in c.get("dropped", {}).items())
-        lines.append((f"丢弃 {c['dropped_total']} 行（{why}）。" if zh else f"Dropped {c['dropped_total']} rows ({why})."))
+        why = say("list_sep", language).join(f"{r}: {n}" for r, n in c.get("dropped", {}).items())
+        lines.append(say("dropped", language, n=c["dropped_total"], why=why))
     if tok:
-        lines.append((f"每行 token 数：平均 {tok['mean']}，中位数 {tok['p50']}，p95 {tok['p95']}，最长 {tok['max']}。" if zh else
-                      f"Tokens per row: mean {tok['mean']}, median {tok['p50']}, p95 {tok['p95']}, longest {tok['max']}."))
-    lines.append((f"超过最长序列 {m['max_seq_length']} 而会被截断的：{s['cut_rows']} 行（{s['cut_share']:.1%}）。" if zh else
-                  f"Longer than max sequence length {m['max_seq_length']} (would be cut): {s['cut_rows']} rows ({s['cut_share']:.1%})."))
+        lines.append(say("tokens_per_row", language, mean=tok["mean"], p50=tok["p50"], p95=tok["p95"], max=tok["max"]))
+    lines.append(say("cut", language, max=m["max_seq_length"], rows=s["cut_rows"], share=f"{s['cut_share']:.1%}"))
     return "\n\n".join(lines)
 
 
@@ -127,14 +123,15 @@ def build() -> dict:
             file = gr.File(label=t("upload"), file_types=list(SUFFIXES), type="filepath", height=120)
             source = gr.Dropdown(files(), value=None, label=t("source"), allow_custom_value=True)
             sample_btn = gr.Button(t("use_sample"), size="sm")
-            sample = gr.Number(1000, label=label("sample"), info=help("sample"), precision=0, minimum=0)
-            seed = gr.Number(42, label=label("seed"), info=t("help_data_seed"), precision=0)
-            template = gr.Dropdown(["seed", "chat"], value="seed", label=label("template"), info=help("template"), allow_custom_value=True)
-            eval_ratio = gr.Slider(0, 0.5, 0.0, step=0.01, label=label("eval_ratio"), info=help("eval_ratio"))
+            sample = widget(PrepareConfig, "sample", minimum=0)
+            seed = widget(PrepareConfig, "seed")
+            template = widget(PrepareConfig, "template", options=["seed", "chat"])
+            eval_ratio = widget(PrepareConfig, "eval_ratio", slider=(0, 0.5, 0.01))
             with gr.Accordion(t("advanced"), open=False):
-                max_len = gr.Number(512, label=label("max_seq_length"), info=help("max_seq_length"), precision=0, minimum=16)
-                model = gr.Dropdown(models.available(), value="default", label=t("model"), info=help("model"), allow_custom_value=True)
-                skip_bad = gr.Checkbox(False, label=label("skip_bad"), info=help("skip_bad"))
+                max_len = widget(PrepareConfig, "max_seq_length", minimum=16)
+                model = gr.Dropdown(models.available(), value="default", label=t("model"), info=help(PrepareConfig, "model"),
+                                    allow_custom_value=True)
+                skip_bad = widget(PrepareConfig, "skip_bad")
                 name = gr.Textbox("", label=t("dataset_name"))
         with gr.Column(scale=2):
             layout = gr.Markdown(label=t("layout"))

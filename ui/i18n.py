@@ -20,7 +20,6 @@ EN: dict[str, str] = {
     "layout": "Detected layout", "preview": "Preview (template applied)", "preview_btn": "Refresh preview",
     "save_dataset": "Save dataset", "stats": "Statistics", "histogram": "Token length of each row",
     "dataset_name": "Dataset name (optional)",
-    "help_data_seed": "Random seed: the same seed picks the same rows again.",
     # train
     "train_intro": "Pick a model and a prepared dataset, choose a preset, press Start. Training runs in the background: you can close the browser and come back.",
     "model": "Model", "dataset": "Prepared dataset", "preset": "Preset", "run_name": "Run name (optional)",
@@ -51,7 +50,6 @@ ZH: dict[str, str] = {
     "layout": "识别出的数据格式", "preview": "预览（已套用模板）", "preview_btn": "刷新预览",
     "save_dataset": "保存数据集", "stats": "统计信息", "histogram": "每条数据的 token 长度分布",
     "dataset_name": "数据集名称（可不填）",
-    "help_data_seed": "随机种子：种子相同，抽到的就是同样的数据。",
     "train_intro": "选择模型和处理好的数据集，选一个预设，点击“开始训练”。训练在后台进行：关掉浏览器也不会中断，回来即可继续查看。",
     "model": "模型", "dataset": "数据集", "preset": "预设", "run_name": "训练名称（可不填）",
     "basic": "主要设置", "advanced": "高级设置", "wandb_key": "wandb API 密钥（只交给本次训练使用，不会保存）",
@@ -70,53 +68,73 @@ ZH: dict[str, str] = {
     "selected": "选中的训练",
 }
 
-# Help shown under each setting, in Chinese; the English comes from the dataclasses themselves.
-HELP_ZH: dict[str, str] = {
-    "input": "数据文件：JSON Lines、JSON 数组或 CSV。",
-    "sample": "随机抽取多少条（0 = 全部）。原教程抽取 1000 条。",
-    "seed": "随机种子：种子相同，抽到的数据和训练结果就能复现。",
-    "template": "提示模板：seed（### Human: … ### Assistant: …）、chat（模型自带的对话模板），或自定义，用 {instruction}、{input}、{output} 占位。",
-    "eval_ratio": "留出多少比例的数据用来评估（0 到 0.5）。",
-    "format": "数据格式：auto（自动识别）、alpaca、sharegpt、messages 或 text。",
-    "max_seq_length": "最长序列（token 数），更长的数据会被截断；统计信息会告诉你有多少条会被截断。",
-    "skip_bad": "跳过格式有误的行并计数，而不是在第一处错误就停下。",
-    "trust_remote_code": "运行模型自带的代码。只对你信任的模型打开。",
-    "model": "基础模型：default（内置的 SmolLM2-135M-Instruct）、本地文件夹或 Hugging Face 模型名。",
-    "quantization": "以 4 位 NF4 量化加载基础模型（QLoRA），或不量化（none，普通 LoRA）。",
-    "double_quant": "对 4 位量化的缩放系数再量化一次，每个参数约省 0.4 位。",
-    "compute_dtype": "计算精度：auto（显卡支持时用 bf16，CPU 上用 fp32）、bfloat16、float16 或 float32。",
-    "lora_r": "LoRA 秩：越大能学到的越多，显存占用也越多。",
-    "lora_alpha": "LoRA 缩放系数 alpha，更新量按 alpha / r 缩放。",
-    "lora_dropout": "LoRA 输入的 dropout，防止过拟合（0 到 0.5）。",
-    "target_modules": "加 LoRA 的层：default（模型常用的层，Llama 为 q_proj 和 v_proj）、all-linear，或用逗号分隔的层名。",
-    "learning_rate": "每次更新的步子有多大。不拼接时 LoRA 通常用 2e-4；默认预设用 3.4e-4，因为拼接后每次更新包含的 token 约多 1.7 倍。",
-    "lr_scheduler": "学习率在训练过程中如何变化。",
-    "warmup_ratio": "前多少比例的步数里，学习率从 0 逐渐升高。",
-    "batch_size": "每块显卡每一步处理的序列数。显存不够时调小它。",
-    "grad_accum": "累积多少步的梯度再更新一次：实际批大小 = 批大小 × 这个数。",
-    "max_steps": "更新多少次（0 = 改用轮数 epochs）。",
-    "epochs": "把数据完整过几遍，只在最大步数为 0 时使用。",
-    "packing": "把几条短数据拼进同一条序列（不用填充，每条数据仍只看到它自己）。",
-    "gradient_checkpointing": "反向传播时重算激活值：显存省很多，速度慢约 30%。",
-    "liger_kernels": "装有 liger-kernel 时使用 Liger 的融合 GPU 算子（RMSNorm、SwiGLU、RoPE）：更省显存、更快。仅限 GPU。",
-    "offload_activations": "把反向传播要用的激活值放在内存（CPU）里而不是显存里（仅限 GPU）：一次能放下更多行。拷贝与计算同时进行，并在需要之前提前取回。",
-    "loss_on": "只在回答部分计算损失（response），还是在全文上计算（all）。",
-    "optim": "优化器（transformers 支持的名字，例如 adamw_torch、paged_adamw_8bit）。",
-    "max_grad_norm": "梯度裁剪的范数上限（0 = 不裁剪）。",
-    "logging_steps": "每隔多少步记录一次指标。",
-    "save_steps": "每隔多少步保存一次检查点（0 = 只在最后保存）。",
-    "eval_steps": "每隔多少步计算一次评估损失（0 = 不计算；需要留出评估数据）。",
-    "report_to": "同时记录到：none、wandb 或 tensorboard。",
-    "wandb_project": "wandb 项目名。",
-    "adapter": "训练得到的适配器文件夹（RUN/adapter）。",
-    "base": "基础模型；留空 = 训练时用的模型。",
-    "dtype": "合并后权重的精度。",
-    "system": "系统提示词：给助手的长期指示。",
-    "temperature": "随机程度：0 表示总是选最可能的词。",
-    "top_p": "只从累计概率达到这个比例的候选词里抽样。",
-    "top_k": "只从最可能的这么多个词里抽样（0 = 不限制）。",
-    "repetition_penalty": "大于 1 时减少重复。",
-    "max_new_tokens": "回答最多多少个 token。",
+# Help shown under each setting, in Chinese, by settings class (a field name can mean different
+# things in two classes); the English comes from the dataclasses themselves.
+HELP_ZH: dict[str, dict[str, str]] = {
+    "PrepareConfig": {
+        "input": "数据文件：JSON Lines、JSON 数组或 CSV。",
+        "out": "写入 train.jsonl、eval.jsonl 和 manifest.json 的文件夹（不能已经存在）。",
+        "sample": "随机抽取多少条（0 = 全部）。原教程抽取 1000 条。",
+        "seed": "随机种子：种子相同，抽到的就是同样的数据。",
+        "template": "提示模板：seed（### Human: … ### Assistant: …）、chat（模型自带的对话模板），或自定义，用 {instruction}、{input}、{output} 占位。",
+        "eval_ratio": "留出多少比例的数据用来评估（0 到 0.5）。",
+        "model": "用哪个模型的分词器统计 token 数（chat 模板也用这个模型自带的对话模板）。",
+        "format": "数据格式：auto（自动识别）、alpaca、sharegpt、messages 或 text。",
+        "max_seq_length": "最长序列（token 数），更长的数据会被截断；统计信息会告诉你有多少条会被截断。",
+        "skip_bad": "跳过格式有误的行并计数，而不是在第一处错误就停下。",
+        "trust_remote_code": "运行模型自带的代码。只对你信任的模型打开。",
+    },
+    "TrainConfig": {
+        "model": "基础模型：default（内置的 SmolLM2-135M-Instruct）、本地文件夹或 Hugging Face 模型名。",
+        "data": "处理好的数据集文件夹（在“数据”页或用 python -m core prepare 生成）。",
+        "out": "要新建的训练文件夹。",
+        "preset": "设置的起点：default（快，推荐）或 tutorial（原教程的配方）。",
+        "quantization": "以 4 位 NF4 量化加载基础模型（QLoRA），或不量化（none，普通 LoRA）。",
+        "double_quant": "对 4 位量化的缩放系数再量化一次，每个参数约省 0.4 位。",
+        "compute_dtype": "计算精度：auto（显卡支持时用 bf16，CPU 上用 fp32）、bfloat16、float16 或 float32。",
+        "trust_remote_code": "运行模型自带的代码。只对你信任的模型打开。",
+        "lora_r": "LoRA 秩：越大能学到的越多，显存占用也越多。",
+        "lora_alpha": "LoRA 缩放系数 alpha，更新量按 alpha / r 缩放。",
+        "lora_dropout": "LoRA 输入的 dropout，防止过拟合（0 到 0.5）。",
+        "target_modules": "加 LoRA 的层：default（模型常用的层，Llama 为 q_proj 和 v_proj）、all-linear，或用逗号分隔的层名。",
+        "learning_rate": "每次更新的步子有多大。不拼接时 LoRA 通常用 2e-4；默认预设用 3.4e-4，因为拼接后每次更新包含的 token 约多 1.7 倍。",
+        "lr_scheduler": "学习率在训练过程中如何变化。",
+        "warmup_ratio": "前多少比例的步数里，学习率从 0 逐渐升高。",
+        "batch_size": "每块显卡每一步处理的序列数。显存不够时调小它。",
+        "grad_accum": "累积多少步的梯度再更新一次：实际批大小 = 批大小 × 这个数。",
+        "max_steps": "更新多少次（0 = 改用轮数 epochs）。",
+        "epochs": "把数据完整过几遍，只在最大步数为 0 时使用。",
+        "max_seq_length": "最长序列（token 数），更长的数据会被截断。",
+        "packing": "把几条短数据拼进同一条序列（不用填充，每条数据仍只看到它自己）。",
+        "gradient_checkpointing": "反向传播时重算激活值：显存省很多，速度慢约 30%。",
+        "liger_kernels": "装有 liger-kernel 时使用 Liger 的融合 GPU 算子（RMSNorm、SwiGLU、RoPE）：更省显存、更快。仅限 GPU。",
+        "offload_activations": "把反向传播要用的激活值放在内存（CPU）里而不是显存里（仅限 GPU）：一次能放下更多行。拷贝与计算同时进行，并在需要之前提前取回。",
+        "loss_on": "只在回答部分计算损失（response），还是在全文上计算（all）。",
+        "optim": "优化器（transformers 支持的名字，例如 adamw_torch、paged_adamw_8bit）。",
+        "max_grad_norm": "梯度裁剪的范数上限（0 = 不裁剪）。",
+        "logging_steps": "每隔多少步记录一次指标。",
+        "save_steps": "每隔多少步保存一次检查点（0 = 只在最后保存）。",
+        "eval_steps": "每隔多少步计算一次评估损失（0 = 不计算；需要留出评估数据）。",
+        "seed": "随机种子：决定 LoRA 的初始权重和数据的顺序，相同的种子可以复现结果。",
+        "report_to": "同时记录到：none、wandb 或 tensorboard。",
+        "wandb_project": "wandb 项目名。",
+        "resume": "从这个训练文件夹里最近的完整检查点继续训练。",
+    },
+    "MergeConfig": {
+        "adapter": "训练得到的适配器文件夹（RUN/adapter）。",
+        "out": "写入合并后模型的文件夹（不能已经存在）。",
+        "base": "基础模型；留空 = 训练时用的模型。",
+        "dtype": "合并后权重的精度。",
+        "trust_remote_code": "运行模型自带的代码。只对你信任的模型打开。",
+    },
+    "GenerationConfig": {
+        "system": "系统提示词：给助手的长期指示。",
+        "temperature": "随机程度：0 表示总是选最可能的词。",
+        "top_p": "只从累计概率达到这个比例的候选词里抽样。",
+        "top_k": "只从最可能的这么多个词里抽样（0 = 不限制）。",
+        "repetition_penalty": "大于 1 时减少重复。",
+        "max_new_tokens": "回答最多多少个 token。",
+    },
 }
 
 # Field labels: the setting's name in words.
@@ -150,17 +168,19 @@ LABEL_ZH: dict[str, str] = {
 }
 
 
-def _help_en() -> dict[str, str]:
-    out = {}
-    for cls in (PrepareConfig, TrainConfig, MergeConfig, GenerationConfig):
-        out.update({f"help_{k}": v for k, v in cls.help().items()})
-    return out
+SETTINGS = (PrepareConfig, TrainConfig, MergeConfig, GenerationConfig)
+HELP_EN = {cls.__name__: cls.help() for cls in SETTINGS}
 
 
-I18N = gr.I18n(
-    en={**EN, **_help_en(), **{f"label_{k}": v for k, v in LABEL_EN.items()}},
-    zh={**ZH, **{f"help_{k}": v for k, v in HELP_ZH.items()}, **{f"label_{k}": v for k, v in LABEL_ZH.items()}},
-)
+def _flat(prefix: str, table: dict) -> dict[str, str]:
+    return {f"{prefix}_{cls}_{name}": text for cls, by_name in table.items() for name, text in by_name.items()}
+
+
+TABLES = {
+    "en": {**EN, **_flat("help", HELP_EN), **{f"label_{k}": v for k, v in LABEL_EN.items()}},
+    "zh": {**ZH, **_flat("help", HELP_ZH), **{f"label_{k}": v for k, v in LABEL_ZH.items()}},
+}
+I18N = gr.I18n(**TABLES)
 
 
 def t(key: str):
@@ -172,8 +192,9 @@ def label(name: str):
     return I18N(f"label_{name}")
 
 
-def help(name: str):
-    return I18N(f"help_{name}")
+def help(cls, name: str):
+    """The help of setting `name` of settings class `cls`."""
+    return I18N(f"help_{cls.__name__}_{name}")
 
 
 # ---- text made on the server -------------------------------------------------------------
@@ -193,6 +214,20 @@ SAY = {
         "no_run": "No run selected.", "loaded": "Loaded {what}.", "released": "Models unloaded; GPU memory freed.",
         "chat_released": "The chat model was unloaded so that training can use the GPU memory.",
         "no_gpu": "No GPU found: training runs on the CPU (fine for the small default model, slow for big ones).",
+        "reading": "Reading the file", "list_sep": ", ", "see_log": "see the log below",
+        "merge_check_ok": "Checked: the merged model gives the same answers as base + adapter "
+                          "(same most likely next token at {agree} of the probe; largest logit difference {diff}).",
+        "merge_check_failed": "NOT passed: the merged model does not answer like base + adapter "
+                              "(same most likely next token at {agree} of the probe; largest logit difference {diff}).",
+        "training_running": "Training is running: chatting now shares its memory.",
+        "progress_line": "<span>step {step} / {total}</span> · <span>elapsed {elapsed}</span> · "
+                         "<span>remaining {remaining}</span> · <span>{speed} tokens/s</span>",
+        "adapter_saved": "Adapter saved in <code>{path}</code>",
+        "no_gpu_found": "no GPU found", "monitor_unavailable": "monitor unavailable: {why}",
+        "counts": "Read {read} rows, {usable} usable, {kept} picked.",
+        "dropped": "Dropped {n} rows ({why}).",
+        "tokens_per_row": "Tokens per row: mean {mean}, median {p50}, p95 {p95}, longest {max}.",
+        "cut": "Longer than max sequence length {max} (would be cut): {rows} rows ({share}).",
     },
     "zh": {
         "state_starting": "正在启动", "state_running": "训练中", "state_stopping": "本步结束后停止",
@@ -209,6 +244,18 @@ SAY = {
         "no_run": "还没有选择训练记录。", "loaded": "已加载 {what}。", "released": "模型已卸载，显存已释放。",
         "chat_released": "为了让训练使用显存，已卸载对话模型。",
         "no_gpu": "没有检测到显卡：训练将在 CPU 上进行（小的默认模型没问题，大模型会很慢）。",
+        "reading": "正在读取文件", "list_sep": "，", "see_log": "见下面的日志",
+        "merge_check_ok": "已检查：合并后的模型与“基础模型 + 适配器”的回答一致（探测文本上 {agree} 的位置最可能的下一个词相同；最大 logit 差 {diff}）。",
+        "merge_check_failed": "未通过：合并后的模型与“基础模型 + 适配器”的回答不一致（探测文本上只有 {agree} 的位置最可能的下一个词相同；最大 logit 差 {diff}）。",
+        "training_running": "正在训练：现在对话会和训练共用显存。",
+        "progress_line": "<span>步数 {step} / {total}</span> · <span>已用 {elapsed}</span> · "
+                         "<span>剩余 {remaining}</span> · <span>{speed} tokens/s</span>",
+        "adapter_saved": "适配器已保存：<code>{path}</code>",
+        "no_gpu_found": "没有检测到显卡", "monitor_unavailable": "监控不可用：{why}",
+        "counts": "读取 {read} 行，可用 {usable} 行，选取 {kept} 行。",
+        "dropped": "丢弃 {n} 行（{why}）。",
+        "tokens_per_row": "每行 token 数：平均 {mean}，中位数 {p50}，p95 {p95}，最长 {max}。",
+        "cut": "超过最长序列 {max} 而会被截断的：{rows} 行（{share}）。",
     },
 }
 

@@ -11,6 +11,7 @@ import gradio as gr
 from core import jobs, models, paths, runs
 from core.config import MergeConfig
 from core.errors import UserError
+from ui.forms import warn, widget
 from ui.i18n import help, lang, say, t
 
 
@@ -64,37 +65,30 @@ def _size(nbytes: float) -> str:
 
 
 def result_text(job: jobs.Job, language: str) -> str:
-    """Where the model is, its size, and how closely it matches base + adapter."""
+    """Where the model is, its size, and whether it answers like base + adapter."""
     out = Path(job.folder)
     if not (out / "config.json").is_file():
-        cause = jobs._last_error(job.log) or "see the log below"
+        cause = runs.last_error(job.log) or say("see_log", language)
         return say("merge_failed", language, cause=cause)
     report = _report(job)
     size = report.get("size_bytes") or sum(p.stat().st_size for p in out.glob("*.safetensors"))
     lines = [say("merged", language, out=out, size=_size(size))]
     if report.get("max_abs_diff") is not None:
-        zh, ok = language == "zh", report.get("ok")
-        verdict = ("通过" if ok else "未通过") if zh else ("passed" if ok else "NOT passed")
-        extra = []
-        if report.get("tolerance") is not None:
-            extra.append(("容差 " if zh else "tolerance ") + f"{report['tolerance']}")
-        if report.get("top1_agreement") is not None:
-            extra.append(("最可能的下一个词一致率 " if zh else "same most likely next token ") + f"{report['top1_agreement']:.0%}")
-        lines.append(("与“基础模型 + 适配器”的输出对比：最大 logit 差 {d:.2e}（{x}），{v}。" if zh else
-                      "Logit check against base + adapter: largest difference {d:.2e} ({x}), {v}.").format(
-            d=report["max_abs_diff"], x=", ".join(extra) or "–", v=verdict))
+        key = "merge_check_ok" if report.get("ok") else "merge_check_failed"
+        lines.append(say(key, language, diff=f"{report['max_abs_diff']:.2e}",
+                         agree=f"{report.get('top1_agreement') or 0:.0%}"))
     if report.get("seconds") is not None:
         lines.append(f"{report.get('dtype', '')} · {report.get('device', '')} · {report['seconds']} s")
     return "\n\n".join(lines)
 
 
-def merge(run, base, out, dtype, request: gr.Request = None):
+def merge(request: gr.Request | None, run, base, out, dtype):
     """Start the merge child and report as it goes; the last update is the result."""
     language = lang(request)
     try:
         job = jobs.start_merge(config(run, base, out, dtype))
     except UserError as e:
-        yield f"⚠️ {e}", ""
+        yield warn(e), ""
         return
     while job.alive():
         tail = job.log_tail(12)
@@ -110,9 +104,9 @@ def build() -> dict:
     with gr.Row():
         with gr.Column():
             run = gr.Dropdown(finished_runs(), label=t("run"), allow_custom_value=True)
-            base = gr.Textbox(label=t("base"), info=help("base"))
+            base = gr.Textbox(label=t("base"), info=help(MergeConfig, "base"))
             out = gr.Textbox(label=t("out"))
-            dtype = gr.Radio(["float16", "bfloat16", "float32"], value="float16", label=t("dtype"), info=help("dtype"))
+            dtype = widget(MergeConfig, "dtype")
             go = gr.Button(t("merge_btn"), variant="primary")
         with gr.Column():
             result = gr.Markdown(label=t("merge_result"))

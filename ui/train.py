@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from html import escape
 from dataclasses import fields
 from pathlib import Path
 
@@ -11,8 +12,10 @@ import pandas as pd
 
 from core import jobs, models, paths, runs
 from core.config import PRESETS, TrainConfig
+from core.config import preset as preset_config
 from core.errors import UserError
-from ui.i18n import help, label, lang, say, t
+from ui.forms import warn, widget
+from ui.i18n import help, lang, say, t
 
 HIDDEN = ("model", "data", "out", "preset", "resume")
 BASIC = ("max_steps", "learning_rate", "batch_size", "grad_accum", "max_seq_length",
@@ -21,26 +24,11 @@ ADVANCED = tuple(f.name for f in fields(TrainConfig) if f.name not in HIDDEN + B
 SETTINGS = BASIC + ADVANCED
 
 
-def _widget(name: str, value):
-    f = next(f for f in fields(TrainConfig) if f.name == name)
-    kind = f.type if isinstance(f.type, str) else f.type.__name__
-    kw = dict(label=label(name), info=help(name), value=value)
-    if kind.startswith("bool"):
-        return gr.Checkbox(**kw)
-    if f.metadata.get("choices"):
-        return gr.Dropdown(list(f.metadata["choices"]), **kw)
-    if kind.startswith("int"):
-        return gr.Number(precision=0, minimum=0, **kw)
-    if kind.startswith("float"):
-        return gr.Number(minimum=0, **kw)
-    return gr.Textbox(**kw)
-
-
 def config(model, data, preset, name, *values) -> TrainConfig:
     """The tab's widgets as one TrainConfig (the only place that conversion happens)."""
     out = str(paths.child(paths.runs(), name, "run name")) if name and name.strip() else ""
     data = str(paths.readable(data, "dataset")) if data else ""
-    return TrainConfig.from_dict({**dict(zip(SETTINGS, values)), "model": paths.model_spec(model),
+    return TrainConfig.from_dict({**dict(zip(SETTINGS, values, strict=True)), "model": paths.model_spec(model),
                                   "data": data, "preset": preset, "out": out})
 
 
@@ -64,7 +52,7 @@ PLAN = ("batch_size", "grad_accum", "max_seq_length", "packing", "max_steps", "e
 MANY_PASSES = 10
 
 
-def plan_text(data, *values, request: gr.Request = None) -> str:
+def plan_text(request: gr.Request | None, data, *values) -> str:
     """What the settings mean for the chosen dataset: updates, passes over it, tokens an update."""
     from core.data import plan
 
@@ -81,21 +69,21 @@ def plan_text(data, *values, request: gr.Request = None) -> str:
     language = lang(request)
     text = say("plan", language, updates=f"{info['updates']:,}", passes=f"{info['passes']:g}",
                tokens=f"{info['tokens_per_update']:,}", rows=f"{info['rows_per_update']:g}")
-    return text + ("  \n⚠️ " + say("plan_many", language) if info["passes"] > MANY_PASSES else "")
+    return text + ("  \n" + warn(say("plan_many", language)) if info["passes"] > MANY_PASSES else "")
 
 
-def start(model, data, preset, name, wandb_key, *values, request: gr.Request = None):
+def start(request: gr.Request | None, model, data, preset, name, wandb_key, *values):
     """Validate the form and start the training child; problems are shown next to the form."""
     language = lang(request)
     try:
         cfg = config(model, data, preset, name, *values)
         problems = cfg.replace(out=cfg.out or "auto").validate()
         if problems:
-            return "⚠️ " + "  \n⚠️ ".join(problems), gr.update()
+            return warn(*problems), gr.update()
         env = {"WANDB_API_KEY": wandb_key.strip()} if wandb_key and wandb_key.strip() else None
         job = jobs.start_train(cfg, env=env)
     except UserError as e:
-        return f"⚠️ {e}", gr.update()
+        return warn(e), gr.update()
     return say("started", language, run=Path(job.folder).name), gr.update(choices=run_choices(), value=job.folder)
 
 
@@ -115,7 +103,7 @@ def resume(viewed, wandb_key, request: gr.Request = None):
         env = {"WANDB_API_KEY": wandb_key.strip()} if wandb_key and wandb_key.strip() else None
         job = jobs.resume(paths.inside(viewed, paths.runs(), "run"), env=env)
     except UserError as e:
-        return f"⚠️ {e}", gr.update()
+        return warn(e), gr.update()
     return say("resumed", lang(request), run=Path(job.folder).name), gr.update(choices=run_choices(), value=job.folder)
 
 
@@ -140,46 +128,46 @@ def _clock(seconds) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def progress_html(run: str, language: str = "en") -> str:
+def progress_html(run: str, language: str = "en", metrics: list[dict] | None = None) -> str:
     """Step x / y with a bar, elapsed and remaining time, tokens per second, and any failure in words."""
     if not run:
         return f"<p>{say('state_unknown', language)}</p>"
     status = runs.read_status(run)
-    metrics = runs.read_metrics(run)
+    metrics = runs.read_metrics(run) if metrics is None else metrics
     last = metrics[-1] if metrics else {}
     state = status["state"]
     step = status.get("step") or last.get("step", 0)
-    total = status.get("max_steps") or last.get("max_steps") or runs._read_json(Path(run) / "config.json").get("max_steps", 0)
+    total = status.get("max_steps") or last.get("max_steps") or runs.read_config(run).get("max_steps", 0)
     pct = 100 * step / total if total else 0
     elapsed = last.get("elapsed")
     if status.get("started"):  # the wall clock since start, so it keeps moving between logging steps
         elapsed = (status.get("ended") or time.time()) - status["started"]
-    zh = language == "zh"
+    remaining = _clock(last.get("remaining")) if state in runs.LIVE else "–"
     parts = [f"<div class='qs-progress'><span class='qs-state qs-{state}'>{say('state_' + state, language)}</span> "
-             f"<b>{Path(run).name}</b>",
+             f"<b>{escape(Path(run).name)}</b>",
              f"<div class='qs-bar'><div style='width:{pct:.1f}%'></div></div>",
-             f"<span>{'步数' if zh else 'step'} {step} / {total or '?'}</span> · "
-             f"<span>{'已用' if zh else 'elapsed'} {_clock(elapsed)}</span> · "
-             f"<span>{'剩余' if zh else 'remaining'} {_clock(last.get('remaining')) if state in runs.LIVE else '–'}</span> · "
-             f"<span>{last.get('tokens_per_second', 0) or 0:.0f} tokens/s</span>"]
+             say("progress_line", language, step=step, total=total or "?", elapsed=_clock(elapsed), remaining=remaining,
+                 speed=f"{last.get('tokens_per_second', 0) or 0:.0f}")]
     if last.get("loss") is not None:
         parts.append(f" · <span>loss {last['loss']:.4f}</span>")
     if status.get("mode"):  # what the engine chose: 4-bit QLoRA on a GPU, or plain LoRA without one
         where = (status.get("device") or "").removeprefix("cuda:0 ")
-        parts.append(f"<p class='qs-mode'>{status['mode']}{' · ' + where if where else ''}</p>")
+        parts.append(f"<p class='qs-mode'>{escape(status['mode'])}{' · ' + escape(where) if where else ''}</p>")
     if state == "failed":
-        parts.append(f"<p class='qs-error'>{status.get('error') or ''}</p>")
+        parts.append(f"<p class='qs-error'>{escape(status.get('error') or '')}</p>")
         if status.get("hint"):
-            parts.append(f"<p>👉 {status['hint']}</p>")
+            parts.append(f"<p>👉 {escape(status['hint'])}</p>")
     if state in ("finished", "stopped") and status.get("adapter"):
-        parts.append(f"<p>{'适配器已保存：' if zh else 'Adapter saved in '}<code>{status['adapter']}</code></p>")
+        parts.append(f"<p>{say('adapter_saved', language, path=escape(status['adapter']))}</p>")
     return "".join(parts) + "</div>"
 
 
-def loss_frame(run: str) -> pd.DataFrame:
+def loss_frame(run: str, metrics: list[dict] | None = None) -> pd.DataFrame:
     """Training and eval loss against step, from the start of the run."""
     rows = []
-    for m in runs.read_metrics(run) if run else []:
+    if metrics is None:
+        metrics = runs.read_metrics(run) if run else []
+    for m in metrics:
         if m.get("loss") is not None:
             rows.append({"step": m.get("step", 0), "loss": m["loss"], "series": "train"})
         if m.get("eval_loss") is not None:
@@ -193,21 +181,22 @@ def loss_frame(run: str) -> pd.DataFrame:
     return pd.DataFrame(rows).astype({"step": "int64", "loss": "float64", "series": "string"})
 
 
-def gpu_markdown() -> str:
+def gpu_markdown(request: gr.Request = None) -> str:
     """Utilisation, memory, temperature and power of each GPU, then CPU and RAM."""
+    language = lang(request)
     try:
         from core import monitor
 
         snap = monitor.snapshot()
     except Exception as e:  # the monitor must never take the panel down
-        return f"monitor unavailable: {e}"
+        return say("monitor_unavailable", language, why=escape(str(e)))
     lines = []
     for g in snap.get("gpus", []):
         lines.append(f"**GPU {g['index']} · {g['name']}** — {g.get('util_percent', 0):.0f}% · "
                      f"{g.get('memory_used_gb', 0):.1f} / {g.get('memory_total_gb', 0):.1f} GB · "
                      f"{g.get('temperature_c') or '–'} °C · {g.get('power_w') or '–'} W")
     if not snap.get("gpus"):
-        lines.append(f"_{snap.get('gpu_note') or 'no GPU'}_")
+        lines.append(f"_{say('no_gpu_found', language)}_")
     lines.append(f"CPU {snap.get('cpu_percent', 0):.0f}% · RAM {snap.get('ram_used_gb', 0):.1f} / {snap.get('ram_total_gb', 0):.1f} GB")
     return "  \n".join(lines)
 
@@ -215,35 +204,36 @@ def gpu_markdown() -> str:
 def poll(viewed, request: gr.Request = None):
     """Everything the live view shows, for the shown run."""
     run = shown_run(viewed)
-    return progress_html(run, lang(request)), loss_frame(run), runs.log_tail(run, 8) if run else ""
+    metrics = runs.read_metrics(run) if run else []  # once a tick, for both views
+    return progress_html(run, lang(request), metrics), loss_frame(run, metrics), runs.log_tail(run, 8) if run else ""
 
 
 def build() -> dict:
     """The Train tab's widgets."""
     gr.Markdown(t("train_intro"))
-    defaults = TrainConfig(**{k: v for k, v in PRESETS["default"].items()}, preset="default")
+    defaults = preset_config("default")
     with gr.Row():
         with gr.Column(scale=2):
             with gr.Row():
-                model = gr.Dropdown(models.available(), value="default", label=t("model"), info=help("model"), allow_custom_value=True)
-                data = gr.Dropdown(datasets(), label=t("dataset"), info=help("data"), allow_custom_value=True)
+                model = gr.Dropdown(models.available(), value="default", label=t("model"), info=help(TrainConfig, "model"), allow_custom_value=True)
+                data = gr.Dropdown(datasets(), label=t("dataset"), info=help(TrainConfig, "data"), allow_custom_value=True)
             with gr.Row():
-                preset = gr.Radio(list(PRESETS), value="default", label=t("preset"), info=help("preset"))
+                preset = gr.Radio(list(PRESETS), value="default", label=t("preset"), info=help(TrainConfig, "preset"))
                 name = gr.Textbox("", label=t("run_name"))
             widgets = {}
             with gr.Group():
                 with gr.Row():
                     for n in BASIC[:5]:
-                        widgets[n] = _widget(n, getattr(defaults, n))
+                        widgets[n] = widget(TrainConfig, n, getattr(defaults, n))
                 with gr.Row():
                     for n in BASIC[5:]:
-                        widgets[n] = _widget(n, getattr(defaults, n))
+                        widgets[n] = widget(TrainConfig, n, getattr(defaults, n))
             plan = gr.Markdown()
             with gr.Accordion(t("advanced"), open=False):
                 for i in range(0, len(ADVANCED), 4):
                     with gr.Row():
                         for n in ADVANCED[i:i + 4]:
-                            widgets[n] = _widget(n, getattr(defaults, n))
+                            widgets[n] = widget(TrainConfig, n, getattr(defaults, n))
                 wandb_key = gr.Textbox("", label=t("wandb_key"), type="password")
             problems = gr.Markdown()
             with gr.Row():

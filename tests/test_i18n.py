@@ -1,0 +1,46 @@
+"""Every piece of panel text in both languages, and each tab's help taken from its own settings class."""
+
+from __future__ import annotations
+
+import re
+import string
+
+import pytest
+
+from ui.i18n import SAY, TABLES
+
+
+NAMES = {"label_lora_alpha", "label_lora_dropout", "label_top_p", "label_top_k", "list_sep"}
+
+
+def _placeholders(text: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(text) if name}
+
+
+@pytest.mark.parametrize("tables", [TABLES, SAY], ids=["static", "server"])
+def test_every_key_exists_in_chinese_and_english_with_the_same_blanks(tables):
+    assert set(tables["en"]) == set(tables["zh"])
+    for key, english in tables["en"].items():
+        assert _placeholders(english) == _placeholders(tables["zh"][key]), key
+        # Chinese text says something in Chinese, apart from a few names that stay as they are.
+        assert re.search("[\u4e00-\u9fff]", tables["zh"][key]) or key in NAMES, key
+
+
+def test_each_tab_shows_the_help_of_its_own_settings():
+    from ui import layout
+
+    demo = layout.build()
+    help_keys: dict[str, set[str]] = {}
+    for block in demo.blocks.values():
+        info = getattr(block, "info", None)
+        key = getattr(info, "key", None)
+        if key and key.startswith("help_"):
+            cls, name = key.removeprefix("help_").split("_", 1)
+            help_keys.setdefault(name, set()).add(cls)
+            assert key in TABLES["en"] and key in TABLES["zh"], key
+    # The Data tab counts tokens with a model and shows length statistics; the Train tab trains it:
+    # each shows its own words for these two.
+    assert help_keys["model"] == {"PrepareConfig", "TrainConfig"}
+    assert help_keys["max_seq_length"] == {"PrepareConfig", "TrainConfig"}
+    assert "GenerationConfig" in help_keys["temperature"] and "MergeConfig" in help_keys["dtype"]
+    assert TABLES["zh"]["help_PrepareConfig_model"] != TABLES["zh"]["help_TrainConfig_model"]

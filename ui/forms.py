@@ -1,0 +1,59 @@
+"""Widgets made from the settings classes, and how a problem is shown next to a form.
+
+Every tab builds its setting widgets here, so a widget's label, help, default and choices come
+from the one dataclass field that the engine validates; the tabs only say where it goes.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import MISSING, fields
+
+import gradio as gr
+
+from ui.i18n import help, label
+
+WARN = "⚠️ "
+
+
+def field(cls, name: str):
+    """The dataclass field `name` of settings class `cls` (KeyError if there is none)."""
+    for f in fields(cls):
+        if f.name == name:
+            return f
+    raise KeyError(f"{cls.__name__} has no setting {name!r}")
+
+
+def default(cls, name: str):
+    f = field(cls, name)
+    return f.default if f.default is not MISSING else f.default_factory()
+
+
+def widget(cls, name: str, value=MISSING, *, slider: tuple[float, float, float] | None = None,
+           options: list | None = None, **kw):
+    """The widget for setting `name` of `cls`: its label, help, default and choices from the class.
+
+    `slider=(minimum, maximum, step)` draws a number as a slider; `options` offers suggestions for a
+    free text setting; other keywords go to the component.
+    """
+    f = field(cls, name)
+    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    kw = dict(label=label(name), info=help(cls, name), value=default(cls, name) if value is MISSING else value, **kw)
+    if kind.startswith("bool"):
+        return gr.Checkbox(**kw)
+    if f.metadata.get("choices"):
+        return gr.Dropdown(list(f.metadata["choices"]), **kw)
+    if options is not None:
+        return gr.Dropdown(options, allow_custom_value=True, **kw)
+    if slider is not None:
+        return gr.Slider(slider[0], slider[1], step=slider[2], **kw)
+    if kind.startswith("int"):
+        return gr.Number(precision=0, **{"minimum": 0, **kw})
+    if kind.startswith("float"):
+        return gr.Number(**{"minimum": 0, **kw})
+    return gr.Textbox(**kw)
+
+
+def warn(*problems) -> str:
+    """Problems (UserErrors or text) as the page shows them: one line each, marked, HTML-escaped."""
+    return "  \n".join(WARN + html.escape(str(p)) for p in problems)
