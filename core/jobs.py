@@ -5,7 +5,8 @@ closing the browser or restarting the panel never kills it. A small record
 (workspace/job.json) lets a restarted panel find it again. One GPU job runs at a time.
 
 When a training child dies without writing a final state (the kernel's OOM killer, a
-segfault) the watcher writes state "failed" with the cause in words.
+segfault, a stop while it was still starting) the watcher writes the final state, with the
+cause in words (core.status decides the words).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from core import gpus, paths, runs
+from core import gpus, paths, runs, status
 from core.config import MergeConfig, TrainConfig
 from core.errors import UserError
 
@@ -44,18 +45,19 @@ class Job:
     started: float
     argv: list[str]
     log: str = ""
+    oom_kills: int | None = None  # the cgroup's OOM-kill count when the job started
     proc: subprocess.Popen | None = field(default=None, repr=False, compare=False)
 
     def alive(self) -> bool:
         """True while the child process is running."""
         if self.proc is not None:
             return self.proc.poll() is None
-        return runs._pid_alive(self.pid) and _same_process(self)
+        return status.pid_alive(self.pid) and _same_process(self)
 
     def state(self) -> str:
         """The job's state: the run's status.json for training, running/finished/failed for a merge."""
         if self.kind == "train":
-            return runs.read_status(self.folder)["state"]
+            return status.read(self.folder)["state"]
         if self.alive():
             return "running"
         return "finished" if (Path(self.folder) / "config.json").is_file() else "failed"
@@ -65,7 +67,10 @@ class Job:
         return runs.log_tail(self.log, n)
 
     def record(self) -> dict:
-        return {k: getattr(self, k) for k in ("kind", "pid", "folder", "started", "argv", "log")}
+        return {k: getattr(self, k) for k in RECORD}
+
+
+RECORD = ("kind", "pid", "folder", "started", "argv", "log", "oom_kills")
 
 
 def _same_process(job: Job) -> bool:
@@ -94,31 +99,6 @@ def _unique(folder: Path) -> Path:
     return out
 
 
-def _write_json(path: Path, data: dict) -> None:
-    # Write-then-rename: a reader never sees half a file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def death_cause(code: int | None) -> tuple[str, str]:
-    """(cause, hint) in words for a child that ended without writing a final state."""
-    if code is None:
-        return ("the training process ended without saying why",
-                "look at the end of the log; press Resume to continue from the last checkpoint")
-    if code < 0:
-        sig = -code
-        if sig == signal.SIGKILL:
-            return (f"the training process was killed (signal {sig}), most likely out of system memory",
-                    "lower batch size or max sequence length, close other programs, then press Resume")
-        if sig == signal.SIGSEGV:
-            return (f"the training process crashed (signal {sig}, segmentation fault)",
-                    "look at the end of the log; updating the GPU driver or bitsandbytes often helps")
-        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
-        return (f"the training process was ended by signal {sig} ({name})", "press Resume to continue from the last checkpoint")
-    return (f"the training process ended with exit code {code}", "look at the end of the log for the reason")
-
-
 class JobManager:
     """Starts, stops and watches the one job of a workspace; a new manager reattaches to it."""
 
@@ -133,7 +113,7 @@ class JobManager:
         """The job still running (started by this panel or an earlier one), or None."""
         try:
             rec = json.loads(_job_file().read_text(encoding="utf-8"))
-            job = Job(**{k: rec[k] for k in ("kind", "pid", "folder", "started", "argv", "log") if k in rec})
+            job = Job(**{k: rec[k] for k in RECORD if k in rec})
         except (OSError, ValueError, TypeError, KeyError):
             return None
         mine = getattr(self, "_mine", None)
@@ -165,10 +145,12 @@ class JobManager:
             run.mkdir(parents=True, exist_ok=True)
             cfg = cfg.replace(out=str(run))
             cfg.save(run / "config.json")
-            _write_json(run / "status.json", {
-                "state": "starting", "pid": None, "started": time.time(), "ended": None, "step": 0,
-                "max_steps": cfg.max_steps, "device": None, "mode": None, "error": None, "hint": None, "adapter": None,
-            })
+            status.clear_stop(run)
+            # A resumed run keeps its step and adapter on the page until the child says more.
+            earlier = status.read_json(run / status.FILE) if cfg.resume else {}
+            status.write_json(run / status.FILE, {
+                **status.FIELDS, "step": earlier.get("step", 0), "adapter": earlier.get("adapter"),
+                "max_steps": earlier.get("max_steps") or cfg.max_steps, "state": "starting", "started": time.time()})
             argv = ["train", "--config", str(run / "config.json"), "--out", str(run)]
             if cfg.resume:
                 argv.append("--resume")
@@ -177,7 +159,7 @@ class JobManager:
     def resume(self, run: str | Path, env: dict | None = None) -> Job:
         """Restart a stopped or failed run from its last checkpoint."""
         run = Path(run)
-        state = runs.read_status(run)["state"]
+        state = status.read(run)["state"]
         if state not in ("stopped", "failed"):
             raise UserError(f"resume: run {run.name} is {state}; only a stopped or failed run can be resumed")
         cfg = TrainConfig.load(run / "config.json").replace(resume=True, out=str(run))
@@ -208,7 +190,7 @@ class JobManager:
         job = self.current()
         if job is None:
             return
-        if job.kind == "train" and job.state() in runs.FINAL:
+        if job.kind == "train" and job.state() in status.FINAL:
             # It has said its last word and is only exiting (freeing the GPU): give it a moment.
             deadline = time.time() + 20
             while job.alive() and time.time() < deadline:
@@ -227,13 +209,13 @@ class JobManager:
                 [*self.command, *argv], cwd=ROOT, env=full_env, stdin=subprocess.DEVNULL,
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
-        job = Job(kind, proc.pid, str(folder), time.time(), [*self.command, *argv], str(log), proc)
+        job = Job(kind, proc.pid, str(folder), time.time(), [*self.command, *argv], str(log), status.oom_kills(), proc)
         self._mine = job
-        _write_json(_job_file(), job.record())
+        status.write_json(_job_file(), job.record())
         if kind == "train":  # a pid in status.json lets any reader tell a vanished run from a live one
-            status = runs._read_json(folder / "status.json")
-            if status.get("state") == "starting" and not status.get("pid"):
-                _write_json(folder / "status.json", {**status, "pid": proc.pid})
+            now = status.read_json(folder / status.FILE)
+            if now.get("state") == "starting" and not now.get("pid"):
+                status.write_json(folder / status.FILE, {**now, "pid": proc.pid})
         self._watch(job)
         return job
 
@@ -253,17 +235,23 @@ class JobManager:
             code = None
         if job.kind != "train":
             return
-        status_path = Path(job.folder) / "status.json"
-        status = runs._read_json(status_path)
-        if status.get("state") in runs.FINAL:
+        try:
+            self._final_word(job, code)
+        except Exception as e:  # a full disk, say: the reader's fallback still shows the run as ended
+            print(f"supervisor: could not write the final state of {job.folder}: {e}", file=sys.stderr, flush=True)
+
+    def _final_word(self, job: Job, code: int | None) -> None:
+        """Write the final state of a run whose child ended without writing one itself."""
+        path = Path(job.folder) / status.FILE
+        now = status.read_json(path)
+        if now.get("state") in status.FINAL:
             return
-        cause, hint = death_cause(code)
-        if code is not None and code > 0:
-            cause = runs.last_error(job.log) or cause
-            hint = hint if cause.startswith("the training") else "fix the setting named above, then start again"
-        status.update(state="failed", ended=time.time(), error=cause, hint=hint)
-        status.setdefault("pid", job.pid)
-        _write_json(status_path, status)
+        stopping = status.stop_requested(job.folder)
+        oom = job.oom_kills is not None and (status.oom_kills() or 0) > job.oom_kills
+        error, hint = status.ended(code, job.log, stopping, out_of_memory=oom)
+        now.update(state="stopped" if stopping else "failed", ended=time.time(), error=error, hint=hint)
+        now.setdefault("pid", job.pid)
+        status.write_json(path, now)
 
     # ---- stopping ----------------------------------------------------------------------
     def stop(self, job: Job | None = None, grace: float = 120.0) -> Job | None:
@@ -271,6 +259,8 @@ class JobManager:
         job = job or self.current()
         if job is None or not job.alive():
             return None
+        if job.kind == "train":  # read by the child between steps and while it starts
+            status.request_stop(job.folder)
         threading.Thread(target=self._escalate, args=(job, grace), name=f"stop-{job.pid}", daemon=True).start()
         return job
 

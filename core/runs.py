@@ -1,7 +1,8 @@
-"""Reading run folders: status, metrics and a one-line summary of every run.
+"""Reading run folders: config, metrics, logs and a one-line summary of every run.
 
-The training child writes RUN/status.json, RUN/metrics.jsonl and RUN/train.log; everything
-here only reads them, so the panel, the command line and tests all see the same thing.
+The training child writes RUN/config.json, RUN/metrics.jsonl and RUN/train.log (and its
+status.json through core.status); everything here only reads them, so the panel, the command
+line and tests all see the same thing.
 """
 
 from __future__ import annotations
@@ -11,67 +12,12 @@ import os
 import re
 from pathlib import Path
 
-from core import paths
-
-FINAL = ("finished", "stopped", "failed")
-LIVE = ("starting", "running", "stopping")
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        # Missing, or caught half-written by the child: the next poll will see it whole.
-        return {}
-
-
-def _pid_alive(pid) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError, TypeError):
-        return True
-    try:  # a zombie (our own child not yet reaped) is gone for every practical purpose
-        with open(f"/proc/{int(pid)}/stat") as f:
-            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
-def read_status(run: str | Path) -> dict:
-    """RUN/status.json, with a run whose process vanished without a final word shown as failed."""
-    status = {"state": "unknown", "step": 0, "max_steps": 0, "error": None, "hint": None, "adapter": None}
-    status.update(_read_json(Path(run) / "status.json"))
-    if status["state"] in LIVE and status.get("pid") and not _pid_alive(status["pid"]):
-        # Gone without a final word; its own last error line is the best cause (the supervisor
-        # writes the same into status.json a moment later, or never if the panel was closed).
-        cause = last_error(Path(run) / "train.log")
-        status["state"] = "failed"
-        status["error"] = status.get("error") or cause or \
-            "the training process is gone without saying why (the machine restarted or the process was killed)"
-        status["hint"] = status.get("hint") or ("fix the setting named above, then start again" if cause else
-                                                "press Resume to continue from the last checkpoint")
-    return status
-
-
-def last_error(log: str | Path) -> str | None:
-    """The one-line 'error: ...' a core command prints for a UserError, or the last exception line."""
-    lines = [line.strip() for line in log_tail(log, 200).splitlines() if line.strip()]
-    for line in reversed(lines):
-        if line.startswith("error: "):
-            return line[len("error: "):]
-    for line in reversed(lines):
-        if "Error:" in line or "Exception:" in line:
-            return line[:300]
-    return None
+from core import paths, status
 
 
 def read_config(run: str | Path) -> dict:
     """RUN/config.json as a dict ({} if missing or damaged)."""
-    return _read_json(Path(run) / "config.json")
+    return status.read_json(Path(run) / "config.json")
 
 
 def read_metrics(run: str | Path) -> list[dict]:
@@ -103,16 +49,16 @@ def summary(run: str | Path) -> dict:
     """What the runs list shows for one run: state, model, data, key settings, final loss."""
     run = Path(run)
     cfg = read_config(run)
-    status = read_status(run)
+    state = status.read(run)
     metrics = read_metrics(run)
     adapter = run / "adapter"
-    created = status.get("started") or (run.stat().st_mtime if run.exists() else None)
+    created = state.get("started") or (run.stat().st_mtime if run.exists() else None)
     return {
         "folder": str(run),
         "name": run.name,
-        "state": status["state"],
-        "step": status.get("step") or (metrics[-1].get("step", 0) if metrics else 0),
-        "max_steps": status.get("max_steps") or cfg.get("max_steps", 0),
+        "state": state["state"],
+        "step": state.get("step") or (metrics[-1].get("step", 0) if metrics else 0),
+        "max_steps": state.get("max_steps") or cfg.get("max_steps", 0),
         "model": cfg.get("model", ""),
         "data": Path(cfg.get("data", "")).name,
         "preset": cfg.get("preset", ""),
@@ -122,8 +68,8 @@ def summary(run: str | Path) -> dict:
         "batch": cfg.get("batch_size"),
         "final_loss": final_loss(metrics),
         "created": created,
-        "error": status.get("error"),
-        "hint": status.get("hint"),
+        "error": state.get("error"),
+        "hint": state.get("hint"),
         "adapter": str(adapter) if (adapter / "adapter_config.json").is_file() else None,
     }
 

@@ -1,7 +1,8 @@
 """A stand-in for `python -m core train` that follows the run-folder protocol, for supervisor tests.
 
 FAKE_MODE picks the behaviour: ok (finishes), crash (SIGKILLs itself mid-run, no final state),
-error (a UserError-style exit 2), deaf (ignores SIGINT, only SIGTERM stops it).
+error (a UserError-style exit 2), deaf (ignores SIGINT, only SIGTERM stops it), slow_start
+(dies of a stop signal before it has written anything).
 FAKE_STEPS and FAKE_STEP_S set the length.
 """
 
@@ -34,6 +35,8 @@ def on_signal(sig, frame):
     write_status(state="stopping")
 
 
+if mode == "slow_start":  # killed by the first SIGINT, as a real child is while it still imports
+    time.sleep(30)
 signal.signal(signal.SIGTERM, on_signal)
 signal.signal(signal.SIGINT, signal.SIG_IGN if mode == "deaf" else on_signal)
 

@@ -155,9 +155,9 @@ def test_validation_messages_are_shown_next_to_the_form(app, dataset):
 
 
 def test_train_streams_metrics_then_finishes(finished_run):
-    from core import runs
+    from core import runs, status
 
-    assert runs.read_status(finished_run)["state"] == "finished"
+    assert status.read(finished_run)["state"] == "finished"
     assert len(runs.read_metrics(finished_run)) == 3
 
 

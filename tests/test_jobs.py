@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from core import jobs, runs
+from core import jobs, runs, status
 from core.config import TrainConfig
 from core.errors import UserError
 
@@ -67,11 +67,11 @@ def test_stop_waits_for_the_step_and_keeps_the_adapter(home, monkeypatch):
     monkeypatch.setenv("FAKE_STEPS", "50")
     m = manager()
     job = m.start_train(cfg(home))
-    wait_for(lambda: runs.read_status(job.folder)["step"] >= 1)
+    wait_for(lambda: status.read(job.folder)["step"] >= 1)
     m.stop(job, grace=10)
     wait_for(lambda: not job.alive())
-    status = runs.read_status(job.folder)
-    assert status["state"] == "stopped" and status["step"] < 50
+    final = status.read(job.folder)
+    assert final["state"] == "stopped" and final["step"] < 50
     assert (Path(job.folder) / "adapter" / "adapter_config.json").is_file()
 
 
@@ -80,27 +80,26 @@ def test_a_child_deaf_to_sigint_gets_sigterm(home, monkeypatch):
     monkeypatch.setenv("FAKE_STEPS", "50")
     m = manager()
     job = m.start_train(cfg(home))
-    wait_for(lambda: runs.read_status(job.folder)["step"] >= 1)
+    wait_for(lambda: status.read(job.folder)["step"] >= 1)
     m.stop(job, grace=1.0)
     time.sleep(0.6)
     assert job.alive(), "SIGINT ignored: the child must be given its grace period"
     wait_for(lambda: not job.alive())
-    assert runs.read_status(job.folder)["state"] == "stopped"
+    assert status.read(job.folder)["state"] == "stopped"
 
 
 def test_crash_without_final_state_becomes_failed_with_a_cause(home, monkeypatch):
     monkeypatch.setenv("FAKE_MODE", "crash")
     job = manager().start_train(cfg(home))
-    status = wait_for(lambda: (s := runs.read_status(job.folder))["state"] == "failed" and s)
-    assert "killed (signal 9), most likely out of system memory" in status["error"]
-    assert status["hint"]
+    final = wait_for(lambda: (s := status.read(job.folder))["state"] == "failed" and s)
+    assert final["error"] == "killed by signal 9 (SIGKILL)" and "Resume" in final["hint"]
 
 
 def test_user_error_in_child_is_the_failure_cause(home, monkeypatch):
     monkeypatch.setenv("FAKE_MODE", "error")
     job = manager().start_train(cfg(home, model="/nope"))
-    status = wait_for(lambda: (s := runs.read_status(job.folder))["state"] == "failed" and s)
-    assert status["error"] == "model: folder /nope not found"
+    final = wait_for(lambda: (s := status.read(job.folder))["state"] == "failed" and s)
+    assert final["error"] == "model: folder /nope not found"
 
 
 def test_restarted_manager_reattaches_and_resume_continues(home, monkeypatch):
@@ -112,11 +111,11 @@ def test_restarted_manager_reattaches_and_resume_continues(home, monkeypatch):
     assert found is not None and found.pid == job.pid and found.folder == job.folder
     with pytest.raises(UserError, match="already going"):
         again.start_train(cfg(home))
-    wait_for(lambda: runs.read_status(job.folder)["step"] >= 2)
+    wait_for(lambda: status.read(job.folder)["step"] >= 2)
     again.stop(found, grace=10)
     wait_for(lambda: not job.alive())
     assert again.current() is None
-    assert runs.read_status(job.folder)["state"] == "stopped"
+    assert status.read(job.folder)["state"] == "stopped"
     resumed = again.resume(job.folder)
     assert resumed.folder == job.folder
     wait_for(lambda: resumed.state() == "finished")
@@ -138,3 +137,30 @@ def test_chat_model_is_released_before_training_starts(home, monkeypatch):
     job = m.start_train(cfg(home))
     assert released == [True]
     wait_for(lambda: not job.alive())
+
+
+def test_stop_before_the_child_could_say_anything_ends_as_stopped(home, monkeypatch):
+    # A child that dies of the stop signal while still starting (no handler installed yet).
+    monkeypatch.setenv("FAKE_MODE", "slow_start")
+    m = manager()
+    job = m.start_train(cfg(home))
+    m.stop(job, grace=5)
+    final = wait_for(lambda: (s := status.read(job.folder))["state"] in status.FINAL and s)
+    assert final["state"] == "stopped" and final["error"] is None
+    assert "nothing to keep" in final["hint"]
+
+
+def test_the_supervisor_survives_a_status_it_cannot_write(home, monkeypatch, capsys):
+    monkeypatch.setenv("FAKE_MODE", "crash")
+    m = manager()
+
+    def full_disk(path, data):
+        raise OSError(28, "No space left on device")
+
+    job = m.start_train(cfg(home))
+    monkeypatch.setattr(status, "write_json", full_disk)
+    wait_for(lambda: not job.alive())
+    time.sleep(0.5)
+    # The final word could not be written; the reader still tells a vanished run from a live one.
+    assert status.read(job.folder)["state"] == "failed"
+    assert "supervisor: could not write the final state" in capsys.readouterr().err

@@ -38,7 +38,7 @@ def test_command_line_run_trains_on_one_of_several_gpus(small_random_model):  # 
 
 
 def test_panel_job_sees_one_gpu_and_the_monitor_sees_all(small_random_model, monkeypatch):  # noqa: F811
-    from core import jobs, monitor, runs
+    from core import jobs, monitor, status
     from core.config import preset
 
     model, data = small_random_model
@@ -49,6 +49,6 @@ def test_panel_job_sees_one_gpu_and_the_monitor_sees_all(small_random_model, mon
     end = time.time() + 600
     while job.alive() and time.time() < end:
         time.sleep(1)
-    status = runs.read_status(job.folder)
+    status = status.read(job.folder)
     assert status["state"] == "finished", (status, job.log_tail(30))
     assert len(monitor.snapshot()["gpus"]) >= 2

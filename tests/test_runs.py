@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from core import runs
+from core import runs, status
 from core.config import TrainConfig
 
 
@@ -25,8 +25,8 @@ def test_partly_written_last_metrics_line_is_skipped(tmp_path):
 
 def test_a_run_whose_process_vanished_reads_as_failed(tmp_path):
     run = make_run(tmp_path, "a", {"state": "running", "pid": 2**22 + 12345})
-    status = runs.read_status(run)
-    assert status["state"] == "failed" and "gone" in status["error"]
+    seen = status.read(run)
+    assert seen["state"] == "failed" and "without saying why" in seen["error"] and "Resume" in seen["hint"]
 
 
 def test_list_runs_newest_first_with_settings_and_final_loss(tmp_path, monkeypatch):

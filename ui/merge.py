@@ -8,7 +8,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from core import jobs, models, paths, runs
+from core import jobs, models, paths, runs, status
 from core.config import MergeConfig
 from core.errors import UserError
 from ui.forms import warn, widget
@@ -68,7 +68,7 @@ def result_text(job: jobs.Job, language: str) -> str:
     """Where the model is, its size, and whether it answers like base + adapter."""
     out = Path(job.folder)
     if not (out / "config.json").is_file():
-        cause = runs.last_error(job.log) or say("see_log", language)
+        cause = status.last_error(job.log) or say("see_log", language)
         return say("merge_failed", language, cause=cause)
     report = _report(job)
     size = report.get("size_bytes") or sum(p.stat().st_size for p in out.glob("*.safetensors"))

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import time
-from html import escape
 from dataclasses import fields
+from html import escape
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
-from core import jobs, models, paths, runs
+from core import jobs, models, paths, runs, status
 from core.config import PRESETS, TrainConfig
 from core.config import preset as preset_config
 from core.errors import UserError
@@ -132,17 +132,17 @@ def progress_html(run: str, language: str = "en", metrics: list[dict] | None = N
     """Step x / y with a bar, elapsed and remaining time, tokens per second, and any failure in words."""
     if not run:
         return f"<p>{say('state_unknown', language)}</p>"
-    status = runs.read_status(run)
+    now = status.read(run)
     metrics = runs.read_metrics(run) if metrics is None else metrics
     last = metrics[-1] if metrics else {}
-    state = status["state"]
-    step = status.get("step") or last.get("step", 0)
-    total = status.get("max_steps") or last.get("max_steps") or runs.read_config(run).get("max_steps", 0)
+    state = now["state"]
+    step = now.get("step") or last.get("step", 0)
+    total = now.get("max_steps") or last.get("max_steps") or runs.read_config(run).get("max_steps", 0)
     pct = 100 * step / total if total else 0
     elapsed = last.get("elapsed")
-    if status.get("started"):  # the wall clock since start, so it keeps moving between logging steps
-        elapsed = (status.get("ended") or time.time()) - status["started"]
-    remaining = _clock(last.get("remaining")) if state in runs.LIVE else "–"
+    if now.get("started"):  # the wall clock since start, so it keeps moving between logging steps
+        elapsed = (now.get("ended") or time.time()) - now["started"]
+    remaining = _clock(last.get("remaining")) if state in status.LIVE else "–"
     parts = [f"<div class='qs-progress'><span class='qs-state qs-{state}'>{say('state_' + state, language)}</span> "
              f"<b>{escape(Path(run).name)}</b>",
              f"<div class='qs-bar'><div style='width:{pct:.1f}%'></div></div>",
@@ -150,15 +150,15 @@ def progress_html(run: str, language: str = "en", metrics: list[dict] | None = N
                  speed=f"{last.get('tokens_per_second', 0) or 0:.0f}")]
     if last.get("loss") is not None:
         parts.append(f" · <span>loss {last['loss']:.4f}</span>")
-    if status.get("mode"):  # what the engine chose: 4-bit QLoRA on a GPU, or plain LoRA without one
-        where = (status.get("device") or "").removeprefix("cuda:0 ")
-        parts.append(f"<p class='qs-mode'>{escape(status['mode'])}{' · ' + escape(where) if where else ''}</p>")
+    if now.get("mode"):  # what the engine chose: 4-bit QLoRA on a GPU, or plain LoRA without one
+        where = (now.get("device") or "").removeprefix("cuda:0 ")
+        parts.append(f"<p class='qs-mode'>{escape(now['mode'])}{' · ' + escape(where) if where else ''}</p>")
     if state == "failed":
-        parts.append(f"<p class='qs-error'>{escape(status.get('error') or '')}</p>")
-        if status.get("hint"):
-            parts.append(f"<p>👉 {escape(status['hint'])}</p>")
-    if state in ("finished", "stopped") and status.get("adapter"):
-        parts.append(f"<p>{say('adapter_saved', language, path=escape(status['adapter']))}</p>")
+        parts.append(f"<p class='qs-error'>{escape(now.get('error') or '')}</p>")
+        if now.get("hint"):
+            parts.append(f"<p>👉 {escape(now['hint'])}</p>")
+    if state in ("finished", "stopped") and now.get("adapter"):
+        parts.append(f"<p>{say('adapter_saved', language, path=escape(now['adapter']))}</p>")
     return "".join(parts) + "</div>"
 
 

@@ -1,0 +1,191 @@
+"""A job's status.json: its fields, the one atomic writer, reading it, and why a job ended, in words.
+
+Training and merging report through here; the panel, the command line and the tests read
+through here. Torch-free, so the panel can import it.
+
+    state      starting → running → (stopping →) finished | stopped | failed
+    pid        the job's process, so a reader can tell a vanished job from a live one
+    step, max_steps, started, ended, device, mode, adapter
+    error      what went wrong, one line;   hint   what to do about it
+    warning    something worth knowing while it still runs (a diverging loss)
+
+A stop request is a file beside it (STOP), not a field: the job rewrites status.json as it
+goes, and a field written by the panel would be lost in the next rewrite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+FILE = "status.json"
+STOP = "stop"
+FINAL = ("finished", "stopped", "failed")
+LIVE = ("starting", "running", "stopping")
+FIELDS = {"state": "starting", "pid": None, "started": None, "ended": None, "step": 0, "max_steps": 0,
+          "device": None, "mode": None, "error": None, "hint": None, "warning": None, "adapter": None}
+
+OOM_HINT = "lower batch size or max sequence length, or turn on gradient checkpointing"
+LOG_HINT = "look at the end of the log for the reason"
+RESUME_HINT = "press Resume to continue from the last checkpoint"
+FIX_HINT = "fix the setting named above, then start again"
+DISK_HINT = "free some disk space, then press Resume: the last checkpoint is kept"
+
+
+# ---- files -----------------------------------------------------------------------------------
+def read_json(path: str | Path) -> dict:
+    """A JSON object file as a dict; {} if missing, damaged, or caught half-written."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    """Write-then-rename: a reader never sees half a file, and a failed write leaves the old one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def pid_alive(pid) -> bool:
+    """True while process `pid` runs (a zombie counts as gone)."""
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, TypeError):
+        return True
+    try:
+        with open(f"/proc/{int(pid)}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+# ---- the writer ------------------------------------------------------------------------------
+class Status:
+    """A job's own status.json: every change merged in and written whole."""
+
+    def __init__(self, folder: str | Path, **fields):
+        self.path = Path(folder) / FILE
+        earlier = read_json(self.path)
+        self.data = {**FIELDS, **earlier, "state": "starting", "pid": os.getpid(), "started": time.time(),
+                     "ended": None, "error": None, "hint": None, "warning": None}
+        self.update(**fields)
+
+    def update(self, **changes) -> None:
+        """Merge `changes` and write; a full disk is retried once, then left to the reader's fallback."""
+        self.data.update(changes)
+        try:
+            write_json(self.path, self.data)
+        except OSError:
+            time.sleep(0.5)
+            try:
+                write_json(self.path, self.data)
+            except OSError:
+                # The reader sees a dead pid in a live state and reports the job as failed.
+                pass
+
+
+# ---- reading ---------------------------------------------------------------------------------
+def read(folder: str | Path, log: str | Path | None = None) -> dict:
+    """A job's status; one whose process vanished without a final word is shown as failed (or stopped)."""
+    folder = Path(folder)
+    status = {**FIELDS, "state": "unknown", **read_json(folder / FILE)}
+    if status["state"] in LIVE and status.get("pid") and not pid_alive(status["pid"]):
+        # Gone without a final word (the supervisor writes the same a moment later, or never if
+        # the panel was closed meanwhile).
+        error, hint = ended(None, log or folder / "train.log", stop_requested(folder))
+        status.update(state="stopped" if stop_requested(folder) else "failed",
+                      error=status.get("error") or error, hint=status.get("hint") or hint)
+    return status
+
+
+def request_stop(folder: str | Path) -> None:
+    """Leave a stop request for the job in `folder` (it reads it between steps and while starting)."""
+    (Path(folder) / STOP).write_text(f"{time.time()}\n", encoding="utf-8")
+
+
+def stop_requested(folder: str | Path) -> bool:
+    return (Path(folder) / STOP).exists()
+
+
+def clear_stop(folder: str | Path) -> None:
+    (Path(folder) / STOP).unlink(missing_ok=True)
+
+
+# ---- why it ended ----------------------------------------------------------------------------
+def explain(exc: BaseException) -> tuple[str, str | None]:
+    """(error, hint) for an exception that ended a job, in words."""
+    from core.errors import UserError
+
+    if type(exc).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(exc):
+        return "out of GPU memory", OOM_HINT
+    if isinstance(exc, UserError):
+        return str(exc), None
+    if isinstance(exc, OSError) and exc.errno in (28, 27):  # ENOSPC, EFBIG
+        return f"disk full: {exc.strerror} ({exc.filename or 'writing'})", DISK_HINT
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    return f"{type(exc).__name__}: {first}".rstrip(": "), "see train.log"
+
+
+def ended(code: int | None, log: str | Path | None = None, stopping: bool = False,
+          out_of_memory: bool = False) -> tuple[str | None, str | None]:
+    """(error, hint) for a job that ended without writing a final state, from its exit code and log."""
+    if stopping:  # asked to stop before it could say so itself (still starting, say)
+        return None, "stopped before training began: nothing was trained, so there is nothing to keep"
+    said = last_error(log) if log else None
+    if code is not None and code > 0 and said:
+        return said, FIX_HINT if said.startswith(("model:", "data:", "out:", "resume:")) else LOG_HINT
+    if code is None:
+        return said or "the job ended without saying why (the machine restarted or the process was killed)", RESUME_HINT
+    if code < 0:
+        sig = -code
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+        if sig == signal.SIGKILL and out_of_memory:
+            return (f"killed by signal {sig} ({name}): the system ran out of memory",
+                    "lower batch size or max sequence length, close other programs, then press Resume")
+        if sig == signal.SIGSEGV:
+            return (f"crashed (signal {sig}, {name})",
+                    "look at the end of the log; updating the GPU driver or bitsandbytes often helps")
+        return f"killed by signal {sig} ({name})", RESUME_HINT
+    return f"ended with exit code {code}", LOG_HINT
+
+
+def last_error(log: str | Path) -> str | None:
+    """The one-line 'error: ...' a core command prints for a UserError, or the last exception line."""
+    from core.runs import log_tail
+
+    lines = [line.strip() for line in log_tail(log, 200).splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith("error: "):
+            return line[len("error: "):]
+    for line in reversed(lines):
+        if "Error:" in line or "Exception:" in line:
+            return line[:300]
+    return None
+
+
+def oom_kills() -> int | None:
+    """How many processes the kernel's OOM killer ended in this cgroup so far (None if it won't say)."""
+    for path in ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"):
+        try:
+            for line in Path(path).read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+        except (OSError, ValueError):
+            continue
+    return None
