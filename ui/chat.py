@@ -22,9 +22,25 @@ _lock = threading.Lock()
 
 def sources() -> list[tuple[str, str]]:
     """Every model one can talk to: base and merged models, then each run's adapter."""
-    out = [(f"{'base · default (SmolLM2-135M-Instruct)' if m == 'default' else Path(m).name}", m) for m in models.available()]
-    out += [(f"{r['name']} (adapter)", ADAPTER + r["adapter"]) for r in runs.list_runs() if r["adapter"]]
+    # Choice labels are made once for every browser, so they carry both languages; a merged model and
+    # the adapter of the same run must not look alike.
+    merged = paths.merged().resolve()
+    out = []
+    for m in models.available():
+        if m == "default":
+            out.append(("base 基础 · SmolLM2-135M-Instruct", m))
+        else:
+            kind = "merged 合并" if Path(m).resolve().parent == merged else "model 模型"
+            out.append((f"{kind} · {Path(m).name}", m))
+    out += [(f"adapter 适配器 · {r['name']}", ADAPTER + r["adapter"]) for r in runs.list_runs() if r["adapter"]]
     return out
+
+
+def pane_label(source: str | None, fallback):
+    """The name of the model a chat pane shows, so two panes side by side say whose answers they are."""
+    if not source:
+        return fallback
+    return next((name for name, value in sources() if value == source), Path(source.removeprefix(ADAPTER)).name)
 
 
 def release() -> None:
@@ -186,12 +202,14 @@ def build() -> dict:
         source_b = gr.Dropdown([("—", "")] + choices, value="", label=t("compare_with"), allow_custom_value=True, scale=3)
         refresh = gr.Button(t("refresh"), size="sm", scale=1)
     with gr.Row():
-        chat_a = gr.Chatbot(label=t("chat_a"), height=420, buttons=["copy"])
-        chat_b = gr.Chatbot(label=t("chat_b"), height=420, visible=False, buttons=["copy"])
+        # Plain text: a model's '#' lines are not headings, and its markup is shown as it wrote it.
+        chat_a = gr.Chatbot(label=pane_label("default", t("chat_a")), height=420, buttons=["copy"], render_markdown=False)
+        chat_b = gr.Chatbot(label=t("chat_b"), height=420, visible=False, buttons=["copy"], render_markdown=False)
     with gr.Row():
         message = gr.Textbox(label=t("message"), lines=2, scale=6, submit_btn=False)
         with gr.Column(scale=1, min_width=120):
             send = gr.Button(t("send"), variant="primary")
+            stop = gr.Button(t("stop_reply"), variant="stop")
             clear = gr.Button(t("clear"))
     note = gr.Markdown()
     with gr.Accordion(t("sampling"), open=False):
@@ -206,10 +224,13 @@ def build() -> dict:
         unload_btn = gr.Button(t("release"), size="sm")
     inputs = [message, chat_a, chat_b, source_a, source_b, system, temperature, top_p, top_k, rep, max_new]
     outputs = [message, chat_a, chat_b, note]
-    send.click(respond, inputs, outputs, api_name="chat", concurrency_id="gpu", concurrency_limit=1)
-    message.submit(respond, inputs, outputs, api_name=False, concurrency_id="gpu", concurrency_limit=1)
+    sent = send.click(respond, inputs, outputs, api_name="chat", concurrency_id="gpu", concurrency_limit=1)
+    submitted = message.submit(respond, inputs, outputs, api_name=False, concurrency_id="gpu", concurrency_limit=1)
+    # Cancelling closes the reply's generator, which tells generation to end after the current token.
+    stop.click(None, None, None, cancels=[sent, submitted], api_name=False)
     clear.click(lambda: ([], [], ""), None, [chat_a, chat_b, note], api_name="clear_chat")
-    source_b.change(lambda s: gr.update(visible=bool(s)), source_b, chat_b, api_name=False)
+    source_a.change(lambda s: gr.update(label=pane_label(s, "")), source_a, chat_a, api_name=False)
+    source_b.change(lambda s: gr.update(visible=bool(s), label=pane_label(s, "")), source_b, chat_b, api_name=False)
     refresh.click(lambda: (gr.update(choices=sources()), gr.update(choices=[("—", "")] + sources())), None,
                   [source_a, source_b], api_name=False)
     unload_btn.click(unload, None, note, api_name=False)

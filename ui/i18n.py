@@ -35,7 +35,7 @@ EN: dict[str, str] = {
     "chat_intro": "Talk to the merged model, a run's adapter on its base, or the base model. Pick a second model to compare their answers side by side.",
     "chat_model": "Model", "compare_with": "Compare with (optional)", "message": "Message",
     "send": "Send", "clear": "Clear", "sampling": "Sampling settings", "release": "Unload models",
-    "chat_a": "Answer", "chat_b": "Comparison",
+    "chat_a": "Answer", "chat_b": "Comparison", "stop_reply": "Stop the reply",
     # runs
     "runs_intro": "Every training run in this workspace. Select a row, then open it.",
     "open_train": "Show in Train", "open_merge": "Merge this run", "open_chat": "Chat with this run",
@@ -62,7 +62,7 @@ ZH: dict[str, str] = {
     "chat_intro": "和合并后的模型、带适配器的基础模型或原始基础模型对话。再选一个模型，就能并排比较两者的回答。",
     "chat_model": "模型", "compare_with": "对比模型（可不选）", "message": "输入消息",
     "send": "发送", "clear": "清空", "sampling": "生成参数", "release": "卸载模型",
-    "chat_a": "回答", "chat_b": "对比回答",
+    "chat_a": "回答", "chat_b": "对比回答", "stop_reply": "停止回答",
     "runs_intro": "本工作区里的所有训练。选中一行后，可以查看曲线、合并或对话。",
     "open_train": "在训练页查看", "open_merge": "合并这次训练", "open_chat": "和它对话",
     "selected": "选中的训练",
