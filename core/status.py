@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -29,6 +30,11 @@ FIELDS = {"state": "starting", "pid": None, "started": None, "ended": None, "ste
           "device": None, "mode": None, "error": None, "hint": None, "warning": None, "adapter": None}
 
 OOM_HINT = "lower batch size or max sequence length, or turn on gradient checkpointing"
+OOM_HINTS = {
+    "train": OOM_HINT,
+    "merge": "free the GPU (unload chat models, wait for training to end), then merge again",
+    "chat": "unload the other model, wait for training to end, or choose a smaller model",
+}
 LOG_HINT = "look at the end of the log for the reason"
 RESUME_HINT = "press Resume to continue from the last checkpoint"
 FIX_HINT = "fix the setting named above, then start again"
@@ -127,17 +133,24 @@ def clear_stop(folder: str | Path) -> None:
 
 
 # ---- why it ended ----------------------------------------------------------------------------
-def explain(exc: BaseException) -> tuple[str, str | None]:
-    """(error, hint) for an exception that ended a job, in words."""
+def explain(exc: BaseException, job: str = "train") -> tuple[str, str | None]:
+    """(error, hint) for an exception that ended a job ("train", "merge" or "chat"), in words."""
     from core.errors import UserError
 
-    if type(exc).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(exc):
-        return "out of GPU memory", OOM_HINT
+    text = str(exc)
+    if type(exc).__name__ == "OutOfMemoryError" or "CUDA out of memory" in text:
+        # torch says how much it asked for and how much was free: worth keeping, in one line.
+        wanted = re.search(r"Tried to allocate ([\d.]+ [KMGT]?i?B)", text)
+        free = re.search(r"of which ([\d.]+ [KMGT]?i?B) is free", text)
+        detail = ", ".join(x for x in (wanted and f"needed {wanted[1]} more", free and f"{free[1]} free") if x)
+        return "out of GPU memory" + (f" ({detail})" if detail else ""), OOM_HINTS[job]
+    if isinstance(exc, MemoryError):
+        return "out of system memory", "close other programs, or lower batch size or max sequence length"
     if isinstance(exc, UserError):
         return str(exc), None
     if isinstance(exc, OSError) and exc.errno in (28, 27):  # ENOSPC, EFBIG
         return f"disk full: {exc.strerror} ({exc.filename or 'writing'})", DISK_HINT
-    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    first = (text.strip().splitlines() or [""])[0][:300]
     return f"{type(exc).__name__}: {first}".rstrip(": "), "see train.log"
 
 

@@ -184,6 +184,12 @@ def respond(request: gr.Request | None, message, hist_a, hist_b, source_a, sourc
             yield "", hist_a, hist_b, note
     except UserError as e:
         yield gr.update(), hist_a, hist_b, warn(e)
+    except Exception as e:  # out of GPU memory while loading or answering, say: one line, memory given back
+        from core import status
+
+        release()
+        error, hint = status.explain(e, "chat")
+        yield gr.update(), hist_a, hist_b, warn(f"{error}; {hint}" if hint else error)
 
 
 def unload(request: gr.Request = None):
