@@ -15,15 +15,21 @@ import signal
 import time
 
 import pytest
-from test_train import PICKLE, _refused, _start_like_the_supervisor, core_cli, identity_dataset
+from test_train import (
+    PICKLE,
+    _refused,
+    _start_like_the_supervisor,
+    core_cli,
+    identity_dataset,
+)
 
 from core import runs, saving
 from core.config import preset
 from core.errors import UserError
 
-TINY = dict(quantization="none", lora_r=8, lora_alpha=16, lora_dropout=0.0, target_modules="default",
-            max_seq_length=96, batch_size=2, grad_accum=1, logging_steps=1, packing=False,
-            gradient_checkpointing=False, save_steps=1, max_steps=2)
+TINY = {"quantization": "none", "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "default",
+        "max_seq_length": 96, "batch_size": 2, "grad_accum": 1, "logging_steps": 1, "packing": False,
+        "gradient_checkpointing": False, "save_steps": 1, "max_steps": 2}
 RESUME = "press Resume: the last checkpoint is kept"
 
 
@@ -99,8 +105,8 @@ def test_a_checkpoint_cut_short_by_a_full_disk_never_appears(tmp_path, monkeypat
 def test_damaged_checkpoint_files_are_named(tmp_path):
     good = tmp_path / "checkpoint-1"
     good.mkdir()
-    from safetensors.numpy import save_file
     import numpy as np
+    from safetensors.numpy import save_file
 
     save_file({"w": np.ones((4, 4), dtype=np.float32)}, str(good / "adapter_model.safetensors"))
     (good / "adapter_config.json").write_text("{}")
@@ -189,11 +195,11 @@ def test_a_real_write_failure_ends_the_run_failed_with_no_adapter(tmp_path):
 def test_nan_ends_the_run_failed_and_keeps_only_earlier_checkpoints(tmp_path):
     from safetensors.torch import load_file
 
-    from core.callbacks import NAN_HINT
-
     run = tmp_path / "run"
     with pytest.raises(UserError, match=r"became (NaN|inf) at step \d+"):
         train(tiny(run, learning_rate=0.99, lora_alpha=1e8, max_grad_norm=0, max_steps=8))
+    from core.callbacks import NAN_HINT
+
     status = status_of(run)
     bad = int(re.search(r"at step (\d+)", status["error"]).group(1))
     assert status["state"] == "failed" and status["hint"] == NAN_HINT and status["step"] == bad < 8
