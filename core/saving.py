@@ -166,6 +166,8 @@ def resume_point(run: Path) -> tuple[Path, int, str | None]:
         # Training repeats their steps from the older checkpoint; kept, they would confuse rotation.
         log.warning("skipped %s: %s; removed, its steps are trained again", broken.name, why)
         shutil.rmtree(broken, ignore_errors=True)
+    for leftover in (run / "checkpoints" / ".staging", run / ".adapter.tmp"):  # a save cut short by a kill
+        shutil.rmtree(leftover, ignore_errors=True)  # the room it takes may be what the disk lacks
     step = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))["global_step"]
     log.info("resuming from %s (step %d)", checkpoint.name, step)
     warning = "; ".join(f"{b.name} was skipped ({why})" for b, why in skipped)
