@@ -2,12 +2,14 @@
 
 The panel's supervisor reads `status.json` (rewritten atomically) and follows
 `metrics.jsonl` (one JSON object per logging step, flushed at once); a SIGINT or
-SIGTERM asks the run to end after the current step.
+SIGTERM asks the run to end after the current step; a loss, grad norm or weight
+turned NaN or inf ends it at once, without saving what is broken.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import threading
@@ -16,24 +18,19 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from core.status import Status
 
-class Status:
-    """The run's status.json: every change is written to a temporary file and renamed into place."""
 
-    def __init__(self, path: Path, **fields):
-        self.path = Path(path)
-        self.data = {
-            "state": "starting", "pid": os.getpid(), "started": time.time(), "ended": None, "step": 0,
-            "max_steps": 0, "device": None, "mode": None, "error": None, "hint": None, "adapter": None,
-        }
-        self.update(**fields)
+def keep_metrics_until(path: Path, step: int) -> None:
+    """Rewrite metrics.jsonl (atomically) without the lines after `step`: a resumed run logs those steps again."""
+    from core.runs import read_metrics
 
-    def update(self, **changes) -> None:
-        """Merge `changes` into the status and write it so a reader never sees half a file."""
-        self.data.update(changes)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.data, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, self.path)
+    if not path.is_file():
+        return
+    kept = [m for m in read_metrics(path.parent) if (m.get("step") or 0) <= step]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(m, ensure_ascii=False) + "\n" for m in kept), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 class StopFlag:
@@ -102,11 +99,6 @@ class Progress(TrainerCallback):
         self.status.update(step=state.global_step)
         return control
 
-    def on_save(self, args, state, control, **kw):
-        # The pickled copy of the arguments is never read back on resume (config.json holds the settings);
-        # dropping it leaves only the optimizer, scheduler and RNG state, which are loaded with weights_only.
-        (Path(args.output_dir) / f"checkpoint-{state.global_step}" / "training_args.bin").unlink(missing_ok=True)
-
     def on_log(self, args, state, control, logs=None, **kw):
         logs = dict(logs or {})
         if "loss" not in logs and "eval_loss" not in logs:
@@ -128,9 +120,9 @@ class Progress(TrainerCallback):
             "step": state.global_step,
             "max_steps": state.max_steps,
             "epoch": round(state.epoch or 0.0, 4),
-            "loss": logs.get("loss"),
+            "loss": _finite(logs.get("loss")),  # NaN is not JSON: a gap in the chart, the cause in status.json
             "learning_rate": logs.get("learning_rate"),
-            "grad_norm": logs.get("grad_norm"),
+            "grad_norm": _finite(logs.get("grad_norm")),
             "tokens": self.tokens,
             "tokens_per_second": round(session / elapsed, 1) if session and elapsed > 0 else None,
             "elapsed": round(elapsed, 2),
@@ -139,7 +131,7 @@ class Progress(TrainerCallback):
             "time": now,
         }
         if evaluation:
-            line["eval_loss"] = logs["eval_loss"]
+            line["eval_loss"] = _finite(logs["eval_loss"])
         line.update({k: v for k, v in self.first_line.items() if k not in line})
         self.first_line = {}
         self.file.write(json.dumps(line, ensure_ascii=False) + "\n")
@@ -159,3 +151,82 @@ class Progress(TrainerCallback):
     def close(self) -> None:
         self.file.close()
 
+
+
+NAN_HINT = "lower the learning rate or LoRA alpha, or turn gradient clipping on (max grad norm 1.0)"
+DIVERGING = 3.0  # the loss of the last few logs against the first logged one
+
+
+def _finite(value):
+    return value if value is None or math.isfinite(value) else None
+
+
+def _word(value: float) -> str:
+    return "NaN" if math.isnan(value) else "inf"
+
+
+class Guard(TrainerCallback):
+    """Ends the run at the step its weights (or loss, or grad norm) stop being finite; warns when the loss climbs.
+
+    A NaN step poisons every later one, and transformers then logs a loss of 0.0: without this
+    a broken run ended "finished" with an all-NaN adapter. The cause ends up in `problem`.
+    """
+
+    def __init__(self, status: Status, log, fp16: bool):
+        self.status, self.log = status, log
+        self.fp16 = fp16  # the fp16 grad scaler skips steps with an inf grad norm on purpose
+        self.problem: str | None = None  # "the loss became NaN at step 3"
+        self.step: int | None = None
+        self.losses: list[float] = []
+        self.warned = False
+        self.params = None
+
+    def on_step_end(self, args, state, control, model=None, **kw):
+        if self.problem is None and model is not None and not self._finite_weights(model):
+            self._stop(control, f"the LoRA weights became NaN or inf at step {state.global_step}", state.global_step)
+            control.should_log = True  # the step's loss and grad norm name the cause (on_log)
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        logs = logs or {}
+        loss, norm = logs.get("loss"), logs.get("grad_norm")
+        cause = None
+        if loss is not None and not math.isfinite(loss):
+            cause = f"the loss became {_word(loss)} at step {state.global_step}"
+        elif norm is not None and not math.isfinite(norm) and not self.fp16:
+            cause = f"the grad norm became {_word(norm)} at step {state.global_step}"
+        if cause and (self.problem is None or self.step == state.global_step):
+            self._stop(control, cause, state.global_step)
+        elif loss is not None and math.isfinite(loss):
+            self._watch_loss(loss, state.global_step)
+        return control
+
+    def _stop(self, control, cause: str, step: int) -> None:
+        if self.problem is None:  # on_log may only name the cause of the same step better
+            self.log.error("%s: stopping the run", cause)
+        self.problem, self.step = cause, step
+        control.should_training_stop = True
+        control.should_save = False  # earlier checkpoints stay; this step's weights are not worth keeping
+        control.should_evaluate = False
+
+    def _watch_loss(self, loss: float, step: int) -> None:
+        self.losses.append(loss)
+        recent = self.losses[-3:]
+        if self.warned or len(self.losses) < 4 or self.losses[0] <= 0:
+            return
+        if sum(recent) / len(recent) > DIVERGING * self.losses[0]:
+            self.warned = True
+            warning = (f"the loss rose from {self.losses[0]:.3g} to {loss:.3g} by step {step}: training may be "
+                       "diverging; lower the learning rate or LoRA alpha")
+            self.log.warning(warning)
+            self.status.update(warning=warning)
+
+    def _finite_weights(self, model) -> bool:
+        import torch
+
+        if self.params is None:
+            self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            return True
+        with torch.no_grad():  # one flag per tensor, one sync per step: cheap next to the step itself
+            return bool(torch.stack([torch.isfinite(p).all() for p in self.params]).all())

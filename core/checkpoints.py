@@ -1,21 +1,28 @@
-"""Checkpoints without pickle: the trainer's optimizer, scheduler, grad-scaler and RNG state as safetensors.
+"""Checkpoints without pickle, written whole or not at all.
 
-transformers writes these with torch.save (optimizer.pt, scheduler.pt, scaler.pt, rng_state.pth).
-Here every tensor goes into a safetensors file and the rest of the structure (numbers, strings,
-nesting) into its JSON metadata, so a run folder never holds a pickle, and resuming reads
-nothing that could run code.
+transformers writes the optimizer, scheduler, scaler and RNG state with torch.save (optimizer.pt,
+scheduler.pt, scaler.pt, rng_state.pth) and pickles its arguments (training_args.bin). Here every
+tensor goes into a safetensors file and the rest of the structure (numbers, strings, nesting)
+into its JSON metadata, the arguments are not written at all (config.json holds the settings),
+so a run folder never holds a pickle, not even for a moment, and resuming reads nothing that
+could run code. Each checkpoint is written into a hidden folder and renamed into place when
+complete (core/saving.py), after checking the disk has room for it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from core import saving
 
 log = logging.getLogger("qlora_studio.train")
 
@@ -78,6 +85,50 @@ def trainer_class():
     from trl import SFTTrainer
 
     class Trainer(SFTTrainer):
+        staging: Path | None = None  # while a checkpoint is written: the hidden folder it goes into
+
+        def _save_checkpoint(self, model, trial):
+            # transformers writes checkpoint-N file by file into the folder resume looks at: a kill
+            # in between left one that looked complete. Write it in a hidden folder, then rename.
+            from transformers.trainer_utils import rotate_checkpoints
+
+            root = Path(super()._get_output_dir(trial=trial))
+            name = f"checkpoint-{self.state.global_step}"
+            saving.ensure_space(root, 3 * self.trainable_bytes())  # weights + two Adam moments
+            self.staging = root / ".staging"
+            shutil.rmtree(self.staging, ignore_errors=True)  # left by a process killed mid-save
+            try:
+                super()._save_checkpoint(model, trial)  # writes .staging/checkpoint-N (see _get_output_dir)
+                saving.publish(self.staging / name, root / name)
+            except Exception as e:
+                if saving.is_disk_full(e):
+                    raise saving.disk_error(e, name, saving.RESUME_HINT) from e
+                raise
+            finally:
+                shutil.rmtree(self.staging, ignore_errors=True)
+                self.staging = None
+            # Rotation ran inside the staging folder (a no-op there); run it where the checkpoints live.
+            # By step, not mtime: a resume removes newer broken checkpoints, so the highest step is the newest.
+            rotate_checkpoints(output_dir=str(root), save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
+
+        def _get_output_dir(self, trial):
+            return str(self.staging) if self.staging else super()._get_output_dir(trial)
+
+        def _save(self, output_dir=None, state_dict=None):
+            # transformers' own _save ends with torch.save(self.args, "training_args.bin"): a pickle,
+            # never read back here. A LoRA model on one process needs only these two writes.
+            output_dir = output_dir or self.args.output_dir
+            os.makedirs(output_dir, exist_ok=True)
+            self.accelerator.unwrap_model(self.model, keep_torch_compile=False).save_pretrained(
+                output_dir, state_dict=state_dict, safe_serialization=True)
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(output_dir)
+
+        def trainable_bytes(self) -> int:
+            """Size of the trainable weights in float32: what one copy of the adapter takes on disk."""
+            return 4 * sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+
         def _save_optimizer_and_scheduler(self, output_dir):
             try:
                 save_state(output_dir, "optimizer", self.optimizer.state_dict())

@@ -8,9 +8,10 @@ class UserError(Exception):
     and by the panel, so it names the file, line or field and what to do.
     """
 
-    def __init__(self, message: str, *, field: str | None = None):
+    def __init__(self, message: str, *, field: str | None = None, hint: str | None = None):
         super().__init__(message)
         self.field = field
+        self.hint = hint  # what to do next, when the message alone does not say it
 
     def __str__(self) -> str:  # keep it to one line for the CLI and the UI
         return " ".join(str(self.args[0]).split("\n"))

@@ -1,18 +1,24 @@
-"""Reading run folders: config, metrics, logs and a one-line summary of every run.
+"""Reading run folders: config, metrics, logs and a one-line summary of every run; who trains a run.
 
 The training child writes RUN/config.json, RUN/metrics.jsonl and RUN/train.log (and its
 status.json through core.status); everything here only reads them, so the panel, the command
-line and tests all see the same thing.
+line and tests all see the same thing. The one exception is RUN/.lock: the trainer holds an OS
+lock on it for as long as it lives (`lock`), so anyone can ask whether a run is being trained
+(`locked`), and a killed trainer can never leave a stale lock behind.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
+import time
 from pathlib import Path
+from typing import IO
 
 from core import paths, status
+from core.errors import UserError
 
 
 def read_config(run: str | Path) -> dict:
@@ -100,3 +106,41 @@ def log_tail(run: str | Path, n: int = 40, name: str = "train.log") -> str:
 
 
 _BAR = re.compile(r"^(.*?):\s*\d+%\|")
+
+
+# ---- who trains a run --------------------------------------------------------------------
+def lock(run: str | Path) -> IO:
+    """Hold RUN/.lock for this process (until the returned file is closed or the process ends), or refuse."""
+    f = open(Path(run) / ".lock", "a+", encoding="utf-8")  # "a+": opening must not erase the holder's pid
+    for _ in range(10):  # a moment's grace: `locked` takes the lock briefly to look
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            time.sleep(0.1)
+    else:
+        f.seek(0)
+        pid = f.read().strip() or "unknown"
+        f.close()
+        raise UserError(f"out: run {run} is being trained by another process (pid {pid}); wait for it or stop it",
+                        field="out")
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
+
+
+def locked(run: str | Path) -> bool:
+    """Whether a live process is training RUN right now (it holds RUN/.lock)."""
+    try:
+        f = open(Path(run) / ".lock", "rb")
+    except OSError:
+        return False
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False

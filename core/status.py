@@ -86,23 +86,26 @@ class Status:
 
     def __init__(self, folder: str | Path, **fields):
         self.path = Path(folder) / FILE
-        earlier = read_json(self.path)
-        self.data = {**FIELDS, **earlier, "state": "starting", "pid": os.getpid(), "started": time.time(),
-                     "ended": None, "error": None, "hint": None, "warning": None}
+        self.data = {**FIELDS, "pid": os.getpid(), "started": time.time()}
         self.update(**fields)
 
     def update(self, **changes) -> None:
-        """Merge `changes` and write; a full disk is retried once, then left to the reader's fallback."""
+        """Merge `changes` and write them (an OSError, a full disk say, is the caller's to handle)."""
         self.data.update(changes)
-        try:
-            write_json(self.path, self.data)
-        except OSError:
-            time.sleep(0.5)
+        write_json(self.path, self.data)
+
+    def last_word(self, log, **changes) -> None:
+        """A final state, written even on a struggling disk: one retry, and a failure is logged, never raised.
+
+        Raising here would hide the error that ended the job; a reader that finds a dead pid in a
+        live state reports the job as ended anyway.
+        """
+        for attempt in (1, 2):
             try:
-                write_json(self.path, self.data)
-            except OSError:
-                # The reader sees a dead pid in a live state and reports the job as failed.
-                pass
+                self.update(**changes)
+                return
+            except OSError as e:
+                log.error("could not write %s (attempt %d of 2): %s", self.path.name, attempt, e)
 
 
 # ---- reading ---------------------------------------------------------------------------------
@@ -147,7 +150,7 @@ def explain(exc: BaseException, job: str = "train") -> tuple[str, str | None]:
     if isinstance(exc, MemoryError):
         return "out of system memory", "close other programs, or lower batch size or max sequence length"
     if isinstance(exc, UserError):
-        return str(exc), None
+        return str(exc), exc.hint
     if isinstance(exc, OSError) and exc.errno in (28, 27):  # ENOSPC, EFBIG
         return f"disk full: {exc.strerror} ({exc.filename or 'writing'})", DISK_HINT
     first = (text.strip().splitlines() or [""])[0][:300]

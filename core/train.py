@@ -5,7 +5,9 @@ tokenize the rendered segments (the loss mask comes from the template), load the
 base model (4-bit NF4 on a GPU, plain LoRA elsewhere), wrap it in LoRA, hand it to
 trl's SFTTrainer, and save the adapter with everything chat and merge need to use it.
 
-The run folder: config.json, status.json, metrics.jsonl, train.log, checkpoints/, adapter/.
+The run folder: config.json, status.json, metrics.jsonl, train.log, checkpoints/, adapter/, and
+.lock, held by the one process that trains it. Checkpoints and the adapter appear whole or not
+at all (core/saving.py); a full disk, a NaN or a second trainer ends the run with the cause in words.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import time
 import traceback
 from pathlib import Path
 
-from core import gpus, models
+from core import gpus, models, runs, saving
 from core.config import Parser, TrainConfig, add_arguments, preset
 from core.errors import UserError
 from core.template import Template
@@ -26,9 +28,8 @@ from core.tracking import setup as tracking_setup
 
 log = logging.getLogger("qlora_studio.train")
 
-OOM_HINT = "lower batch size or max sequence length, or turn on gradient checkpointing"
 # Files the supervisor may put into a run folder before it starts us.
-PRESTART_FILES = {"config.json", "train.log", "status.json"}
+PRESTART_FILES = {"config.json", "train.log", "status.json", ".lock"}
 
 
 # ---- the command line --------------------------------------------------------------------
@@ -55,16 +56,6 @@ def build_config(flags: dict) -> TrainConfig:
     return cfg
 
 
-def explain(exc: BaseException) -> tuple[str, str | None]:
-    """(error, hint) in words for a failed run; the supervisor uses the same mapping."""
-    if type(exc).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(exc):
-        return "out of GPU memory", OOM_HINT
-    if isinstance(exc, UserError):
-        return str(exc), None
-    first = (str(exc).strip().splitlines() or [""])[0][:300]
-    return f"{type(exc).__name__}: {first}".rstrip(": "), "see train.log"
-
-
 # ---- the run -----------------------------------------------------------------------------
 def train(cfg: TrainConfig) -> dict:
     """Run one fine-tuning job to the end (or a stop request); returns the final status."""
@@ -75,35 +66,40 @@ def train(cfg: TrainConfig) -> dict:
     os.environ.update(gpus.one())
     cfg.check()
     run = Path(cfg.out).expanduser().resolve()
-    dataset, folder = _check_folders(cfg, run)
+    dataset, folder, checkpoint = _check_folders(cfg, run)
     from core.merge import quiet
 
     quiet(warnings=True)  # train.log: our lines and real warnings, not loading bars
-    from core.callbacks import Status  # only now: it brings in torch and transformers (seconds)
+    from core.status import Status, explain
 
     run.mkdir(parents=True, exist_ok=True)
-    handler = _log_to(run / "train.log")
-    status = Status(run / "status.json")
-    try:
-        return _train(cfg, run, dataset, folder, status)
-    except KeyboardInterrupt:  # interrupted before training began: nothing to save
-        log.info("stopped before the first step")
-        status.update(state="stopped", ended=time.time())
-        raise
-    except BaseException as e:
-        error, hint = explain(e)
-        log.error("run failed: %s\n%s", error, traceback.format_exc())
-        status.update(state="failed", error=error, hint=hint, ended=time.time())
-        if isinstance(e, UserError):
+    with runs.lock(run):  # a second trainer of this run is refused here, before it writes anything
+        handler = _log_to(run / "train.log")
+        status = None
+        try:
+            status = Status(run, **saving.progress_so_far(run, checkpoint))
+            return _train(cfg, run, dataset, folder, status)
+        except KeyboardInterrupt:  # interrupted before training began: nothing to save
+            log.info("stopped before the first step")
+            if status is not None:
+                status.last_word(log, state="stopped", ended=time.time())
             raise
-        return status.data
-    finally:
-        logging.getLogger("qlora_studio").removeHandler(handler)
-        handler.close()
+        except BaseException as e:
+            error, hint = explain(e)
+            log.error("run failed: %s\n%s", error, traceback.format_exc())
+            if status is None:  # status.json itself could not be written: the error speaks for itself
+                raise
+            status.last_word(log, state="failed", error=error, hint=hint, ended=time.time())
+            if isinstance(e, UserError):
+                raise
+            return status.data
+        finally:
+            logging.getLogger("qlora_studio").removeHandler(handler)
+            handler.close()
 
 
-def _check_folders(cfg: TrainConfig, run: Path) -> tuple[Path, str]:
-    """Refuse bad input before anything is written; the data folder and the model's folder."""
+def _check_folders(cfg: TrainConfig, run: Path) -> tuple[Path, str, Path | None]:
+    """Refuse bad input before anything is written; the data folder, the model's folder, the checkpoint to resume."""
     data = Path(cfg.data).expanduser()
     if not (data / "manifest.json").is_file() or not (data / "train.jsonl").is_file():
         raise UserError(f"data: {cfg.data} is not a prepared dataset; make one in the Data tab or with "
@@ -114,10 +110,14 @@ def _check_folders(cfg: TrainConfig, run: Path) -> tuple[Path, str]:
     if extra and not cfg.resume:
         raise UserError(f"out: run folder {cfg.out} already holds a run ({extra[0]}); choose a new folder "
                         "or resume it", field="out")
-    if cfg.resume and _last_checkpoint(run) is None:
-        raise UserError(f"resume: {cfg.out} has no complete checkpoint to resume from", field="resume")
+    checkpoint = None
+    if cfg.resume:
+        checkpoint, skipped = saving.newest_checkpoint(run)
+        if checkpoint is None:
+            why = "".join(f"; {p.name}: {reason}" for p, reason in skipped)
+            raise UserError(f"resume: {cfg.out} has no complete checkpoint to resume from{why}", field="resume")
     folder = models.resolve(cfg.model)  # a missing model folder is refused here, with its name
-    return data, folder
+    return data, folder, checkpoint
 
 
 def _train(cfg: TrainConfig, run: Path, data: Path, folder: str, status) -> dict:
@@ -125,7 +125,7 @@ def _train(cfg: TrainConfig, run: Path, data: Path, folder: str, status) -> dict
     from transformers import PrinterCallback
     from trl import SFTConfig
 
-    from core.callbacks import Progress, StopFlag
+    from core.callbacks import NAN_HINT, Guard, Progress, StopFlag, keep_metrics_until
     from core.checkpoints import trainer_class
     from core.packing import Counting, PackedRows
 
@@ -147,6 +147,9 @@ def _train(cfg: TrainConfig, run: Path, data: Path, folder: str, status) -> dict
         if cuda:
             arena = _pinned_arena(cfg, folder)  # pinned while the model loads, instead of during the first step
 
+    resume = saving.resume_point(run) if cfg.resume else None  # (checkpoint, its step, what was skipped)
+    if resume:
+        status.update(resumed_from=resume[0].name, warning=resume[2])
     stop = StopFlag()
     stop.install()
     tokenizer = models.load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
@@ -184,6 +187,7 @@ def _train(cfg: TrainConfig, run: Path, data: Path, folder: str, status) -> dict
         packing_strategy="bfd",
         completion_only_loss=cfg.loss_on == "response",
         logging_steps=cfg.logging_steps,
+        logging_nan_inf_filter=False,  # a NaN loss must show as NaN (the filter logged 0.0), so Guard sees it
         save_strategy="steps" if cfg.save_steps else "no",
         save_steps=cfg.save_steps or 500,
         save_total_limit=2,
@@ -196,10 +200,13 @@ def _train(cfg: TrainConfig, run: Path, data: Path, folder: str, status) -> dict
         disable_tqdm=True,  # train.log gets one clear line per logging step instead of progress bars
         dataloader_pin_memory=cuda,
     )
+    if resume:  # the steps after the checkpoint are trained again: their old lines would be doubled in the chart
+        keep_metrics_until(run / "metrics.jsonl", resume[1])
     progress = Progress(run / "metrics.jsonl", status, stop, log, cuda)
     progress.first_line = {"device": device, "mode": mode}
+    guard = Guard(status, log, fp16=cuda and dtype == torch.float16)  # after Progress: it has the last say on saving
     trainer = trainer_class()(model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows,
-                              processing_class=tokenizer, callbacks=[progress])
+                              processing_class=tokenizer, callbacks=[progress, guard])
     trainer.remove_callback(PrinterCallback)  # Progress already writes one line per logging step
     if arena is not None:
         from core.offload import Offload
@@ -217,17 +224,22 @@ def _train(cfg: TrainConfig, run: Path, data: Path, folder: str, status) -> dict
             if p.requires_grad:
                 p.data = p.data.float()
     log.info("trainable parameters: %s", _count(trainer.model))
+    weights = trainer.trainable_bytes()
+    # Fail now rather than after hours of training: room for a checkpoint (weights and Adam's two
+    # moments) and for the adapter.
+    saving.ensure_space(run, weights * (4 if cfg.save_steps else 1),
+                        saving.RESUME_HINT if resume else saving.START_HINT)
 
     try:
-        resume = str(_last_checkpoint(run)) if cfg.resume else None
-        if resume:
-            log.info("resuming from %s", resume)
-        trainer.train(resume_from_checkpoint=resume)
+        trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)
     finally:
         progress.close()
         stop.uninstall()
+    if guard.problem:  # no adapter of NaN weights; the checkpoints before the problem stay
+        raise UserError(guard.problem, hint=NAN_HINT)
 
-    adapter = _save_adapter(trainer.model, tokenizer, cfg, template, run)
+    record = {"base_model": cfg.model, "template": template.to_dict(), "run": str(run), "config": cfg.to_dict()}
+    adapter = saving.save_adapter(trainer.model, tokenizer, record, run, weights)
     state = "stopped" if stop.requested else "finished"
     log.info("%s at step %d; adapter saved to %s", state, trainer.state.global_step, adapter)
     status.update(state=state, step=trainer.state.global_step, adapter=str(adapter), ended=time.time())
@@ -319,8 +331,6 @@ def _tokenized(path: Path, tokenizer, cfg: TrainConfig):
     return Dataset.from_list(rows)
 
 
-
-
 def _load_model(cfg: TrainConfig, folder: str, cuda: bool):
     """The base model (4-bit on a GPU when asked) with fresh LoRA layers on it."""
     import torch
@@ -362,23 +372,6 @@ def _load_model(cfg: TrainConfig, folder: str, cuda: bool):
         return get_peft_model(model, lora)
     except ValueError as e:
         raise UserError(f"target_modules: {str(e).splitlines()[0]}", field="target_modules") from None
-
-
-def _save_adapter(model, tokenizer, cfg: TrainConfig, template: Template, run: Path) -> Path:
-    """RUN/adapter: the LoRA weights (safetensors), the tokenizer, and the record chat and merge read."""
-    out = run / "adapter"
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    record = {"base_model": cfg.model, "template": template.to_dict(), "run": str(run), "config": cfg.to_dict()}
-    models.write_record(out, record)
-    return out
-
-
-def _last_checkpoint(run: Path) -> Path | None:
-    """The newest checkpoint that was written completely (weights and trainer state both there)."""
-    done = [p for p in (run / "checkpoints").glob("checkpoint-*")
-            if (p / "trainer_state.json").is_file() and (p / "adapter_model.safetensors").is_file()]
-    return max(done, key=lambda p: int(p.name.rsplit("-", 1)[1]), default=None)
 
 
 def _count(model) -> str:

@@ -147,18 +147,6 @@ def test_packed_rows_do_not_see_each_other(base_model):
     assert (packed[:, 6:] - alone).abs().max() < 1e-3
 
 
-def test_explain_puts_failures_into_words():
-    import torch
-
-    from core.errors import UserError
-    from core.train import OOM_HINT, explain
-
-    assert explain(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")) == ("out of GPU memory", OOM_HINT)
-    assert explain(UserError("data: bad row on line 7")) == ("data: bad row on line 7", None)
-    error, hint = explain(ValueError("something odd\nmore detail"))
-    assert error == "ValueError: something odd" and hint == "see train.log"
-
-
 # ---- refusals: exit code 2, one line, nothing written ----------------------------------------------
 def _refused(result, *words):
     assert result.returncode == 2, result.stderr
