@@ -49,9 +49,12 @@ class Dropped(Exception):
 # ---- containers ---------------------------------------------------------------------
 def container(path: Path) -> str:
     """'jsonl', 'json' (an array) or 'csv', from the extension and the first character."""
-    if not path.is_file():
-        raise UserError(f"{path}: file not found; check the path" if not path.exists()
-                        else f"{path}: is a folder; choose a data file inside it")
+    if not path.exists():
+        raise UserError(f"{path}: file not found; check the path")
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; choose a data file inside it")
+    if not path.is_file():  # a device (/dev/zero), a pipe, a socket: reading could never end
+        raise UserError(f"{path}: is not a regular file; choose a data file")
     if path.suffix.lower() in (".csv", ".tsv"):
         return "csv"
     with path.open("rb") as f:

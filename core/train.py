@@ -74,7 +74,7 @@ def train(cfg: TrainConfig) -> dict:
     cfg.check()
     run = Path(cfg.out).expanduser().resolve()
     dataset, folder = _check_folders(cfg, run)
-    from core.merge import quiet
+    from core.logs import quiet
 
     quiet(warnings=True)  # train.log: our lines and real warnings, not loading bars
     from core.callbacks import Status  # only now: it brings in torch and transformers (seconds)

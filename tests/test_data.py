@@ -307,3 +307,11 @@ def test_a_wrong_flag_is_one_line_and_exit_code_2(tmp_path, capsys):
     rc, _, err = cli(capsys, DATA / "alpaca.jsonl", "--out", tmp_path / "o", "--sample", "10", "--no-such-flag")
     assert rc == 2 and err.strip().count("\n") == 0 and "--no-such-flag" in err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
+def test_a_device_is_not_taken_for_a_folder(tmp_path, capsys):
+    rc, _, err = cli(capsys, "/dev/zero", "--out", tmp_path / "o")
+    assert rc == 2 and err == "error: /dev/zero: is not a regular file; choose a data file\n"
+    rc, _, err = cli(capsys, tmp_path, "--out", tmp_path / "o")
+    assert rc == 2 and err == f"error: {tmp_path}: is a folder; choose a data file inside it\n"
