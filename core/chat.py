@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from core import models
 from core.config import GenerationConfig, Parser, add_arguments
 from core.errors import UserError
+from core.logs import quiet
 from core.template import Template
 
 
@@ -149,8 +150,6 @@ def cli(argv: list[str]) -> int:
     if not model and not adapter:
         raise UserError("chat: give --model (a model folder or 'default') or --adapter")
     gen = GenerationConfig.from_dict(args)
-    from core.logs import quiet
-
     quiet()
     chat = Chat()
     chat.load(model, adapter, trust_remote_code=trust)

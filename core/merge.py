@@ -16,6 +16,7 @@ from pathlib import Path
 from core import models
 from core.config import MergeConfig, Parser, add_arguments
 from core.errors import UserError
+from core.logs import quiet
 
 PROBE = ("### Human: Who are you, and what can you do for me today? ### Assistant: I am an assistant. "
          "### Human: 请用一句话介绍你自己。 ### Assistant:")
@@ -34,8 +35,6 @@ def cli(argv: list[str]) -> int:
     parser = Parser(prog="python -m core merge", description="Merge a trained adapter into its base model.")
     add_arguments(parser, MergeConfig)
     cfg = MergeConfig.from_dict(vars(parser.parse_args(argv)))
-    from core.logs import quiet
-
     quiet()
     report = merge(cfg, progress=lambda f, text: print(f"[{f:4.0%}] {text}", flush=True))
     print(json.dumps(report, ensure_ascii=False))
