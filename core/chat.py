@@ -11,11 +11,11 @@ import gc
 import sys
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 from core import models
 from core.config import GenerationConfig, Parser, add_arguments
 from core.errors import UserError
+from core.logs import quiet
 from core.template import Template
 
 
@@ -29,37 +29,11 @@ class Chat:
 
     def load(self, model: str | None = None, adapter: str | None = None, *, trust_remote_code: bool = False) -> str:
         """Load a model folder (or the base recorded in `adapter`), with the adapter on top if given."""
-        import torch
-        from transformers import AutoModelForCausalLM
-
         self.close()
-        record = models.read_record(adapter)
-        spec = model or record.get("base_model")
-        folder = models.resolve(spec)
-        record = record or models.read_record(folder)
-        cuda = torch.cuda.is_available()
-        dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else torch.float32
-        self.tokenizer = models.load_tokenizer(folder, trust_remote_code=trust_remote_code)
-        if adapter and (Path(adapter) / "tokenizer_config.json").is_file():
-            # The run saved the tokenizer it trained with next to the adapter: prefer it.
-            from transformers import AutoTokenizer
-
-            self.tokenizer = AutoTokenizer.from_pretrained(adapter, trust_remote_code=trust_remote_code)
-            self.tokenizer.pad_token = self.tokenizer.pad_token or self.tokenizer.eos_token
-        net = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code)
-        if adapter:
-            from peft import PeftModel
-
-            try:
-                net = PeftModel.from_pretrained(net, adapter)
-            except (RuntimeError, ValueError, KeyError) as e:
-                from core.merge import mismatch
-
-                raise UserError(f"adapter: {adapter} does not fit the model {spec} ({mismatch(e)})",
-                                field="adapter") from None
-        self.model = net.to("cuda:0" if cuda else "cpu").eval()
+        self.model, self.tokenizer, record, description = models.load_for_inference(
+            model, adapter, trust_remote_code=trust_remote_code)
         self.template = _template(record, self.tokenizer)
-        self.description = f"{spec}{' + ' + str(adapter) if adapter else ''} ({self.template.label} template)"
+        self.description = f"{description} ({self.template.label} template)"
         return self.description
 
     def stream(self, history: list[tuple[str, str]], message: str, gen: GenerationConfig | None = None) -> Iterator[str]:
@@ -176,8 +150,6 @@ def cli(argv: list[str]) -> int:
     if not model and not adapter:
         raise UserError("chat: give --model (a model folder or 'default') or --adapter")
     gen = GenerationConfig.from_dict(args)
-    from core.merge import quiet
-
     quiet()
     chat = Chat()
     chat.load(model, adapter, trust_remote_code=trust)

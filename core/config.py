@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,23 @@ class _Config:
             raise UserError(problems[0])
 
     def validate(self) -> list[str]:
+        """Every problem with these settings, one message each (empty list = fine)."""
+        out = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            choices = f.metadata.get("choices")
+            if choices and value not in choices:
+                out.append(f"{f.name}: {value!r} is not one of {', '.join(choices)}")
+            # nan passes every `<` test unnoticed and inf looks like a number: both would start a
+            # run that fails (or never ends) only after the model has loaded.
+            if isinstance(value, float) and not math.isfinite(value):
+                out.append(f"{f.name}: must be a finite number")
+        named = {m.split(":", 1)[0] for m in out}
+        # One message per setting: a nan learning rate is "not finite", not also "not between 0 and 1".
+        return out + [m for m in self._rules() if m.split(":", 1)[0] not in named]
+
+    def _rules(self) -> list[str]:
+        """The checks of one kind of settings (ranges, required fields), beyond choices and finiteness."""
         return []
 
 
@@ -103,7 +122,7 @@ class PrepareConfig(_Config):
     skip_bad: bool = _f(False, "Skip rows that are broken (and count them) instead of stopping at the first one.")
     trust_remote_code: bool = _f(False, "Run code shipped with the model. Only for models you trust.")
 
-    def validate(self) -> list[str]:
+    def _rules(self) -> list[str]:
         out = []
         if not self.input:
             out.append("input: choose a data file")
@@ -111,8 +130,6 @@ class PrepareConfig(_Config):
             out.append("sample: must be 0 (all rows) or more")
         if not 0 <= self.eval_ratio <= 0.5:
             out.append("eval_ratio: must be between 0 and 0.5")
-        if self.format not in ("auto", "alpaca", "sharegpt", "messages", "text"):
-            out.append(f"format: unknown layout {self.format!r}; use auto, alpaca, sharegpt, messages or text")
         if self.max_seq_length < 16:
             out.append("max_seq_length: must be at least 16")
         return out
@@ -162,7 +179,7 @@ class TrainConfig(_Config):
     wandb_project: str = _f("qlora-studio", "wandb project name.")
     resume: bool = _f(False, "Continue from the last complete checkpoint of this run folder.")
 
-    def validate(self) -> list[str]:
+    def _rules(self) -> list[str]:
         out = []
         if not self.data:
             out.append("data: choose a prepared dataset")
@@ -182,11 +199,33 @@ class TrainConfig(_Config):
             out.append("learning_rate: must be between 0 and 1 (2e-4 is usual)")
         if not 0 <= self.warmup_ratio < 1:
             out.append("warmup_ratio: must be between 0 and 1")
-        for f in fields(self):
-            choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
-                out.append(f"{f.name}: {getattr(self, f.name)!r} is not one of {', '.join(choices)}")
+        if self.max_grad_norm < 0:
+            out.append("max_grad_norm: must be 0 (off) or more")
+        if not optimizer_known(self.optim):
+            out.append(f"optim: unknown optimizer {self.optim!r}; use one transformers knows, e.g. "
+                       f"{', '.join(COMMON_OPTIMIZERS[:4])}")
         return out
+
+
+# The optimizers people use with LoRA: checked without importing transformers (the panel validates as
+# you type). Any other name is looked up in transformers itself, which brings in torch (seconds).
+COMMON_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "paged_adamw_8bit", "adafactor", "adamw_8bit",
+                     "adamw_bnb_8bit", "paged_adamw_32bit", "sgd", "adagrad", "rmsprop", "lion_8bit",
+                     "paged_lion_8bit")
+
+
+def optimizer_known(name: str) -> bool:
+    """Whether transformers' Trainer accepts `name` as its `optim`."""
+    if name in COMMON_OPTIMIZERS:
+        return True
+    import logging
+
+    # transformers imports bitsandbytes, which announces a missing optional CPU kernel on stderr: not
+    # for a user who mistyped a name (the CLI promises one line).
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    from transformers.training_args import OptimizerNames
+
+    return name in {o.value for o in OptimizerNames}
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -233,14 +272,12 @@ class MergeConfig(_Config):
     dtype: str = _f("float16", "Number format of the merged weights.", choices=("float16", "bfloat16", "float32"))
     trust_remote_code: bool = _f(False, "Run code shipped with the model. Only for models you trust.")
 
-    def validate(self) -> list[str]:
+    def _rules(self) -> list[str]:
         out = []
         if not self.adapter:
             out.append("adapter: choose a run's adapter folder")
         if not self.out:
             out.append("out: choose an output folder")
-        if self.dtype not in ("float16", "bfloat16", "float32"):
-            out.append(f"dtype: {self.dtype!r} is not one of float16, bfloat16, float32")
         return out
 
 
@@ -256,7 +293,7 @@ class GenerationConfig(_Config):
     repetition_penalty: float = _f(1.1, "Above 1 discourages repeating the same words.")
     max_new_tokens: int = _f(256, "Longest reply in tokens.")
 
-    def validate(self) -> list[str]:
+    def _rules(self) -> list[str]:
         out = []
         if not 0 <= self.temperature <= 2:
             out.append("temperature: must be between 0 and 2")
@@ -278,6 +315,35 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):
         raise UserError(f"{self.prog.split()[-1]}: {message}")
 
+    def parse_known_args(self, args=None, namespace=None):
+        # argparse takes `-1e-4` in `--learning-rate -1e-4` for an option and reports the value as
+        # missing. Glued to its flag (`--learning-rate=-1e-4`) it is read as a value, so that
+        # validate() can say what is wrong with it.
+        return super().parse_known_args(_glue_negative_numbers(sys.argv[1:] if args is None else list(args)),
+                                        namespace)
+
+
+def _glue_negative_numbers(args: list[str]) -> list[str]:
+    """`--flag -1.5` -> `--flag=-1.5`, for every value that reads as a negative number (-inf too)."""
+    out: list[str] = []
+    for arg in args:
+        prev = out[-1] if out else ""
+        if "--" in out:  # after `--` everything is a positional value already
+            out.append(arg)
+        elif prev.startswith("--") and len(prev) > 2 and "=" not in prev and arg.startswith("-") and _number(arg):
+            out[-1] = f"{prev}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
 
 def add_arguments(parser, cls, skip: tuple[str, ...] = ()) -> None:
     """One `--flag` per dataclass field, help text included; unset flags are left out of the result."""
@@ -285,7 +351,8 @@ def add_arguments(parser, cls, skip: tuple[str, ...] = ()) -> None:
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
-        kw = dict(dest=f.name, default=argparse.SUPPRESS, help=f.metadata.get("help", ""))
+        # argparse fills help texts in with `%`: a literal one ("30% slower") must be doubled.
+        kw = dict(dest=f.name, default=argparse.SUPPRESS, help=f.metadata.get("help", "").replace("%", "%%"))
         t = f.type if isinstance(f.type, str) else f.type.__name__
         if t.startswith("bool"):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)

@@ -36,6 +36,7 @@ MANIFEST = "manifest.json"
 CONTAINERS = {"jsonl": "JSON lines", "json": "JSON array", "csv": "CSV"}
 MAX_LENGTHS = 20000  # longer datasets keep only the histogram in the manifest
 TOKENIZE_BATCH = 256
+PREVIEW_CHARS = 2000  # the preview shows a row's beginning, never megabytes in the browser
 
 
 # ---- what the panel calls ---------------------------------------------------------------
@@ -56,23 +57,28 @@ def preview(cfg: PrepareConfig, n: int = 5) -> list[dict]:
     cfg.check()
     template = Template.parse(cfg.template)
     tokenizer = _tokenizer(cfg.model, cfg.trust_remote_code)
+    limit = readers.row_chars(cfg.max_seq_length)
     out = []
     for _, where, row in readers.rows(Path(cfg.input).expanduser(), cfg.format):
         if isinstance(row, Dropped) or (isinstance(row, BadRow) and cfg.skip_bad):
             continue
         if isinstance(row, BadRow):
             raise row
-        segs = _render(template, row, tokenizer, where)
+        segs = _render(template, readers.bound(row, limit)[0], tokenizer, where)
         last = max((i for i, (_, trained) in enumerate(segs) if trained), default=len(segs))
         out.append({
-            "text": "".join(t for t, _ in segs),
-            "prompt": "".join(t for t, _ in segs[:last]),
-            "response": "".join(t for t, _ in segs[last:]),
+            "text": _shorten("".join(t for t, _ in segs)),
+            "prompt": _shorten("".join(t for t, _ in segs[:last])),
+            "response": _shorten("".join(t for t, _ in segs[last:])),
             "where": where,
         })
         if len(out) >= n:
             break
     return out
+
+
+def _shorten(text: str, most: int = PREVIEW_CHARS) -> str:
+    return text if len(text) <= most else text[:most] + "…"
 
 
 def prepare(cfg: PrepareConfig, progress: Callable[[float], None] | None = None) -> dict:
@@ -241,7 +247,8 @@ def _read(src: Path, cfg: PrepareConfig, digest) -> tuple[list | _Again, dict, s
     rng = random.Random(cfg.seed)
     picked: list[tuple[str, dict]] = []
     dropped: Counter = Counter()
-    read = usable = 0
+    read = usable = long_rows = 0
+    limit = readers.row_chars(cfg.max_seq_length)
     layout = ""
     for layout_, where, row in readers.rows(src, cfg.format, digest):
         read += 1
@@ -255,6 +262,8 @@ def _read(src: Path, cfg: PrepareConfig, digest) -> tuple[list | _Again, dict, s
             dropped[row.reason] += 1
             continue
         usable += 1
+        row, cut = readers.bound(row, limit)
+        long_rows += cut
         if not cfg.sample:
             continue  # all rows: read again while writing (_Again), none kept here
         # Reservoir sampling: after the pass, every usable row had the same chance, and the
@@ -271,9 +280,9 @@ def _read(src: Path, cfg: PrepareConfig, digest) -> tuple[list | _Again, dict, s
     if cfg.sample:
         rng.shuffle(picked)  # like random.sample: the order is random too
     else:
-        picked = _Again(src, cfg.format, usable)
+        picked = _Again(src, cfg.format, usable, limit)
     counts = {"read": read, "usable": usable, "dropped": dict(dropped.most_common()),
-              "dropped_total": sum(dropped.values())}
+              "dropped_total": sum(dropped.values()), "long_rows_cut": long_rows, "row_chars": limit}
     return picked, counts, layout
 
 
@@ -353,8 +362,8 @@ class _Hash:
 class _Again:
     """Every usable row, read once more from the file: "all rows" holds no row in memory."""
 
-    def __init__(self, src: Path, fmt: str, n: int):
-        self.src, self.fmt, self.n = src, fmt, n
+    def __init__(self, src: Path, fmt: str, n: int, limit: int):
+        self.src, self.fmt, self.n, self.limit = src, fmt, n, limit
 
     def __len__(self) -> int:
         return self.n
@@ -364,7 +373,7 @@ class _Again:
         for _, where, row in readers.rows(self.src, self.fmt):
             if not isinstance(row, Exception):  # broken or dropped: already counted in the first pass
                 seen += 1
-                yield where, row
+                yield where, readers.bound(row, self.limit)[0]
         if seen != self.n:
             raise UserError(f"{self.src}: the file changed while it was being prepared; try again")
 
@@ -384,6 +393,9 @@ def summary(m: dict) -> str:
     if c["dropped_total"]:
         why = ", ".join(f"{r} {n}" for r, n in c["dropped"].items())
         lines.append(f"Dropped {c['dropped_total']}: {why}")
+    if c.get("long_rows_cut"):
+        lines.append(f"{c['long_rows_cut']} rows were longer than {c['row_chars']:,} characters and were cut "
+                     "before counting tokens")
     if m["sample"] and m["sample"] > c["usable"]:
         lines.append(f"Asked for {m['sample']} rows but only {c['usable']} are usable: all of them are kept")
     picked = f"{c['kept']} rows picked at random (seed {m['seed']})" if m["sample"] else f"all {c['kept']} usable rows"

@@ -16,6 +16,7 @@ from pathlib import Path
 from core import models
 from core.config import MergeConfig, Parser, add_arguments
 from core.errors import UserError
+from core.logs import quiet
 
 PROBE = ("### Human: Who are you, and what can you do for me today? ### Assistant: I am an assistant. "
          "### Human: 请用一句话介绍你自己。 ### Assistant:")
@@ -50,29 +51,20 @@ def merge(cfg: MergeConfig, progress=None) -> dict:
                         field="adapter")
     if out.exists():
         raise UserError(f"out: {cfg.out} already exists; choose a new folder for the merged model", field="out")
-    record = models.read_record(adapter, strict=True)
-    base_spec = cfg.base or record.get("base_model") or _adapter_base(adapter)
-    base = models.resolve(base_spec)
-    _check_room(base, out, cfg.dtype)
+    record, trained_on = models.check_adapter(adapter)
+    base_spec = cfg.base or trained_on
+    if not base_spec:
+        raise UserError(f"base: {adapter} does not say which model it was trained on; choose the base model",
+                        field="base")
+    _check_room(models.resolve(base_spec), out, cfg.dtype)
 
     import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     started = time.time()
     device = "cuda:0" if torch.cuda.is_available() else "cpu"
-    dtype = getattr(torch, cfg.dtype)
-    say(0.05, f"loading {base_spec} in {cfg.dtype}")
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
-    model.to(device)
-    say(0.35, "loading the adapter")
-    try:
-        model = PeftModel.from_pretrained(model, str(adapter))
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise UserError(f"adapter: {cfg.adapter} does not fit the base model {base_spec} ({mismatch(e)}); merge it "
-                        "into the model it was trained on", field="adapter") from None
-    tokenizer = AutoTokenizer.from_pretrained(adapter if (adapter / "tokenizer_config.json").is_file() else base)
-    model.eval()
+    say(0.05, f"loading {base_spec} in {cfg.dtype} with the adapter")
+    model, tokenizer, _, _ = models.load_for_inference(base_spec, adapter, dtype=cfg.dtype, device=device,
+                                                       trust_remote_code=cfg.trust_remote_code)
 
     say(0.5, "merging")
     probe = tokenizer(PROBE, return_tensors="pt").to(device)
@@ -80,9 +72,12 @@ def merge(cfg: MergeConfig, progress=None) -> dict:
         before = model(**probe).logits.float()
         model = model.merge_and_unload()
         after = model(**probe).logits.float()
+        # NaN passes every comparison and agrees with itself: a merge that overflowed (or a NaN base) fails here.
+        finite = bool(torch.isfinite(before).all() and torch.isfinite(after).all()
+                      and all(torch.isfinite(p).all() for p in model.parameters()))
     diff = (before - after).abs().max().item()
     agreement = (before.argmax(-1) == after.argmax(-1)).float().mean().item()
-    ok = agreement >= AGREEMENT and (cfg.dtype != "float32" or diff <= TOLERANCE)
+    ok = finite and agreement >= AGREEMENT and (cfg.dtype != "float32" or diff <= TOLERANCE)
 
     say(0.7, f"writing {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -93,7 +88,7 @@ def merge(cfg: MergeConfig, progress=None) -> dict:
         size = models.size_bytes(tmp)
         report = {"ok": ok, "path": str(out), "size_bytes": size, "size_gb": round(size / 2**30, 3),
                   "max_abs_diff": diff, "mean_abs_diff": (before - after).abs().mean().item(),
-                  "top1_agreement": agreement, "dtype": cfg.dtype,
+                  "top1_agreement": agreement, "finite": finite, "dtype": cfg.dtype,
                   "base_model": base_spec, "adapter": str(adapter.resolve()), "device": device,
                   "seconds": round(time.time() - started, 1)}
         # The record travels on: chat reads the template from here, like it would from the adapter.
@@ -109,37 +104,9 @@ def merge(cfg: MergeConfig, progress=None) -> dict:
         if device != "cpu":
             torch.cuda.empty_cache()
     say(1.0, f"merged model written to {out} ({report['size_gb']} GiB, max logit difference {diff:.2e})")
+    if not finite:
+        say(1.0, f"the merged model gives NaN/inf values in {cfg.dtype}: do not use it; merge in bfloat16 or float32")
     return report
-
-
-def mismatch(exc: BaseException) -> str:
-    """Why an adapter did not load onto a model, in a few words."""
-    text = " ".join(str(exc).split())
-    if "size mismatch" in text:
-        return "its layers have other shapes: it was trained on a different model"
-    return text[:160]
-
-
-def quiet(warnings: bool = False) -> None:
-    """Keep a command's output to its own lines: no weight-loading bars or optional-kernel notices."""
-    import logging
-
-    # bitsandbytes announces on import that an optional CPU kernel package is missing; it is not needed.
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_warning() if warnings else hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-
-
-
-def _adapter_base(adapter: Path) -> str:
-    config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
-    base = config.get("base_model_name_or_path")
-    if not base:
-        raise UserError(f"base: {adapter} does not say which model it was trained on; choose the base model",
-                        field="base")
-    return base
 
 
 def _check_room(base: str, out: Path, dtype: str) -> None:

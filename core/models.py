@@ -186,3 +186,140 @@ def leading_bos(tokenizer) -> int | None:
         return None
     ids = tokenizer("a")["input_ids"]
     return bos if ids and ids[0] == bos else None
+
+
+# ---- loading for chat and merge ------------------------------------------------------------
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def check_adapter(adapter: str | Path) -> tuple[dict, str]:
+    """(the adapter's record, the base model it names or ''), or a UserError saying what is wrong with it.
+
+    Reads the config and every weight before any model loads: a run that diverged leaves NaN
+    weights that would only show up as a torch error (chat) or a merge that "passes" on NaN.
+    """
+    import torch
+    from peft import PeftConfig
+    from safetensors import safe_open
+
+    folder = Path(adapter).expanduser()
+    config_file = folder / "adapter_config.json"
+    if not config_file.is_file():
+        raise UserError(f"adapter: {adapter} has no adapter_config.json; pick a finished run's adapter folder",
+                        field="adapter")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise _damaged(adapter, f"adapter_config.json is not valid JSON: {e}") from None
+    if not isinstance(config, dict) or "peft_type" not in config:
+        raise _damaged(adapter, "adapter_config.json does not say what kind of adapter it is (no peft_type)")
+    try:
+        PeftConfig.from_pretrained(str(folder))
+    except KeyError:
+        raise _damaged(adapter, f"adapter_config.json names an unknown peft_type {config['peft_type']!r}") from None
+    except (TypeError, ValueError) as e:
+        raise _damaged(adapter, f"adapter_config.json: {_short(e)}") from None
+    weights = folder / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise _damaged(adapter, f"no {ADAPTER_WEIGHTS}")
+    try:
+        with safe_open(str(weights), framework="pt") as f:  # tensor by tensor: never the whole file at once
+            finite = all(torch.isfinite(f.get_tensor(name)).all() for name in f.keys())
+    except Exception as e:  # noqa: BLE001 - safetensors' own error type: a cut-off or garbled file
+        raise _damaged(adapter, f"{ADAPTER_WEIGHTS}: {_short(e)}") from None
+    if not finite:
+        raise UserError(f"adapter: {adapter} holds NaN/inf values (the run diverged); train again with a lower "
+                        "learning rate", field="adapter")
+    record = read_record(folder, strict=True)
+    return record, record.get("base_model") or config.get("base_model_name_or_path") or ""
+
+
+def load_for_inference(model: str | None = None, adapter: str | Path | None = None, *, dtype=None,
+                       device: str | None = None, trust_remote_code: bool = False):
+    """(model in eval mode on `device`, tokenizer, record, description) for chat and merge.
+
+    `model` is a model folder, 'default' or a hub id; with an adapter and no model, the base the
+    adapter was trained on. `dtype` is a torch dtype or its name (default: bf16 or fp16 on a GPU,
+    float32 on the CPU). The record is the adapter's, else the model folder's. Every problem a
+    user can fix (damaged adapter, wrong base, model code not trusted) is a UserError.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    record, trained_on = check_adapter(adapter) if adapter else ({}, "")
+    spec = model or trained_on
+    if adapter and not spec:
+        raise UserError(f"base: {adapter} does not say which model it was trained on; choose the base model",
+                        field="base")
+    spec = spec or DEFAULT_MODEL
+    folder = resolve(spec)
+    _check_own_code(folder, spec, trust_remote_code)
+    record = record or read_record(folder)
+    device = device or ("cuda:0" if torch.cuda.is_available() else "cpu")
+    if dtype is None:
+        dtype = torch.float32 if device == "cpu" else torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    elif isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    tokenizer = _inference_tokenizer(folder, adapter, trust_remote_code)
+    try:
+        net = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UserError(f"model: {spec} cannot be loaded ({_short(e)}); check the folder or pick another model",
+                        field="model") from None
+    net.to(device)
+    if adapter:
+        from peft import PeftModel
+
+        try:
+            net = PeftModel.from_pretrained(net, str(adapter))
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise UserError(f"adapter: {adapter} does not fit the base model {spec} ({mismatch(e)}); use the model "
+                            "it was trained on", field="adapter") from None
+    net.eval()
+    return net, tokenizer, record, f"{spec}{' + ' + str(adapter) if adapter else ''}"
+
+
+def mismatch(exc: BaseException) -> str:
+    """Why an adapter did not load onto a model, in a few words."""
+    text = " ".join(str(exc).split())
+    if "size mismatch" in text:
+        return "its layers have other shapes: it was trained on a different model"
+    return text[:160]
+
+
+def _inference_tokenizer(folder: str, adapter, trust_remote_code: bool):
+    if adapter and (Path(adapter) / "tokenizer_config.json").is_file():
+        # The run saved the tokenizer it trained with next to the adapter: prefer it.
+        from transformers import AutoTokenizer
+
+        try:
+            tok = AutoTokenizer.from_pretrained(str(adapter), trust_remote_code=trust_remote_code)
+        except Exception as e:  # noqa: BLE001 - tokenizers raises plain Exception on a cut-off tokenizer.json
+            raise _damaged(adapter, f"its tokenizer: {_short(e)}") from None
+        tok.pad_token = tok.pad_token or tok.eos_token
+        return tok
+    return load_tokenizer(folder, trust_remote_code=trust_remote_code)
+
+
+def _check_own_code(folder: str, spec: str, trust_remote_code: bool) -> None:
+    """A model whose architecture only its own Python code defines needs the user's explicit trust."""
+    if trust_remote_code:
+        return
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # loading will say what is wrong with the folder
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    if isinstance(config, dict) and config.get("auto_map") and config.get("model_type") not in CONFIG_MAPPING_NAMES:
+        raise UserError(f"model: {spec} ships its own code; switch on 'Trust remote code' if you trust it",
+                        field="model")
+
+
+def _damaged(adapter, why: str) -> UserError:
+    return UserError(f"adapter: {adapter} is damaged or incomplete ({why}); train again or pick another run",
+                     field="adapter")
+
+
+def _short(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:160]

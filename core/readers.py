@@ -13,6 +13,7 @@ Every row becomes the dict core.template renders: {"system", "turns": [...]} or 
 Files are streamed (bytes hashed on the way) so that a 300 MB file never sits in memory.
 A broken row raises BadRow (a UserError naming the file and line); a row that is fine but
 useless (an empty reply) raises Dropped, which the caller counts instead of failing.
+`bound()` cuts a row far longer than training could use, so that one huge row stays cheap.
 """
 
 from __future__ import annotations
@@ -28,6 +29,12 @@ LAYOUTS = ("alpaca", "sharegpt", "messages", "text")
 USER_ROLES = {"human": "user", "user": "user"}
 ASSISTANT_ROLES = {"gpt": "assistant", "assistant": "assistant", "model": "assistant", "bot": "assistant"}
 CHUNK = 1 << 20
+# No tokenizer spends 32 characters on one token (English takes about 4, Chinese 1 to 2), so text past
+# max_seq_length x 32 characters can never reach training, which keeps the beginning of a row. It is
+# cut before tokenizing: one 50 MB row would otherwise cost a minute and gigabytes of memory. At least
+# 100,000 characters are kept, for runs that use a longer max_seq_length than the statistics did.
+CHARS_PER_TOKEN = 32
+MIN_ROW_CHARS = 100_000
 
 
 class BadRow(UserError):
@@ -49,9 +56,12 @@ class Dropped(Exception):
 # ---- containers ---------------------------------------------------------------------
 def container(path: Path) -> str:
     """'jsonl', 'json' (an array) or 'csv', from the extension and the first character."""
-    if not path.is_file():
-        raise UserError(f"{path}: file not found; check the path" if not path.exists()
-                        else f"{path}: is a folder; choose a data file inside it")
+    if not path.exists():
+        raise UserError(f"{path}: file not found; check the path")
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; choose a data file inside it")
+    if not path.is_file():  # a device (/dev/zero), a pipe, a socket: reading could never end
+        raise UserError(f"{path}: is not a regular file; choose a data file")
     if path.suffix.lower() in (".csv", ".tsv"):
         return "csv"
     with path.open("rb") as f:
@@ -339,3 +349,37 @@ def rows(path: Path, fmt: str = "auto", digest=None) -> Iterator[tuple[str, str,
             yield layout, where, normalize(rec, layout, where)
         except (BadRow, Dropped) as e:
             yield layout, where, e
+
+
+# ---- bounds -------------------------------------------------------------------------
+def row_chars(max_seq_length: int) -> int:
+    """The most characters of one row that prepare keeps (see CHARS_PER_TOKEN)."""
+    return max(CHARS_PER_TOKEN * max_seq_length, MIN_ROW_CHARS)
+
+
+def bound(row: dict, limit: int) -> tuple[dict, bool]:
+    """(the row cut to `limit` characters, whether it was cut): the beginning is kept, as in training.
+
+    Fields count in the order they are rendered (system, then each turn's instruction, input and
+    output); turns that start after the limit are left out.
+    """
+    if "text" in row:
+        return ({"text": row["text"][:limit]}, True) if len(row["text"]) > limit else (row, False)
+    fields = ("instruction", "input", "output")
+    if len(row["system"]) + sum(len(t[k]) for t in row["turns"] for k in fields) <= limit:
+        return row, False
+    left = limit
+
+    def take(text: str) -> str:
+        nonlocal left
+        text = text[:max(left, 0)]
+        left -= len(text)
+        return text
+
+    system = take(row["system"])
+    turns = []
+    for turn in row["turns"]:
+        if left <= 0 and turns:  # the first turn always stays: a row without one renders nothing
+            break
+        turns.append({**turn, **{k: take(turn[k]) for k in fields}})
+    return {**row, "system": system, "turns": turns}, True

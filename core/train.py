@@ -67,7 +67,7 @@ def train(cfg: TrainConfig) -> dict:
     cfg.check()
     run = Path(cfg.out).expanduser().resolve()
     dataset, folder, checkpoint = _check_folders(cfg, run)
-    from core.merge import quiet
+    from core.logs import quiet
 
     quiet(warnings=True)  # train.log: our lines and real warnings, not loading bars
     from core.status import Status, explain

@@ -75,3 +75,23 @@ def tokenizer(base_model):
     from core import models
 
     return models.load_tokenizer(base_model)
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(base_model, tmp_path_factory) -> Path:
+    """A small LoRA adapter on the embedded model, laid out like a run's: weights, tokenizer, record."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from core import models
+    from core.template import Template
+
+    folder = tmp_path_factory.mktemp("tiny") / "adapter"
+    torch.manual_seed(0)
+    net = get_peft_model(AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32),
+                         LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    net.save_pretrained(folder)
+    models.load_tokenizer(base_model).save_pretrained(folder)
+    models.write_record(folder, {"base_model": "default", "template": Template().to_dict()})
+    return folder

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from test_merge import adapter_copy, one_line, own_code_model
 from test_train import core_cli, shared_merge, shared_run
 
 from core.config import GenerationConfig
+from core.errors import UserError
 
 GREEDY = GenerationConfig(temperature=0, max_new_tokens=40)
 
@@ -77,3 +79,33 @@ def test_cli_refuses_a_missing_model(tmp_path):
     result = core_cli("chat", "--model", tmp_path / "nothing", "--prompt", "hi")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: model: folder {tmp_path / 'nothing'} not found"]
+
+
+# ---- what a user may point chat at -----------------------------------------------------------
+def test_refuses_an_adapter_whose_run_diverged(tiny_adapter, tmp_path):
+    from core.chat import Chat
+
+    nan = adapter_copy(tiny_adapter, tmp_path / "nan", float("nan"))
+    with pytest.raises(UserError) as e:
+        Chat().load(adapter=str(nan))
+    assert str(e.value) == (f"adapter: {nan} holds NaN/inf values (the run diverged); train again with a lower "
+                            "learning rate")
+
+
+def test_a_model_with_its_own_code_needs_trust(tmp_path, base_model):
+    custom = own_code_model(tmp_path / "custom", base_model)
+    line = one_line(core_cli("chat", "--model", custom, "--prompt", "hi"))
+    assert line == f"error: model: {custom} ships its own code; switch on 'Trust remote code' if you trust it"
+
+
+@pytest.mark.parametrize("name, why", [
+    ("adapter_model.safetensors", "(adapter_model.safetensors: Error while deserializing header"),
+    ("tokenizer.json", "(its tokenizer: "),
+])
+def test_a_half_written_adapter_is_named_as_damaged(tiny_adapter, tmp_path, name, why):
+    adapter = adapter_copy(tiny_adapter, tmp_path / "adapter")
+    whole = (adapter / name).read_bytes()
+    (adapter / name).write_bytes(whole[: len(whole) // 2])  # the disk filled up while the run saved it
+    line = one_line(core_cli("chat", "--adapter", adapter, "--prompt", "hi"))
+    assert line.startswith(f"error: adapter: {adapter} is damaged or incomplete {why}")
+    assert line.endswith("; train again or pick another run")

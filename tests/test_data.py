@@ -203,7 +203,7 @@ def test_manifest_records_source_template_and_counts(tmp_path):
     assert saved["seed"] == 7 and saved["template"]["name"] == "chat" and saved["model"] == "default"
     # An empty reply teaches nothing: such rows are dropped and counted, not fatal.
     assert saved["counts"] | {} == {"read": 7, "usable": 5, "dropped": {"empty output": 2}, "dropped_total": 2,
-                                    "kept": 5, "train": 5, "eval": 0}
+                                    "long_rows_cut": 0, "row_chars": 100_000, "kept": 5, "train": 5, "eval": 0}
 
 
 def test_list_datasets_offers_prepared_folders(tmp_path):
@@ -307,3 +307,58 @@ def test_a_wrong_flag_is_one_line_and_exit_code_2(tmp_path, capsys):
     rc, _, err = cli(capsys, DATA / "alpaca.jsonl", "--out", tmp_path / "o", "--sample", "10", "--no-such-flag")
     assert rc == 2 and err.strip().count("\n") == 0 and "--no-such-flag" in err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
+def test_a_device_is_not_taken_for_a_folder(tmp_path, capsys):
+    rc, _, err = cli(capsys, "/dev/zero", "--out", tmp_path / "o")
+    assert rc == 2 and err == "error: /dev/zero: is not a regular file; choose a data file\n"
+    rc, _, err = cli(capsys, tmp_path, "--out", tmp_path / "o")
+    assert rc == 2 and err == f"error: {tmp_path}: is a folder; choose a data file inside it\n"
+
+
+# ---- rows far longer than training could use -----------------------------------------------------
+@pytest.fixture(scope="module")
+def huge_row(tmp_path_factory) -> Path:
+    """One alpaca row of about 10 MB: an instruction and a whole book pasted into `input`."""
+    src = tmp_path_factory.mktemp("huge") / "one_row.jsonl"
+    book = "这是一个很长的句子。 The quick brown fox jumps over the lazy dog. " * 180_000
+    src.write_text(json.dumps({"instruction": "Summarize:", "input": book, "output": "A fox."},
+                              ensure_ascii=False) + "\n", encoding="utf-8")
+    assert src.stat().st_size > 9_000_000
+    return src
+
+
+def test_a_huge_row_is_cut_before_counting_tokens(tmp_path, huge_row):
+    """The command finishes in seconds with bounded memory, and says what it cut."""
+    out = tmp_path / "ds"
+    code = ("import resource, sys; from core.__main__ import main; rc = main(sys.argv[1:]); "
+            "print('peak', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)")
+    result = subprocess.run([sys.executable, "-c", code, "prepare", huge_row, "--out", out], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "1 rows were longer than 100,000 characters and were cut before counting tokens" in result.stdout
+    peak_mb = int(result.stdout.split("peak ")[1].split()[0]) / 1024  # Linux reports KiB
+    assert peak_mb < 1000, peak_mb  # tokenizing the whole row took 2 GB
+    row = lines(out)[0]
+    assert len(row["text"]) < 110_000 and row["text"].startswith("### Human: Summarize:\n这是一个很长的句子。")
+    m = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert m["counts"]["long_rows_cut"] == 1 and m["counts"]["row_chars"] == 100_000
+    assert m["stats"]["cut_rows"] == 1 and m["stats"]["tokens"]["max"] < 110_000
+
+
+def test_preview_sends_the_beginning_of_a_huge_row(huge_row):
+    row = data.preview(PrepareConfig(input=str(huge_row)), n=1)[0]
+    assert all(len(row[k]) <= 2001 for k in ("text", "prompt", "response"))
+    assert row["prompt"].startswith("### Human: Summarize:\n这是一个很长的句子。") and row["prompt"].endswith("…")
+    assert row["text"].startswith(row["prompt"][:-1])
+
+
+def test_a_long_row_keeps_its_beginning_and_a_short_one_is_untouched():
+    long_turns = {"system": "be brief", "turns": [{"instruction": "q" * 60, "input": "", "output": "a" * 60},
+                                                  {"instruction": "second", "input": "", "output": "x"}]}
+    cut, was_cut = readers.bound(long_turns, 100)
+    assert was_cut and cut["system"] == "be brief" and len(cut["turns"]) == 1
+    assert cut["turns"][0] == {"instruction": "q" * 60, "input": "", "output": "a" * 32}
+    assert readers.bound({"text": "abc"}, 100) == ({"text": "abc"}, False)
+    assert readers.bound({"text": "abcdef"}, 4) == ({"text": "abcd"}, True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 from test_train import core_cli, pickles, shared_merge, shared_run
@@ -91,3 +93,77 @@ def test_refuses_an_adapter_made_for_another_model(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "does not fit the base model" in lines[0] and str(other) in lines[0]
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
+
+
+# ---- adapters that are broken in ways a user meets -----------------------------------------------
+def adapter_copy(src: Path, dst: Path, fill: float | None = None) -> Path:
+    """A copy of the adapter folder `src`; with `fill`, every weight set to that value (nan: a diverged run)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    if fill is not None:
+        weights = dst / "adapter_model.safetensors"
+        save_file({k: torch.full_like(v, fill) for k, v in load_file(weights).items()}, weights,
+                  metadata={"format": "pt"})
+    return dst
+
+
+def own_code_model(folder: Path, base_model: str) -> Path:
+    """A model folder whose architecture only its own (absent) Python code defines, with a working tokenizer."""
+    shutil.copytree(base_model, folder, ignore=shutil.ignore_patterns("*.safetensors"))
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="studio_custom", architectures=["CustomForCausalLM"],
+                  auto_map={"AutoConfig": "configuration_custom.CustomConfig",
+                            "AutoModelForCausalLM": "modeling_custom.CustomForCausalLM"})
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def one_line(result) -> str:
+    """The single stderr line of a refused command (exit code 2, no traceback)."""
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr[-2000:]
+    return result.stderr.strip()
+
+
+def test_refuses_an_adapter_whose_run_diverged(tiny_adapter, tmp_path):
+    from core.config import MergeConfig
+    from core.errors import UserError
+    from core.merge import merge
+
+    nan = adapter_copy(tiny_adapter, tmp_path / "nan", float("nan"))
+    with pytest.raises(UserError) as e:
+        merge(MergeConfig(adapter=str(nan), out=str(tmp_path / "out")))
+    assert str(e.value) == (f"adapter: {nan} holds NaN/inf values (the run diverged); train again with a lower "
+                            "learning rate")
+    assert not (tmp_path / "out").exists()
+
+
+def test_merge_check_fails_when_the_merged_model_overflows(tiny_adapter, tmp_path):
+    """Finite adapter values whose product exceeds float16's range: the check must not pass on inf/NaN."""
+    from core.config import MergeConfig
+    from core.merge import merge
+
+    huge = adapter_copy(tiny_adapter, tmp_path / "huge", 100.0)  # 4 x 100 x 100 x scale 2 = 80,000 > 65,504
+    report = merge(MergeConfig(adapter=str(huge), out=str(tmp_path / "out"), dtype="float16"))
+    assert report["ok"] is False and report["finite"] is False
+
+
+@pytest.mark.parametrize("config, why", [
+    ('{"peft_type": "LORA", "r": 4,', "adapter_config.json is not valid JSON"),
+    ("{}", "no peft_type"),
+    ('{"peft_type": "NO_SUCH_KIND"}', "unknown peft_type 'NO_SUCH_KIND'"),
+])
+def test_a_broken_adapter_config_is_one_line_naming_the_file(tiny_adapter, tmp_path, config, why):
+    adapter = adapter_copy(tiny_adapter, tmp_path / "adapter")
+    (adapter / "adapter_config.json").write_text(config)
+    line = one_line(core_cli("merge", "--adapter", adapter, "--out", tmp_path / "out"))
+    assert line.startswith(f"error: adapter: {adapter} is damaged or incomplete (") and why in line
+    assert line.endswith("; train again or pick another run") and not (tmp_path / "out").exists()
+
+
+def test_a_model_with_its_own_code_needs_trust(tiny_adapter, tmp_path, base_model):
+    custom = own_code_model(tmp_path / "custom", base_model)
+    line = one_line(core_cli("merge", "--adapter", tiny_adapter, "--base", custom, "--out", tmp_path / "out"))
+    assert line == f"error: model: {custom} ships its own code; switch on 'Trust remote code' if you trust it"

@@ -1,0 +1,105 @@
+"""Settings as a user types them: presets, numbers typed as text, choices, and values that would start
+a run only to fail after the model has loaded."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.config import (COMMON_OPTIMIZERS, PRESETS, GenerationConfig, MergeConfig, PrepareConfig, TrainConfig,
+                         preset)
+from core.errors import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+READY = dict(data="some/dataset", out="some/run")  # validate() does not look at the disk
+
+
+def core(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "core", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+# ---- presets and coercion ----------------------------------------------------------------
+def test_presets_set_their_values_and_the_users_own_win():
+    cfg = preset("tutorial", **READY, lora_r=8)
+    assert cfg.preset == "tutorial" and cfg.compute_dtype == "float16" and cfg.loss_on == "all"
+    assert cfg.lora_r == 8 and cfg.validate() == []
+    assert preset("default", **READY).learning_rate == PRESETS["default"]["learning_rate"]
+    with pytest.raises(UserError, match="preset: unknown preset 'fast'; use tutorial or default"):
+        preset("fast")
+
+
+def test_numbers_typed_as_text_become_numbers_or_a_message_naming_the_setting():
+    cfg = TrainConfig.from_dict({**READY, "lora_r": "8", "learning_rate": "1e-4", "packing": "yes"})
+    assert (cfg.lora_r, cfg.learning_rate, cfg.packing) == (8, 1e-4, True)
+    with pytest.raises(UserError, match=r"^lora_r: 'eight' is not a valid int$"):
+        TrainConfig.from_dict({"lora_r": "eight"})
+    with pytest.raises(UserError, match=r"^batch_size: 2.5 is not a valid int$"):
+        TrainConfig.from_dict({"batch_size": 2.5})
+    with pytest.raises(UserError, match="unknown setting 'lora_rank'"):
+        TrainConfig.from_dict({"lora_rank": 8})
+
+
+# ---- choices, once for every kind of settings -------------------------------------------------
+@pytest.mark.parametrize("cfg, message", [
+    (TrainConfig(**READY, quantization="8bit"), "quantization: '8bit' is not one of 4bit, none"),
+    (PrepareConfig(input="a.jsonl", format="yaml"), "format: 'yaml' is not one of auto, alpaca, sharegpt, messages, text"),
+    (MergeConfig(adapter="a", out="b", dtype="int8"), "dtype: 'int8' is not one of float16, bfloat16, float32"),
+])
+def test_a_value_outside_the_choices_is_named_with_the_choices(cfg, message):
+    assert cfg.validate() == [message]
+
+
+# ---- values that used to start a run and fail later ---------------------------------------------
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_nan_and_inf_are_refused_in_every_float_setting(value):
+    assert TrainConfig.from_dict({**READY, "max_steps": 0, "epochs": value}).validate() == [
+        "epochs: must be a finite number"]
+    assert TrainConfig.from_dict({**READY, "learning_rate": value}).validate() == [
+        "learning_rate: must be a finite number"]  # one message, not also "between 0 and 1"
+    assert PrepareConfig.from_dict({"input": "a.jsonl", "eval_ratio": value}).validate() == [
+        "eval_ratio: must be a finite number"]
+    assert GenerationConfig.from_dict({"top_p": value}).validate() == ["top_p: must be a finite number"]
+
+
+def test_an_optimizer_transformers_does_not_know_is_refused_with_examples():
+    problems = TrainConfig(**READY, optim="foo").validate()
+    assert len(problems) == 1 and problems[0].startswith("optim: unknown optimizer 'foo'; use one")
+    assert "adamw_torch" in problems[0] and "paged_adamw_8bit" in problems[0]
+    assert TrainConfig(**READY, optim="paged_adamw_8bit").validate() == []
+    assert TrainConfig(**READY, optim="schedule_free_adamw").validate() == []  # known to transformers only
+
+
+def test_the_common_optimizers_are_all_known_to_transformers():
+    from transformers.training_args import OptimizerNames
+
+    assert set(COMMON_OPTIMIZERS) <= {o.value for o in OptimizerNames}
+
+
+def test_a_negative_gradient_clip_is_refused():
+    assert TrainConfig(**READY, max_grad_norm=-5).validate() == ["max_grad_norm: must be 0 (off) or more"]
+    assert TrainConfig(**READY, max_grad_norm=0).validate() == []
+
+
+# ---- the command line ------------------------------------------------------------------------
+@pytest.mark.parametrize("flag, value, message", [
+    ("--learning-rate", "-1e-4", "error: learning_rate: must be between 0 and 1 (2e-4 is usual)"),
+    ("--max-grad-norm", "-5", "error: max_grad_norm: must be 0 (off) or more"),
+    ("--epochs", "nan", "error: epochs: must be a finite number"),
+    ("--optim", "foo", "error: optim: unknown optimizer 'foo'; use one transformers knows, e.g. adamw_torch, "
+                       "adamw_torch_fused, paged_adamw_8bit, adafactor"),
+])
+def test_cli_refuses_bad_numbers_before_loading_anything(tmp_path, flag, value, message):
+    result = core("train", "--data", tmp_path / "data", "--out", tmp_path / "run", "--max-steps", 0, flag, value)
+    assert result.returncode == 2 and result.stderr.splitlines() == [message], result.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
+
+
+def test_help_shows_help_texts_as_written():
+    result = core("train", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "much less memory, about 30% slower" in text and "{'" not in text
