@@ -18,7 +18,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from core.status import Status
+from core.status import Status, stop_requested
 
 
 def keep_metrics_until(path: Path, step: int) -> None:
@@ -34,10 +34,15 @@ def keep_metrics_until(path: Path, step: int) -> None:
 
 
 class StopFlag:
-    """Turns SIGINT/SIGTERM into a polite request: the run ends after the current step."""
+    """Turns SIGINT/SIGTERM, or the panel's stop file in the run folder, into a polite request.
 
-    def __init__(self):
+    The file matters while the run starts: a signal that arrives before the handlers are installed
+    is lost in a library's import, but the file is still there when the first step is about to begin.
+    """
+
+    def __init__(self, run: Path | None = None):
         self.event = threading.Event()
+        self.run = run
         self._old = {}
 
     def install(self) -> None:
@@ -57,6 +62,8 @@ class StopFlag:
 
     @property
     def requested(self) -> bool:
+        if not self.event.is_set() and self.run is not None and stop_requested(self.run):
+            self.event.set()
         return self.event.is_set()
 
 

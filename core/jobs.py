@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from core import gpus, paths, runs, status
+from core import gpus, models, paths, runs, status
 from core.config import MergeConfig, TrainConfig
 from core.errors import UserError
 
@@ -129,17 +129,17 @@ class JobManager:
         """Validate cfg, create the run folder, save config.json and start the training child."""
         if not cfg.out:
             cfg = cfg.replace(out=str(_unique(paths.runs() / _now_name(cfg.model))))
-        cfg.check()
-        if not Path(cfg.data).is_dir():
-            raise UserError(f"data: prepared dataset {cfg.data} not found; make one in the Data tab first", field="data")
+        from core.train import check_input
+
         run = Path(cfg.out).resolve()
-        if cfg.resume:
-            if not (run / "config.json").is_file():
-                raise UserError(f"resume: {run} is not a run folder", field="out")
-        elif run.exists() and any(run.iterdir()):
-            raise UserError(f"out: run folder {run} already exists; choose another name", field="out")
+        if cfg.resume and not (run / "config.json").is_file():
+            raise UserError(f"resume: {run} is not a run folder", field="out")
+        check_input(cfg, fetch=False)  # the child's own check: nothing starts that would fail at once
         with self._lock:
             self._refuse_second()
+            if runs.locked(run):  # trained from a terminal, say: its files are not ours to rewrite
+                raise UserError(f"out: run {run.name} is being trained by another process; wait for it or stop it",
+                                field="out")
             for hook in list(before_train):
                 hook()
             run.mkdir(parents=True, exist_ok=True)
@@ -171,8 +171,7 @@ class JobManager:
             run = Path(cfg.adapter).resolve().parent.name or "model"
             cfg = cfg.replace(out=str(_unique(paths.merged() / run)))
         cfg.check()
-        if not (Path(cfg.adapter) / "adapter_config.json").is_file():
-            raise UserError(f"adapter: {cfg.adapter} has no trained adapter (adapter_config.json); pick a finished run", field="adapter")
+        models.check_adapter(cfg.adapter)  # the merge's own check: a missing, damaged or diverged adapter
         out = Path(cfg.out).resolve()
         if out.exists():
             raise UserError(f"out: {out} already exists; choose another folder", field="out")

@@ -31,11 +31,15 @@ def is_default(spec: str | None) -> bool:
     return (spec or "").strip() in ("", DEFAULT_MODEL)
 
 
-def resolve(spec: str | None, *, tokenizer_only: bool = False) -> str:
-    """A local folder for `spec`: 'default', a folder path, or a hub id (downloaded if reachable)."""
+def resolve(spec: str | None, *, tokenizer_only: bool = False, fetch: bool = True) -> str:
+    """A local folder for `spec`: 'default', a folder path, or a hub id (downloaded if reachable).
+
+    With fetch=False nothing is downloaded or converted (a check before a job starts): a hub id
+    that is not downloaded yet, or the embedded default before its first conversion, passes as is.
+    """
     spec = (spec or "").strip()
     if is_default(spec):
-        return str(embedded())
+        return str(embedded()) if fetch else spec
     path = Path(spec).expanduser()
     if path.exists():
         if not path.is_dir() or not (path / "config.json").is_file():
@@ -43,7 +47,7 @@ def resolve(spec: str | None, *, tokenizer_only: bool = False) -> str:
         return str(path.resolve())
     if _looks_like_path(spec):
         raise UserError(f"model: folder {spec} not found", field="model")
-    return _from_hub(spec, tokenizer_only=tokenizer_only)
+    return _from_hub(spec, tokenizer_only=tokenizer_only) if fetch else spec
 
 
 def embedded() -> Path:

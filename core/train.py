@@ -66,11 +66,11 @@ def train(cfg: TrainConfig) -> dict:
     os.environ.update(gpus.one())
     cfg.check()
     run = Path(cfg.out).expanduser().resolve()
-    dataset, folder, checkpoint = _check_folders(cfg, run)
+    dataset, folder, checkpoint = check_input(cfg)
     from core.logs import quiet
 
     quiet(warnings=True)  # train.log: our lines and real warnings, not loading bars
-    from core.status import Status, explain
+    from core.status import Status, clear_stop, explain
 
     run.mkdir(parents=True, exist_ok=True)
     with runs.lock(run):  # a second trainer of this run is refused here, before it writes anything
@@ -82,7 +82,8 @@ def train(cfg: TrainConfig) -> dict:
         except KeyboardInterrupt:  # interrupted before training began: nothing to save
             log.info("stopped before the first step")
             if status is not None:
-                status.last_word(log, state="stopped", ended=time.time())
+                status.last_word(log, state="stopped", ended=time.time(),
+                                 hint="stopped before training began: nothing to keep")
             raise
         except BaseException as e:
             error, hint = explain(e)
@@ -94,12 +95,18 @@ def train(cfg: TrainConfig) -> dict:
                 raise
             return status.data
         finally:
+            clear_stop(run)  # answered: a later resume starts afresh
             logging.getLogger("qlora_studio").removeHandler(handler)
             handler.close()
 
 
-def _check_folders(cfg: TrainConfig, run: Path) -> tuple[Path, str, Path | None]:
-    """Refuse bad input before anything is written; the data folder, the model's folder, the checkpoint to resume."""
+def check_input(cfg: TrainConfig, fetch: bool = True) -> tuple[Path, str, Path | None]:
+    """Refuse bad input before anything is written; the data folder, the model's folder, the checkpoint to resume.
+
+    The panel calls this too, with fetch=False, before it starts a run: the same check, the same words.
+    """
+    cfg.check()
+    run = Path(cfg.out).expanduser().resolve()
     data = Path(cfg.data).expanduser()
     if not (data / "manifest.json").is_file() or not (data / "train.jsonl").is_file():
         raise UserError(f"data: {cfg.data} is not a prepared dataset; make one in the Data tab or with "
@@ -116,7 +123,7 @@ def _check_folders(cfg: TrainConfig, run: Path) -> tuple[Path, str, Path | None]
         if checkpoint is None:
             why = "".join(f"; {p.name}: {reason}" for p, reason in skipped)
             raise UserError(f"resume: {cfg.out} has no complete checkpoint to resume from{why}", field="resume")
-    folder = models.resolve(cfg.model)  # a missing model folder is refused here, with its name
+    folder = models.resolve(cfg.model, fetch=fetch)  # a missing model folder is refused here, with its name
     return data, folder, checkpoint
 
 
@@ -150,7 +157,7 @@ def _train(cfg: TrainConfig, run: Path, data: Path, folder: str, status) -> dict
     resume = saving.resume_point(run) if cfg.resume else None  # (checkpoint, its step, what was skipped)
     if resume:
         status.update(resumed_from=resume[0].name, warning=resume[2])
-    stop = StopFlag()
+    stop = StopFlag(run)
     stop.install()
     tokenizer = models.load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     train_rows = _tokenized(data / "train.jsonl", tokenizer, cfg)
@@ -230,6 +237,11 @@ def _train(cfg: TrainConfig, run: Path, data: Path, folder: str, status) -> dict
     saving.ensure_space(run, weights * (4 if cfg.save_steps else 1),
                         saving.RESUME_HINT if resume else saving.START_HINT)
 
+    if stop.requested:  # asked while the model loaded: end before the first step, with nothing to keep
+        stop.uninstall()
+        log.info("stop requested before the first step: nothing was trained")
+        status.update(state="stopped", ended=time.time(), hint="stopped before training began: nothing to keep")
+        return status.data
     try:
         trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)
     finally:

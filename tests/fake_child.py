@@ -53,6 +53,11 @@ for step in range(start + 1, steps + 1):
     with open(run / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"step": step, "max_steps": steps, "loss": 3.0 / step, "time": time.time()}) + "\n")
     write_status(step=step)
+    checkpoint = run / "checkpoints" / f"checkpoint-{step}"  # whole, as the real trainer leaves them
+    checkpoint.mkdir(parents=True, exist_ok=True)
+    (checkpoint / "adapter_config.json").write_text("{}")
+    (checkpoint / "adapter_model.safetensors").write_bytes(b"\x02\x00\x00\x00\x00\x00\x00\x00{}")
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": step, "max_steps": steps}))
     if mode == "crash" and step == 2:
         os.kill(os.getpid(), signal.SIGKILL)
     if stop["asked"]:

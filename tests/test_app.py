@@ -161,12 +161,14 @@ def test_train_streams_metrics_then_finishes(finished_run):
     assert len(runs.read_metrics(finished_run)) == 3
 
 
-def test_bad_model_fails_with_the_cause_in_words(app, dataset, finished_run):
+def test_bad_model_or_data_is_refused_before_anything_starts(app, dataset, finished_run):
     c = app.client()
-    message, viewed = start(c, dataset, model="/no/such/model", name="bad")
-    assert "Training started" in message, message
-    html, _, _ = wait_state(c, viewed["value"], ["failed"], timeout=120)
-    assert "model: folder /no/such/model not found" in html
+    missing = app.home / "models" / "nothing"
+    message, viewed = start(c, dataset, model=str(missing), name="bad")
+    assert message == f"⚠️ model: folder {missing} not found", message
+    message, _ = start(c, str(app.home / "data"), name="bad")
+    assert "is not a prepared dataset" in message
+    assert not (app.home / "runs" / "bad").exists()
 
 
 def test_stop_keeps_adapter_and_restart_reattaches(app, dataset, finished_run):

@@ -20,6 +20,8 @@ FAKE = [sys.executable, str(Path(__file__).with_name("fake_child.py"))]
 def home(tmp_path, monkeypatch):
     monkeypatch.setenv("QLORA_STUDIO_HOME", str(tmp_path))
     (tmp_path / "datasets" / "d").mkdir(parents=True)
+    (tmp_path / "datasets" / "d" / "manifest.json").write_text("{}")  # enough for the check before a start
+    (tmp_path / "datasets" / "d" / "train.jsonl").write_text("")
     return tmp_path
 
 
@@ -97,7 +99,7 @@ def test_crash_without_final_state_becomes_failed_with_a_cause(home, monkeypatch
 
 def test_user_error_in_child_is_the_failure_cause(home, monkeypatch):
     monkeypatch.setenv("FAKE_MODE", "error")
-    job = manager().start_train(cfg(home, model="/nope"))
+    job = manager().start_train(cfg(home))  # the fake child fails as a real one does on a bad model
     final = wait_for(lambda: (s := status.read(job.folder))["state"] == "failed" and s)
     assert final["error"] == "model: folder /nope not found"
 
@@ -125,7 +127,7 @@ def test_restarted_manager_reattaches_and_resume_continues(home, monkeypatch):
 
 
 def test_missing_dataset_is_refused_before_anything_starts(home):
-    with pytest.raises(UserError, match="data: prepared dataset .* not found"):
+    with pytest.raises(UserError, match="data: .* is not a prepared dataset"):
         manager().start_train(TrainConfig(data=str(home / "nothing")))
     assert not (home / "runs").exists()
 
@@ -164,3 +166,18 @@ def test_the_supervisor_survives_a_status_it_cannot_write(home, monkeypatch, cap
     # The final word could not be written; the reader still tells a vanished run from a live one.
     assert status.read(job.folder)["state"] == "failed"
     assert "supervisor: could not write the final state" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_real_run_stopped_while_it_starts_ends_stopped(home, base_model):
+    from test_train import FAST, identity_dataset
+
+    m = jobs.JobManager()
+    job = m.start_train(TrainConfig(data=str(identity_dataset()), out=str(home / "runs" / "early"), max_steps=40,
+                                    **FAST))
+    time.sleep(1.5)  # still importing or loading the model
+    assert status.read(job.folder)["state"] == "starting"
+    m.stop(job, grace=60)
+    final = wait_for(lambda: (s := status.read(job.folder))["state"] in status.FINAL and s, timeout=180)
+    assert final["state"] == "stopped" and final["step"] == 0, final
+    assert "nothing to keep" in final["hint"] and not (Path(job.folder) / "adapter").exists()
