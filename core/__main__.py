@@ -7,6 +7,7 @@ command with exit code 2 and one line on stderr; nothing else is printed.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import warnings
 
@@ -40,6 +41,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # out of memory, or a failure nobody foresaw: one line, never a traceback
+        if os.environ.get("QLORA_STUDIO_DEBUG"):
+            raise
+        from core.status import explain
+
+        error, hint = explain(e, argv[0] if argv[0] in ("merge", "chat") else "train")
+        if hint == "see train.log":  # not for a command at the terminal
+            hint = "QLORA_STUDIO_DEBUG=1 shows the traceback"
+        print(f"error: {argv[0]}: {error}" + (f"; {hint}" if hint else ""), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

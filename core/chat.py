@@ -19,7 +19,6 @@ from core.logs import quiet
 from core.template import Template
 
 
-
 class Chat:
     """One loaded model and its template; `stream()` answers, `close()` frees the memory."""
 

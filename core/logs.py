@@ -1,8 +1,45 @@
-"""Keeping a command's output to its own lines."""
+"""Where a command's log lines go, and keeping its output to its own lines."""
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
+from pathlib import Path
+
+FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+
+
+def to_file(path: Path) -> logging.Handler:
+    """Our log lines to stdout and into `path` (once, when stdout already is that file: the supervisor's redirect).
+
+    Tracebacks are logged at DEBUG: they reach the file, never a terminal.
+    """
+    root = logging.getLogger("qlora_studio")
+    root.setLevel(logging.DEBUG)
+    into_file = _same_file(sys.stdout, path)
+    if not any(getattr(h, "_qlora_stdout", False) for h in root.handlers):
+        console = logging.StreamHandler(sys.stdout)
+        console.setFormatter(FORMAT)
+        console._qlora_stdout = True
+        root.addHandler(console)
+    for h in root.handlers:
+        if getattr(h, "_qlora_stdout", False):
+            h.setLevel(logging.DEBUG if into_file else logging.INFO)
+    if into_file:
+        handler: logging.Handler = logging.NullHandler()
+    else:
+        handler = logging.FileHandler(path, encoding="utf-8")
+        handler.setFormatter(FORMAT)
+    root.addHandler(handler)
+    return handler
+
+
+def _same_file(stream, path: Path) -> bool:
+    try:
+        return path.exists() and os.path.samestat(os.fstat(stream.fileno()), path.stat())
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def quiet(warnings: bool = False) -> None:

@@ -276,6 +276,8 @@ def load_for_inference(model: str | None = None, adapter: str | Path | None = No
 
         try:
             net = PeftModel.from_pretrained(net, str(adapter))
+        except torch.OutOfMemoryError:
+            raise  # not a mismatch: said as out of memory by whoever ends the job
         except (RuntimeError, ValueError, KeyError) as e:
             raise UserError(f"adapter: {adapter} does not fit the base model {spec} ({mismatch(e)}); use the model "
                             "it was trained on", field="adapter") from None

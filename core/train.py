@@ -15,12 +15,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import time
 import traceback
 from pathlib import Path
 
-from core import gpus, models, runs, saving
+from core import gpus, logs, models, runs, saving
 from core.config import Parser, TrainConfig, add_arguments, preset
 from core.errors import UserError
 from core.template import Template
@@ -67,14 +66,12 @@ def train(cfg: TrainConfig) -> dict:
     cfg.check()
     run = Path(cfg.out).expanduser().resolve()
     dataset, folder, checkpoint = check_input(cfg)
-    from core.logs import quiet
-
-    quiet(warnings=True)  # train.log: our lines and real warnings, not loading bars
+    logs.quiet(warnings=True)  # train.log: our lines and real warnings, not loading bars
     from core.status import Status, clear_stop, explain
 
     run.mkdir(parents=True, exist_ok=True)
     with runs.lock(run):  # a second trainer of this run is refused here, before it writes anything
-        handler = _log_to(run / "train.log")
+        handler = logs.to_file(run / "train.log")
         status = None
         try:
             status = Status(run, **saving.progress_so_far(run, checkpoint))
@@ -87,7 +84,8 @@ def train(cfg: TrainConfig) -> dict:
             raise
         except BaseException as e:
             error, hint = explain(e)
-            log.error("run failed: %s\n%s", error, traceback.format_exc())
+            log.error("run failed: %s", error)
+            log.debug("%s", traceback.format_exc())  # train.log keeps it; a terminal gets the one line
             if status is None:  # status.json itself could not be written: the error speaks for itself
                 raise
             status.last_word(log, state="failed", error=error, hint=hint, ended=time.time())
@@ -390,29 +388,3 @@ def _count(model) -> str:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return f"{trainable:,} of {total:,} ({100 * trainable / total:.2f}%)"
-
-
-def _log_to(path: Path) -> logging.Handler:
-    """Log lines go to stdout; also into train.log unless stdout already is train.log (the supervisor's redirect)."""
-    root = logging.getLogger("qlora_studio")
-    root.setLevel(logging.INFO)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
-    if not any(getattr(h, "_qlora_stdout", False) for h in root.handlers):
-        console = logging.StreamHandler(sys.stdout)
-        console.setFormatter(fmt)
-        console._qlora_stdout = True
-        root.addHandler(console)
-    if _same_file(sys.stdout, path):
-        handler: logging.Handler = logging.NullHandler()
-    else:
-        handler = logging.FileHandler(path, encoding="utf-8")
-        handler.setFormatter(fmt)
-    root.addHandler(handler)
-    return handler
-
-
-def _same_file(stream, path: Path) -> bool:
-    try:
-        return path.exists() and os.path.samestat(os.fstat(stream.fileno()), path.stat())
-    except (OSError, ValueError, AttributeError):
-        return False

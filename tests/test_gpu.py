@@ -258,3 +258,29 @@ def test_offload_brings_back_the_same_numbers_and_frees_gpu_memory():
         assert plain_memory - memory >= 10 * 16 * 2**20 - 2**20, (plain_memory, memory)
     # per micro-batch: out go the 12 layer inputs and the output (saved by square); the newest 2 never come back
     assert (offload.bytes_out, offload.bytes_back) == (2 * 13 * 16 * 2**20, 2 * 11 * 16 * 2**20)
+
+
+def test_out_of_gpu_memory_is_one_line_in_training_merge_and_chat(small_random_model):
+    """A real CUDA out-of-memory (a 0.3 GiB cap) in each job: one line, exit code 1, no traceback."""
+    import subprocess
+    import sys
+
+    from core.train import train
+
+    model, data = small_random_model
+    run = scratch() / "for-merge"
+    assert train(preset("default", model=model, data=data, out=str(run), max_steps=1, save_steps=0,
+                        max_seq_length=128))["state"] == "finished"
+    capped = [sys.executable, str(ROOT / "bench" / "budget.py"), "0.3", "-m", "core"]
+    jobs = {
+        "train": ["train", "--model", model, "--data", data, "--out", str(scratch() / "oom"), "--max-steps", "2",
+                  "--quantization", "none", "--compute-dtype", "float32"],
+        "merge": ["merge", "--adapter", str(run / "adapter"), "--out", str(scratch() / "merged-oom"), "--dtype", "float32"],
+        "chat": ["chat", "--model", model, "--prompt", "你好"],
+    }
+    for name, argv in jobs.items():
+        done = subprocess.run([*capped, *argv], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 1, (name, done.stdout[-1500:], done.stderr[-1500:])
+        assert "Traceback" not in done.stdout + done.stderr, (name, done.stdout[-3000:], done.stderr[-3000:])
+        said = done.stderr if name != "train" else json.loads(done.stdout.strip().splitlines()[-1])["error"]
+        assert "out of GPU memory" in said, (name, said)

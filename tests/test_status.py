@@ -48,3 +48,18 @@ def test_the_last_word_survives_a_full_disk(tmp_path, monkeypatch, caplog):
     assert len(calls) == 2 and "could not write status.json" in caplog.text
     monkeypatch.undo()
     assert status.read(tmp_path)["step"] == 3  # the last whole file is still there
+
+
+def test_an_unforeseen_failure_at_the_command_line_is_one_line(tmp_path, monkeypatch, capsys):
+    import core.__main__ as cli
+    from core import monitor
+
+    def broken(argv):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 26.00 GiB. GPU 0 has a total capacity of 23.5 GiB "
+                           "of which 23.1 GiB is free.")
+
+    monkeypatch.setattr(monitor, "cli", broken)
+    assert cli.main(["monitor"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: monitor: out of GPU memory (needed 26.00 GiB more, 23.1 GiB free)")
