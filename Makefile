@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 7860
 ARGS   ?=
 
-.PHONY: run test install clean
+.PHONY: run test install audit clean
 
 run: $(VENV)/.installed
 	$(BIN)/python app.py --host $(HOST) --port $(PORT) $(ARGS)
@@ -16,6 +16,12 @@ test: $(VENV)/.installed $(VENV)/.test-installed
 	$(BIN)/python -m pytest
 
 install: $(VENV)/.installed
+
+# Known vulnerabilities in the installed packages; needs a network that reaches PyPI's and OSV's
+# vulnerability data (a machine that reaches only package files cannot audit: --strict fails there).
+audit: $(VENV)/.installed
+	$(BIN)/pip install -q "pip-audit>=2.9,<3"
+	$(BIN)/pip-audit --strict --local --progress-spinner off
 
 # torch first, pinned: a plain `torch` range would pull a multi-GB CUDA build where a CPU one is enough.
 $(VENV)/.installed: requirements.txt requirements-gpu.txt

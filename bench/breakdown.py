@@ -90,8 +90,8 @@ def main() -> None:
         return out
 
     trl.SFTTrainer.training_step = training_step
-    from core.train import build_config, train
     from core.config import Parser, TrainConfig, add_arguments
+    from core.train import build_config, train
 
     parser = Parser(prog="bench/breakdown.py")
     add_arguments(parser, TrainConfig)

@@ -23,8 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shlex
 import os
+import shlex
 import sys
 import tempfile
 import time

@@ -61,11 +61,11 @@ def build(shape: str, tokenizer_dir: str, out: Path) -> float:
 
 def tutorial_passes(data: Path) -> float:
     """How many passes over a prepared dataset the tutorial's job makes (100 steps of 4 x 4 rows)."""
-    from core.config import PRESETS
+    from core.config import preset
 
-    t = PRESETS["tutorial"]
+    t = preset("tutorial")
     rows = json.loads((data / "manifest.json").read_text())["counts"]["train"]
-    return t["max_steps"] * t["batch_size"] * t["grad_accum"] / rows
+    return t.max_steps * t.batch_size * t.grad_accum / rows
 
 
 def run(name: str, model: Path, data: Path, runs: Path, steps: int | None, flags: list[str], budget_gib: float | None) -> dict:

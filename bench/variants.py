@@ -12,9 +12,8 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import time
-
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -29,7 +28,7 @@ from core.packing import Counting as Count  # noqa: E402
 def run(name, model_dir, tok, rows, *, dtype, packing, batch, accum, steps, liger=False, gc_on=True, compile_=False, optim="adamw_torch", lora_dropout=0.1):
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import BitsAndBytesConfig, TrainerCallback, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     torch.cuda.empty_cache()

@@ -70,14 +70,15 @@ class StopFlag:
 class Progress(TrainerCallback):
     """Writes metrics.jsonl and keeps status.json's step current; honours a stop request."""
 
-    def __init__(self, metrics_path: Path, status: Status, stop: StopFlag, log, cuda: bool):
+    def __init__(self, metrics_path: Path, status: Status, stop: StopFlag, log, device, counter=None):
+        """`device` is core.trainer.Device (named on the first line); `counter` counts trained tokens."""
         self.file = open(metrics_path, "a", encoding="utf-8")
-        self.status, self.stop, self.log, self.cuda = status, stop, log, cuda
+        self.status, self.stop, self.log, self.cuda = status, stop, log, device.cuda
         self.start_time = self.start_step = None
         self.tokens: int | None = None
         self.tokens_before = 0  # trained on before a resume, from the metrics of the earlier steps
-        self.first_line: dict = {}
-        self.counter = None  # core.packing.Counting, set by the trainer's owner
+        self.first_line: dict = {"device": device.name, "mode": device.mode}
+        self.counter = counter  # core.packing.Counting
         self.metrics_path = metrics_path
 
     def on_train_begin(self, args, state, control, **kw):

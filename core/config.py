@@ -155,18 +155,18 @@ class TrainConfig(_Config):
     lora_dropout: float = _f(0.1, "Dropout on the LoRA inputs, against over-fitting (0 to 0.5).")
     target_modules: str = _f("default", "Layers that get LoRA: 'default' (the model's usual, q_proj and v_proj for Llama), 'all-linear', or names separated by commas.")
     # optimisation
-    learning_rate: float = _f(2e-4, "How big each update is. 2e-4 is usual for LoRA on unpacked rows; the default preset uses 3.4e-4 because its packed updates hold about 1.7x the tokens.")
+    learning_rate: float = _f(3.4e-4, "How big each update is. 2e-4 is usual for LoRA on unpacked rows; the default preset uses 3.4e-4 because its packed updates hold about 1.7x the tokens.")
     lr_scheduler: str = _f("linear", "How the learning rate changes over the run.", choices=("linear", "cosine", "constant", "constant_with_warmup"))
     warmup_ratio: float = _f(0.0, "Share of the steps during which the learning rate ramps up from 0.")
-    batch_size: int = _f(4, "Sequences per step on each GPU. Lower it if the GPU runs out of memory.")
-    grad_accum: int = _f(4, "Steps whose gradients add up before one update: effective batch = batch size x this.")
+    batch_size: int = _f(16, "Sequences per step on each GPU. Lower it if the GPU runs out of memory.")
+    grad_accum: int = _f(1, "Steps whose gradients add up before one update: effective batch = batch size x this.")
     max_steps: int = _f(100, "Number of updates (0 = use epochs instead).")
     epochs: float = _f(1.0, "Passes over the data, used when max steps is 0.")
     max_seq_length: int = _f(512, "Longest sequence in tokens; longer rows are cut.")
-    packing: bool = _f(False, "Pack several short rows into one sequence (no padding, each row still sees only itself).")
+    packing: bool = _f(True, "Pack several short rows into one sequence (no padding, each row still sees only itself).")
     gradient_checkpointing: bool = _f(True, "Recompute activations in the backward pass: much less memory, about 30% slower.")
     liger_kernels: bool = _f(True, "Use Liger's fused GPU kernels (RMSNorm, SwiGLU, RoPE) where the liger-kernel package is installed: less memory, faster steps. GPU only.")
-    offload_activations: bool = _f(False, "Keep the activations saved for the backward pass in CPU memory instead of GPU memory (GPU only): more rows fit in one pass. The copies run beside the math and come back just before they are needed.")
+    offload_activations: bool = _f(True, "Keep the activations saved for the backward pass in CPU memory instead of GPU memory (GPU only): more rows fit in one pass. The copies run beside the math and come back just before they are needed.")
     loss_on: str = _f("response", "Compute the loss on the replies only ('response') or on the whole text ('all').", choices=("response", "all"))
     optim: str = _f("adamw_torch", "Optimizer (any name transformers accepts, e.g. adamw_torch, paged_adamw_8bit).")
     max_grad_norm: float = _f(1.0, "Clip gradients to this norm (0 = off).")
@@ -228,28 +228,20 @@ def optimizer_known(name: str) -> bool:
     return name in {o.value for o in OptimizerNames}
 
 
+# The dataclass defaults are the default preset: the same LoRA as the tutorial, but bf16 where the
+# card has it (and then no float32 upcast), rows packed without padding into full 512-token rows,
+# 16 of them in one pass (activations offloaded to CPU memory so that this fits where the tutorial
+# fits), Liger's fused kernels, and the loss on the replies only. A packed update holds about 1.7x
+# the tokens of the tutorial's 16 padded rows, so the learning rate is scaled by the same factor
+# (2e-4 x 1.7 = 3.4e-4): the same data then trains in fewer updates to the same or better held-out
+# loss. docs/BENCHMARKS.md measures each change.
 PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
     # The tutorial, setting for setting: fp16 compute, r64/alpha16/dropout .1 on the default
     # targets, batch 4 x accumulation 4, lr 2e-4, 100 steps, 512 tokens, whole-text loss, no packing.
     "tutorial": dict(
-        quantization="4bit", double_quant=True, compute_dtype="float16", lora_r=64, lora_alpha=16,
-        lora_dropout=0.1, target_modules="default", learning_rate=2e-4, lr_scheduler="linear",
-        warmup_ratio=0.0, batch_size=4, grad_accum=4, max_steps=100, max_seq_length=512,
-        packing=False, gradient_checkpointing=True, loss_on="all", logging_steps=10, liger_kernels=False,
-        offload_activations=False,
-    ),
-    # Ours: the same LoRA, but bf16 where the card has it (and then no float32 upcast), rows packed
-    # without padding into full 512-token rows, 16 of them in one pass (activations offloaded to CPU
-    # memory so that this fits where the tutorial fits), Liger's fused kernels, and the loss on the
-    # replies only. A packed update holds about 1.7x the tokens of the tutorial's 16 padded rows, so
-    # the learning rate is scaled by the same factor (2e-4 x 1.7 = 3.4e-4): the same data then trains
-    # in fewer updates to the same or better held-out loss. docs/BENCHMARKS.md measures each change.
-    "default": dict(
-        quantization="4bit", double_quant=True, compute_dtype="auto", lora_r=64, lora_alpha=16,
-        lora_dropout=0.1, target_modules="default", learning_rate=3.4e-4, lr_scheduler="linear",
-        warmup_ratio=0.0, batch_size=16, grad_accum=1, max_steps=100, max_seq_length=512,
-        packing=True, gradient_checkpointing=True, loss_on="response", logging_steps=10, liger_kernels=True,
-        offload_activations=True,
+        compute_dtype="float16", learning_rate=2e-4, batch_size=4, grad_accum=4, packing=False, loss_on="all",
+        liger_kernels=False, offload_activations=False,
     ),
 }
 

@@ -19,8 +19,6 @@ import hashlib
 import json
 import math
 import random
-import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -102,40 +100,43 @@ def prepare(cfg: PrepareConfig, progress: Callable[[float], None] | None = None)
     eval_idx = set(order[:n_eval])
 
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        with paths.whole(out) as tmp:
+            lengths, prompts = _write(tmp, picked, eval_idx, template, tokenizer)
+            manifest = {
+                "version": 1,
+                "source": {"path": str(src.resolve()), "name": src.name, "sha256": digest.hexdigest(),
+                           "bytes": src.stat().st_size},
+                "container": readers.container(src),
+                "layout": layout,
+                "format": cfg.format,
+                "seed": cfg.seed,
+                "sample": cfg.sample,
+                "eval_ratio": cfg.eval_ratio,
+                "template": template.to_dict(),
+                "model": cfg.model,
+                "max_seq_length": cfg.max_seq_length,
+                "counts": {**counts, "kept": len(picked), "train": len(picked) - n_eval, "eval": n_eval},
+                "stats": statistics(lengths, cfg.max_seq_length, prompts),
+                "files": {"train": "train.jsonl", "eval": "eval.jsonl" if n_eval else None},
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                "config": cfg.replace(out=str(out)).to_dict(),
+            }
+            (tmp / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    except FileExistsError:  # someone made it while we worked: still never overwrite
+        raise UserError(f"{out}: the output folder already exists; choose another one") from None
     except OSError as e:
-        raise UserError(f"{out}: cannot create the output folder here ({e.strerror}); choose another place") from None
-    try:
-        lengths, prompts = _write(tmp, picked, eval_idx, template, tokenizer)
-        manifest = {
-            "version": 1,
-            "source": {"path": str(src.resolve()), "name": src.name, "sha256": digest.hexdigest(),
-                       "bytes": src.stat().st_size},
-            "container": readers.container(src),
-            "layout": layout,
-            "format": cfg.format,
-            "seed": cfg.seed,
-            "sample": cfg.sample,
-            "eval_ratio": cfg.eval_ratio,
-            "template": template.to_dict(),
-            "model": cfg.model,
-            "max_seq_length": cfg.max_seq_length,
-            "counts": {**counts, "kept": len(picked), "train": len(picked) - n_eval, "eval": n_eval},
-            "stats": statistics(lengths, cfg.max_seq_length, prompts),
-            "files": {"train": "train.jsonl", "eval": "eval.jsonl" if n_eval else None},
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "config": cfg.replace(out=str(out)).to_dict(),
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-        if out.exists():  # someone made it while we worked: still never overwrite
-            raise UserError(f"{out}: the output folder already exists; choose another one")
-        tmp.chmod(0o755)  # mkdtemp makes it private; a dataset folder is an ordinary folder
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"{out}: cannot write the dataset here ({e.strerror}); choose another place") from None
     manifest["path"] = str(out)
     return manifest
+
+
+def read_manifest(folder: str | Path) -> dict:
+    """DIR/manifest.json of a prepared dataset ({} if missing or damaged)."""
+    try:
+        manifest = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
 
 
 def list_datasets(root: str | Path | None = None) -> list[dict]:
@@ -147,10 +148,12 @@ def list_datasets(root: str | Path | None = None) -> list[dict]:
     for d in paths.folders(root):
         if d.name.startswith(".") or not (d / MANIFEST).is_file():
             continue
+        m = read_manifest(d)
+        if not m:
+            continue
         try:
-            m = json.loads((d / MANIFEST).read_text(encoding="utf-8"))
             template = Template.from_dict(m.get("template"))
-        except (OSError, ValueError, UserError):
+        except (ValueError, UserError):
             continue  # a folder someone edited by hand: not offered rather than crashing the list
         counts = m.get("counts", {})
         found.append({
@@ -159,43 +162,6 @@ def list_datasets(root: str | Path | None = None) -> list[dict]:
             "source": m.get("source", {}).get("name"), "created": m.get("created", ""),
         })
     return sorted(found, key=lambda r: r["created"], reverse=True)
-
-
-def plan(folder: str | Path, batch_size: int, grad_accum: int, max_seq_length: int, packing: bool,
-         max_steps: int, epochs: float) -> dict | None:
-    """How far a run's settings go through a prepared dataset: updates, passes, tokens an update.
-
-    From the row lengths in the manifest (each cut at max_seq_length): unpacked, an update holds
-    batch x accumulation rows; packed, as many rows as fill batch x accumulation sequences of
-    max_seq_length tokens. None when the folder is not a readable prepared dataset.
-    """
-    try:
-        m = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
-        rows, stats = int(m["counts"]["train"]), m["stats"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    lengths = stats.get("lengths") or []
-    if lengths:
-        row_tokens = sum(min(n, max_seq_length) for n in lengths) / len(lengths)
-    else:  # a large dataset keeps only its histogram: the middle of each bin stands for its rows
-        h = stats.get("histogram") or {}
-        pairs = list(zip(h.get("starts", []), h.get("counts", [])))
-        total = sum(c for _, c in pairs)
-        if not total:
-            return None
-        row_tokens = sum(min(s + h["width"] / 2, max_seq_length) * c for s, c in pairs) / total
-    if rows <= 0 or row_tokens <= 0:
-        return None
-    sequences = batch_size * grad_accum
-    data_tokens = rows * row_tokens
-    # An update never holds more than the whole dataset (a smaller one is one short batch a pass).
-    per_update = min(sequences * max_seq_length if packing else sequences * row_tokens, data_tokens)
-    if max_steps > 0:
-        updates, passes = max_steps, max_steps * per_update / data_tokens
-    else:
-        updates, passes = max(1, math.ceil(epochs * data_tokens / per_update)), epochs
-    return {"updates": updates, "passes": round(passes, 2), "tokens_per_update": round(per_update),
-            "rows_per_update": round(per_update / row_tokens, 1)}
 
 
 def statistics(lengths: list[int], max_seq_length: int, prompts: list[int] | None = None) -> dict:
@@ -234,12 +200,7 @@ def _out_dir(cfg: PrepareConfig, src: Path) -> Path:
             raise UserError(f"{out}: the output folder already exists; choose a new folder (nothing is overwritten)")
         return out
     # No folder given (the panel): a fresh name in the workspace.
-    base = paths.datasets() / f"{src.stem}-{cfg.sample or 'all'}-seed{cfg.seed}"
-    out, i = base, 1
-    while out.exists():
-        i += 1
-        out = base.with_name(f"{base.name}-{i}")
-    return out
+    return paths.unique(paths.datasets() / f"{src.stem}-{cfg.sample or 'all'}-seed{cfg.seed}")
 
 
 def _read(src: Path, cfg: PrepareConfig, digest) -> tuple[list | _Again, dict, str]:

@@ -92,13 +92,6 @@ def _now_name(model: str) -> str:
     return f"{datetime.now():%Y-%m-%d_%H%M}_{short}"
 
 
-def _unique(folder: Path) -> Path:
-    out, i = folder, 2
-    while out.exists():
-        out, i = folder.with_name(f"{folder.name}-{i}"), i + 1
-    return out
-
-
 class JobManager:
     """Starts, stops and watches the one job of a workspace; a new manager reattaches to it."""
 
@@ -128,7 +121,7 @@ class JobManager:
     def start_train(self, cfg: TrainConfig, env: dict | None = None) -> Job:
         """Validate cfg, create the run folder, save config.json and start the training child."""
         if not cfg.out:
-            cfg = cfg.replace(out=str(_unique(paths.runs() / _now_name(cfg.model))))
+            cfg = cfg.replace(out=str(paths.unique(paths.runs() / _now_name(cfg.model))))
         from core.train import check_input
 
         run = Path(cfg.out).resolve()
@@ -169,7 +162,7 @@ class JobManager:
         """Start merging an adapter into its base model in a child process."""
         if not cfg.out:
             run = Path(cfg.adapter).resolve().parent.name or "model"
-            cfg = cfg.replace(out=str(_unique(paths.merged() / run)))
+            cfg = cfg.replace(out=str(paths.unique(paths.merged() / run)))
         cfg.check()
         models.check_adapter(cfg.adapter)  # the merge's own check: a missing, damaged or diverged adapter
         out = Path(cfg.out).resolve()

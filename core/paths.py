@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from core.errors import UserError
@@ -116,3 +120,34 @@ def folders(root: Path) -> list[Path]:
         return []
     roots = [root.resolve(), *allowed()]
     return [p for p in root.iterdir() if p.is_dir() and any(within(p.resolve(), r) for r in roots)]
+
+
+def unique(path: Path, reuse: Callable[[Path], bool] | None = None, *, file: bool = False) -> Path:
+    """`path`, or `path-2`, `path-3`, … : the first that does not exist yet (or that `reuse` accepts).
+
+    A `file` keeps its suffix at the end (`data-2.jsonl`); a folder name is taken whole (`qwen2.5-2`).
+    """
+    out, i = path, 2
+    while out.exists() and not (reuse and reuse(out)):
+        name = f"{path.stem}-{i}{path.suffix}" if file else f"{path.name}-{i}"
+        out, i = path.with_name(name), i + 1
+    return out
+
+
+@contextmanager
+def whole(final: Path) -> Iterator[Path]:
+    """A private hidden folder beside `final` to write into; on a clean exit it is renamed to `final`.
+
+    So a dataset, a merged or a converted model appears whole or not at all, and two writers at once
+    never mix their files. An existing `final` is never replaced: FileExistsError.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():  # made by someone else meanwhile
+            raise FileExistsError(final)
+        tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
+        os.rename(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -25,7 +25,6 @@ from pathlib import Path
 
 from core.errors import UserError
 
-LAYOUTS = ("alpaca", "sharegpt", "messages", "text")
 USER_ROLES = {"human": "user", "user": "user"}
 ASSISTANT_ROLES = {"gpt": "assistant", "assistant": "assistant", "model": "assistant", "bot": "assistant"}
 CHUNK = 1 << 20

@@ -127,113 +127,54 @@ def check_input(cfg: TrainConfig, fetch: bool = True) -> tuple[Path, str, Path |
 
 def _train(cfg: TrainConfig, run: Path, data: Path, folder: str, status) -> dict:
     import torch
-    from transformers import PrinterCallback
-    from trl import SFTConfig
 
+    from core import trainer as parts
     from core.callbacks import NAN_HINT, Guard, Progress, StopFlag, keep_metrics_until
-    from core.checkpoints import trainer_class
-    from core.packing import Counting, PackedRows
+    from core.data import read_manifest
+    from core.packing import Counting
 
     torch.manual_seed(cfg.seed)
-    manifest = json.loads((data / "manifest.json").read_text(encoding="utf-8"))
-    template = Template.from_dict(manifest.get("template"))
+    template = Template.from_dict(read_manifest(data).get("template"))
     if not (run / "config.json").is_file() or cfg.resume:
         cfg.save(run / "config.json")  # never a secret: keys come from the environment only
 
-    device, mode, why, cuda = _device(cfg)
-    status.update(device=device, mode=mode)
+    dev = parts.device(cfg)
+    status.update(device=dev.name, mode=dev.mode)
     log.info("run %s: model %s, data %s (%s template), preset %s", run, cfg.model, data, template.label, cfg.preset)
-    log.info("device %s; %s", device, why)
-    if cuda and cfg.liger_kernels and not _has_liger():
+    log.info("device %s; %s", dev.name, dev.why)
+    if dev.cuda and cfg.liger_kernels and not parts.has_liger():
         log.info("liger_kernels: the liger-kernel package is not installed; using the model's own layers")
-    arena = None
     if cfg.offload_activations:
-        log.info("offload_activations: %s", "saved activations go to CPU memory" if cuda else "no GPU, nothing to offload (ignored)")
-        if cuda:
-            arena = _pinned_arena(cfg, folder)  # pinned while the model loads, instead of during the first step
-
+        log.info("offload_activations: %s", "saved activations go to CPU memory" if dev.cuda else "no GPU, nothing to offload (ignored)")
+    # Pinned while the model loads, instead of during the first step.
+    arena = parts.pinned_arena(cfg, folder) if cfg.offload_activations and dev.cuda else None
     resume = saving.resume_point(run) if cfg.resume else None  # (checkpoint, its step, what was skipped)
     if resume:
         status.update(resumed_from=resume[0].name, warning=resume[2])
     stop = StopFlag(run)
     stop.install()
-    tokenizer = models.load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    train_rows = _tokenized(data / "train.jsonl", tokenizer, cfg)
-    eval_rows = _tokenized(data / "eval.jsonl", tokenizer, cfg) if (data / "eval.jsonl").is_file() else None
-    log.info("%d training rows%s", len(train_rows), f", {len(eval_rows)} eval rows" if eval_rows else "")
 
+    tokenizer = models.load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    train_rows = parts.tokenized(data / "train.jsonl", tokenizer, cfg)
+    eval_rows = parts.tokenized(data / "eval.jsonl", tokenizer, cfg) if (data / "eval.jsonl").is_file() else None
+    log.info("%d training rows%s", len(train_rows), f", {len(eval_rows)} eval rows" if eval_rows else "")
     loading = time.time()
-    model = _load_model(cfg, folder, cuda)
+    model = parts.load_model(cfg, folder, dev)
     log.info("base model loaded in %.1f s", time.time() - loading)
+
     tracking = tracking_setup(cfg.report_to, cfg.wandb_project, run)
-    dtype = _compute_dtype(cfg, cuda)
-    args = SFTConfig(
-        output_dir=str(run / "checkpoints"),
-        max_steps=cfg.max_steps or -1,
-        num_train_epochs=cfg.epochs,
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_ratio,  # a float below 1 is a share of the steps
-        optim=cfg.optim,
-        max_grad_norm=cfg.max_grad_norm,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-        activation_offloading=False,  # core/offload.py instead (set below): it prefetches, and pins memory early
-        fp16=cuda and dtype == torch.float16,
-        bf16=dtype == torch.bfloat16,
-        use_cpu=not cuda,
-        # Liger's fused RMSNorm/SwiGLU/RoPE kernels: less activation memory, faster steps (GPU only).
-        use_liger_kernel=cuda and cfg.liger_kernels and _has_liger(),
-        max_length=cfg.max_seq_length,
-        packing=cfg.packing,
-        packing_strategy="bfd",
-        completion_only_loss=cfg.loss_on == "response",
-        logging_steps=cfg.logging_steps,
-        logging_nan_inf_filter=False,  # a NaN loss must show as NaN (the filter logged 0.0), so Guard sees it
-        save_strategy="steps" if cfg.save_steps else "no",
-        save_steps=cfg.save_steps or 500,
-        save_total_limit=2,
-        eval_strategy="steps" if cfg.eval_steps and eval_rows else "no",
-        eval_steps=cfg.eval_steps or None,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        report_to=tracking,
-        run_name=run.name,
-        disable_tqdm=True,  # train.log gets one clear line per logging step instead of progress bars
-        dataloader_pin_memory=cuda,
-    )
     if resume:  # the steps after the checkpoint are trained again: their old lines would be doubled in the chart
         keep_metrics_until(run / "metrics.jsonl", resume[1])
-    progress = Progress(run / "metrics.jsonl", status, stop, log, cuda)
-    progress.first_line = {"device": device, "mode": mode}
-    guard = Guard(status, log, fp16=cuda and dtype == torch.float16)  # after Progress: it has the last say on saving
-    trainer = trainer_class()(model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows,
-                              processing_class=tokenizer, callbacks=[progress, guard])
-    trainer.remove_callback(PrinterCallback)  # Progress already writes one line per logging step
-    if arena is not None:
-        from core.offload import Offload
-
-        if hasattr(trainer, "maybe_activation_offload_context"):
-            trainer.maybe_activation_offload_context = Offload(arena)  # trl enters it around each micro-batch
-        else:
-            log.warning("offload_activations: this trl version has no place for it; activations stay on the GPU")
-    # Packed rows stay separate rows (see core/packing.py); either way count the real tokens.
-    collator = PackedRows(tokenizer.pad_token_id) if cfg.packing else trainer.data_collator
-    trainer.data_collator = progress.counter = Counting(collator, trainer.model)
-    if cuda and dtype == torch.float16:
-        # The fp16 grad scaler needs float32 master weights to unscale into.
-        for p in trainer.model.parameters():
-            if p.requires_grad:
-                p.data = p.data.float()
-    log.info("trainable parameters: %s", _count(trainer.model))
+    counter = Counting(None)
+    progress = Progress(run / "metrics.jsonl", status, stop, log, dev, counter)
+    guard = Guard(status, log, fp16=dev.fp16)  # after Progress: it has the last say on saving
+    trainer = parts.build(cfg, parts.sft_args(cfg, run, dev, tracking, eval_rows is not None), model, tokenizer,
+                          train_rows, eval_rows, [progress, guard], counter, arena)
+    log.info("trainable parameters: %s", parts.count(trainer.model))
     weights = trainer.trainable_bytes()
     # Fail now rather than after hours of training: room for a checkpoint (weights and Adam's two
     # moments) and for the adapter.
-    saving.ensure_space(run, weights * (4 if cfg.save_steps else 1),
-                        saving.RESUME_HINT if resume else saving.START_HINT)
+    saving.ensure_space(run, weights * (4 if cfg.save_steps else 1), saving.RESUME_HINT if resume else saving.START_HINT)
 
     if stop.requested:  # asked while the model loaded: end before the first step, with nothing to keep
         stop.uninstall()
@@ -258,133 +199,3 @@ def _train(cfg: TrainConfig, run: Path, data: Path, folder: str, status) -> dict
 
         wandb.finish()
     return status.data
-
-
-# ---- pieces of the story -----------------------------------------------------------------
-def _device(cfg: TrainConfig) -> tuple[str, str, str, bool]:
-    """(device, mode, why) in words, and whether a CUDA GPU is used."""
-    import torch
-
-    if not torch.cuda.is_available():
-        # bitsandbytes has a CPU 4-bit path, but it is slower than float32 on CPU and needs extra
-        # kernels; float16 autocast fails on CPU. Plain LoRA in float32 always works.
-        dt = "bfloat16" if cfg.compute_dtype == "bfloat16" else "float32"
-        return "cpu", f"LoRA {dt} (no GPU)", f"no GPU: plain LoRA in {dt}", False
-    device = f"cuda:0 {torch.cuda.get_device_name(0)}"
-    dt = str(_compute_dtype(cfg, True)).removeprefix("torch.")
-    short = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}[dt]
-    if cfg.quantization == "4bit":
-        dq = " + double quant" if cfg.double_quant else ""
-        return device, f"4-bit NF4 ({short} compute)", f"QLoRA: 4-bit NF4{dq}, {short} compute", True
-    return device, f"LoRA {dt}", f"plain LoRA in {dt} (quantization off)", True
-
-
-def _has_liger() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("liger_kernel") is not None
-
-
-def _pinned_arena(cfg: TrainConfig, folder: str):
-    """Start reserving the pinned CPU memory that offloaded activations will use (in a thread)."""
-    import psutil
-    from transformers import AutoConfig
-
-    from core.offload import Arena, arena_bytes
-
-    try:
-        config = AutoConfig.from_pretrained(folder, trust_remote_code=cfg.trust_remote_code)
-    except (OSError, ValueError):
-        return Arena()  # the model load reports the problem in its own words
-    need = arena_bytes(config, cfg.batch_size, cfg.max_seq_length)
-    return Arena(min(need, psutil.virtual_memory().available // 2))
-
-
-def _compute_dtype(cfg: TrainConfig, cuda: bool):
-    import torch
-
-    if not cuda:
-        return torch.bfloat16 if cfg.compute_dtype == "bfloat16" else torch.float32
-    if cfg.compute_dtype == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return getattr(torch, cfg.compute_dtype)
-
-
-def _tokenized(path: Path, tokenizer, cfg: TrainConfig):
-    """input_ids + completion_mask per row, segment by segment, so the mask follows the template exactly."""
-    from datasets import Dataset
-
-    bos = models.leading_bos(tokenizer)
-    rows, dropped = [], 0
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                segments = json.loads(line)["segments"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise UserError(f"{path}, line {n}: not a prepared row (no 'segments'); prepare the data again") from None
-            ids, mask = ([bos], [0]) if bos is not None else ([], [])
-            for text, trained in segments:
-                piece = tokenizer(text, add_special_tokens=False)["input_ids"]
-                ids += piece
-                mask += [1 if trained else 0] * len(piece)
-            ids, mask = ids[: cfg.max_seq_length], mask[: cfg.max_seq_length]
-            if cfg.loss_on == "response" and not any(mask):
-                dropped += 1  # the prompt alone filled max_seq_length: nothing left to learn from
-                continue
-            rows.append({"input_ids": ids, "completion_mask": mask})
-    if dropped:
-        log.info("%s: %d rows skipped: their prompt fills max_seq_length (%d)", path.name, dropped, cfg.max_seq_length)
-    if not rows:
-        raise UserError(f"{path}: no usable rows; raise max_seq_length or prepare the data again")
-    return Dataset.from_list(rows)
-
-
-def _load_model(cfg: TrainConfig, folder: str, cuda: bool):
-    """The base model (4-bit on a GPU when asked) with fresh LoRA layers on it."""
-    import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    dtype = _compute_dtype(cfg, cuda)
-    kw = dict(trust_remote_code=cfg.trust_remote_code)
-    try:
-        if cuda and cfg.quantization == "4bit":
-            kw["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                bnb_4bit_use_double_quant=cfg.double_quant, bnb_4bit_compute_dtype=dtype)
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, device_map={"": 0}, **kw)
-            if dtype == torch.float16:
-                # fp16's narrow range needs float32 norms, embeddings and head (the classic QLoRA recipe).
-                model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
-            else:
-                # bf16 has float32's range: upcasting would only turn the residual stream into float32,
-                # doubling activation memory and costing about 1 GB of weights on a 13B model.
-                for p in model.parameters():
-                    p.requires_grad_(False)
-                if cfg.gradient_checkpointing:
-                    model.enable_input_require_grads()
-        else:
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype if cuda else torch.float32, **kw)
-            if cuda:
-                model.to("cuda:0")
-    except (OSError, ValueError) as e:
-        raise UserError(f"model: cannot load {cfg.model}: {str(e).splitlines()[0]}", field="model") from None
-    # Without a cache, transformers reads restarting position_ids as separate rows: packed rows
-    # then attend only to themselves (with a cache it would treat them as one long row).
-    model.config.use_cache = False
-    targets = {"default": None, "all-linear": "all-linear"}.get(
-        cfg.target_modules, [t.strip() for t in cfg.target_modules.split(",") if t.strip()])
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=targets, bias="none", task_type="CAUSAL_LM")
-    try:
-        return get_peft_model(model, lora)
-    except ValueError as e:
-        raise UserError(f"target_modules: {str(e).splitlines()[0]}", field="target_modules") from None
-
-
-def _count(model) -> str:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return f"{trainable:,} of {total:,} ({100 * trainable / total:.2f}%)"

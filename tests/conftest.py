@@ -11,6 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from core import gpus  # noqa: E402 - after the path is set
+
 ASSETS = ROOT / "assets"
 
 # Nothing may be fetched from a model hub in tests, here or in CI.

@@ -9,7 +9,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from test_app import SAMPLE, App
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from core.config import (COMMON_OPTIMIZERS, PRESETS, GenerationConfig, MergeConfig, PrepareConfig, TrainConfig,
-                         preset)
+from core.config import COMMON_OPTIMIZERS, PRESETS, GenerationConfig, MergeConfig, PrepareConfig, TrainConfig, preset
 from core.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,8 +26,10 @@ def test_presets_set_their_values_and_the_users_own_win():
     cfg = preset("tutorial", **READY, lora_r=8)
     assert cfg.preset == "tutorial" and cfg.compute_dtype == "float16" and cfg.loss_on == "all"
     assert cfg.lora_r == 8 and cfg.validate() == []
-    assert preset("default", **READY).learning_rate == PRESETS["default"]["learning_rate"]
-    with pytest.raises(UserError, match="preset: unknown preset 'fast'; use tutorial or default"):
+    # The dataclass defaults are the default preset; the tutorial is its only override.
+    assert preset("default", **READY) == TrainConfig(**READY) and PRESETS["default"] == {}
+    assert (preset("tutorial").batch_size, preset("tutorial").grad_accum, preset("tutorial").learning_rate) == (4, 4, 2e-4)
+    with pytest.raises(UserError, match="preset: unknown preset 'fast'; use default or tutorial"):
         preset("fast")
 
 

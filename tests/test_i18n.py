@@ -9,7 +9,6 @@ import pytest
 
 from ui.i18n import SAY, TABLES
 
-
 NAMES = {"label_lora_alpha", "label_lora_dropout", "label_top_p", "label_top_k", "list_sep"}
 
 

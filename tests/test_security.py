@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from test_app import SAMPLE, App
 
 pytestmark = pytest.mark.slow
@@ -42,7 +41,7 @@ def allowed(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory, base_model, allowed, outside):
-    a = App(tmp_path_factory.mktemp("secure"), base_model, "--allow-dir", str(allowed)).start()
+    a = App(tmp_path_factory.mktemp("secure"), base_model, "--allow-dir", str(allowed), "--max-upload-mb", "1").start()
     # Symlinks planted inside the workspace that lead out of it.
     for folder in ("data", "datasets", "runs", "merged"):
         (a.home / folder).mkdir(parents=True, exist_ok=True)
@@ -143,6 +142,19 @@ def test_chat_loads_only_allowed_models(app, outside):
     for source in ["/etc", str(outside), "adapter:" + str(outside / "run" / "adapter"), "adapter:/proc/self"]:
         _, hist, _, note = c.predict("hi", [], [], source, "", "", 0.0, 1.0, 0, 1.1, 4, api_name="/chat")
         assert "model:" in note and ("outside" in note or "not inside" in note), (source, note)
+
+
+def test_uploads_are_bounded(app, tmp_path):
+    from gradio_client import handle_file
+
+    big = tmp_path / "big.jsonl"
+    big.write_text('{"instruction": "q", "output": "' + "a" * 2_000_000 + '"}\n', encoding="utf-8")
+    with pytest.raises(Exception, match="(?i)size|large|limit"):
+        app.client().predict(handle_file(str(big)), api_name="/upload")
+    assert not (app.home / "data" / "big.jsonl").exists()
+    small = tmp_path / "small.jsonl"
+    small.write_text(SAMPLE.read_text(encoding="utf-8")[:50_000].rsplit("\n", 1)[0] + "\n", encoding="utf-8")
+    assert app.client().predict(handle_file(str(small)), api_name="/upload")["value"].endswith("small.jsonl")
 
 
 @pytest.mark.parametrize("argv, refused", [

@@ -30,7 +30,7 @@ def _dataset(tmp_path, lengths):
 
 
 def test_plan_counts_updates_passes_and_tokens_an_update(tmp_path):
-    from core.data import plan
+    from core.plan import plan
 
     data = _dataset(tmp_path, [100, 300, 700] * 100)  # 300 rows; 700 is cut to 512: 304 tokens a row
     tutorial = plan(data, 4, 4, 512, False, 100, 1.0)
@@ -43,12 +43,11 @@ def test_plan_counts_updates_passes_and_tokens_an_update(tmp_path):
 
 
 def test_train_tab_warns_when_the_settings_go_over_little_data_many_times(tmp_path):
+    from core.config import TrainConfig
     from ui.train import SETTINGS, plan_text
 
-    from core.config import PRESETS
-
     data = _dataset(tmp_path, [40] * 64)  # 64 short rows: less than one packed update
-    values = [PRESETS["default"].get(n, 0) for n in SETTINGS]
+    values = [getattr(TrainConfig(), n) for n in SETTINGS]
     text = plan_text(None, data, *values)
     assert "**100 updates**" in text and "**100 passes**" in text and "learn it by heart" in text
     values[SETTINGS.index("max_steps")] = 3

@@ -35,11 +35,9 @@ def upload(file: str | None):
         return gr.update()
     src = Path(file)
     paths.uploads().mkdir(parents=True, exist_ok=True)
-    dest = paths.uploads() / src.name
-    i = 2
-    while dest.exists() and dest.read_bytes() != src.read_bytes():
-        dest = paths.uploads() / f"{src.stem}-{i}{src.suffix}"
-        i += 1
+    # The same file uploaded again is the same upload; another file of that name gets a new one.
+    dest = paths.unique(paths.uploads() / src.name, reuse=lambda p: p.read_bytes() == src.read_bytes(),
+                        file=True)
     shutil.copyfile(src, dest)
     return gr.update(choices=files(), value=str(dest))
 

@@ -29,10 +29,7 @@ def pick(run: str | None):
     except UserError:
         return gr.update(value=""), gr.update(value="")
     meta = models.read_record(run / "adapter")
-    out = paths.merged() / run.name
-    i = 2
-    while out.exists():
-        out, i = paths.merged() / f"{run.name}-{i}", i + 1
+    out = paths.unique(paths.merged() / run.name)
     return gr.update(value=meta.get("base_model", "")), gr.update(value=out.name)
 
 

@@ -33,9 +33,9 @@ def config(model, data, preset, name, *values) -> TrainConfig:
 
 
 def fill_preset(preset: str):
-    """Choosing a preset puts its values into the fields it sets."""
-    values = PRESETS.get(preset, {})
-    return [gr.update(value=values[n]) if n in values else gr.update() for n in SETTINGS]
+    """Choosing a preset puts all of its values into the form."""
+    chosen = preset_config(preset if preset in PRESETS else "default")
+    return [gr.update(value=getattr(chosen, n)) for n in SETTINGS]
 
 
 def datasets() -> list[tuple[str, str]]:
@@ -54,7 +54,7 @@ MANY_PASSES = 10
 
 def plan_text(request: gr.Request | None, data, *values) -> str:
     """What the settings mean for the chosen dataset: updates, passes over it, tokens an update."""
-    from core.data import plan
+    from core.plan import plan
 
     try:
         cfg = config(None, data, "default", "", *values)

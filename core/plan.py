@@ -1,0 +1,49 @@
+"""What a run's settings mean for a prepared dataset, before anything runs.
+
+Read from the dataset's manifest alone (row lengths, counts), so the panel can answer as the
+user types: how many updates, how many passes over the data, how many tokens an update holds.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from core.data import read_manifest
+
+
+def plan(folder: str | Path, batch_size: int, grad_accum: int, max_seq_length: int, packing: bool,
+         max_steps: int, epochs: float) -> dict | None:
+    """How far a run's settings go through a prepared dataset: updates, passes, tokens an update.
+
+    From the row lengths in the manifest (each cut at max_seq_length): unpacked, an update holds
+    batch x accumulation rows; packed, as many rows as fill batch x accumulation sequences of
+    max_seq_length tokens. None when the folder is not a readable prepared dataset.
+    """
+    m = read_manifest(folder)
+    try:
+        rows, stats = int(m["counts"]["train"]), m["stats"]
+    except (KeyError, TypeError, ValueError):
+        return None
+    lengths = stats.get("lengths") or []
+    if lengths:
+        row_tokens = sum(min(n, max_seq_length) for n in lengths) / len(lengths)
+    else:  # a large dataset keeps only its histogram: the middle of each bin stands for its rows
+        h = stats.get("histogram") or {}
+        pairs = list(zip(h.get("starts", []), h.get("counts", [])))
+        total = sum(c for _, c in pairs)
+        if not total:
+            return None
+        row_tokens = sum(min(s + h["width"] / 2, max_seq_length) * c for s, c in pairs) / total
+    if rows <= 0 or row_tokens <= 0:
+        return None
+    sequences = batch_size * grad_accum
+    data_tokens = rows * row_tokens
+    # An update never holds more than the whole dataset (a smaller one is one short batch a pass).
+    per_update = min(sequences * max_seq_length if packing else sequences * row_tokens, data_tokens)
+    if max_steps > 0:
+        updates, passes = max_steps, max_steps * per_update / data_tokens
+    else:
+        updates, passes = max(1, math.ceil(epochs * data_tokens / per_update)), epochs
+    return {"updates": updates, "passes": round(passes, 2), "tokens_per_update": round(per_update),
+            "rows_per_update": round(per_update / row_tokens, 1)}
