@@ -55,11 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         from core import paths
 
         os.environ[paths.ALLOW_ENV] = os.pathsep.join(str(Path(d).expanduser().resolve()) for d in args.allow_dir)
-    from ui import layout
-
     # The panel's handlers run in threads, and transformers' lazy first import is not thread-safe
     # (two tabs loading a tokenizer at once can fail): import it once, here, before any request.
     import transformers  # noqa: F401
+
+    from ui import layout
 
     transformers.AutoTokenizer, transformers.AutoModelForCausalLM  # noqa: B018
     demo = layout.build()

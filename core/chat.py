@@ -94,8 +94,8 @@ class Chat:
     def reply(self, history: list[tuple[str, str]], message: str, gen: GenerationConfig | None = None) -> str:
         """The whole reply at once."""
         out = ""
-        for out in self.stream(history, message, gen):
-            pass
+        for text in self.stream(history, message, gen):
+            out = text
         return out
 
     def close(self) -> None:

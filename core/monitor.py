@@ -58,11 +58,11 @@ def _gpus() -> list[dict]:
         gpus.append({
             "index": i,
             "name": name.decode() if isinstance(name, bytes) else name,
-            "util_percent": _try(lambda: pynvml.nvmlDeviceGetUtilizationRates(h).gpu),
+            "util_percent": _try(lambda h=h: pynvml.nvmlDeviceGetUtilizationRates(h).gpu),
             "memory_used_gb": round(mem.used / 2**30, 2),
             "memory_total_gb": round(mem.total / 2**30, 2),
-            "temperature_c": _try(lambda: pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU)),
-            "power_w": _try(lambda: round(pynvml.nvmlDeviceGetPowerUsage(h) / 1000, 1)),
+            "temperature_c": _try(lambda h=h: pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU)),
+            "power_w": _try(lambda h=h: round(pynvml.nvmlDeviceGetPowerUsage(h) / 1000, 1)),
         })
     return gpus
 

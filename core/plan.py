@@ -30,7 +30,7 @@ def plan(folder: str | Path, batch_size: int, grad_accum: int, max_seq_length: i
         row_tokens = sum(min(n, max_seq_length) for n in lengths) / len(lengths)
     else:  # a large dataset keeps only its histogram: the middle of each bin stands for its rows
         h = stats.get("histogram") or {}
-        pairs = list(zip(h.get("starts", []), h.get("counts", [])))
+        pairs = list(zip(h.get("starts", []), h.get("counts", []), strict=True))
         total = sum(c for _, c in pairs)
         if not total:
             return None

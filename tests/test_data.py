@@ -145,7 +145,9 @@ def test_multi_turn_chat_template_trains_each_reply(tmp_path):
 
 # ---- sampling and splits ----------------------------------------------------------------
 def test_same_seed_same_rows_other_seed_other_rows(tmp_path):
-    pick = lambda name, seed: sorted(r["text"] for r in lines(prep(tmp_path, SAMPLE, name, sample=20, seed=seed)["path"]))
+    def pick(name, seed):
+        return sorted(r["text"] for r in lines(prep(tmp_path, SAMPLE, name, sample=20, seed=seed)["path"]))
+
     a, b, c = pick("a", 1), pick("b", 1), pick("c", 2)
     assert len(a) == 20 and a == b and a != c
 
@@ -294,8 +296,10 @@ def test_a_file_with_nothing_usable_is_refused(tmp_path):
 
 def test_command_line_exit_codes_and_summary(tmp_path):
     """The real command: exit 0 with a summary, exit 2 with one line and no traceback."""
-    run = lambda *a: subprocess.run([sys.executable, "-m", "core", "prepare", *map(str, a)],
-                                    check=False, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    def run(*a):
+        return subprocess.run([sys.executable, "-m", "core", "prepare", *map(str, a)],
+                              check=False, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
     bad = run(DATA / "bad_json.jsonl", "--out", tmp_path / "bad")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1
     ok = run(SAMPLE, "--out", tmp_path / "ok", "--sample", 64, "--eval-ratio", 0.125)

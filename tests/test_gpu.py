@@ -252,7 +252,7 @@ def test_offload_brings_back_the_same_numbers_and_frees_gpu_memory():
     offload = Offload(Arena(96 << 20), keep=2, ahead=2)  # room for 6 of the 12 inputs; the rest pinned one by one
     for _ in range(2):  # twice: the second micro-batch reuses the pinned block
         grads, memory = step(offload)
-        for a, b in zip(plain, grads):
+        for a, b in zip(plain, grads, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
         # the inputs of layers 1 to 10 (16 MB each) left the GPU during the forward pass (x stays: the test holds it)
         assert plain_memory - memory >= 10 * 16 * 2**20 - 2**20, (plain_memory, memory)

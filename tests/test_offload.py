@@ -45,7 +45,7 @@ def test_offloaded_layer_inputs_come_back_as_the_same_numbers(stack):
     offload = Offload(arena, keep=2, ahead=2, device="cpu")
     for _ in range(2):  # the second micro-batch reuses the block
         grads = _step(layers, x, offload)
-        for a, b in zip(plain, grads):
+        for a, b in zip(plain, grads, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     # Out: the 6 layer inputs and the output saved by square(); back: all but the newest 2.
     assert offload.bytes_out == 2 * 7 * 2 * MB
@@ -64,7 +64,7 @@ def test_a_corrupted_copy_is_caught(stack):
             return super().take(like)
 
     grads = _step(layers, x, Offload(OneSlot(8 * MB, pin=False), device="cpu"))
-    assert any(not torch.allclose(a, b, rtol=1e-5, atol=1e-5) for a, b in zip(plain, grads))
+    assert any(not torch.allclose(a, b, rtol=1e-5, atol=1e-5) for a, b in zip(plain, grads, strict=True))
 
 
 def test_small_tensors_parameters_and_repeats_are_not_copied():

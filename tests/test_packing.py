@@ -58,7 +58,7 @@ def test_packed_examples_get_the_same_logits_as_alone(base_model, attn):
         packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
         alone = [model(input_ids=torch.tensor([d])).logits[0] for d in docs]
     where = [(0, 0), (0, 7), (0, 19), (1, 0), (1, 20)]
-    for (row, start), doc, ref in zip(where, docs, alone):
+    for (row, start), doc, ref in zip(where, docs, alone, strict=True):
         assert torch.allclose(packed[row, start:start + len(doc)], ref, atol=1e-3), "a packed example saw its neighbour"
 
 

@@ -126,7 +126,7 @@ def test_loss_mask_covers_the_replies_only(tokenizer, tmp_path):
     rows = tmp_path / "train.jsonl"
     rows.write_text(json.dumps({"segments": [["### Human: Hi ### Assistant: ", False], ["Hello!<|im_end|>", True]]}) + "\n")
     row = _tokenized(rows, tokenizer, TrainConfig(data="d", out="o", max_seq_length=512))[0]
-    trained = [i for i, m in zip(row["input_ids"], row["completion_mask"]) if m]
+    trained = [i for i, m in zip(row["input_ids"], row["completion_mask"], strict=True) if m]
     assert tokenizer.decode(trained) == "Hello!<|im_end|>"
     assert tokenizer.decode(row["input_ids"]).endswith("### Assistant: Hello!<|im_end|>")
     short = _tokenized(rows, tokenizer, TrainConfig(data="d", out="o", max_seq_length=10))[0]

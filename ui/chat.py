@@ -172,10 +172,11 @@ def respond(request: gr.Request | None, message, hist_a, hist_b, source_a, sourc
         keep_only(source_a, source_b or "")
         if not source_b or source_b == source_a:
             # One model, or a model compared with itself (one loaded model is not used by two threads).
-            for hist_a in _answer(source_a, hist_a, message, gen):
-                yield "", hist_a, hist_b, note
-            for hist_b in _answer(source_b, hist_b, message, gen) if source_b else ():
-                yield "", hist_a, hist_b, note
+            for new_a in _answer(source_a, hist_a, message, gen):
+                yield "", new_a, hist_b, note
+            hist_a = new_a
+            for new_b in _answer(source_b, hist_b, message, gen) if source_b else ():
+                yield "", hist_a, new_b, note
             return
         _model(source_a)  # load both first, one after the other; then both answer at once
         _model(source_b)
