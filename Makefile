@@ -6,16 +6,21 @@ HOST   ?= 127.0.0.1
 PORT   ?= 7860
 ARGS   ?=
 
-.PHONY: run test install audit clean
+.PHONY: run test install audit screenshots clean
 
 run: $(VENV)/.installed
 	$(BIN)/python app.py --host $(HOST) --port $(PORT) $(ARGS)
 
 test: $(VENV)/.installed $(VENV)/.test-installed
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-cjk >/dev/null) || echo "chromium not installed: browser tests will be skipped"; }
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 install: $(VENV)/.installed
+
+# The README's pictures, taken by the browser tests (a plain `make test` writes them to a temporary folder).
+screenshots: $(VENV)/.installed $(VENV)/.test-installed
+	QLORA_STUDIO_SHOTS=$(CURDIR)/docs/screenshots $(BIN)/python -m pytest tests/test_browser.py
 
 # Known vulnerabilities in the installed packages; needs a network that reaches PyPI's and OSV's
 # vulnerability data (a machine that reaches only package files cannot audit: --strict fails there).

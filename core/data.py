@@ -122,10 +122,10 @@ def prepare(cfg: PrepareConfig, progress: Callable[[float], None] | None = None)
                 "config": cfg.replace(out=str(out)).to_dict(),
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    except FileExistsError:  # someone made it while we worked: still never overwrite
+    except paths.Exists:  # someone made it while we worked: still never overwrite
         raise UserError(f"{out}: the output folder already exists; choose another one") from None
     except OSError as e:
-        raise UserError(f"{out}: cannot write the dataset here ({e.strerror}); choose another place") from None
+        raise UserError(f"{out}: cannot create the output folder here ({e.strerror}); choose another place") from None
     manifest["path"] = str(out)
     return manifest
 

@@ -91,7 +91,7 @@ def merge(cfg: MergeConfig, progress=None) -> dict:
                       "seconds": round(time.time() - started, 1)}
             # The record travels on: chat reads the template from here, like it would from the adapter.
             models.write_record(tmp, {**record, "base_model": record.get("base_model", base_spec), "merge": report})
-    except FileExistsError:  # made by someone else while we worked: still never overwrite
+    except paths.Exists:  # made by someone else while we worked: still never overwrite
         raise UserError(f"out: {cfg.out} already exists; choose a new folder for the merged model", field="out") from None
     finally:
         del model

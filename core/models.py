@@ -65,7 +65,7 @@ def embedded() -> Path:
     try:
         with paths.whole(target) as tmp:
             _convert_gguf(gguf, tmp)
-    except FileExistsError:
+    except paths.Exists:
         if not (target / "model.safetensors").is_file():
             raise
     return target

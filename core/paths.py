@@ -134,19 +134,23 @@ def unique(path: Path, reuse: Callable[[Path], bool] | None = None, *, file: boo
     return out
 
 
+class Exists(Exception):
+    """The folder `whole` was to create appeared meanwhile (made by someone else)."""
+
+
 @contextmanager
 def whole(final: Path) -> Iterator[Path]:
     """A private hidden folder beside `final` to write into; on a clean exit it is renamed to `final`.
 
     So a dataset, a merged or a converted model appears whole or not at all, and two writers at once
-    never mix their files. An existing `final` is never replaced: FileExistsError.
+    never mix their files. An existing `final` is never replaced: `Exists`.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
         yield tmp
         if final.exists():  # made by someone else meanwhile
-            raise FileExistsError(final)
+            raise Exists(final)
         tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
         os.rename(tmp, final)
     finally:

@@ -172,8 +172,7 @@ def sft_args(cfg: TrainConfig, run: Path, dev: Device, tracking: list[str], eval
         warmup_steps=cfg.warmup_ratio,  # a float below 1 is a share of the steps
         optim=cfg.optim,
         max_grad_norm=cfg.max_grad_norm,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
+        **_checkpointing(SFTConfig, cfg.gradient_checkpointing),
         activation_offloading=False,  # core/offload.py instead (see build): it prefetches, and pins memory early
         fp16=dev.fp16,
         bf16=dev.dtype == torch.bfloat16,
@@ -198,6 +197,15 @@ def sft_args(cfg: TrainConfig, run: Path, dev: Device, tracking: list[str], eval
         disable_tqdm=True,  # train.log gets one clear line per logging step instead of progress bars
         dataloader_pin_memory=dev.cuda,
     )
+
+
+def _checkpointing(args_class, on: bool) -> dict:
+    """Recomputing activations, under the name this transformers knows (it became `activation_checkpointing`)."""
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(args_class)}
+    name = "activation_checkpointing" if "activation_checkpointing" in known else "gradient_checkpointing"
+    return {name: on, f"{name}_kwargs": {"use_reentrant": False}}
 
 
 def build(cfg: TrainConfig, args, model, tokenizer, train_rows, eval_rows, callbacks: list, counter, arena):

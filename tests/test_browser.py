@@ -1,11 +1,15 @@
 """The panel in headless Chromium, clicked through like a person would: upload, save, train, merge, chat.
 
-Screenshots of each tab go to docs/screenshots/ (data.png, train.png, merge.png, chat.png, data_zh.png).
+Screenshots of each tab (data.png, train.png, merge.png, chat.png, data_zh.png) go to a temporary
+folder; `make screenshots` runs these tests with QLORA_STUDIO_SHOTS=docs/screenshots to refresh the
+README's pictures. A test run never changes a tracked file.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,7 +18,7 @@ from test_app import SAMPLE, App
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
-SHOTS = ROOT / "docs" / "screenshots"
+SHOTS = Path(os.environ.get("QLORA_STUDIO_SHOTS") or tempfile.mkdtemp(prefix="qlora-studio-shots-"))
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 

@@ -48,7 +48,7 @@ def test_qlora_4bit_learns_merges_and_chats(base_model):
     assert "Lumi" in reply, reply
 
 
-def test_tutorial_recipe_runs_in_fp16_with_the_grad_scaler():
+def test_tutorial_recipe_runs_in_fp16_with_the_grad_scaler(base_model):  # the embedded model, or skipped
     from core.train import train
 
     run = scratch() / "tutorial"
@@ -62,7 +62,7 @@ def test_tutorial_recipe_runs_in_fp16_with_the_grad_scaler():
     assert pickles(run) == []
 
 
-def test_default_recipe_packs_rows_on_the_gpu():
+def test_default_recipe_packs_rows_on_the_gpu(base_model):  # the embedded model, or skipped
     from core.train import train
 
     run = scratch() / "packed"
@@ -261,7 +261,7 @@ def test_offload_brings_back_the_same_numbers_and_frees_gpu_memory():
 
 
 def test_out_of_gpu_memory_is_one_line_in_training_merge_and_chat(small_random_model):
-    """A real CUDA out-of-memory (a 0.3 GiB cap) in each job: one line, exit code 1, no traceback."""
+    """A real CUDA out-of-memory (a 0.15 GiB cap: the model alone is 0.27 GiB in 16 bits) in each job: one line, exit code 1, no traceback."""
     import subprocess
     import sys
 
@@ -271,7 +271,7 @@ def test_out_of_gpu_memory_is_one_line_in_training_merge_and_chat(small_random_m
     run = scratch() / "for-merge"
     assert train(preset("default", model=model, data=data, out=str(run), max_steps=1, save_steps=0,
                         max_seq_length=128))["state"] == "finished"
-    capped = [sys.executable, str(ROOT / "bench" / "budget.py"), "0.3", "-m", "core"]
+    capped = [sys.executable, str(ROOT / "bench" / "budget.py"), "0.15", "-m", "core"]
     jobs = {
         "train": ["train", "--model", model, "--data", data, "--out", str(scratch() / "oom"), "--max-steps", "2",
                   "--quantization", "none", "--compute-dtype", "float32"],

@@ -121,15 +121,15 @@ def test_run_folder_holds_what_merge_and_chat_need(base_model):
 
 # ---- what the trainer sees -------------------------------------------------------------------
 def test_loss_mask_covers_the_replies_only(tokenizer, tmp_path):
-    from core.train import _tokenized
+    from core.trainer import tokenized
 
     rows = tmp_path / "train.jsonl"
     rows.write_text(json.dumps({"segments": [["### Human: Hi ### Assistant: ", False], ["Hello!<|im_end|>", True]]}) + "\n")
-    row = _tokenized(rows, tokenizer, TrainConfig(data="d", out="o", max_seq_length=512))[0]
+    row = tokenized(rows, tokenizer, TrainConfig(data="d", out="o", max_seq_length=512))[0]
     trained = [i for i, m in zip(row["input_ids"], row["completion_mask"], strict=True) if m]
     assert tokenizer.decode(trained) == "Hello!<|im_end|>"
     assert tokenizer.decode(row["input_ids"]).endswith("### Assistant: Hello!<|im_end|>")
-    short = _tokenized(rows, tokenizer, TrainConfig(data="d", out="o", max_seq_length=10))[0]
+    short = tokenized(rows, tokenizer, TrainConfig(data="d", out="o", max_seq_length=10))[0]
     assert len(short["input_ids"]) == 10 and short["completion_mask"][-1] == 1
 
 
