@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from core import gpus, models, paths, runs, status
+from core import gpus, merge, models, paths, runs, status
 from core.config import MergeConfig, TrainConfig
 from core.errors import UserError
 
@@ -55,12 +55,8 @@ class Job:
         return status.pid_alive(self.pid) and _same_process(self)
 
     def state(self) -> str:
-        """The job's state: the run's status.json for training, running/finished/failed for a merge."""
-        if self.kind == "train":
-            return status.read(self.folder)["state"]
-        if self.alive():
-            return "running"
-        return "finished" if (Path(self.folder) / "config.json").is_file() else "failed"
+        """The job's state, from the status.json in its folder (the run, or a merge's job folder)."""
+        return status.read(self.folder, self.log)["state"]
 
     def log_tail(self, n: int = 40) -> str:
         """The last n lines of the child's output."""
@@ -170,13 +166,15 @@ class JobManager:
             raise UserError(f"out: {out} already exists; choose another folder", field="out")
         with self._lock:
             self._refuse_second()
-            out.parent.mkdir(parents=True, exist_ok=True)
+            folder = merge.job_folder(out)  # status.json and the log; the model appears beside it when whole
+            folder.mkdir(parents=True, exist_ok=True)
+            status.write_json(folder / status.FILE, {**status.FIELDS, "state": "starting", "started": time.time()})
             argv = ["merge", "--adapter", str(Path(cfg.adapter).resolve()), "--out", str(out), "--dtype", cfg.dtype]
             if cfg.base:
                 argv += ["--base", cfg.base]
             if cfg.trust_remote_code:
                 argv.append("--trust-remote-code")
-            return self._spawn("merge", argv, out, out.with_name(out.name + ".log"), None)
+            return self._spawn("merge", argv, folder, folder / "merge.log", None)
 
     def _refuse_second(self) -> None:
         job = self.current()
@@ -204,10 +202,10 @@ class JobManager:
         job = Job(kind, proc.pid, str(folder), time.time(), [*self.command, *argv], str(log), status.oom_kills(), proc)
         self._mine = job
         status.write_json(_job_file(), job.record())
-        if kind == "train":  # a pid in status.json lets any reader tell a vanished run from a live one
-            now = status.read_json(folder / status.FILE)
-            if now.get("state") == "starting" and not now.get("pid"):
-                status.write_json(folder / status.FILE, {**now, "pid": proc.pid})
+        # A pid in status.json lets any reader tell a vanished job from a live one.
+        now = status.read_json(folder / status.FILE)
+        if now.get("state") == "starting" and not now.get("pid"):
+            status.write_json(folder / status.FILE, {**now, "pid": proc.pid})
         self._watch(job)
         return job
 
@@ -225,22 +223,20 @@ class JobManager:
             while job.alive():
                 time.sleep(1.0)
             code = None
-        if job.kind != "train":
-            return
         try:
             self._final_word(job, code)
         except Exception as e:  # a full disk, say: the reader's fallback still shows the run as ended
             print(f"supervisor: could not write the final state of {job.folder}: {e}", file=sys.stderr, flush=True)
 
     def _final_word(self, job: Job, code: int | None) -> None:
-        """Write the final state of a run whose child ended without writing one itself."""
+        """Write the final state of a job whose child ended without writing one itself."""
         path = Path(job.folder) / status.FILE
         now = status.read_json(path)
         if now.get("state") in status.FINAL:
             return
         stopping = status.stop_requested(job.folder)
         oom = job.oom_kills is not None and (status.oom_kills() or 0) > job.oom_kills
-        error, hint = status.ended(code, job.log, stopping, out_of_memory=oom)
+        error, hint = status.ended(code, job.log, stopping, out_of_memory=oom, kind=job.kind)
         now.update(state="stopped" if stopping else "failed", ended=time.time(), error=error, hint=hint)
         now.setdefault("pid", job.pid)
         status.write_json(path, now)

@@ -8,15 +8,16 @@ it is written, and it appears under its final name only once it is complete.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
 
-from core import models, paths
+from core import logs, models, paths, status
 from core.config import MergeConfig, Parser, add_arguments
 from core.errors import UserError
-from core.logs import quiet
 
+log = logging.getLogger("qlora_studio.merge")
 PROBE = ("### Human: Who are you, and what can you do for me today? ### Assistant: I am an assistant. "
          "### Human: 请用一句话介绍你自己。 ### Assistant:")
 BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
@@ -34,10 +35,33 @@ def cli(argv: list[str]) -> int:
     parser = Parser(prog="python -m core merge", description="Merge a trained adapter into its base model.")
     add_arguments(parser, MergeConfig)
     cfg = MergeConfig.from_dict(vars(parser.parse_args(argv)))
-    quiet()
-    report = merge(cfg, progress=lambda f, text: print(f"[{f:4.0%}] {text}", flush=True))
+    cfg.check()
+    logs.quiet()
+    # Started by the panel, the merge reports in the job folder the panel made; by hand, it only prints.
+    folder = job_folder(cfg.out)
+    job = status.Status(folder if folder.is_dir() else None)
+
+    def progress(fraction: float, text: str) -> None:
+        print(f"[{fraction:4.0%}] {text}", flush=True)
+        job.update(state="running", progress=round(fraction, 3), message=text)
+
+    try:
+        report = merge(cfg, progress)
+    except BaseException as e:
+        error, hint = status.explain(e, "merge")
+        job.last_word(log, state="failed", error=error, hint=hint, ended=time.time())
+        raise
+    failed = None if report["ok"] else "the merged model does not answer like base + adapter"
+    job.update(state="failed" if failed else "finished", error=failed, progress=1.0, report=report, ended=time.time(),
+               hint=None if report["ok"] else "merge again in bfloat16 or float32")
     print(json.dumps(report, ensure_ascii=False))
     return 0 if report["ok"] else 1
+
+
+def job_folder(out: str | Path) -> Path:
+    """Where a merge into `out` started by the panel keeps its status.json and log: a hidden folder beside it."""
+    out = Path(out).expanduser().resolve()
+    return out.with_name(f".{out.name}.job")
 
 
 def merge(cfg: MergeConfig, progress=None) -> dict:

@@ -5,7 +5,8 @@ through here. Torch-free, so the panel can import it.
 
     state      starting → running → (stopping →) finished | stopped | failed
     pid        the job's process, so a reader can tell a vanished job from a live one
-    step, max_steps, started, ended, device, mode, adapter
+    step, max_steps, started, ended, device, mode, adapter     (training)
+    progress (0 to 1), message, report                         (a merge: its stage, then its result)
     error      what went wrong, one line;   hint   what to do about it
     warning    something worth knowing while it still runs (a diverging loss)
 
@@ -27,7 +28,8 @@ STOP = "stop"
 FINAL = ("finished", "stopped", "failed")
 LIVE = ("starting", "running", "stopping")
 FIELDS = {"state": "starting", "pid": None, "started": None, "ended": None, "step": 0, "max_steps": 0,
-          "device": None, "mode": None, "error": None, "hint": None, "warning": None, "adapter": None}
+          "device": None, "mode": None, "error": None, "hint": None, "warning": None, "adapter": None,
+          "progress": None, "message": None, "report": None}
 
 OOM_HINT = "lower batch size or max sequence length, or turn on gradient checkpointing"
 OOM_HINTS = {
@@ -84,15 +86,17 @@ def pid_alive(pid) -> bool:
 class Status:
     """A job's own status.json: every change merged in and written whole."""
 
-    def __init__(self, folder: str | Path, **fields):
-        self.path = Path(folder) / FILE
+    def __init__(self, folder: str | Path | None, **fields):
+        """`folder` None: a job nobody watches (a merge run by hand): the status is kept, not written."""
+        self.path = Path(folder) / FILE if folder is not None else None
         self.data = {**FIELDS, "pid": os.getpid(), "started": time.time()}
         self.update(**fields)
 
     def update(self, **changes) -> None:
         """Merge `changes` and write them (an OSError, a full disk say, is the caller's to handle)."""
         self.data.update(changes)
-        write_json(self.path, self.data)
+        if self.path is not None:
+            write_json(self.path, self.data)
 
     def last_word(self, log, **changes) -> None:
         """A final state, written even on a struggling disk: one retry, and a failure is logged, never raised.
@@ -105,7 +109,7 @@ class Status:
                 self.update(**changes)
                 return
             except OSError as e:
-                log.error("could not write %s (attempt %d of 2): %s", self.path.name, attempt, e)
+                log.error("could not write %s (attempt %d of 2): %s", FILE, attempt, e)
 
 
 # ---- reading ---------------------------------------------------------------------------------
@@ -158,25 +162,27 @@ def explain(exc: BaseException, job: str = "train") -> tuple[str, str | None]:
 
 
 def ended(code: int | None, log: str | Path | None = None, stopping: bool = False,
-          out_of_memory: bool = False) -> tuple[str | None, str | None]:
-    """(error, hint) for a job that ended without writing a final state, from its exit code and log."""
+          out_of_memory: bool = False, kind: str = "train") -> tuple[str | None, str | None]:
+    """(error, hint) for a job ("train" or "merge") that ended without writing a final state."""
+    again = RESUME_HINT if kind == "train" else "start it again"
     if stopping:  # asked to stop before it could say so itself (still starting, say)
         return None, "stopped before training began: nothing was trained, so there is nothing to keep"
     said = last_error(log) if log else None
     if code is not None and code > 0 and said:
         return said, FIX_HINT if said.startswith(("model:", "data:", "out:", "resume:")) else LOG_HINT
     if code is None:
-        return said or "the job ended without saying why (the machine restarted or the process was killed)", RESUME_HINT
+        return said or "the job ended without saying why (the machine restarted or the process was killed)", again
     if code < 0:
         sig = -code
         name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
         if sig == signal.SIGKILL and out_of_memory:
             return (f"killed by signal {sig} ({name}): the system ran out of memory",
-                    "lower batch size or max sequence length, close other programs, then press Resume")
+                    "close other programs" + (", lower batch size or max sequence length, then press Resume"
+                                              if kind == "train" else ", then start it again"))
         if sig == signal.SIGSEGV:
             return (f"crashed (signal {sig}, {name})",
                     "look at the end of the log; updating the GPU driver or bitsandbytes often helps")
-        return f"killed by signal {sig} ({name})", RESUME_HINT
+        return f"killed by signal {sig} ({name})", again
     return f"ended with exit code {code}", LOG_HINT
 
 

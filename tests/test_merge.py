@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 from test_train import core_cli, pickles, shared_merge, shared_run
+
+from core.config import MergeConfig
+from core.merge import job_folder
 
 TEXT_FILES = {".json", ".jinja", ".txt", ".md"}
 
@@ -57,6 +61,26 @@ def test_cli_merges_in_16_bit_and_reports(tmp_path):
     assert 0.2 < report["size_gb"] < 0.3  # 135M weights at 2 bytes each
     assert json.loads((out / "config.json").read_text())["dtype"] == "float16"
     assert "merged model written to" in result.stdout
+    assert not job_folder(out).exists(), "a merge run by hand leaves nothing beside its output"
+
+
+def test_a_merge_started_by_the_panel_reports_progress_and_result_in_its_status(tmp_path, monkeypatch):
+    from core import jobs, status
+
+    monkeypatch.setenv("QLORA_STUDIO_HOME", str(tmp_path))
+    job = jobs.JobManager().start_merge(MergeConfig(adapter=str(shared_run() / "adapter"), out=str(tmp_path / "m"),
+                                                    dtype="float32"))
+    seen = set()
+    while job.alive():
+        now = status.read(job.folder)
+        if now.get("message"):
+            seen.add(now["message"].split(" ")[0])
+        time.sleep(0.05)
+    done = status.read(job.folder)
+    assert done["state"] == "finished" and done["progress"] == 1.0 and done["report"]["ok"], done
+    assert done["report"]["path"] == str(tmp_path / "m") and (tmp_path / "m" / "config.json").is_file()
+    assert len(seen) >= 2, seen  # the stages (loading, merging, writing, …) arrived while it worked
+    assert job.folder == str(job_folder(tmp_path / "m")) and (Path(job.folder) / "merge.log").is_file()
 
 
 def test_refuses_an_existing_output_folder(tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -41,18 +40,6 @@ def config(run, base, out, dtype) -> MergeConfig:
                                       dtype=dtype))
 
 
-def _report(job: jobs.Job) -> dict:
-    """The JSON report the merge command prints last (or what the output folder shows)."""
-    for line in reversed(runs.log_tail(job.log, 50).splitlines()):
-        line = line.strip()
-        if line.startswith("{") and line.endswith("}"):
-            try:
-                return json.loads(line)
-            except ValueError:
-                continue
-    return {}
-
-
 def _size(nbytes: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if nbytes < 1024 or unit == "GB":
@@ -61,15 +48,13 @@ def _size(nbytes: float) -> str:
     return ""
 
 
-def result_text(job: jobs.Job, language: str) -> str:
-    """Where the model is, its size, and whether it answers like base + adapter."""
-    out = Path(job.folder)
-    if not (out / "config.json").is_file():
-        cause = status.last_error(job.log) or say("see_log", language)
-        return say("merge_failed", language, cause=cause)
-    report = _report(job)
-    size = report.get("size_bytes") or sum(p.stat().st_size for p in out.glob("*.safetensors"))
-    lines = [say("merged", language, out=out, size=_size(size))]
+def result_text(folder: str | Path, language: str) -> str:
+    """Where the model is, its size, and whether it answers like base + adapter (from the job's status)."""
+    now = status.read(folder)
+    report = now.get("report") or {}
+    if not report.get("path"):
+        return say("merge_failed", language, cause=now.get("error") or say("see_log", language))
+    lines = [say("merged", language, out=report["path"], size=_size(report.get("size_bytes") or 0))]
     if report.get("max_abs_diff") is not None:
         key = "merge_check_ok" if report.get("ok") else "merge_check_failed"
         lines.append(say(key, language, diff=f"{report['max_abs_diff']:.2e}",
@@ -77,6 +62,13 @@ def result_text(job: jobs.Job, language: str) -> str:
     if report.get("seconds") is not None:
         lines.append(f"{report.get('dtype', '')} · {report.get('device', '')} · {report['seconds']} s")
     return "\n\n".join(lines)
+
+
+def progress_text(folder: str | Path, language: str) -> str:
+    """The merge's stage and share done, as the job reports it in its status."""
+    now = status.read(folder)
+    stage = f"\n\n**{now['progress']:.0%} · {now['message']}**" if now.get("message") else ""
+    return say("merge_running", language) + stage
 
 
 def merge(request: gr.Request | None, run, base, out, dtype):
@@ -88,11 +80,9 @@ def merge(request: gr.Request | None, run, base, out, dtype):
         yield warn(e), ""
         return
     while job.alive():
-        tail = job.log_tail(12)
-        step = [line for line in tail.splitlines() if line.startswith("[")]
-        yield say("merge_running", language) + (f"\n\n**{step[-1]}**" if step else ""), tail
+        yield progress_text(job.folder, language), job.log_tail(12)
         time.sleep(1.0)
-    yield result_text(job, language), job.log_tail(12)
+    yield result_text(job.folder, language), job.log_tail(12)
 
 
 def build() -> dict:
