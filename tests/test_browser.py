@@ -108,13 +108,13 @@ def test_click_through_the_four_tabs(app, page):
                            ".some(e => e.value === 'browser')")
     merge.get_by_role("button", name="Merge").click()
     merge.get_by_text("Merged model written to").wait_for(timeout=300_000)
-    assert "passed" in merge.get_by_text("Logit check").inner_text()
+    merge.get_by_text("Checked: the merged model gives the same answers as base + adapter").wait_for()
     shot(page, "merge.png")
 
     # 4. Chat: the merged model answers, streamed.
     page.get_by_role("tab", name="4 · Chat").click()
     chat = page.locator("#tab-chat")
-    choose(page, chat, "Model", "browser")
+    choose(page, chat, "Model", "merged 合并 · browser")
     fill(chat, "Message", "1加1等于几？")
     chat.get_by_role("button", name="Send").click()
     bot = chat.locator(".message.bot, [data-testid='bot']").first
