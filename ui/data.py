@@ -59,7 +59,7 @@ def preview(request: gr.Request, *values):
     from core import data
 
     language = lang(request)
-    empty = pd.DataFrame(columns=["prompt", "response"])
+    empty = pd.DataFrame(columns=[say("col_prompt", language), say("col_response", language)])
     if not values[0]:
         return say("no_file", language), empty
     try:
@@ -68,7 +68,8 @@ def preview(request: gr.Request, *values):
         rows = data.preview(cfg, n=5)
     except UserError as e:
         return warn(e), empty
-    table = pd.DataFrame([{"prompt": r["prompt"], "response": r["response"]} for r in rows])
+    table = pd.DataFrame([[r["prompt"], r["response"]] for r in rows],
+                         columns=[say("col_prompt", language), say("col_response", language)])
     return f"**{layout}** · `{Path(cfg.input).name}`", table
 
 
@@ -85,7 +86,7 @@ def save(request: gr.Request, *values, progress=gr.Progress()):
         manifest = data.prepare(config(*values), progress=lambda share: progress(share, desc=say("reading", language)))
     except UserError as e:
         return warn(e), empty, gr.update()
-    return _stats_text(manifest, language), _histogram(manifest), manifest["path"]
+    return _stats_text(manifest, language), _histogram(manifest, language), manifest["path"]
 
 
 def _stats_text(m: dict, language: str) -> str:
@@ -102,11 +103,12 @@ def _stats_text(m: dict, language: str) -> str:
     return "\n\n".join(lines)
 
 
-def _histogram(m: dict) -> pd.DataFrame:
+def _histogram(m: dict, language: str):
     h = m["stats"].get("histogram") or {}
     labels = [str(x) for x in h.get("starts", [])]
     # Bins are labels (the chart draws numbers as thin bars); keep them in numeric order.
-    return gr.update(value=pd.DataFrame({"tokens": labels, "rows": h.get("counts", [])}), sort=labels)
+    return gr.update(value=pd.DataFrame({"tokens": labels, "rows": h.get("counts", [])}), sort=labels,
+                     x_title=say("hist_tokens", language), y_title=say("hist_rows", language))
 
 
 def use_sample():

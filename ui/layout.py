@@ -12,11 +12,11 @@ from ui.i18n import I18N, t
 CSS = (Path(__file__).resolve().parent.parent / "assets" / "style.css")
 
 
-def _reattach():
+def _reattach(request: gr.Request = None):
     """On page load: show the running training (or the newest run) from its first step, fresh lists."""
     shown = train.shown_run("")
     return (gr.update(choices=train.run_choices(), value=shown or None), gr.update(choices=train.datasets()),
-            gr.update(choices=merge.finished_runs()), runs.table(), *chat.build_refresh())
+            gr.update(choices=merge.finished_runs(request)), runs.table(request), *chat.build_refresh())
 
 
 def build() -> gr.Blocks:
@@ -37,7 +37,7 @@ def build() -> gr.Blocks:
         # Opening a tab refreshes its lists: a dataset saved, a run finished or a model merged meanwhile.
         train_tab.select(lambda: (gr.update(choices=train.datasets()), gr.update(choices=train.run_choices())),
                          None, [tr["data"], tr["viewed"]], api_name=False)
-        merge_tab.select(lambda: gr.update(choices=merge.finished_runs()), None, m["run"], api_name=False)
+        merge_tab.select(merge.refresh, None, m["run"], api_name=False)
         chat_tab.select(chat.build_refresh, None, [c["source_a"], c["source_b"]], api_name=False)
         runs_tab.select(runs.table, None, r["frame"], api_name=False)
         # A saved dataset is offered (and chosen) in the Train tab at once.
@@ -46,12 +46,15 @@ def build() -> gr.Blocks:
         # Runs tab buttons open the selected run elsewhere.
         r["to_train"].click(lambda s: (gr.update(choices=train.run_choices(), value=s), gr.Tabs(selected="train")),
                             r["selected"], [tr["viewed"], tabs], api_name=False)
-        r["to_merge"].click(lambda s: (gr.update(choices=merge.finished_runs(), value=s), gr.Tabs(selected="merge")),
-                            r["selected"], [m["run"], tabs], api_name=False)
+        r["to_merge"].click(_open_merge, r["selected"], [m["run"], tabs], api_name=False)
         r["to_chat"].click(_open_chat, r["selected"], [c["source_a"], c["source_b"], tabs], api_name=False)
         demo.load(_reattach, None, [tr["viewed"], tr["data"], m["run"], r["frame"], c["source_a"], c["source_b"]],
                   api_name="reattach")
     return demo
+
+
+def _open_merge(run: str, request: gr.Request = None):
+    return gr.update(choices=merge.finished_runs(request), value=run), gr.Tabs(selected="merge")
 
 
 def _open_chat(run: str):

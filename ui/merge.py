@@ -14,9 +14,15 @@ from ui.forms import warn, widget
 from ui.i18n import help, lang, say, t
 
 
-def finished_runs() -> list[tuple[str, str]]:
-    """Runs that have an adapter to merge, newest first."""
-    return [(f"{r['name']} · {r['state']}", r["folder"]) for r in runs.list_runs() if r["adapter"]]
+def finished_runs(request: gr.Request = None) -> list[tuple[str, str]]:
+    """Runs that have an adapter to merge, newest first, with their state in the reader's language."""
+    language = lang(request)
+    return [(f"{r['name']} · {say('state_' + r['state'], language)}", r["folder"]) for r in runs.list_runs() if r["adapter"]]
+
+
+def refresh(request: gr.Request = None):
+    """Fresh choices for the run picker (a run finished meanwhile)."""
+    return gr.update(choices=finished_runs(request))
 
 
 def pick(run: str | None):

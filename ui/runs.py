@@ -8,30 +8,32 @@ import gradio as gr
 import pandas as pd
 
 from core import runs
-from ui.i18n import t
+from ui.i18n import lang, say, t
 
 COLUMNS = ["name", "state", "step", "model", "data", "preset", "r", "lr", "steps", "batch", "final_loss", "created", "folder"]
 
 
-def table() -> pd.DataFrame:
-    """The runs list as a table, newest first."""
+def table(request: gr.Request = None) -> pd.DataFrame:
+    """The runs list as a table, newest first, with headers and states in the reader's language."""
+    language = lang(request)
     rows = []
     for r in runs.list_runs():
         row = {k: r.get(k) for k in COLUMNS}
         row["step"] = f"{r.get('step') or 0}/{r.get('max_steps') or '?'}"
         row["created"] = datetime.fromtimestamp(r["created"]).strftime("%Y-%m-%d %H:%M") if r.get("created") else ""
         row["final_loss"] = round(r["final_loss"], 4) if r.get("final_loss") is not None else None
+        row["state"] = say("state_" + r["state"], language)
         if r["state"] == "failed" and r.get("error"):
-            row["state"] = f"failed: {r['error']}"
+            row["state"] += f": {r['error']}"
         rows.append(row)
-    return pd.DataFrame(rows, columns=COLUMNS)
+    return pd.DataFrame(rows, columns=COLUMNS).set_axis([say("col_" + c, language) for c in COLUMNS], axis=1)
 
 
 def select(frame: pd.DataFrame, evt: gr.SelectData):
-    """The folder of the clicked row."""
+    """The folder of the clicked row (the last column, whatever the language of its header)."""
     row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
     try:
-        return frame.iloc[row]["folder"]
+        return frame.iloc[row, -1]
     except (IndexError, KeyError, TypeError):
         return ""
 

@@ -162,23 +162,30 @@ def progress_html(run: str, language: str = "en", metrics: list[dict] | None = N
     return "".join(parts) + "</div>"
 
 
-def loss_frame(run: str, metrics: list[dict] | None = None) -> pd.DataFrame:
+def loss_frame(run: str, metrics: list[dict] | None = None, language: str = "en") -> pd.DataFrame:
     """Training and eval loss against step, from the start of the run."""
-    rows = []
     if metrics is None:
         metrics = runs.read_metrics(run) if run else []
+    train, evaluation = say("series_train", language), say("series_eval", language)
+    rows = []
     for m in metrics:
         if m.get("loss") is not None:
-            rows.append({"step": m.get("step", 0), "loss": m["loss"], "series": "train"})
+            rows.append({"step": m.get("step", 0), "loss": m["loss"], "series": train})
         if m.get("eval_loss") is not None:
-            rows.append({"step": m.get("step", 0), "loss": m["eval_loss"], "series": "eval"})
+            rows.append({"step": m.get("step", 0), "loss": m["eval_loss"], "series": evaluation})
     # The chart fixes its colour for each series when it is first drawn (often before any point
     # exists), so both series are always present: an empty point (no loss) holds each place.
     first = rows[0]["step"] if rows else 1
-    for series in ("train", "eval"):
+    for series in (train, evaluation):
         if not any(r["series"] == series for r in rows):
             rows.append({"step": first, "loss": float("nan"), "series": series})
     return pd.DataFrame(rows).astype({"step": "int64", "loss": "float64", "series": "string"})
+
+
+def chart(run: str, metrics: list[dict], language: str):
+    """The loss chart's data, with its axis and legend titles in the reader's language."""
+    return gr.update(value=loss_frame(run, metrics, language), x_title=say("chart_step", language),
+                     y_title=say("chart_loss", language), color_title=say("chart_series", language))
 
 
 def gpu_markdown(request: gr.Request = None) -> str:
@@ -205,7 +212,8 @@ def poll(viewed, request: gr.Request = None):
     """Everything the live view shows, for the shown run."""
     run = shown_run(viewed)
     metrics = runs.read_metrics(run) if run else []  # once a tick, for both views
-    return progress_html(run, lang(request), metrics), loss_frame(run, metrics), runs.log_tail(run, 8) if run else ""
+    language = lang(request)
+    return progress_html(run, language, metrics), chart(run, metrics, language), runs.log_tail(run, 8) if run else ""
 
 
 def build() -> dict:
@@ -246,7 +254,7 @@ def build() -> dict:
                 refresh = gr.Button(t("refresh"), size="sm", scale=1)
             progress = gr.HTML(label=t("progress"))
             plot = gr.LinePlot(loss_frame(""), x="step", y="loss", color="series", label=t("loss_chart"), height=280,
-                               color_map={"train": "#2563eb", "eval": "#f97316"})
+                               color_map={"train": "#2563eb", "eval": "#f97316", "训练": "#2563eb", "评估": "#f97316"})
             gpu = gr.Markdown(label=t("gpu"))
             log = gr.Textbox(label=t("log"), lines=8, max_lines=8, autoscroll=True, interactive=False)
     settings = [widgets[n] for n in SETTINGS]
