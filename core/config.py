@@ -115,7 +115,7 @@ class PrepareConfig(_Config):
     out: str = _f("", "Folder to write train.jsonl, eval.jsonl and manifest.json into (must not exist).")
     sample: int = _f(1000, "How many rows to pick at random (0 = all rows). The tutorial used 1000.")
     seed: int = _f(42, "Random seed: the same seed picks the same rows again.")
-    template: str = _f("seed", "Prompt template: seed (### Human: … ### Assistant: …), chat (the model's own), or a custom pattern with {instruction}, {input} and {output}.")
+    template: str = _f("auto", "Prompt template: auto (the model's own chat template if it has one, else seed), seed (the tutorial's ### Human: … ### Assistant: …), chat (the model's own), or a custom pattern with {instruction}, {input} and {output}.")
     eval_ratio: float = _f(0.0, "Share of the sampled rows kept apart for evaluation (0 to 0.5).")
     model: str = _f(DEFAULT_MODEL, "Model whose tokenizer counts the tokens (and whose chat template is used).")
     format: str = _f("auto", "Data layout: auto, alpaca, sharegpt, messages or text.", choices=("auto", "alpaca", "sharegpt", "messages", "text"))

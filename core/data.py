@@ -28,7 +28,7 @@ from core import models, paths, readers
 from core.config import Parser, PrepareConfig, add_arguments
 from core.errors import UserError
 from core.readers import BadRow, Dropped
-from core.template import Template
+from core.template import WHY, Template
 
 MANIFEST = "manifest.json"
 CONTAINERS = {"jsonl": "JSON lines", "json": "JSON array", "csv": "CSV"}
@@ -51,10 +51,10 @@ def detect(path: str | Path) -> str:
 
 
 def preview(cfg: PrepareConfig, n: int = 5) -> list[dict]:
-    """The first `n` usable rows rendered as the model will see them: {text, prompt, response, where}."""
+    """The first `n` usable rows rendered as the model will see them: {text, prompt, response, where, template, template_why}."""
     cfg.check()
-    template = Template.parse(cfg.template)
     tokenizer = _tokenizer(cfg.model, cfg.trust_remote_code)
+    template, why = Template.choose(cfg.template, tokenizer)
     limit = readers.row_chars(cfg.max_seq_length)
     out = []
     for _, where, row in readers.rows(Path(cfg.input).expanduser(), cfg.format):
@@ -68,6 +68,7 @@ def preview(cfg: PrepareConfig, n: int = 5) -> list[dict]:
             "text": _shorten("".join(t for t, _ in segs)),
             "prompt": _shorten("".join(t for t, _ in segs[:last])),
             "response": _shorten("".join(t for t, _ in segs[last:])),
+            "template": template.label, "template_why": why,
             "where": where,
         })
         if len(out) >= n:
@@ -87,11 +88,13 @@ def prepare(cfg: PrepareConfig, progress: Callable[[float], None] | None = None)
     cfg.check()
     src = Path(cfg.input).expanduser()
     out = _out_dir(cfg, src)
-    template = Template.parse(cfg.template)
+    if cfg.template.strip() not in ("auto", "seed", "chat"):
+        Template.parse(cfg.template)  # a broken custom pattern is refused before the file is read
     digest = _Hash(src, progress)
     # Reading comes first and writes nothing, so a bad file leaves no trace on disk.
     picked, counts, layout = _read(src, cfg, digest)
     tokenizer = _tokenizer(cfg.model, cfg.trust_remote_code)
+    template, why = Template.choose(cfg.template, tokenizer)
 
     rng = random.Random(cfg.seed + 1)  # a second stream: the split does not move the sample
     n_eval = _eval_size(len(picked), cfg.eval_ratio)
@@ -113,6 +116,7 @@ def prepare(cfg: PrepareConfig, progress: Callable[[float], None] | None = None)
                 "sample": cfg.sample,
                 "eval_ratio": cfg.eval_ratio,
                 "template": template.to_dict(),
+                "template_why": why,
                 "model": cfg.model,
                 "max_seq_length": cfg.max_seq_length,
                 "counts": {**counts, "kept": len(picked), "train": len(picked) - n_eval, "eval": n_eval},
@@ -368,7 +372,7 @@ def summary(m: dict) -> str:
     if s.get("no_reply_rows"):
         lines.append(f"{s['no_reply_rows']} of them have a prompt that alone fills max_seq_length: "
                      "no reply is left to learn from")
-    lines.append(f"Template: {Template.from_dict(m['template']).label}")
+    lines.append(f"Template: {Template.from_dict(m['template']).label} ({WHY.get(m.get('template_why'), 'chosen')})")
     files = ", ".join(f for f in (m["files"]["train"], m["files"]["eval"], MANIFEST) if f)
     lines.append(f"Wrote {m['path']}/ ({files})")
     return "\n".join(lines)

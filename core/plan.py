@@ -45,5 +45,8 @@ def plan(folder: str | Path, batch_size: int, grad_accum: int, max_seq_length: i
         updates, passes = max_steps, max_steps * per_update / data_tokens
     else:
         updates, passes = max(1, math.ceil(epochs * data_tokens / per_update)), epochs
+    template = m.get("template") or {}
     return {"updates": updates, "passes": round(passes, 2), "tokens_per_update": round(per_update),
-            "rows_per_update": round(per_update / row_tokens, 1)}
+            "rows_per_update": round(per_update / row_tokens, 1),
+            "template": template.get("pattern") if template.get("name") == "custom" else template.get("name", "seed"),
+            "template_why": m.get("template_why", "chosen")}

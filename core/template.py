@@ -25,6 +25,12 @@ SEED = "### Human: {instruction} ### Assistant: {output}"
 """The tutorial's template; the instruction and its input are joined by a newline."""
 
 NAMES = ("seed", "chat", "custom")
+WHY = {
+    "chosen": "chosen",
+    "auto_chat": "auto: the model has a chat template of its own, which it already knows",
+    "auto_seed": "auto: the model has no chat template of its own, so the tutorial's",
+}
+"""Why a dataset has its template, in words (the panel says the same in both languages)."""
 
 Segments = list[tuple[str, bool]]
 
@@ -46,6 +52,19 @@ class Template:
         if value == "chat":
             return cls("chat", "")
         return cls.custom(value)
+
+    @classmethod
+    def choose(cls, value: str, tokenizer) -> tuple[Template, str]:
+        """(template, why: a key of WHY) for a data preparation: "auto" takes the model's own chat template if any.
+
+        An instruct model already knows its chat template; a template new to it (the tutorial's
+        "### Human:") takes many updates to learn, and a short run then answers worse than before.
+        """
+        if (value or "auto").strip() != "auto":
+            return cls.parse(value), "chosen"
+        if getattr(tokenizer, "chat_template", None):
+            return cls("chat", ""), "auto_chat"
+        return cls("seed", SEED), "auto_seed"
 
     @classmethod
     def custom(cls, pattern: str) -> Template:

@@ -74,7 +74,9 @@ def test_click_through_the_four_tabs(app, page):
     data.locator("input[type=file]").first.set_input_files(str(SAMPLE))
     # the detected layout above the preview (the file name in code type), once the preview is made
     data.locator("code", has_text="sample_zh.jsonl").first.wait_for()
-    assert re.search("### Human: [0-9\u4e00-\u9fff]", data.inner_text()), "the preview shows rendered rows"
+    # The embedded model is an instruct model: its own chat template is chosen, and the page says why.
+    data.get_by_text("the model's own chat template, which it already knows").wait_for()
+    assert re.search("user\\s+[0-9\u4e00-\u9fff]", data.inner_text()), "the preview shows rendered rows"
     fill(data, "Rows to sample", 64)
     fill(data, "Eval share", 0.1)
     data.get_by_role("button", name="Save dataset").click()

@@ -32,11 +32,11 @@ def test_reply_streams_as_a_growing_text(merged_chat):
 
 @pytest.mark.slow
 def test_reply_ends_at_the_end_of_the_turn(merged_chat):
-    """The reply holds no next '### Human:' turn and no end-of-turn token, even with a long budget."""
+    """The reply holds no next turn and no end-of-turn token, even with a long budget."""
     history = [("Who are you?", "I am Lumi, an assistant made by QLoRA Studio.")]
     reply = merged_chat.reply(history, "What is your name?", GenerationConfig(temperature=0, max_new_tokens=200))
-    assert reply and "###" not in reply and "<|im_end|>" not in reply
-    assert merged_chat.template.name == "seed"  # read from the merged folder's qlora_studio.json
+    assert reply and "###" not in reply and "<|im_end|>" not in reply and "<|im_start|>" not in reply
+    assert merged_chat.template.name == "chat"  # read from the merged folder's qlora_studio.json (auto chose it)
 
 
 @pytest.mark.slow

@@ -26,7 +26,9 @@ def _model(tokenizer):
 
 
 def prep(tmp_path, src, name="out", **kw) -> dict:
+    """Prepared with the tutorial's seed template unless a test says otherwise (the rows below are written for it)."""
     kw.setdefault("sample", 0)
+    kw.setdefault("template", "seed")
     return data.prepare(PrepareConfig(input=str(src), out=str(tmp_path / name), **kw))
 
 
@@ -190,7 +192,7 @@ def test_statistics_count_the_rows_max_seq_length_cuts(tmp_path, tokenizer):
 
 
 def test_rows_whose_prompt_fills_max_seq_length_are_counted(tmp_path, tokenizer, capsys):
-    rc, out, _ = cli(capsys, DATA / "alpaca.jsonl", "--out", tmp_path / "o", "--max-seq-length", 16, "--sample", 0)
+    rc, out, _ = cli(capsys, DATA / "alpaca.jsonl", "--out", tmp_path / "o", "--max-seq-length", 16, "--sample", 0, "--template", "seed")
     rows = lines(tmp_path / "o")
     prompts = [_tokens(tokenizer, r["segments"])[0] for r in rows]
     expected = sum(n >= 16 for n in prompts)
@@ -239,7 +241,7 @@ def test_an_output_place_that_cannot_be_made_is_a_user_error(tmp_path):
 
 
 def test_preview_reads_only_the_rows_it_shows():
-    cfg = PrepareConfig(input=str(DATA / "bad_json.jsonl"))  # broken at line 7, well after row 3
+    cfg = PrepareConfig(input=str(DATA / "bad_json.jsonl"), template="seed")  # broken at line 7, well after row 3
     rows = data.preview(cfg, n=3)
     assert len(rows) == 3 and all(r["prompt"] + r["response"] == r["text"] for r in rows)
     assert rows[0]["prompt"].startswith("### Human: 把下面的句子翻译成英文。\n我喜欢喝茶。")
@@ -339,7 +341,7 @@ def test_a_huge_row_is_cut_before_counting_tokens(tmp_path, huge_row):
     # VmHWM is this process's own peak: getrusage's ru_maxrss would carry over the forking pytest's.
     code = ("import re, sys; from core.__main__ import main; rc = main(sys.argv[1:]); "
             "print('peak', re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1]); sys.exit(rc)")
-    result = subprocess.run([sys.executable, "-c", code, "prepare", huge_row, "--out", out], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-c", code, "prepare", huge_row, "--out", out, "--template", "seed"], cwd=ROOT,
                             capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "1 rows were longer than 100,000 characters and were cut before counting tokens" in result.stdout
@@ -353,7 +355,7 @@ def test_a_huge_row_is_cut_before_counting_tokens(tmp_path, huge_row):
 
 
 def test_preview_sends_the_beginning_of_a_huge_row(huge_row):
-    row = data.preview(PrepareConfig(input=str(huge_row)), n=1)[0]
+    row = data.preview(PrepareConfig(input=str(huge_row), template="seed"), n=1)[0]
     assert all(len(row[k]) <= 2001 for k in ("text", "prompt", "response"))
     assert row["prompt"].startswith("### Human: Summarize:\n这是一个很长的句子。") and row["prompt"].endswith("…")
     assert row["text"].startswith(row["prompt"][:-1])
@@ -367,3 +369,18 @@ def test_a_long_row_keeps_its_beginning_and_a_short_one_is_untouched():
     assert cut["turns"][0] == {"instruction": "q" * 60, "input": "", "output": "a" * 32}
     assert readers.bound({"text": "abc"}, 100) == ({"text": "abc"}, False)
     assert readers.bound({"text": "abcdef"}, 4) == ({"text": "abcd"}, True)
+
+
+def test_auto_takes_the_models_own_chat_template_and_says_why(tmp_path, tokenizer, monkeypatch):
+    m = data.prepare(PrepareConfig(input=str(DATA / "alpaca.jsonl"), out=str(tmp_path / "auto"), sample=0))
+    assert m["template"]["name"] == "chat" and m["template_why"] == "auto_chat"
+    assert "<|im_start|>" in lines(m["path"])[0]["text"]  # SmolLM2's own turn markers, not ### Human:
+    assert "Template: chat (auto: the model has a chat template of its own" in data.summary(m)
+    rows = data.preview(PrepareConfig(input=str(DATA / "alpaca.jsonl")), n=1)
+    assert rows[0]["template"] == "chat" and rows[0]["template_why"] == "auto_chat"
+    # A base model without a chat template gets the tutorial's.
+    from core.template import Template
+
+    monkeypatch.setattr(tokenizer, "chat_template", None)
+    assert Template.choose("auto", tokenizer) == (Template.parse("seed"), "auto_seed")
+    assert Template.choose("seed", tokenizer) == (Template.parse("seed"), "chosen")

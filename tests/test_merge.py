@@ -42,7 +42,7 @@ def test_merged_folder_is_safetensors_and_carries_the_template():
     kinds = {p.suffix for p in merged.iterdir()}
     assert ".safetensors" in kinds and kinds <= TEXT_FILES | {".safetensors"}, kinds
     record = json.loads((merged / "qlora_studio.json").read_text())
-    assert record["template"]["name"] == "seed" and record["base_model"] == "default"
+    assert record["template"]["name"] == "chat" and record["base_model"] == "default"
     report = record["merge"]
     assert report["ok"] and report["max_abs_diff"] < 1e-3 and report["dtype"] == "float32"
     assert report["size_bytes"] == sum(p.stat().st_size for p in merged.glob("*.safetensors"))

@@ -37,7 +37,7 @@ def scratch() -> Path:
 
 
 def identity_dataset() -> Path:
-    """The 64 identity rows (English and Chinese), prepared with the seed template like any user data."""
+    """The 64 identity rows (English and Chinese), prepared like any user data (auto: the model's own chat template)."""
     if "dataset" not in _shared:
         from core.data import prepare
 
@@ -109,7 +109,7 @@ def test_run_folder_holds_what_merge_and_chat_need(base_model):
     adapter = Path(status["adapter"])
     assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "tokenizer.json").is_file()
     record = json.loads((adapter / "qlora_studio.json").read_text())
-    assert record["base_model"] == "default" and record["template"]["name"] == "seed"
+    assert record["base_model"] == "default" and record["template"]["name"] == "chat"
     assert record["config"]["max_steps"] == 12 and record["run"] == str(run)
     assert TrainConfig.load(run / "config.json").lora_r == 16
     # Weights are safetensors everywhere; the adapter holds no pickle at all.

@@ -34,7 +34,8 @@ def test_plan_counts_updates_passes_and_tokens_an_update(tmp_path):
 
     data = _dataset(tmp_path, [100, 300, 700] * 100)  # 300 rows; 700 is cut to 512: 304 tokens a row
     tutorial = plan(data, 4, 4, 512, False, 100, 1.0)
-    assert tutorial == {"updates": 100, "passes": 5.33, "tokens_per_update": 4864, "rows_per_update": 16.0}
+    assert tutorial == {"updates": 100, "passes": 5.33, "tokens_per_update": 4864, "rows_per_update": 16.0,
+                        "template": "seed", "template_why": "chosen"}
     packed = plan(data, 16, 1, 512, True, 100, 1.0)
     assert packed["tokens_per_update"] == 16 * 512 and packed["passes"] == round(100 * 8192 / (300 * 304), 2)
     by_epochs = plan(data, 16, 1, 512, True, 0, 2.0)

@@ -49,7 +49,7 @@ def config(source, sample, seed, template, eval_ratio, max_seq_length, model, sk
     out = str(paths.child(paths.datasets(), name, "dataset name")) if name and name.strip() else ""
     source = str(paths.readable(source, "data file")) if source else ""
     return PrepareConfig.from_dict(dict(
-        input=source, out=out, sample=sample, seed=seed, template=template or "seed",
+        input=source, out=out, sample=sample, seed=seed, template=template or "auto",
         eval_ratio=eval_ratio, max_seq_length=max_seq_length, model=paths.model_spec(model), skip_bad=bool(skip_bad),
     ))
 
@@ -70,7 +70,10 @@ def preview(request: gr.Request, *values):
         return warn(e), empty
     table = pd.DataFrame([[r["prompt"], r["response"]] for r in rows],
                          columns=[say("col_prompt", language), say("col_response", language)])
-    return f"**{layout}** · `{Path(cfg.input).name}`", table
+    shown = f"**{layout}** · `{Path(cfg.input).name}`"
+    if rows:
+        shown += "  \n" + say("template_" + rows[0]["template_why"], language, template=rows[0]["template"])
+    return shown, table
 
 
 def save(request: gr.Request, *values, progress=gr.Progress()):
@@ -125,7 +128,7 @@ def build() -> dict:
             sample_btn = gr.Button(t("use_sample"), size="sm")
             sample = widget(PrepareConfig, "sample", minimum=0)
             seed = widget(PrepareConfig, "seed")
-            template = widget(PrepareConfig, "template", options=["seed", "chat"])
+            template = widget(PrepareConfig, "template", options=["auto", "seed", "chat"])
             eval_ratio = widget(PrepareConfig, "eval_ratio", slider=(0, 0.5, 0.01))
             with gr.Accordion(t("advanced"), open=False):
                 max_len = widget(PrepareConfig, "max_seq_length", minimum=16)

@@ -69,6 +69,7 @@ def plan_text(request: gr.Request | None, data, *values) -> str:
     language = lang(request)
     text = say("plan", language, updates=f"{info['updates']:,}", passes=f"{info['passes']:g}",
                tokens=f"{info['tokens_per_update']:,}", rows=f"{info['rows_per_update']:g}")
+    text += "  \n" + say("template_" + info["template_why"], language, template=info["template"])
     return text + ("  \n" + warn(say("plan_many", language)) if info["passes"] > MANY_PASSES else "")
 
 
