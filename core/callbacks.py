@@ -104,6 +104,9 @@ class Progress(TrainerCallback):
             control.should_save = True
             self.status.update(state="stopping")
             self.log.info("stop requested: ending after step %d", state.global_step)
+        if state.global_step >= state.max_steps or control.should_training_stop:
+            # The last step is always on the chart, however short the run (the first is too: logging_first_step).
+            control.should_log = True
         self.status.update(step=state.global_step)
         return control
 

@@ -184,6 +184,7 @@ def sft_args(cfg: TrainConfig, run: Path, dev: Device, tracking: list[str], eval
         packing_strategy="bfd",
         completion_only_loss=cfg.loss_on == "response",
         logging_steps=cfg.logging_steps,
+        logging_first_step=True,  # the chart, tokens/s and the time left appear from the first step
         logging_nan_inf_filter=False,  # a NaN loss must show as NaN (the filter logged 0.0), so Guard sees it
         save_strategy="steps" if cfg.save_steps else "no",
         save_steps=cfg.save_steps or 500,

@@ -344,3 +344,15 @@ def test_tokens_per_second_counts_every_packed_row(tmp_path):
     # Two steps of two packed rows of up to 64 tokens: far more than one row's width a step, and
     # only the batches trained on (the data loader's next batch is not counted yet).
     assert 64 < lines[0]["tokens"] <= 2 * 64 < lines[-1]["tokens"] <= 2 * 2 * 64, lines
+
+
+def test_a_run_shorter_than_logging_steps_still_shows_its_first_and_last_step(tmp_path):
+    from core.train import train
+
+    run = tmp_path / "short"
+    result = train(preset("default", data=str(identity_dataset()), out=str(run), max_steps=3,
+                          **{**FAST, "logging_steps": 10}))
+    assert result["state"] == "finished"
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 3], lines
+    assert lines[0]["tokens_per_second"] > 0 and lines[0]["remaining"] is not None and lines[-1]["loss"] > 0
