@@ -93,6 +93,7 @@ def prepare(cfg: PrepareConfig, progress: Callable[[float], None] | None = None)
     digest = _Hash(src, progress)
     # Reading comes first and writes nothing, so a bad file leaves no trace on disk.
     picked, counts, layout = _read(src, cfg, digest)
+    out = out or _out_dir(cfg, src, len(picked))
     tokenizer = _tokenizer(cfg.model, cfg.trust_remote_code)
     template, why = Template.choose(cfg.template, tokenizer)
 
@@ -197,14 +198,17 @@ def statistics(lengths: list[int], max_seq_length: int, prompts: list[int] | Non
 
 
 # ---- the steps --------------------------------------------------------------------------
-def _out_dir(cfg: PrepareConfig, src: Path) -> Path:
+def _out_dir(cfg: PrepareConfig, src: Path, kept: int | None = None) -> Path | None:
+    """The folder given (refused at once if it exists), or, with none given, a fresh name once `kept` is known."""
     if cfg.out:
         out = Path(cfg.out).expanduser().resolve()
         if out.exists():
             raise UserError(f"{out}: the output folder already exists; choose a new folder (nothing is overwritten)")
         return out
-    # No folder given (the panel): a fresh name in the workspace.
-    return paths.unique(paths.datasets() / f"{src.stem}-{cfg.sample or 'all'}-seed{cfg.seed}")
+    if kept is None:
+        return None
+    # No folder given (the panel): a fresh name in the workspace, with the rows it really holds.
+    return paths.unique(paths.datasets() / f"{src.stem}-{kept if cfg.sample else 'all'}-seed{cfg.seed}")
 
 
 def _read(src: Path, cfg: PrepareConfig, digest) -> tuple[list | _Again, dict, str]:
@@ -220,7 +224,8 @@ def _read(src: Path, cfg: PrepareConfig, digest) -> tuple[list | _Again, dict, s
         layout = layout_ or layout
         if isinstance(row, BadRow):
             if not cfg.skip_bad:
-                raise UserError(f"{row} (or use --skip-bad to skip and count broken rows)")
+                raise UserError(f"{row} (to skip and count broken rows instead, tick 'Skip broken rows' under "
+                                "Advanced settings, or add --skip-bad on the command line)")
             dropped[row.reason] += 1
             continue
         if isinstance(row, Dropped):

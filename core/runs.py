@@ -106,6 +106,18 @@ def log_tail(run: str | Path, n: int = 40, name: str = "train.log") -> str:
 
 
 _BAR = re.compile(r"^(.*?):\s*\d+%\|")
+_OURS = re.compile(r"^\d{4}-\d\d-\d\d (\d\d:\d\d:\d\d) (INFO|WARNING|ERROR) (.*)$")
+
+
+def story(run: str | Path, n: int = 8) -> str:
+    """The last n lines a run wrote for its reader ("12:01:07 step 3/3 loss=1.2"): no progress bars,
+    library notices or the final JSON; train.log keeps everything."""
+    lines = []
+    for line in log_tail(run, 400).splitlines():
+        m = _OURS.match(line)
+        if m:
+            lines.append(f"{m[1]} {m[3]}" if m[2] == "INFO" else f"{m[1]} {m[2]}: {m[3]}")
+    return "\n".join(lines[-n:])
 
 
 # ---- who trains a run --------------------------------------------------------------------

@@ -117,7 +117,7 @@ def dataset(app):
     source = c.predict(handle_file(str(SAMPLE)), api_name="/upload")["value"]
     assert Path(source).parent == app.home / "data"
     layout, table = c.predict(source, 64, 7, "seed", 0.1, 512, "default", False, "", api_name="/preview")
-    assert "alpaca" in layout and table["data"][0][0].startswith("### Human: ")
+    assert "Alpaca/Belle" in layout and table["data"][0][0].startswith("### Human: ")
     stats, hist, folder = c.predict(source, 64, 7, "seed", 0.1, 512, "default", False, "belle64", api_name="/prepare")
     assert "64 picked" in stats and "58 rows for training" in stats
     hist = hist.get("value", hist)  # sent as an update that also orders the bins

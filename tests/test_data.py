@@ -232,6 +232,9 @@ def test_without_a_folder_name_the_dataset_lands_in_the_workspace(workspace):
     assert Path(first["path"]).parent == workspace / "datasets"
     assert Path(first["path"]).name.startswith("alpaca-5-seed42") and again["path"] != first["path"]
     assert {d["path"] for d in data.list_datasets()} >= {first["path"], again["path"]}
+    # Named after the rows it really holds: the file has 10, not the 1000 asked for.
+    most = data.prepare(PrepareConfig(input=str(DATA / "alpaca.jsonl"), sample=1000))
+    assert Path(most["path"]).name.startswith("alpaca-10-seed42") and most["counts"]["kept"] == 10
 
 
 def test_an_output_place_that_cannot_be_made_is_a_user_error(tmp_path):

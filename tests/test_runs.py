@@ -47,3 +47,15 @@ def test_log_tail_keeps_last_drawing_of_progress_bars(tmp_path):
 def test_log_tail_keeps_one_line_per_progress_bar_without_a_terminal(tmp_path):
     (tmp_path / "train.log").write_text("Loading weights:  10%|#  | 1/10\nLoading weights: 100%|###| 10/10\nready\n")
     assert runs.log_tail(tmp_path, 5) == "Loading weights: 100%|###| 10/10\nready"
+
+
+def test_the_panel_shows_the_runs_own_lines_only(tmp_path):
+    run = make_run(tmp_path, "logged", {"state": "finished", "pid": None})
+    (run / "train.log").write_text(
+        "2026-11-30 12:01:02 INFO base model loaded in 1.2 s\n"
+        "Building labels for train dataset: 100%|██████████| 60/60 [00:00<00:00]\n"
+        "/site-packages/x.py:3: UserWarning: something a library says\n"
+        "2026-11-30 12:01:07 INFO step 3/3 loss=1.2\n"
+        "2026-11-30 12:01:08 WARNING the loss rose\n"
+        '{"state": "finished", "step": 3}\n', encoding="utf-8")
+    assert runs.story(run) == "12:01:02 base model loaded in 1.2 s\n12:01:07 step 3/3 loss=1.2\n12:01:08 WARNING: the loss rose"

@@ -70,7 +70,7 @@ def preview(request: gr.Request, *values):
         return warn(e), empty
     table = pd.DataFrame([[r["prompt"], r["response"]] for r in rows],
                          columns=[say("col_prompt", language), say("col_response", language)])
-    shown = f"**{layout}** · `{Path(cfg.input).name}`"
+    shown = f"**{say('layout_' + layout, language)}** · `{Path(cfg.input).name}`"
     if rows:
         shown += "  \n" + say("template_" + rows[0]["template_why"], language, template=rows[0]["template"])
     return shown, table

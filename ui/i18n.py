@@ -230,6 +230,8 @@ SAY = {
         "template_chosen": "Template: **{template}** (chosen).",
         "template_auto_chat": "Template: **{template}**: the model's own chat template, which it already knows (auto).",
         "template_auto_seed": "Template: **{template}** (### Human: … ### Assistant: …): the model has no chat template of its own (auto).",
+        "layout_alpaca": "Alpaca/Belle (instruction, input, output)", "layout_sharegpt": "ShareGPT (conversations)",
+        "layout_messages": "OpenAI messages", "layout_text": "plain text",
         "reading": "Reading the file", "list_sep": ", ", "see_log": "see the log below",
         "merge_check_ok": "Checked: the merged model gives the same answers as base + adapter "
                           "(same most likely next token at {agree} of the probe; largest logit difference {diff}).",
@@ -276,6 +278,8 @@ SAY = {
         "template_chosen": "模板：**{template}**（手动选择）。",
         "template_auto_chat": "模板：**{template}**：模型自带的对话模板，模型已经熟悉它（自动）。",
         "template_auto_seed": "模板：**{template}**（### Human: … ### Assistant: …）：模型没有自带的对话模板（自动）。",
+        "layout_alpaca": "Alpaca/Belle 格式（instruction、input、output）", "layout_sharegpt": "ShareGPT 格式（多轮对话）",
+        "layout_messages": "OpenAI messages 格式", "layout_text": "纯文本",
         "reading": "正在读取文件", "list_sep": "，", "see_log": "见下面的日志",
         "merge_check_ok": "已检查：合并后的模型与“基础模型 + 适配器”的回答一致（探测文本上 {agree} 的位置最可能的下一个词相同；最大 logit 差 {diff}）。",
         "merge_check_failed": "未通过：合并后的模型与“基础模型 + 适配器”的回答不一致（探测文本上只有 {agree} 的位置最可能的下一个词相同；最大 logit 差 {diff}）。",

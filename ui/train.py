@@ -214,7 +214,7 @@ def poll(viewed, request: gr.Request = None):
     run = shown_run(viewed)
     metrics = runs.read_metrics(run) if run else []  # once a tick, for both views
     language = lang(request)
-    return progress_html(run, language, metrics), chart(run, metrics, language), runs.log_tail(run, 8) if run else ""
+    return progress_html(run, language, metrics), chart(run, metrics, language), runs.story(run, 8) if run else ""
 
 
 def build() -> dict:
