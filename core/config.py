@@ -24,6 +24,7 @@ DEFAULT_MODEL = "default"
 
 
 def _f(default, help: str, **kw):
+    """A setting: its default, its help, and optionally `choices`, or `bounds=(low, high)` with a widget `step`."""
     return field(default=default, metadata={"help": help, **kw})
 
 
@@ -78,6 +79,8 @@ class _Config:
             # run that fails (or never ends) only after the model has loaded.
             if isinstance(value, float) and not math.isfinite(value):
                 out.append(f"{f.name}: must be a finite number")
+            elif "bounds" in f.metadata and not f.metadata["bounds"][0] <= value <= f.metadata["bounds"][1]:
+                out.append(f"{f.name}: must be between {f.metadata['bounds'][0]:g} and {f.metadata['bounds'][1]:g}")
         named = {m.split(":", 1)[0] for m in out}
         # One message per setting: a nan learning rate is "not finite", not also "not between 0 and 1".
         return out + [m for m in self._rules() if m.split(":", 1)[0] not in named]
@@ -116,7 +119,7 @@ class PrepareConfig(_Config):
     sample: int = _f(1000, "How many rows to pick at random (0 = all rows). The tutorial used 1000.")
     seed: int = _f(42, "Random seed: the same seed picks the same rows again.")
     template: str = _f("auto", "Prompt template: auto (the model's own chat template if it has one, else seed), seed (the tutorial's ### Human: … ### Assistant: …), chat (the model's own), or a custom pattern with {instruction}, {input} and {output}.")
-    eval_ratio: float = _f(0.0, "Share of the sampled rows kept apart for evaluation (0 to 0.5).")
+    eval_ratio: float = _f(0.0, "Share of the sampled rows kept apart for evaluation (0 to 0.5).", bounds=(0, 0.5), step=0.01)
     model: str = _f(DEFAULT_MODEL, "Model whose tokenizer counts the tokens (and whose chat template is used).")
     format: str = _f("auto", "Data layout: auto, alpaca, sharegpt, messages or text.", choices=("auto", "alpaca", "sharegpt", "messages", "text"))
     max_seq_length: int = _f(512, "Longest sequence used in training; the statistics say how many rows it would cut.")
@@ -129,8 +132,6 @@ class PrepareConfig(_Config):
             out.append("input: choose a data file")
         if self.sample < 0:
             out.append("sample: must be 0 (all rows) or more")
-        if not 0 <= self.eval_ratio <= 0.5:
-            out.append("eval_ratio: must be between 0 and 0.5")
         if self.max_seq_length < 16:
             out.append("max_seq_length: must be at least 16")
         return out
@@ -280,24 +281,16 @@ class GenerationConfig(_Config):
     """Sampling settings for chat."""
 
     system: str = _f("", "System prompt: standing instructions for the assistant.")
-    temperature: float = _f(0.7, "Randomness: 0 always picks the likeliest word.")
-    top_p: float = _f(0.9, "Sample only from the likeliest words that add up to this share.")
+    temperature: float = _f(0.7, "Randomness: 0 always picks the likeliest word.", bounds=(0, 2), step=0.05)
+    top_p: float = _f(0.9, "Sample only from the likeliest words that add up to this share.", bounds=(0.01, 1), step=0.01)
     top_k: int = _f(50, "Sample only from this many likeliest words (0 = no limit).")
-    repetition_penalty: float = _f(1.1, "Above 1 discourages repeating the same words.")
-    max_new_tokens: int = _f(256, "Longest reply in tokens.")
+    repetition_penalty: float = _f(1.1, "Above 1 discourages repeating the same words.", bounds=(0.5, 2), step=0.05)
+    max_new_tokens: int = _f(256, "Longest reply in tokens.", bounds=(1, 8192), step=1)
 
     def _rules(self) -> list[str]:
         out = []
-        if not 0 <= self.temperature <= 2:
-            out.append("temperature: must be between 0 and 2")
-        if not 0 < self.top_p <= 1:
-            out.append("top_p: must be more than 0 and at most 1")
         if self.top_k < 0:
             out.append("top_k: must be 0 or more")
-        if not 0.5 <= self.repetition_penalty <= 2:
-            out.append("repetition_penalty: must be between 0.5 and 2")
-        if not 1 <= self.max_new_tokens <= 8192:
-            out.append("max_new_tokens: must be between 1 and 8192")
         return out
 
 

@@ -222,12 +222,12 @@ def build() -> dict:
     with gr.Accordion(t("sampling"), open=False):
         system = widget(GenerationConfig, "system", lines=2)
         with gr.Row():
-            temperature = widget(GenerationConfig, "temperature", slider=(0, 2, 0.05))
-            top_p = widget(GenerationConfig, "top_p", slider=(0.05, 1, 0.05))
+            temperature = widget(GenerationConfig, "temperature")
+            top_p = widget(GenerationConfig, "top_p")
             top_k = widget(GenerationConfig, "top_k")
         with gr.Row():
-            rep = widget(GenerationConfig, "repetition_penalty", slider=(0.5, 2, 0.05))
-            max_new = widget(GenerationConfig, "max_new_tokens", slider=(1, 2048, 1))
+            rep = widget(GenerationConfig, "repetition_penalty")
+            max_new = widget(GenerationConfig, "max_new_tokens")
         unload_btn = gr.Button(t("release"), size="sm")
     inputs = [message, chat_a, chat_b, source_a, source_b, system, temperature, top_p, top_k, rep, max_new]
     outputs = [message, chat_a, chat_b, note]

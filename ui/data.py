@@ -129,7 +129,7 @@ def build() -> dict:
             sample = widget(PrepareConfig, "sample", minimum=0)
             seed = widget(PrepareConfig, "seed")
             template = widget(PrepareConfig, "template", options=["auto", "seed", "chat"])
-            eval_ratio = widget(PrepareConfig, "eval_ratio", slider=(0, 0.5, 0.01))
+            eval_ratio = widget(PrepareConfig, "eval_ratio")
             with gr.Accordion(t("advanced"), open=False):
                 max_len = widget(PrepareConfig, "max_seq_length", minimum=16)
                 model = gr.Dropdown(models.available(), value="default", label=t("model"), info=help(PrepareConfig, "model"),

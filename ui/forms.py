@@ -29,12 +29,11 @@ def default(cls, name: str):
     return f.default if f.default is not MISSING else f.default_factory()
 
 
-def widget(cls, name: str, value=MISSING, *, slider: tuple[float, float, float] | None = None,
-           options: list | None = None, **kw):
-    """The widget for setting `name` of `cls`: its label, help, default and choices from the class.
+def widget(cls, name: str, value=MISSING, *, options: list | None = None, **kw):
+    """The widget for setting `name` of `cls`: its label, help, default, choices and bounds from the class.
 
-    `slider=(minimum, maximum, step)` draws a number as a slider; `options` offers suggestions for a
-    free text setting; other keywords go to the component.
+    A number with bounds is a slider over them; `options` offers suggestions for a free text
+    setting; other keywords go to the component.
     """
     f = field(cls, name)
     kind = f.type if isinstance(f.type, str) else f.type.__name__
@@ -45,8 +44,9 @@ def widget(cls, name: str, value=MISSING, *, slider: tuple[float, float, float] 
         return gr.Dropdown(list(f.metadata["choices"]), **kw)
     if options is not None:
         return gr.Dropdown(options, allow_custom_value=True, **kw)
-    if slider is not None:
-        return gr.Slider(slider[0], slider[1], step=slider[2], **kw)
+    if "bounds" in f.metadata:
+        low, high = f.metadata["bounds"]
+        return gr.Slider(low, high, step=f.metadata.get("step", 1), **kw)
     if kind.startswith("int"):
         return gr.Number(precision=0, **{"minimum": 0, **kw})
     if kind.startswith("float"):
