@@ -1,8 +1,10 @@
 """`python -m core merge`: fold a trained LoRA adapter into its base model, giving a standalone model.
 
-The base is reloaded in 16 (or 32) bits, never merged into 4-bit weights, which would round
-the update away. The merged model is checked against base + adapter on a probe prompt before
-it is written, and it appears under its final name only once it is complete.
+The base's 16 (or 32) bit weights get the adapter, never 4-bit ones, which would round the
+update away. core/fold.py does it tensor by tensor, so neither the GPU nor the whole model in
+memory is needed; adapters it cannot merge exactly go through peft's merge. Where both fit in
+memory, the merged model is checked against base + adapter on a probe prompt; it appears under
+its final name only once it is complete.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import shutil
 import time
 from pathlib import Path
 
-from core import logs, models, paths, status
+from core import fold, logs, models, paths, status
 from core.config import MergeConfig, Parser, add_arguments
 from core.errors import UserError
 
@@ -65,7 +67,7 @@ def job_folder(out: str | Path) -> Path:
 
 
 def merge(cfg: MergeConfig, progress=None) -> dict:
-    """Merge cfg.adapter into its base and write cfg.out; returns the report (path, size, max_abs_diff)."""
+    """Merge cfg.adapter into its base and write cfg.out; returns the report (path, size, the check's numbers)."""
     say = progress or (lambda fraction, text: None)
     cfg.check()
     adapter, out = Path(cfg.adapter).expanduser(), Path(cfg.out).expanduser().resolve()
@@ -79,56 +81,94 @@ def merge(cfg: MergeConfig, progress=None) -> dict:
     if not base_spec:
         raise UserError(f"base: {adapter} does not say which model it was trained on; choose the base model",
                         field="base")
-    _check_room(models.resolve(base_spec), out, cfg.dtype)
-
-    import torch
+    base = Path(models.resolve(base_spec))
+    models.check_own_code(str(base), base_spec, cfg.trust_remote_code)
+    why_not = fold.unsupported(adapter, base)
+    _check_room(str(base), out, cfg.dtype, in_memory=why_not is not None)
 
     started = time.time()
-    device = "cuda:0" if torch.cuda.is_available() else "cpu"
-    say(0.05, f"loading {base_spec} in {cfg.dtype} with the adapter")
-    model, tokenizer, _, _ = models.load_for_inference(base_spec, adapter, dtype=cfg.dtype, device=device,
-                                                       trust_remote_code=cfg.trust_remote_code)
-
-    say(0.5, "merging")
-    probe = tokenizer(PROBE, return_tensors="pt").to(device)
-    with torch.no_grad():
-        before = model(**probe).logits.float()
-        model = model.merge_and_unload()
-        after = model(**probe).logits.float()
-        # NaN passes every comparison and agrees with itself: a merge that overflowed (or a NaN base) fails here.
-        finite = bool(torch.isfinite(before).all() and torch.isfinite(after).all()
-                      and all(torch.isfinite(p).all() for p in model.parameters()))
-    diff = (before - after).abs().max().item()
-    agreement = (before.argmax(-1) == after.argmax(-1)).float().mean().item()
-    ok = finite and agreement >= AGREEMENT and (cfg.dtype != "float32" or diff <= TOLERANCE)
-
-    say(0.7, f"writing {out}")
     try:
         with paths.whole(out) as tmp:
-            model.save_pretrained(tmp, safe_serialization=True, max_shard_size="2GB")
-            tokenizer.save_pretrained(tmp)
+            if why_not is None:  # tensor by tensor: neither the GPU nor the whole model in memory
+                say(0.05, f"reading {base_spec} tensor by tensor")
+                folded = fold.fold(base, adapter, tmp, cfg.dtype, say)
+                method = "tensor by tensor"
+            else:
+                say(0.05, f"loading {base_spec} with the adapter (peft's merge: the adapter has {why_not})")
+                folded = _with_peft(base_spec, adapter, tmp, cfg)
+                method = f"peft ({why_not})"
+            say(0.85, "checking the merged model against base + adapter")
+            check = _compare(base_spec, adapter, tmp, cfg)
             size = models.size_bytes(tmp)
-            report = {"ok": ok, "path": str(out), "size_bytes": size, "size_gb": round(size / 2**30, 3),
-                      "max_abs_diff": diff, "mean_abs_diff": (before - after).abs().mean().item(),
-                      "top1_agreement": agreement, "finite": finite, "dtype": cfg.dtype,
-                      "base_model": base_spec, "adapter": str(adapter.resolve()), "device": device,
-                      "seconds": round(time.time() - started, 1)}
+            ok = check["finite"] and (not check["compared"] or (check["top1_agreement"] >= AGREEMENT and (
+                cfg.dtype != "float32" or check["max_abs_diff"] <= TOLERANCE)))
+            report = {"ok": ok, "path": str(out), "size_bytes": size, "size_gb": round(size / 2**30, 3), **check,
+                      "dtype": cfg.dtype, "method": method, **folded, "base_model": base_spec,
+                      "adapter": str(adapter.resolve()), "seconds": round(time.time() - started, 1)}
             # The record travels on: chat reads the template from here, like it would from the adapter.
             models.write_record(tmp, {**record, "base_model": record.get("base_model", base_spec), "merge": report})
     except paths.Exists:  # made by someone else while we worked: still never overwrite
         raise UserError(f"out: {cfg.out} already exists; choose a new folder for the merged model", field="out") from None
-    finally:
-        del model
-        if device != "cpu":
-            torch.cuda.empty_cache()
-    say(1.0, f"merged model written to {out} ({report['size_gb']} GiB, max logit difference {diff:.2e})")
-    if not finite:
+    diff = f", max logit difference {check['max_abs_diff']:.2e}" if check["compared"] else ""
+    say(1.0, f"merged model written to {out} ({report['size_gb']} GiB{diff})")
+    if not check["finite"]:
         say(1.0, f"the merged model gives NaN/inf values in {cfg.dtype}: do not use it; merge in bfloat16 or float32")
     return report
 
 
-def _check_room(base: str, out: Path, dtype: str) -> None:
-    """Refuse early, in words, when the disk or the memory is too small for the merged model."""
+def _with_peft(base_spec: str, adapter: Path, out: Path, cfg: MergeConfig) -> dict:
+    """peft's merge_and_unload on the whole model in memory, for adapters folding cannot merge exactly."""
+    import torch
+
+    device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    model, tokenizer, _, _ = models.load_for_inference(base_spec, adapter, dtype=cfg.dtype, device=device,
+                                                       trust_remote_code=cfg.trust_remote_code)
+    try:
+        model = model.merge_and_unload()
+        model.save_pretrained(out, safe_serialization=True, max_shard_size="2GB")
+        tokenizer.save_pretrained(out)
+    finally:
+        del model
+        if device != "cpu":
+            torch.cuda.empty_cache()
+    return {}
+
+
+def _compare(base_spec: str, adapter: Path, merged: Path, cfg: MergeConfig) -> dict:
+    """The merged model's logits on a probe against base + adapter, where both fit in memory at once."""
+    import psutil
+    import torch
+
+    device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    need = 2 * models.size_bytes(merged) * 1.3  # the merged model and base + adapter, at once
+    free = torch.cuda.mem_get_info()[0] if device != "cpu" else psutil.virtual_memory().available
+    if need > free:  # folding checked every tensor for NaN/inf as it wrote it
+        return {"compared": False, "finite": True, "device": device, "max_abs_diff": None, "mean_abs_diff": None,
+                "top1_agreement": None}
+    from transformers import AutoModelForCausalLM
+
+    model, tokenizer, _, _ = models.load_for_inference(base_spec, adapter, dtype=cfg.dtype, device=device,
+                                                       trust_remote_code=cfg.trust_remote_code)
+    probe = tokenizer(PROBE, return_tensors="pt").to(device)
+    with torch.no_grad():
+        before = model(**probe).logits.float()
+        del model
+        model = AutoModelForCausalLM.from_pretrained(merged, dtype=getattr(torch, cfg.dtype),
+                                                     trust_remote_code=cfg.trust_remote_code).to(device).eval()
+        after = model(**probe).logits.float()
+        # NaN passes every comparison and agrees with itself: a merge that overflowed (or a NaN base) fails here.
+        finite = bool(torch.isfinite(before).all() and torch.isfinite(after).all()
+                      and all(torch.isfinite(p).all() for p in model.parameters()))
+    del model
+    if device != "cpu":
+        torch.cuda.empty_cache()
+    return {"compared": True, "finite": finite, "device": device, "max_abs_diff": (before - after).abs().max().item(),
+            "mean_abs_diff": (before - after).abs().mean().item(),
+            "top1_agreement": (before.argmax(-1) == after.argmax(-1)).float().mean().item()}
+
+
+def _check_room(base: str, out: Path, dtype: str, in_memory: bool) -> None:
+    """Refuse early, in words, when the disk (or, for peft's merge, the memory) is too small."""
     import psutil
 
     stored = _stored_bytes_per_weight(base)
@@ -141,9 +181,10 @@ def _check_room(base: str, out: Path, dtype: str) -> None:
         raise UserError(f"out: not enough disk space in {root}: the merged model needs about {need / 2**30:.1f} GiB, "
                         f"{free / 2**30:.1f} GiB are free; free some space or choose another folder", field="out")
     available = psutil.virtual_memory().available
-    if available < need * 1.2:
-        raise UserError(f"merge: not enough memory: merging needs about {need * 1.2 / 2**30:.1f} GiB of RAM, "
-                        f"{available / 2**30:.1f} GiB are free; close other programs (or stop a running chat)")
+    if in_memory and available < need * 1.2:
+        raise UserError(f"merge: not enough memory: this adapter is merged with the whole model in memory, about "
+                        f"{need * 1.2 / 2**30:.1f} GiB of RAM, and {available / 2**30:.1f} GiB are free; close other "
+                        "programs (or stop a running chat)")
 
 
 def _stored_bytes_per_weight(folder: str) -> int:

@@ -250,7 +250,7 @@ def load_for_inference(model: str | None = None, adapter: str | Path | None = No
                         field="base")
     spec = spec or DEFAULT_MODEL
     folder = resolve(spec)
-    _check_own_code(folder, spec, trust_remote_code)
+    check_own_code(folder, spec, trust_remote_code)
     record = record or read_record(folder)
     device = device or ("cuda:0" if torch.cuda.is_available() else "cpu")
     if dtype is None:
@@ -300,7 +300,7 @@ def _inference_tokenizer(folder: str, adapter, trust_remote_code: bool):
     return load_tokenizer(folder, trust_remote_code=trust_remote_code)
 
 
-def _check_own_code(folder: str, spec: str, trust_remote_code: bool) -> None:
+def check_own_code(folder: str, spec: str, trust_remote_code: bool) -> None:
     """A model whose architecture only its own Python code defines needs the user's explicit trust."""
     if trust_remote_code:
         return

@@ -11,7 +11,8 @@ import pytest
 from test_train import core_cli, pickles, shared_merge, shared_run
 
 from core.config import MergeConfig
-from core.merge import job_folder
+from core.errors import UserError
+from core.merge import job_folder, merge
 
 TEXT_FILES = {".json", ".jinja", ".txt", ".md"}
 
@@ -170,8 +171,10 @@ def test_merge_check_fails_when_the_merged_model_overflows(tiny_adapter, tmp_pat
     from core.merge import merge
 
     huge = adapter_copy(tiny_adapter, tmp_path / "huge", 100.0)  # 4 x 100 x 100 x scale 2 = 80,000 > 65,504
-    report = merge(MergeConfig(adapter=str(huge), out=str(tmp_path / "out"), dtype="float16"))
-    assert report["ok"] is False and report["finite"] is False
+    with pytest.raises(UserError, match="holds NaN/inf values in float16; merge in bfloat16 or float32"):
+        merge(MergeConfig(adapter=str(huge), out=str(tmp_path / "out"), dtype="float16"))
+    assert not (tmp_path / "out").exists(), "no model full of inf is written"
+    assert merge(MergeConfig(adapter=str(huge), out=str(tmp_path / "bf16"), dtype="bfloat16"))["finite"]
 
 
 @pytest.mark.parametrize("config, why", [
@@ -191,3 +194,75 @@ def test_a_model_with_its_own_code_needs_trust(tiny_adapter, tmp_path, base_mode
     custom = own_code_model(tmp_path / "custom", base_model)
     line = one_line(core_cli("merge", "--adapter", tiny_adapter, "--base", custom, "--out", tmp_path / "out"))
     assert line == f"error: model: {custom} ships its own code; switch on 'Trust remote code' if you trust it"
+
+
+def _adapter(base_model, folder, **lora):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from core import models
+
+    torch.manual_seed(1)
+    net = get_peft_model(AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32),
+                         LoraConfig(init_lora_weights=False, **lora))
+    net.save_pretrained(folder)
+    models.load_tokenizer(base_model).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("lora", [dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+                                  dict(r=8, lora_alpha=16, target_modules="all-linear", use_rslora=True)],
+                         ids=["q-v", "all-linear-rslora"])
+def test_folding_tensor_by_tensor_equals_peft_merge_within_one_rounding_step(base_model, tmp_path, lora):
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from core import fold
+
+    adapter = _adapter(base_model, tmp_path / "adapter", **lora)
+    assert fold.unsupported(adapter, Path(base_model)) is None
+    out = tmp_path / "folded"
+    out.mkdir()
+    done = fold.fold(Path(base_model), adapter, out, "float16", lambda f, t: None)
+    ours = load_file(str(out / "model.safetensors"))
+    # peft's merge in float32, rounded once to float16 the same way.
+    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32),
+                                          str(adapter)).merge_and_unload().state_dict()
+    assert done["merged_tensors"] == sum(1 for k in ours if k in reference and ".layers." in k and
+                                         any(t in k for t in (["q_proj", "v_proj"] if lora["r"] == 4 else
+                                                              ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                               "up_proj", "down_proj"])))
+    for name, tensor in ours.items():
+        expected = reference[name].to(torch.float16).float()
+        step = expected.abs() * 2**-10 + 2**-24  # one float16 rounding step
+        assert tensor.dtype == torch.float16 and ((tensor.float() - expected).abs() <= step).all(), name
+
+
+def test_adapters_folding_cannot_merge_exactly_go_through_peft(base_model, tmp_path):
+    from core import fold
+
+    dora = _adapter(base_model, tmp_path / "dora", r=4, lora_alpha=8, target_modules=["q_proj"], use_dora=True)
+    assert fold.unsupported(dora, Path(base_model)) == "DoRA"
+    report = merge(MergeConfig(adapter=str(dora), base="default", out=str(tmp_path / "m"), dtype="float32"))
+    assert report["ok"] and report["method"] == "peft (DoRA)" and report["compared"], report
+
+
+def test_a_large_model_is_merged_without_loading_it_whole(tiny_adapter, tmp_path, monkeypatch):
+    """With too little memory to hold it twice, the merge still writes every tensor, checked for NaN/inf."""
+    import psutil
+
+    from core import fold
+
+    monkeypatch.setattr(fold, "SHARD", 64 * 2**20)  # several shards, with an index
+    real = psutil.virtual_memory()
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: real._replace(available=300 * 2**20))
+    report = merge(MergeConfig(adapter=str(tiny_adapter), base="default", out=str(tmp_path / "m"), dtype="bfloat16"))
+    assert report["ok"] and not report["compared"] and report["method"] == "tensor by tensor", report
+    index = json.loads((tmp_path / "m" / "model.safetensors.index.json").read_text())
+    assert report["shards"] > 2 and len(set(index["weight_map"].values())) == report["shards"]
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "m").config.vocab_size == 49152

@@ -238,6 +238,8 @@ SAY = {
         "merge_check_failed": "NOT passed: the merged model does not answer like base + adapter "
                               "(same most likely next token at {agree} of the probe; largest logit difference {diff}).",
         "training_running": "Training is running: chatting now shares its memory.",
+        "merge_check_tensors": "Merged tensor by tensor, every weight checked to be finite; the model is too large "
+                               "to hold twice here, so its answers were not compared with base + adapter.",
         "progress_line": "<span>step {step} / {total}</span> · <span>elapsed {elapsed}</span> · "
                          "<span>remaining {remaining}</span> · <span>{speed} tokens/s</span>",
         "adapter_saved": "Adapter saved in <code>{path}</code>",
@@ -284,6 +286,7 @@ SAY = {
         "merge_check_ok": "已检查：合并后的模型与“基础模型 + 适配器”的回答一致（探测文本上 {agree} 的位置最可能的下一个词相同；最大 logit 差 {diff}）。",
         "merge_check_failed": "未通过：合并后的模型与“基础模型 + 适配器”的回答不一致（探测文本上只有 {agree} 的位置最可能的下一个词相同；最大 logit 差 {diff}）。",
         "training_running": "正在训练：现在对话会和训练共用显存。",
+        "merge_check_tensors": "已逐个张量合并，每个权重都检查过没有 NaN/inf；模型太大，这台机器放不下两份，所以没有与“基础模型 + 适配器”对比回答。",
         "progress_line": "<span>步数 {step} / {total}</span> · <span>已用 {elapsed}</span> · "
                          "<span>剩余 {remaining}</span> · <span>{speed} tokens/s</span>",
         "adapter_saved": "适配器已保存：<code>{path}</code>",

@@ -65,6 +65,8 @@ def result_text(folder: str | Path, language: str) -> str:
         key = "merge_check_ok" if report.get("ok") else "merge_check_failed"
         lines.append(say(key, language, diff=f"{report['max_abs_diff']:.2e}",
                          agree=f"{report.get('top1_agreement') or 0:.0%}"))
+    elif report.get("compared") is False:  # too large to hold twice here: every tensor was checked as written
+        lines.append(say("merge_check_tensors", language))
     if report.get("seconds") is not None:
         lines.append(f"{report.get('dtype', '')} · {report.get('device', '')} · {report['seconds']} s")
     return "\n\n".join(lines)
