@@ -265,6 +265,7 @@ class MergeConfig(_Config):
     base: str = _f("", "Base model; empty = the one the run was trained on.")
     dtype: str = _f("float16", "Number format of the merged weights.", choices=("float16", "bfloat16", "float32"))
     trust_remote_code: bool = _f(False, "Run code shipped with the model. Only for models you trust.")
+    compare: bool = _f(True, "Compare the merged model's answers with base + adapter on a probe, where both fit in memory at once (they need twice the model's size for a moment).")
 
     def _rules(self) -> list[str]:
         out = []

@@ -121,6 +121,7 @@ HELP_ZH: dict[str, dict[str, str]] = {
         "resume": "从这个训练文件夹里最近的完整检查点继续训练。",
     },
     "MergeConfig": {
+        "compare": "在内存放得下两份模型时，用一段探测文本对比合并后的模型与“基础模型 + 适配器”的回答（会短暂占用两倍模型大小的内存）。",
         "adapter": "训练得到的适配器文件夹（RUN/adapter）。",
         "out": "写入合并后模型的文件夹（不能已经存在）。",
         "base": "基础模型；留空 = 训练时用的模型。",
@@ -141,7 +142,7 @@ HELP_ZH: dict[str, dict[str, str]] = {
 LABEL_EN: dict[str, str] = {
     "sample": "Rows to sample", "seed": "Random seed", "template": "Template", "eval_ratio": "Eval share",
     "format": "Layout", "max_seq_length": "Max sequence length", "skip_bad": "Skip broken rows",
-    "trust_remote_code": "Trust remote code", "quantization": "Quantization", "double_quant": "Double quantization",
+    "trust_remote_code": "Trust remote code", "compare": "Compare with base + adapter", "quantization": "Quantization", "double_quant": "Double quantization",
     "compute_dtype": "Compute dtype", "lora_r": "LoRA rank (r)", "lora_alpha": "LoRA alpha", "lora_dropout": "LoRA dropout",
     "target_modules": "Target modules", "learning_rate": "Learning rate", "lr_scheduler": "LR schedule",
     "warmup_ratio": "Warmup share", "batch_size": "Batch size", "grad_accum": "Gradient accumulation",
@@ -154,7 +155,7 @@ LABEL_EN: dict[str, str] = {
 }
 LABEL_ZH: dict[str, str] = {
     "sample": "抽样条数", "seed": "随机种子", "template": "模板", "eval_ratio": "评估集比例",
-    "format": "数据格式", "max_seq_length": "最长序列", "skip_bad": "跳过有误的行",
+    "format": "数据格式", "max_seq_length": "最长序列", "skip_bad": "跳过有误的行", "compare": "与基础模型 + 适配器对比",
     "trust_remote_code": "信任远程代码", "quantization": "量化方式", "double_quant": "双重量化",
     "compute_dtype": "计算精度", "lora_r": "LoRA 秩 (r)", "lora_alpha": "LoRA alpha", "lora_dropout": "LoRA dropout",
     "target_modules": "目标层", "learning_rate": "学习率", "lr_scheduler": "学习率调度",
