@@ -25,12 +25,18 @@ class Chat:
     def __init__(self):
         self.model = self.tokenizer = self.template = None
         self.description = ""
+        self.fitted: dict = {}
 
-    def load(self, model: str | None = None, adapter: str | None = None, *, trust_remote_code: bool = False) -> str:
-        """Load a model folder (or the base recorded in `adapter`), with the adapter on top if given."""
+    def load(self, model: str | None = None, adapter: str | None = None, *, trust_remote_code: bool = False,
+             precision: str = "auto") -> str:
+        """Load a model folder (or the base recorded in `adapter`), with the adapter on top if given.
+
+        On a GPU, `precision` "auto" loads in 16-bit where it fits, else 8-bit, else 4-bit (core.fit).
+        """
         self.close()
+        self.fitted = {}  # on a GPU: the precision chosen and the numbers behind it (core.fit)
         self.model, self.tokenizer, record, description = models.load_for_inference(
-            model, adapter, trust_remote_code=trust_remote_code)
+            model, adapter, trust_remote_code=trust_remote_code, precision=precision, fitted=self.fitted)
         self.template = _template(record, self.tokenizer)
         self.description = f"{description} ({self.template.label} template)"
         return self.description
@@ -151,7 +157,7 @@ def cli(argv: list[str]) -> int:
     gen = GenerationConfig.from_dict(args)
     quiet()
     chat = Chat()
-    chat.load(model, adapter, trust_remote_code=trust)
+    chat.load(model, adapter, trust_remote_code=trust, precision=gen.precision)
     shown = ""
     for text in chat.stream([], prompt, gen):
         if text.startswith(shown):

@@ -232,13 +232,17 @@ def check_adapter(adapter: str | Path) -> tuple[dict, str]:
 
 
 def load_for_inference(model: str | None = None, adapter: str | Path | None = None, *, dtype=None,
-                       device: str | None = None, trust_remote_code: bool = False):
+                       device: str | None = None, trust_remote_code: bool = False, precision: str = "16bit",
+                       fitted: dict | None = None):
     """(model in eval mode on `device`, tokenizer, record, description) for chat and merge.
 
     `model` is a model folder, 'default' or a hub id; with an adapter and no model, the base the
     adapter was trained on. `dtype` is a torch dtype or its name (default: bf16 or fp16 on a GPU,
-    float32 on the CPU). The record is the adapter's, else the model folder's. Every problem a
-    user can fix (damaged adapter, wrong base, model code not trusted) is a UserError.
+    float32 on the CPU). `precision` on a GPU: "16bit", "8bit", "4bit" (bitsandbytes, loaded
+    straight onto the GPU), or "auto" (core.fit chooses from the free memory; the description says
+    what and why; `fitted`, if given, gets the precision and the numbers behind it). The record is
+    the adapter's, else the model folder's. Every problem a user can
+    fix (damaged adapter, wrong base, model code not trusted, too little memory) is a UserError.
     """
     import torch
     from transformers import AutoModelForCausalLM
@@ -258,12 +262,28 @@ def load_for_inference(model: str | None = None, adapter: str | Path | None = No
     elif isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     tokenizer = _inference_tokenizer(folder, adapter, trust_remote_code)
+    chosen = ""
+    kw = {}
+    if device != "cpu" and precision != "16bit":
+        from core import fit
+
+        precision, info = fit.choose(folder, fit.gpu_free(), precision)
+        chosen = fit.words(precision, info)
+        if fitted is not None:
+            fitted.update(info, precision=precision)
+    if device != "cpu" and precision in ("8bit", "4bit"):
+        from transformers import BitsAndBytesConfig
+
+        kw["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True) if precision == "8bit" else BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
+        kw["device_map"] = {"": device}  # straight to the GPU, a tensor at a time: host memory stays small
     try:
-        net = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code)
+        net = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code, **kw)
     except (OSError, ValueError) as e:
         raise UserError(f"model: {spec} cannot be loaded ({_short(e)}); check the folder or pick another model",
                         field="model") from None
-    net.to(device)
+    if "device_map" not in kw:
+        net.to(device)
     if adapter:
         from peft import PeftModel
 
@@ -275,7 +295,7 @@ def load_for_inference(model: str | None = None, adapter: str | Path | None = No
             raise UserError(f"adapter: {adapter} does not fit the base model {spec} ({mismatch(e)}); use the model "
                             "it was trained on", field="adapter") from None
     net.eval()
-    return net, tokenizer, record, f"{spec}{' + ' + str(adapter) if adapter else ''}"
+    return net, tokenizer, record, f"{spec}{' + ' + str(adapter) if adapter else ''}" + (f" · {chosen}" if chosen else "")
 
 
 def mismatch(exc: BaseException) -> str:

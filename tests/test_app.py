@@ -206,7 +206,7 @@ def test_merge_then_chat_streams_a_reply(app, finished_run):
     merged = app.home / "merged" / "first"
     assert "Merged model written to" in result and (merged / "config.json").is_file()
     assert "Checked: the merged model gives the same answers as base + adapter" in result
-    job = c.submit("1加1等于几？", [], [], str(merged), "default", "", 0.0, 1.0, 0, 1.1, 12, api_name="/chat")
+    job = c.submit("1加1等于几？", [], [], str(merged), "default", "", "auto", 0.0, 1.0, 0, 1.1, 12, api_name="/chat")
     updates = list(job)
     assert len(updates) >= 3, "the reply arrives in pieces"
     _, hist_a, hist_b, note = job.result()

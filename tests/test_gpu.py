@@ -200,14 +200,20 @@ def test_offloaded_activations_train_the_same_random_weights(small_random_model)
     assert losses[True] == pytest.approx(losses[False], rel=2e-2), losses
 
 
-def test_tutorial_preset_on_a_13b_shaped_model_logs_metrics(any_tokenizer):
+@pytest.fixture(scope="module")
+def model_13b(any_tokenizer):
+    """Llama-2-13B's shape on random weights (built once for the tests that need it)."""
+    return _random_llama(any_tokenizer, scratch() / "llama2-13b-shape", hidden_size=5120, intermediate_size=13824,
+                         num_hidden_layers=40, num_attention_heads=40, num_key_value_heads=40,
+                         tie_word_embeddings=False)
+
+
+def test_tutorial_preset_on_a_13b_shaped_model_logs_metrics(model_13b):
     from core.data import prepare
     from core.train import train
 
     work = scratch()
-    model = _random_llama(any_tokenizer, work / "llama2-13b-shape", hidden_size=5120, intermediate_size=13824,
-                          num_hidden_layers=40, num_attention_heads=40, num_key_value_heads=40,
-                          tie_word_embeddings=False)
+    model = model_13b
     prepare(PrepareConfig(input=str(ROOT / "assets" / "sample_zh.jsonl"), out=str(work / "data"), sample=0, model=model))
     result = train(preset("tutorial", model=model, data=str(work / "data"), out=str(work / "run"), max_steps=3,
                           logging_steps=1, save_steps=0))
@@ -284,3 +290,41 @@ def test_out_of_gpu_memory_is_one_line_in_training_merge_and_chat(small_random_m
         assert "Traceback" not in done.stdout + done.stderr, (name, done.stdout[-3000:], done.stderr[-3000:])
         said = done.stderr if name != "train" else json.loads(done.stdout.strip().splitlines()[-1])["error"]
         assert "out of GPU memory" in said, (name, said)
+
+
+@pytest.mark.parametrize("cap_gib", [24, 12])
+def test_chat_loads_a_13b_in_a_precision_that_fits_the_card_and_answers(model_13b, cap_gib):
+    """Under a 24 GiB cap (a consumer card) the 13B loads in 8-bit; under 12 GiB in 4-bit; both answer."""
+    import torch
+
+    from core.chat import Chat
+
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.empty_cache()
+    torch.cuda.set_per_process_memory_fraction(cap_gib * 2**30 / total, 0)
+    chat = Chat()
+    try:
+        chat.load(model_13b)
+        reply = chat.reply([], "你好", GenerationConfig(temperature=0, max_new_tokens=8))
+        peak = torch.cuda.max_memory_allocated() / 2**30
+    finally:
+        chat.close()
+        torch.cuda.set_per_process_memory_fraction(1.0, 0)
+    expected = {24: "8bit", 12: "4bit"}[cap_gib]
+    assert chat.fitted["precision"] == expected and chat.fitted["need"]["16bit"] > cap_gib * 2**30, chat.fitted
+    assert isinstance(reply, str) and peak < cap_gib, peak
+
+
+def test_chat_refuses_in_words_when_even_4bit_does_not_fit(model_13b):
+    import torch
+
+    from core.chat import Chat
+    from core.errors import UserError
+
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(4 * 2**30 / total, 0)
+    try:
+        with pytest.raises(UserError, match="even in 4-bit this model needs about"):
+            Chat().load(model_13b)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, 0)

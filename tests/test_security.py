@@ -140,7 +140,7 @@ def test_merge_output_is_a_name_inside_merged(app, outside):
 def test_chat_loads_only_allowed_models(app, outside):
     c = app.client()
     for source in ["/etc", str(outside), "adapter:" + str(outside / "run" / "adapter"), "adapter:/proc/self"]:
-        _, hist, _, note = c.predict("hi", [], [], source, "", "", 0.0, 1.0, 0, 1.1, 4, api_name="/chat")
+        _, hist, _, note = c.predict("hi", [], [], source, "", "", "auto", 0.0, 1.0, 0, 1.1, 4, api_name="/chat")
         assert "model:" in note and ("outside" in note or "not inside" in note), (source, note)
 
 

@@ -14,7 +14,7 @@ from ui.forms import warn, widget
 from ui.i18n import lang, say, t
 
 ADAPTER = "adapter:"
-GEN = ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens")
+GEN = ("precision", "temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens")
 
 _loaded: dict[str, object] = {}  # source -> core.chat.Chat; at most the two on screen
 _lock = threading.Lock()
@@ -54,24 +54,25 @@ def release() -> None:
         _loaded.clear()
 
 
-def _model(source: str):
+def _model(source: str, precision: str = "auto"):
     """The loaded Chat for a source, loading it (and dropping models no longer shown) on first use."""
     from core.chat import Chat
 
+    key = f"{precision}|{source}"
     with _lock:
-        if source not in _loaded:
+        if key not in _loaded:
             chat = Chat()
             if source.startswith(ADAPTER):  # a run's adapter, on the base model its record names
-                chat.load(adapter=str(paths.inside(source[len(ADAPTER):], paths.runs(), "model")))
+                chat.load(adapter=str(paths.inside(source[len(ADAPTER):], paths.runs(), "model")), precision=precision)
             else:
-                chat.load(model=paths.model_spec(source))
-            _loaded[source] = chat
-        return _loaded[source]
+                chat.load(model=paths.model_spec(source), precision=precision)
+            _loaded[key] = chat
+        return _loaded[key]
 
 
-def keep_only(*shown: str) -> None:
+def keep_only(precision: str, *shown: str) -> None:
     with _lock:
-        for key in [k for k in _loaded if k not in shown]:
+        for key in [k for k in _loaded if k not in {f"{precision}|{s}" for s in shown}]:
             try:
                 _loaded.pop(key).close()
             except Exception:
@@ -101,7 +102,7 @@ def _pairs(history: list) -> list[tuple[str, str]]:
 def _answer(source: str, history: list, message: str, gen: GenerationConfig):
     """Stream one model's reply into its chatbot history."""
     history = list(history or []) + [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
-    chat = _model(source)
+    chat = _model(source, gen.precision)
     for text in chat.stream(_pairs(history[:-2]), message, gen):
         history[-1] = {"role": "assistant", "content": text}
         yield history
@@ -169,17 +170,18 @@ def respond(request: gr.Request | None, message, hist_a, hist_b, source_a, sourc
     try:
         gen = generation(system, *values)
         gen.check()
-        keep_only(source_a, source_b or "")
+        keep_only(gen.precision, source_a, source_b or "")
         if not source_b or source_b == source_a:
             # One model, or a model compared with itself (one loaded model is not used by two threads).
+            note = _fitted([_model(source_a, gen.precision)], note, request)
             for new_a in _answer(source_a, hist_a, message, gen):
                 yield "", new_a, hist_b, note
             hist_a = new_a
             for new_b in _answer(source_b, hist_b, message, gen) if source_b else ():
                 yield "", hist_a, new_b, note
             return
-        _model(source_a)  # load both first, one after the other; then both answer at once
-        _model(source_b)
+        loaded = [_model(source_a, gen.precision), _model(source_b, gen.precision)]  # load both, then both answer
+        note = _fitted(loaded, note, request)
         for new_a, new_b in together(_answer(source_a, hist_a, message, gen), _answer(source_b, hist_b, message, gen)):
             hist_a, hist_b = new_a or hist_a, new_b or hist_b
             yield "", hist_a, hist_b, note
@@ -191,6 +193,19 @@ def respond(request: gr.Request | None, message, hist_a, hist_b, source_a, sourc
         release()
         error, hint = status.explain(e, "chat")
         yield gr.update(), hist_a, hist_b, warn(f"{error}; {hint}" if hint else error)
+
+
+def _fitted(chats: list, note: str, request) -> str:
+    """The note under the chat, with how each model was loaded on the GPU and why (core.fit's numbers)."""
+    lines = [note] if note else []
+    for chat in chats:
+        f = chat.fitted
+        if f:
+            gib = {k: f"{v / 2**30:.1f}" for k, v in f["need"].items()}
+            key = "fit_chosen" if f["asked"] != "auto" else "fit_16" if f["precision"] == "16bit" else "fit_smaller"
+            lines.append(say(key, lang(request), bits=f["precision"][:-3], need=gib[f["precision"]],
+                             need16=gib["16bit"], free=f"{f['free'] / 2**30:.1f}"))
+    return "  \n".join(lines)
 
 
 def unload(request: gr.Request = None):
@@ -207,6 +222,7 @@ def build() -> dict:
     with gr.Row():
         source_a = gr.Dropdown(choices, value="default", label=t("chat_model"), allow_custom_value=True, scale=3)
         source_b = gr.Dropdown([("—", "")] + choices, value="", label=t("compare_with"), allow_custom_value=True, scale=3)
+        precision = widget(GenerationConfig, "precision", scale=2)
         refresh = gr.Button(t("refresh"), size="sm", scale=1)
     with gr.Row():
         # Plain text: a model's '#' lines are not headings, and its markup is shown as it wrote it.
@@ -229,7 +245,7 @@ def build() -> dict:
             rep = widget(GenerationConfig, "repetition_penalty")
             max_new = widget(GenerationConfig, "max_new_tokens")
         unload_btn = gr.Button(t("release"), size="sm")
-    inputs = [message, chat_a, chat_b, source_a, source_b, system, temperature, top_p, top_k, rep, max_new]
+    inputs = [message, chat_a, chat_b, source_a, source_b, system, precision, temperature, top_p, top_k, rep, max_new]
     outputs = [message, chat_a, chat_b, note]
     sent = send.click(respond, inputs, outputs, api_name="chat", concurrency_id="gpu", concurrency_limit=1)
     submitted = message.submit(respond, inputs, outputs, api_name=False, concurrency_id="gpu", concurrency_limit=1)

@@ -129,6 +129,7 @@ HELP_ZH: dict[str, dict[str, str]] = {
         "trust_remote_code": "运行模型自带的代码。只对你信任的模型打开。",
     },
     "GenerationConfig": {
+        "precision": "模型在显卡上的加载方式：auto（权重和上下文放得下就用 16 位，否则 8 位，再不行 4 位）、16bit、8bit 或 4bit。CPU 上不起作用。",
         "system": "系统提示词：给助手的长期指示。",
         "temperature": "随机程度：0 表示总是选最可能的词。",
         "top_p": "只从累计概率达到这个比例的候选词里抽样。",
@@ -151,7 +152,7 @@ LABEL_EN: dict[str, str] = {
     "loss_on": "Loss on", "optim": "Optimizer", "max_grad_norm": "Max grad norm", "logging_steps": "Log every N steps",
     "save_steps": "Save every N steps", "eval_steps": "Eval every N steps", "report_to": "Report to",
     "wandb_project": "wandb project", "system": "System prompt", "temperature": "Temperature", "top_p": "Top-p",
-    "top_k": "Top-k", "repetition_penalty": "Repetition penalty", "max_new_tokens": "Max new tokens",
+    "top_k": "Top-k", "precision": "Precision", "repetition_penalty": "Repetition penalty", "max_new_tokens": "Max new tokens",
 }
 LABEL_ZH: dict[str, str] = {
     "sample": "抽样条数", "seed": "随机种子", "template": "模板", "eval_ratio": "评估集比例",
@@ -165,7 +166,7 @@ LABEL_ZH: dict[str, str] = {
     "loss_on": "损失计算范围", "optim": "优化器", "max_grad_norm": "梯度裁剪", "logging_steps": "记录间隔步数",
     "save_steps": "保存间隔步数", "eval_steps": "评估间隔步数", "report_to": "同步记录到",
     "wandb_project": "wandb 项目", "system": "系统提示词", "temperature": "温度", "top_p": "Top-p",
-    "top_k": "Top-k", "repetition_penalty": "重复惩罚", "max_new_tokens": "最大生成长度",
+    "top_k": "Top-k", "precision": "加载精度", "repetition_penalty": "重复惩罚", "max_new_tokens": "最大生成长度",
 }
 
 
@@ -239,6 +240,9 @@ SAY = {
         "merge_check_failed": "NOT passed: the merged model does not answer like base + adapter "
                               "(same most likely next token at {agree} of the probe; largest logit difference {diff}).",
         "training_running": "Training is running: chatting now shares its memory.",
+        "fit_16": "Loaded in 16-bit: it needs {need} GiB of GPU memory and {free} GiB are free.",
+        "fit_smaller": "Loaded in {bits}-bit: 16-bit needs {need16} GiB and this GPU has {free} GiB free.",
+        "fit_chosen": "Loaded in {bits}-bit, as chosen ({need} GiB needed, {free} GiB free).",
         "merge_check_tensors": "Merged tensor by tensor, every weight checked to be finite; the model is too large "
                                "to hold twice here, so its answers were not compared with base + adapter.",
         "progress_line": "<span>step {step} / {total}</span> · <span>elapsed {elapsed}</span> · "
@@ -287,6 +291,9 @@ SAY = {
         "merge_check_ok": "已检查：合并后的模型与“基础模型 + 适配器”的回答一致（探测文本上 {agree} 的位置最可能的下一个词相同；最大 logit 差 {diff}）。",
         "merge_check_failed": "未通过：合并后的模型与“基础模型 + 适配器”的回答不一致（探测文本上只有 {agree} 的位置最可能的下一个词相同；最大 logit 差 {diff}）。",
         "training_running": "正在训练：现在对话会和训练共用显存。",
+        "fit_16": "已用 16 位加载：需要 {need} GiB 显存，当前空闲 {free} GiB。",
+        "fit_smaller": "已用 {bits} 位加载：16 位需要 {need16} GiB，而这块显卡只有 {free} GiB 空闲。",
+        "fit_chosen": "已按选择用 {bits} 位加载（需要 {need} GiB，空闲 {free} GiB）。",
         "merge_check_tensors": "已逐个张量合并，每个权重都检查过没有 NaN/inf；模型太大，这台机器放不下两份，所以没有与“基础模型 + 适配器”对比回答。",
         "progress_line": "<span>步数 {step} / {total}</span> · <span>已用 {elapsed}</span> · "
                          "<span>剩余 {remaining}</span> · <span>{speed} tokens/s</span>",
