@@ -15,7 +15,7 @@ import shutil
 import time
 from pathlib import Path
 
-from core import fold, logs, models, paths, status
+from core import fit, fold, logs, models, paths, status
 from core.config import MergeConfig, Parser, add_arguments
 from core.errors import UserError
 
@@ -141,7 +141,7 @@ def _compare(base_spec: str, adapter: Path, merged: Path, cfg: MergeConfig) -> d
 
     device = "cuda:0" if torch.cuda.is_available() else "cpu"
     need = 2 * models.size_bytes(merged) * 1.3  # the merged model and base + adapter, at once
-    free = torch.cuda.mem_get_info()[0] if device != "cpu" else psutil.virtual_memory().available
+    free = fit.gpu_free() if device != "cpu" else psutil.virtual_memory().available
     if need > free or not cfg.compare:  # folding checked every tensor for NaN/inf as it wrote it
         return {"compared": False, "finite": True, "device": device, "max_abs_diff": None, "mean_abs_diff": None,
                 "top1_agreement": None}
