@@ -120,8 +120,11 @@ def dataset(app):
     assert "Alpaca/Belle" in layout and table["data"][0][0].startswith("### Human: ")
     stats, hist, folder = c.predict(source, 64, 7, "seed", 0.1, 512, "default", False, "belle64", api_name="/prepare")
     assert "64 picked" in stats and "58 rows for training" in stats
-    hist = hist.get("value", hist)  # sent as an update that also orders the bins
+    # Only the rows are sent: an update that also set the chart's order or titles rebuilt it in the
+    # browser, and the rebuilt chart could show the previous dataset's bars.
+    assert hist.get("__type__") != "update" and set(hist) >= {"data", "columns"}, hist
     assert sum(row[1] for row in hist["data"]) == 64  # the histogram covers every sampled row
+    assert [int(row[0]) for row in hist["data"]] == sorted(int(row[0]) for row in hist["data"])
     return folder
 
 

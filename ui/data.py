@@ -89,7 +89,7 @@ def save(request: gr.Request, *values, progress=gr.Progress()):
         manifest = data.prepare(config(*values), progress=lambda share: progress(share, desc=say("reading", language)))
     except UserError as e:
         return warn(e), empty, gr.update()
-    return _stats_text(manifest, language), _histogram(manifest, language), manifest["path"]
+    return _stats_text(manifest, language), _histogram(manifest), manifest["path"]
 
 
 def _stats_text(m: dict, language: str) -> str:
@@ -106,12 +106,26 @@ def _stats_text(m: dict, language: str) -> str:
     return "\n\n".join(lines)
 
 
-def _histogram(m: dict, language: str):
+def _histogram(m: dict) -> pd.DataFrame:
+    """The bins as labels (the chart draws numbers as thin bars), data only.
+
+    An update that also set the chart's sort or titles rebuilt the chart, and the browser applies
+    an update's properties one at a time, the data last: the data could go to the chart being
+    replaced, and the new one showed the previous dataset (or the new bars in the old order). So
+    the chart's settings never change (sort="x", titles set on page load by `titles`) and a save
+    sends only rows. Labels are padded with spaces (which the chart does not draw) so that sorting
+    them as text sorts them as numbers.
+    """
     h = m["stats"].get("histogram") or {}
-    labels = [str(x) for x in h.get("starts", [])]
-    # Bins are labels (the chart draws numbers as thin bars); keep them in numeric order.
-    return gr.update(value=pd.DataFrame({"tokens": labels, "rows": h.get("counts", [])}), sort=labels,
-                     x_title=say("hist_tokens", language), y_title=say("hist_rows", language))
+    starts = [str(x) for x in h.get("starts", [])]
+    width = max(map(len, starts), default=0)
+    return pd.DataFrame({"tokens": [s.rjust(width) for s in starts], "rows": h.get("counts", [])})
+
+
+def titles(request: gr.Request = None):
+    """The histogram's axis titles in the reader's language (on page load, before any data)."""
+    language = lang(request)
+    return gr.update(x_title=say("hist_tokens", language), y_title=say("hist_rows", language))
 
 
 def use_sample():
@@ -143,7 +157,7 @@ def build() -> dict:
             preview_btn = gr.Button(t("preview_btn"), size="sm")
             save_btn = gr.Button(t("save_dataset"), variant="primary")
             stats = gr.Markdown()
-            hist = gr.BarPlot(x="tokens", y="rows", label=t("histogram"), height=220, sort=None)
+            hist = gr.BarPlot(x="tokens", y="rows", label=t("histogram"), height=220, sort="x")
             dataset = gr.Textbox(visible=False)
     inputs = [source, sample, seed, template, eval_ratio, max_len, model, skip_bad, name]
     file.upload(upload, file, source, api_name="upload")
@@ -152,4 +166,4 @@ def build() -> dict:
         ev(preview, inputs, [layout, table], api_name=False, concurrency_id="data", concurrency_limit=1)
     preview_btn.click(preview, inputs, [layout, table], api_name="preview", concurrency_id="data", concurrency_limit=1)
     save_btn.click(save, inputs, [stats, hist, dataset], api_name="prepare", concurrency_id="data", concurrency_limit=1)
-    return {"source": source, "dataset": dataset, "file": file}
+    return {"source": source, "dataset": dataset, "file": file, "hist": hist}
