@@ -153,6 +153,19 @@ def finished_run(app, dataset):
     return run
 
 
+def test_a_broken_row_is_named_when_the_file_is_chosen(app):
+    """Line 7 of this file is broken, after the five rows the preview shows: the preview says so, by file name."""
+    from gradio_client import handle_file
+
+    c = app.client()
+    source = c.predict(handle_file(str(ROOT / "tests" / "data" / "bad_json.jsonl")), api_name="/upload")["value"]
+    layout, table = c.predict(source, 64, 7, "seed", 0.1, 512, "default", False, "", api_name="/preview")
+    assert "bad_json.jsonl line 7: invalid JSON" in layout and "Skip broken rows" in layout, layout
+    assert str(app.home) not in layout and not table["data"]
+    skipped, table = c.predict(source, 64, 7, "seed", 0.1, 512, "default", True, "", api_name="/preview")
+    assert "Alpaca/Belle" in skipped and table["data"]
+
+
 def test_validation_messages_are_shown_next_to_the_form(app, dataset):
     message, _ = start(app.client(), dataset, lora_dropout=0.9, learning_rate=3.0)
     assert "lora_dropout: must be between 0 and 0.5" in message and "learning_rate" in message

@@ -189,6 +189,9 @@ def test_histogram_shows_the_dataset_just_saved(app, page, tmp_path):
             data.get_by_label("Clear").first.click()
         data.locator("input[type=file]").first.set_input_files(str(source))
         data.locator("code", has_text=source.name).first.wait_for()
+        # A new file: the previous dataset's statistics and bars are gone until this one is saved.
+        data.get_by_text("rows for training").wait_for(state="detached", timeout=10_000)
+        assert bars(data) == []
         fill(data, "Rows to sample", 0)
         data.get_by_role("button", name="Save dataset").click()
         data.get_by_text(f"{n} rows for training").wait_for(timeout=60_000)

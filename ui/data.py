@@ -8,7 +8,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from core import models, paths
+from core import models, paths, readers
 from core.config import PrepareConfig
 from core.errors import UserError
 from ui.forms import warn, widget
@@ -55,7 +55,7 @@ def config(source, sample, seed, template, eval_ratio, max_seq_length, model, sk
 
 
 def preview(request: gr.Request, *values):
-    """Detected layout and the first rows rendered with the template."""
+    """Detected layout and the first rows rendered with the template; a broken row anywhere is named."""
     from core import data
 
     language = lang(request)
@@ -66,8 +66,9 @@ def preview(request: gr.Request, *values):
         cfg = config(*values)
         layout = data.detect(cfg.input)
         rows = data.preview(cfg, n=5)
+        _check_rows(cfg)
     except UserError as e:
-        return warn(e), empty
+        return _named(e, values[0], language), empty
     table = pd.DataFrame([[r["prompt"], r["response"]] for r in rows],
                          columns=[say("col_prompt", language), say("col_response", language)])
     shown = f"**{say('layout_' + layout, language)}** · `{Path(cfg.input).name}`"
@@ -76,19 +77,50 @@ def preview(request: gr.Request, *values):
     return shown, table
 
 
+CHECK_ROWS = 200_000  # rows read when a file is chosen: a broken row shows then, not at Save (a few seconds at most)
+
+
+def _check_rows(cfg: PrepareConfig) -> None:
+    """Raise the first broken row of the file (unless broken rows are skipped); the preview reads only five."""
+    if cfg.skip_bad:
+        return
+    for i, (_, _, row) in enumerate(readers.rows(Path(cfg.input), cfg.format)):
+        if isinstance(row, readers.BadRow):
+            raise row
+        if i >= CHECK_ROWS:
+            return
+
+
+def _named(e: UserError, source: str, language: str) -> str:
+    """The problem as the page shows it, naming the file by its name: the workspace's folders are no business of the reader."""
+    text = str(e)
+    for path in {str(source), str(Path(source).resolve())}:
+        text = text.replace(path, Path(source).name)
+    hint = "  \n" + say("skip_hint", language) if isinstance(e, readers.BadRow) else ""
+    return warn(text) + hint
+
+
+def choose(request: gr.Request, *values):
+    """A file chosen: its preview (or its first problem), and the previous dataset's statistics cleared."""
+    return (*preview(request, *values), "", _no_bars())
+
+
+def _no_bars() -> pd.DataFrame:
+    return pd.DataFrame({"tokens": pd.Series(dtype="string"), "rows": pd.Series(dtype="int64")})
+
+
 def save(request: gr.Request, *values, progress=gr.Progress()):
     """Prepare the dataset; report counts, dropped rows, token lengths and the histogram."""
     from core import data
 
     language = lang(request)
-    empty = pd.DataFrame({"tokens": pd.Series(dtype="string"), "rows": pd.Series(dtype="int64")})
     if not values[0]:
-        return say("no_file", language), empty, gr.update()
+        return say("no_file", language), _no_bars(), gr.update()
     try:
         # prepare() reports the share of the file read: a big file shows a moving bar, not a spinner.
         manifest = data.prepare(config(*values), progress=lambda share: progress(share, desc=say("reading", language)))
     except UserError as e:
-        return warn(e), empty, gr.update()
+        return _named(e, values[0], language), _no_bars(), gr.update()
     return _stats_text(manifest, language), _histogram(manifest), manifest["path"]
 
 
@@ -162,8 +194,8 @@ def build() -> dict:
     inputs = [source, sample, seed, template, eval_ratio, max_len, model, skip_bad, name]
     file.upload(upload, file, source, api_name="upload")
     sample_btn.click(use_sample, None, source, api_name=False)
-    for ev in (source.change, template.change):
-        ev(preview, inputs, [layout, table], api_name=False, concurrency_id="data", concurrency_limit=1)
+    source.change(choose, inputs, [layout, table, stats, hist], api_name=False, concurrency_id="data", concurrency_limit=1)
+    template.change(preview, inputs, [layout, table], api_name=False, concurrency_id="data", concurrency_limit=1)
     preview_btn.click(preview, inputs, [layout, table], api_name="preview", concurrency_id="data", concurrency_limit=1)
     save_btn.click(save, inputs, [stats, hist, dataset], api_name="prepare", concurrency_id="data", concurrency_limit=1)
     return {"source": source, "dataset": dataset, "file": file, "hist": hist}

@@ -232,6 +232,7 @@ SAY = {
         "template_auto_seed": "Template: **{template}** (### Human: … ### Assistant: …): the model has no chat template of its own (auto).",
         "layout_alpaca": "Alpaca/Belle (instruction, input, output)", "layout_sharegpt": "ShareGPT (conversations)",
         "layout_messages": "OpenAI messages", "layout_text": "plain text",
+        "skip_hint": "Fix that line, or tick “Skip broken rows” under Advanced settings to leave broken rows out.",
         "reading": "Reading the file", "list_sep": ", ", "see_log": "see the log below",
         "merge_check_ok": "Checked: the merged model gives the same answers as base + adapter "
                           "(same most likely next token at {agree} of the probe; largest logit difference {diff}).",
@@ -280,6 +281,7 @@ SAY = {
         "template_auto_seed": "模板：**{template}**（### Human: … ### Assistant: …）：模型没有自带的对话模板（自动）。",
         "layout_alpaca": "Alpaca/Belle 格式（instruction、input、output）", "layout_sharegpt": "ShareGPT 格式（多轮对话）",
         "layout_messages": "OpenAI messages 格式", "layout_text": "纯文本",
+        "skip_hint": "请修改这一行，或在“高级设置”里勾选“跳过有误的行”，把有误的行排除在外。",
         "reading": "正在读取文件", "list_sep": "，", "see_log": "见下面的日志",
         "merge_check_ok": "已检查：合并后的模型与“基础模型 + 适配器”的回答一致（探测文本上 {agree} 的位置最可能的下一个词相同；最大 logit 差 {diff}）。",
         "merge_check_failed": "未通过：合并后的模型与“基础模型 + 适配器”的回答不一致（探测文本上只有 {agree} 的位置最可能的下一个词相同；最大 logit 差 {diff}）。",
