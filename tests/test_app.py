@@ -210,6 +210,27 @@ def test_stop_keeps_adapter_and_restart_reattaches(app, dataset, finished_run):
     assert (Path(run) / "adapter" / "adapter_config.json").is_file()
     rows = c.predict(api_name="/runs")["data"]
     assert {r[0]: r[1] for r in rows}["long"] == "stopped (adapter kept)"
+    # Resume names the run and its checkpoint and waits for a second press (a fresh page asks again).
+    step = max(int(p.name.rsplit("-", 1)[1]) for p in (Path(run) / "checkpoints").glob("checkpoint-*"))
+    message, _ = c.predict(run, "", api_name="/resume")
+    assert message == f"Resume **long** from checkpoint-{step}? Press Resume again to confirm.", message
+    assert app.client().predict(run, "", api_name="/resume")[0] == message
+    assert "qs-stopped'" in c.predict(run, api_name="/poll")[0], "nothing started on the first press"
+    message, viewed = c.predict(run, "", api_name="/resume")
+    assert message == "Resuming long from its last checkpoint." and viewed["value"] == run
+    assert "after the current step" in c.predict(api_name="/stop")
+    wait_state(c, run, ["stopped", "failed", "finished"], timeout=120)
+
+
+def test_the_form_shows_the_settings_of_the_run_shown(app, dataset, finished_run):
+    """After a reload (or picking a run) the form holds that run's settings, not the defaults."""
+    from ui.train import SETTINGS
+
+    values = app.client().predict(finished_run, api_name="/run_settings")
+    form = {k: v.get("value") for k, v in zip(["model", "data", "preset", *SETTINGS], values, strict=True)}
+    assert (form["data"], form["preset"], form["max_steps"], form["lora_r"], form["max_seq_length"]) == (
+        dataset, "default", 3, 8, 96), form
+    assert form["quantization"] == "none" and form["save_steps"] == 1
 
 
 def test_merge_then_chat_streams_a_reply(app, finished_run):

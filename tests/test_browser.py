@@ -101,6 +101,12 @@ def test_click_through_the_four_tabs(app, page):
     trained = [lb for lb in labels if "series: train" in lb and "NaN" not in lb]
     assert len(trained) == 3, f"the loss chart shows a point per step: {labels}"
     shot(page, "train.png")
+    # A reload shows the run next to the settings it was started with, not the defaults.
+    page.reload()
+    page.get_by_role("tab", name="2 · Train").click()
+    page.wait_for_function("() => [...document.querySelectorAll('#tab-train input')].some(e => e.value === '96')")
+    assert train.get_by_label("Max steps").first.input_value() == "3"
+    assert train.get_by_label("LoRA rank").first.input_value() == "8"
 
     # 3. Merge: the finished run is offered, its base filled in.
     page.get_by_role("tab", name="3 · Merge").click()
