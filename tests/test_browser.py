@@ -205,3 +205,30 @@ def test_histogram_shows_the_dataset_just_saved(app, page, tmp_path):
         page.wait_for_timeout(2000)  # the chart redraws a moment later
         drawn = bars(data)
         assert drawn == expected, f"{source.name}: drawn {drawn}, saved {expected}"
+
+
+def test_labels_tables_and_axes_have_room(app, browser):
+    """Advanced labels on one line (in Chinese too), the Runs table scrolls sideways, the loss chart counts whole steps."""
+    run = app.home / "runs" / "a-rather-long-run-name"
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.json").write_text('{"model": "default", "data": "d", "max_steps": 3, "batch_size": 2, "lora_r": 8}')
+    (run / "metrics.jsonl").write_text("".join(f'{{"step": {i}, "loss": {2 - i / 10}, "max_steps": 3}}\n' for i in (1, 2, 3)))
+    page = browser.new_page(viewport={"width": 1400, "height": 1000}, locale="zh-CN")
+    page.goto(app.url)
+    page.get_by_role("tab", name="2 · 训练").click()
+    page.locator("#tab-train").get_by_text("高级设置").first.click()
+    for name in ("双重量化", "信任远程代码", "梯度检查点"):
+        label = page.locator("#tab-train label", has_text=name).first
+        box = label.bounding_box()
+        assert box and box["height"] < 40 and box["width"] > 60, (name, box)  # one line, not a character a line
+    page.wait_for_function("() => document.querySelectorAll('#tab-train .vega-embed .role-axis-label text').length > 0")
+    page.wait_for_timeout(2500)  # the chart's span comes with the first refresh
+    ticks = page.locator("#tab-train .vega-embed .role-axis-label").first.locator("text").all_text_contents()
+    assert ticks and all(t.lstrip("-").isdigit() for t in ticks), ticks
+    page.get_by_role("tab", name="训练记录").click()
+    page.locator("#runs-table th", has_text="最终损失").first.wait_for()
+    wide = page.evaluate("() => [...document.querySelectorAll('#runs-table *')].some("
+                         "e => e.scrollWidth > e.clientWidth + 20 && getComputedStyle(e).overflowX.match(/auto|scroll/))")
+    header = page.locator("#runs-table th", has_text="最终损失").first.bounding_box()
+    assert wide and header and header["height"] < 60, header
+    page.close()

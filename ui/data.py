@@ -185,7 +185,7 @@ def build() -> dict:
         with gr.Column(scale=2):
             layout = gr.Markdown(label=t("layout"))
             table = gr.Dataframe(headers=["prompt", "response"], label=t("preview"), wrap=True, max_height=360,
-                                 interactive=False)
+                                 interactive=False, column_widths=["60%", "40%"])
             preview_btn = gr.Button(t("preview_btn"), size="sm")
             save_btn = gr.Button(t("save_dataset"), variant="primary")
             stats = gr.Markdown()

@@ -204,10 +204,16 @@ def loss_frame(run: str, metrics: list[dict] | None = None, language: str = "en"
     return pd.DataFrame(rows).astype({"step": "int64", "loss": "float64", "series": "string"})
 
 
+MIN_SPAN = 40  # steps the x axis spans at least: vega puts a tick about every 40 px, so over fewer steps they fall between steps (1.1, 1.2, ...)
+
+
 def chart(run: str, metrics: list[dict], language: str):
-    """The loss chart's data, with its axis and legend titles in the reader's language."""
+    """The loss chart's data over the run's whole length, with titles in the reader's language."""
+    last = metrics[-1] if metrics else {}
+    total = last.get("max_steps") or (runs.read_config(run).get("max_steps") if run else 0) or last.get("step", 0)
     return gr.update(value=loss_frame(run, metrics, language), x_title=say("chart_step", language),
-                     y_title=say("chart_loss", language), color_title=say("chart_series", language))
+                     y_title=say("chart_loss", language), color_title=say("chart_series", language),
+                     x_lim=[0, max(total or 0, MIN_SPAN)])
 
 
 def gpu_markdown(request: gr.Request = None) -> str:
@@ -260,10 +266,11 @@ def build() -> dict:
                         widgets[n] = widget(TrainConfig, n, getattr(defaults, n))
             plan = gr.Markdown()
             with gr.Accordion(t("advanced"), open=False):
-                for i in range(0, len(ADVANCED), 4):
-                    with gr.Row():
-                        for n in ADVANCED[i:i + 4]:
-                            widgets[n] = widget(TrainConfig, n, getattr(defaults, n))
+                # Two a row: four left checkboxes a character wide ("Doub quan", 双/重/量/化 one a line).
+                for i in range(0, len(ADVANCED), 2):
+                    with gr.Row(equal_height=True):
+                        for n in ADVANCED[i:i + 2]:
+                            widgets[n] = widget(TrainConfig, n, getattr(defaults, n), min_width=220)
                 wandb_key = gr.Textbox("", label=t("wandb_key"), type="password")
             problems = gr.Markdown()
             with gr.Row():
