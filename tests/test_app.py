@@ -120,8 +120,11 @@ def dataset(app):
     assert "Alpaca/Belle" in layout and table["data"][0][0].startswith("### Human: ")
     stats, hist, folder = c.predict(source, 64, 7, "seed", 0.1, 512, "default", False, "belle64", api_name="/prepare")
     assert "64 picked" in stats and "58 rows for training" in stats
-    hist = hist.get("value", hist)  # sent as an update that also orders the bins
+    # Only the rows are sent: an update that also set the chart's order or titles rebuilt it in the
+    # browser, and the rebuilt chart could show the previous dataset's bars.
+    assert hist.get("__type__") != "update" and set(hist) >= {"data", "columns"}, hist
     assert sum(row[1] for row in hist["data"]) == 64  # the histogram covers every sampled row
+    assert [int(row[0]) for row in hist["data"]] == sorted(int(row[0]) for row in hist["data"])
     return folder
 
 
@@ -148,6 +151,19 @@ def finished_run(app, dataset):
     assert "Adapter saved" in html and (Path(run) / "adapter" / "adapter_config.json").is_file()
     assert [step for step, series in points(plot)] == [1, 2, 3]
     return run
+
+
+def test_a_broken_row_is_named_when_the_file_is_chosen(app):
+    """Line 7 of this file is broken, after the five rows the preview shows: the preview says so, by file name."""
+    from gradio_client import handle_file
+
+    c = app.client()
+    source = c.predict(handle_file(str(ROOT / "tests" / "data" / "bad_json.jsonl")), api_name="/upload")["value"]
+    layout, table = c.predict(source, 64, 7, "seed", 0.1, 512, "default", False, "", api_name="/preview")
+    assert "bad_json.jsonl line 7: invalid JSON" in layout and "Skip broken rows" in layout, layout
+    assert str(app.home) not in layout and not table["data"]
+    skipped, table = c.predict(source, 64, 7, "seed", 0.1, 512, "default", True, "", api_name="/preview")
+    assert "Alpaca/Belle" in skipped and table["data"]
 
 
 def test_validation_messages_are_shown_next_to_the_form(app, dataset):
@@ -194,6 +210,27 @@ def test_stop_keeps_adapter_and_restart_reattaches(app, dataset, finished_run):
     assert (Path(run) / "adapter" / "adapter_config.json").is_file()
     rows = c.predict(api_name="/runs")["data"]
     assert {r[0]: r[1] for r in rows}["long"] == "stopped (adapter kept)"
+    # Resume names the run and its checkpoint and waits for a second press (a fresh page asks again).
+    step = max(int(p.name.rsplit("-", 1)[1]) for p in (Path(run) / "checkpoints").glob("checkpoint-*"))
+    message, _ = c.predict(run, "", api_name="/resume")
+    assert message == f"Resume **long** from checkpoint-{step}? Press Resume again to confirm.", message
+    assert app.client().predict(run, "", api_name="/resume")[0] == message
+    assert "qs-stopped'" in c.predict(run, api_name="/poll")[0], "nothing started on the first press"
+    message, viewed = c.predict(run, "", api_name="/resume")
+    assert message == "Resuming long from its last checkpoint." and viewed["value"] == run
+    assert "after the current step" in c.predict(api_name="/stop")
+    wait_state(c, run, ["stopped", "failed", "finished"], timeout=120)
+
+
+def test_the_form_shows_the_settings_of_the_run_shown(app, dataset, finished_run):
+    """After a reload (or picking a run) the form holds that run's settings, not the defaults."""
+    from ui.train import SETTINGS
+
+    values = app.client().predict(finished_run, api_name="/run_settings")
+    form = {k: v.get("value") for k, v in zip(["model", "data", "preset", *SETTINGS], values, strict=True)}
+    assert (form["data"], form["preset"], form["max_steps"], form["lora_r"], form["max_seq_length"]) == (
+        dataset, "default", 3, 8, 96), form
+    assert form["quantization"] == "none" and form["save_steps"] == 1
 
 
 def test_merge_then_chat_streams_a_reply(app, finished_run):

@@ -101,6 +101,12 @@ def test_click_through_the_four_tabs(app, page):
     trained = [lb for lb in labels if "series: train" in lb and "NaN" not in lb]
     assert len(trained) == 3, f"the loss chart shows a point per step: {labels}"
     shot(page, "train.png")
+    # A reload shows the run next to the settings it was started with, not the defaults.
+    page.reload()
+    page.get_by_role("tab", name="2 · Train").click()
+    page.wait_for_function("() => [...document.querySelectorAll('#tab-train input')].some(e => e.value === '96')")
+    assert train.get_by_label("Max steps").first.input_value() == "3"
+    assert train.get_by_label("LoRA rank").first.input_value() == "8"
 
     # 3. Merge: the finished run is offered, its base filled in.
     page.get_by_role("tab", name="3 · Merge").click()
@@ -146,3 +152,83 @@ def test_language_switches_at_run_time_from_settings(app, page):
     page.keyboard.press("Escape")
     page.get_by_role("tab", name="1 · 数据").wait_for(timeout=10_000)
     assert page.get_by_role("tab", name="1 · Data").count() == 0
+
+
+def bars(panel) -> list[tuple[str, int]]:
+    """(bin, rows) of each bar of the histogram as the browser drew it, left to right (from the aria-labels)."""
+    drawn = []
+    marks = panel.locator(".vega-embed [aria-roledescription='bar']")
+    for i in range(marks.count()):
+        values = re.findall(r":\s*([^;]+)", marks.nth(i).get_attribute("aria-label") or "")
+        box = marks.nth(i).bounding_box() or {"x": 0}
+        drawn.append((box["x"], values[0].strip(), int(float(values[1].replace(",", "")))))
+    return [(x, n) for _, x, n in sorted(drawn)]
+
+
+def saved_histogram(home: Path, source: str) -> list[tuple[str, int]]:
+    """(bin start, rows) of the dataset saved from `source`, from its manifest."""
+    import json
+
+    for manifest in (home / "datasets").glob("*/manifest.json"):
+        m = json.loads(manifest.read_text())
+        if m["source"]["name"] == source:
+            h = m["stats"]["histogram"]
+            return [(str(s), n) for s, n in zip(h["starts"], h["counts"], strict=True)]
+    raise AssertionError(f"no dataset saved from {source}")
+
+
+def test_histogram_shows_the_dataset_just_saved(app, page, tmp_path):
+    """Three saves in a row, with other token lengths each time: the bars are always the last one's, in order."""
+    import json
+
+    def rows(n, scale):
+        return "".join(json.dumps({"instruction": f"Say {i} " + "word " * (scale * i), "input": "",
+                                   "output": "ok " * (scale * i)}) + "\n" for i in range(1, n + 1))
+
+    (tmp_path / "long_rows.jsonl").write_text(rows(30, 12))
+    (tmp_path / "short_rows.jsonl").write_text(rows(25, 2))
+    page.goto(app.url)
+    data = page.locator("#tab-data")
+    for source, n in [(ROOT / "assets" / "identity_en.jsonl", 40), (tmp_path / "long_rows.jsonl", 30),
+                      (tmp_path / "short_rows.jsonl", 25)]:
+        if data.get_by_label("Clear").count():  # the upload box holds the last file: empty it first
+            data.get_by_label("Clear").first.click()
+        data.locator("input[type=file]").first.set_input_files(str(source))
+        data.locator("code", has_text=source.name).first.wait_for()
+        # A new file: the previous dataset's statistics and bars are gone until this one is saved.
+        data.get_by_text("rows for training").wait_for(state="detached", timeout=10_000)
+        assert bars(data) == []
+        fill(data, "Rows to sample", 0)
+        data.get_by_role("button", name="Save dataset").click()
+        data.get_by_text(f"{n} rows for training").wait_for(timeout=60_000)
+        expected = saved_histogram(app.home, source.name)
+        page.wait_for_timeout(2000)  # the chart redraws a moment later
+        drawn = bars(data)
+        assert drawn == expected, f"{source.name}: drawn {drawn}, saved {expected}"
+
+
+def test_labels_tables_and_axes_have_room(app, browser):
+    """Advanced labels on one line (in Chinese too), the Runs table scrolls sideways, the loss chart counts whole steps."""
+    run = app.home / "runs" / "a-rather-long-run-name"
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.json").write_text('{"model": "default", "data": "d", "max_steps": 3, "batch_size": 2, "lora_r": 8}')
+    (run / "metrics.jsonl").write_text("".join(f'{{"step": {i}, "loss": {2 - i / 10}, "max_steps": 3}}\n' for i in (1, 2, 3)))
+    page = browser.new_page(viewport={"width": 1400, "height": 1000}, locale="zh-CN")
+    page.goto(app.url)
+    page.get_by_role("tab", name="2 · 训练").click()
+    page.locator("#tab-train").get_by_text("高级设置").first.click()
+    for name in ("双重量化", "信任远程代码", "梯度检查点"):
+        label = page.locator("#tab-train label", has_text=name).first
+        box = label.bounding_box()
+        assert box and box["height"] < 40 and box["width"] > 60, (name, box)  # one line, not a character a line
+    page.wait_for_function("() => document.querySelectorAll('#tab-train .vega-embed .role-axis-label text').length > 0")
+    page.wait_for_timeout(2500)  # the chart's span comes with the first refresh
+    ticks = page.locator("#tab-train .vega-embed .role-axis-label").first.locator("text").all_text_contents()
+    assert ticks and all(t.lstrip("-").isdigit() for t in ticks), ticks
+    page.get_by_role("tab", name="训练记录").click()
+    page.locator("#runs-table th", has_text="最终损失").first.wait_for()
+    wide = page.evaluate("() => [...document.querySelectorAll('#runs-table *')].some("
+                         "e => e.scrollWidth > e.clientWidth + 20 && getComputedStyle(e).overflowX.match(/auto|scroll/))")
+    header = page.locator("#runs-table th", has_text="最终损失").first.bounding_box()
+    assert wide and header and header["height"] < 60, header
+    page.close()

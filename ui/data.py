@@ -8,7 +8,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from core import models, paths
+from core import models, paths, readers
 from core.config import PrepareConfig
 from core.errors import UserError
 from ui.forms import warn, widget
@@ -55,7 +55,7 @@ def config(source, sample, seed, template, eval_ratio, max_seq_length, model, sk
 
 
 def preview(request: gr.Request, *values):
-    """Detected layout and the first rows rendered with the template."""
+    """Detected layout and the first rows rendered with the template; a broken row anywhere is named."""
     from core import data
 
     language = lang(request)
@@ -66,8 +66,9 @@ def preview(request: gr.Request, *values):
         cfg = config(*values)
         layout = data.detect(cfg.input)
         rows = data.preview(cfg, n=5)
+        _check_rows(cfg)
     except UserError as e:
-        return warn(e), empty
+        return _named(e, values[0], language), empty
     table = pd.DataFrame([[r["prompt"], r["response"]] for r in rows],
                          columns=[say("col_prompt", language), say("col_response", language)])
     shown = f"**{say('layout_' + layout, language)}** · `{Path(cfg.input).name}`"
@@ -76,20 +77,51 @@ def preview(request: gr.Request, *values):
     return shown, table
 
 
+CHECK_ROWS = 200_000  # rows read when a file is chosen: a broken row shows then, not at Save (a few seconds at most)
+
+
+def _check_rows(cfg: PrepareConfig) -> None:
+    """Raise the first broken row of the file (unless broken rows are skipped); the preview reads only five."""
+    if cfg.skip_bad:
+        return
+    for i, (_, _, row) in enumerate(readers.rows(Path(cfg.input), cfg.format)):
+        if isinstance(row, readers.BadRow):
+            raise row
+        if i >= CHECK_ROWS:
+            return
+
+
+def _named(e: UserError, source: str, language: str) -> str:
+    """The problem as the page shows it, naming the file by its name: the workspace's folders are no business of the reader."""
+    text = str(e)
+    for path in {str(source), str(Path(source).resolve())}:
+        text = text.replace(path, Path(source).name)
+    hint = "  \n" + say("skip_hint", language) if isinstance(e, readers.BadRow) else ""
+    return warn(text) + hint
+
+
+def choose(request: gr.Request, *values):
+    """A file chosen: its preview (or its first problem), and the previous dataset's statistics cleared."""
+    return (*preview(request, *values), "", _no_bars())
+
+
+def _no_bars() -> pd.DataFrame:
+    return pd.DataFrame({"tokens": pd.Series(dtype="string"), "rows": pd.Series(dtype="int64")})
+
+
 def save(request: gr.Request, *values, progress=gr.Progress()):
     """Prepare the dataset; report counts, dropped rows, token lengths and the histogram."""
     from core import data
 
     language = lang(request)
-    empty = pd.DataFrame({"tokens": pd.Series(dtype="string"), "rows": pd.Series(dtype="int64")})
     if not values[0]:
-        return say("no_file", language), empty, gr.update()
+        return say("no_file", language), _no_bars(), gr.update()
     try:
         # prepare() reports the share of the file read: a big file shows a moving bar, not a spinner.
         manifest = data.prepare(config(*values), progress=lambda share: progress(share, desc=say("reading", language)))
     except UserError as e:
-        return warn(e), empty, gr.update()
-    return _stats_text(manifest, language), _histogram(manifest, language), manifest["path"]
+        return _named(e, values[0], language), _no_bars(), gr.update()
+    return _stats_text(manifest, language), _histogram(manifest), manifest["path"]
 
 
 def _stats_text(m: dict, language: str) -> str:
@@ -106,12 +138,26 @@ def _stats_text(m: dict, language: str) -> str:
     return "\n\n".join(lines)
 
 
-def _histogram(m: dict, language: str):
+def _histogram(m: dict) -> pd.DataFrame:
+    """The bins as labels (the chart draws numbers as thin bars), data only.
+
+    An update that also set the chart's sort or titles rebuilt the chart, and the browser applies
+    an update's properties one at a time, the data last: the data could go to the chart being
+    replaced, and the new one showed the previous dataset (or the new bars in the old order). So
+    the chart's settings never change (sort="x", titles set on page load by `titles`) and a save
+    sends only rows. Labels are padded with spaces (which the chart does not draw) so that sorting
+    them as text sorts them as numbers.
+    """
     h = m["stats"].get("histogram") or {}
-    labels = [str(x) for x in h.get("starts", [])]
-    # Bins are labels (the chart draws numbers as thin bars); keep them in numeric order.
-    return gr.update(value=pd.DataFrame({"tokens": labels, "rows": h.get("counts", [])}), sort=labels,
-                     x_title=say("hist_tokens", language), y_title=say("hist_rows", language))
+    starts = [str(x) for x in h.get("starts", [])]
+    width = max(map(len, starts), default=0)
+    return pd.DataFrame({"tokens": [s.rjust(width) for s in starts], "rows": h.get("counts", [])})
+
+
+def titles(request: gr.Request = None):
+    """The histogram's axis titles in the reader's language (on page load, before any data)."""
+    language = lang(request)
+    return gr.update(x_title=say("hist_tokens", language), y_title=say("hist_rows", language))
 
 
 def use_sample():
@@ -139,17 +185,17 @@ def build() -> dict:
         with gr.Column(scale=2):
             layout = gr.Markdown(label=t("layout"))
             table = gr.Dataframe(headers=["prompt", "response"], label=t("preview"), wrap=True, max_height=360,
-                                 interactive=False)
+                                 interactive=False, column_widths=["60%", "40%"])
             preview_btn = gr.Button(t("preview_btn"), size="sm")
             save_btn = gr.Button(t("save_dataset"), variant="primary")
             stats = gr.Markdown()
-            hist = gr.BarPlot(x="tokens", y="rows", label=t("histogram"), height=220, sort=None)
+            hist = gr.BarPlot(x="tokens", y="rows", label=t("histogram"), height=220, sort="x")
             dataset = gr.Textbox(visible=False)
     inputs = [source, sample, seed, template, eval_ratio, max_len, model, skip_bad, name]
     file.upload(upload, file, source, api_name="upload")
     sample_btn.click(use_sample, None, source, api_name=False)
-    for ev in (source.change, template.change):
-        ev(preview, inputs, [layout, table], api_name=False, concurrency_id="data", concurrency_limit=1)
+    source.change(choose, inputs, [layout, table, stats, hist], api_name=False, concurrency_id="data", concurrency_limit=1)
+    template.change(preview, inputs, [layout, table], api_name=False, concurrency_id="data", concurrency_limit=1)
     preview_btn.click(preview, inputs, [layout, table], api_name="preview", concurrency_id="data", concurrency_limit=1)
     save_btn.click(save, inputs, [stats, hist, dataset], api_name="prepare", concurrency_id="data", concurrency_limit=1)
-    return {"source": source, "dataset": dataset, "file": file}
+    return {"source": source, "dataset": dataset, "file": file, "hist": hist}

@@ -50,6 +50,7 @@ def build() -> gr.Blocks:
         r["to_chat"].click(_open_chat, r["selected"], [c["source_a"], c["source_b"], tabs], api_name=False)
         demo.load(_reattach, None, [tr["viewed"], tr["data"], m["run"], r["frame"], c["source_a"], c["source_b"]],
                   api_name="reattach")
+        demo.load(data.titles, None, d["hist"], api_name=False)
     return demo
 
 

@@ -41,7 +41,8 @@ def select(frame: pd.DataFrame, evt: gr.SelectData):
 def build() -> dict:
     """The Runs tab's widgets; the layout wires its buttons to the other tabs."""
     gr.Markdown(t("runs_intro"))
-    frame = gr.Dataframe(table(), interactive=False, wrap=True, max_height=420)
+    # Headers on one line and the table scrolls sideways: wrapped, "batch" stood as ba/tc/h and the last columns were cut.
+    frame = gr.Dataframe(table(), interactive=False, wrap=False, max_height=420, elem_id="runs-table")
     with gr.Row():
         selected = gr.Textbox(label=t("selected"), interactive=False, scale=4)
         refresh = gr.Button(t("refresh"), size="sm", scale=1)

@@ -10,7 +10,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from core import jobs, models, paths, runs, status
+from core import jobs, models, paths, runs, saving, status
 from core.config import PRESETS, TrainConfig
 from core.config import preset as preset_config
 from core.errors import UserError
@@ -96,16 +96,37 @@ def stop(request: gr.Request = None):
     return say("stopping", lang(request), run=Path(job.folder).name)
 
 
-def resume(viewed, wandb_key, request: gr.Request = None):
-    """Continue the shown run from its last checkpoint."""
+def resume(viewed, wandb_key, armed, request: gr.Request = None):
+    """Continue the shown run from its last checkpoint, once the user has confirmed which run and checkpoint.
+
+    The first press names the run and the checkpoint and arms Resume for that run (`armed`, the
+    session's state); a second press while the same run is shown starts it.
+    """
+    language = lang(request)
     if not viewed:
-        return say("no_run", lang(request)), gr.update()
+        return say("no_run", language), gr.update(), ""
     try:
+        run = paths.inside(viewed, paths.runs(), "run")
+        checkpoint, _ = saving.newest_checkpoint(run)
+        if armed != str(run) and checkpoint is not None and status.read(run)["state"] in ("stopped", "failed"):
+            return say("resume_confirm", language, run=run.name, checkpoint=checkpoint.name), gr.update(), str(run)
         env = {"WANDB_API_KEY": wandb_key.strip()} if wandb_key and wandb_key.strip() else None
-        job = jobs.resume(paths.inside(viewed, paths.runs(), "run"), env=env)
+        job = jobs.resume(run, env=env)  # anything not resumable is refused here, with the reason
     except UserError as e:
-        return warn(e), gr.update()
-    return say("resumed", lang(request), run=Path(job.folder).name), gr.update(choices=run_choices(), value=job.folder)
+        return warn(e), gr.update(), ""
+    return say("resumed", language, run=Path(job.folder).name), gr.update(choices=run_choices(), value=job.folder), ""
+
+
+def form_from_run(viewed):
+    """The form as the shown run was started: model, dataset, preset and every setting from its config.json."""
+    run = shown_run(viewed)
+    cfg = runs.read_config(run) if run else {}
+    if not cfg:
+        return [gr.update()] * (3 + len(SETTINGS))
+    keep = [gr.update(value=cfg[n]) if n in cfg else gr.update() for n in ("model", "data", "preset", *SETTINGS)]
+    if cfg.get("data"):
+        keep[1] = gr.update(choices=datasets(), value=cfg["data"])
+    return keep
 
 
 def shown_run(viewed: str | None = None) -> str:
@@ -183,10 +204,16 @@ def loss_frame(run: str, metrics: list[dict] | None = None, language: str = "en"
     return pd.DataFrame(rows).astype({"step": "int64", "loss": "float64", "series": "string"})
 
 
+MIN_SPAN = 40  # steps the x axis spans at least: vega puts a tick about every 40 px, so over fewer steps they fall between steps (1.1, 1.2, ...)
+
+
 def chart(run: str, metrics: list[dict], language: str):
-    """The loss chart's data, with its axis and legend titles in the reader's language."""
+    """The loss chart's data over the run's whole length, with titles in the reader's language."""
+    last = metrics[-1] if metrics else {}
+    total = last.get("max_steps") or (runs.read_config(run).get("max_steps") if run else 0) or last.get("step", 0)
     return gr.update(value=loss_frame(run, metrics, language), x_title=say("chart_step", language),
-                     y_title=say("chart_loss", language), color_title=say("chart_series", language))
+                     y_title=say("chart_loss", language), color_title=say("chart_series", language),
+                     x_lim=[0, max(total or 0, MIN_SPAN)])
 
 
 def gpu_markdown(request: gr.Request = None) -> str:
@@ -239,16 +266,18 @@ def build() -> dict:
                         widgets[n] = widget(TrainConfig, n, getattr(defaults, n))
             plan = gr.Markdown()
             with gr.Accordion(t("advanced"), open=False):
-                for i in range(0, len(ADVANCED), 4):
-                    with gr.Row():
-                        for n in ADVANCED[i:i + 4]:
-                            widgets[n] = widget(TrainConfig, n, getattr(defaults, n))
+                # Two a row: four left checkboxes a character wide ("Doub quan", 双/重/量/化 one a line).
+                for i in range(0, len(ADVANCED), 2):
+                    with gr.Row(equal_height=True):
+                        for n in ADVANCED[i:i + 2]:
+                            widgets[n] = widget(TrainConfig, n, getattr(defaults, n), min_width=220)
                 wandb_key = gr.Textbox("", label=t("wandb_key"), type="password")
             problems = gr.Markdown()
             with gr.Row():
                 start_btn = gr.Button(t("start"), variant="primary")
                 stop_btn = gr.Button(t("stop"), variant="stop")
                 resume_btn = gr.Button(t("resume"))
+                armed = gr.State("")  # the run a first press of Resume named; a second press resumes it
         with gr.Column(scale=3):
             with gr.Row():
                 viewed = gr.Dropdown(run_choices(), label=t("run_shown"), allow_custom_value=True, scale=4)
@@ -259,15 +288,18 @@ def build() -> dict:
             gpu = gr.Markdown(label=t("gpu"))
             log = gr.Textbox(label=t("log"), lines=8, max_lines=8, autoscroll=True, interactive=False)
     settings = [widgets[n] for n in SETTINGS]
-    preset.change(fill_preset, preset, settings, api_name=False)
+    # Only a preset the user picks fills the form: one set from a run's config must keep the run's values.
+    preset.input(fill_preset, preset, settings, api_name=False)
     for trigger in [data] + [widgets[n] for n in PLAN]:
         trigger.change(plan_text, [data, *settings], plan, api_name=False, show_progress="hidden")
     start_btn.click(start, [model, data, preset, name, wandb_key, *settings], [problems, viewed], api_name="start")
     stop_btn.click(stop, None, problems, api_name="stop")
-    resume_btn.click(resume, [viewed, wandb_key], [problems, viewed], api_name="resume")
+    resume_btn.click(resume, [viewed, wandb_key, armed], [problems, viewed, armed], api_name="resume")
     refresh.click(lambda: gr.update(choices=run_choices()), None, viewed, api_name=False)
     live = [progress, plot, log]
     viewed.change(poll, viewed, live, api_name=False)
+    # The form shows the run shown, when a run is picked or the page loads (which sets `viewed`), never on a tick.
+    viewed.change(form_from_run, viewed, [model, data, preset, *settings], api_name="run_settings")
     gr.Timer(2.0).tick(poll, viewed, live, api_name="poll", show_progress="hidden")
     gr.Timer(3.0).tick(gpu_markdown, None, gpu, api_name="gpu", show_progress="hidden")
     return {"model": model, "data": data, "viewed": viewed, "live": live, "problems": problems, "poll": poll}
