@@ -55,3 +55,24 @@ def test_train_tab_warns_when_the_settings_go_over_little_data_many_times(tmp_pa
     text = plan_text(None, data, *values)
     assert "**3 updates**" in text and "by heart" not in text
     assert plan_text(None, "", *values) == "" and plan_text(None, data, *[None] * len(SETTINGS)) == ""
+
+
+def test_without_a_gpu_the_gpu_only_settings_are_greyed_out(monkeypatch):
+    from core import gpus
+    from ui import layout
+    from ui.train import GPU_ONLY
+
+    monkeypatch.setattr(gpus, "count", lambda: 0)
+    demo = layout.build()
+    by_label = {}
+    for block in demo.blocks.values():
+        key = getattr(getattr(block, "label", None), "key", None)
+        if key and key.startswith("label_"):
+            by_label.setdefault(key.removeprefix("label_"), []).append(block)
+    for name in GPU_ONLY:
+        assert all(b.interactive is False for b in by_label[name]), name
+    assert by_label["lora_r"][0].interactive is not False
+    monkeypatch.setattr(gpus, "count", lambda: 1)
+    demo = layout.build()
+    assert all(getattr(b, "interactive", None) is not False for b in demo.blocks.values()
+               if getattr(getattr(b, "label", None), "key", None) == "label_quantization")

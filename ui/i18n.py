@@ -27,6 +27,7 @@ EN: dict[str, str] = {
     "start": "Start training", "stop": "Stop (keeps the adapter)", "resume": "Resume",
     "run_shown": "Run shown", "progress": "Progress", "loss_chart": "Loss", "gpu": "GPU and memory", "log": "Run log (last lines)",
     "refresh": "Refresh",
+    "no_gpu_note": "No GPU on this machine: training runs as plain LoRA in float32, so 4-bit loading, Liger kernels and activation offloading (greyed out) do not apply.",
     # merge
     "merge_intro": "Fold a finished run's adapter into its base model to get a standalone model you can share or chat with.",
     "run": "Run", "base": "Base model (empty = the one the run was trained on)", "out": "Name of the merged model (a folder in workspace/merged)",
@@ -56,6 +57,7 @@ ZH: dict[str, str] = {
     "start": "开始训练", "stop": "停止（保留已训练的适配器）", "resume": "继续训练",
     "run_shown": "当前查看的训练", "progress": "进度", "loss_chart": "损失曲线", "gpu": "显卡与内存", "log": "训练日志（最后几行）",
     "refresh": "刷新",
+    "no_gpu_note": "这台机器没有显卡：训练以 float32 的普通 LoRA 进行，所以 4 位加载、Liger 算子和激活值卸载（已置灰）都不起作用。",
     "merge_intro": "把训练好的适配器合并进基础模型，得到一个可以单独使用、分享或对话的完整模型。",
     "run": "训练记录", "base": "基础模型（留空 = 训练时用的模型）", "out": "合并后模型的名称（workspace/merged 里的文件夹）",
     "dtype": "权重精度", "merge_btn": "开始合并", "merge_result": "合并结果",

@@ -10,7 +10,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from core import jobs, models, paths, runs, saving, status
+from core import gpus, jobs, models, paths, runs, saving, status
 from core.config import PRESETS, TrainConfig
 from core.config import preset as preset_config
 from core.errors import UserError
@@ -22,6 +22,7 @@ BASIC = ("max_steps", "learning_rate", "batch_size", "grad_accum", "max_seq_leng
          "lora_r", "lora_alpha", "lora_dropout", "logging_steps", "save_steps")
 ADVANCED = tuple(f.name for f in fields(TrainConfig) if f.name not in HIDDEN + BASIC)
 SETTINGS = BASIC + ADVANCED
+GPU_ONLY = ("quantization", "double_quant", "liger_kernels", "offload_activations")
 
 
 def config(model, data, preset, name, *values) -> TrainConfig:
@@ -265,12 +266,16 @@ def build() -> dict:
                     for n in BASIC[5:]:
                         widgets[n] = widget(TrainConfig, n, getattr(defaults, n))
             plan = gr.Markdown()
+            # Without a GPU, training is plain LoRA in float32: the GPU-only settings are shown, greyed out.
+            no_gpu = gpus.count() == 0
             with gr.Accordion(t("advanced"), open=False):
+                gr.Markdown(t("no_gpu_note"), visible=no_gpu)
                 # Two a row: four left checkboxes a character wide ("Doub quan", 双/重/量/化 one a line).
                 for i in range(0, len(ADVANCED), 2):
                     with gr.Row(equal_height=True):
                         for n in ADVANCED[i:i + 2]:
-                            widgets[n] = widget(TrainConfig, n, getattr(defaults, n), min_width=220)
+                            widgets[n] = widget(TrainConfig, n, getattr(defaults, n), min_width=220,
+                                                interactive=not (no_gpu and n in GPU_ONLY))
                 wandb_key = gr.Textbox("", label=t("wandb_key"), type="password")
             problems = gr.Markdown()
             with gr.Row():
