@@ -18,13 +18,13 @@ def to_file(path: Path) -> logging.Handler:
     root = logging.getLogger("qlora_studio")
     root.setLevel(logging.DEBUG)
     into_file = _same_file(sys.stdout, path)
-    if not any(getattr(h, "_qlora_stdout", False) for h in root.handlers):
+    if not any(getattr(h, "qlora_studio_console", False) for h in root.handlers):
         console = logging.StreamHandler(sys.stdout)
         console.setFormatter(FORMAT)
-        console._qlora_stdout = True
+        console.qlora_studio_console = True
         root.addHandler(console)
     for h in root.handlers:
-        if getattr(h, "_qlora_stdout", False):
+        if getattr(h, "qlora_studio_console", False):
             h.setLevel(logging.DEBUG if into_file else logging.INFO)
     if into_file:
         handler: logging.Handler = logging.NullHandler()
