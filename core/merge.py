@@ -23,7 +23,9 @@ log = logging.getLogger("qlora_studio.merge")
 PROBE = ("### Human: Who are you, and what can you do for me today? ### Assistant: I am an assistant. "
          "### Human: 请用一句话介绍你自己。 ### Assistant:")
 BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
-# In float32 the merged model must give the logits of base + adapter to 1e-3. In 16 bits merging
+# In float32 the merged model must give the logits of base + adapter to 1e-3 of their largest
+# magnitude (x·W + x·A·B and x·(W + A·B) round differently, and more so as the thread count
+# changes the order of the sums: 5e-3 on logits near 20 was seen on two cores). In 16 bits merging
 # rounds every weight once more (bf16 keeps 8 bits of mantissa: logits near 30 move by up to ~2),
 # so there the check is that the next-token choice agrees at most probe positions (a broken
 # merge agrees almost nowhere).
@@ -101,7 +103,7 @@ def merge(cfg: MergeConfig, progress=None) -> dict:
             check = _compare(base_spec, adapter, tmp, cfg)
             size = models.size_bytes(tmp)
             ok = check["finite"] and (not check["compared"] or (check["top1_agreement"] >= AGREEMENT and (
-                cfg.dtype != "float32" or check["max_abs_diff"] <= TOLERANCE)))
+                cfg.dtype != "float32" or check["max_abs_diff"] <= TOLERANCE * max(1.0, check["logit_scale"]))))
             report = {"ok": ok, "path": str(out), "size_bytes": size, "size_gb": round(size / 2**30, 3), **check,
                       "dtype": cfg.dtype, "method": method, **folded, "base_model": base_spec,
                       "adapter": str(adapter.resolve()), "seconds": round(time.time() - started, 1)}
@@ -144,7 +146,7 @@ def _compare(base_spec: str, adapter: Path, merged: Path, cfg: MergeConfig) -> d
     free = fit.gpu_free() if device != "cpu" else psutil.virtual_memory().available
     if need > free or not cfg.compare:  # folding checked every tensor for NaN/inf as it wrote it
         return {"compared": False, "finite": True, "device": device, "max_abs_diff": None, "mean_abs_diff": None,
-                "top1_agreement": None}
+                "top1_agreement": None, "logit_scale": None}
     from transformers import AutoModelForCausalLM
 
     model, tokenizer, _, _ = models.load_for_inference(base_spec, adapter, dtype=cfg.dtype, device=device,
@@ -163,6 +165,7 @@ def _compare(base_spec: str, adapter: Path, merged: Path, cfg: MergeConfig) -> d
     if device != "cpu":
         torch.cuda.empty_cache()
     return {"compared": True, "finite": finite, "device": device, "max_abs_diff": (before - after).abs().max().item(),
+            "logit_scale": before.abs().max().item(),
             "mean_abs_diff": (before - after).abs().mean().item(),
             "top1_agreement": (before.argmax(-1) == after.argmax(-1)).float().mean().item()}
 

@@ -45,7 +45,7 @@ def test_merged_folder_is_safetensors_and_carries_the_template():
     record = json.loads((merged / "qlora_studio.json").read_text())
     assert record["template"]["name"] == "chat" and record["base_model"] == "default"
     report = record["merge"]
-    assert report["ok"] and report["max_abs_diff"] < 1e-3 and report["dtype"] == "float32"
+    assert report["ok"] and report["max_abs_diff"] < 1e-3 * max(1.0, report["logit_scale"]) and report["dtype"] == "float32"
     assert report["size_bytes"] == sum(p.stat().st_size for p in merged.glob("*.safetensors"))
     assert json.loads((merged / "config.json").read_text())["dtype"] == "float32"
     assert not list(merged.parent.glob(f".{merged.name}.*"))  # no temporary folder left behind
