@@ -9,6 +9,7 @@ config.json (layers, heads, context).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from core.errors import UserError
@@ -21,23 +22,14 @@ NF4_BYTES = 0.5 + 0.0625  # 4 bits a weight, plus the scales (double quantizatio
 
 def parameters(folder: str | Path) -> tuple[int, int]:
     """(all parameters, those of the embeddings and the LM head), from the weight files' headers."""
-    from safetensors import safe_open
+    from core.fold import shapes
 
     folder = Path(folder)
-    total = edges = 0
     files = sorted(folder.glob("*.safetensors"))
-    for file in files:
-        with safe_open(str(file), framework="pt") as f:
-            for name in f.keys():
-                n = 1
-                for d in f.get_slice(name).get_shape():
-                    n *= d
-                total += n
-                if "embed" in name or "lm_head" in name:
-                    edges += n
-    if not files:  # pickle .bin weights: their size says enough (16-bit is the common case)
-        total = sum(p.stat().st_size for p in folder.glob("pytorch_model*.bin")) // 2
-    return total, edges
+    if not files:  # pickle .bin weights: their size says enough (16-bit is the common case), without reading them
+        return sum(p.stat().st_size for p in folder.glob("pytorch_model*.bin")) // 2, 0
+    sizes = [(name, math.prod(shape)) for name, shape, _ in shapes(files)]
+    return sum(n for _, n in sizes), sum(n for name, n in sizes if "embed" in name or "lm_head" in name)
 
 
 def cache_bytes(folder: str | Path, tokens: int = CONTEXT) -> int:

@@ -40,22 +40,16 @@ def unsupported(adapter: Path, base: Path) -> str | None:
     from safetensors import safe_open
 
     with safe_open(str(adapter / "adapter_model.safetensors"), framework="pt") as f:
-        odd = [k for k in f.keys() if not k.endswith((".lora_A.weight", ".lora_B.weight"))]
+        keys = list(f.keys())
+    odd = [k for k in keys if not k.endswith((".lora_A.weight", ".lora_B.weight"))]
     if odd:
         return f"weights other than LoRA pairs ({odd[0]})"
-    stored = {name for name, _, _ in _shapes(weight_files(base))} if weight_files(base) else set()
-    changed = set(_lora_names(adapter))
+    changed = {k[: -len(".lora_A.weight")].removeprefix(ADAPTER_PREFIX) + ".weight"
+               for k in keys if k.endswith(".lora_A.weight")}
+    stored = {name for name, _, _ in shapes(weight_files(base))}
     if stored and not changed <= stored:  # a tied lm_head, say: it is stored as the embeddings
         return f"LoRA on {sorted(changed - stored)[0]}, which the base stores under another name"
     return None
-
-
-def _lora_names(adapter: Path) -> list[str]:
-    from safetensors import safe_open
-
-    with safe_open(str(adapter / "adapter_model.safetensors"), framework="pt") as f:
-        return [k[: -len(".lora_A.weight")].removeprefix(ADAPTER_PREFIX) + ".weight"
-                for k in f.keys() if k.endswith(".lora_A.weight")]
 
 
 def weight_files(base: Path) -> list[Path]:
@@ -80,7 +74,7 @@ def _tensors(file: Path) -> Iterator[tuple[str, object]]:
             yield name, state.pop(name)
 
 
-def _shapes(files: list[Path]) -> list[tuple[str, list[int], bool]]:
+def shapes(files: list[Path]) -> list[tuple[str, list[int], bool]]:
     """(name, shape, floating) of every tensor, read from the files' headers where possible."""
     out = []
     for file in files:
@@ -125,7 +119,7 @@ def fold(base: Path, adapter: Path, out: Path, dtype: str, progress: Callable[[f
         raise UserError(f"base: {base} has no weight files (*.safetensors or pytorch_model*.bin)", field="base")
     target = getattr(torch, dtype)
     size = torch.empty((), dtype=target).element_size()
-    plan = _shapes(files)
+    plan = shapes(files)
     pairs, scale = _lora(adapter)
     names = {name for name, _, _ in plan}
     missing = sorted(set(pairs) - names)

@@ -120,8 +120,9 @@ def read(folder: str | Path, log: str | Path | None = None) -> dict:
     if status["state"] in LIVE and status.get("pid") and not pid_alive(status["pid"]):
         # Gone without a final word (the supervisor writes the same a moment later, or never if
         # the panel was closed meanwhile).
-        error, hint = ended(None, log or folder / "train.log", stop_requested(folder))
-        status.update(state="stopped" if stop_requested(folder) else "failed",
+        stopping = stop_requested(folder)
+        error, hint = ended(None, log or folder / "train.log", stopping)
+        status.update(state="stopped" if stopping else "failed",
                       error=status.get("error") or error, hint=status.get("hint") or hint)
     return status
 
