@@ -80,6 +80,13 @@ def _same_process(job: Job) -> bool:
         return False
 
 
+def _newer(now: dict, job: Job) -> bool:
+    """True when the status file already belongs to a later job in the same folder (a Resume)."""
+    if now.get("pid") and int(now["pid"]) != job.pid:
+        return True
+    return float(now.get("started") or 0) > job.started + 0.5
+
+
 def _now_name(model: str) -> str:
     short = Path(model.rstrip("/")).name.lower() or "model"
     short = "".join(c if c.isalnum() or c in "-." else "-" for c in short)[:24]
@@ -231,9 +238,13 @@ class JobManager:
     def _final_word(self, job: Job, code: int | None) -> None:
         """Write the final state of a job whose child ended without writing one itself."""
         path = Path(job.folder) / status.FILE
-        now = status.read_json(path)
-        if now.get("state") in status.FINAL:
-            return
+        with self._lock:  # start_train writes the same file under this lock
+            now = status.read_json(path)
+            if now.get("state") in status.FINAL or _newer(now, job):
+                return
+            self._write_final(job, path, now, code)
+
+    def _write_final(self, job: Job, path: Path, now: dict, code: int | None) -> None:
         stopping = status.stop_requested(job.folder)
         oom = job.oom_kills is not None and (status.oom_kills() or 0) > job.oom_kills
         error, hint = status.ended(code, job.log, stopping, out_of_memory=oom, kind=job.kind)

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -56,7 +57,8 @@ def read_json(path: str | Path) -> dict:
 def write_json(path: str | Path, data: dict) -> None:
     """Write-then-rename: a reader never sees half a file, and a failed write leaves the old one."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # One temporary name per writer thread: two threads of one process never share it.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         os.replace(tmp, path)

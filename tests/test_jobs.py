@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -124,6 +125,48 @@ def test_restarted_manager_reattaches_and_resume_continues(home, monkeypatch):
     steps = [m["step"] for m in runs.read_metrics(job.folder)]
     assert steps == list(range(1, 9))
     assert json.loads((Path(job.folder) / "config.json").read_text())["resume"] is True
+
+
+def test_a_late_supervisor_of_the_old_job_leaves_the_resumed_run_alone(home, monkeypatch):
+    # The panel's supervisor notices the stopped child up to a second late; by then Resume may have
+    # started the next child in the same folder, whose status must not be overwritten as ended.
+    monkeypatch.setenv("FAKE_STEPS", "3")
+    m = manager()
+    old = jobs.Job("train", 999_999, str(home / "runs" / "r"), time.time() - 60, [], str(home / "none.log"))
+    Path(old.folder).mkdir(parents=True)
+    status.write_json(Path(old.folder) / status.FILE, {**status.FIELDS, "state": "starting", "started": time.time()})
+    m._final_word(old, code=None)
+    assert status.read_json(Path(old.folder) / status.FILE)["state"] == "starting"
+    status.write_json(Path(old.folder) / status.FILE, {**status.FIELDS, "state": "training", "pid": 4242,
+                                                       "started": old.started})
+    m._final_word(old, code=None)
+    assert status.read_json(Path(old.folder) / status.FILE)["state"] == "training"
+    # Its own status, still unfinished, does get the final word.
+    status.write_json(Path(old.folder) / status.FILE, {**status.FIELDS, "state": "training", "pid": old.pid,
+                                                       "started": old.started})
+    m._final_word(old, code=1)
+    assert status.read_json(Path(old.folder) / status.FILE)["state"] == "failed"
+
+
+def test_status_writes_from_many_threads_at_once_all_land(tmp_path):
+    path = tmp_path / "status.json"
+    errors = []
+
+    def write(i):
+        try:
+            for k in range(50):
+                status.write_json(path, {"writer": i, "k": k})
+        except OSError as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert status.read_json(path)["k"] == 49
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
 def test_missing_dataset_is_refused_before_anything_starts(home):
