@@ -81,10 +81,13 @@ def _same_process(job: Job) -> bool:
 
 
 def _newer(now: dict, job: Job) -> bool:
-    """True when the status file already belongs to a later job in the same folder (a Resume)."""
-    if now.get("pid") and int(now["pid"]) != job.pid:
-        return True
-    return float(now.get("started") or 0) > job.started + 0.5
+    """True when the status file belongs to a later job in the same folder that still runs (a Resume).
+
+    The pid in status.json is the training process itself: the job's pid for one process, rank 0's
+    under a launcher. A dead pid there is this job's (or a finished one's): the final word is due.
+    """
+    pid = now.get("pid")
+    return bool(pid) and int(pid) != job.pid and status.pid_alive(pid)
 
 
 def _now_name(model: str) -> str:
@@ -95,13 +98,17 @@ def _now_name(model: str) -> str:
     return f"{datetime.now():%Y-%m-%d_%H%M}_{short}"
 
 
+# One lock for every manager of this process: a start and a supervisor's final word never interleave.
+_LOCK = threading.Lock()
+
+
 class JobManager:
     """Starts, stops and watches the one job of a workspace; a new manager reattaches to it."""
 
     def __init__(self, command: list[str] | None = None):
         # The child command; tests swap in a small fake that follows the same protocol.
         self.command = command or [sys.executable, "-m", "core"]
-        self._lock = threading.Lock()
+        self._lock = _LOCK
         self._watched: set[int] = set()
 
     # ---- looking -----------------------------------------------------------------------
