@@ -66,13 +66,38 @@ class StopFlag:
             self.event.set()
         return self.event.is_set()
 
+    def agreed(self) -> bool:
+        """Whether any process of the run was asked to stop: every rank must stop at the same step."""
+        if across_ranks(1.0 if self.requested else 0.0, "max"):
+            self.event.set()
+        return self.event.is_set()
+
+
+def across_ranks(value: float, op: str = "sum") -> float:
+    """`value` summed (or its max) over the processes of a data-parallel run; itself on one process."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return value
+    import torch
+
+    # NCCL reduces tensors on the GPU, gloo on the CPU.
+    where = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([float(value)], dtype=torch.float64, device=where)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    return t.item()
+
 
 class Progress(TrainerCallback):
     """Writes metrics.jsonl and keeps status.json's step current; honours a stop request."""
 
-    def __init__(self, metrics_path: Path, status: Status, stop: StopFlag, log, device, counter=None):
-        """`device` is core.trainer.Device (named on the first line); `counter` counts trained tokens."""
-        self.file = open(metrics_path, "a", encoding="utf-8")
+    def __init__(self, metrics_path: Path | None, status: Status, stop: StopFlag, log, device, counter=None):
+        """`device` is core.trainer.Device (named on the first line); `counter` counts trained tokens.
+
+        `metrics_path` None: another rank of a data-parallel run, which takes part in the counts and
+        the stop decision but writes nothing.
+        """
+        self.file = open(metrics_path, "a", encoding="utf-8") if metrics_path is not None else None
         self.status, self.stop, self.log, self.cuda = status, stop, log, device.cuda
         self.start_time = self.start_step = None
         self.tokens: int | None = None
@@ -83,7 +108,7 @@ class Progress(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kw):
         self.start_time, self.start_step = time.time(), state.global_step
-        if state.global_step:  # resumed: go on from the count of the last line at or before this step
+        if state.global_step and self.metrics_path is not None:  # resumed: go on from the count of the last line at or before this step
             from core.runs import read_metrics
 
             earlier = [m["tokens"] for m in read_metrics(self.metrics_path.parent)
@@ -98,7 +123,7 @@ class Progress(TrainerCallback):
     def on_step_end(self, args, state, control, **kw):
         if self.counter is not None:
             self.counter.consumed()  # the update's last micro-batch
-        if self.stop.requested and not control.should_training_stop:
+        if self.stop.agreed() and not control.should_training_stop:
             # Save a checkpoint too, so a stopped run can be resumed where it ended.
             control.should_training_stop = True
             control.should_save = True
@@ -121,8 +146,8 @@ class Progress(TrainerCallback):
         session = None  # tokens trained on since this process started
         if not evaluation and self.counter is not None:
             # Real (non-pad) tokens trained on, counted by the collator: trl's own count reads one
-            # row's width for packed rows, 16 times too few at 16 rows a pass.
-            session = self.counter.tokens
+            # row's width for packed rows, 16 times too few at 16 rows a pass. Every rank's own.
+            session = int(across_ranks(self.counter.tokens))
         elif not evaluation and logs.get("num_tokens") is not None:
             session = int(logs["num_tokens"])
         if session is not None:
@@ -145,6 +170,8 @@ class Progress(TrainerCallback):
             line["eval_loss"] = _finite(logs["eval_loss"])
         line.update({k: v for k, v in self.first_line.items() if k not in line})
         self.first_line = {}
+        if self.file is None:
+            return
         self.file.write(json.dumps(line, ensure_ascii=False) + "\n")
         self.file.flush()
         keys = ("eval_loss",) if evaluation else ("loss", "learning_rate", "tokens_per_second")
@@ -160,7 +187,8 @@ class Progress(TrainerCallback):
         return round(torch.cuda.max_memory_allocated() / 2**30, 3)
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
 
 
 

@@ -94,19 +94,27 @@ def trainer_class():
 
             root = Path(super()._get_output_dir(trial=trial))
             name = f"checkpoint-{self.state.global_step}"
+            main = self.args.should_save  # of a data-parallel run, rank 0 writes all but each rank's RNG state
             saving.ensure_space(root, 3 * self.trainable_bytes())  # weights + two Adam moments
             self.staging = root / ".staging"
-            shutil.rmtree(self.staging, ignore_errors=True)  # left by a process killed mid-save
+            if main:
+                shutil.rmtree(self.staging, ignore_errors=True)  # left by a process killed mid-save
+            self.accelerator.wait_for_everyone()  # nobody writes into the staging folder before it is clean
             try:
                 super()._save_checkpoint(model, trial)  # writes .staging/checkpoint-N (see _get_output_dir)
-                saving.publish(self.staging / name, root / name)
+                self.accelerator.wait_for_everyone()  # every rank's part is in
+                if main:
+                    saving.publish(self.staging / name, root / name)
             except Exception as e:
                 if saving.is_disk_full(e):
                     raise saving.disk_error(e, name, saving.RESUME_HINT) from e
                 raise
             finally:
-                shutil.rmtree(self.staging, ignore_errors=True)
+                if main:
+                    shutil.rmtree(self.staging, ignore_errors=True)
                 self.staging = None
+            if not main:
+                return
             # Rotation ran inside the staging folder (a no-op there); run it where the checkpoints live.
             # By step, not mtime: a resume removes newer broken checkpoints, so the highest step is the newest.
             rotate_checkpoints(output_dir=str(root), save_total_limit=self.args.save_total_limit,
@@ -130,6 +138,8 @@ def trainer_class():
             return 4 * sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
         def _save_optimizer_and_scheduler(self, output_dir):
+            if not self.args.should_save:  # the same on every rank of a data-parallel run: rank 0 writes it
+                return
             try:
                 save_state(output_dir, "optimizer", self.optimizer.state_dict())
                 save_state(output_dir, "scheduler", self.lr_scheduler.state_dict())
@@ -146,7 +156,7 @@ def trainer_class():
 
         def _save_scaler(self, output_dir):
             scaler = getattr(self.accelerator, "scaler", None)
-            if scaler is not None:
+            if scaler is not None and self.args.should_save:
                 save_state(output_dir, "scaler", scaler.state_dict())
 
         def _load_scaler(self, checkpoint):
@@ -158,12 +168,16 @@ def trainer_class():
             state = {"python": random.getstate(), "numpy": np.random.get_state(), "cpu": torch.random.get_rng_state()}
             if torch.cuda.is_available():
                 state["cuda"] = torch.cuda.random.get_rng_state_all()
-            save_state(output_dir, "rng_state", state)
+            save_state(output_dir, self._rng_name(), state)
+
+        def _rng_name(self) -> str:
+            # One RNG state per rank of a data-parallel run (each draws its own dropout masks).
+            return "rng_state" if self.args.world_size <= 1 else f"rng_state_{self.args.process_index}"
 
         def _load_rng_state(self, checkpoint):
-            if not checkpoint or not (Path(checkpoint) / "rng_state.safetensors").is_file():
+            if not checkpoint or not (Path(checkpoint) / f"{self._rng_name()}.safetensors").is_file():
                 return
-            state = load_state(checkpoint, "rng_state")
+            state = load_state(checkpoint, self._rng_name())
             random.setstate(state["python"])
             np.random.set_state(state["numpy"])
             torch.random.set_rng_state(state["cpu"])

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from core import gpus
 from core.errors import UserError
 from core.status import write_json
 
@@ -151,6 +152,7 @@ class TrainConfig(_Config):
     double_quant: bool = _f(True, "Quantize the 4-bit scales too: saves about 0.4 bit per weight.")
     compute_dtype: str = _f("auto", "Number format for the math: auto (bf16 where the GPU supports it, fp32 on CPU), bfloat16, float16 or float32.", choices=("auto", "bfloat16", "float16", "float32"))
     trust_remote_code: bool = _f(False, "Run code shipped with the model. Only for models you trust.")
+    gpus: str = _f("", "GPUs to train on, by their numbers in the GPU panel, e.g. 0,1; empty = the first GPU. With two or more, each GPU runs its own copy of the model and they share every update (data-parallel): the settings still describe one update.")
     # LoRA
     lora_r: int = _f(64, "LoRA rank: bigger learns more and uses more memory.")
     lora_alpha: int = _f(16, "LoRA scale (alpha); the update is scaled by alpha / r.")
@@ -203,6 +205,10 @@ class TrainConfig(_Config):
             out.append("warmup_ratio: must be between 0 and 1")
         if self.max_grad_norm < 0:
             out.append("max_grad_norm: must be 0 (off) or more")
+        try:
+            gpus.parse(self.gpus)
+        except ValueError as e:
+            out.append(str(e))
         if not optimizer_known(self.optim):
             out.append(f"optim: unknown optimizer {self.optim!r}; use one transformers knows, e.g. "
                        f"{', '.join(COMMON_OPTIMIZERS[:4])}")

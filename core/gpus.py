@@ -6,11 +6,21 @@ job gets CUDA_VISIBLE_DEVICES narrowed to the chosen card (the first one until t
 another), numbered in PCI bus order like the monitor (NVML), so "GPU 1" means the same card
 on the page and in the job. Runs under a distributed launcher (torchrun sets LOCAL_RANK) are
 left alone: the launcher gives each process its card.
+
+Training on two or more GPUs is data-parallel: the job is torch's own launcher (torchrun) with
+one process per chosen GPU, each seeing all the chosen cards and taking the one of its local
+rank. Rank 0 alone writes the run's files; the others train and stay quiet.
 """
 
 from __future__ import annotations
 
 import os
+import re
+
+# Data-parallel training in this many processes on a machine without GPUs (gloo on CPU): how the
+# launcher, the ranks and their stop are tested where there is no GPU. Never needed by a user.
+CPU_PROCESSES_ENV = "QLORA_STUDIO_CPU_PROCESSES"
+LAUNCHER = "torch.distributed.run"  # torchrun, as a module of the same Python
 
 
 def count() -> int:
@@ -44,3 +54,61 @@ def one(env: dict | None = None, gpu: str | None = None) -> dict:
     env["CUDA_DEVICE_ORDER"] = env.get("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     env["CUDA_VISIBLE_DEVICES"] = gpu if gpu is not None else (seen[0] if seen else "")
     return env
+
+
+def parse(spec: str | None) -> list[str]:
+    """ "0, 1" as ["0", "1"]; "" or None as [] (the first GPU). ValueError for anything else."""
+    spec = (spec or "").replace(" ", "")
+    if not spec:
+        return []
+    if not re.fullmatch(r"\d+(,\d+)*", spec):
+        raise ValueError(f"gpus: {spec!r} is not a list of GPU numbers such as 0,1")
+    picked = spec.split(",")
+    if len(set(picked)) != len(picked):
+        raise ValueError(f"gpus: {spec!r} names a GPU twice")
+    return picked
+
+
+def processes(picked: list[str], env: dict | None = None) -> int:
+    """How many training processes a job on `picked` runs: one per GPU, at least one."""
+    env = os.environ if env is None else env
+    if len(picked) > 1:
+        return len(picked)
+    try:
+        return max(1, int(env.get(CPU_PROCESSES_ENV, "1"))) if not picked and count() == 0 else 1
+    except ValueError:
+        return 1
+
+
+def command(base: list[str], argv: list[str], n: int) -> list[str]:
+    """`base + argv` (e.g. python -m core train …), under torchrun with `n` processes when n > 1."""
+    if n <= 1:
+        return [*base, *argv]
+    # torchrun as `python -m`: the same interpreter and packages as the panel. --standalone picks a
+    # free port on this host, so two jobs never clash.
+    return [base[0], "-m", LAUNCHER, "--standalone", f"--nproc-per-node={n}", *base[1:], *argv]
+
+
+def narrow(env: dict, picked: list[str]) -> dict:
+    """`env` for a job on the `picked` GPUs (all of them visible when several: one per rank)."""
+    if len(picked) <= 1:
+        return one(env, picked[0] if picked else None)
+    env = dict(env)
+    env["CUDA_DEVICE_ORDER"] = env.get("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(picked)
+    return env
+
+
+def rank() -> int:
+    """This process's rank among the processes of a data-parallel run (0 alone)."""
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def local_rank() -> int:
+    """Which of the visible GPUs this process trains on."""
+    return int(os.environ.get("LOCAL_RANK", "0") or 0)
+
+
+def world() -> int:
+    """How many processes train this run together."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)

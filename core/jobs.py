@@ -157,7 +157,7 @@ class JobManager:
             argv = ["train", "--config", str(run / "config.json"), "--out", str(run)]
             if cfg.resume:
                 argv.append("--resume")
-            return self._spawn("train", argv, run, run / "train.log", env)
+            return self._spawn("train", argv, run, run / "train.log", env, gpus.parse(cfg.gpus))
 
     def resume(self, run: str | Path, env: dict | None = None) -> Job:
         """Restart a stopped or failed run from its last checkpoint."""
@@ -204,16 +204,20 @@ class JobManager:
         what = "a training run" if job.kind == "train" else "a merge"
         raise UserError(f"{what} is already going: {Path(job.folder).name}; stop it first or wait")
 
-    def _spawn(self, kind: str, argv: list[str], folder: Path, log: Path, env: dict | None) -> Job:
-        # One GPU for the job (several visible GPUs make the trainer refuse to start).
-        full_env = gpus.one({**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    def _spawn(self, kind: str, argv: list[str], folder: Path, log: Path, env: dict | None,
+               picked: list[str] | None = None) -> Job:
+        # The chosen GPU alone (several visible GPUs make a single-process trainer refuse to start),
+        # or the chosen GPUs with one process each under torchrun.
+        full_env = gpus.narrow({**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, picked or [])
         full_env.setdefault("PYTHONPATH", str(ROOT))
+        n = gpus.processes(picked or [], full_env) if kind == "train" else 1
+        command = gpus.command(self.command, argv, n)
         with open(log, "ab") as out:
             proc = subprocess.Popen(
-                [*self.command, *argv], cwd=ROOT, env=full_env, stdin=subprocess.DEVNULL,
+                command, cwd=ROOT, env=full_env, stdin=subprocess.DEVNULL,
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
-        job = Job(kind, proc.pid, str(folder), time.time(), [*self.command, *argv], str(log), status.oom_kills(), proc)
+        job = Job(kind, proc.pid, str(folder), time.time(), command, str(log), status.oom_kills(), proc)
         self._mine = job
         status.write_json(_job_file(), job.record())
         # A pid in status.json lets any reader tell a vanished job from a live one.
@@ -261,7 +265,7 @@ class JobManager:
 
     # ---- stopping ----------------------------------------------------------------------
     def stop(self, job: Job | None = None, grace: float = 120.0) -> Job | None:
-        """Ask the job to stop after its current step (SIGINT), then SIGTERM, SIGKILL as last resort."""
+        """Ask the job to stop after its current step (stop file, SIGINT), then SIGTERM, SIGKILL as last resort."""
         job = job or self.current()
         if job is None or not job.alive():
             return None
@@ -271,16 +275,29 @@ class JobManager:
         return job
 
     def _escalate(self, job: Job, grace: float) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+        # Under torchrun the stop file alone asks politely: rank 0 reads it and every rank stops at
+        # the same step. A SIGINT would make the launcher end its workers at once, unsaved. The
+        # harder signals then go to the whole process group: the launcher and every rank.
+        launched = gpus.LAUNCHER in job.argv
+        signals = (signal.SIGTERM, signal.SIGKILL) if launched else (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
+        if launched and _wait_gone(job, grace):
+            return
+        for sig in signals:
             try:
-                os.kill(job.pid, sig)
+                os.killpg(job.pid, sig) if launched else os.kill(job.pid, sig)
             except ProcessLookupError:
                 return
-            deadline = time.time() + grace
-            while time.time() < deadline:
-                if not job.alive():
-                    return
-                time.sleep(0.2)
+            if _wait_gone(job, grace):
+                return
+
+
+def _wait_gone(job: Job, seconds: float) -> bool:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if not job.alive():
+            return True
+        time.sleep(0.2)
+    return not job.alive()
 
 
 _manager = JobManager()

@@ -35,6 +35,20 @@ def to_file(path: Path) -> logging.Handler:
     return handler
 
 
+def rank_console(rank: int) -> logging.Handler:
+    """The log of another rank of a data-parallel run: its warnings and errors alone, marked, on stderr.
+
+    Rank 0 writes the run's log; under the panel every rank's output lands in train.log too, so the
+    other ranks speak only when something is wrong with them.
+    """
+    root = logging.getLogger("qlora_studio")
+    root.setLevel(logging.WARNING)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s rank {rank}: %(message)s", "%Y-%m-%d %H:%M:%S"))
+    root.addHandler(handler)
+    return handler
+
+
 def _same_file(stream, path: Path) -> bool:
     try:
         return path.exists() and os.path.samestat(os.fstat(stream.fileno()), path.stat())

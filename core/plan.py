@@ -50,3 +50,21 @@ def plan(folder: str | Path, batch_size: int, grad_accum: int, max_seq_length: i
             "rows_per_update": round(per_update / row_tokens, 1),
             "template": template.get("pattern") if template.get("name") == "custom" else template.get("name", "seed"),
             "template_why": m.get("template_why", "chosen")}
+
+
+def share(batch_size: int, grad_accum: int, processes: int) -> tuple[int, int, float]:
+    """Each process's batch and accumulation when `processes` train data-parallel, and the learning-rate factor.
+
+    The settings describe one update and the processes share it, so a run on two GPUs makes the
+    same updates as on one, faster. The accumulation is split first (the same rows a pass), then
+    the batch. Where neither divides, each process takes the batch rounded up; the update grows,
+    and the learning rate with the square root of its growth (the usual rule for Adam).
+    """
+    if processes <= 1:
+        return batch_size, grad_accum, 1.0
+    if grad_accum % processes == 0:
+        return batch_size, grad_accum // processes, 1.0
+    if batch_size % processes == 0:
+        return batch_size // processes, grad_accum, 1.0
+    each = -(-batch_size // processes)
+    return each, grad_accum, math.sqrt(each * processes / batch_size)

@@ -157,16 +157,21 @@ def newest_checkpoint(run: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
     return None, skipped
 
 
-def resume_point(run: Path) -> tuple[Path, int, str | None]:
-    """(checkpoint, its step, a warning naming the skipped ones); broken newer checkpoints are removed."""
+def resume_point(run: Path, tidy: bool = True) -> tuple[Path, int, str | None]:
+    """(checkpoint, its step, a warning naming the skipped ones); broken newer checkpoints are removed if `tidy`.
+
+    Of the processes of a data-parallel run, rank 0 alone tidies; every rank picks the same checkpoint.
+    """
     checkpoint, skipped = newest_checkpoint(run)
     if checkpoint is None:  # checked before the run's lock was taken; gone since
         raise UserError(f"resume: {run} has no complete checkpoint to resume from", field="resume")
+    if not tidy:
+        skipped = []
     for broken, why in skipped:
         # Training repeats their steps from the older checkpoint; kept, they would confuse rotation.
         log.warning("skipped %s: %s; removed, its steps are trained again", broken.name, why)
         shutil.rmtree(broken, ignore_errors=True)
-    for leftover in (run / "checkpoints" / ".staging", run / ".adapter.tmp"):  # a save cut short by a kill
+    for leftover in (run / "checkpoints" / ".staging", run / ".adapter.tmp") if tidy else ():  # a save cut short by a kill
         shutil.rmtree(leftover, ignore_errors=True)  # the room it takes may be what the disk lacks
     step = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))["global_step"]
     log.info("resuming from %s (step %d)", checkpoint.name, step)

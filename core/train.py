@@ -12,6 +12,7 @@ at all (core/saving.py); a full disk, a NaN or a second trainer ends the run wit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -38,8 +39,18 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--config", help="A run's config.json to start from; flags given too override it.")
     add_arguments(parser, TrainConfig)
     flags = vars(parser.parse_args(argv))
-    result = train(build_config(flags))
-    print(json.dumps(result, ensure_ascii=False))
+    cfg = build_config(flags)
+    picked = gpus.parse(cfg.gpus)
+    if len(picked) > 1 and "LOCAL_RANK" not in os.environ:
+        # Several GPUs from a terminal: the same command again under torchrun, one process per GPU.
+        import subprocess
+        import sys
+
+        command = gpus.command([sys.executable, "-m", "core"], ["train", *argv], len(picked))
+        return subprocess.run(command, env=gpus.narrow(dict(os.environ), picked)).returncode
+    result = train(cfg)
+    if gpus.rank() == 0:  # the run's result, once
+        print(json.dumps(result, ensure_ascii=False))
     return 0 if result["state"] in ("finished", "stopped") else 1
 
 
@@ -61,20 +72,25 @@ def train(cfg: TrainConfig) -> dict:
     # Growing segments instead of fixed blocks: packed batches vary in shape, and fragmentation
     # otherwise strands a GiB or more of GPU memory (seen on 13B at batch 8).
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-    # Run by hand on a machine with several GPUs: train on the first (CUDA reads this when it starts).
-    os.environ.update(gpus.one())
+    # Run by hand on a machine with several GPUs: train on the chosen one, else the first (CUDA reads
+    # this when it starts; a launcher's ranks are left as it set them).
     cfg.check()
+    picked = gpus.parse(cfg.gpus)
+    os.environ.update(gpus.narrow(dict(os.environ), picked[:1]) if "LOCAL_RANK" not in os.environ else {})
     run = Path(cfg.out).expanduser().resolve()
-    dataset, folder, checkpoint = check_input(cfg)
+    # Data-parallel (torchrun): every rank trains; rank 0 alone holds the lock and writes the run's files.
+    main = gpus.rank() == 0
+    dataset, folder, checkpoint = check_input(cfg, main=main)
     logs.quiet(warnings=True)  # train.log: our lines and real warnings, not loading bars
     from core.status import Status, clear_stop, explain
 
     run.mkdir(parents=True, exist_ok=True)
-    with runs.lock(run):  # a second trainer of this run is refused here, before it writes anything
-        handler = logs.to_file(run / "train.log")
+    # A second trainer of this run is refused here, before it writes anything.
+    with runs.lock(run) if main else contextlib.nullcontext():
+        handler = logs.to_file(run / "train.log") if main else logs.rank_console(gpus.rank())
         status = None
         try:
-            status = Status(run, **saving.progress_so_far(run, checkpoint))
+            status = Status(run if main else None, **saving.progress_so_far(run, checkpoint))
             return _train(cfg, run, dataset, folder, status)
         except KeyboardInterrupt:  # interrupted before training began: nothing to save
             log.info("stopped before the first step")
@@ -93,17 +109,28 @@ def train(cfg: TrainConfig) -> dict:
                 raise
             return status.data
         finally:
-            clear_stop(run)  # answered: a later resume starts afresh
+            if main:
+                clear_stop(run)  # answered: a later resume starts afresh
             logging.getLogger("qlora_studio").removeHandler(handler)
             handler.close()
 
 
-def check_input(cfg: TrainConfig, fetch: bool = True) -> tuple[Path, str, Path | None]:
+def check_input(cfg: TrainConfig, fetch: bool = True, main: bool = True) -> tuple[Path, str, Path | None]:
     """Refuse bad input before anything is written; the data folder, the model's folder, the checkpoint to resume.
 
     The panel calls this too, with fetch=False, before it starts a run: the same check, the same words.
+    `main` False: another rank of a data-parallel run, which finds rank 0's files already there.
     """
     cfg.check()
+    picked = gpus.parse(cfg.gpus)
+    if picked:
+        have = gpus.count()
+        if not have:
+            raise UserError("gpus: this machine has no GPU; leave GPUs empty to train on the CPU", field="gpus")
+        missing = [g for g in picked if int(g) >= have]
+        if missing:
+            raise UserError(f"gpus: there is no GPU {missing[0]}; this machine has {have} "
+                            f"(numbered 0 to {have - 1})", field="gpus")
     run = Path(cfg.out).expanduser().resolve()
     data = Path(cfg.data).expanduser()
     if not (data / "manifest.json").is_file() or not (data / "train.jsonl").is_file():
@@ -112,7 +139,7 @@ def check_input(cfg: TrainConfig, fetch: bool = True) -> tuple[Path, str, Path |
     if run.exists() and not run.is_dir():
         raise UserError(f"out: {cfg.out} is a file; choose a new run folder", field="out")
     extra = sorted(p.name for p in run.iterdir() if p.name not in PRESTART_FILES) if run.is_dir() else []
-    if extra and not cfg.resume:
+    if extra and not cfg.resume and main:
         raise UserError(f"out: run folder {cfg.out} already holds a run ({extra[0]}); choose a new folder "
                         "or resume it", field="out")
     checkpoint = None
@@ -134,41 +161,43 @@ def _train(cfg: TrainConfig, run: Path, data: Path, folder: str, status) -> dict
     from core.packing import Counting
 
     torch.manual_seed(cfg.seed)
+    main = gpus.rank() == 0
     template = Template.from_dict(read_manifest(data).get("template"))
-    if not (run / "config.json").is_file() or cfg.resume:
+    if main and (not (run / "config.json").is_file() or cfg.resume):
         cfg.save(run / "config.json")  # never a secret: keys come from the environment only
 
     dev = parts.device(cfg)
     status.update(device=dev.name, mode=dev.mode)
     log.info("run %s: model %s, data %s (%s template), preset %s", run, cfg.model, data, template.label, cfg.preset)
     log.info("device %s; %s", dev.name, dev.why)
+    work = _share(cfg)  # the settings one process of a data-parallel run trains with
     if dev.cuda and cfg.liger_kernels and not parts.has_liger():
         log.info("liger_kernels: the liger-kernel package is not installed; using the model's own layers")
     if cfg.offload_activations:
         log.info("offload_activations: %s", "saved activations go to CPU memory" if dev.cuda else "no GPU, nothing to offload (ignored)")
     # Pinned while the model loads, instead of during the first step.
-    arena = parts.pinned_arena(cfg, folder) if cfg.offload_activations and dev.cuda else None
-    resume = saving.resume_point(run) if cfg.resume else None  # (checkpoint, its step, what was skipped)
+    arena = parts.pinned_arena(work, folder) if cfg.offload_activations and dev.cuda else None
+    resume = saving.resume_point(run, tidy=main) if cfg.resume else None  # (checkpoint, its step, what was skipped)
     if resume:
         status.update(resumed_from=resume[0].name, warning=resume[2])
     stop = StopFlag(run)
     stop.install()
 
     tokenizer = models.load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    train_rows = parts.tokenized(data / "train.jsonl", tokenizer, cfg)
-    eval_rows = parts.tokenized(data / "eval.jsonl", tokenizer, cfg) if (data / "eval.jsonl").is_file() else None
+    train_rows = parts.tokenized(data / "train.jsonl", tokenizer, work)
+    eval_rows = parts.tokenized(data / "eval.jsonl", tokenizer, work) if (data / "eval.jsonl").is_file() else None
     log.info("%d training rows%s", len(train_rows), f", {len(eval_rows)} eval rows" if eval_rows else "")
     loading = time.time()
-    model = parts.load_model(cfg, folder, dev)
+    model = parts.load_model(work, folder, dev)
     log.info("base model loaded in %.1f s", time.time() - loading)
 
-    tracking = tracking_setup(cfg.report_to, cfg.wandb_project, run)
-    if resume:  # the steps after the checkpoint are trained again: their old lines would be doubled in the chart
+    tracking = tracking_setup(cfg.report_to, cfg.wandb_project, run) if main else []
+    if resume and main:  # the steps after the checkpoint are trained again: their old lines would be doubled in the chart
         keep_metrics_until(run / "metrics.jsonl", resume[1])
     counter = Counting(None)
-    progress = Progress(run / "metrics.jsonl", status, stop, log, dev, counter)
+    progress = Progress(run / "metrics.jsonl" if main else None, status, stop, log, dev, counter)
     guard = Guard(status, log, fp16=dev.fp16)  # after Progress: it has the last say on saving
-    trainer = parts.build(cfg, parts.sft_args(cfg, run, dev, tracking, eval_rows is not None), model, tokenizer,
+    trainer = parts.build(work, parts.sft_args(work, run, dev, tracking, eval_rows is not None), model, tokenizer,
                           train_rows, eval_rows, [progress, guard], counter, arena)
     log.info("trainable parameters: %s", parts.count(trainer.model))
     weights = trainer.trainable_bytes()
@@ -176,7 +205,7 @@ def _train(cfg: TrainConfig, run: Path, data: Path, folder: str, status) -> dict
     # moments) and for the adapter.
     saving.ensure_space(run, weights * (4 if cfg.save_steps else 1), saving.RESUME_HINT if resume else saving.START_HINT)
 
-    if stop.requested:  # asked while the model loaded: end before the first step, with nothing to keep
+    if stop.agreed():  # asked while the model loaded: end before the first step, with nothing to keep
         stop.uninstall()
         log.info("stop requested before the first step: nothing was trained")
         status.update(state="stopped", ended=time.time(), hint="stopped before training began: nothing to keep")
@@ -186,6 +215,9 @@ def _train(cfg: TrainConfig, run: Path, data: Path, folder: str, status) -> dict
     finally:
         progress.close()
         stop.uninstall()
+    if not main:  # its part is done: rank 0 saves the adapter and reports how the run ended
+        status.update(state="stopped" if stop.requested else "finished")
+        return status.data
     if guard.problem:  # no adapter of NaN weights; the checkpoints before the problem stay
         raise UserError(guard.problem, hint=NAN_HINT)
 
@@ -199,3 +231,16 @@ def _train(cfg: TrainConfig, run: Path, data: Path, folder: str, status) -> dict
 
         wandb.finish()
     return status.data
+
+
+def _share(cfg: TrainConfig) -> TrainConfig:
+    """The settings of one process of a data-parallel run: its part of each update (see core/plan.share)."""
+    from core.plan import share
+
+    n = gpus.world()
+    if n <= 1:
+        return cfg
+    batch, accum, factor = share(cfg.batch_size, cfg.grad_accum, n)
+    log.info("%d processes train together: %d rows x %d accumulation each, %d rows an update%s", n, batch, accum,
+             batch * accum * n, f"; learning rate x {factor:.3g} for the larger update" if factor != 1 else "")
+    return cfg.replace(batch_size=batch, grad_accum=accum, learning_rate=cfg.learning_rate * factor)

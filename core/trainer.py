@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from core import models
+from core import gpus, models
 from core.config import TrainConfig
 from core.errors import UserError
 
@@ -28,6 +28,7 @@ class Device:
     why: str  # the log line
     cuda: bool
     dtype: object  # the torch dtype of the math
+    index: int = 0  # which visible GPU (a data-parallel rank's own)
 
     @property
     def fp16(self) -> bool:
@@ -51,13 +52,16 @@ def device(cfg: TrainConfig) -> Device:
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     else:
         dtype = getattr(torch, cfg.compute_dtype)
-    name = f"cuda:0 {torch.cuda.get_device_name(0)}"
+    index = gpus.local_rank()
+    torch.cuda.set_device(index)
+    name = f"cuda:{index} {torch.cuda.get_device_name(index)}"
     dt = str(dtype).removeprefix("torch.")
     short = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}[dt]
     if cfg.quantization == "4bit":
         dq = " + double quant" if cfg.double_quant else ""
-        return Device(name, f"4-bit NF4 ({short} compute)", f"QLoRA: 4-bit NF4{dq}, {short} compute", True, dtype)
-    return Device(name, f"LoRA {dt}", f"plain LoRA in {dt} (quantization off)", True, dtype)
+        return Device(name, f"4-bit NF4 ({short} compute)", f"QLoRA: 4-bit NF4{dq}, {short} compute", True, dtype,
+                      index)
+    return Device(name, f"LoRA {dt}", f"plain LoRA in {dt} (quantization off)", True, dtype, index)
 
 
 def has_liger() -> bool:
@@ -83,8 +87,9 @@ def pinned_arena(cfg: TrainConfig, folder: str):
 
 def tokenized(path: Path, tokenizer, cfg: TrainConfig):
     """input_ids + completion_mask per row, segment by segment, so the mask follows the template exactly."""
-    from datasets import Dataset
+    from datasets import Dataset, disable_progress_bars
 
+    disable_progress_bars()  # trl maps the rows again; its bars would fill train.log (once per rank)
     bos = models.leading_bos(tokenizer)
     rows, dropped = [], 0
     with open(path, encoding="utf-8") as f:
@@ -125,7 +130,7 @@ def load_model(cfg: TrainConfig, folder: str, device: Device):
             kw["quantization_config"] = BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_quant_type="nf4",
                 bnb_4bit_use_double_quant=cfg.double_quant, bnb_4bit_compute_dtype=dtype)
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, device_map={"": 0}, **kw)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, device_map={"": device.index}, **kw)
             if dtype == torch.float16:
                 # fp16's narrow range needs float32 norms, embeddings and head (the classic QLoRA recipe).
                 model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
@@ -139,7 +144,7 @@ def load_model(cfg: TrainConfig, folder: str, device: Device):
         else:
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype if cuda else torch.float32, **kw)
             if cuda:
-                model.to("cuda:0")
+                model.to(f"cuda:{device.index}")
     except (OSError, ValueError) as e:
         raise UserError(f"model: cannot load {cfg.model}: {str(e).splitlines()[0]}", field="model") from None
     # Without a cache, transformers reads restarting position_ids as separate rows: packed rows
@@ -197,6 +202,8 @@ def sft_args(cfg: TrainConfig, run: Path, dev: Device, tracking: list[str], eval
         run_name=run.name,
         disable_tqdm=True,  # train.log gets one clear line per logging step instead of progress bars
         dataloader_pin_memory=dev.cuda,
+        # LoRA leaves every frozen weight out of the gradient: no search for unused ones each step.
+        ddp_find_unused_parameters=False if gpus.world() > 1 else None,
     )
 
 

@@ -52,3 +52,37 @@ def test_panel_job_sees_one_gpu_and_the_monitor_sees_all(small_random_model, mon
     status = status.read(job.folder)
     assert status["state"] == "finished", (status, job.log_tail(30))
     assert len(monitor.snapshot()["gpus"]) >= 2
+
+
+def test_two_gpus_train_together_stop_saves_and_resume_continues(small_random_model):  # noqa: F811
+    from test_parallel import run_stop_resume
+
+    from core.config import preset
+
+    model, data = small_random_model
+    cfg = preset("default", model=model, data=data, out=str(scratch() / "two"), gpus="0,1", max_steps=10,
+                 logging_steps=1, save_steps=1, max_seq_length=128, batch_size=4)
+    run = run_stop_resume(cfg)
+    first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["device"].startswith("cuda:0")
+
+
+def test_two_launchers_as_two_nodes_train_one_run(small_random_model):  # noqa: F811
+    # The launcher's multi-node options on one host: node 0 and node 1, one GPU each.
+    model, data = small_random_model
+    run = scratch() / "nodes"
+    port = "29517"
+    procs = []
+    for node in (0, 1):
+        env = {**_child_env(), "CUDA_VISIBLE_DEVICES": str(node), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node-rank={node}",
+             "--master-addr=127.0.0.1", f"--master-port={port}", "--nproc-per-node=1",
+             "-m", "core", "train", "--model", model, "--data", data, "--out", str(run), *TINY],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "finished" and status["step"] == 3, status
+    assert "2 processes train together" in (run / "train.log").read_text()
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()

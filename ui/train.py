@@ -20,8 +20,9 @@ from ui.i18n import help, lang, say, t
 HIDDEN = ("model", "data", "out", "preset", "resume")
 BASIC = ("max_steps", "learning_rate", "batch_size", "grad_accum", "max_seq_length",
          "lora_r", "lora_alpha", "lora_dropout", "logging_steps", "save_steps")
-ADVANCED = tuple(f.name for f in fields(TrainConfig) if f.name not in HIDDEN + BASIC)
-SETTINGS = BASIC + ADVANCED
+PLACED = ("gpus",)  # next to the model, and only on a machine with several GPUs
+ADVANCED = tuple(f.name for f in fields(TrainConfig) if f.name not in HIDDEN + BASIC + PLACED)
+SETTINGS = BASIC + ADVANCED + PLACED
 GPU_ONLY = ("quantization", "double_quant", "liger_kernels", "offload_activations")
 
 
@@ -50,6 +51,21 @@ def run_choices() -> list[tuple[str, str]]:
 
 
 PLAN = ("batch_size", "grad_accum", "max_seq_length", "packing", "max_steps", "epochs")
+
+
+def gpu_choices(language: str = "en") -> list[tuple[str, str]]:
+    """The GPU picker's choices: each GPU with its free memory, then all of them together."""
+    from core import monitor
+
+    found = monitor.snapshot().get("gpus", [])
+    choices = [("", "")] if not found else [(say("gpu_first", language), "")]
+    for g in found:
+        free = g.get("memory_total_gb", 0) - g.get("memory_used_gb", 0)
+        choices.append((say("gpu_one", language, index=g["index"], name=g["name"], free=f"{free:.0f}"), str(g["index"])))
+    if len(found) > 1:
+        every = ",".join(str(g["index"]) for g in found)
+        choices.append((say("gpu_all", language, n=len(found)), every))
+    return choices
 MANY_PASSES = 10
 
 
@@ -70,6 +86,14 @@ def plan_text(request: gr.Request | None, data, *values) -> str:
     language = lang(request)
     text = say("plan", language, updates=f"{info['updates']:,}", passes=f"{info['passes']:g}",
                tokens=f"{info['tokens_per_update']:,}", rows=f"{info['rows_per_update']:g}")
+    n = len(gpus.parse(cfg.gpus))
+    if n > 1:  # data-parallel: the GPUs share each update
+        from core.plan import share
+
+        batch, accum, factor = share(cfg.batch_size, cfg.grad_accum, n)
+        text += "  \n" + say("plan_gpus", language, n=n, batch=batch, accum=accum, rows=batch * accum * n)
+        if factor != 1:
+            text += " " + say("plan_gpus_lr", language, factor=f"{factor:.3g}")
     text += "  \n" + say("template_" + info["template_why"], language, template=info["template"])
     return text + ("  \n" + warn(say("plan_many", language)) if info["passes"] > MANY_PASSES else "")
 
@@ -254,10 +278,14 @@ def build() -> dict:
             with gr.Row():
                 model = gr.Dropdown(models.available(), value="default", label=t("model"), info=help(TrainConfig, "model"), allow_custom_value=True)
                 data = gr.Dropdown(datasets(), label=t("dataset"), info=help(TrainConfig, "data"), allow_custom_value=True)
+            widgets = {}
+            # With several GPUs, which to train on (one, or several sharing each update).
+            several = gpus.count() > 1
+            widgets["gpus"] = widget(TrainConfig, "gpus", "", options=gpu_choices() if several else [("", "")],
+                                     visible=several)
             with gr.Row():
                 preset = gr.Radio(list(PRESETS), value="default", label=t("preset"), info=help(TrainConfig, "preset"))
                 name = gr.Textbox("", label=t("run_name"))
-            widgets = {}
             with gr.Group():
                 with gr.Row():
                     for n in BASIC[:5]:
@@ -295,7 +323,7 @@ def build() -> dict:
     settings = [widgets[n] for n in SETTINGS]
     # Only a preset the user picks fills the form: one set from a run's config must keep the run's values.
     preset.input(fill_preset, preset, settings, api_name=False)
-    for trigger in [data] + [widgets[n] for n in PLAN]:
+    for trigger in [data] + [widgets[n] for n in (*PLAN, "gpus")]:
         trigger.change(plan_text, [data, *settings], plan, api_name=False, show_progress="hidden")
     start_btn.click(start, [model, data, preset, name, wandb_key, *settings], [problems, viewed], api_name="start")
     stop_btn.click(stop, None, problems, api_name="stop")
