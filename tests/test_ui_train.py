@@ -76,3 +76,26 @@ def test_without_a_gpu_the_gpu_only_settings_are_greyed_out(monkeypatch):
     demo = layout.build()
     assert all(getattr(b, "interactive", None) is not False for b in demo.blocks.values()
                if getattr(getattr(b, "label", None), "key", None) == "label_quantization")
+
+
+def test_with_several_gpus_the_train_tab_offers_them_and_says_how_they_share_an_update(tmp_path, monkeypatch):
+    from core import gpus, monitor
+    from core.config import TrainConfig
+    from ui import layout
+    from ui.train import SETTINGS, gpu_choices, plan_text
+
+    cards = [{"index": i, "name": "NVIDIA H200", "memory_total_gb": 140.0, "memory_used_gb": 1.0} for i in (0, 1)]
+    monkeypatch.setattr(monitor, "snapshot", lambda: {"gpus": cards})
+    monkeypatch.setattr(gpus, "count", lambda: 2)
+    assert gpu_choices() == [("the first GPU", ""), ("GPU 0 · NVIDIA H200 · 139 GiB free", "0"),
+                             ("GPU 1 · NVIDIA H200 · 139 GiB free", "1"), ("all 2 GPUs, sharing each update", "0,1")]
+    demo = layout.build()
+    picker = [b for b in demo.blocks.values() if getattr(getattr(b, "label", None), "key", None) == "label_gpus"]
+    assert len(picker) == 1 and picker[0].visible and ("all 2 GPUs, sharing each update", "0,1") in picker[0].choices
+
+    data = _dataset(tmp_path, [40] * 64)
+    values = [getattr(TrainConfig(), n) for n in SETTINGS]
+    values[SETTINGS.index("gpus")] = "0,1"
+    assert "2 GPUs share each update: 8 rows x 1 accumulation on each, 16 rows an update" in plan_text(None, data, *values)
+    values[SETTINGS.index("batch_size")] = 3
+    assert "learning rate is multiplied by 1.15" in plan_text(None, data, *values)
