@@ -276,7 +276,10 @@ def test_trainer_state_round_trips_without_pickle(tmp_path):
 
 @pytest.mark.slow
 def test_wandb_without_key_or_network_logs_offline(tmp_path):
+    from core import paths
+
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["QLORA_STUDIO_CACHE"] = str(paths.cache())  # the converted embedded model, not converted again
     env["HOME"] = str(tmp_path / "home")  # no ~/.netrc: no key anywhere
     run = tmp_path / "run"
     cfg = preset("default", data=str(identity_dataset()), out=str(run), max_steps=1, report_to="wandb",
