@@ -293,7 +293,7 @@ SAY = {
         "export_modelfile": "Ollama Modelfile: `{path}` (its template is the one the model was trained with).",
         "export_no_quantizer": "The 4-bit Q4_K_M file was not made: it needs llama.cpp's llama-quantize, which is not installed on this machine (put it on the PATH, or set QLORA_STUDIO_LLAMA_QUANTIZE to it). The 16-bit file is complete; choose q8_0 for a smaller file made without it.",
         "export_unsupported": "This model cannot be exported to GGUF here: {why}. The merged folder still works in the Chat tab and with transformers.",
-        "export_howto": "Run it: `cd {out} && ollama create mymodel -f Modelfile && ollama run mymodel`, or `llama-cli -m {out}/FILE.gguf -cnv` with llama.cpp.",
+        "export_howto": "Run it: `cd {out} && ollama create {name} -f Modelfile && ollama run {name}`, or with llama.cpp: `llama-cli -m {out}/{file} -cnv`.",
         # ---- compare runs ----
         "col_setting": "Setting", "col_measure": "Measure",
         "compare_pick_two": "Pick at least two runs to compare.",
@@ -363,7 +363,7 @@ SAY = {
         "export_modelfile": "Ollama Modelfile：`{path}`（其中的模板就是训练时用的模板）。",
         "export_no_quantizer": "没有生成 4 位的 Q4_K_M 文件：这需要 llama.cpp 的 llama-quantize，而这台机器上没有安装（把它放到 PATH 里，或用环境变量 QLORA_STUDIO_LLAMA_QUANTIZE 指向它）。16 位文件已完整生成；想要更小的文件而不装它，可以选 q8_0。",
         "export_unsupported": "这个模型无法在这里导出为 GGUF：{why}。合并后的文件夹仍可以在“对话”页和 transformers 中使用。",
-        "export_howto": "运行方法：`cd {out} && ollama create mymodel -f Modelfile && ollama run mymodel`，或者用 llama.cpp：`llama-cli -m {out}/文件名.gguf -cnv`。",
+        "export_howto": "运行方法：`cd {out} && ollama create {name} -f Modelfile && ollama run {name}`，或者用 llama.cpp：`llama-cli -m {out}/{file} -cnv`。",
         # ---- compare runs ----
         "col_setting": "设置", "col_measure": "指标",
         "compare_pick_two": "请至少选两次训练来对比。",

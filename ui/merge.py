@@ -127,7 +127,9 @@ def export_result_text(folder: str | Path, language: str) -> str:
     lines.append(say("export_modelfile", language, path=report.get("modelfile", "")))
     if report.get("skipped"):
         lines.append(warn(say("export_no_quantizer", language)))
-    lines.append(say("export_howto", language, out=report["path"]))
+    files = report.get("files") or [{"path": "model.gguf"}]
+    name = "".join(c if c.isalnum() or c in "-._" else "-" for c in Path(report["path"]).name.lower())
+    lines.append(say("export_howto", language, out=report["path"], name=name, file=Path(files[-1]["path"]).name))
     return "\n\n".join(lines)
 
 
