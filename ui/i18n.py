@@ -50,7 +50,7 @@ EN: dict[str, str] = {
     "compare_pick": "Runs to compare", "compare_btn": "Compare", "compare_settings": "Settings",
     "compare_learned": "Did it learn (eval loss before and after training)",
     # ---- job notice ----
-    "notice_ask": "🔔 Notify me when a job ends",
+    "notice_ask": "Notify me when a job ends",
 }
 
 ZH: dict[str, str] = {
@@ -87,7 +87,7 @@ ZH: dict[str, str] = {
     "compare_pick": "要对比的训练", "compare_btn": "对比", "compare_settings": "设置",
     "compare_learned": "学到了吗（训练前后的评估损失）",
     # ---- job notice ----
-    "notice_ask": "🔔 任务结束时通知我",
+    "notice_ask": "任务结束时通知我",
 }
 
 # Help shown under each setting, in Chinese, by settings class (a field name can mean different

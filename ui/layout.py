@@ -22,8 +22,9 @@ def _reattach(request: gr.Request = None):
 def build() -> gr.Blocks:
     """The whole panel (launch it with `launch_kwargs()`)."""
     with gr.Blocks(title="QLoRA Studio") as demo:
-        gr.Markdown(t("title"))
-        notice.build()
+        with gr.Row():
+            gr.Markdown(t("title"))
+            notice.build()
         with gr.Tabs() as tabs:
             with gr.Tab(t("tab_data"), id="data", elem_id="tab-data"):
                 d = data.build()

@@ -60,7 +60,7 @@ def latest(request: gr.Request = None) -> dict:
 
 def build() -> dict:
     """The hidden job watcher and the button that asks for the browser's permission to notify."""
-    ask = gr.Button(t("notice_ask"), size="sm", elem_id="notice-ask")
+    ask = gr.Button(t("notice_ask"), size="sm", elem_id="notice-ask", scale=0, min_width=220)
     job = gr.JSON(visible=False)
     timer = gr.Timer(2.0)
     timer.tick(latest, None, job, api_name=False, show_progress="hidden").then(None, job, None, js=ON_STATE)

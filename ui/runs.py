@@ -74,8 +74,10 @@ def curves_frame(view: dict, language: str) -> pd.DataFrame:
 def settings_frame(view: dict, language: str):
     """The settings side by side, one column per run; the rows whose values differ are highlighted."""
     setting = say("col_setting", language)
-    rows = [{setting: name, **{run: _shown(v) for run, v in zip(view["runs"], values, strict=True)}}
-            for name, values in view["settings"].items()]
+    # The differences first: they are what a comparison is for.
+    names = sorted(view["settings"], key=lambda name: name not in view["differ"])
+    rows = [{setting: name, **{run: _shown(v) for run, v in zip(view["runs"], view["settings"][name], strict=True)}}
+            for name in names]
     frame = pd.DataFrame(rows, columns=[setting, *view["runs"]])
     differ = [name in view["differ"] for name in frame[setting]]
     return frame.style.apply(lambda row: [DIFFERS if differ[row.name] else ""] * len(row), axis=1)
@@ -108,8 +110,9 @@ def compare(picked: list[str] | None, request: gr.Request = None):
     plot = gr.update(value=curves_frame(view, language), x_title=say("chart_step", language),
                      y_title=say("chart_loss", language), color_title=say("chart_series", language))
     differ = len(view["differ"])
-    return (say("compare_differ", language, n=differ), plot, settings_frame(view, language),
-            learned_frame(view, language))
+    shown = dict(visible=True)
+    return (say("compare_differ", language, n=differ), gr.update(**plot, **shown),
+            gr.update(value=settings_frame(view, language), **shown), gr.update(value=learned_frame(view, language), **shown))
 
 
 def build() -> dict:
@@ -131,11 +134,12 @@ def build() -> dict:
         picked = gr.Dropdown(run_choices(), multiselect=True, label=t("compare_pick"), scale=4)
         go = gr.Button(t("compare_btn"), variant="primary", scale=1)
     note = gr.Markdown()
+    # Hidden until two runs are compared: empty, they would only show placeholder headers.
     plot = gr.LinePlot(curves_frame({"curves": []}, "en"), x="step", y="loss", color="series",
-                       label=t("loss_chart"), height=320)
+                       label=t("loss_chart"), height=320, visible=False)
     with gr.Row():
-        settings = gr.Dataframe(label=t("compare_settings"), interactive=False, wrap=True, max_height=420)
-        learned = gr.Dataframe(label=t("compare_learned"), interactive=False, wrap=True)
+        settings = gr.Dataframe(label=t("compare_settings"), interactive=False, wrap=True, max_height=420, visible=False)
+        learned = gr.Dataframe(label=t("compare_learned"), interactive=False, wrap=True, visible=False)
     go.click(compare, picked, [note, plot, settings, learned], api_name="compare")
     return {"frame": frame, "selected": selected, "to_train": to_train, "to_merge": to_merge, "to_chat": to_chat,
             "picked": picked}
