@@ -121,3 +121,14 @@ def test_an_architecture_the_converter_lacks_is_refused_in_words(tmp_path):
     finally:
         mp.undo()
     assert "无法在这里导出为 GGUF" in shown and "NoSuchNetForCausalLM" in shown
+
+
+def test_the_panel_names_only_folders_inside_merged_and_exports(tmp_path, monkeypatch):
+    from ui.merge import export_config
+
+    monkeypatch.setenv("QLORA_STUDIO_HOME", str(tmp_path))
+    cfg = export_config("demo", "", "q8_0")
+    assert cfg.model == str(tmp_path / "merged" / "demo") and cfg.out == str(tmp_path / "exports" / "demo")
+    for model, out in (("../../etc", ""), ("/etc", ""), ("demo", "../../tmp/x"), ("demo", "/tmp/x")):
+        with pytest.raises(UserError):
+            export_config(model, out, "q8_0")
