@@ -17,6 +17,7 @@ COMMANDS = {
     "prepare": ("core.data", "sample and convert an instruction file into a training dataset"),
     "train": ("core.train", "QLoRA fine-tune a model on a prepared dataset"),
     "merge": ("core.merge", "merge a trained adapter into its base model"),
+    "export": ("core.export", "export a merged model to GGUF with an Ollama Modelfile"),
     "chat": ("core.chat", "chat with a model, a merged model or base + adapter"),
     "monitor": ("core.monitor", "print a GPU / CPU / RAM snapshot"),
 }

@@ -284,6 +284,24 @@ class MergeConfig(_Config):
 
 # ---------------------------------------------------------------------------------------
 @dataclass
+class ExportConfig(_Config):
+    """A merged model as GGUF files (llama.cpp, Ollama, LM Studio) with an Ollama Modelfile."""
+
+    model: str = _f("", "The merged model folder to export.")
+    out: str = _f("", "Folder to write the GGUF files and the Modelfile into (must not exist).")
+    quant: str = _f("q4_k_m", "A smaller copy besides the 16-bit file: q4_k_m (4-bit, about 30% of the size; needs llama.cpp's llama-quantize), q8_0 (8-bit, about 53%), or none.", choices=("q4_k_m", "q8_0", "none"))
+
+    def _rules(self) -> list[str]:
+        out = []
+        if not self.model:
+            out.append("model: choose a merged model")
+        if not self.out:
+            out.append("out: choose an output folder")
+        return out
+
+
+# ---------------------------------------------------------------------------------------
+@dataclass
 class GenerationConfig(_Config):
     """Settings for chat: how the model is loaded on a GPU, and how it samples."""
 

@@ -1,4 +1,4 @@
-"""Long jobs (training, merging) as child processes, watched by a background thread.
+"""Long jobs (training, merging, exporting) as child processes, watched by a background thread.
 
 A job is `python -m core train|merge ...` started without a shell, in its own session, so
 closing the browser or restarting the panel never kills it. A small record
@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 
 from core import gpus, merge, models, paths, runs, status
-from core.config import MergeConfig, TrainConfig
+from core.config import ExportConfig, MergeConfig, TrainConfig
 from core.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,6 +127,14 @@ class JobManager:
         self._watch(job)  # a restarted panel must still notice a crash
         return job
 
+    def last(self) -> Job | None:
+        """The newest job of this workspace, running or ended (its status says which), or None."""
+        try:
+            rec = json.loads(_job_file().read_text(encoding="utf-8"))
+            return Job(**{k: rec[k] for k in RECORD if k in rec})
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+
     # ---- starting ----------------------------------------------------------------------
     def start_train(self, cfg: TrainConfig, env: dict | None = None) -> Job:
         """Validate cfg, create the run folder, save config.json and start the training child."""
@@ -190,6 +198,22 @@ class JobManager:
                 argv.append("--trust-remote-code")
             return self._spawn("merge", argv, folder, folder / "merge.log", None)
 
+    def start_export(self, cfg: ExportConfig) -> Job:
+        """Start exporting a merged model to GGUF in a child process (status beside the output, like a merge)."""
+        if not cfg.out:
+            cfg = cfg.replace(out=str(paths.unique(paths.exports() / (Path(cfg.model).name or "model"))))
+        cfg.check()
+        out = Path(cfg.out).resolve()
+        if out.exists():
+            raise UserError(f"out: {out} already exists; choose another folder", field="out")
+        with self._lock:
+            self._refuse_second()
+            folder = merge.job_folder(out)
+            folder.mkdir(parents=True, exist_ok=True)
+            status.write_json(folder / status.FILE, {**status.FIELDS, "state": "starting", "started": time.time()})
+            argv = ["export", "--model", str(Path(cfg.model).resolve()), "--out", str(out), "--quant", cfg.quant]
+            return self._spawn("export", argv, folder, folder / "export.log", None)
+
     def _refuse_second(self) -> None:
         job = self.current()
         if job is None:
@@ -201,7 +225,7 @@ class JobManager:
                 time.sleep(0.2)
             if not job.alive():
                 return
-        what = "a training run" if job.kind == "train" else "a merge"
+        what = {"train": "a training run", "merge": "a merge", "export": "an export"}.get(job.kind, "a job")
         raise UserError(f"{what} is already going: {Path(job.folder).name}; stop it first or wait")
 
     def _spawn(self, kind: str, argv: list[str], folder: Path, log: Path, env: dict | None,
@@ -308,6 +332,11 @@ def current() -> Job | None:
     return _manager.current()
 
 
+def last() -> Job | None:
+    """The newest job of this workspace, running or ended."""
+    return _manager.last()
+
+
 def start_train(cfg: TrainConfig, env: dict | None = None) -> Job:
     """Start a training run (see JobManager.start_train)."""
     return _manager.start_train(cfg, env)
@@ -316,6 +345,11 @@ def start_train(cfg: TrainConfig, env: dict | None = None) -> Job:
 def start_merge(cfg: MergeConfig) -> Job:
     """Start a merge (see JobManager.start_merge)."""
     return _manager.start_merge(cfg)
+
+
+def start_export(cfg: ExportConfig) -> Job:
+    """Start a GGUF export (see JobManager.start_export)."""
+    return _manager.start_export(cfg)
 
 
 def resume(run: str | Path, env: dict | None = None) -> Job:

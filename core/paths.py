@@ -57,6 +57,11 @@ def merged() -> Path:
     return home() / "merged"
 
 
+def exports() -> Path:
+    """GGUF exports of merged models, each in its own folder with an Ollama Modelfile."""
+    return home() / "exports"
+
+
 def models() -> Path:
     """Local model folders the user drops in; the panel lists them."""
     return home() / "models"

@@ -156,3 +156,33 @@ def locked(run: str | Path) -> bool:
             return True
         fcntl.flock(f, fcntl.LOCK_UN)
         return False
+
+
+# ---- comparing runs ----------------------------------------------------------------------------
+LEARNED = "learned.json"
+
+
+def read_learned(run: str | Path) -> dict:
+    """RUN/learned.json, the run's "did it learn" summary (eval loss before and after), {} if it has none."""
+    return status.read_json(Path(run) / LEARNED)
+
+
+def compare(folders: list[str | Path]) -> dict:
+    """Several runs side by side: their losses by step, their settings, and their "did it learn" numbers.
+
+    {"curves": [{"run", "step", "loss", "series": "train"|"eval"}], "settings": {name: [value per run]},
+     "differ": {names whose values are not all equal}, "learned": [dict per run]}
+    """
+    folders = [Path(f) for f in folders]
+    curves = []
+    for run in folders:
+        for m in read_metrics(run):
+            for key, series in (("loss", "train"), ("eval_loss", "eval")):
+                if m.get(key) is not None:
+                    curves.append({"run": run.name, "step": m.get("step", 0), "loss": m[key], "series": series})
+    configs = [read_config(run) for run in folders]
+    names = list(dict.fromkeys(k for c in configs for k in c if k not in ("out", "resume")))
+    settings = {name: [c.get(name) for c in configs] for name in names}
+    differ = {name for name, values in settings.items() if len({json.dumps(v, sort_keys=True) for v in values}) > 1}
+    return {"runs": [run.name for run in folders], "curves": curves, "settings": settings, "differ": differ,
+            "learned": [read_learned(run) for run in folders]}

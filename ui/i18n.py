@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from core.config import GenerationConfig, MergeConfig, PrepareConfig, TrainConfig
+from core.config import ExportConfig, GenerationConfig, MergeConfig, PrepareConfig, TrainConfig
 
 EN: dict[str, str] = {
     "title": "# QLoRA Studio\nFine-tune a language model on your own instruction data: **1 Data → 2 Train → 3 Merge → 4 Chat**.",
@@ -41,6 +41,16 @@ EN: dict[str, str] = {
     "runs_intro": "Every training run in this workspace. Select a row, then open it.",
     "open_train": "Show in Train", "open_merge": "Merge this run", "open_chat": "Chat with this run",
     "selected": "Selected run",
+    # ---- export ----
+    "export_intro": "### Export to GGUF\nTurn a merged model into GGUF files for llama.cpp, Ollama and LM Studio, with an Ollama Modelfile that prompts it the way it was trained.",
+    "export_model": "Merged model", "export_out": "Name of the export (a folder in workspace/exports; empty = the model's name)",
+    "export_btn": "Export to GGUF",
+    # ---- compare runs ----
+    "compare_intro": "### Compare runs\nPick two or more runs: their loss curves on one chart, their settings side by side (the differences highlighted) and whether each one learned.",
+    "compare_pick": "Runs to compare", "compare_btn": "Compare", "compare_settings": "Settings",
+    "compare_learned": "Did it learn (eval loss before and after training)",
+    # ---- job notice ----
+    "notice_ask": "Notify me when a job ends",
 }
 
 ZH: dict[str, str] = {
@@ -68,6 +78,16 @@ ZH: dict[str, str] = {
     "runs_intro": "本工作区里的所有训练。选中一行后，可以查看曲线、合并或对话。",
     "open_train": "在训练页查看", "open_merge": "合并这次训练", "open_chat": "和它对话",
     "selected": "选中的训练",
+    # ---- export ----
+    "export_intro": "### 导出为 GGUF\n把合并后的模型导出成 llama.cpp、Ollama 和 LM Studio 使用的 GGUF 文件，并附带一个 Ollama Modelfile，按训练时的模板给模型提问。",
+    "export_model": "合并后的模型", "export_out": "导出的名称（workspace/exports 里的文件夹；留空 = 模型的名称）",
+    "export_btn": "导出为 GGUF",
+    # ---- compare runs ----
+    "compare_intro": "### 对比训练\n选两次或更多次训练：损失曲线画在同一张图上，设置并排列出（不同之处高亮），并看每次训练是否学到了东西。",
+    "compare_pick": "要对比的训练", "compare_btn": "对比", "compare_settings": "设置",
+    "compare_learned": "学到了吗（训练前后的评估损失）",
+    # ---- job notice ----
+    "notice_ask": "任务结束时通知我",
 }
 
 # Help shown under each setting, in Chinese, by settings class (a field name can mean different
@@ -140,6 +160,12 @@ HELP_ZH: dict[str, dict[str, str]] = {
         "repetition_penalty": "大于 1 时减少重复。",
         "max_new_tokens": "回答最多多少个 token。",
     },
+    # ---- export ----
+    "ExportConfig": {
+        "model": "要导出的合并后模型的文件夹。",
+        "out": "写入 GGUF 文件和 Modelfile 的文件夹（不能已经存在）。",
+        "quant": "在 16 位文件之外再导出一个更小的版本：q4_k_m（4 位，约为 16 位大小的 30%；需要 llama.cpp 的 llama-quantize）、q8_0（8 位，约 53%），或 none（不导出）。",
+    },
 }
 
 # Field labels: the setting's name in words.
@@ -156,6 +182,8 @@ LABEL_EN: dict[str, str] = {
     "save_steps": "Save every N steps", "eval_steps": "Eval every N steps", "report_to": "Report to",
     "wandb_project": "wandb project", "system": "System prompt", "temperature": "Temperature", "top_p": "Top-p",
     "top_k": "Top-k", "precision": "Precision", "repetition_penalty": "Repetition penalty", "max_new_tokens": "Max new tokens",
+    # ---- export ----
+    "quant": "Smaller copy",
 }
 LABEL_ZH: dict[str, str] = {
     "sample": "抽样条数", "seed": "随机种子", "template": "模板", "eval_ratio": "评估集比例",
@@ -170,10 +198,12 @@ LABEL_ZH: dict[str, str] = {
     "save_steps": "保存间隔步数", "eval_steps": "评估间隔步数", "report_to": "同步记录到",
     "wandb_project": "wandb 项目", "system": "系统提示词", "temperature": "温度", "top_p": "Top-p",
     "top_k": "Top-k", "precision": "加载精度", "repetition_penalty": "重复惩罚", "max_new_tokens": "最大生成长度",
+    # ---- export ----
+    "quant": "更小的版本",
 }
 
 
-SETTINGS = (PrepareConfig, TrainConfig, MergeConfig, GenerationConfig)
+SETTINGS = (PrepareConfig, TrainConfig, MergeConfig, GenerationConfig, ExportConfig)
 HELP_EN = {cls.__name__: cls.help() for cls in SETTINGS}
 
 
@@ -263,6 +293,24 @@ SAY = {
         "dropped": "Dropped {n} rows ({why}).",
         "tokens_per_row": "Tokens per row: mean {mean}, median {p50}, p95 {p95}, longest {max}.",
         "cut": "Longer than max sequence length {max} (would be cut): {rows} rows ({share}).",
+        # ---- export ----
+        "export_running": "Exporting… (llama.cpp's converter reads the whole model; a 7B model takes a few minutes)",
+        "exported": "Exported to **{out}**:", "export_failed": "The export failed: {cause}",
+        "export_modelfile": "Ollama Modelfile: `{path}` (its template is the one the model was trained with).",
+        "export_no_quantizer": "The 4-bit Q4_K_M file was not made: it needs llama.cpp's llama-quantize, which is not installed on this machine (put it on the PATH, or set QLORA_STUDIO_LLAMA_QUANTIZE to it). The 16-bit file is complete; choose q8_0 for a smaller file made without it.",
+        "export_unsupported": "This model cannot be exported to GGUF here: {why}. The merged folder still works in the Chat tab and with transformers.",
+        "export_howto": "Run it: `cd {out} && ollama create {name} -f Modelfile && ollama run {name}`, or with llama.cpp: `llama-cli -m {out}/{file} -cnv`.",
+        # ---- compare runs ----
+        "col_setting": "Setting", "col_measure": "Measure",
+        "compare_pick_two": "Pick at least two runs to compare.",
+        "compare_differ": "Settings that differ: {n} (highlighted).",
+        "learned_eval_loss_before": "Eval loss before training", "learned_eval_loss_after": "Eval loss after training",
+        "learned_verdict": "Verdict", "learned_eval_rows": "Eval rows measured",
+        "verdict_better": "learned (eval loss fell)", "verdict_worse": "worse (eval loss rose)",
+        "verdict_same": "no change", "verdict_unknown": "unknown",
+        # ---- job notice ----
+        "notice_finished": "finished", "notice_failed": "failed", "notice_stopped": "stopped",
+        "notice_body": "{job} {name}: {state}", "job_train": "Training", "job_merge": "Merge", "job_export": "Export",
     },
     "zh": {
         "state_starting": "正在启动", "state_running": "训练中", "state_stopping": "本步结束后停止",
@@ -320,6 +368,24 @@ SAY = {
         "dropped": "丢弃 {n} 行（{why}）。",
         "tokens_per_row": "每行 token 数：平均 {mean}，中位数 {p50}，p95 {p95}，最长 {max}。",
         "cut": "超过最长序列 {max} 而会被截断的：{rows} 行（{share}）。",
+        # ---- export ----
+        "export_running": "正在导出……（llama.cpp 的转换器要读取整个模型；7B 模型需要几分钟）",
+        "exported": "已导出到 **{out}**：", "export_failed": "导出失败：{cause}",
+        "export_modelfile": "Ollama Modelfile：`{path}`（其中的模板就是训练时用的模板）。",
+        "export_no_quantizer": "没有生成 4 位的 Q4_K_M 文件：这需要 llama.cpp 的 llama-quantize，而这台机器上没有安装（把它放到 PATH 里，或用环境变量 QLORA_STUDIO_LLAMA_QUANTIZE 指向它）。16 位文件已完整生成；想要更小的文件而不装它，可以选 q8_0。",
+        "export_unsupported": "这个模型无法在这里导出为 GGUF：{why}。合并后的文件夹仍可以在“对话”页和 transformers 中使用。",
+        "export_howto": "运行方法：`cd {out} && ollama create {name} -f Modelfile && ollama run {name}`，或者用 llama.cpp：`llama-cli -m {out}/{file} -cnv`。",
+        # ---- compare runs ----
+        "col_setting": "设置", "col_measure": "指标",
+        "compare_pick_two": "请至少选两次训练来对比。",
+        "compare_differ": "不同的设置：{n} 项（已高亮）。",
+        "learned_eval_loss_before": "训练前的评估损失", "learned_eval_loss_after": "训练后的评估损失",
+        "learned_verdict": "结论", "learned_eval_rows": "用于评估的条数",
+        "verdict_better": "学到了（评估损失下降）", "verdict_worse": "变差了（评估损失上升）",
+        "verdict_same": "没有变化", "verdict_unknown": "未知",
+        # ---- job notice ----
+        "notice_finished": "已完成", "notice_failed": "失败", "notice_stopped": "已停止",
+        "notice_body": "{job}任务 {name}：{state}", "job_train": "训练", "job_merge": "合并", "job_export": "导出",
     },
 }
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from ui import chat, data, merge, runs, train
+from ui import chat, data, merge, notice, runs, train
 from ui.i18n import I18N, t
 
 CSS = (Path(__file__).resolve().parent.parent / "assets" / "style.css")
@@ -22,7 +22,9 @@ def _reattach(request: gr.Request = None):
 def build() -> gr.Blocks:
     """The whole panel (launch it with `launch_kwargs()`)."""
     with gr.Blocks(title="QLoRA Studio") as demo:
-        gr.Markdown(t("title"))
+        with gr.Row():
+            gr.Markdown(t("title"))
+            notice.build()
         with gr.Tabs() as tabs:
             with gr.Tab(t("tab_data"), id="data", elem_id="tab-data"):
                 d = data.build()
@@ -38,8 +40,10 @@ def build() -> gr.Blocks:
         train_tab.select(lambda: (gr.update(choices=train.datasets()), gr.update(choices=train.run_choices())),
                          None, [tr["data"], tr["viewed"]], api_name=False)
         merge_tab.select(merge.refresh, None, m["run"], api_name=False)
+        merge_tab.select(merge.refresh_models, None, m["model"], api_name=False)
         chat_tab.select(chat.build_refresh, None, [c["source_a"], c["source_b"]], api_name=False)
         runs_tab.select(runs.table, None, r["frame"], api_name=False)
+        runs_tab.select(runs.refresh_choices, None, r["picked"], api_name=False)
         # A saved dataset is offered (and chosen) in the Train tab at once.
         d["dataset"].change(lambda p: gr.update(choices=train.datasets(), value=p or None), d["dataset"], tr["data"],
                             api_name=False)

@@ -1,4 +1,5 @@
-"""Merge tab: a finished run's adapter folded into its base model, in a child process."""
+"""Merge tab: a finished run's adapter folded into its base model, in a child process; then a merged
+model exported to GGUF (llama.cpp, Ollama, LM Studio) with an Ollama Modelfile."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from pathlib import Path
 
 import gradio as gr
 
+from core import export as exporting
 from core import jobs, models, paths, runs, status
-from core.config import MergeConfig
+from core.config import ExportConfig, MergeConfig
 from core.errors import UserError
 from ui.forms import warn, widget
 from ui.i18n import help, lang, say, t
@@ -93,6 +95,70 @@ def merge(request: gr.Request | None, run, base, out, dtype):
     yield result_text(job.folder, language), job.log_tail(12)
 
 
+# ---- export ----------------------------------------------------------------------------------
+def merged_models() -> list[str]:
+    """The merged model folders of the workspace, newest first (names inside workspace/merged)."""
+    found = [p for p in paths.folders(paths.merged()) if list(p.glob("*.safetensors"))]
+    return [p.name for p in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)]
+
+
+def refresh_models():
+    """Fresh choices for the export's model picker (a merge finished meanwhile)."""
+    return gr.update(choices=merged_models())
+
+
+def export_config(model, out, quant) -> ExportConfig:
+    """The export widgets as one ExportConfig: the model a folder in merged/, the output one in exports/."""
+    folder = str(paths.child(paths.merged(), model, "model")) if model else ""
+    if model and not out:
+        out = paths.unique(paths.exports() / model).name
+    return ExportConfig.from_dict(dict(model=folder, quant=quant,
+                                       out=str(paths.child(paths.exports(), out, "output name")) if out else ""))
+
+
+def export_result_text(folder: str | Path, language: str) -> str:
+    """The files written with their sizes, the Modelfile, and any step that could not be done, in words."""
+    now = status.read(folder)
+    report = now.get("report") or {}
+    if not report.get("path"):
+        return say("export_failed", language, cause=now.get("error") or say("see_log", language))
+    lines = [say("exported", language, out=report["path"])]
+    lines += [f"- `{Path(f['path']).name}` · {f['kind'].upper()} · {_size(f['bytes'])}" for f in report.get("files", [])]
+    lines.append(say("export_modelfile", language, path=report.get("modelfile", "")))
+    if report.get("skipped"):
+        lines.append(warn(say("export_no_quantizer", language)))
+    files = report.get("files") or [{"path": "model.gguf"}]
+    name = "".join(c if c.isalnum() or c in "-._" else "-" for c in Path(report["path"]).name.lower())
+    lines.append(say("export_howto", language, out=report["path"], name=name, file=Path(files[-1]["path"]).name))
+    return "\n\n".join(lines)
+
+
+def export_progress_text(folder: str | Path, language: str) -> str:
+    now = status.read(folder)
+    stage = f"\n\n**{now['progress']:.0%} · {now['message']}**" if now.get("message") else ""
+    return say("export_running", language) + stage
+
+
+def export(request: gr.Request | None, model, out, quant):
+    """Start the export child and report as it goes; a model the converter cannot take is refused in words."""
+    language = lang(request)
+    try:
+        cfg = export_config(model, out, quant)
+        cfg.check()
+        why = exporting.unsupported(cfg.model)
+        if why:
+            yield warn(say("export_unsupported", language, why=why)), ""
+            return
+        job = jobs.start_export(cfg)
+    except UserError as e:
+        yield warn(e), ""
+        return
+    while job.alive():
+        yield export_progress_text(job.folder, language), job.log_tail(12)
+        time.sleep(1.0)
+    yield export_result_text(job.folder, language), job.log_tail(12)
+
+
 def build() -> dict:
     """The Merge tab's widgets."""
     gr.Markdown(t("merge_intro"))
@@ -108,4 +174,16 @@ def build() -> dict:
             log = gr.Textbox(label=t("log"), lines=10, interactive=False)
     run.change(pick, run, [base, out], api_name="pick_run")
     go.click(merge, [run, base, out, dtype], [result, log], api_name="merge", concurrency_id="gpu", concurrency_limit=1)
-    return {"run": run}
+    gr.Markdown(t("export_intro"))
+    with gr.Row():
+        with gr.Column():
+            model = gr.Dropdown(merged_models(), label=t("export_model"), allow_custom_value=True)
+            target = gr.Textbox(label=t("export_out"))
+            quant = widget(ExportConfig, "quant")
+            start = gr.Button(t("export_btn"), variant="primary")
+        with gr.Column():
+            exported = gr.Markdown()
+            export_log = gr.Textbox(label=t("log"), lines=8, interactive=False)
+    start.click(export, [model, target, quant], [exported, export_log], api_name="export", concurrency_id="gpu",
+                concurrency_limit=1)
+    return {"run": run, "model": model}

@@ -1,4 +1,4 @@
-"""Runs tab: every run with its state, model, data, key settings and final loss."""
+"""Runs tab: every run with its state, model, data, key settings and final loss; two or more compared."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from datetime import datetime
 import gradio as gr
 import pandas as pd
 
-from core import runs
+from core import paths, runs
+from core.errors import UserError
+from ui.forms import warn
 from ui.i18n import lang, say, t
 
 COLUMNS = ["name", "state", "step", "model", "data", "preset", "r", "lr", "steps", "batch", "final_loss", "created", "folder"]
@@ -38,6 +40,81 @@ def select(frame: pd.DataFrame, evt: gr.SelectData):
         return ""
 
 
+# ---- compare runs ------------------------------------------------------------------------------
+LEARNED = ("eval_loss_before", "eval_loss_after", "verdict", "eval_rows")
+DIFFERS = "background-color: #fef3c7; font-weight: 600"
+NONE = "—"
+
+
+def run_choices() -> list[tuple[str, str]]:
+    """Every run as (name, folder), newest first."""
+    return [(r["name"], r["folder"]) for r in runs.list_runs()]
+
+
+def refresh_choices():
+    return gr.update(choices=run_choices())
+
+
+def _shown(value) -> str:
+    if value is None or value == "":
+        return NONE
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def curves_frame(view: dict, language: str) -> pd.DataFrame:
+    """Every run's train and eval loss by step, one series (and colour) per run and kind."""
+    names = {"train": say("series_train", language), "eval": say("series_eval", language)}
+    rows = [{"step": c["step"], "loss": c["loss"], "series": f"{c['run']} · {names[c['series']]}"} for c in view["curves"]]
+    return pd.DataFrame(rows, columns=["step", "loss", "series"]).astype(
+        {"step": "int64", "loss": "float64", "series": "string"})
+
+
+def settings_frame(view: dict, language: str):
+    """The settings side by side, one column per run; the rows whose values differ are highlighted."""
+    setting = say("col_setting", language)
+    # The differences first: they are what a comparison is for.
+    names = sorted(view["settings"], key=lambda name: name not in view["differ"])
+    rows = [{setting: name, **{run: _shown(v) for run, v in zip(view["runs"], view["settings"][name], strict=True)}}
+            for name in names]
+    frame = pd.DataFrame(rows, columns=[setting, *view["runs"]])
+    differ = [name in view["differ"] for name in frame[setting]]
+    return frame.style.apply(lambda row: [DIFFERS if differ[row.name] else ""] * len(row), axis=1)
+
+
+def learned_frame(view: dict, language: str) -> pd.DataFrame:
+    """Each run's "did it learn" numbers (eval loss before and after training); — where a run has none."""
+    measure = say("col_measure", language)
+    rows = []
+    for key in LEARNED:
+        values = [d.get(key) for d in view["learned"]]
+        if key == "verdict":
+            values = [say("verdict_" + v, language) if v else None for v in values]
+        rows.append({measure: say("learned_" + key, language),
+                     **{run: _shown(v) for run, v in zip(view["runs"], values, strict=True)}})
+    return pd.DataFrame(rows, columns=[measure, *view["runs"]])
+
+
+def compare(picked: list[str] | None, request: gr.Request = None):
+    """Two or more runs on one chart, their settings and their "did it learn" numbers side by side."""
+    language = lang(request)
+    picked = [p for p in (picked or []) if p]
+    if len(picked) < 2:
+        return warn(say("compare_pick_two", language)), gr.update(), gr.update(), gr.update()
+    try:
+        folders = [paths.inside(p, paths.runs(), "run") for p in picked]
+    except UserError as e:
+        return warn(e), gr.update(), gr.update(), gr.update()
+    view = runs.compare(folders)
+    plot = gr.update(value=curves_frame(view, language), x_title=say("chart_step", language),
+                     y_title=say("chart_loss", language), color_title=say("chart_series", language))
+    differ = len(view["differ"])
+    shown = dict(visible=True)
+    return (say("compare_differ", language, n=differ), gr.update(**plot, **shown),
+            gr.update(value=settings_frame(view, language), **shown), gr.update(value=learned_frame(view, language), **shown))
+
+
 def build() -> dict:
     """The Runs tab's widgets; the layout wires its buttons to the other tabs."""
     gr.Markdown(t("runs_intro"))
@@ -52,4 +129,17 @@ def build() -> dict:
         to_chat = gr.Button(t("open_chat"))
     frame.select(select, frame, selected, api_name=False)
     refresh.click(table, None, frame, api_name="runs")
-    return {"frame": frame, "selected": selected, "to_train": to_train, "to_merge": to_merge, "to_chat": to_chat}
+    gr.Markdown(t("compare_intro"))
+    with gr.Row():
+        picked = gr.Dropdown(run_choices(), multiselect=True, label=t("compare_pick"), scale=4)
+        go = gr.Button(t("compare_btn"), variant="primary", scale=1)
+    note = gr.Markdown()
+    # Hidden until two runs are compared: empty, they would only show placeholder headers.
+    plot = gr.LinePlot(curves_frame({"curves": []}, "en"), x="step", y="loss", color="series",
+                       label=t("loss_chart"), height=420, visible=False)
+    with gr.Row():
+        settings = gr.Dataframe(label=t("compare_settings"), interactive=False, wrap=True, max_height=420, visible=False)
+        learned = gr.Dataframe(label=t("compare_learned"), interactive=False, wrap=True, visible=False)
+    go.click(compare, picked, [note, plot, settings, learned], api_name="compare")
+    return {"frame": frame, "selected": selected, "to_train": to_train, "to_merge": to_merge, "to_chat": to_chat,
+            "picked": picked}

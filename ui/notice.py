@@ -1,0 +1,68 @@
+"""A notice when a job ends (training, merge, export): a browser notification where the user allowed
+them, and the tab title (`✓ finished · QLoRA Studio`) in any case.
+
+The panel polls the newest job's status every few seconds, as it does for the progress it shows.
+The page remembers the last state it saw; when a job it saw running reaches a final state, the
+title changes and, if the user said yes when asked (on a click, never on load), a notification
+appears. A job that had already ended when the page opened gives no notice.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from core import jobs, status
+from ui.i18n import lang, say, t
+
+TITLE = "QLoRA Studio"
+MARKS = {"finished": "✓", "failed": "✗", "stopped": "■"}
+
+# The page's side: compare with the state seen last; on live → final, the title and a notification.
+ON_STATE = """(job) => {
+  const live = ["starting", "running", "stopping"];
+  const seen = window.qlsJob || {};
+  if (job && job.id) {
+    if (seen.id === job.id && live.includes(seen.state) && job.title && !live.includes(job.state)) {
+      document.title = job.title;
+      if ("Notification" in window && Notification.permission === "granted") {
+        new Notification(job.title, {body: job.body});
+      }
+    } else if (live.includes(job.state)) {
+      document.title = "%s";
+    }
+    window.qlsJob = {id: job.id, state: job.state};
+  }
+}""" % TITLE
+ASK = """() => {
+  if ("Notification" in window && Notification.permission === "default") { Notification.requestPermission(); }
+}"""
+
+
+def latest(request: gr.Request = None) -> dict:
+    """The newest job: an id, its state, and for an ended one the title and notification text in the reader's language."""
+    job = jobs.last()
+    if job is None:
+        return {}
+    now = status.read(job.folder, job.log)
+    state = now["state"]
+    out = {"id": f"{job.pid}:{job.started}", "state": state, "kind": job.kind}
+    if state in MARKS:
+        language = lang(request)
+        name = Path(job.folder).name.lstrip(".").removesuffix(".job")
+        out["title"] = f"{MARKS[state]} {say('notice_' + state, language)} · {TITLE}"
+        body = say("notice_body", language, job=say("job_" + job.kind, language), name=name,
+                   state=say("notice_" + state, language))
+        out["body"] = body + (f" — {now['error']}" if state == "failed" and now.get("error") else "")
+    return out
+
+
+def build() -> dict:
+    """The hidden job watcher and the button that asks for the browser's permission to notify."""
+    ask = gr.Button(t("notice_ask"), size="sm", elem_id="notice-ask", scale=0, min_width=220)
+    job = gr.JSON(visible=False)
+    timer = gr.Timer(2.0)
+    timer.tick(latest, None, job, api_name=False, show_progress="hidden").then(None, job, None, js=ON_STATE)
+    ask.click(None, None, None, js=ASK)
+    return {"ask": ask, "job": job}
