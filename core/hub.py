@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from core import logs, models, paths, status
+from core import models, paths, status
 from core.config import DownloadConfig, Parser, add_arguments
 from core.errors import UserError
 
@@ -38,7 +38,6 @@ def cli(argv: list[str]) -> int:
     add_arguments(parser, DownloadConfig)
     cfg = DownloadConfig.from_dict(vars(parser.parse_args(argv)))
     cfg.check()
-    logs.quiet()
     out = target(cfg)
     folder = job_folder(out)  # made by the panel; by hand, the download only prints
     job = status.Status(folder if folder.is_dir() else None, state="running", message=cfg.repo)
@@ -101,7 +100,7 @@ def download(cfg: DownloadConfig, report=None) -> dict:
     watcher = threading.Thread(target=_watch, args=(part, total, say, watching), daemon=True)
     watcher.start()
     try:
-        _fetch(cfg, revision, chosen, part)
+        _fetch(cfg, revision, chosen, files, part)
     except UserError:
         raise
     except Exception as e:  # the network went away half-way, say: what is on disk stays for a resume
@@ -187,19 +186,33 @@ def choose(cfg: DownloadConfig, files: dict[str, int]) -> list[str]:
     return sorted(wanted + [n for n in pickled if n.endswith(".bin")])
 
 
-def _fetch(cfg: DownloadConfig, revision: str | None, names: list[str], part: Path) -> None:
+def _fetch(cfg: DownloadConfig, revision: str | None, names: list[str], files: dict[str, int], part: Path) -> None:
     if cfg.source == "modelscope":
         from modelscope.hub.snapshot_download import snapshot_download as ms_download
 
         ms_download(cfg.repo, local_dir=str(part), allow_patterns=names, endpoint=cfg.endpoint or None)
         return
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.utils import disable_progress_bars
+    from huggingface_hub import constants, hf_hub_url
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import build_hf_headers
 
-    disable_progress_bars()  # the job reports its own progress; bars would fill the log with carriage returns
-    # Exact names (not patterns), at the revision listed: the files counted are the files fetched.
-    snapshot_download(cfg.repo, revision=revision, local_dir=part, allow_patterns=names, endpoint=_endpoint(cfg),
-                      etag_timeout=20)
+    # The client writes what arrives every chunk: 1 MiB keeps the progress on disk current.
+    constants.DOWNLOAD_CHUNK_SIZE = min(constants.DOWNLOAD_CHUNK_SIZE, 2**20)
+    headers = build_hf_headers()  # HF_TOKEN, for gated repos
+    # File by file into NAME.incomplete, continued from its size after an interruption (snapshot_download
+    # starts a cut-off file again from zero), at the revision listed: the files counted are the files fetched.
+    for name in names:
+        final, partial = part / name, part / f"{name}.incomplete"
+        if final.is_file() and final.stat().st_size == files[name]:
+            continue
+        have = partial.stat().st_size if partial.is_file() else 0
+        if have > files[name]:  # the repo changed under a stopped download: start this file again
+            partial.unlink()
+            have = 0
+        with open(partial, "ab") as f:
+            http_get(hf_hub_url(cfg.repo, name, revision=revision, endpoint=_endpoint(cfg)), f, resume_size=have,
+                     headers=headers, expected_size=files[name], displayed_filename=name)
+        os.replace(partial, final)
 
 
 def _endpoint(cfg: DownloadConfig) -> str | None:
