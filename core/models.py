@@ -49,10 +49,10 @@ def resolve(spec: str | None, *, tokenizer_only: bool = False, fetch: bool = Tru
     return _from_hub(spec, tokenizer_only=tokenizer_only) if fetch else spec
 
 
-def embedded() -> Path:
-    """The embedded default as a regular model folder, converted from GGUF on first use."""
+def embedded(convert: bool = True) -> Path:
+    """The embedded default as a regular model folder, converted from GGUF on first use (not if `convert` is off)."""
     target = paths.cache() / "models" / EMBEDDED_NAME
-    if (target / "model.safetensors").is_file():
+    if (target / "model.safetensors").is_file() or not convert:
         return target
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
