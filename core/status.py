@@ -118,15 +118,18 @@ class Status:
 
 
 # ---- reading ---------------------------------------------------------------------------------
-def read(folder: str | Path, log: str | Path | None = None) -> dict:
-    """A job's status; one whose process vanished without a final word is shown as failed (or stopped)."""
+def read(folder: str | Path, log: str | Path | None = None, kind: str = "train") -> dict:
+    """A job's status; one whose process vanished without a final word is shown as failed (or stopped).
+
+    `kind` ("train", "merge", "download") picks the words of the hint for such a job.
+    """
     folder = Path(folder)
     status = {**FIELDS, "state": "unknown", **read_json(folder / FILE)}
     if status["state"] in LIVE and status.get("pid") and not pid_alive(status["pid"]):
         # Gone without a final word (the supervisor writes the same a moment later, or never if
         # the panel was closed meanwhile).
         stopping = stop_requested(folder)
-        error, hint = ended(None, log or folder / "train.log", stopping)
+        error, hint = ended(None, log or folder / "train.log", stopping, kind=kind)
         status.update(state="stopped" if stopping else "failed",
                       error=status.get("error") or error, hint=status.get("hint") or hint)
     return status
