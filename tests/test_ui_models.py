@@ -63,7 +63,7 @@ def test_a_wrong_hub_id_or_a_missing_mirror_address_is_one_line(home):
     said = html.unescape(said)
     assert said.startswith("⚠️ repo: 'not a repo' is not a hub id") and "\n" not in said
     said, _ = models.start("me/tiny", "mirror", "", "", False)
-    assert "endpoint: give the mirror's address" in said
+    assert "endpoint: give the mirror's address" in html.unescape(said)
     said, _ = models.start("me/tiny", "huggingface", "", "../up", False)
     assert said.startswith("⚠️ name:")
     assert models.stop(Request("en")) == SAY["en"]["dl_nothing"]
