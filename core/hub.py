@@ -1,5 +1,9 @@
 """`python -m core download`: a model from a hub id into workspace/models, with progress, resumable.
 
+With `--kind dataset` the hub id names a dataset instead: it is streamed, never downloaded whole,
+and a seeded random sample of its rows is saved as a JSON lines file in the workspace's uploads,
+where the Data tab (core.data.prepare) takes it like any other data file.
+
 The sources are Hugging Face, a mirror of it (the same protocol at another address, such as
 https://hf-mirror.com) and ModelScope, each through its own client library. Files land in a
 hidden folder beside the final one (`.NAME.part`), which the clients resume from after an
@@ -51,8 +55,10 @@ def cli(argv: list[str]) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    if cfg.source == "mirror":  # datasets reads the hub's address once, when it is imported
+        os.environ["HF_ENDPOINT"] = _endpoint(cfg)
     try:
-        report = download(cfg, job.update)
+        report = download(cfg, job.update) if cfg.kind == "model" else sample_dataset(cfg, job.update)
     except BaseException as e:
         error, hint = status.explain(e, "download")
         job.last_word(log, state="failed", error=error, hint=hint, ended=time.time(), speed=None, eta=None)
@@ -63,9 +69,11 @@ def cli(argv: list[str]) -> int:
 
 
 def target(cfg: DownloadConfig) -> Path:
-    """The folder the model ends up in: cfg.out, or workspace/models/<the repo's name>."""
+    """Where it ends up: cfg.out, or workspace/models/<the repo's name> (a dataset: data/<name>.jsonl)."""
     if cfg.out:
         return Path(cfg.out).expanduser().resolve()
+    if cfg.kind == "dataset":
+        return paths.child(paths.uploads(), f"{cfg.repo.split('/')[-1]}-{cfg.rows}.jsonl", "name")
     return paths.child(paths.models(), cfg.repo.split("/")[-1], "name")
 
 
@@ -218,6 +226,52 @@ def _fetch(cfg: DownloadConfig, revision: str | None, names: list[str], files: d
 def _endpoint(cfg: DownloadConfig) -> str | None:
     """The hub's address: the mirror's for a mirror, else HF_ENDPOINT or the Hugging Face default."""
     return cfg.endpoint.rstrip("/") if cfg.source == "mirror" else None
+
+
+# ---- a dataset, streamed and sampled ----------------------------------------------------------
+WINDOW = 10_000  # rows the stream is shuffled in: the sample comes from the shuffled files' first rows
+
+
+def sample_dataset(cfg: DownloadConfig, report=None) -> dict:
+    """Stream cfg.repo's train split, keep cfg.rows rows picked at random, and write them as JSON lines."""
+    say = report or (lambda **fields: None)
+    cfg.check()
+    out = target(cfg)
+    if out.exists():
+        raise UserError(f"name: {out.name} already exists in {out.parent}; choose another name", field="name")
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        raise UserError("source: downloads are switched off on this machine (HF_HUB_OFFLINE); upload the data "
+                        "file in the Data tab instead", field="source")
+    import datasets
+    from datasets.exceptions import DatasetNotFoundError
+
+    datasets.logging.set_verbosity_error()
+    say(state="running", message=f"{cfg.repo} · streaming", progress=0.0)
+    try:
+        stream = datasets.load_dataset(cfg.repo, split="train", streaming=True)
+        picked = stream.shuffle(seed=cfg.seed, buffer_size=WINDOW).take(cfg.rows)
+        tmp = out.with_name(f".{out.name}.part")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        kept = 0
+        with open(tmp, "w", encoding="utf-8") as f:
+            for row in picked:
+                f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+                kept += 1
+                if kept % 100 == 0:
+                    say(progress=round(kept / cfg.rows, 4), message=f"{cfg.repo} · {kept} rows")
+    except DatasetNotFoundError as e:
+        raise (_gated(cfg) if "gated" in str(e).lower() else _missing(cfg)) from None
+    except ValueError as e:  # no train split, or files datasets cannot read
+        raise UserError(f"repo: {cfg.repo} cannot be streamed as a dataset ({_short(e)})", field="repo") from None
+    except OSError as e:  # the network went away: nothing kept, start again
+        raise _unreachable(cfg, e) from None
+    if not kept:
+        raise UserError(f"repo: {cfg.repo} has no rows in its train split", field="repo")
+    os.replace(tmp, out)
+    result = {"path": str(out), "repo": cfg.repo, "source": cfg.source, "rows": kept, "seed": cfg.seed,
+              "size_bytes": out.stat().st_size}
+    say(progress=1.0, message=f"{cfg.repo} → {out} · {kept} rows")
+    return result
 
 
 # ---- progress ------------------------------------------------------------------------------

@@ -199,7 +199,8 @@ class JobManager:
             status.clear_stop(folder)
             status.write_json(folder / status.FILE, {**status.FIELDS, "state": "starting", "started": time.time(),
                                                      "message": cfg.repo})
-            argv = ["download", "--repo", cfg.repo, "--source", cfg.source, "--out", str(out)]
+            argv = ["download", "--repo", cfg.repo, "--source", cfg.source, "--out", str(out), "--kind", cfg.kind,
+                    "--rows", str(cfg.rows), "--seed", str(cfg.seed)]
             if cfg.endpoint:
                 argv += ["--endpoint", cfg.endpoint]
             if cfg.allow_bin:

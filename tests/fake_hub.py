@@ -1,13 +1,14 @@
-"""A local stand-in for the Hugging Face hub: the endpoints huggingface_hub's snapshot_download uses.
+"""A local stand-in for the Hugging Face hub: the endpoints huggingface_hub and datasets' streaming use.
 
-    GET  /api/models/OWNER/NAME[/revision/REV]        model info with its files and their sizes
-    GET  /api/models/OWNER/NAME/tree/REV              the file list
+    GET  /api/models/OWNER/NAME[/revision/REV]        repo info with its files and their sizes
+    GET  /api/models/OWNER/NAME/tree/REV[/PATH]       the file list (under PATH)
     HEAD /OWNER/NAME/resolve/REV/FILE                 size, ETag and commit of one file
     GET  /OWNER/NAME/resolve/REV/FILE                 the file, or the part a Range header asks for
 
+and the same under /api/datasets/ and /datasets/ for a dataset repo.
 A gated repo answers 401 (X-Error-Code: GatedRepo) and an unknown one 404 (RepoNotFound), as the
 real hub does. Files are sent at `rate` bytes a second, so a test can stop a download half-way;
-every request is kept in `requests` (method, path, Range header).
+every request is kept in `requests` (method, path, Range header), and the file bytes sent for each answer in `sent`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class FakeHub:
     def __init__(self, repos: dict[str, dict[str, bytes]], gated: tuple[str, ...] = (), rate: float = 0.0):
         self.repos, self.gated, self.rate = repos, set(gated), rate
         self.requests: list[tuple[str, str, str | None]] = []
+        self.sent: list[int] = []  # file bytes written for each answer (a client that stops reading stops it)
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -54,9 +56,9 @@ class FakeHub:
     def answer(self, h: BaseHTTPRequestHandler, body: bool) -> None:
         path = h.path.split("?")[0]
         self.requests.append((h.command, path, h.headers.get("Range")))
-        api = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/[^/]+)?", path)
-        tree = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/[^/]+(?:/.*)?", path)
-        resolve = re.fullmatch(r"/([^/]+/[^/]+)/resolve/[^/]+/(.+)", path)
+        api = re.fullmatch(r"/api/(?:models|datasets)/([^/]+/[^/]+)(?:/revision/[^/]+)?", path)
+        tree = re.fullmatch(r"/api/(?:models|datasets)/([^/]+/[^/]+)/tree/[^/]+(?:/(.*))?", path)
+        resolve = re.fullmatch(r"/(?:datasets/)?([^/]+/[^/]+)/resolve/[^/]+/(.+)", path)
         repo = (api or tree or resolve)[1] if (api or tree or resolve) else None
         if repo in self.gated:
             return self.error(h, 401, "GatedRepo", f"Access to model {repo} is restricted.")
@@ -68,22 +70,26 @@ class FakeHub:
             return self.json(h, {"id": repo, "modelId": repo, "sha": SHA, "private": False, "gated": False,
                                  "siblings": siblings, "tags": [], "downloads": 0, "likes": 0}, body)
         if tree:
-            return self.json(h, [{"type": "file", "path": n, "size": len(b), "oid": _oid(b)} for n, b in files.items()],
-                             body)
+            under = f"{tree[2]}/" if tree[2] else ""
+            listed = [{"type": "file", "path": n, "size": len(b), "oid": _oid(b)} for n, b in files.items()
+                      if n.startswith(under)]
+            if under and not listed:
+                return self.error(h, 404, "EntryNotFound", f"{tree[2]} not found")
+            return self.json(h, listed, body)
         name = resolve[2]
         if name not in files:
             return self.error(h, 404, "EntryNotFound", f"{name} not found")
         self.file(h, files[name], body)
 
     def file(self, h, data: bytes, body: bool) -> None:
-        start = 0
+        start, end = 0, len(data)
         asked = re.fullmatch(r"bytes=(\d+)-(\d*)", h.headers.get("Range") or "")
         if asked:
-            start = int(asked[1])
+            start, end = int(asked[1]), min(len(data), int(asked[2]) + 1 if asked[2] else len(data))
         h.send_response(206 if asked else 200)
-        h.send_header("Content-Length", str(len(data) - start))
+        h.send_header("Content-Length", str(end - start))
         if asked:
-            h.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            h.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
         h.send_header("Accept-Ranges", "bytes")
         h.send_header("ETag", f'"{_oid(data)}"')
         h.send_header("X-Repo-Commit", SHA)
@@ -91,13 +97,16 @@ class FakeHub:
         h.end_headers()
         if not body:
             return
+        sent = 0
         try:
-            for i in range(start, len(data), CHUNK):
-                h.wfile.write(data[i:i + CHUNK])
+            for i in range(start, end, CHUNK):
+                h.wfile.write(data[i:min(i + CHUNK, end)])
+                sent += min(CHUNK, end - i)
                 if self.rate:
                     time.sleep(CHUNK / self.rate)
-        except (BrokenPipeError, ConnectionResetError):  # the client went away (killed, say)
+        except (BrokenPipeError, ConnectionResetError):  # the client went away (killed, or it had read enough)
             pass
+        self.sent.append(sent)
 
     def json(self, h, data, body: bool) -> None:
         raw = json.dumps(data).encode()

@@ -141,3 +141,47 @@ def test_unreachable_source_and_bad_settings_are_one_line(online, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="downloads are switched off"):
         hub.listing(DownloadConfig(repo="me/tiny"))
+
+
+# ---- a dataset from a hub id ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def data_hub():
+    """A dataset of 60 000 Belle-style rows of 1 KB (60 MB): many times what a sample of a few hundred needs."""
+    import json
+
+    long = "好" * 330
+    lines = (json.dumps({"instruction": f"问题 {i}", "input": "", "output": f"回答 {i} {long}"}, ensure_ascii=False)
+             for i in range(60_000))
+    served = FakeHub({"me/belle": {"train.jsonl": "\n".join(lines).encode()}}, gated=("me/secret",))
+    yield served
+    served.close()
+
+
+def test_a_dataset_is_streamed_and_sampled_into_a_data_file(home, data_hub):
+    job = jobs.JobManager().start_download(DownloadConfig(repo="me/belle", kind="dataset", rows=300, seed=7),
+                                           env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": data_hub.url})
+    wait_for(lambda: status.read(job.folder)["state"] in status.FINAL)
+    done = status.read(job.folder)
+    assert done["state"] == "finished", done
+    out = home / "data" / "belle-300.jsonl"
+    assert done["report"]["path"] == str(out) and done["report"]["rows"] == 300
+    import json
+
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    numbers = [int(r["instruction"].split()[1]) for r in rows]
+    assert len(set(numbers)) == 300 and numbers != sorted(numbers)  # picked at random, not the first 300
+    # Streamed: each read of the file stopped well before its end.
+    size = len(data_hub.repos["me/belle"]["train.jsonl"])
+    assert data_hub.sent and 0 < max(data_hub.sent) < size / 2, (data_hub.sent, size)
+    from core import data
+
+    assert data.detect(out) == "alpaca"  # the Data tab takes it like an uploaded file
+
+
+def test_a_gated_dataset_ends_the_job_with_one_line(home, data_hub):
+    job = jobs.JobManager().start_download(DownloadConfig(repo="me/secret", kind="dataset", rows=5),
+                                           env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": data_hub.url})
+    wait_for(lambda: status.read(job.folder)["state"] in status.FINAL)
+    now = status.read(job.folder)
+    assert now["state"] == "failed" and "\n" not in now["error"]
+    assert now["error"].startswith("repo: me/secret is gated or private"), now["error"]
