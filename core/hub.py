@@ -49,7 +49,8 @@ def cli(argv: list[str]) -> int:
     def stop(signum, frame):
         # Leave at once: the partial files stay for a later resume (a thread pool would finish its files first).
         job.last_word(log, state="stopped", ended=time.time(), speed=None, eta=None,
-                      hint="start the same download again to continue where it stopped")
+                      hint="start the same download again to continue where it stopped" if cfg.kind == "model"
+                      else "start it again to take a new sample")
         print("stopped; the files downloaded so far are kept", flush=True)
         os._exit(130)
 

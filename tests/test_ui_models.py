@@ -58,6 +58,21 @@ def test_progress_as_the_page_shows_it(home, fields, en, zh):
         assert f'<progress value="{3 * 2**20}" max="{12 * 2**20}"' in page
 
 
+def test_a_sampled_dataset_is_shown_as_a_data_file(home):
+    folder = home / "data" / ".belle-300.jsonl.job"
+    folder.mkdir(parents=True)
+    path = str(home / "data" / "belle-300.jsonl")
+    status.write_json(folder / status.FILE, {**status.FIELDS, "state": "running", "progress": 0.5,
+                                             "message": "me/belle · streaming"})
+    assert models.shown() == folder
+    assert "Streaming me/belle: 50% of the sample taken" in models.progress_html(folder, "en")
+    status.write_json(folder / status.FILE, {**status.FIELDS, "state": "finished", "progress": 1.0,
+                                             "report": {"repo": "me/belle", "rows": 300, "path": path}})
+    assert f"随机抽取 300 条，保存为 <code>{path}</code>" in models.progress_html(folder, "zh")
+    cfg = models.config("me/belle", "huggingface", "", "", False, "dataset", 300)
+    assert cfg.out == path and cfg.kind == "dataset"
+
+
 def test_a_wrong_hub_id_or_a_missing_mirror_address_is_one_line(home):
     said, timer = models.start("not a repo", "huggingface", "", "", False)
     said = html.unescape(said)

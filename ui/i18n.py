@@ -45,8 +45,8 @@ EN: dict[str, str] = {
     "tab_models": "Models",
     "models_intro": "Every model this panel can use: the embedded default, the models in workspace/models, the merged models and the folders the operator allowed (--allow-dir). Nothing is loaded to make this list: it is read from each folder's files.",
     "models_table": "Local models", "models_refresh": "Refresh the list",
-    "download_heading": "### Download a model\nFrom Hugging Face, a mirror of it (give its address, for example https://hf-mirror.com) or ModelScope. It runs in the background: you can close the page, and a stopped or broken-off download continues where it stopped when you start it again.",
-    "download_name": "Name of the folder in workspace/models (empty = the repo's name)",
+    "download_heading": "### Download a model or a dataset\nFrom Hugging Face, a mirror of it (give its address, for example https://hf-mirror.com) or ModelScope. It runs in the background: you can close the page, and a stopped or broken-off download continues where it stopped when you start it again. A dataset is streamed: only a random sample of its rows is kept, as a data file for the Data tab.",
+    "download_name": "Name of the folder in workspace/models, or of the data file (empty = the repo's name)",
     "download_btn": "Download", "download_stop": "Stop the download", "download_progress": "Progress",
     "download_log": "Download log (last lines)",
 }
@@ -80,8 +80,8 @@ ZH: dict[str, str] = {
     "tab_models": "模型",
     "models_intro": "本面板能用的所有模型：内置的默认模型、workspace/models 里的模型、合并后的模型，以及管理员允许读取的文件夹（--allow-dir）。生成这个列表不会加载任何模型，只读取每个文件夹里的文件。",
     "models_table": "本地模型", "models_refresh": "刷新列表",
-    "download_heading": "### 下载模型\n可以从 Hugging Face、它的镜像站（填写镜像地址，例如 https://hf-mirror.com）或魔搭社区 ModelScope 下载。下载在后台进行：可以关掉网页；停止或中断的下载，再次开始时会从中断处继续。",
-    "download_name": "workspace/models 里的文件夹名（留空 = 仓库名）",
+    "download_heading": "### 下载模型或数据集\n可以从 Hugging Face、它的镜像站（填写镜像地址，例如 https://hf-mirror.com）或魔搭社区 ModelScope 下载。下载在后台进行：可以关掉网页；停止或中断的下载，再次开始时会从中断处继续。数据集以流式读取：只随机抽取一部分保存为数据文件，供数据页使用。",
+    "download_name": "workspace/models 里的文件夹名，或数据文件名（留空 = 仓库名）",
     "download_btn": "开始下载", "download_stop": "停止下载", "download_progress": "下载进度",
     "download_log": "下载日志（最后几行）",
 }
@@ -147,10 +147,13 @@ HELP_ZH: dict[str, dict[str, str]] = {
         "trust_remote_code": "运行模型自带的代码。只对你信任的模型打开。",
     },
     "DownloadConfig": {
-        "repo": "模型在模型库里的名字，写成 所有者/名称（例如 Qwen/Qwen2.5-0.5B-Instruct）。",
+        "repo": "模型库里的名字，写成 所有者/名称（例如 Qwen/Qwen2.5-0.5B-Instruct，或数据集 BelleGroup/train_0.5M_CN）。",
         "source": "从哪里下载：huggingface、mirror（下面地址处的 Hugging Face 镜像站）或 modelscope（魔搭社区）。",
         "endpoint": "镜像站的地址，来源选 mirror 时填写（例如 https://hf-mirror.com）；来源为 ModelScope 时可填另一个 ModelScope 站点（留空 = 默认）。",
         "out": "写入模型的文件夹（留空 = workspace/models/ 加仓库名；不能已经存在）。",
+        "kind": "这个名字指的是什么：模型（完整下载）或数据集（流式读取，只随机抽取一部分保存为数据文件，供数据页使用）。",
+        "rows": "数据集：保留多少条，在流式读取时随机抽取（不会下载整个数据集）。",
+        "seed": "数据集：抽样的随机种子。",
         "allow_bin": "仓库里没有 safetensors 时，允许下载 pickle 格式的权重（.bin）。transformers 会用 weights_only 方式读取；但仍然只对你信任的仓库打开。",
     },
     "GenerationConfig": {
@@ -180,6 +183,7 @@ LABEL_EN: dict[str, str] = {
     "top_k": "Top-k", "precision": "Precision", "repetition_penalty": "Repetition penalty", "max_new_tokens": "Max new tokens",
     # ---- models ----
     "repo": "Hub id (owner/name)", "source": "Source", "endpoint": "Mirror address", "allow_bin": "Allow .bin weights",
+    "kind": "What to download", "rows": "Rows to keep (dataset)",
 }
 LABEL_ZH: dict[str, str] = {
     "sample": "抽样条数", "seed": "随机种子", "template": "模板", "eval_ratio": "评估集比例",
@@ -195,7 +199,8 @@ LABEL_ZH: dict[str, str] = {
     "wandb_project": "wandb 项目", "system": "系统提示词", "temperature": "温度", "top_p": "Top-p",
     "top_k": "Top-k", "precision": "加载精度", "repetition_penalty": "重复惩罚", "max_new_tokens": "最大生成长度",
     # ---- models ----
-    "repo": "模型名（所有者/名称）", "source": "下载来源", "endpoint": "镜像站地址", "allow_bin": "允许 .bin 权重",
+    "repo": "名称（所有者/名称）", "source": "下载来源", "endpoint": "镜像站地址", "allow_bin": "允许 .bin 权重",
+    "kind": "下载什么", "rows": "保留条数（数据集）",
 }
 
 
@@ -302,6 +307,9 @@ SAY = {
         "dl_failed": "The download of {repo} failed: {error}",
         "dl_started": "Download of {repo} started.", "dl_stopping": "Stopping the download…",
         "dl_nothing": "No download is running.",
+        "dl_dataset_running": "Streaming {repo}: {share} of the sample taken",
+        "dl_dataset_finished": "Saved {rows} rows of {repo}, picked at random, as <code>{path}</code>. The Data tab offers it now.",
+        "dl_dataset_stopped": "Stopped sampling {repo}; nothing was kept. Start it again to take a new sample.",
     },
     "zh": {
         "state_starting": "正在启动", "state_running": "训练中", "state_stopping": "本步结束后停止",
@@ -372,6 +380,9 @@ SAY = {
         "dl_failed": "{repo} 下载失败：{error}",
         "dl_started": "已开始下载 {repo}。", "dl_stopping": "正在停止下载……",
         "dl_nothing": "当前没有正在进行的下载。",
+        "dl_dataset_running": "正在以流式读取 {repo}：已抽取 {share}",
+        "dl_dataset_finished": "已从 {repo} 随机抽取 {rows} 条，保存为 <code>{path}</code>。数据页里已经可以选择它。",
+        "dl_dataset_stopped": "已停止从 {repo} 抽样，没有保留任何数据。再次开始会重新抽样。",
     },
 }
 

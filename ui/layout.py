@@ -24,7 +24,7 @@ def build() -> gr.Blocks:
     with gr.Blocks(title="QLoRA Studio") as demo:
         gr.Markdown(t("title"))
         with gr.Tabs() as tabs:
-            with gr.Tab(t("tab_data"), id="data", elem_id="tab-data"):
+            with gr.Tab(t("tab_data"), id="data", elem_id="tab-data") as data_tab:
                 d = data.build()
             with gr.Tab(t("tab_train"), id="train", elem_id="tab-train") as train_tab:
                 tr = train.build()
@@ -41,6 +41,7 @@ def build() -> gr.Blocks:
                                   gr.update(choices=train.model_choices())),
                          None, [tr["data"], tr["viewed"], tr["model"]], api_name=False)
         models_tab.select(models.table, None, mo["frame"], api_name=False)
+        data_tab.select(lambda: gr.update(choices=data.files()), None, d["source"], api_name=False)  # a sampled dataset
         merge_tab.select(merge.refresh, None, m["run"], api_name=False)
         chat_tab.select(chat.build_refresh, None, [c["source_a"], c["source_b"]], api_name=False)
         runs_tab.select(runs.table, None, r["frame"], api_name=False)

@@ -1,4 +1,5 @@
-"""Models tab: the local models with what each one is and whether it fits, and a download from a hub id."""
+"""Models tab: the local models with what each one is and whether it fits, and a download from a hub id
+(a model, or a sample of a dataset for the Data tab)."""
 
 from __future__ import annotations
 
@@ -60,13 +61,18 @@ def gpu_note(request: gr.Request = None) -> str:
     return say("models_no_gpu", language) if free is None else say("models_gpu", language, free=size(free))
 
 
-def config(repo, source, endpoint, name, allow_bin) -> DownloadConfig:
-    """The form as one DownloadConfig; the model's folder is a name inside workspace/models."""
+def config(repo, source, endpoint, name, allow_bin, kind="model", rows=1000) -> DownloadConfig:
+    """The form as one DownloadConfig: a model's folder is a name inside workspace/models, a dataset's
+    sample a file in the uploads (data/), where the Data tab finds it."""
     repo = (repo or "").strip()
-    name = (name or "").strip() or repo.split("/")[-1]
-    out = str(paths.child(paths.models(), name, "name")) if name else ""
-    return DownloadConfig.from_dict(dict(repo=repo, source=source, endpoint=(endpoint or "").strip(), out=out,
-                                         allow_bin=bool(allow_bin)))
+    rows = int(rows or 0)
+    name = (name or "").strip() or (repo.split("/")[-1] + (f"-{rows}" if kind == "dataset" else ""))
+    if name and kind == "dataset":
+        out = str(paths.child(paths.uploads(), name if name.endswith(".jsonl") else f"{name}.jsonl", "name"))
+    else:
+        out = str(paths.child(paths.models(), name, "name")) if name else ""
+    return DownloadConfig.from_dict(dict(repo=repo, kind=kind, source=source, endpoint=(endpoint or "").strip(),
+                                         out=out, allow_bin=bool(allow_bin), rows=rows))
 
 
 def shown() -> Path | None:
@@ -74,7 +80,7 @@ def shown() -> Path | None:
     job = jobs.current()
     if job is not None and job.kind == "download":
         return Path(job.folder)
-    folders = [p for p in paths.models().glob(".*.job") if (p / status.FILE).is_file()]
+    folders = [p for root in (paths.models(), paths.uploads()) for p in root.glob(".*.job") if (p / status.FILE).is_file()]
     return max(folders, key=lambda p: (p / status.FILE).stat().st_mtime) if folders else None
 
 
@@ -91,13 +97,15 @@ def progress_html(folder: Path | None, language: str) -> str:
     if folder is None:
         return say("dl_none", language)
     now = status.read(folder, folder / "download.log", kind="download")
-    repo = html.escape(now.get("message", "").split(" ")[0] or folder.name)
+    repo = html.escape((now.get("message") or "").split(" ")[0] or folder.name)
     report = now.get("report") or {}
     repo = html.escape(report.get("repo") or repo)
     done, total = now.get("bytes_done") or 0, now.get("bytes_total") or 0
     numbers = dict(repo=repo, done=size(done), total=size(total))
     bar = f'<progress value="{done}" max="{total or 1}" style="width:100%"></progress>'
     state = now["state"]
+    if folder.parent.resolve() == paths.uploads().resolve():  # a dataset's sample goes among the data files
+        return _dataset_html(now, repo, language)
     if state == "finished":
         return bar + "<p>" + say("dl_finished", language, repo=repo, path=html.escape(report.get("path", "")),
                                  total=size(total)) + "</p>"
@@ -112,6 +120,20 @@ def progress_html(folder: Path | None, language: str) -> str:
         return bar + "<p>" + say("dl_running_early", language, **numbers) + "</p>"
     return bar + "<p>" + say("dl_running", language, speed=size(now["speed"]), left=_left(now.get("eta")),
                              **numbers) + "</p>"
+
+
+def _dataset_html(now: dict, repo: str, language: str) -> str:
+    """A dataset being sampled: the share of the rows kept so far, then where the data file is."""
+    report, state = now.get("report") or {}, now["state"]
+    bar = f'<progress value="{now.get("progress") or 0}" max="1" style="width:100%"></progress>'
+    if state == "finished":
+        return bar + "<p>" + say("dl_dataset_finished", language, repo=repo, rows=report.get("rows", 0),
+                                 path=html.escape(report.get("path", ""))) + "</p>"
+    if state == "failed":
+        return warn(say("dl_failed", language, repo=repo, error=now.get("error") or say("see_log", language)))
+    if state == "stopped":
+        return "<p>" + say("dl_dataset_stopped", language, repo=repo) + "</p>"
+    return bar + "<p>" + say("dl_dataset_running", language, repo=repo, share=f"{now.get('progress') or 0:.0%}") + "</p>"
 
 
 def poll(seen: str, request: gr.Request = None):
@@ -131,11 +153,11 @@ def _log(folder: Path | None) -> str:
     return runs.log_tail(folder / "download.log", 12) if folder else ""
 
 
-def start(repo, source, endpoint, name, allow_bin, request: gr.Request = None):
+def start(repo, source, endpoint, name, allow_bin, kind="model", rows=1000, request: gr.Request = None):
     """Validate the form and start the download child; a problem is shown in one line."""
     language = lang(request)
     try:
-        cfg = config(repo, source, endpoint, name, allow_bin)
+        cfg = config(repo, source, endpoint, name, allow_bin, kind, rows)
         job = jobs.start_download(cfg)
     except UserError as e:
         return warn(e), gr.Timer(active=False)
@@ -168,11 +190,13 @@ def build() -> dict:
     gr.Markdown(t("download_heading"))
     with gr.Row():
         with gr.Column():
+            kind = widget(DownloadConfig, "kind")
             repo = widget(DownloadConfig, "repo", placeholder="Qwen/Qwen2.5-0.5B-Instruct")
             source = widget(DownloadConfig, "source")
             endpoint = widget(DownloadConfig, "endpoint", placeholder="https://hf-mirror.com")
             name = gr.Textbox(label=t("download_name"))
             allow_bin = widget(DownloadConfig, "allow_bin")
+            rows = widget(DownloadConfig, "rows", minimum=1)
             with gr.Row():
                 go = gr.Button(t("download_btn"), variant="primary")
                 halt = gr.Button(t("download_stop"), variant="stop")
@@ -182,7 +206,7 @@ def build() -> dict:
     seen = gr.State("")
     timer = gr.Timer(1.0, active=False)
     refresh.click(table, None, frame, api_name="models")
-    go.click(start, [repo, source, endpoint, name, allow_bin], [progress, timer], api_name="download")
+    go.click(start, [repo, source, endpoint, name, allow_bin, kind, rows], [progress, timer], api_name="download")
     halt.click(stop, None, progress, api_name="stop_download")
     timer.tick(poll, seen, [progress, log, frame, seen, timer], api_name=False)
     return {"frame": frame, "note": note, "progress": progress, "log": log, "timer": timer}
