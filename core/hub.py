@@ -58,8 +58,17 @@ def cli(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, stop)
     if cfg.source == "mirror":  # datasets reads the hub's address once, when it is imported
         os.environ["HF_ENDPOINT"] = _endpoint(cfg)
+    shown = [-1]
+
+    def progress(**fields) -> None:  # the status file for the panel; a line every tenth for a terminal
+        job.update(**fields)
+        tenth = int((fields.get("progress") or 0) * 10)
+        if tenth > shown[0]:
+            shown[0] = tenth
+            print(f"[{tenth * 10:3d}%] {cfg.repo}", flush=True)
+
     try:
-        report = download(cfg, job.update) if cfg.kind == "model" else sample_dataset(cfg, job.update)
+        report = download(cfg, progress) if cfg.kind == "model" else sample_dataset(cfg, progress)
     except BaseException as e:
         error, hint = status.explain(e, "download")
         job.last_word(log, state="failed", error=error, hint=hint, ended=time.time(), speed=None, eta=None)
