@@ -97,9 +97,8 @@ def progress_html(folder: Path | None, language: str) -> str:
     if folder is None:
         return say("dl_none", language)
     now = status.read(folder, folder / "download.log", kind="download")
-    repo = html.escape((now.get("message") or "").split(" ")[0] or folder.name)
     report = now.get("report") or {}
-    repo = html.escape(report.get("repo") or repo)
+    repo = html.escape(report.get("repo") or (now.get("message") or "").split(" ")[0] or folder.name)
     done, total = now.get("bytes_done") or 0, now.get("bytes_total") or 0
     numbers = dict(repo=repo, done=size(done), total=size(total))
     bar = f'<progress value="{done}" max="{total or 1}" style="width:100%"></progress>'
