@@ -148,10 +148,11 @@ def test_models_tab_lists_the_local_models_in_the_readers_language(app, browser,
     page = browser.new_page(viewport={"width": 1400, "height": 1000}, locale=locale)
     page.goto(app.url)
     page.get_by_role("tab", name=tab, exact=True).click()
-    try:  # the table draws hidden copies of its cells to measure them: read what is shown
-        page.wait_for_function("w => document.querySelector('#tab-models').innerText.includes(w)", arg="LlamaForCausalLM")
-        page.wait_for_function("w => document.querySelector('#tab-models').innerText.includes(w)", arg=words)
-    finally:  # this machine has no GPU: said, not guessed
+    models = page.locator("#tab-models")
+    try:  # the table draws hidden copies of its cells to measure them: only a shown cell counts
+        models.locator("text=LlamaForCausalLM >> visible=true").first.wait_for()
+        models.locator(f"text={words} >> visible=true").first.wait_for()  # no GPU here: said, not guessed
+    finally:
         shot(page, "models.png" if locale == "en-US" else "models_zh.png")
     page.close()
 

@@ -56,7 +56,7 @@ def build() -> gr.Blocks:
         demo.load(_reattach, None, [tr["viewed"], tr["data"], m["run"], r["frame"], c["source_a"], c["source_b"]],
                   api_name="reattach")
         demo.load(data.titles, None, d["hist"], api_name=False)
-        demo.load(models.reattach, None, [mo["frame"], mo["note"], mo["progress"], mo["log"], mo["timer"]],
+        demo.load(models.reattach, None, [mo["note"], mo["progress"], mo["log"], mo["timer"]],
                   api_name=False)
     return demo
 

@@ -173,11 +173,13 @@ def stop(request: gr.Request = None):
 
 
 def reattach(request: gr.Request = None):
-    """On page load: the list, the GPU note, and the download's progress (polled while it runs)."""
+    """On page load: the GPU note and the download's progress (polled while it runs).
+
+    The list is filled when the tab is opened: a table filled while its tab is hidden can stay blank.
+    """
     folder = shown()
     live = bool(folder) and status.read(folder)["state"] in status.LIVE
-    return (table(request), gpu_note(request), progress_html(folder, lang(request)), _log(folder),
-            gr.Timer(active=live))
+    return gpu_note(request), progress_html(folder, lang(request)), _log(folder), gr.Timer(active=live)
 
 
 def build() -> dict:
