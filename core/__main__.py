@@ -18,6 +18,7 @@ COMMANDS = {
     "train": ("core.train", "QLoRA fine-tune a model on a prepared dataset"),
     "merge": ("core.merge", "merge a trained adapter into its base model"),
     "export": ("core.export", "export a merged model to GGUF with an Ollama Modelfile"),
+    "download": ("core.hub", "download a model from a hub id (Hugging Face, a mirror, ModelScope)"),
     "chat": ("core.chat", "chat with a model, a merged model or base + adapter"),
     "monitor": ("core.monitor", "print a GPU / CPU / RAM snapshot"),
 }
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         from core.status import explain
 
-        error, hint = explain(e, argv[0] if argv[0] in ("merge", "chat") else "train")
+        error, hint = explain(e, argv[0] if argv[0] in ("merge", "chat", "download") else "train")
         if hint == "see train.log":  # not for a command at the terminal
             hint = "QLORA_STUDIO_DEBUG=1 shows the traceback"
         print(f"error: {argv[0]}: {error}" + (f"; {hint}" if hint else ""), file=sys.stderr)

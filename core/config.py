@@ -283,6 +283,40 @@ class MergeConfig(_Config):
 
 
 # ---------------------------------------------------------------------------------------
+SOURCES = ("huggingface", "mirror", "modelscope")
+
+
+@dataclass
+class DownloadConfig(_Config):
+    """A model from a hub id into workspace/models: where from, and which files."""
+
+    repo: str = _f("", "The hub id, owner/name (for example Qwen/Qwen2.5-0.5B-Instruct, or the dataset BelleGroup/train_0.5M_CN).")
+    kind: str = _f("model", "What the hub id names: a model (downloaded whole) or a dataset (streamed, and a random sample of it saved as a data file for the Data tab).", choices=("model", "dataset"))
+    source: str = _f("huggingface", "Where to download from: huggingface, mirror (a Hugging Face mirror at the address below) or modelscope.", choices=SOURCES)
+    endpoint: str = _f("", "The mirror's address, for source 'mirror' (for example https://hf-mirror.com); for ModelScope, another ModelScope site (empty = the default).")
+    out: str = _f("", "Folder to write the model into (empty = workspace/models/ and the repo's name; must not exist).")
+    allow_bin: bool = _f(False, "Allow pickle weights (.bin) when a repo has no safetensors. transformers reads them with weights_only; still, only for repos you trust.")
+    rows: int = _f(1000, "For a dataset: how many rows to keep, picked at random while streaming (never the whole dataset).")
+    seed: int = _f(42, "For a dataset: the random seed of the sample.")
+
+    def _rules(self) -> list[str]:
+        from core.paths import HUB_ID
+
+        out = []
+        if not HUB_ID.fullmatch(self.repo.strip()):
+            out.append(f"repo: {self.repo!r} is not a hub id; write it as owner/name, e.g. Qwen/Qwen2.5-0.5B-Instruct")
+        if self.source == "mirror" and not self.endpoint.strip().startswith(("http://", "https://")):
+            out.append("endpoint: give the mirror's address, starting with https:// (for example https://hf-mirror.com)")
+        elif self.endpoint.strip() and not self.endpoint.strip().startswith(("http://", "https://")):
+            out.append("endpoint: the address must start with https://")
+        if self.kind == "dataset" and self.rows < 1:
+            out.append("rows: keep at least 1 row")
+        if self.kind == "dataset" and self.source == "modelscope":
+            out.append("source: datasets come from Hugging Face or a mirror of it; ModelScope datasets are not supported yet")
+        return out
+
+
+# ---------------------------------------------------------------------------------------
 @dataclass
 class ExportConfig(_Config):
     """A merged model as GGUF files (llama.cpp, Ollama, LM Studio) with an Ollama Modelfile."""

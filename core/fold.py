@@ -81,7 +81,7 @@ def shapes(files: list[Path]) -> list[tuple[str, list[int], bool]]:
         if file.suffix == ".safetensors":
             from safetensors import safe_open
 
-            with safe_open(str(file), framework="pt") as f:
+            with safe_open(str(file), framework="numpy") as f:  # headers only: no torch import for a listing
                 for name in f.keys():
                     part = f.get_slice(name)
                     out.append((name, list(part.get_shape()), part.get_dtype().startswith(("F", "BF"))))

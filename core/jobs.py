@@ -1,4 +1,4 @@
-"""Long jobs (training, merging, exporting) as child processes, watched by a background thread.
+"""Long jobs (training, merging, exporting, downloading) as child processes, watched by a background thread.
 
 A job is `python -m core train|merge ...` started without a shell, in its own session, so
 closing the browser or restarting the panel never kills it. A small record
@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from core import gpus, merge, models, paths, runs, status
-from core.config import ExportConfig, MergeConfig, TrainConfig
+from core import gpus, hub, merge, models, paths, runs, status
+from core.config import DownloadConfig, ExportConfig, MergeConfig, TrainConfig
 from core.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -213,6 +213,29 @@ class JobManager:
             status.write_json(folder / status.FILE, {**status.FIELDS, "state": "starting", "started": time.time()})
             argv = ["export", "--model", str(Path(cfg.model).resolve()), "--out", str(out), "--quant", cfg.quant]
             return self._spawn("export", argv, folder, folder / "export.log", None)
+    def start_download(self, cfg: DownloadConfig, env: dict | None = None) -> Job:
+        """Start downloading a model from a hub id into workspace/models in a child process.
+
+        Starting the same download again after a stop or a failure continues from the files on disk.
+        """
+        cfg.check()
+        out = hub.target(cfg)
+        if out.exists():
+            raise UserError(f"name: {out.name} already exists in {out.parent}; choose another name", field="name")
+        with self._lock:
+            self._refuse_second()
+            folder = hub.job_folder(out)
+            folder.mkdir(parents=True, exist_ok=True)
+            status.clear_stop(folder)
+            status.write_json(folder / status.FILE, {**status.FIELDS, "state": "starting", "started": time.time(),
+                                                     "message": cfg.repo})
+            argv = ["download", "--repo", cfg.repo, "--source", cfg.source, "--out", str(out), "--kind", cfg.kind,
+                    "--rows", str(cfg.rows), "--seed", str(cfg.seed)]
+            if cfg.endpoint:
+                argv += ["--endpoint", cfg.endpoint]
+            if cfg.allow_bin:
+                argv.append("--allow-bin")
+            return self._spawn("download", argv, folder, folder / "download.log", env)
 
     def _refuse_second(self) -> None:
         job = self.current()
@@ -225,7 +248,8 @@ class JobManager:
                 time.sleep(0.2)
             if not job.alive():
                 return
-        what = {"train": "a training run", "merge": "a merge", "export": "an export"}.get(job.kind, "a job")
+        what = {"train": "a training run", "merge": "a merge", "export": "an export",
+                "download": "a download"}.get(job.kind, "a job")
         raise UserError(f"{what} is already going: {Path(job.folder).name}; stop it first or wait")
 
     def _spawn(self, kind: str, argv: list[str], folder: Path, log: Path, env: dict | None,
@@ -293,7 +317,7 @@ class JobManager:
         job = job or self.current()
         if job is None or not job.alive():
             return None
-        if job.kind == "train":  # read by the child between steps and while it starts
+        if job.kind in ("train", "download"):  # read by the child between steps and while it starts
             status.request_stop(job.folder)
         threading.Thread(target=self._escalate, args=(job, grace), name=f"stop-{job.pid}", daemon=True).start()
         return job
@@ -355,6 +379,11 @@ def start_export(cfg: ExportConfig) -> Job:
 def resume(run: str | Path, env: dict | None = None) -> Job:
     """Resume a stopped or failed run."""
     return _manager.resume(run, env)
+
+
+def start_download(cfg: DownloadConfig, env: dict | None = None) -> Job:
+    """Start a download (see JobManager.start_download)."""
+    return _manager.start_download(cfg, env)
 
 
 def stop(job: Job | None = None, grace: float = 120.0) -> Job | None:

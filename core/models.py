@@ -49,10 +49,10 @@ def resolve(spec: str | None, *, tokenizer_only: bool = False, fetch: bool = Tru
     return _from_hub(spec, tokenizer_only=tokenizer_only) if fetch else spec
 
 
-def embedded() -> Path:
-    """The embedded default as a regular model folder, converted from GGUF on first use."""
+def embedded(convert: bool = True) -> Path:
+    """The embedded default as a regular model folder, converted from GGUF on first use (not if `convert` is off)."""
     target = paths.cache() / "models" / EMBEDDED_NAME
-    if (target / "model.safetensors").is_file():
+    if (target / "model.safetensors").is_file() or not convert:
         return target
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
@@ -143,10 +143,21 @@ def load_tokenizer(spec: str | None, *, trust_remote_code: bool = False):
 
 
 def available() -> list[str]:
-    """Models the panel offers: the default, folders under workspace/models, and merged models."""
-    found = [DEFAULT_MODEL]
-    for root in (paths.models(), paths.merged()):
-        found += sorted(str(p) for p in paths.folders(root) if (p / "config.json").is_file())
+    """Models the panel offers: the default, then every local model folder (see `local`)."""
+    return [DEFAULT_MODEL, *(str(p) for p in local())]
+
+
+def local() -> list[Path]:
+    """Model folders in workspace/models, workspace/merged and the operator-allowed folders.
+
+    An allowed folder counts if it is a model itself, or for the models directly inside it. Hidden
+    folders are never models: a download or a merge still being written lives in one.
+    """
+    found: list[Path] = []
+    for root in (paths.models(), paths.merged(), *paths.allowed()):
+        candidates = [root] if (root / "config.json").is_file() else sorted(paths.folders(root))
+        found += [p for p in candidates if not p.name.startswith(".") and (p / "config.json").is_file()
+                  and p not in found]
     return found
 
 

@@ -7,6 +7,7 @@ through here. Torch-free, so the panel can import it.
     pid        the job's process, so a reader can tell a vanished job from a live one
     step, max_steps, started, ended, device, mode, adapter     (training)
     progress (0 to 1), message, report                         (a merge: its stage, then its result)
+    bytes_done, bytes_total, speed (bytes/s), eta (seconds)    (a download, with progress and message)
     error      what went wrong, one line;   hint   what to do about it
     warning    something worth knowing while it still runs (a diverging loss)
 
@@ -30,13 +31,15 @@ FINAL = ("finished", "stopped", "failed")
 LIVE = ("starting", "running", "stopping")
 FIELDS = {"state": "starting", "pid": None, "started": None, "ended": None, "step": 0, "max_steps": 0,
           "device": None, "mode": None, "error": None, "hint": None, "warning": None, "adapter": None,
-          "progress": None, "message": None, "report": None}
+          "progress": None, "message": None, "report": None,
+          "bytes_done": None, "bytes_total": None, "speed": None, "eta": None}
 
 OOM_HINT = "lower batch size or max sequence length, or turn on gradient checkpointing"
 OOM_HINTS = {
     "train": OOM_HINT,
     "merge": "free the GPU (unload chat models, wait for training to end), then merge again",
     "chat": "unload the other model, wait for training to end, or choose a smaller model",
+    "download": "close other programs, then start the download again",
 }
 LOG_HINT = "look at the end of the log for the reason"
 RESUME_HINT = "press Resume to continue from the last checkpoint"
@@ -115,15 +118,18 @@ class Status:
 
 
 # ---- reading ---------------------------------------------------------------------------------
-def read(folder: str | Path, log: str | Path | None = None) -> dict:
-    """A job's status; one whose process vanished without a final word is shown as failed (or stopped)."""
+def read(folder: str | Path, log: str | Path | None = None, kind: str = "train") -> dict:
+    """A job's status; one whose process vanished without a final word is shown as failed (or stopped).
+
+    `kind` ("train", "merge", "download") picks the words of the hint for such a job.
+    """
     folder = Path(folder)
     status = {**FIELDS, "state": "unknown", **read_json(folder / FILE)}
     if status["state"] in LIVE and status.get("pid") and not pid_alive(status["pid"]):
         # Gone without a final word (the supervisor writes the same a moment later, or never if
         # the panel was closed meanwhile).
         stopping = stop_requested(folder)
-        error, hint = ended(None, log or folder / "train.log", stopping)
+        error, hint = ended(None, log or folder / "train.log", stopping, kind=kind)
         status.update(state="stopped" if stopping else "failed",
                       error=status.get("error") or error, hint=status.get("hint") or hint)
     return status
@@ -168,6 +174,8 @@ def ended(code: int | None, log: str | Path | None = None, stopping: bool = Fals
           out_of_memory: bool = False, kind: str = "train") -> tuple[str | None, str | None]:
     """(error, hint) for a job ("train" or "merge") that ended without writing a final state."""
     again = RESUME_HINT if kind == "train" else "start it again"
+    if stopping and kind == "download":
+        return None, "start the same download again to continue where it stopped"
     if stopping:  # asked to stop before it could say so itself (still starting, say)
         return None, "stopped before training began: nothing was trained, so there is nothing to keep"
     said = last_error(log) if log else None

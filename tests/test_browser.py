@@ -1,6 +1,6 @@
 """The panel in headless Chromium, clicked through like a person would: upload, save, train, merge, chat.
 
-Screenshots of each tab (data.png, train.png, merge.png, chat.png, data_zh.png) go to a temporary
+Screenshots of each tab (data.png, train.png, merge.png, chat.png, data_zh.png, models.png, models_zh.png) go to a temporary
 folder; `make screenshots` runs these tests with QLORA_STUDIO_SHOTS=docs/screenshots to refresh the
 README's pictures. A test run never changes a tracked file.
 """
@@ -140,6 +140,20 @@ def test_chinese_browser_gets_chinese_labels(app, browser):
     page.get_by_role("button", name="保存数据集").wait_for(timeout=30_000)
     assert re.search("用你自己的指令数据微调", page.content())
     shot(page, "data_zh.png")
+    page.close()
+
+
+@pytest.mark.parametrize("locale, tab, words", [("en-US", "Models", "no GPU here"), ("zh-CN", "模型", "本机没有显卡")])
+def test_models_tab_lists_the_local_models_in_the_readers_language(app, browser, locale, tab, words):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000}, locale=locale)
+    page.goto(app.url)
+    page.get_by_role("tab", name=tab, exact=True).click()
+    models = page.locator("#tab-models")
+    try:  # the table draws hidden copies of its cells to measure them: only a shown cell counts
+        models.locator("text=LlamaForCausalLM >> visible=true").first.wait_for()
+        models.locator(f"text={words} >> visible=true").first.wait_for()  # no GPU here: said, not guessed
+    finally:
+        shot(page, "models.png" if locale == "en-US" else "models_zh.png")
     page.close()
 
 

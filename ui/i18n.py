@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from core.config import ExportConfig, GenerationConfig, MergeConfig, PrepareConfig, TrainConfig
+from core.config import DownloadConfig, ExportConfig, GenerationConfig, MergeConfig, PrepareConfig, TrainConfig
 
 EN: dict[str, str] = {
     "title": "# QLoRA Studio\nFine-tune a language model on your own instruction data: **1 Data → 2 Train → 3 Merge → 4 Chat**.",
@@ -51,6 +51,14 @@ EN: dict[str, str] = {
     "compare_learned": "Did it learn (eval loss before and after training)",
     # ---- job notice ----
     "notice_ask": "Notify me when a job ends",
+    # ---- models ----
+    "tab_models": "Models",
+    "models_intro": "Every model this panel can use: the embedded default, the models in workspace/models, the merged models and the folders the operator allowed (--allow-dir). Nothing is loaded to make this list: it is read from each folder's files.",
+    "models_table": "Local models", "models_refresh": "Refresh the list",
+    "download_heading": "### Download a model or a dataset\nFrom Hugging Face, a mirror of it (give its address, for example `https://hf-mirror.com`) or ModelScope. It runs in the background: you can close the page, and a stopped or broken-off download continues where it stopped when you start it again. A dataset is streamed: only a random sample of its rows is kept, as a data file for the Data tab.",
+    "download_name": "Name of the folder in workspace/models, or of the data file (empty = the repo's name)",
+    "download_btn": "Download", "download_stop": "Stop the download", "download_progress": "Progress",
+    "download_log": "Download log (last lines)",
 }
 
 ZH: dict[str, str] = {
@@ -88,6 +96,14 @@ ZH: dict[str, str] = {
     "compare_learned": "学到了吗（训练前后的评估损失）",
     # ---- job notice ----
     "notice_ask": "任务结束时通知我",
+    # ---- models ----
+    "tab_models": "模型",
+    "models_intro": "本面板能用的所有模型：内置的默认模型、workspace/models 里的模型、合并后的模型，以及管理员允许读取的文件夹（--allow-dir）。生成这个列表不会加载任何模型，只读取每个文件夹里的文件。",
+    "models_table": "本地模型", "models_refresh": "刷新列表",
+    "download_heading": "### 下载模型或数据集\n可以从 Hugging Face、它的镜像站（填写镜像地址，例如 `https://hf-mirror.com`）或魔搭社区 ModelScope 下载。下载在后台进行：可以关掉网页；停止或中断的下载，再次开始时会从中断处继续。数据集以流式读取：只随机抽取一部分保存为数据文件，供数据页使用。",
+    "download_name": "workspace/models 里的文件夹名，或数据文件名（留空 = 仓库名）",
+    "download_btn": "开始下载", "download_stop": "停止下载", "download_progress": "下载进度",
+    "download_log": "下载日志（最后几行）",
 }
 
 # Help shown under each setting, in Chinese, by settings class (a field name can mean different
@@ -151,6 +167,16 @@ HELP_ZH: dict[str, dict[str, str]] = {
         "dtype": "合并后权重的精度。",
         "trust_remote_code": "运行模型自带的代码。只对你信任的模型打开。",
     },
+    "DownloadConfig": {
+        "repo": "模型库里的名字，写成 所有者/名称（例如 Qwen/Qwen2.5-0.5B-Instruct，或数据集 BelleGroup/train_0.5M_CN）。",
+        "source": "从哪里下载：huggingface、mirror（下面地址处的 Hugging Face 镜像站）或 modelscope（魔搭社区）。",
+        "endpoint": "镜像站的地址，来源选 mirror 时填写（例如 https://hf-mirror.com）；来源为 ModelScope 时可填另一个 ModelScope 站点（留空 = 默认）。",
+        "out": "写入模型的文件夹（留空 = workspace/models/ 加仓库名；不能已经存在）。",
+        "kind": "这个名字指的是什么：模型（完整下载）或数据集（流式读取，只随机抽取一部分保存为数据文件，供数据页使用）。",
+        "rows": "数据集：保留多少条，在流式读取时随机抽取（不会下载整个数据集）。",
+        "seed": "数据集：抽样的随机种子。",
+        "allow_bin": "仓库里没有 safetensors 时，允许下载 pickle 格式的权重（.bin）。transformers 会用 weights_only 方式读取；但仍然只对你信任的仓库打开。",
+    },
     "GenerationConfig": {
         "precision": "模型在显卡上的加载方式：auto（权重和上下文放得下就用 16 位，否则 8 位，再不行 4 位）、16bit、8bit 或 4bit。CPU 上不起作用。",
         "system": "系统提示词：给助手的长期指示。",
@@ -184,6 +210,9 @@ LABEL_EN: dict[str, str] = {
     "top_k": "Top-k", "precision": "Precision", "repetition_penalty": "Repetition penalty", "max_new_tokens": "Max new tokens",
     # ---- export ----
     "quant": "Smaller copy",
+    # ---- models ----
+    "repo": "Hub id (owner/name)", "source": "Source", "endpoint": "Mirror address", "allow_bin": "Allow .bin weights",
+    "kind": "What to download", "rows": "Rows to keep (dataset)",
 }
 LABEL_ZH: dict[str, str] = {
     "sample": "抽样条数", "seed": "随机种子", "template": "模板", "eval_ratio": "评估集比例",
@@ -200,10 +229,13 @@ LABEL_ZH: dict[str, str] = {
     "top_k": "Top-k", "precision": "加载精度", "repetition_penalty": "重复惩罚", "max_new_tokens": "最大生成长度",
     # ---- export ----
     "quant": "更小的版本",
+    # ---- models ----
+    "repo": "名称（所有者/名称）", "source": "下载来源", "endpoint": "镜像站地址", "allow_bin": "允许 .bin 权重",
+    "kind": "下载什么", "rows": "保留条数（数据集）",
 }
 
 
-SETTINGS = (PrepareConfig, TrainConfig, MergeConfig, GenerationConfig, ExportConfig)
+SETTINGS = (PrepareConfig, TrainConfig, MergeConfig, GenerationConfig, ExportConfig, DownloadConfig)
 HELP_EN = {cls.__name__: cls.help() for cls in SETTINGS}
 
 
@@ -311,6 +343,27 @@ SAY = {
         # ---- job notice ----
         "notice_finished": "finished", "notice_failed": "failed", "notice_stopped": "stopped",
         "notice_body": "{job} {name}: {state}", "job_train": "Training", "job_merge": "Merge", "job_export": "Export",
+        # ---- models ----
+        "col_m_name": "name", "col_m_architecture": "architecture", "col_m_parameters": "parameters",
+        "col_m_size": "size", "col_m_chat_template": "chat template", "col_m_train_fit": "fits the GPU for training",
+        "col_m_chat_fit": "fits the GPU for chat", "col_m_where": "from", "col_m_path": "folder",
+        "has_yes": "yes", "has_no": "no", "fit_yes": "yes", "fit_no": "no", "no_gpu_here": "no GPU here", "fit_bits": "{bits}-bit",
+        "where_embedded": "embedded", "where_workspace": "workspace/models", "where_merged": "merged",
+        "where_allowed": "allowed folder", "not_converted": "converted on first use", "unreadable": "unreadable: {why}",
+        "models_no_gpu": "No GPU on this machine: whether a model fits a GPU cannot be told here. Training and chat run on the CPU (slowly, fine for the embedded model).",
+        "models_gpu": "GPU memory free now: {free}. “Fits for training” means 4-bit QLoRA at the default settings; for chat, the largest precision that fits.",
+        "dl_none": "No download yet.",
+        "dl_starting": "Starting the download of {repo}…",
+        "dl_running": "Downloading {repo}: {done} of {total} · {speed}/s · {left} left",
+        "dl_running_early": "Downloading {repo}: {done} of {total}",
+        "dl_finished": "Downloaded {repo} into <code>{path}</code> ({total}). The Train and Chat tabs offer it now.",
+        "dl_stopped": "Stopped the download of {repo} at {done} of {total}. Start it again to continue where it stopped.",
+        "dl_failed": "The download of {repo} failed: {error}",
+        "dl_started": "Download of {repo} started.", "dl_stopping": "Stopping the download…",
+        "dl_nothing": "No download is running.",
+        "dl_dataset_running": "Streaming {repo}: {share} of the sample taken",
+        "dl_dataset_finished": "Saved {rows} rows of {repo}, picked at random, as <code>{path}</code>. The Data tab offers it now.",
+        "dl_dataset_stopped": "Stopped sampling {repo}; nothing was kept. Start it again to take a new sample.",
     },
     "zh": {
         "state_starting": "正在启动", "state_running": "训练中", "state_stopping": "本步结束后停止",
@@ -386,6 +439,27 @@ SAY = {
         # ---- job notice ----
         "notice_finished": "已完成", "notice_failed": "失败", "notice_stopped": "已停止",
         "notice_body": "{job}任务 {name}：{state}", "job_train": "训练", "job_merge": "合并", "job_export": "导出",
+        # ---- models ----
+        "col_m_name": "名称", "col_m_architecture": "架构", "col_m_parameters": "参数量",
+        "col_m_size": "大小", "col_m_chat_template": "对话模板", "col_m_train_fit": "显存够训练吗",
+        "col_m_chat_fit": "显存够对话吗", "col_m_where": "来源", "col_m_path": "文件夹",
+        "has_yes": "有", "has_no": "无", "fit_yes": "够", "fit_no": "不够", "no_gpu_here": "本机没有显卡", "fit_bits": "{bits} 位",
+        "where_embedded": "内置", "where_workspace": "工作区 models 文件夹", "where_merged": "合并后的模型",
+        "where_allowed": "允许读取的文件夹", "not_converted": "首次使用时转换", "unreadable": "无法读取：{why}",
+        "models_no_gpu": "这台机器没有显卡：无法判断模型是否放得进显存。训练和对话会在 CPU 上进行（较慢，内置模型没问题）。",
+        "models_gpu": "当前空闲显存：{free}。“显存够训练吗”按默认设置的 4 位 QLoRA 估算；对话一栏是放得下的最高精度。",
+        "dl_none": "还没有下载任务。",
+        "dl_starting": "正在开始下载 {repo}……",
+        "dl_running": "正在下载 {repo}：{done} / {total} · {speed}/秒 · 还需 {left}",
+        "dl_running_early": "正在下载 {repo}：{done} / {total}",
+        "dl_finished": "{repo} 已下载到 <code>{path}</code>（{total}）。训练页和对话页里已经可以选择它。",
+        "dl_stopped": "{repo} 的下载已停止，已下载 {done} / {total}。再次开始下载会从中断处继续。",
+        "dl_failed": "{repo} 下载失败：{error}",
+        "dl_started": "已开始下载 {repo}。", "dl_stopping": "正在停止下载……",
+        "dl_nothing": "当前没有正在进行的下载。",
+        "dl_dataset_running": "正在以流式读取 {repo}：已抽取 {share}",
+        "dl_dataset_finished": "已从 {repo} 随机抽取 {rows} 条，保存为 <code>{path}</code>。数据页里已经可以选择它。",
+        "dl_dataset_stopped": "已停止从 {repo} 抽样，没有保留任何数据。再次开始会重新抽样。",
     },
 }
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from ui import chat, data, merge, notice, runs, train
+from ui import chat, data, merge, models, notice, runs, train
 from ui.i18n import I18N, t
 
 CSS = (Path(__file__).resolve().parent.parent / "assets" / "style.css")
@@ -26,7 +26,7 @@ def build() -> gr.Blocks:
             gr.Markdown(t("title"))
             notice.build()
         with gr.Tabs() as tabs:
-            with gr.Tab(t("tab_data"), id="data", elem_id="tab-data"):
+            with gr.Tab(t("tab_data"), id="data", elem_id="tab-data") as data_tab:
                 d = data.build()
             with gr.Tab(t("tab_train"), id="train", elem_id="tab-train") as train_tab:
                 tr = train.build()
@@ -36,9 +36,14 @@ def build() -> gr.Blocks:
                 c = chat.build()
             with gr.Tab(t("tab_runs"), id="runs", elem_id="tab-runs") as runs_tab:
                 r = runs.build()
+            with gr.Tab(t("tab_models"), id="models", elem_id="tab-models") as models_tab:
+                mo = models.build()
         # Opening a tab refreshes its lists: a dataset saved, a run finished or a model merged meanwhile.
-        train_tab.select(lambda: (gr.update(choices=train.datasets()), gr.update(choices=train.run_choices())),
-                         None, [tr["data"], tr["viewed"]], api_name=False)
+        train_tab.select(lambda: (gr.update(choices=train.datasets()), gr.update(choices=train.run_choices()),
+                                  gr.update(choices=train.model_choices())),
+                         None, [tr["data"], tr["viewed"], tr["model"]], api_name=False)
+        models_tab.select(models.table, None, mo["frame"], api_name=False)
+        data_tab.select(lambda: gr.update(choices=data.files()), None, d["source"], api_name=False)  # a sampled dataset
         merge_tab.select(merge.refresh, None, m["run"], api_name=False)
         merge_tab.select(merge.refresh_models, None, m["model"], api_name=False)
         chat_tab.select(chat.build_refresh, None, [c["source_a"], c["source_b"]], api_name=False)
@@ -55,6 +60,8 @@ def build() -> gr.Blocks:
         demo.load(_reattach, None, [tr["viewed"], tr["data"], m["run"], r["frame"], c["source_a"], c["source_b"]],
                   api_name="reattach")
         demo.load(data.titles, None, d["hist"], api_name=False)
+        demo.load(models.reattach, None, [mo["note"], mo["progress"], mo["log"], mo["timer"]],
+                  api_name=False)
     return demo
 
 

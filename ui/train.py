@@ -46,6 +46,11 @@ def datasets() -> list[tuple[str, str]]:
     return [(f"{d['name']} ({d['rows']})", d["path"]) for d in data.list_datasets()]
 
 
+def model_choices() -> list[str]:
+    """The models offered for training: the default, then every local model (a download just finished too)."""
+    return models.available()
+
+
 def run_choices() -> list[tuple[str, str]]:
     return [(r["name"], r["folder"]) for r in runs.list_runs()]  # no state here: it would go stale
 
@@ -276,7 +281,7 @@ def build() -> dict:
     with gr.Row():
         with gr.Column(scale=2):
             with gr.Row():
-                model = gr.Dropdown(models.available(), value="default", label=t("model"), info=help(TrainConfig, "model"), allow_custom_value=True)
+                model = gr.Dropdown(model_choices(), value="default", label=t("model"), info=help(TrainConfig, "model"), allow_custom_value=True)
                 data = gr.Dropdown(datasets(), label=t("dataset"), info=help(TrainConfig, "data"), allow_custom_value=True)
             widgets = {}
             # With several GPUs, which to train on (one, or several sharing each update).

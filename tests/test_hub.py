@@ -1,0 +1,187 @@
+"""Downloading a model from a hub id, against a fake hub served here (no network): progress, resume, stop, errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from core import hub, jobs, models, status
+from core.config import DownloadConfig
+from core.errors import UserError
+from tests.fake_hub import FakeHub, tiny_model
+
+RATE = 2 * 2**20  # bytes a second: the tiny model's 3 MB of weights take about a second and a half
+
+
+@pytest.fixture(scope="module")
+def fake(base_model):
+    files = tiny_model(base_model)
+    pickled = {"config.json": files["config.json"], "pytorch_model.bin": b"\x80\x02" + b"0" * 100}
+    served = FakeHub({"me/tiny": files, "me/pickled": pickled}, gated=("me/gated",))
+    served.files = files
+    yield served
+    served.close()
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("QLORA_STUDIO_HOME", str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture
+def online(monkeypatch):
+    """The hub client in this process may go online (to the fake hub only: every address here is local)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+
+def env(fake):
+    return {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": fake.url}
+
+
+def wait_for(predicate, timeout=60.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting")
+
+
+def test_progress_then_the_model_appears_whole_and_is_offered(home, fake):
+    fake.rate = RATE
+    job = jobs.JobManager().start_download(DownloadConfig(repo="me/tiny"), env=env(fake))
+    final = home / "models" / "tiny"
+    midway = wait_for(lambda: (s := status.read(job.folder))["state"] == "running" and 0 < (s["bytes_done"] or 0)
+                      < s["bytes_total"] and s["speed"] and s)
+    assert midway["bytes_total"] == sum(len(b) for b in fake.files.values())
+    assert midway["eta"] is not None and midway["eta"] > 0
+    assert not final.exists()  # half a model never looks like a model
+    assert str(final) not in models.available()
+    wait_for(lambda: status.read(job.folder)["state"] in status.FINAL)
+    done = status.read(job.folder)
+    assert done["state"] == "finished", done
+    assert done["bytes_done"] == done["bytes_total"]
+    for name, data in fake.files.items():
+        assert (final / name).read_bytes() == data
+    assert not (final / ".cache").exists() and not list(home.glob("models/.tiny.part"))
+    assert str(final) in models.available()
+    from ui import train
+
+    assert str(final) in [c[1] if isinstance(c, tuple) else c for c in train.model_choices()]
+
+
+def test_a_killed_download_resumes_from_the_bytes_on_disk(home, fake):
+    fake.rate = RATE / 2
+    manager = jobs.JobManager()
+    job = manager.start_download(DownloadConfig(repo="me/tiny", out=str(home / "models" / "again")), env=env(fake))
+    wait_for(lambda: (status.read(job.folder)["bytes_done"] or 0) > 2**20)
+    os.kill(job.pid, signal.SIGKILL)  # a power cut, as far as the child can tell
+    wait_for(lambda: not job.alive())
+    assert status.read(job.folder)["state"] == "failed"
+    fake.requests.clear()
+    fake.rate = 0
+    job = manager.start_download(DownloadConfig(repo="me/tiny", out=str(home / "models" / "again")), env=env(fake))
+    wait_for(lambda: status.read(job.folder)["state"] in status.FINAL)
+    assert status.read(job.folder)["state"] == "finished"
+    ranges = [r for m, p, r in fake.requests if m == "GET" and p.endswith("/model.safetensors")]
+    assert ranges and ranges[0] and int(ranges[0].split("=")[1].split("-")[0]) >= 2**20, fake.requests
+    assert (home / "models" / "again" / "model.safetensors").read_bytes() == fake.files["model.safetensors"]
+
+
+def test_stop_ends_as_stopped_and_keeps_nothing_that_looks_finished(home, fake):
+    fake.rate = RATE / 4
+    job = jobs.JobManager().start_download(DownloadConfig(repo="me/tiny"), env=env(fake))
+    wait_for(lambda: (status.read(job.folder)["bytes_done"] or 0) > 0)
+    jobs.JobManager().stop(job, grace=10)
+    wait_for(lambda: not job.alive())
+    now = wait_for(lambda: (s := status.read(job.folder))["state"] in status.FINAL and s)
+    assert now["state"] == "stopped" and now["error"] is None
+    assert "again" in now["hint"]
+    assert not (home / "models" / "tiny").exists()
+
+
+def test_a_gated_repo_ends_the_job_with_one_line(home, fake):
+    job = jobs.JobManager().start_download(DownloadConfig(repo="me/gated"), env=env(fake))
+    wait_for(lambda: status.read(job.folder)["state"] in status.FINAL)
+    now = status.read(job.folder)
+    assert now["state"] == "failed"
+    assert "me/gated is gated" in now["error"] and "HF_TOKEN" in now["error"] and "\n" not in now["error"]
+
+
+@pytest.mark.parametrize("repo, allow_bin, says", [
+    ("me/missing", False, "me/missing was not found on http"),
+    ("me/pickled", False, "only pickle weights (pytorch_model.bin)"),
+])
+def test_missing_and_pickle_only_repos_are_refused_in_words(home, fake, online, repo, allow_bin, says):
+    with pytest.raises(UserError, match=says.replace("(", r"\(").replace(")", r"\)")):
+        hub.download(DownloadConfig(repo=repo, source="mirror", endpoint=fake.url, allow_bin=allow_bin))
+    assert not (home / "models" / repo.split("/")[1]).exists()
+
+
+def test_pickle_weights_come_only_when_allowed(home, fake, online):
+    fake.rate = 0
+    report = hub.download(DownloadConfig(repo="me/pickled", source="mirror", endpoint=fake.url, allow_bin=True))
+    assert (Path(report["path"]) / "pytorch_model.bin").is_file()
+
+
+def test_unreachable_source_and_bad_settings_are_one_line(online, monkeypatch):
+    with pytest.raises(UserError, match=r"source: http://127.0.0.1:9 cannot be reached"):
+        hub.listing(DownloadConfig(repo="me/tiny", source="mirror", endpoint="http://127.0.0.1:9"))
+    assert DownloadConfig(repo="not an id").validate()[0].startswith("repo: 'not an id' is not a hub id")
+    assert DownloadConfig(repo="a/b", source="mirror").validate()[0].startswith("endpoint: give the mirror's address")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="downloads are switched off"):
+        hub.listing(DownloadConfig(repo="me/tiny"))
+
+
+# ---- a dataset from a hub id ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def data_hub():
+    """A dataset of 60 000 Belle-style rows of 1 KB (60 MB): many times what a sample of a few hundred needs."""
+    import json
+
+    long = "好" * 330
+    lines = (json.dumps({"instruction": f"问题 {i}", "input": "", "output": f"回答 {i} {long}"}, ensure_ascii=False)
+             for i in range(60_000))
+    served = FakeHub({"me/belle": {"train.jsonl": "\n".join(lines).encode()}}, gated=("me/secret",))
+    yield served
+    served.close()
+
+
+def test_a_dataset_is_streamed_and_sampled_into_a_data_file(home, data_hub):
+    job = jobs.JobManager().start_download(DownloadConfig(repo="me/belle", kind="dataset", rows=300, seed=7),
+                                           env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": data_hub.url})
+    wait_for(lambda: status.read(job.folder)["state"] in status.FINAL)
+    done = status.read(job.folder)
+    assert done["state"] == "finished", done
+    out = home / "data" / "belle-300.jsonl"
+    assert done["report"]["path"] == str(out) and done["report"]["rows"] == 300
+    import json
+
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    numbers = [int(r["instruction"].split()[1]) for r in rows]
+    assert len(set(numbers)) == 300 and numbers != sorted(numbers)  # picked at random, not the first 300
+    # Streamed: each read of the file stopped well before its end.
+    size = len(data_hub.repos["me/belle"]["train.jsonl"])
+    assert data_hub.sent and 0 < max(data_hub.sent) < size / 2, (data_hub.sent, size)
+    from core import data
+
+    assert data.detect(out) == "alpaca"  # the Data tab takes it like an uploaded file
+
+
+def test_a_gated_dataset_ends_the_job_with_one_line(home, data_hub):
+    job = jobs.JobManager().start_download(DownloadConfig(repo="me/secret", kind="dataset", rows=5),
+                                           env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": data_hub.url})
+    wait_for(lambda: status.read(job.folder)["state"] in status.FINAL)
+    now = status.read(job.folder)
+    assert now["state"] == "failed" and "\n" not in now["error"]
+    assert now["error"].startswith("repo: me/secret is gated or private"), now["error"]
