@@ -1,8 +1,9 @@
-"""English and Chinese text of the panel.
+"""English and Chinese text of the panel, and the 中文 / English switch that picks one.
 
-Static text (labels, help, headings) goes through gr.I18n: the browser's language picks
-the table, and the footer's Settings → Language switches it at run time. Text made by the
-server (status lines) follows the browser's Accept-Language through `say()`.
+Static text (labels, help, headings) goes through gr.I18n (`t`, `label`, `help`): the page shows
+the table of the language chosen with the header's switch (`SWITCH_JS` sets gradio's locale and a
+cookie), else of the browser's language. Text made by the server goes through `say(key,
+lang(request))`: `lang` reads the same cookie, else the browser's Accept-Language.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ EN: dict[str, str] = {
     "runs_intro": "Every training run in this workspace. Select a row, then open it.",
     "open_train": "Show in Train", "open_merge": "Merge this run", "open_chat": "Chat with this run",
     "selected": "Selected run",
+    # ---- language switch ----
+    "language": "Language",
+    "common.complete": "Complete",  # gradio's screen-reader word after an event, missing from its zh-CN table
 }
 
 ZH: dict[str, str] = {
@@ -68,6 +72,9 @@ ZH: dict[str, str] = {
     "runs_intro": "本工作区里的所有训练。选中一行后，可以查看曲线、合并或对话。",
     "open_train": "在训练页查看", "open_merge": "合并这次训练", "open_chat": "和它对话",
     "selected": "选中的训练",
+    # ---- language switch ----
+    "language": "语言",
+    "common.complete": "完成",
 }
 
 # Help shown under each setting, in Chinese, by settings class (a field name can mean different
@@ -155,6 +162,8 @@ LABEL_EN: dict[str, str] = {
     "save_steps": "Save every N steps", "eval_steps": "Eval every N steps", "report_to": "Report to",
     "wandb_project": "wandb project", "system": "System prompt", "temperature": "Temperature", "top_p": "Top-p",
     "top_k": "Top-k", "precision": "Precision", "repetition_penalty": "Repetition penalty", "max_new_tokens": "Max new tokens",
+    # ---- language switch ----
+    "dtype": "Weight format",
 }
 LABEL_ZH: dict[str, str] = {
     "sample": "抽样条数", "seed": "随机种子", "template": "模板", "eval_ratio": "评估集比例",
@@ -169,6 +178,8 @@ LABEL_ZH: dict[str, str] = {
     "save_steps": "保存间隔步数", "eval_steps": "评估间隔步数", "report_to": "同步记录到",
     "wandb_project": "wandb 项目", "system": "系统提示词", "temperature": "温度", "top_p": "Top-p",
     "top_k": "Top-k", "precision": "加载精度", "repetition_penalty": "重复惩罚", "max_new_tokens": "最大生成长度",
+    # ---- language switch ----
+    "dtype": "权重精度",
 }
 
 
@@ -257,6 +268,9 @@ SAY = {
         "dropped": "Dropped {n} rows ({why}).",
         "tokens_per_row": "Tokens per row: mean {mean}, median {p50}, p95 {p95}, longest {max}.",
         "cut": "Longer than max sequence length {max} (would be cut): {rows} rows ({share}).",
+        # ---- language switch ----
+        "source_base": "base · {name}", "source_merged": "merged · {name}", "source_model": "model · {name}",
+        "source_adapter": "adapter · {name}",
     },
     "zh": {
         "state_starting": "正在启动", "state_running": "训练中", "state_stopping": "本步结束后停止",
@@ -309,16 +323,53 @@ SAY = {
         "dropped": "丢弃 {n} 行（{why}）。",
         "tokens_per_row": "每行 token 数：平均 {mean}，中位数 {p50}，p95 {p95}，最长 {max}。",
         "cut": "超过最长序列 {max} 而会被截断的：{rows} 行（{share}）。",
+        # ---- language switch ----
+        "source_base": "基础模型 · {name}", "source_merged": "合并模型 · {name}", "source_model": "模型 · {name}",
+        "source_adapter": "适配器 · {name}",
     },
 }
 
 
+# ---- the language switch ------------------------------------------------------------------
+COOKIE = "qlora_studio_lang"  # 'zh' or 'en': the switch's choice, sent with every request, kept a year
+LANGUAGES = [("中文", "zh"), ("English", "en")]  # each named in its own language
+
+# The page's language lives in the gradio frontend's i18n store, which Settings → Language sets through
+# `changeLocale` of the frontend's core module. That module is found by the address the page loaded it
+# from, so the import returns the very instance the page uses (gradio's own zh-CN table then translates
+# its built-in text too: the upload box, table menus).
+_SET_LOCALE = """
+const qsLocale = async (choice) => {
+  const core = performance.getEntriesByType('resource').map(e => e.name).find(n => /\\/assets\\/core-[\\w-]+\\.js$/.test(n));
+  if (core) (await import(core)).changeLocale(choice === 'zh' ? 'zh-CN' : 'en');
+};
+"""
+# On page load: the saved choice, else the browser's language; returned to the switch.
+LOAD_JS = "async () => {" + _SET_LOCALE + f"""
+  const saved = (document.cookie.match(/(?:^|; ){COOKIE}=(zh|en)/) || [])[1];
+  const choice = saved || ((navigator.language || '').toLowerCase().startsWith('zh') ? 'zh' : 'en');
+  await qsLocale(choice);
+  return choice;
+}}"""
+# On a switch: remember the choice (the cookie goes with the requests that redraw the server's text), show it.
+SWITCH_JS = "async (choice) => {" + _SET_LOCALE + f"""
+  document.cookie = '{COOKIE}=' + choice + '; path=/; max-age=31536000; SameSite=Lax';
+  await qsLocale(choice);
+  return choice;
+}}"""
+
+
 def lang(request: gr.Request | None) -> str:
-    """'zh' when the browser prefers Chinese, else 'en'."""
+    """'zh' or 'en': the header switch's choice, else 'zh' when the browser prefers Chinese."""
     try:
-        accept = request.headers.get("accept-language", "") if request is not None else ""
+        headers = request.headers if request is not None else {}
+        cookie, accept = headers.get("cookie", ""), headers.get("accept-language", "")
     except Exception:
-        accept = ""
+        cookie, accept = "", ""
+    for part in cookie.split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == COOKIE and value in SAY:
+            return value
     first = accept.split(",")[0].strip().lower()
     return "zh" if first.startswith("zh") else "en"
 

@@ -108,4 +108,4 @@ def build() -> dict:
             log = gr.Textbox(label=t("log"), lines=10, interactive=False)
     run.change(pick, run, [base, out], api_name="pick_run")
     go.click(merge, [run, base, out, dtype], [result, log], api_name="merge", concurrency_id="gpu", concurrency_limit=1)
-    return {"run": run}
+    return {"run": run, "relabel": (refresh, None, run)}

@@ -52,4 +52,5 @@ def build() -> dict:
         to_chat = gr.Button(t("open_chat"))
     frame.select(select, frame, selected, api_name=False)
     refresh.click(table, None, frame, api_name="runs")
-    return {"frame": frame, "selected": selected, "to_train": to_train, "to_merge": to_merge, "to_chat": to_chat}
+    return {"frame": frame, "selected": selected, "to_train": to_train, "to_merge": to_merge, "to_chat": to_chat,
+            "relabel": (table, None, frame)}

@@ -245,6 +245,11 @@ def poll(viewed, request: gr.Request = None):
     return progress_html(run, language, metrics), chart(run, metrics, language), runs.story(run, 8) if run else ""
 
 
+def relabel(request: gr.Request, viewed, data, *values):
+    """The tab's server-made text again, in the language now chosen: the plan, the live view, the machine."""
+    return (plan_text(request, data, *values), *poll(viewed, request), gpu_markdown(request))
+
+
 def build() -> dict:
     """The Train tab's widgets."""
     gr.Markdown(t("train_intro"))
@@ -307,4 +312,5 @@ def build() -> dict:
     viewed.change(form_from_run, viewed, [model, data, preset, *settings], api_name="run_settings")
     gr.Timer(2.0).tick(poll, viewed, live, api_name="poll", show_progress="hidden")
     gr.Timer(3.0).tick(gpu_markdown, None, gpu, api_name="gpu", show_progress="hidden")
-    return {"model": model, "data": data, "viewed": viewed, "live": live, "problems": problems, "poll": poll}
+    return {"model": model, "data": data, "viewed": viewed, "live": live, "problems": problems, "poll": poll,
+            "relabel": (relabel, [viewed, data, *settings], [plan, *live, gpu])}
