@@ -10,8 +10,8 @@ import gradio as gr
 from core import jobs, models, paths, runs
 from core.config import GenerationConfig
 from core.errors import UserError
-from ui.forms import warn, widget
-from ui.i18n import lang, say, t
+from ui.forms import WARN, warn, widget
+from ui.i18n import both, lang, say, t
 
 ADAPTER = "adapter:"
 GEN = ("precision", "temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens")
@@ -164,7 +164,7 @@ def respond(request: gr.Request | None, message, hist_a, hist_b, source_a, sourc
         return
     job = jobs.current()
     # Loading a second model next to training can run the GPU out of memory: warn, still answer.
-    note = warn(say("training_running", lang(request))) if job is not None and job.kind == "train" else ""
+    note = WARN + both("training_running") if job is not None and job.kind == "train" else ""
     source_a = source_a or "default"
     try:
         gen = generation(system, *values)
@@ -202,14 +202,14 @@ def _fitted(chats: list, note: str, request) -> str:
         if f:
             gib = {k: f"{v / 2**30:.1f}" for k, v in f["need"].items()}
             key = "fit_chosen" if f["asked"] != "auto" else "fit_16" if f["precision"] == "16bit" else "fit_smaller"
-            lines.append(say(key, lang(request), bits=f["precision"][:-3], need=gib[f["precision"]],
-                             need16=gib["16bit"], free=f"{f['free'] / 2**30:.1f}"))
+            lines.append(both(key, bits=f["precision"][:-3], need=gib[f["precision"]], need16=gib["16bit"],
+                              free=f"{f['free'] / 2**30:.1f}"))
     return "  \n".join(lines)
 
 
-def unload(request: gr.Request = None):
+def unload():
     release()
-    return say("released", lang(request))
+    return both("released")
 
 
 def build() -> dict:

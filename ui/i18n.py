@@ -270,7 +270,9 @@ SAY = {
         "cut": "Longer than max sequence length {max} (would be cut): {rows} rows ({share}).",
         # ---- language switch ----
         "source_base": "base · {name}", "source_merged": "merged · {name}", "source_model": "model · {name}",
-        "source_adapter": "adapter · {name}",
+        "source_adapter": "adapter · {name}", "merge_failed_log": "The merge failed: see the log below.",
+        "phrase_no_gpu": "(no GPU)", "phrase_compute": "compute",
+        "state_stopped_empty": "stopped before training began (nothing to keep)",
     },
     "zh": {
         "state_starting": "正在启动", "state_running": "训练中", "state_stopping": "本步结束后停止",
@@ -325,7 +327,9 @@ SAY = {
         "cut": "超过最长序列 {max} 而会被截断的：{rows} 行（{share}）。",
         # ---- language switch ----
         "source_base": "基础模型 · {name}", "source_merged": "合并模型 · {name}", "source_model": "模型 · {name}",
-        "source_adapter": "适配器 · {name}",
+        "source_adapter": "适配器 · {name}", "merge_failed_log": "合并失败：见下面的日志。",
+        "phrase_no_gpu": "（无显卡）", "phrase_compute": "计算",
+        "state_stopped_empty": "训练开始前已停止（没有可保存的内容）",
     },
 }
 
@@ -378,3 +382,18 @@ def say(key: str, language: str = "en", **kw) -> str:
     """A server-made message in the user's language."""
     text = SAY.get(language, SAY["en"]).get(key) or SAY["en"].get(key, key)
     return text.format(**kw)
+
+
+def state(name: str, adapter, language: str = "en") -> str:
+    """A run's state in words; a run stopped before its first step says it kept nothing."""
+    return say("state_stopped_empty" if name == "stopped" and not adapter else "state_" + name, language)
+
+
+def both(key: str, **kw) -> str:
+    """A message that stays on screen (Markdown), in both languages: the page shows the one the switch chose.
+
+    Text redrawn on a switch (tables, charts, choices, live views) uses `say`; a one-off reply to a
+    press (a run started, a merge written) has nothing to redraw it from, so it carries both
+    languages and assets/style.css hides the one the page's `lang` does not name.
+    """
+    return "".join(f'<span class="qs-say" lang="{language}">{say(key, language, **kw)}</span>' for language in SAY)

@@ -11,7 +11,7 @@ from core import jobs, models, paths, runs, status
 from core.config import MergeConfig
 from core.errors import UserError
 from ui.forms import warn, widget
-from ui.i18n import help, lang, say, t
+from ui.i18n import both, help, lang, say, t
 
 
 def finished_runs(request: gr.Request = None) -> list[tuple[str, str]]:
@@ -54,19 +54,19 @@ def _size(nbytes: float) -> str:
     return ""
 
 
-def result_text(folder: str | Path, language: str) -> str:
-    """Where the model is, its size, and whether it answers like base + adapter (from the job's status)."""
+def result_text(folder: str | Path) -> str:
+    """Where the model is, its size, and whether it answers like base + adapter (from the job's status), in both languages."""
     now = status.read(folder)
     report = now.get("report") or {}
     if not report.get("path"):
-        return say("merge_failed", language, cause=now.get("error") or say("see_log", language))
-    lines = [say("merged", language, out=report["path"], size=_size(report.get("size_bytes") or 0))]
+        cause = now.get("error")
+        return both("merge_failed", cause=cause) if cause else both("merge_failed_log")
+    lines = [both("merged", out=report["path"], size=_size(report.get("size_bytes") or 0))]
     if report.get("max_abs_diff") is not None:
         key = "merge_check_ok" if report.get("ok") else "merge_check_failed"
-        lines.append(say(key, language, diff=f"{report['max_abs_diff']:.2e}",
-                         agree=f"{report.get('top1_agreement') or 0:.0%}"))
+        lines.append(both(key, diff=f"{report['max_abs_diff']:.2e}", agree=f"{report.get('top1_agreement') or 0:.0%}"))
     elif report.get("compared") is False:  # too large to hold twice here: every tensor was checked as written
-        lines.append(say("merge_check_tensors", language))
+        lines.append(both("merge_check_tensors"))
     if report.get("seconds") is not None:
         lines.append(f"{report.get('dtype', '')} · {report.get('device', '')} · {report['seconds']} s")
     return "\n\n".join(lines)
@@ -90,7 +90,7 @@ def merge(request: gr.Request | None, run, base, out, dtype):
     while job.alive():
         yield progress_text(job.folder, language), job.log_tail(12)
         time.sleep(1.0)
-    yield result_text(job.folder, language), job.log_tail(12)
+    yield result_text(job.folder), job.log_tail(12)
 
 
 def build() -> dict:

@@ -8,7 +8,7 @@ import gradio as gr
 import pandas as pd
 
 from core import runs
-from ui.i18n import lang, say, t
+from ui.i18n import lang, say, state, t
 
 COLUMNS = ["name", "state", "step", "model", "data", "preset", "r", "lr", "steps", "batch", "final_loss", "created", "folder"]
 
@@ -22,7 +22,7 @@ def table(request: gr.Request = None) -> pd.DataFrame:
         row["step"] = f"{r.get('step') or 0}/{r.get('max_steps') or '?'}"
         row["created"] = datetime.fromtimestamp(r["created"]).strftime("%Y-%m-%d %H:%M") if r.get("created") else ""
         row["final_loss"] = round(r["final_loss"], 4) if r.get("final_loss") is not None else None
-        row["state"] = say("state_" + r["state"], language)
+        row["state"] = state(r["state"], r.get("adapter"), language)
         if r["state"] == "failed" and r.get("error"):
             row["state"] += f": {r['error']}"
         rows.append(row)

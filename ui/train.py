@@ -15,7 +15,8 @@ from core.config import PRESETS, TrainConfig
 from core.config import preset as preset_config
 from core.errors import UserError
 from ui.forms import warn, widget
-from ui.i18n import help, lang, say, t
+from ui.i18n import both, help, lang, say, t
+from ui.i18n import state as words
 
 HIDDEN = ("model", "data", "out", "preset", "resume")
 BASIC = ("max_steps", "learning_rate", "batch_size", "grad_accum", "max_seq_length",
@@ -76,7 +77,6 @@ def plan_text(request: gr.Request | None, data, *values) -> str:
 
 def start(request: gr.Request | None, model, data, preset, name, wandb_key, *values):
     """Validate the form and start the training child; problems are shown next to the form."""
-    language = lang(request)
     try:
         cfg = config(model, data, preset, name, *values)
         problems = cfg.replace(out=cfg.out or "auto").validate()
@@ -86,15 +86,15 @@ def start(request: gr.Request | None, model, data, preset, name, wandb_key, *val
         job = jobs.start_train(cfg, env=env)
     except UserError as e:
         return warn(e), gr.update()
-    return say("started", language, run=Path(job.folder).name), gr.update(choices=run_choices(), value=job.folder)
+    return both("started", run=Path(job.folder).name), gr.update(choices=run_choices(), value=job.folder)
 
 
 def stop(request: gr.Request = None):
     """Ask the running job to stop after its current step."""
     job = jobs.stop()
     if job is None:
-        return say("nothing_running", lang(request))
-    return say("stopping", lang(request), run=Path(job.folder).name)
+        return both("nothing_running")
+    return both("stopping", run=Path(job.folder).name)
 
 
 def resume(viewed, wandb_key, armed, request: gr.Request = None):
@@ -103,19 +103,18 @@ def resume(viewed, wandb_key, armed, request: gr.Request = None):
     The first press names the run and the checkpoint and arms Resume for that run (`armed`, the
     session's state); a second press while the same run is shown starts it.
     """
-    language = lang(request)
     if not viewed:
-        return say("no_run", language), gr.update(), ""
+        return both("no_run"), gr.update(), ""
     try:
         run = paths.inside(viewed, paths.runs(), "run")
         checkpoint, _ = saving.newest_checkpoint(run)
         if armed != str(run) and checkpoint is not None and status.read(run)["state"] in ("stopped", "failed"):
-            return say("resume_confirm", language, run=run.name, checkpoint=checkpoint.name), gr.update(), str(run)
+            return both("resume_confirm", run=run.name, checkpoint=checkpoint.name), gr.update(), str(run)
         env = {"WANDB_API_KEY": wandb_key.strip()} if wandb_key and wandb_key.strip() else None
         job = jobs.resume(run, env=env)  # anything not resumable is refused here, with the reason
     except UserError as e:
         return warn(e), gr.update(), ""
-    return say("resumed", language, run=Path(job.folder).name), gr.update(choices=run_choices(), value=job.folder), ""
+    return both("resumed", run=Path(job.folder).name), gr.update(choices=run_choices(), value=job.folder), ""
 
 
 def form_from_run(viewed):
@@ -166,16 +165,19 @@ def progress_html(run: str, language: str = "en", metrics: list[dict] | None = N
     if now.get("started"):  # the wall clock since start, so it keeps moving between logging steps
         elapsed = (now.get("ended") or time.time()) - now["started"]
     remaining = _clock(last.get("remaining")) if state in status.LIVE else "–"
-    parts = [f"<div class='qs-progress'><span class='qs-state qs-{state}'>{say('state_' + state, language)}</span> "
+    parts = [f"<div class='qs-progress'><span class='qs-state qs-{state}'>{words(state, now.get('adapter'), language)}</span> "
              f"<b>{escape(Path(run).name)}</b>",
              f"<div class='qs-bar'><div style='width:{pct:.1f}%'></div></div>",
              say("progress_line", language, step=step, total=total or "?", elapsed=_clock(elapsed), remaining=remaining,
                  speed=f"{last.get('tokens_per_second', 0) or 0:.0f}")]
     if last.get("loss") is not None:
-        parts.append(f" · <span>loss {last['loss']:.4f}</span>")
+        parts.append(f" · <span>{say('chart_loss', language)} {last['loss']:.4f}</span>")
     if now.get("mode"):  # what the engine chose: 4-bit QLoRA on a GPU, or plain LoRA without one
         where = (now.get("device") or "").removeprefix("cuda:0 ")
-        parts.append(f"<p class='qs-mode'>{escape(now['mode'])}{' · ' + escape(where) if where else ''}</p>")
+        mode = now["mode"]
+        for phrase in ("phrase_no_gpu", "phrase_compute"):  # the engine's words for it, in the reader's language
+            mode = mode.replace(say(phrase), say(phrase, language))
+        parts.append(f"<p class='qs-mode'>{escape(mode)}{' · ' + escape(where) if where else ''}</p>")
     if state == "failed":
         parts.append(f"<p class='qs-error'>{escape(now.get('error') or '')}</p>")
         if now.get("hint"):
