@@ -27,7 +27,7 @@ def build() -> gr.Blocks:
     with gr.Blocks(title="QLoRA Studio") as demo:
         with gr.Row(equal_height=True, elem_id="qs-header"):
             gr.Markdown(t("title"))
-            switch = gr.Radio(LANGUAGES, value=None, label=t("language"), show_label=False, container=False, scale=0, min_width=170,
+            switch = gr.Radio(LANGUAGES, value=None, label=t("language"), show_label=False, container=False, scale=0, min_width=220,
                               elem_id="qs-language")
         # Every tab is drawn at once (hidden until opened): a tab never opened follows the language switch too.
         with gr.Tabs() as tabs:

@@ -68,7 +68,7 @@ def result_text(folder: str | Path) -> str:
     elif report.get("compared") is False:  # too large to hold twice here: every tensor was checked as written
         lines.append(both("merge_check_tensors"))
     if report.get("seconds") is not None:
-        lines.append(f"{report.get('dtype', '')} · {report.get('device', '')} · {report['seconds']} s")
+        lines.append(f"{report.get('dtype', '')} · {str(report.get('device', '')).replace('cpu', 'CPU')} · {report['seconds']} s")
     return "\n\n".join(lines)
 
 

@@ -173,7 +173,7 @@ def progress_html(run: str, language: str = "en", metrics: list[dict] | None = N
     if last.get("loss") is not None:
         parts.append(f" · <span>{say('chart_loss', language)} {last['loss']:.4f}</span>")
     if now.get("mode"):  # what the engine chose: 4-bit QLoRA on a GPU, or plain LoRA without one
-        where = (now.get("device") or "").removeprefix("cuda:0 ")
+        where = (now.get("device") or "").removeprefix("cuda:0 ").replace("cpu", "CPU")
         mode = now["mode"]
         for phrase in ("phrase_no_gpu", "phrase_compute"):  # the engine's words for it, in the reader's language
             mode = mode.replace(say(phrase), say(phrase, language))
