@@ -213,11 +213,11 @@ def test_stop_keeps_adapter_and_restart_reattaches(app, dataset, finished_run):
     # Resume names the run and its checkpoint and waits for a second press (a fresh page asks again).
     step = max(int(p.name.rsplit("-", 1)[1]) for p in (Path(run) / "checkpoints").glob("checkpoint-*"))
     message, _ = c.predict(run, "", api_name="/resume")
-    assert message == f"Resume **long** from checkpoint-{step}? Press Resume again to confirm.", message
+    assert f'"en">Resume **long** from checkpoint-{step}? Press Resume again to confirm.<' in message, message
     assert app.client().predict(run, "", api_name="/resume")[0] == message
     assert "qs-stopped'" in c.predict(run, api_name="/poll")[0], "nothing started on the first press"
     message, viewed = c.predict(run, "", api_name="/resume")
-    assert message == "Resuming long from its last checkpoint." and viewed["value"] == run
+    assert '"en">Resuming long from its last checkpoint.<' in message and viewed["value"] == run
     assert "after the current step" in c.predict(api_name="/stop")
     wait_state(c, run, ["stopped", "failed", "finished"], timeout=120)
 

@@ -43,3 +43,21 @@ def test_each_tab_shows_the_help_of_its_own_settings():
     assert help_keys["max_seq_length"] == {"PrepareConfig", "TrainConfig"}
     assert "GenerationConfig" in help_keys["temperature"] and "MergeConfig" in help_keys["dtype"]
     assert TABLES["zh"]["help_PrepareConfig_model"] != TABLES["zh"]["help_TrainConfig_model"]
+
+
+def test_the_header_switch_beats_the_browser_language():
+    """Server-made text follows the switch's cookie; without one, the browser's first language."""
+    import gradio as gr
+
+    from ui.i18n import COOKIE, lang, say
+
+    def request(cookie="", accept=""):
+        return gr.Request(headers={"cookie": cookie, "accept-language": accept})
+
+    assert lang(request(accept="zh-CN,zh;q=0.9,en;q=0.8")) == "zh"
+    assert lang(request(accept="en-US,zh;q=0.5")) == "en"
+    assert lang(request(f"other=1; {COOKIE}=zh", "en-US")) == "zh"
+    assert lang(request(f"{COOKIE}=en", "zh-CN")) == "en"
+    assert lang(request(f"{COOKIE}=fr", "zh-CN")) == "zh"  # an unknown choice: the browser decides
+    assert lang(None) == "en"
+    assert say("state_finished", lang(request(f"{COOKIE}=zh"))) == "已完成"

@@ -10,8 +10,8 @@ import gradio as gr
 from core import jobs, models, paths, runs
 from core.config import GenerationConfig
 from core.errors import UserError
-from ui.forms import warn, widget
-from ui.i18n import lang, say, t
+from ui.forms import WARN, warn, widget
+from ui.i18n import both, lang, say, t
 
 ADAPTER = "adapter:"
 GEN = ("precision", "temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens")
@@ -20,27 +20,26 @@ _loaded: dict[str, object] = {}  # source -> core.chat.Chat; at most the two on 
 _lock = threading.Lock()
 
 
-def sources() -> list[tuple[str, str]]:
-    """Every model one can talk to: base and merged models, then each run's adapter."""
-    # Choice labels are made once for every browser, so they carry both languages; a merged model and
-    # the adapter of the same run must not look alike.
+def sources(language: str = "en") -> list[tuple[str, str]]:
+    """Every model one can talk to: base and merged models, then each run's adapter, named in `language`."""
+    # A merged model and the adapter of the same run must not look alike.
     merged = paths.merged().resolve()
     out = []
     for m in models.available():
         if m == "default":
-            out.append(("base 基础 · SmolLM2-135M-Instruct", m))
+            out.append((say("source_base", language, name="SmolLM2-135M-Instruct"), m))
         else:
-            kind = "merged 合并" if Path(m).resolve().parent == merged else "model 模型"
-            out.append((f"{kind} · {Path(m).name}", m))
-    out += [(f"adapter 适配器 · {r['name']}", ADAPTER + r["adapter"]) for r in runs.list_runs() if r["adapter"]]
+            kind = "source_merged" if Path(m).resolve().parent == merged else "source_model"
+            out.append((say(kind, language, name=Path(m).name), m))
+    out += [(say("source_adapter", language, name=r["name"]), ADAPTER + r["adapter"]) for r in runs.list_runs() if r["adapter"]]
     return out
 
 
-def pane_label(source: str | None, fallback):
+def pane_label(source: str | None, fallback, language: str = "en"):
     """The name of the model a chat pane shows, so two panes side by side say whose answers they are."""
     if not source:
         return fallback
-    return next((name for name, value in sources() if value == source), Path(source.removeprefix(ADAPTER)).name)
+    return next((name for name, value in sources(language) if value == source), Path(source.removeprefix(ADAPTER)).name)
 
 
 def release() -> None:
@@ -165,7 +164,7 @@ def respond(request: gr.Request | None, message, hist_a, hist_b, source_a, sourc
         return
     job = jobs.current()
     # Loading a second model next to training can run the GPU out of memory: warn, still answer.
-    note = warn(say("training_running", lang(request))) if job is not None and job.kind == "train" else ""
+    note = WARN + both("training_running") if job is not None and job.kind == "train" else ""
     source_a = source_a or "default"
     try:
         gen = generation(system, *values)
@@ -203,14 +202,14 @@ def _fitted(chats: list, note: str, request) -> str:
         if f:
             gib = {k: f"{v / 2**30:.1f}" for k, v in f["need"].items()}
             key = "fit_chosen" if f["asked"] != "auto" else "fit_16" if f["precision"] == "16bit" else "fit_smaller"
-            lines.append(say(key, lang(request), bits=f["precision"][:-3], need=gib[f["precision"]],
-                             need16=gib["16bit"], free=f"{f['free'] / 2**30:.1f}"))
+            lines.append(both(key, bits=f["precision"][:-3], need=gib[f["precision"]], need16=gib["16bit"],
+                              free=f"{f['free'] / 2**30:.1f}"))
     return "  \n".join(lines)
 
 
-def unload(request: gr.Request = None):
+def unload():
     release()
-    return say("released", lang(request))
+    return both("released")
 
 
 def build() -> dict:
@@ -218,7 +217,7 @@ def build() -> dict:
     if release not in jobs.before_train:
         jobs.before_train.append(release)
     gr.Markdown(t("chat_intro"))
-    choices = sources()
+    choices = sources()  # relabelled on page load, in the reader's language
     with gr.Row():
         source_a = gr.Dropdown(choices, value="default", label=t("chat_model"), allow_custom_value=True, scale=3)
         source_b = gr.Dropdown([("—", "")] + choices, value="", label=t("compare_with"), allow_custom_value=True, scale=3)
@@ -226,7 +225,7 @@ def build() -> dict:
         refresh = gr.Button(t("refresh"), size="sm", scale=1)
     with gr.Row():
         # Plain text: a model's '#' lines are not headings, and its markup is shown as it wrote it.
-        chat_a = gr.Chatbot(label=pane_label("default", t("chat_a")), height=420, buttons=["copy"], render_markdown=False)
+        chat_a = gr.Chatbot(label=t("chat_a"), height=420, buttons=["copy"], render_markdown=False)
         chat_b = gr.Chatbot(label=t("chat_b"), height=420, visible=False, buttons=["copy"], render_markdown=False)
     with gr.Row():
         message = gr.Textbox(label=t("message"), lines=2, scale=6, submit_btn=False)
@@ -252,15 +251,28 @@ def build() -> dict:
     # Cancelling closes the reply's generator, which tells generation to end after the current token.
     stop.click(None, None, None, cancels=[sent, submitted], api_name=False)
     clear.click(lambda: ([], [], ""), None, [chat_a, chat_b, note], api_name="clear_chat")
-    source_a.change(lambda s: gr.update(label=pane_label(s, "")), source_a, chat_a, api_name=False)
-    source_b.change(lambda s: gr.update(visible=bool(s), label=pane_label(s, "")), source_b, chat_b, api_name=False)
-    refresh.click(lambda: (gr.update(choices=sources()), gr.update(choices=[("—", "")] + sources())), None,
-                  [source_a, source_b], api_name=False)
+    source_a.change(label_a, source_a, chat_a, api_name=False)
+    source_b.change(label_b, source_b, chat_b, api_name=False)
+    refresh.click(build_refresh, None, [source_a, source_b], api_name=False)
     unload_btn.click(unload, None, note, api_name=False)
-    return {"source_a": source_a, "source_b": source_b}
+    return {"source_a": source_a, "source_b": source_b,
+            "relabel": (relabel, [source_a, source_b], [source_a, source_b, chat_a, chat_b])}
 
 
-def build_refresh():
-    """Fresh choices for both model pickers (after a merge or a new run)."""
-    choices = sources()
+def label_a(source: str, request: gr.Request = None):
+    return gr.update(label=pane_label(source, "", lang(request)))
+
+
+def label_b(source: str, request: gr.Request = None):
+    return gr.update(visible=bool(source), label=pane_label(source, "", lang(request)))
+
+
+def build_refresh(request: gr.Request = None):
+    """Fresh choices for both model pickers (after a merge or a new run), named in the reader's language."""
+    choices = sources(lang(request))
     return gr.update(choices=choices), gr.update(choices=[("—", "")] + choices)
+
+
+def relabel(source_a, source_b, request: gr.Request = None):
+    """The pickers' choices and the panes' names again, in the language now chosen."""
+    return (*build_refresh(request), label_a(source_a, request), label_b(source_b, request))

@@ -59,7 +59,7 @@ def preview(request: gr.Request, *values):
     from core import data
 
     language = lang(request)
-    empty = pd.DataFrame(columns=[say("col_prompt", language), say("col_response", language)])
+    empty = _empty_preview(language)
     if not values[0]:
         return say("no_file", language), empty
     try:
@@ -102,7 +102,7 @@ def _named(e: UserError, source: str, language: str) -> str:
 
 def choose(request: gr.Request, *values):
     """A file chosen: its preview (or its first problem), and the previous dataset's statistics cleared."""
-    return (*preview(request, *values), "", _no_bars())
+    return (*preview(request, *values), "", _no_bars(), "")
 
 
 def _no_bars() -> pd.DataFrame:
@@ -115,13 +115,13 @@ def save(request: gr.Request, *values, progress=gr.Progress()):
 
     language = lang(request)
     if not values[0]:
-        return say("no_file", language), _no_bars(), gr.update()
+        return say("no_file", language), _no_bars(), gr.update(), ""
     try:
         # prepare() reports the share of the file read: a big file shows a moving bar, not a spinner.
         manifest = data.prepare(config(*values), progress=lambda share: progress(share, desc=say("reading", language)))
     except UserError as e:
-        return _named(e, values[0], language), _no_bars(), gr.update()
-    return _stats_text(manifest, language), _histogram(manifest), manifest["path"]
+        return _named(e, values[0], language), _no_bars(), gr.update(), ""
+    return _stats_text(manifest, language), _histogram(manifest), manifest["path"], manifest["path"]
 
 
 def _stats_text(m: dict, language: str) -> str:
@@ -160,6 +160,22 @@ def titles(request: gr.Request = None):
     return gr.update(x_title=say("hist_tokens", language), y_title=say("hist_rows", language))
 
 
+def relabel(request: gr.Request, *values):
+    """The tab's server-made text again, in the language now chosen: preview, statistics shown, chart titles."""
+    from core import data
+
+    *values, shown = values
+    language = lang(request)
+    layout, table = preview(request, *values) if values[0] else (gr.update(), _empty_preview(language))
+    manifest = data.read_manifest(shown) if shown else {}
+    stats = _stats_text({**manifest, "path": shown}, language) if manifest else gr.update()
+    return layout, table, stats, titles(request)
+
+
+def _empty_preview(language: str) -> pd.DataFrame:
+    return pd.DataFrame(columns=[say("col_prompt", language), say("col_response", language)])
+
+
 def use_sample():
     return gr.update(choices=files(), value=str(SAMPLE))
 
@@ -184,18 +200,22 @@ def build() -> dict:
                 name = gr.Textbox("", label=t("dataset_name"))
         with gr.Column(scale=2):
             layout = gr.Markdown(label=t("layout"))
-            table = gr.Dataframe(headers=["prompt", "response"], label=t("preview"), wrap=True, max_height=360,
+            table = gr.Dataframe(headers=["", ""], label=t("preview"), wrap=True, max_height=360,
                                  interactive=False, column_widths=["60%", "40%"])
             preview_btn = gr.Button(t("preview_btn"), size="sm")
             save_btn = gr.Button(t("save_dataset"), variant="primary")
             stats = gr.Markdown()
             hist = gr.BarPlot(x="tokens", y="rows", label=t("histogram"), height=220, sort="x")
             dataset = gr.Textbox(visible=False)
+            stats_of = gr.State("")  # the dataset whose statistics are shown ("" when none are)
     inputs = [source, sample, seed, template, eval_ratio, max_len, model, skip_bad, name]
     file.upload(upload, file, source, api_name="upload")
     sample_btn.click(use_sample, None, source, api_name=False)
-    source.change(choose, inputs, [layout, table, stats, hist], api_name=False, concurrency_id="data", concurrency_limit=1)
+    source.change(choose, inputs, [layout, table, stats, hist, stats_of], api_name=False, concurrency_id="data",
+                  concurrency_limit=1)
     template.change(preview, inputs, [layout, table], api_name=False, concurrency_id="data", concurrency_limit=1)
     preview_btn.click(preview, inputs, [layout, table], api_name="preview", concurrency_id="data", concurrency_limit=1)
-    save_btn.click(save, inputs, [stats, hist, dataset], api_name="prepare", concurrency_id="data", concurrency_limit=1)
-    return {"source": source, "dataset": dataset, "file": file, "hist": hist}
+    save_btn.click(save, inputs, [stats, hist, dataset, stats_of], api_name="prepare", concurrency_id="data",
+                   concurrency_limit=1)
+    return {"source": source, "dataset": dataset, "file": file, "hist": hist,
+            "relabel": (relabel, [*inputs, stats_of], [layout, table, stats, hist])}

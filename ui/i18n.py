@@ -1,8 +1,9 @@
-"""English and Chinese text of the panel.
+"""English and Chinese text of the panel, and the 中文 / English switch that picks one.
 
-Static text (labels, help, headings) goes through gr.I18n: the browser's language picks
-the table, and the footer's Settings → Language switches it at run time. Text made by the
-server (status lines) follows the browser's Accept-Language through `say()`.
+Static text (labels, help, headings) goes through gr.I18n (`t`, `label`, `help`): the page shows
+the table of the language chosen with the header's switch (`SWITCH_JS` sets gradio's locale and a
+cookie), else of the browser's language. Text made by the server goes through `say(key,
+lang(request))`: `lang` reads the same cookie, else the browser's Accept-Language.
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ EN: dict[str, str] = {
     "download_name": "Name of the folder in workspace/models, or of the data file (empty = the repo's name)",
     "download_btn": "Download", "download_stop": "Stop the download", "download_progress": "Progress",
     "download_log": "Download log (last lines)",
+    # ---- language switch ----
+    "language": "Language",
+    "common.complete": "Complete",  # gradio's screen-reader word after an event, missing from its zh-CN table
 }
 
 ZH: dict[str, str] = {
@@ -104,6 +108,9 @@ ZH: dict[str, str] = {
     "download_name": "workspace/models 里的文件夹名，或数据文件名（留空 = 仓库名）",
     "download_btn": "开始下载", "download_stop": "停止下载", "download_progress": "下载进度",
     "download_log": "下载日志（最后几行）",
+    # ---- language switch ----
+    "language": "语言",
+    "common.complete": "完成",
 }
 
 # Help shown under each setting, in Chinese, by settings class (a field name can mean different
@@ -213,6 +220,8 @@ LABEL_EN: dict[str, str] = {
     # ---- models ----
     "repo": "Hub id (owner/name)", "source": "Source", "endpoint": "Mirror address", "allow_bin": "Allow .bin weights",
     "kind": "What to download", "rows": "Rows to keep (dataset)",
+    # ---- language switch ----
+    "dtype": "Weight format",
 }
 LABEL_ZH: dict[str, str] = {
     "sample": "抽样条数", "seed": "随机种子", "template": "模板", "eval_ratio": "评估集比例",
@@ -232,6 +241,8 @@ LABEL_ZH: dict[str, str] = {
     # ---- models ----
     "repo": "名称（所有者/名称）", "source": "下载来源", "endpoint": "镜像站地址", "allow_bin": "允许 .bin 权重",
     "kind": "下载什么", "rows": "保留条数（数据集）",
+    # ---- language switch ----
+    "dtype": "权重精度",
 }
 
 
@@ -364,6 +375,11 @@ SAY = {
         "dl_dataset_running": "Streaming {repo}: {share} of the sample taken",
         "dl_dataset_finished": "Saved {rows} rows of {repo}, picked at random, as <code>{path}</code>. The Data tab offers it now.",
         "dl_dataset_stopped": "Stopped sampling {repo}; nothing was kept. Start it again to take a new sample.",
+        # ---- language switch ----
+        "source_base": "base · {name}", "source_merged": "merged · {name}", "source_model": "model · {name}",
+        "source_adapter": "adapter · {name}", "merge_failed_log": "The merge failed: see the log below.",
+        "phrase_no_gpu": "(no GPU)", "phrase_compute": "compute",
+        "state_stopped_empty": "stopped before training began (nothing to keep)",
     },
     "zh": {
         "state_starting": "正在启动", "state_running": "训练中", "state_stopping": "本步结束后停止",
@@ -460,16 +476,55 @@ SAY = {
         "dl_dataset_running": "正在以流式读取 {repo}：已抽取 {share}",
         "dl_dataset_finished": "已从 {repo} 随机抽取 {rows} 条，保存为 <code>{path}</code>。数据页里已经可以选择它。",
         "dl_dataset_stopped": "已停止从 {repo} 抽样，没有保留任何数据。再次开始会重新抽样。",
+        # ---- language switch ----
+        "source_base": "基础模型 · {name}", "source_merged": "合并模型 · {name}", "source_model": "模型 · {name}",
+        "source_adapter": "适配器 · {name}", "merge_failed_log": "合并失败：见下面的日志。",
+        "phrase_no_gpu": "（无显卡）", "phrase_compute": "计算",
+        "state_stopped_empty": "训练开始前已停止（没有可保存的内容）",
     },
 }
 
 
+# ---- the language switch ------------------------------------------------------------------
+COOKIE = "qlora_studio_lang"  # 'zh' or 'en': the switch's choice, sent with every request, kept a year
+LANGUAGES = [("中文", "zh"), ("English", "en")]  # each named in its own language
+
+# The page's language lives in the gradio frontend's i18n store, which Settings → Language sets through
+# `changeLocale` of the frontend's core module. That module is found by the address the page loaded it
+# from, so the import returns the very instance the page uses (gradio's own zh-CN table then translates
+# its built-in text too: the upload box, table menus).
+_SET_LOCALE = """
+const qsLocale = async (choice) => {
+  const core = performance.getEntriesByType('resource').map(e => e.name).find(n => /\\/assets\\/core-[\\w-]+\\.js$/.test(n));
+  if (core) (await import(core)).changeLocale(choice === 'zh' ? 'zh-CN' : 'en');
+};
+"""
+# On page load: the saved choice, else the browser's language; returned to the switch.
+LOAD_JS = "async () => {" + _SET_LOCALE + f"""
+  const saved = (document.cookie.match(/(?:^|; ){COOKIE}=(zh|en)/) || [])[1];
+  const choice = saved || ((navigator.language || '').toLowerCase().startsWith('zh') ? 'zh' : 'en');
+  await qsLocale(choice);
+  return choice;
+}}"""
+# On a switch: remember the choice (the cookie goes with the requests that redraw the server's text), show it.
+SWITCH_JS = "async (choice) => {" + _SET_LOCALE + f"""
+  document.cookie = '{COOKIE}=' + choice + '; path=/; max-age=31536000; SameSite=Lax';
+  await qsLocale(choice);
+  return choice;
+}}"""
+
+
 def lang(request: gr.Request | None) -> str:
-    """'zh' when the browser prefers Chinese, else 'en'."""
+    """'zh' or 'en': the header switch's choice, else 'zh' when the browser prefers Chinese."""
     try:
-        accept = request.headers.get("accept-language", "") if request is not None else ""
+        headers = request.headers if request is not None else {}
+        cookie, accept = headers.get("cookie", ""), headers.get("accept-language", "")
     except Exception:
-        accept = ""
+        cookie, accept = "", ""
+    for part in cookie.split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == COOKIE and value in SAY:
+            return value
     first = accept.split(",")[0].strip().lower()
     return "zh" if first.startswith("zh") else "en"
 
@@ -478,3 +533,18 @@ def say(key: str, language: str = "en", **kw) -> str:
     """A server-made message in the user's language."""
     text = SAY.get(language, SAY["en"]).get(key) or SAY["en"].get(key, key)
     return text.format(**kw)
+
+
+def state(name: str, adapter, language: str = "en") -> str:
+    """A run's state in words; a run stopped before its first step says it kept nothing."""
+    return say("state_stopped_empty" if name == "stopped" and not adapter else "state_" + name, language)
+
+
+def both(key: str, **kw) -> str:
+    """A message that stays on screen (Markdown), in both languages: the page shows the one the switch chose.
+
+    Text redrawn on a switch (tables, charts, choices, live views) uses `say`; a one-off reply to a
+    press (a run started, a merge written) has nothing to redraw it from, so it carries both
+    languages and assets/style.css hides the one the page's `lang` does not name.
+    """
+    return "".join(f'<span class="qs-say" lang="{language}">{say(key, language, **kw)}</span>' for language in SAY)

@@ -13,7 +13,7 @@ from core import jobs, models, paths, runs, status
 from core.config import ExportConfig, MergeConfig
 from core.errors import UserError
 from ui.forms import warn, widget
-from ui.i18n import help, lang, say, t
+from ui.i18n import both, help, lang, say, t
 
 
 def finished_runs(request: gr.Request = None) -> list[tuple[str, str]]:
@@ -56,21 +56,21 @@ def _size(nbytes: float) -> str:
     return ""
 
 
-def result_text(folder: str | Path, language: str) -> str:
-    """Where the model is, its size, and whether it answers like base + adapter (from the job's status)."""
+def result_text(folder: str | Path) -> str:
+    """Where the model is, its size, and whether it answers like base + adapter (from the job's status), in both languages."""
     now = status.read(folder)
     report = now.get("report") or {}
     if not report.get("path"):
-        return say("merge_failed", language, cause=now.get("error") or say("see_log", language))
-    lines = [say("merged", language, out=report["path"], size=_size(report.get("size_bytes") or 0))]
+        cause = now.get("error")
+        return both("merge_failed", cause=cause) if cause else both("merge_failed_log")
+    lines = [both("merged", out=report["path"], size=_size(report.get("size_bytes") or 0))]
     if report.get("max_abs_diff") is not None:
         key = "merge_check_ok" if report.get("ok") else "merge_check_failed"
-        lines.append(say(key, language, diff=f"{report['max_abs_diff']:.2e}",
-                         agree=f"{report.get('top1_agreement') or 0:.0%}"))
+        lines.append(both(key, diff=f"{report['max_abs_diff']:.2e}", agree=f"{report.get('top1_agreement') or 0:.0%}"))
     elif report.get("compared") is False:  # too large to hold twice here: every tensor was checked as written
-        lines.append(say("merge_check_tensors", language))
+        lines.append(both("merge_check_tensors"))
     if report.get("seconds") is not None:
-        lines.append(f"{report.get('dtype', '')} · {report.get('device', '')} · {report['seconds']} s")
+        lines.append(f"{report.get('dtype', '')} · {str(report.get('device', '')).replace('cpu', 'CPU')} · {report['seconds']} s")
     return "\n\n".join(lines)
 
 
@@ -92,7 +92,7 @@ def merge(request: gr.Request | None, run, base, out, dtype):
     while job.alive():
         yield progress_text(job.folder, language), job.log_tail(12)
         time.sleep(1.0)
-    yield result_text(job.folder, language), job.log_tail(12)
+    yield result_text(job.folder), job.log_tail(12)
 
 
 # ---- export ----------------------------------------------------------------------------------
@@ -186,4 +186,4 @@ def build() -> dict:
             export_log = gr.Textbox(label=t("log"), lines=8, interactive=False)
     start.click(export, [model, target, quant], [exported, export_log], api_name="export", concurrency_id="gpu",
                 concurrency_limit=1)
-    return {"run": run, "model": model}
+    return {"run": run, "model": model, "relabel": (refresh, None, run)}

@@ -10,7 +10,7 @@ import pandas as pd
 from core import paths, runs
 from core.errors import UserError
 from ui.forms import warn
-from ui.i18n import lang, say, t
+from ui.i18n import lang, say, state, t
 
 COLUMNS = ["name", "state", "step", "model", "data", "preset", "r", "lr", "steps", "batch", "final_loss", "created", "folder"]
 
@@ -24,7 +24,7 @@ def table(request: gr.Request = None) -> pd.DataFrame:
         row["step"] = f"{r.get('step') or 0}/{r.get('max_steps') or '?'}"
         row["created"] = datetime.fromtimestamp(r["created"]).strftime("%Y-%m-%d %H:%M") if r.get("created") else ""
         row["final_loss"] = round(r["final_loss"], 4) if r.get("final_loss") is not None else None
-        row["state"] = say("state_" + r["state"], language)
+        row["state"] = state(r["state"], r.get("adapter"), language)
         if r["state"] == "failed" and r.get("error"):
             row["state"] += f": {r['error']}"
         rows.append(row)
@@ -142,4 +142,4 @@ def build() -> dict:
         learned = gr.Dataframe(label=t("compare_learned"), interactive=False, wrap=True, visible=False)
     go.click(compare, picked, [note, plot, settings, learned], api_name="compare")
     return {"frame": frame, "selected": selected, "to_train": to_train, "to_merge": to_merge, "to_chat": to_chat,
-            "picked": picked}
+            "picked": picked, "relabel": (table, None, frame)}

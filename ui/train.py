@@ -15,7 +15,8 @@ from core.config import PRESETS, TrainConfig
 from core.config import preset as preset_config
 from core.errors import UserError
 from ui.forms import warn, widget
-from ui.i18n import help, lang, say, t
+from ui.i18n import both, help, lang, say, t
+from ui.i18n import state as words
 
 HIDDEN = ("model", "data", "out", "preset", "resume")
 BASIC = ("max_steps", "learning_rate", "batch_size", "grad_accum", "max_seq_length",
@@ -105,7 +106,6 @@ def plan_text(request: gr.Request | None, data, *values) -> str:
 
 def start(request: gr.Request | None, model, data, preset, name, wandb_key, *values):
     """Validate the form and start the training child; problems are shown next to the form."""
-    language = lang(request)
     try:
         cfg = config(model, data, preset, name, *values)
         problems = cfg.replace(out=cfg.out or "auto").validate()
@@ -115,15 +115,15 @@ def start(request: gr.Request | None, model, data, preset, name, wandb_key, *val
         job = jobs.start_train(cfg, env=env)
     except UserError as e:
         return warn(e), gr.update()
-    return say("started", language, run=Path(job.folder).name), gr.update(choices=run_choices(), value=job.folder)
+    return both("started", run=Path(job.folder).name), gr.update(choices=run_choices(), value=job.folder)
 
 
 def stop(request: gr.Request = None):
     """Ask the running job to stop after its current step."""
     job = jobs.stop()
     if job is None:
-        return say("nothing_running", lang(request))
-    return say("stopping", lang(request), run=Path(job.folder).name)
+        return both("nothing_running")
+    return both("stopping", run=Path(job.folder).name)
 
 
 def resume(viewed, wandb_key, armed, request: gr.Request = None):
@@ -132,19 +132,18 @@ def resume(viewed, wandb_key, armed, request: gr.Request = None):
     The first press names the run and the checkpoint and arms Resume for that run (`armed`, the
     session's state); a second press while the same run is shown starts it.
     """
-    language = lang(request)
     if not viewed:
-        return say("no_run", language), gr.update(), ""
+        return both("no_run"), gr.update(), ""
     try:
         run = paths.inside(viewed, paths.runs(), "run")
         checkpoint, _ = saving.newest_checkpoint(run)
         if armed != str(run) and checkpoint is not None and status.read(run)["state"] in ("stopped", "failed"):
-            return say("resume_confirm", language, run=run.name, checkpoint=checkpoint.name), gr.update(), str(run)
+            return both("resume_confirm", run=run.name, checkpoint=checkpoint.name), gr.update(), str(run)
         env = {"WANDB_API_KEY": wandb_key.strip()} if wandb_key and wandb_key.strip() else None
         job = jobs.resume(run, env=env)  # anything not resumable is refused here, with the reason
     except UserError as e:
         return warn(e), gr.update(), ""
-    return say("resumed", language, run=Path(job.folder).name), gr.update(choices=run_choices(), value=job.folder), ""
+    return both("resumed", run=Path(job.folder).name), gr.update(choices=run_choices(), value=job.folder), ""
 
 
 def form_from_run(viewed):
@@ -195,16 +194,19 @@ def progress_html(run: str, language: str = "en", metrics: list[dict] | None = N
     if now.get("started"):  # the wall clock since start, so it keeps moving between logging steps
         elapsed = (now.get("ended") or time.time()) - now["started"]
     remaining = _clock(last.get("remaining")) if state in status.LIVE else "–"
-    parts = [f"<div class='qs-progress'><span class='qs-state qs-{state}'>{say('state_' + state, language)}</span> "
+    parts = [f"<div class='qs-progress'><span class='qs-state qs-{state}'>{words(state, now.get('adapter'), language)}</span> "
              f"<b>{escape(Path(run).name)}</b>",
              f"<div class='qs-bar'><div style='width:{pct:.1f}%'></div></div>",
              say("progress_line", language, step=step, total=total or "?", elapsed=_clock(elapsed), remaining=remaining,
                  speed=f"{last.get('tokens_per_second', 0) or 0:.0f}")]
     if last.get("loss") is not None:
-        parts.append(f" · <span>loss {last['loss']:.4f}</span>")
+        parts.append(f" · <span>{say('chart_loss', language)} {last['loss']:.4f}</span>")
     if now.get("mode"):  # what the engine chose: 4-bit QLoRA on a GPU, or plain LoRA without one
-        where = (now.get("device") or "").removeprefix("cuda:0 ")
-        parts.append(f"<p class='qs-mode'>{escape(now['mode'])}{' · ' + escape(where) if where else ''}</p>")
+        where = (now.get("device") or "").removeprefix("cuda:0 ").replace("cpu", "CPU")
+        mode = now["mode"]
+        for phrase in ("phrase_no_gpu", "phrase_compute"):  # the engine's words for it, in the reader's language
+            mode = mode.replace(say(phrase), say(phrase, language))
+        parts.append(f"<p class='qs-mode'>{escape(mode)}{' · ' + escape(where) if where else ''}</p>")
     if state == "failed":
         parts.append(f"<p class='qs-error'>{escape(now.get('error') or '')}</p>")
         if now.get("hint"):
@@ -274,6 +276,11 @@ def poll(viewed, request: gr.Request = None):
     return progress_html(run, language, metrics), chart(run, metrics, language), runs.story(run, 8) if run else ""
 
 
+def relabel(request: gr.Request, viewed, data, *values):
+    """The tab's server-made text again, in the language now chosen: the plan, the live view, the machine."""
+    return (plan_text(request, data, *values), *poll(viewed, request), gpu_markdown(request))
+
+
 def build() -> dict:
     """The Train tab's widgets."""
     gr.Markdown(t("train_intro"))
@@ -340,4 +347,5 @@ def build() -> dict:
     viewed.change(form_from_run, viewed, [model, data, preset, *settings], api_name="run_settings")
     gr.Timer(2.0).tick(poll, viewed, live, api_name="poll", show_progress="hidden")
     gr.Timer(3.0).tick(gpu_markdown, None, gpu, api_name="gpu", show_progress="hidden")
-    return {"model": model, "data": data, "viewed": viewed, "live": live, "problems": problems, "poll": poll}
+    return {"model": model, "data": data, "viewed": viewed, "live": live, "problems": problems, "poll": poll,
+            "relabel": (relabel, [viewed, data, *settings], [plan, *live, gpu])}
