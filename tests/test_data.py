@@ -26,8 +26,9 @@ def _model(tokenizer):
 
 
 def prep(tmp_path, src, name="out", **kw) -> dict:
-    """Prepared with the tutorial's seed template unless a test says otherwise (the rows below are written for it)."""
+    """Prepared with the tutorial's seed template and every row in training, unless a test says otherwise."""
     kw.setdefault("sample", 0)
+    kw.setdefault("eval_ratio", 0)
     kw.setdefault("template", "seed")
     return data.prepare(PrepareConfig(input=str(src), out=str(tmp_path / name), **kw))
 
@@ -160,17 +161,25 @@ def test_asking_for_more_rows_than_the_file_has_takes_them_all(tmp_path, capsys)
     assert "only 10 are usable" in out
 
 
-@pytest.mark.parametrize("sample, ratio, train, evals", [(100, 0.1, 90, 10), (20, 0.25, 15, 5), (3, 0.01, 2, 1),
-                                                         (0, 0.2, 96, 24)])
+@pytest.mark.parametrize("sample, ratio, train, evals", [(100, 0.1, 90, 10), (20, 0.25, 15, 5), (10, 0.01, 9, 1),
+                                                         (9, 0.5, 9, 0), (0, 0.2, 96, 24)])
 def test_eval_split_sizes(tmp_path, sample, ratio, train, evals):
+    # A dataset under 10 rows keeps them all for training, whatever the share.
     m = prep(tmp_path, SAMPLE, sample=sample, eval_ratio=ratio)
     tr, ev = lines(m["path"]), lines(m["path"], "eval")
     assert (len(tr), len(ev)) == (train, evals) == (m["counts"]["train"], m["counts"]["eval"])
     assert not {r["text"] for r in tr} & {r["text"] for r in ev}
 
 
+def test_by_default_a_small_eval_split_is_kept_when_there_are_enough_rows(tmp_path):
+    many = data.prepare(PrepareConfig(input=str(SAMPLE), out=str(tmp_path / "many"), sample=40))
+    few = data.prepare(PrepareConfig(input=str(SAMPLE), out=str(tmp_path / "few"), sample=9))
+    assert (many["counts"]["train"], many["counts"]["eval"]) == (36, 4)
+    assert (few["counts"]["train"], few["counts"]["eval"]) == (9, 0) and few["files"]["eval"] is None
+
+
 def test_no_eval_file_without_an_eval_share(tmp_path):
-    m = prep(tmp_path, DATA / "alpaca.jsonl")
+    m = prep(tmp_path, DATA / "alpaca.jsonl", eval_ratio=0)
     assert not (Path(m["path"]) / "eval.jsonl").exists() and m["files"]["eval"] is None
 
 

@@ -43,8 +43,7 @@ def identity_dataset() -> Path:
 
         folder = scratch()
         src = folder / "identity.jsonl"
-        src.write_text("".join((ASSETS / n).read_text(encoding="utf-8") for n in ("identity_en.jsonl", "identity_zh.jsonl")),
-                       encoding="utf-8")
+        src.write_text((ASSETS / "identity.jsonl").read_text(encoding="utf-8"), encoding="utf-8")
         prepare(PrepareConfig(input=str(src), out=str(folder / "dataset"), sample=0))
         _shared["dataset"] = folder / "dataset"
     return _shared["dataset"]
@@ -303,7 +302,7 @@ def test_eval_split_and_tensorboard(tmp_path):
     from core.train import train
 
     src = tmp_path / "identity.jsonl"
-    src.write_text((ASSETS / "identity_en.jsonl").read_text(encoding="utf-8"), encoding="utf-8")
+    src.write_text("".join((ASSETS / "identity.jsonl").read_text(encoding="utf-8").splitlines(True)[:40]), encoding="utf-8")
     data = tmp_path / "dataset"
     prepare(PrepareConfig(input=str(src), out=str(data), sample=0, eval_ratio=0.2))
     run = tmp_path / "run"

@@ -257,6 +257,26 @@ SAY = {
         "dropped": "Dropped {n} rows ({why}).",
         "tokens_per_row": "Tokens per row: mean {mean}, median {p50}, p95 {p95}, longest {max}.",
         "cut": "Longer than max sequence length {max} (would be cut): {rows} rows ({share}).",
+        # ---- first run: time estimate, did it learn ----
+        "estimate_table": "Time: about **{time}** on this {device}, from a table of measured speeds (the real "
+                          "time shows from the first step).",
+        "estimate_run": "Time: about **{time}**, from the speed the earlier run {run} measured here.",
+        "estimate_first_step": "Time: no measured speed for this device yet; the time left shows from the first step.",
+        "estimate_long": "This run would take about {time}: fewer steps, a shorter max sequence length or a GPU "
+                         "make it shorter.",
+        "minutes": "{n} min", "hours": "{n} h", "device_cpu": "CPU",
+        "learned_title": "Did it learn?",
+        "learned_loss": "Eval loss on {rows} held-out rows: base model {before} → tuned {after}.",
+        "learned_better": "The tuned model scores better than the base model on held-out rows.",
+        "learned_same": "The tuned model scores about the same as the base model on held-out rows: it has learned "
+                        "little yet; try more steps or a higher learning rate.",
+        "learned_worse": "The tuned model scores worse than the base model on held-out rows; try more steps, a lower "
+                         "learning rate, or the model's own chat template.",
+        "learned_none": "No eval split: keep a share of the rows apart in the Data tab to see whether a run learned.",
+        "learned_question": "held-out question", "learned_expected": "expected", "learned_base": "base model",
+        "learned_tuned": "tuned model",
+        "col_learned": "eval loss (base → tuned)", "verdict_better": "better", "verdict_same": "same",
+        "verdict_worse": "worse", "verdict_unknown": "?",
     },
     "zh": {
         "state_starting": "正在启动", "state_running": "训练中", "state_stopping": "本步结束后停止",
@@ -309,6 +329,22 @@ SAY = {
         "dropped": "丢弃 {n} 行（{why}）。",
         "tokens_per_row": "每行 token 数：平均 {mean}，中位数 {p50}，p95 {p95}，最长 {max}。",
         "cut": "超过最长序列 {max} 而会被截断的：{rows} 行（{share}）。",
+        # ---- first run: time estimate, did it learn ----
+        "estimate_table": "时间：在这台{device}上大约 **{time}**，依据实测速度表（从第一步起显示实际剩余时间）。",
+        "estimate_run": "时间：大约 **{time}**，依据此前的运行 {run} 在这里测得的速度。",
+        "estimate_first_step": "时间：这台设备还没有实测速度；从第一步起显示剩余时间。",
+        "estimate_long": "这次运行大约需要 {time}：减少步数、缩短最大序列长度或使用显卡都能缩短时间。",
+        "minutes": "{n} 分钟", "hours": "{n} 小时", "device_cpu": "CPU",
+        "learned_title": "学到了吗？",
+        "learned_loss": "在 {rows} 条留出的评估数据上的评估损失：基础模型 {before} → 微调后 {after}。",
+        "learned_better": "在留出的数据上，微调后的模型比基础模型表现更好。",
+        "learned_same": "在留出的数据上，微调后的模型与基础模型表现相当：它还没学到多少；试试增加步数或提高学习率。",
+        "learned_worse": "在留出的数据上，微调后的模型比基础模型表现更差；试试增加步数、降低学习率，或使用模型自带的对话模板。",
+        "learned_none": "没有评估集：在“数据”页留出一部分数据，才能看出一次运行是否学到了东西。",
+        "learned_question": "留出的问题", "learned_expected": "参考答案", "learned_base": "基础模型",
+        "learned_tuned": "微调后的模型",
+        "col_learned": "评估损失（基础 → 微调）", "verdict_better": "更好", "verdict_same": "相当",
+        "verdict_worse": "更差", "verdict_unknown": "？",
     },
 }
 
