@@ -250,9 +250,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 # The default preset, sized for a CPU: what runs there anyway (plain LoRA in float32, no GPU-only
 # kernels or offloading) and a first run of a few minutes that still teaches something. A CPU
-# trains about 10 tokens a second a core on the embedded model, so 100 updates of 16 packed
-# 512-token rows would take hours: 15 updates of 4 unpadded short rows (about 3,500 tokens of the
-# sample data) take about 2 minutes on 2 cores. Fewer updates need a stronger step to learn: LoRA
+# trains some 15 tokens a second a core on the embedded model (docs/BENCHMARKS.md), so 100 updates
+# of 16 packed 512-token rows would take days: 15 updates of 4 unpadded short rows (about 3,500
+# tokens of the sample data) take about 4 minutes on one busy core. Fewer updates need a stronger step to learn: LoRA
 # on every linear layer at r16 with a learning rate of 1e-3, no dropout. Recomputing activations
 # only costs time here (a small model's memory is not the limit on a CPU). Every step is logged:
 # each takes seconds. One adjustment of the one default, not a third preset: the user picks

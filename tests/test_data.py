@@ -156,15 +156,14 @@ def test_same_seed_same_rows_other_seed_other_rows(tmp_path):
 
 
 def test_asking_for_more_rows_than_the_file_has_takes_them_all(tmp_path, capsys):
-    rc, out, _ = cli(capsys, DATA / "alpaca.jsonl", "--out", tmp_path / "o", "--sample", 1000)
+    rc, out, _ = cli(capsys, DATA / "alpaca.jsonl", "--out", tmp_path / "o", "--sample", 1000, "--eval-ratio", 0)
     assert rc == 0 and len(lines(tmp_path / "o")) == 10
     assert "only 10 are usable" in out
 
 
 @pytest.mark.parametrize("sample, ratio, train, evals", [(100, 0.1, 90, 10), (20, 0.25, 15, 5), (10, 0.01, 9, 1),
-                                                         (9, 0.5, 9, 0), (0, 0.2, 96, 24)])
+                                                         (0, 0.2, 96, 24)])
 def test_eval_split_sizes(tmp_path, sample, ratio, train, evals):
-    # A dataset under 10 rows keeps them all for training, whatever the share.
     m = prep(tmp_path, SAMPLE, sample=sample, eval_ratio=ratio)
     tr, ev = lines(m["path"]), lines(m["path"], "eval")
     assert (len(tr), len(ev)) == (train, evals) == (m["counts"]["train"], m["counts"]["eval"])
@@ -201,7 +200,8 @@ def test_statistics_count_the_rows_max_seq_length_cuts(tmp_path, tokenizer):
 
 
 def test_rows_whose_prompt_fills_max_seq_length_are_counted(tmp_path, tokenizer, capsys):
-    rc, out, _ = cli(capsys, DATA / "alpaca.jsonl", "--out", tmp_path / "o", "--max-seq-length", 16, "--sample", 0, "--template", "seed")
+    rc, out, _ = cli(capsys, DATA / "alpaca.jsonl", "--out", tmp_path / "o", "--max-seq-length", 16, "--sample", 0, "--template", "seed",
+                     "--eval-ratio", 0)
     rows = lines(tmp_path / "o")
     prompts = [_tokens(tokenizer, r["segments"])[0] for r in rows]
     expected = sum(n >= 16 for n in prompts)

@@ -276,7 +276,7 @@ SAY = {
         "learned_question": "held-out question", "learned_expected": "expected", "learned_base": "base model",
         "learned_tuned": "tuned model",
         "col_learned": "eval loss (base → tuned)", "verdict_better": "better", "verdict_same": "same",
-        "verdict_worse": "worse", "verdict_unknown": "?",
+        "verdict_worse": "worse", "verdict_unknown": "unknown",
     },
     "zh": {
         "state_starting": "正在启动", "state_running": "训练中", "state_stopping": "本步结束后停止",
@@ -334,7 +334,7 @@ SAY = {
         "estimate_run": "时间：大约 **{time}**，依据此前的运行 {run} 在这里测得的速度。",
         "estimate_first_step": "时间：这台设备还没有实测速度；从第一步起显示剩余时间。",
         "estimate_long": "这次运行大约需要 {time}：减少步数、缩短最大序列长度或使用显卡都能缩短时间。",
-        "minutes": "{n} 分钟", "hours": "{n} 小时", "device_cpu": "CPU",
+        "minutes": "{n} 分钟", "hours": "{n} 小时", "device_cpu": "电脑的处理器（CPU）",
         "learned_title": "学到了吗？",
         "learned_loss": "在 {rows} 条留出的评估数据上的评估损失：基础模型 {before} → 微调后 {after}。",
         "learned_better": "在留出的数据上，微调后的模型比基础模型表现更好。",
@@ -344,7 +344,7 @@ SAY = {
         "learned_question": "留出的问题", "learned_expected": "参考答案", "learned_base": "基础模型",
         "learned_tuned": "微调后的模型",
         "col_learned": "评估损失（基础 → 微调）", "verdict_better": "更好", "verdict_same": "相当",
-        "verdict_worse": "更差", "verdict_unknown": "？",
+        "verdict_worse": "更差", "verdict_unknown": "未知",
     },
 }
 

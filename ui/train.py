@@ -108,7 +108,8 @@ def estimate_text(request: gr.Request | None, model, data, preset, *values) -> s
         return say("estimate_first_step", language)
     about = _duration(took, language)
     text = (say("estimate_run", language, time=about, run=escape(earlier[0])) if earlier
-            else say("estimate_table", language, time=about, device=escape(device)))
+            else say("estimate_table", language, time=about,
+                     device=say("device_cpu", language) if device == "cpu" else escape(device)))
     return text + ("  \n" + warn(say("estimate_long", language, time=about)) if took > LONG_SECONDS else "")
 
 
