@@ -120,7 +120,7 @@ class PrepareConfig(_Config):
     sample: int = _f(1000, "How many rows to pick at random (0 = all rows). The tutorial used 1000.")
     seed: int = _f(42, "Random seed: the same seed picks the same rows again.")
     template: str = _f("auto", "Prompt template: auto (the model's own chat template if it has one, else seed), seed (the tutorial's ### Human: … ### Assistant: …), chat (the model's own), or a custom pattern with {instruction}, {input} and {output}.")
-    eval_ratio: float = _f(0.0, "Share of the sampled rows kept apart for evaluation (0 to 0.5).", bounds=(0, 0.5), step=0.01)
+    eval_ratio: float = _f(0.1, "Share of the sampled rows kept apart for evaluation (0 to 0.5): after a run, the eval loss and answers to these unseen rows say whether the model learned. A dataset of fewer than 10 rows keeps them all for training.", bounds=(0, 0.5), step=0.01)
     model: str = _f(DEFAULT_MODEL, "Model whose tokenizer counts the tokens (and whose chat template is used).")
     format: str = _f("auto", "Data layout: auto, alpaca, sharegpt, messages or text.", choices=("auto", "alpaca", "sharegpt", "messages", "text"))
     max_seq_length: int = _f(512, "Longest sequence used in training; the statistics say how many rows it would cut.")
@@ -254,11 +254,30 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def preset(name: str, **overrides) -> TrainConfig:
-    """A TrainConfig from a named preset, with the user's own settings on top."""
+# The default preset, sized for a CPU: what runs there anyway (plain LoRA in float32, no GPU-only
+# kernels or offloading) and a first run of a few minutes that still teaches something. A CPU
+# trains some 15 tokens a second a core on the embedded model (docs/BENCHMARKS.md), so 100 updates
+# of 16 packed 512-token rows would take days: 15 updates of 4 unpadded short rows (about 3,500
+# tokens of the sample data) take about 4 minutes on one busy core. Fewer updates need a stronger step to learn: LoRA
+# on every linear layer at r16 with a learning rate of 1e-3, no dropout. Recomputing activations
+# only costs time here (a small model's memory is not the limit on a CPU). Every step is logged:
+# each takes seconds. One adjustment of the one default, not a third preset: the user picks
+# "default" everywhere and gets what fits the machine; the tutorial preset stays the tutorial's
+# recipe wherever it runs, so the two can be compared.
+CPU_SIZED: dict[str, Any] = dict(
+    quantization="none", double_quant=False, liger_kernels=False, offload_activations=False,
+    gradient_checkpointing=False, batch_size=4, grad_accum=1, max_seq_length=256, packing=False,
+    lora_r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", learning_rate=1e-3,
+    max_steps=15, logging_steps=1,
+)
+
+
+def preset(name: str, cpu: bool = False, **overrides) -> TrainConfig:
+    """A TrainConfig from a named preset (the default one sized for a CPU when `cpu`), with the user's own settings on top."""
     if name not in PRESETS:
         raise UserError(f"preset: unknown preset {name!r}; use {' or '.join(PRESETS)}", field="preset")
-    return TrainConfig.from_dict({**PRESETS[name], "preset": name, **overrides})
+    sized = CPU_SIZED if cpu and name == "default" else {}
+    return TrainConfig.from_dict({**PRESETS[name], **sized, "preset": name, **overrides})
 
 
 # ---------------------------------------------------------------------------------------

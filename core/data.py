@@ -256,8 +256,11 @@ def _read(src: Path, cfg: PrepareConfig, digest) -> tuple[list | _Again, dict, s
     return picked, counts, layout
 
 
+MIN_EVAL_ROWS = 10  # below this, every row is worth more for training than for a verdict
+
+
 def _eval_size(n: int, ratio: float) -> int:
-    if ratio <= 0 or n < 2:
+    if ratio <= 0 or n < MIN_EVAL_ROWS:
         return 0
     return min(n - 1, max(1, round(n * ratio)))
 
@@ -296,8 +299,11 @@ def _write(folder: Path, picked, eval_idx: set, template: Template, tokenizer) -
         for i, (where, row) in enumerate(picked):
             segs = _render(template, row, tokenizer, where)
             text = "".join(t for t, _ in segs)
-            line = json.dumps({"segments": [[t, bool(b)] for t, b in segs], "text": text}, ensure_ascii=False)
-            files["eval" if i in eval_idx else "train"].write(line + "\n")
+            kept = {"segments": [[t, bool(b)] for t, b in segs], "text": text}
+            if i in eval_idx:  # the question as the user wrote it, for the "did it learn" summary after a run
+                first = (row.get("turns") or [{}])[0]
+                kept["question"] = "\n".join(x for x in (first.get("instruction"), first.get("input")) if x)
+            files["eval" if i in eval_idx else "train"].write(json.dumps(kept, ensure_ascii=False) + "\n")
             batch.append(segs)
             if len(batch) == TOKENIZE_BATCH:
                 count()

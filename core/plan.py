@@ -68,3 +68,41 @@ def share(batch_size: int, grad_accum: int, processes: int) -> tuple[int, int, f
         return batch_size // processes, grad_accum, 1.0
     each = -(-batch_size // processes)
     return each, grad_accum, math.sqrt(each * processes / batch_size)
+# Real training tokens a second, measured with the default preset (docs/BENCHMARKS.md): on an
+# H200 for three model sizes; on a CPU a core, for the embedded 135M model with the CPU-sized
+# default (plain LoRA in float32 on every linear layer), on a machine whose 2 cores other work shared.
+GPU_SPEEDS = {"H200": ((135e6, 19_043), (7e9, 12_360), (13e9, 6_688))}
+CPU_SPEED_A_CORE = (135e6, 15.0)
+START_SECONDS = 40  # loading the model, and checking what it learned at the end (a small model on a CPU)
+LONG_SECONDS = 30 * 60  # a first run longer than this gets a warning
+
+
+def seconds(tokens: float, params: int, device: str, cores: int = 1,
+            measured: float | None = None) -> float | None:
+    """About how long training `tokens` real tokens takes on `device` ("cpu" or a GPU's name), or None if unknown.
+
+    `measured`: the tokens a second an earlier run of this model measured on this device (preferred to the table).
+    """
+    if measured:
+        speed = measured
+    elif device == "cpu":
+        size, a_core = CPU_SPEED_A_CORE
+        speed = a_core * max(cores, 1) * size / max(params, 1)  # the math grows with the parameters
+    else:
+        points = next((v for k, v in GPU_SPEEDS.items() if k.lower() in device.lower()), None)
+        if points is None:
+            return None
+        speed = _between(points, params)
+    return START_SECONDS + tokens / speed
+
+
+def _between(points, params: float) -> float:
+    """The speed at `params` from measured (size, speed) points: log-linear between them, 1/size beyond the last."""
+    if params <= points[0][0]:
+        return points[0][1]
+    for (p0, s0), (p1, s1) in zip(points, points[1:], strict=False):
+        if params <= p1:
+            w = math.log(params / p0) / math.log(p1 / p0)
+            return s0 + w * (s1 - s0)
+    size, speed = points[-1]
+    return speed * size / params

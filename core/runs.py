@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from core import paths, status
+from core import learned, paths, status
 from core.errors import UserError
 
 
@@ -77,6 +77,9 @@ def summary(run: str | Path) -> dict:
         "error": state.get("error"),
         "hint": state.get("hint"),
         "adapter": str(adapter) if (adapter / "adapter_config.json").is_file() else None,
+        "device": state.get("device"),
+        "tokens_per_second": next((m["tokens_per_second"] for m in reversed(metrics) if m.get("tokens_per_second")), None),
+        "learned": learned.read(run),
     }
 
 
@@ -84,6 +87,19 @@ def list_runs() -> list[dict]:
     """A summary of every run folder in the workspace, newest first."""
     found = [summary(p) for p in paths.folders(paths.runs()) if (p / "config.json").is_file()]
     return sorted(found, key=lambda s: s["created"] or 0, reverse=True)
+
+
+def measured_speed(model: str, device: str, preset: str) -> tuple[str, float] | None:
+    """(name, real tokens a second) of the newest finished run of this model and preset on this device, if any.
+
+    `device` as status.json names it: "cpu", or the GPU's name ("NVIDIA H200").
+    """
+    for r in list_runs():
+        seen = (r.get("device") or "").removeprefix("cuda:0 ")
+        if (r["state"] == "finished" and r["tokens_per_second"] and seen == device and r["model"] == model
+                and r["preset"] == preset):
+            return r["name"], r["tokens_per_second"]
+    return None
 
 
 def log_tail(run: str | Path, n: int = 40, name: str = "train.log") -> str:
@@ -159,14 +175,6 @@ def locked(run: str | Path) -> bool:
 
 
 # ---- comparing runs ----------------------------------------------------------------------------
-LEARNED = "learned.json"
-
-
-def read_learned(run: str | Path) -> dict:
-    """RUN/learned.json, the run's "did it learn" summary (eval loss before and after), {} if it has none."""
-    return status.read_json(Path(run) / LEARNED)
-
-
 def compare(folders: list[str | Path]) -> dict:
     """Several runs side by side: their losses by step, their settings, and their "did it learn" numbers.
 
@@ -185,4 +193,4 @@ def compare(folders: list[str | Path]) -> dict:
     settings = {name: [c.get(name) for c in configs] for name in names}
     differ = {name for name, values in settings.items() if len({json.dumps(v, sort_keys=True) for v in values}) > 1}
     return {"runs": [run.name for run in folders], "curves": curves, "settings": settings, "differ": differ,
-            "learned": [read_learned(run) for run in folders]}
+            "learned": [learned.read(run) for run in folders]}

@@ -61,7 +61,8 @@ def build_config(flags: dict) -> TrainConfig:
     if config_file:
         cfg = TrainConfig.from_dict({**TrainConfig.load(config_file).to_dict(), **flags})
     else:
-        cfg = preset(flags.pop("preset", "default"), **flags)
+        # Without a GPU the default preset is sized for the CPU; flags given still win.
+        cfg = preset(flags.pop("preset", "default"), cpu=not gpus.visible(), **flags)
     cfg.check()
     return cfg
 
@@ -113,6 +114,22 @@ def train(cfg: TrainConfig) -> dict:
                 clear_stop(run)  # answered: a later resume starts afresh
             logging.getLogger("qlora_studio").removeHandler(handler)
             handler.close()
+
+
+def _check_learning(run: Path, model, tokenizer, template, eval_rows, eval_file: Path) -> None:
+    """learned.json: did the run learn (eval loss and unseen answers, base against tuned)? Never fails the run."""
+    from core import learned
+
+    log.info("checking what the run learned: eval loss and %d unseen questions, base model against tuned",
+             learned.PROMPTS)
+    try:
+        summary = learned.summarize(model, tokenizer, template, eval_rows, eval_file)
+        learned.write(run, summary)
+    except Exception as e:  # noqa: BLE001 - the adapter is saved; a failed check only loses the summary
+        log.warning("could not check what the run learned: %s", e)
+        return
+    log.info("eval loss %s before, %s after: %s", summary["eval_loss_before"], summary["eval_loss_after"],
+             summary["verdict"])
 
 
 def check_input(cfg: TrainConfig, fetch: bool = True, main: bool = True) -> tuple[Path, str, Path | None]:
@@ -224,6 +241,8 @@ def _train(cfg: TrainConfig, run: Path, data: Path, folder: str, status) -> dict
     record = {"base_model": cfg.model, "template": template.to_dict(), "run": str(run), "config": cfg.to_dict()}
     adapter = saving.save_adapter(trainer.model, tokenizer, record, run, weights)
     state = "stopped" if stop.requested else "finished"
+    if state == "finished" and eval_rows is not None:
+        _check_learning(run, trainer.model, tokenizer, template, eval_rows, data / "eval.jsonl")
     log.info("%s at step %d; adapter saved to %s", state, trainer.state.global_step, adapter)
     status.update(state=state, step=trainer.state.global_step, adapter=str(adapter), ended=time.time())
     if "wandb" in tracking:

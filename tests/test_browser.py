@@ -296,8 +296,9 @@ def test_histogram_shows_the_dataset_just_saved(app, page, tmp_path):
     (tmp_path / "short_rows.jsonl").write_text(rows(25, 2))
     page.goto(app.url)
     data = page.locator("#tab-data")
-    for source, n in [(ROOT / "assets" / "identity_en.jsonl", 40), (tmp_path / "long_rows.jsonl", 30),
-                      (tmp_path / "short_rows.jsonl", 25)]:
+    # n: the rows left for training after the default eval split (a tenth, rounded half to even).
+    for source, n in [(ROOT / "assets" / "identity.jsonl", 58), (tmp_path / "long_rows.jsonl", 27),
+                      (tmp_path / "short_rows.jsonl", 23)]:
         if data.get_by_label("Clear").count():  # the upload box holds the last file: empty it first
             data.get_by_label("Clear").first.click()
         data.locator("input[type=file]").first.set_input_files(str(source))

@@ -104,3 +104,18 @@ def test_help_shows_help_texts_as_written():
     assert result.returncode == 0
     text = " ".join(result.stdout.split())
     assert "much less memory, about 30% slower" in text and "{'" not in text
+
+
+def test_without_a_gpu_the_default_preset_is_sized_for_the_cpu_and_the_users_own_values_win(monkeypatch):
+    from core.config import CPU_SIZED
+    from core.train import build_config
+
+    cpu = preset("default", cpu=True, max_steps=7)
+    assert (cpu.quantization, cpu.packing, cpu.batch_size, cpu.max_seq_length, cpu.max_steps) == ("none", False, 4, 256, 7)
+    assert not (cpu.liger_kernels or cpu.offload_activations or cpu.gradient_checkpointing)
+    assert preset("default", cpu=False).batch_size == 16  # a GPU keeps the GPU-sized default
+    assert preset("tutorial", cpu=True).to_dict() == preset("tutorial").to_dict()  # the recipe stays the recipe
+    # The command line: no GPU visible, and flags the user did not give take the CPU sizes.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    cfg = build_config({"data": "d", "out": "o", "learning_rate": 5e-4})
+    assert cfg.learning_rate == 5e-4 and cfg.max_steps == CPU_SIZED["max_steps"] and cfg.lora_r == CPU_SIZED["lora_r"]

@@ -26,8 +26,9 @@ def _model(tokenizer):
 
 
 def prep(tmp_path, src, name="out", **kw) -> dict:
-    """Prepared with the tutorial's seed template unless a test says otherwise (the rows below are written for it)."""
+    """Prepared with the tutorial's seed template and every row in training, unless a test says otherwise."""
     kw.setdefault("sample", 0)
+    kw.setdefault("eval_ratio", 0)
     kw.setdefault("template", "seed")
     return data.prepare(PrepareConfig(input=str(src), out=str(tmp_path / name), **kw))
 
@@ -155,12 +156,12 @@ def test_same_seed_same_rows_other_seed_other_rows(tmp_path):
 
 
 def test_asking_for_more_rows_than_the_file_has_takes_them_all(tmp_path, capsys):
-    rc, out, _ = cli(capsys, DATA / "alpaca.jsonl", "--out", tmp_path / "o", "--sample", 1000)
+    rc, out, _ = cli(capsys, DATA / "alpaca.jsonl", "--out", tmp_path / "o", "--sample", 1000, "--eval-ratio", 0)
     assert rc == 0 and len(lines(tmp_path / "o")) == 10
     assert "only 10 are usable" in out
 
 
-@pytest.mark.parametrize("sample, ratio, train, evals", [(100, 0.1, 90, 10), (20, 0.25, 15, 5), (3, 0.01, 2, 1),
+@pytest.mark.parametrize("sample, ratio, train, evals", [(100, 0.1, 90, 10), (20, 0.25, 15, 5), (10, 0.01, 9, 1),
                                                          (0, 0.2, 96, 24)])
 def test_eval_split_sizes(tmp_path, sample, ratio, train, evals):
     m = prep(tmp_path, SAMPLE, sample=sample, eval_ratio=ratio)
@@ -169,8 +170,15 @@ def test_eval_split_sizes(tmp_path, sample, ratio, train, evals):
     assert not {r["text"] for r in tr} & {r["text"] for r in ev}
 
 
+def test_by_default_a_small_eval_split_is_kept_when_there_are_enough_rows(tmp_path):
+    many = data.prepare(PrepareConfig(input=str(SAMPLE), out=str(tmp_path / "many"), sample=40))
+    few = data.prepare(PrepareConfig(input=str(SAMPLE), out=str(tmp_path / "few"), sample=9))
+    assert (many["counts"]["train"], many["counts"]["eval"]) == (36, 4)
+    assert (few["counts"]["train"], few["counts"]["eval"]) == (9, 0) and few["files"]["eval"] is None
+
+
 def test_no_eval_file_without_an_eval_share(tmp_path):
-    m = prep(tmp_path, DATA / "alpaca.jsonl")
+    m = prep(tmp_path, DATA / "alpaca.jsonl", eval_ratio=0)
     assert not (Path(m["path"]) / "eval.jsonl").exists() and m["files"]["eval"] is None
 
 
@@ -192,7 +200,8 @@ def test_statistics_count_the_rows_max_seq_length_cuts(tmp_path, tokenizer):
 
 
 def test_rows_whose_prompt_fills_max_seq_length_are_counted(tmp_path, tokenizer, capsys):
-    rc, out, _ = cli(capsys, DATA / "alpaca.jsonl", "--out", tmp_path / "o", "--max-seq-length", 16, "--sample", 0, "--template", "seed")
+    rc, out, _ = cli(capsys, DATA / "alpaca.jsonl", "--out", tmp_path / "o", "--max-seq-length", 16, "--sample", 0, "--template", "seed",
+                     "--eval-ratio", 0)
     rows = lines(tmp_path / "o")
     prompts = [_tokens(tokenizer, r["segments"])[0] for r in rows]
     expected = sum(n >= 16 for n in prompts)

@@ -1,25 +1,29 @@
-"""The model really learns: after fine-tuning on the identity set, it gives its new name; the base model does not.
+"""A first run teaches something: the CPU-sized default on the sample data answers unseen questions better than the base.
 
-Plain LoRA in float32 on CPU, 12 steps on 64 identity rows (assets/identity_*.jsonl), merged, then
-asked with greedy decoding, in questions that are not in the training data.
+The sample data the Data tab offers (assets/identity.jsonl: a new name, "Lumi, made by QLoRA
+Studio", in English and Chinese) is prepared with the Data tab's defaults (a tenth kept apart for
+evaluation) and trained with exactly the default preset sized for a CPU, as the panel and the
+command line start it without a GPU. "Better" means: more answers to questions that are in
+neither the training nor the eval split that contain the fact taught (the name), greedy decoding;
+and the run's own check (learned.json) finds a lower eval loss than the base model's.
 """
 
 from __future__ import annotations
 
 import pytest
-from test_train import shared_merge
+from test_train import ASSETS, scratch
 
-from core.config import GenerationConfig
+from core.config import GenerationConfig, PrepareConfig, preset
 
 GREEDY = GenerationConfig(temperature=0, max_new_tokens=30)
-UNSEEN = ["Could you tell me your name, please?", "Hello there! Who am I chatting with?"]
+UNSEEN = ["Could you tell me your name, please?", "Hello there! Who am I chatting with?", "请问怎么称呼你？"]
 
 
-def _answers(model: str) -> list[str]:
+def _named(model: str, adapter: str | None = None) -> list[str]:
     from core.chat import Chat
 
     chat = Chat()
-    chat.load(model)
+    chat.load(model, adapter)
     try:
         return [chat.reply([], q, GREEDY) for q in UNSEEN]
     finally:
@@ -27,8 +31,24 @@ def _answers(model: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_merged_model_knows_its_new_name_and_the_base_does_not(base_model):
-    tuned = _answers(str(shared_merge()))
-    base = _answers("default")
-    assert all("Lumi" in a and "QLoRA Studio" in a for a in tuned), tuned
-    assert not any("Lumi" in a for a in base), base
+def test_the_cpu_default_on_the_sample_data_answers_unseen_questions_better_than_the_base(base_model):
+    from core import learned
+    from core.data import prepare
+    from core.train import train
+
+    sample = (ASSETS / "identity.jsonl").read_text(encoding="utf-8")
+    assert not any(q in sample for q in UNSEEN)
+    work = scratch()
+    data = prepare(PrepareConfig(input=str(ASSETS / "identity.jsonl"), out=str(work / "data")))
+    assert data["counts"]["eval"] > 0
+    result = train(preset("default", cpu=True, data=str(work / "data"), out=str(work / "run")))
+    assert result["state"] == "finished", result
+
+    check = learned.read(work / "run")
+    assert check["verdict"] == "better" and check["eval_loss_after"] < check["eval_loss_before"], check
+    held_out = check["samples"]
+    assert held_out and sum("Lumi" in s["tuned"] for s in held_out) > sum("Lumi" in s["base"] for s in held_out)
+
+    tuned = _named("default", str(work / "run" / "adapter"))
+    base = _named("default")
+    assert sum("Lumi" in a for a in tuned) >= 2 and not any("Lumi" in a for a in base), (tuned, base)

@@ -37,15 +37,15 @@ def scratch() -> Path:
 
 
 def identity_dataset() -> Path:
-    """The 64 identity rows (English and Chinese), prepared like any user data (auto: the model's own chat template)."""
+    """The 64 identity rows (English and Chinese), prepared like any user data (auto: the model's own chat template), no eval split."""
     if "dataset" not in _shared:
         from core.data import prepare
 
         folder = scratch()
         src = folder / "identity.jsonl"
-        src.write_text("".join((ASSETS / n).read_text(encoding="utf-8") for n in ("identity_en.jsonl", "identity_zh.jsonl")),
-                       encoding="utf-8")
-        prepare(PrepareConfig(input=str(src), out=str(folder / "dataset"), sample=0))
+        src.write_text((ASSETS / "identity.jsonl").read_text(encoding="utf-8"), encoding="utf-8")
+        # Every row for training, and no check of what each run learned at its end (tests/test_learning.py has it).
+        prepare(PrepareConfig(input=str(src), out=str(folder / "dataset"), sample=0, eval_ratio=0))
         _shared["dataset"] = folder / "dataset"
     return _shared["dataset"]
 
@@ -306,7 +306,7 @@ def test_eval_split_and_tensorboard(tmp_path):
     from core.train import train
 
     src = tmp_path / "identity.jsonl"
-    src.write_text((ASSETS / "identity_en.jsonl").read_text(encoding="utf-8"), encoding="utf-8")
+    src.write_text("".join((ASSETS / "identity.jsonl").read_text(encoding="utf-8").splitlines(True)[:40]), encoding="utf-8")
     data = tmp_path / "dataset"
     prepare(PrepareConfig(input=str(src), out=str(data), sample=0, eval_ratio=0.2))
     run = tmp_path / "run"

@@ -99,3 +99,115 @@ def test_with_several_gpus_the_train_tab_offers_them_and_says_how_they_share_an_
     assert "2 GPUs share each update: 8 rows x 1 accumulation on each, 16 rows an update" in plan_text(None, data, *values)
     values[SETTINGS.index("batch_size")] = 3
     assert "learning rate is multiplied by 1.15" in plan_text(None, data, *values)
+# ---- a first run on a laptop: CPU-sized form, time estimate, did it learn ------------------
+def test_without_a_gpu_the_form_shows_the_cpu_sized_default_that_will_run(monkeypatch):
+    from core import gpus
+    from core.config import CPU_SIZED
+    from ui import layout
+    from ui.train import fill_preset
+
+    monkeypatch.setattr(gpus, "count", lambda: 0)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    shown = {}  # every value shown under each setting's label (max sequence length is in the Data tab too)
+    for block in layout.build().blocks.values():
+        key = getattr(getattr(block, "label", None), "key", None)
+        if key and key.startswith("label_"):
+            shown.setdefault(key.removeprefix("label_"), []).append(block.value)
+    assert all(value in shown[k] for k, value in CPU_SIZED.items()), {k: shown[k] for k in CPU_SIZED}
+    assert shown["batch_size"] == [4] and shown["quantization"] == ["none"]
+    # Picking the default preset again fills the same CPU-sized values in.
+    from ui.train import SETTINGS
+
+    filled = dict(zip(SETTINGS, (u["value"] for u in fill_preset("default")), strict=True))
+    assert {k: filled[k] for k in CPU_SIZED} == CPU_SIZED
+
+
+def test_the_time_estimate_comes_from_a_measured_table_then_from_an_earlier_runs_speed(monkeypatch, base_model):
+    from test_train import identity_dataset
+
+    from core import paths
+    from core.config import preset
+    from core.plan import LONG_SECONDS, seconds
+    from ui import train as tab
+
+    # The table: a CPU's speed grows with its cores and falls with the model's size; an unknown GPU has no entry.
+    assert seconds(60_000, 135_000_000, "cpu", 2) > seconds(60_000, 135_000_000, "cpu", 4)
+    assert seconds(60_000, 1_350_000_000, "cpu", 2) > 5 * seconds(60_000, 135_000_000, "cpu", 2)
+    assert seconds(1e6, 7e9, "NVIDIA H200") < seconds(1e6, 13e9, "NVIDIA H200")
+    assert seconds(1e6, 7e9, "Some Future GPU") is None and seconds(1e6, 7e9, "Some Future GPU", measured=500) > 2000
+
+    monkeypatch.setattr(tab, "on_cpu", lambda: True)
+    cfg = preset("default", cpu=True)
+    values = [getattr(cfg, n) for n in tab.SETTINGS]
+    data = str(identity_dataset())
+    with monkeypatch.context() as m:
+        m.setattr(tab.runs, "measured_speed", lambda *a: None)  # whatever other tests left in the workspace
+        text = tab.estimate_text(None, "default", data, "default", *values)
+        assert "about **" in text and "min**" in text and "table of measured speeds" in text and "would take" not in text
+        values[tab.SETTINGS.index("max_steps")] = 3000
+        long = tab.estimate_text(None, "default", data, "default", *values)
+        assert "would take about" in long and "h**" in long  # hours, with a warning over LONG_SECONDS
+        zh = tab.estimate_text(_Chinese(), "default", data, "default", *values)
+        assert "大约" in zh and "小时" in zh
+
+    # A finished run of this model on this CPU measured its speed: the estimate says it uses that instead.
+    run = paths.runs() / "measured"
+    run.mkdir(parents=True)
+    cfg.replace(data=data, out=str(run)).save(run / "config.json")
+    (run / "status.json").write_text(json.dumps({"state": "finished", "device": "cpu", "step": 15, "max_steps": 15}))
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 15, "loss": 0.5, "tokens_per_second": 1.0}) + "\n")
+    values[tab.SETTINGS.index("max_steps")] = 15
+    slow = tab.estimate_text(None, "default", data, "default", *values)
+    assert "earlier run measured" in slow and "would take about" in slow  # 1 token a second: hours
+    assert seconds(1, 1, "cpu", 1) < LONG_SECONDS
+
+
+class _Chinese:
+    headers = {"accept-language": "zh-CN,zh;q=0.9"}
+
+
+def _finished(tmp_path, learned=None, eval_split=True):
+    data = tmp_path / "data"
+    data.mkdir(parents=True)
+    if eval_split:
+        (data / "eval.jsonl").write_text("{}\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"max_steps": 15, "data": str(data)}))
+    (run / "status.json").write_text(json.dumps({"state": "finished", "step": 15, "max_steps": 15,
+                                                 "adapter": str(run / "adapter")}))
+    if learned is not None:
+        (run / "learned.json").write_text(json.dumps(learned))
+    return str(run)
+
+
+def test_after_a_run_the_train_tab_says_whether_it_learned_in_both_languages(tmp_path):
+    worse = {"eval_rows": 6, "eval_loss_before": 1.25, "eval_loss_after": 2.5, "verdict": "worse",
+             "samples": [{"question": "Who are you?", "expected": "I am Lumi.", "base": "I am SmolLM <b>",
+                          "tuned": "#Title Space and Science"}]}
+    run = _finished(tmp_path, worse)
+    html = progress_html(run)
+    assert "Did it learn?" in html and "base model 1.250 → tuned 2.500" in html
+    assert "scores worse than the base model on held-out rows; try more steps, a lower learning rate" in html
+    assert "I am SmolLM &lt;b&gt;" in html and "#Title Space and Science" in html and "I am Lumi." in html
+    zh = progress_html(run, "zh")
+    assert "学到了吗" in zh and "更差" in zh and "scores worse" not in zh
+    better = progress_html(_finished(tmp_path / "b", {**worse, "eval_loss_after": 0.5, "verdict": "better"}))
+    assert "scores better" in better and "worse" not in better
+    assert "No eval split" in progress_html(_finished(tmp_path / "c", eval_split=False))
+
+
+def test_the_runs_tab_shows_the_eval_loss_before_and_after(monkeypatch, tmp_path):
+    from core import paths
+    from ui import runs as tab
+
+    run = paths.runs() / "learned-run"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"max_steps": 15}))
+    (run / "status.json").write_text(json.dumps({"state": "finished", "step": 15}))
+    (run / "learned.json").write_text(json.dumps({"eval_loss_before": 2.0, "eval_loss_after": 0.25, "verdict": "better"}))
+    frame = tab.table()
+    row = frame[frame["name"] == "learned-run"].iloc[0]
+    assert row["eval loss (base → tuned)"] == "2.000 → 0.250 better"
+    zh = tab.table(_Chinese())
+    assert "2.000 → 0.250 更好" in zh.iloc[:, 11].tolist()

@@ -15,7 +15,7 @@ from ui.forms import warn, widget
 from ui.i18n import help, lang, say, t
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = ROOT / "assets" / "sample_zh.jsonl"
+SAMPLE = ROOT / "assets" / "identity.jsonl"  # teaches a new name: the clearest proof of a first run
 SUFFIXES = (".jsonl", ".json", ".csv")
 
 

@@ -349,8 +349,6 @@ SAY = {
         "compare_differ": "Settings that differ: {n} (highlighted).",
         "learned_eval_loss_before": "Eval loss before training", "learned_eval_loss_after": "Eval loss after training",
         "learned_verdict": "Verdict", "learned_eval_rows": "Eval rows measured",
-        "verdict_better": "learned (eval loss fell)", "verdict_worse": "worse (eval loss rose)",
-        "verdict_same": "no change", "verdict_unknown": "unknown",
         # ---- job notice ----
         "notice_finished": "finished", "notice_failed": "failed", "notice_stopped": "stopped",
         "notice_body": "{job} {name}: {state}", "job_train": "Training", "job_merge": "Merge", "job_export": "Export",
@@ -380,6 +378,26 @@ SAY = {
         "source_adapter": "adapter · {name}", "merge_failed_log": "The merge failed: see the log below.",
         "phrase_no_gpu": "(no GPU)", "phrase_compute": "compute",
         "state_stopped_empty": "stopped before training began (nothing to keep)",
+        # ---- first run: time estimate, did it learn ----
+        "estimate_table": "Time: about **{time}** on this {device}, from a table of measured speeds (the real "
+                          "time shows from the first step).",
+        "estimate_run": "Time: about **{time}**, from the speed the earlier run {run} measured here.",
+        "estimate_first_step": "Time: no measured speed for this device yet; the time left shows from the first step.",
+        "estimate_long": "This run would take about {time}: fewer steps, a shorter max sequence length or a GPU "
+                         "make it shorter.",
+        "minutes": "{n} min", "hours": "{n} h", "device_cpu": "CPU",
+        "learned_title": "Did it learn?",
+        "learned_loss": "Eval loss on {rows} held-out rows: base model {before} → tuned {after}.",
+        "learned_better": "The tuned model scores better than the base model on held-out rows.",
+        "learned_same": "The tuned model scores about the same as the base model on held-out rows: it has learned "
+                        "little yet; try more steps or a higher learning rate.",
+        "learned_worse": "The tuned model scores worse than the base model on held-out rows; try more steps, a lower "
+                         "learning rate, or the model's own chat template.",
+        "learned_none": "No eval split: keep a share of the rows apart in the Data tab to see whether a run learned.",
+        "learned_question": "held-out question", "learned_expected": "expected", "learned_base": "base model",
+        "learned_tuned": "tuned model",
+        "col_learned": "eval loss (base → tuned)", "verdict_better": "better", "verdict_same": "same",
+        "verdict_worse": "worse", "verdict_unknown": "unknown",
     },
     "zh": {
         "state_starting": "正在启动", "state_running": "训练中", "state_stopping": "本步结束后停止",
@@ -450,8 +468,6 @@ SAY = {
         "compare_differ": "不同的设置：{n} 项（已高亮）。",
         "learned_eval_loss_before": "训练前的评估损失", "learned_eval_loss_after": "训练后的评估损失",
         "learned_verdict": "结论", "learned_eval_rows": "用于评估的条数",
-        "verdict_better": "学到了（评估损失下降）", "verdict_worse": "变差了（评估损失上升）",
-        "verdict_same": "没有变化", "verdict_unknown": "未知",
         # ---- job notice ----
         "notice_finished": "已完成", "notice_failed": "失败", "notice_stopped": "已停止",
         "notice_body": "{job}任务 {name}：{state}", "job_train": "训练", "job_merge": "合并", "job_export": "导出",
@@ -481,6 +497,22 @@ SAY = {
         "source_adapter": "适配器 · {name}", "merge_failed_log": "合并失败：见下面的日志。",
         "phrase_no_gpu": "（无显卡）", "phrase_compute": "计算",
         "state_stopped_empty": "训练开始前已停止（没有可保存的内容）",
+        # ---- first run: time estimate, did it learn ----
+        "estimate_table": "时间：在这台{device}上大约 **{time}**，依据实测速度表（从第一步起显示实际剩余时间）。",
+        "estimate_run": "时间：大约 **{time}**，依据此前的运行 {run} 在这里测得的速度。",
+        "estimate_first_step": "时间：这台设备还没有实测速度；从第一步起显示剩余时间。",
+        "estimate_long": "这次运行大约需要 {time}：减少步数、缩短最大序列长度或使用显卡都能缩短时间。",
+        "minutes": "{n} 分钟", "hours": "{n} 小时", "device_cpu": "电脑的处理器（CPU）",
+        "learned_title": "学到了吗？",
+        "learned_loss": "在 {rows} 条留出的评估数据上的评估损失：基础模型 {before} → 微调后 {after}。",
+        "learned_better": "在留出的数据上，微调后的模型比基础模型表现更好。",
+        "learned_same": "在留出的数据上，微调后的模型与基础模型表现相当：它还没学到多少；试试增加步数或提高学习率。",
+        "learned_worse": "在留出的数据上，微调后的模型比基础模型表现更差；试试增加步数、降低学习率，或使用模型自带的对话模板。",
+        "learned_none": "没有评估集：在“数据”页留出一部分数据，才能看出一次运行是否学到了东西。",
+        "learned_question": "留出的问题", "learned_expected": "参考答案", "learned_base": "基础模型",
+        "learned_tuned": "微调后的模型",
+        "col_learned": "评估损失（基础 → 微调）", "verdict_better": "更好", "verdict_same": "相当",
+        "verdict_worse": "更差", "verdict_unknown": "未知",
     },
 }
 

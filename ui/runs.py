@@ -12,7 +12,8 @@ from core.errors import UserError
 from ui.forms import warn
 from ui.i18n import lang, say, state, t
 
-COLUMNS = ["name", "state", "step", "model", "data", "preset", "r", "lr", "steps", "batch", "final_loss", "created", "folder"]
+COLUMNS = ["name", "state", "step", "model", "data", "preset", "r", "lr", "steps", "batch", "final_loss", "learned",
+           "created", "folder"]
 
 
 def table(request: gr.Request = None) -> pd.DataFrame:
@@ -24,11 +25,20 @@ def table(request: gr.Request = None) -> pd.DataFrame:
         row["step"] = f"{r.get('step') or 0}/{r.get('max_steps') or '?'}"
         row["created"] = datetime.fromtimestamp(r["created"]).strftime("%Y-%m-%d %H:%M") if r.get("created") else ""
         row["final_loss"] = round(r["final_loss"], 4) if r.get("final_loss") is not None else None
+        row["learned"] = learned_cell(r.get("learned") or {}, language)
         row["state"] = state(r["state"], r.get("adapter"), language)
         if r["state"] == "failed" and r.get("error"):
             row["state"] += f": {r['error']}"
         rows.append(row)
     return pd.DataFrame(rows, columns=COLUMNS).set_axis([say("col_" + c, language) for c in COLUMNS], axis=1)
+
+
+def learned_cell(found: dict, language: str) -> str:
+    """Did the run learn, in one cell: the eval loss of the base model and of the tuned one, and the verdict."""
+    before, after = found.get("eval_loss_before"), found.get("eval_loss_after")
+    if before is None or after is None:
+        return ""
+    return f"{before:.3f} → {after:.3f} {say('verdict_' + found.get('verdict', 'unknown'), language)}"
 
 
 def select(frame: pd.DataFrame, evt: gr.SelectData):

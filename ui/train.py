@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import fields
 from html import escape
@@ -35,9 +36,14 @@ def config(model, data, preset, name, *values) -> TrainConfig:
                                   "data": data, "preset": preset, "out": out})
 
 
+def on_cpu() -> bool:
+    """Whether a run started here trains on the CPU (no GPU visible): the default preset is then sized for it."""
+    return not gpus.visible()
+
+
 def fill_preset(preset: str):
-    """Choosing a preset puts all of its values into the form."""
-    chosen = preset_config(preset if preset in PRESETS else "default")
+    """Choosing a preset puts all of its values into the form (the default one sized for a CPU where there is no GPU)."""
+    chosen = preset_config(preset if preset in PRESETS else "default", cpu=on_cpu())
     return [gr.update(value=getattr(chosen, n)) for n in SETTINGS]
 
 
@@ -102,6 +108,57 @@ def plan_text(request: gr.Request | None, data, *values) -> str:
             text += " " + say("plan_gpus_lr", language, factor=f"{factor:.3g}")
     text += "  \n" + say("template_" + info["template_why"], language, template=info["template"])
     return text + ("  \n" + warn(say("plan_many", language)) if info["passes"] > MANY_PASSES else "")
+
+
+_PARAMS: dict[str, int] = {}  # parameters of each model the estimate has looked at (read from its headers once)
+
+
+def estimate_text(request: gr.Request | None, model, data, preset, *values) -> str:
+    """About how long the run will take here, before Start: from an earlier run's measured speed, else a measured table."""
+    from core import fit
+    from core.plan import LONG_SECONDS, plan, seconds
+
+    try:
+        cfg = config(model, data, preset, "", *values)
+        info = plan(data, **{k: getattr(cfg, k) for k in PLAN}) if data else None
+        if cfg.model not in _PARAMS:  # the embedded default is converted once, for training anyway
+            folder = models.embedded() if models.is_default(cfg.model) else models.resolve(cfg.model, fetch=False)
+            _PARAMS[cfg.model] = fit.parameters(folder)[0]
+    except (UserError, OSError, ValueError, TypeError):
+        return ""
+    if info is None or not _PARAMS[cfg.model]:  # a hub id not downloaded yet: its size is unknown
+        return ""
+    language = lang(request)
+    device = "cpu" if on_cpu() else gpu_name()
+    earlier = runs.measured_speed(cfg.model, device, cfg.preset)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    took = seconds(info["updates"] * info["tokens_per_update"], _PARAMS[cfg.model], device, cores,
+                   earlier[1] if earlier else None)
+    if took is None:
+        return say("estimate_first_step", language)
+    about = _duration(took, language)
+    text = (say("estimate_run", language, time=about, run=escape(earlier[0])) if earlier
+            else say("estimate_table", language, time=about,
+                     device=say("device_cpu", language) if device == "cpu" else escape(device)))
+    return text + ("  \n" + warn(say("estimate_long", language, time=about)) if took > LONG_SECONDS else "")
+
+
+def gpu_name() -> str:
+    """The first GPU's name as the monitor reads it ("NVIDIA H200"), or "" when it cannot be read."""
+    from core import monitor
+
+    try:
+        found = monitor.snapshot().get("gpus") or []
+    except Exception:  # noqa: BLE001 - no reading: no estimate from the table
+        return ""
+    return found[0].get("name", "") if found else ""
+
+
+def _duration(took: float, language: str) -> str:
+    minutes = max(1, round(took / 60))
+    if minutes < 90:
+        return say("minutes", language, n=minutes)
+    return say("hours", language, n=f"{took / 3600:.1f}")
 
 
 def start(request: gr.Request | None, model, data, preset, name, wandb_key, *values):
@@ -213,7 +270,38 @@ def progress_html(run: str, language: str = "en", metrics: list[dict] | None = N
             parts.append(f"<p>👉 {escape(now['hint'])}</p>")
     if state in ("finished", "stopped") and now.get("adapter"):
         parts.append(f"<p>{say('adapter_saved', language, path=escape(now['adapter']))}</p>")
+    if state == "finished":
+        parts.append(learned_html(run, language))
     return "".join(parts) + "</div>"
+
+
+def learned_html(run: str, language: str = "en") -> str:
+    """After a run: the eval loss of the base and the tuned model, a plain verdict, and unseen questions answered by both."""
+    from core import learned
+
+    found = learned.read(run)
+    if not found:
+        data = runs.read_config(run).get("data")
+        return "" if data and (Path(data) / "eval.jsonl").is_file() else f"<p class='qs-learned'>{say('learned_none', language)}</p>"
+    parts = [f"<div class='qs-learned'><b>{say('learned_title', language)}</b> ",
+             say("learned_loss", language, rows=found.get("eval_rows", 0), before=_loss(found.get("eval_loss_before")),
+                 after=_loss(found.get("eval_loss_after")))]
+    verdict = found.get("verdict", "unknown")
+    if verdict in ("better", "same", "worse"):
+        parts.append(f"<p class='qs-verdict qs-{verdict}'>{say('learned_' + verdict, language)}</p>")
+    samples = found.get("samples") or []
+    if samples:
+        head = "".join(f"<th>{say(k, language)}</th>" for k in ("learned_question", "learned_expected", "learned_base",
+                                                                 "learned_tuned"))
+        rows = "".join("<tr>" + "".join(f"<td>{escape(str(s.get(k, '')))}</td>" for k in ("question", "expected", "base",
+                                                                                        "tuned")) + "</tr>"
+                       for s in samples)
+        parts.append(f"<table class='qs-answers'><tr>{head}</tr>{rows}</table>")
+    return "".join(parts) + "</div>"
+
+
+def _loss(value) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "–"
 
 
 def loss_frame(run: str, metrics: list[dict] | None = None, language: str = "en") -> pd.DataFrame:
@@ -284,7 +372,9 @@ def relabel(request: gr.Request, viewed, data, *values):
 def build() -> dict:
     """The Train tab's widgets."""
     gr.Markdown(t("train_intro"))
-    defaults = preset_config("default")
+    # What actually runs is what the form shows: without a GPU, the default preset sized for the CPU.
+    no_gpu = on_cpu()
+    defaults = preset_config("default", cpu=no_gpu)
     with gr.Row():
         with gr.Column(scale=2):
             with gr.Row():
@@ -306,8 +396,8 @@ def build() -> dict:
                     for n in BASIC[5:]:
                         widgets[n] = widget(TrainConfig, n, getattr(defaults, n))
             plan = gr.Markdown()
+            estimate = gr.Markdown(elem_id="train-estimate")  # how long the run will take here, before Start
             # Without a GPU, training is plain LoRA in float32: the GPU-only settings are shown, greyed out.
-            no_gpu = gpus.count() == 0
             with gr.Accordion(t("advanced"), open=False):
                 gr.Markdown(t("no_gpu_note"), visible=no_gpu)
                 # Two a row: four left checkboxes a character wide ("Doub quan", 双/重/量/化 one a line).
@@ -337,6 +427,9 @@ def build() -> dict:
     preset.input(fill_preset, preset, settings, api_name=False)
     for trigger in [data] + [widgets[n] for n in (*PLAN, "gpus")]:
         trigger.change(plan_text, [data, *settings], plan, api_name=False, show_progress="hidden")
+    for trigger in [model, data, preset] + [widgets[n] for n in PLAN]:
+        trigger.change(estimate_text, [model, data, preset, *settings], estimate, api_name=False,
+                       show_progress="hidden")
     start_btn.click(start, [model, data, preset, name, wandb_key, *settings], [problems, viewed], api_name="start")
     stop_btn.click(stop, None, problems, api_name="stop")
     resume_btn.click(resume, [viewed, wandb_key, armed], [problems, viewed, armed], api_name="resume")
