@@ -129,12 +129,24 @@ TARGETS = {"default": ("q_proj", "v_proj"),
 
 
 def read_config(folder: str | Path) -> dict:
-    """The model's config.json (its text part for multimodal models); {} when it cannot be read."""
+    """The model's config.json (its text part for multimodal models); {} when it cannot be read (a hub id
+    not downloaded yet). `folder` may be "default", as a check before a job names the embedded model."""
+    try:
+        folder = local(folder)
+    except UserError:
+        return {}
     try:
         c = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return c.get("text_config", c) if isinstance(c, dict) else {}
+
+
+def local(folder: str | Path) -> Path:
+    """The folder of a model as a check before a job names it ("default" is the embedded model)."""
+    from core import models
+
+    return models.embedded() if models.is_default(str(folder)) else Path(folder)
 
 
 def shape(config: dict) -> dict:
@@ -190,15 +202,23 @@ def train_needs(config: dict, cfg, cuda: bool, liger: bool = True) -> dict:
     logits = 0 if (cfg.liger_kernels and liger) else tokens * s["vocab"] * LOGIT_BYTES
     parts = {"weights": weights, "lora": lora, "activations": saved + layer, "logits": logits, "workspace": WORKSPACE}
     peak = sum(parts.values())
-    from core.offload import arena_bytes
-
     arena = arena_bytes(_Dims(s), cfg.batch_size, cfg.max_seq_length) if cfg.offload_activations else 0
     return {"gpu": int(peak * RESERVE + CUDA_CONTEXT), "peak": int(peak), "host": int(PROCESS_GPU_JOB + arena),
             "parts": parts}
 
 
+def arena_bytes(config, batch_size: int, max_seq_length: int) -> int:
+    """Pinned CPU memory for the offloaded activations (core/offload.py): one micro-batch's decoder-layer inputs, with slack."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    hidden = getattr(text, "hidden_size", 0)
+    layers = getattr(text, "num_hidden_layers", 0)
+    if not hidden or not layers:
+        return 0
+    return (layers + 4) * batch_size * max_seq_length * hidden * 2
+
+
 class _Dims:
-    """The two numbers core.offload.arena_bytes reads from a model config."""
+    """The two numbers arena_bytes reads from a model config."""
 
     def __init__(self, s: dict):
         self.hidden_size, self.num_hidden_layers = s["hidden"], s["layers"]
@@ -275,7 +295,10 @@ def check_train(cfg, folder: str | Path, have: dict | None = None, liger: bool |
         import importlib.util
 
         liger = importlib.util.find_spec("liger_kernel") is not None
-    need = train_needs(read_config(folder), cfg, cuda, liger)
+    config = read_config(folder)
+    if not config.get("hidden_size"):  # not downloaded yet, or a layout we cannot read: no verdict
+        return {"verdict": "unknown", "where": "gpu" if cuda else "ram", "need": 0, "free": 0, "total": 0}
+    need = train_needs(config, cfg, cuda, liger)
     where = "gpu" if cuda else "ram"
     n = need["gpu"] if cuda else need["host"]
     free, total = (have["gpu"], have["gpu_total"]) if cuda else (have["ram"], have["ram_total"])
@@ -299,7 +322,7 @@ def remedies(cfg, folder: str | Path, have: dict | None = None, liger: bool | No
     changes: dict = {}
     current = cfg
     for step in steps + [None] * 12:
-        if check_train(current, folder, have, liger)["verdict"] == "fits":
+        if check_train(current, folder, have, liger)["verdict"] in ("fits", "unknown"):
             return changes
         if step is None:  # then the batch, the length and the rank, in that order, halved
             if current.batch_size > 1:
@@ -352,3 +375,38 @@ def refuse_train(cfg, folder: str | Path) -> None:
     fix = f"try: {describe(changes)}" if changes else "choose a smaller model"
     raise UserError(f"memory: this run needs about {gib(found['need'])} of {what} and this machine has "
                     f"{gib(found['total'])} in all, so it will not fit; {fix}", field="batch_size")
+
+
+def _found(need: int, where: str, have: dict) -> dict:
+    free, total = (have["gpu"], have["gpu_total"]) if where == "gpu" else (have["ram"], have["ram_total"])
+    return {"verdict": judge(need, free, total), "where": where, "need": need, "free": free, "total": total}
+
+
+def check_merge(adapter: str | Path, base: str | Path, dtype: str, have: dict | None = None) -> dict:
+    """A merge's fit: tensor by tensor in RAM, or peft's whole-model merge (then "why" says why)."""
+    from core.fold import unsupported
+
+    have = have or machine()
+    adapter, base = Path(adapter), local(base)
+    why = unsupported(adapter, base)
+    weights = adapter / "adapter_model.safetensors"
+    adapter_params = weights.stat().st_size // 4 if weights.is_file() else 0
+    need = merge_needs(read_config(base), adapter_params, dtype, exact=why is None, cuda=have["gpu"] is not None)
+    where = "gpu" if need["gpu"] else "ram"
+    return {**_found(need[where if where == "gpu" else "host"], where, have), "why": why}
+
+
+def check_chat(folder: str | Path, have: dict | None = None, asked: str = "auto") -> dict:
+    """Chat's fit: on a GPU the precision it would load in ("precision", "need" per precision), else RAM."""
+    have = have or machine()
+    config = read_config(folder)
+    if not config.get("hidden_size"):
+        return {"verdict": "unknown", "where": "ram" if have["gpu"] is None else "gpu", "need": 0, "free": 0, "total": 0}
+    if have["gpu"] is None:
+        return _found(chat_needs(config, cuda=False)["cpu"], "ram", have)
+    need = needs(local(folder))
+    fitting = [p for p in PRECISIONS if need[p] <= have["gpu"]] if asked == "auto" else \
+        [asked] if need[asked] <= have["gpu"] else []
+    precision = fitting[0] if fitting else (asked if asked != "auto" else "4bit")
+    found = _found(need[precision], "gpu", have)
+    return {**found, "verdict": found["verdict"] if fitting else "no", "precision": precision, "needs": need}

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import threading
+from html import escape
 from pathlib import Path
 
 import gradio as gr
 
-from core import jobs, models, paths, runs
+from core import fit, jobs, models, paths, runs
 from core.config import GenerationConfig
 from core.errors import UserError
+from ui import fit as fit_words
 from ui.forms import warn, widget
 from ui.i18n import lang, say, t
 
@@ -208,6 +210,31 @@ def _fitted(chats: list, note: str, request) -> str:
     return "  \n".join(lines)
 
 
+def fit_badge(request: gr.Request | None, source, precision) -> str:
+    """Whether the chosen model loads in the free memory, and in which precision, before Send loads it."""
+    language = lang(request)
+    try:
+        source = source or "default"
+        if source.startswith(ADAPTER):  # the base the run trained on carries the memory; the adapter is small
+            _, spec = models.check_adapter(paths.inside(source[len(ADAPTER):], paths.runs(), "model"))
+        else:
+            spec = paths.model_spec(source)
+        found = fit.check_chat(models.resolve(spec, fetch=False), asked=precision or "auto")
+    except (UserError, OSError, ValueError):
+        return ""
+    if found["where"] == "ram" or found["verdict"] == "unknown":
+        return fit_words.badge(found, language)
+    need, gib = found["needs"], (lambda n: f"{n / 2**30:.1f}")
+    bits, free = found["precision"][:-3], gib(found["free"])
+    if found["verdict"] == "no":
+        text, verdict = say("fit_chat_no", language, need=gib(need[found["precision"]]), free=free), "no"
+    elif found["precision"] == "16bit" or precision not in (None, "", "auto"):
+        text, verdict = say("fit_chat", language, bits=bits, need=gib(need[found["precision"]]), free=free), found["verdict"]
+    else:
+        text, verdict = say("fit_chat_smaller", language, bits=bits, need16=gib(need["16bit"]), free=free), "tight"
+    return f"<div class='qs-fit qs-fit-{verdict}'>{escape(text)}</div>"
+
+
 def unload(request: gr.Request = None):
     release()
     return say("released", lang(request))
@@ -234,6 +261,7 @@ def build() -> dict:
             send = gr.Button(t("send"), variant="primary")
             stop = gr.Button(t("stop_reply"), variant="stop")
             clear = gr.Button(t("clear"))
+    fit_badge_html = gr.HTML(elem_id="fit-chat")  # does the model load in the free memory, before Send loads it
     note = gr.Markdown()
     with gr.Accordion(t("sampling"), open=False):
         system = widget(GenerationConfig, "system", lines=2)
@@ -257,6 +285,9 @@ def build() -> dict:
     refresh.click(lambda: (gr.update(choices=sources()), gr.update(choices=[("—", "")] + sources())), None,
                   [source_a, source_b], api_name=False)
     unload_btn.click(unload, None, note, api_name=False)
+    for trigger in (source_a, precision):
+        trigger.change(fit_badge, [source_a, precision], fit_badge_html, api_name=False, show_progress="hidden")
+    gr.Timer(5.0).tick(fit_badge, [source_a, precision], fit_badge_html, api_name=False, show_progress="hidden")
     return {"source_a": source_a, "source_b": source_b}
 
 

@@ -41,6 +41,8 @@ EN: dict[str, str] = {
     "runs_intro": "Every training run in this workspace. Select a row, then open it.",
     "open_train": "Show in Train", "open_merge": "Merge this run", "open_chat": "Chat with this run",
     "selected": "Selected run",
+    # ---- fit check and which base ----
+    "base_weights_note": "**Which base weights.** QLoRA trained the adapter on the base rounded to 4 bits. *original* (the default, as the tutorial does) adds it to the base's full 16-bit weights: the best base, but not exactly the model you trained. *as-trained* (as axolotl does) adds it to the same 4-bit-rounded weights: exactly the model of training, in 16 bits.",
 }
 
 ZH: dict[str, str] = {
@@ -68,6 +70,8 @@ ZH: dict[str, str] = {
     "runs_intro": "本工作区里的所有训练。选中一行后，可以查看曲线、合并或对话。",
     "open_train": "在训练页查看", "open_merge": "合并这次训练", "open_chat": "和它对话",
     "selected": "选中的训练",
+    # ---- fit check and which base ----
+    "base_weights_note": "**合并到哪份基础权重。** QLoRA 训练适配器时用的是舍入成 4 位的基础模型。*original*（默认，和原教程一样）把适配器加到基础模型完整的 16 位权重上：基础更精确，但和你训练时的模型不完全一样。*as-trained*（和 axolotl 一样）把适配器加到同样舍入成 4 位的权重上：和训练时的模型完全一致，保存为 16 位。",
 }
 
 # Help shown under each setting, in Chinese, by settings class (a field name can mean different
@@ -129,6 +133,8 @@ HELP_ZH: dict[str, dict[str, str]] = {
         "base": "基础模型；留空 = 训练时用的模型。",
         "dtype": "合并后权重的精度。",
         "trust_remote_code": "运行模型自带的代码。只对你信任的模型打开。",
+        # ---- which base (merge) ----
+        "base_weights": "适配器加到哪份基础权重上：original（基础模型自己的 16 位权重，原教程就是这样合并的）或 as-trained（把这些权重舍入成 4 位 NF4 再还原，也就是 QLoRA 训练适配器时实际用的权重，axolotl 就是这样合并的）。as-trained 与训练时的“基础模型 + 适配器”完全一致；original 保留基础模型的全部精度。",
     },
     "GenerationConfig": {
         "precision": "模型在显卡上的加载方式：auto（权重和上下文放得下就用 16 位，否则 8 位，再不行 4 位）、16bit、8bit 或 4bit。CPU 上不起作用。",
@@ -155,6 +161,8 @@ LABEL_EN: dict[str, str] = {
     "save_steps": "Save every N steps", "eval_steps": "Eval every N steps", "report_to": "Report to",
     "wandb_project": "wandb project", "system": "System prompt", "temperature": "Temperature", "top_p": "Top-p",
     "top_k": "Top-k", "precision": "Precision", "repetition_penalty": "Repetition penalty", "max_new_tokens": "Max new tokens",
+    # ---- which base (merge) ----
+    "base_weights": "Which base weights",
 }
 LABEL_ZH: dict[str, str] = {
     "sample": "抽样条数", "seed": "随机种子", "template": "模板", "eval_ratio": "评估集比例",
@@ -169,6 +177,8 @@ LABEL_ZH: dict[str, str] = {
     "save_steps": "保存间隔步数", "eval_steps": "评估间隔步数", "report_to": "同步记录到",
     "wandb_project": "wandb 项目", "system": "系统提示词", "temperature": "温度", "top_p": "Top-p",
     "top_k": "Top-k", "precision": "加载精度", "repetition_penalty": "重复惩罚", "max_new_tokens": "最大生成长度",
+    # ---- which base (merge) ----
+    "base_weights": "合并到哪份基础权重",
 }
 
 
@@ -257,6 +267,25 @@ SAY = {
         "dropped": "Dropped {n} rows ({why}).",
         "tokens_per_row": "Tokens per row: mean {mean}, median {p50}, p95 {p95}, longest {max}.",
         "cut": "Longer than max sequence length {max} (would be cut): {rows} rows ({share}).",
+        # ---- fit check ----
+        "fit_fits": "✅ Fits: needs about {need} GiB of {where}, {free} GiB free.",
+        "fit_tight": "⚠️ Tight: needs about {need} GiB of {where}, {free} GiB free. It may run out of memory; you can still start it.",
+        "fit_no": "⛔ Will not fit now: needs about {need} GiB of {where}, {free} GiB free (close what else uses it).",
+        "fit_never": "⛔ Will not fit: needs about {need} GiB of {where}, and this machine has {total} GiB in all.",
+        "fit_would": "Fits with: {changes}.",
+        "fit_where_gpu": "GPU memory", "fit_where_ram": "RAM",
+        "fit_merge_exact": "Merged tensor by tensor: no GPU needed.",
+        "fit_merge_peft": "This adapter is merged with the whole model in memory ({why}).",
+        "fit_chat": "✅ Loads in {bits}-bit: needs about {need} GiB of GPU memory, {free} GiB free.",
+        "fit_chat_smaller": "⚠️ Loads in {bits}-bit: 16-bit needs about {need16} GiB of GPU memory, {free} GiB free.",
+        "fit_chat_no": "⛔ Will not fit: even 4-bit needs about {need} GiB of GPU memory, {free} GiB free.",
+        "fitfix_quantization": "turn on 4-bit", "fitfix_offload_activations": "offload activations",
+        "fitfix_gradient_checkpointing": "turn on gradient checkpointing", "fitfix_batch_size": "batch {v}",
+        "fitfix_grad_accum": "accumulation {v}", "fitfix_max_seq_length": "max length {v}", "fitfix_lora_r": "LoRA rank {v}",
+        "retry_fit": "Retry with settings that fit ({changes})",
+        "retried": "Started again as {run} with {changes}.",
+        "retry_nothing": "No smaller settings left to try: choose a smaller model.",
+        "base_as_trained_cpu": "This run trained without a GPU, on the original weights: \"as trained\" is the original here.",
     },
     "zh": {
         "state_starting": "正在启动", "state_running": "训练中", "state_stopping": "本步结束后停止",
@@ -309,6 +338,25 @@ SAY = {
         "dropped": "丢弃 {n} 行（{why}）。",
         "tokens_per_row": "每行 token 数：平均 {mean}，中位数 {p50}，p95 {p95}，最长 {max}。",
         "cut": "超过最长序列 {max} 而会被截断的：{rows} 行（{share}）。",
+        # ---- fit check ----
+        "fit_fits": "✅ 放得下：大约需要 {need} GiB {where}，当前空闲 {free} GiB。",
+        "fit_tight": "⚠️ 比较紧：大约需要 {need} GiB {where}，当前空闲 {free} GiB。可能会内存不足，但仍然可以开始。",
+        "fit_no": "⛔ 现在放不下：大约需要 {need} GiB {where}，当前空闲 {free} GiB（请关闭占用它的程序）。",
+        "fit_never": "⛔ 放不下：大约需要 {need} GiB {where}，而这台机器总共只有 {total} GiB。",
+        "fit_would": "这样就放得下：{changes}。",
+        "fit_where_gpu": "显存", "fit_where_ram": "内存",
+        "fit_merge_exact": "逐个张量合并：不需要显卡。",
+        "fit_merge_peft": "这个适配器要把整个模型放进内存来合并（{why}）。",
+        "fit_chat": "✅ 用 {bits} 位加载：大约需要 {need} GiB 显存，当前空闲 {free} GiB。",
+        "fit_chat_smaller": "⚠️ 用 {bits} 位加载：16 位大约需要 {need16} GiB 显存，当前空闲 {free} GiB。",
+        "fit_chat_no": "⛔ 放不下：即使 4 位也大约需要 {need} GiB 显存，当前空闲 {free} GiB。",
+        "fitfix_quantization": "开启 4 位量化", "fitfix_offload_activations": "把激活值放到内存",
+        "fitfix_gradient_checkpointing": "开启梯度检查点", "fitfix_batch_size": "批大小 {v}",
+        "fitfix_grad_accum": "梯度累积 {v}", "fitfix_max_seq_length": "最长序列 {v}", "fitfix_lora_r": "LoRA 秩 {v}",
+        "retry_fit": "用放得下的设置重试（{changes}）",
+        "retried": "已用 {changes} 重新开始，新的训练记录：{run}。",
+        "retry_nothing": "已经没有更小的设置可试了：请换一个更小的模型。",
+        "base_as_trained_cpu": "这次训练没有用显卡，训练时用的就是原始权重：这里“按训练时”就是原始权重。",
     },
 }
 
