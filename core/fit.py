@@ -287,14 +287,19 @@ def judge(need: int, free: int, total: int) -> str:
     return "tight" if need <= free / TIGHT else "no"
 
 
+def liger_installed() -> bool:
+    """Whether Liger's kernels are there for a run (its fused loss never holds all the logits)."""
+    import importlib.util
+
+    return importlib.util.find_spec("liger_kernel") is not None
+
+
 def check_train(cfg, folder: str | Path, have: dict | None = None, liger: bool | None = None) -> dict:
     """The training run's fit, in numbers: {"verdict", "where" ("gpu"/"ram"), "need", "free", "total"}."""
     have = have or machine()
     cuda = have["gpu"] is not None
     if liger is None:
-        import importlib.util
-
-        liger = importlib.util.find_spec("liger_kernel") is not None
+        liger = liger_installed()
     config = read_config(folder)
     if not config.get("hidden_size"):  # not downloaded yet, or a layout we cannot read: no verdict
         return {"verdict": "unknown", "where": "gpu" if cuda else "ram", "need": 0, "free": 0, "total": 0}

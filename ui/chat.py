@@ -189,12 +189,16 @@ def respond(request: gr.Request | None, message, hist_a, hist_b, source_a, sourc
             yield "", hist_a, hist_b, note
     except UserError as e:
         yield gr.update(), hist_a, hist_b, warn(e)
+        return
     except Exception as e:  # out of GPU memory while loading or answering, say: one line, memory given back
         from core import status
 
-        release()
         error, hint = status.explain(e, "chat")
-        yield gr.update(), hist_a, hist_b, warn(f"{error}; {hint}" if hint else error)
+    else:
+        return
+    # Released once the exception is gone: its traceback's frames hold the tensors of the failed step.
+    release()
+    yield gr.update(), hist_a, hist_b, warn(f"{error}; {hint}" if hint else error)
 
 
 def _fitted(chats: list, note: str, request) -> str:
