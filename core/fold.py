@@ -121,7 +121,12 @@ def quantized(name: str, tensor) -> bool:
 def nf4_round(tensor, double_quant: bool = True, dtype: str = "bfloat16"):
     """The weight as a 4-bit QLoRA run saw it, in float32: cast to the run's compute dtype, quantized to NF4
     in blocks of 64 (scales quantized again with double quantization) and dequantized, by bitsandbytes."""
+    import logging
+
     import torch
+
+    # On import, bitsandbytes announces an optional CPU matmul kernel it lacks (not used here): not for the log.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     from bitsandbytes.functional import dequantize_4bit, quantize_4bit
 
     packed, state = quantize_4bit(tensor.to(getattr(torch, dtype)).contiguous(), blocksize=64,

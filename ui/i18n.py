@@ -162,7 +162,7 @@ LABEL_EN: dict[str, str] = {
     "wandb_project": "wandb project", "system": "System prompt", "temperature": "Temperature", "top_p": "Top-p",
     "top_k": "Top-k", "precision": "Precision", "repetition_penalty": "Repetition penalty", "max_new_tokens": "Max new tokens",
     # ---- which base (merge) ----
-    "base_weights": "Which base weights",
+    "base_weights": "Which base weights", "dtype": "Weight format",
 }
 LABEL_ZH: dict[str, str] = {
     "sample": "抽样条数", "seed": "随机种子", "template": "模板", "eval_ratio": "评估集比例",
@@ -178,7 +178,7 @@ LABEL_ZH: dict[str, str] = {
     "wandb_project": "wandb 项目", "system": "系统提示词", "temperature": "温度", "top_p": "Top-p",
     "top_k": "Top-k", "precision": "加载精度", "repetition_penalty": "重复惩罚", "max_new_tokens": "最大生成长度",
     # ---- which base (merge) ----
-    "base_weights": "合并到哪份基础权重",
+    "base_weights": "合并到哪份基础权重", "dtype": "权重精度",
 }
 
 
