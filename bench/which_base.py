@@ -89,10 +89,12 @@ def main() -> None:
                 fold.fold(base, adapter, out, dtype, lambda f, t: None, rounding)
             merged[(weights, dtype)] = out
     evals = data / "eval.jsonl"
-    rows = [("base, no adapter", reply_loss(str(base), None, evals, a.max_seq_length)),
-            ("base + adapter, as trained (reference)", reply_loss(str(rounded), str(adapter), evals, a.max_seq_length))]
-    for (weights, dtype), out in merged.items():
-        rows.append((f"merged into {weights} weights, {dtype}", reply_loss(str(out), None, evals, a.max_seq_length)))
+    scored = [("base, no adapter", str(base), None), ("base + adapter, as trained (reference)", str(rounded), str(adapter))]
+    scored += [(f"merged into {weights} weights, {dtype}", str(out), None) for (weights, dtype), out in merged.items()]
+    rows = []
+    for name, model, with_adapter in scored:
+        rows.append((name, reply_loss(model, with_adapter, evals, a.max_seq_length)))
+        print(json.dumps({"model": name, "held_out_reply_loss": rows[-1][1]}), flush=True)
     reference = rows[1][1]
     print(f"\n{'model':<44} {'held-out reply loss':>20} {'vs reference':>13}")
     for name, loss in rows:
