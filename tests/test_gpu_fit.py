@@ -113,7 +113,8 @@ def test_nf4_rounding_on_the_cpu_equals_bitsandbytes_on_the_gpu():
     w = (torch.randn(1024, 768) * 0.02).to(torch.bfloat16)
     packed, state = quantize_4bit(w.cuda(), blocksize=64, compress_statistics=True, quant_type="nf4")
     on_gpu = dequantize_4bit(packed, state).float().cpu()
-    assert torch.allclose(nf4_round(w), on_gpu, rtol=0, atol=1e-6)
+    assert torch.allclose(nf4_round(w, device="cpu"), on_gpu, rtol=0, atol=1e-6)
+    assert torch.equal(nf4_round(w), on_gpu)  # the merge's own call rounds on the GPU
 
 
 def test_as_trained_merge_answers_like_the_4bit_base_with_the_adapter(base_model):
