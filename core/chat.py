@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import sys
 import threading
+import traceback
 from collections.abc import Iterator
 
 from core import models
@@ -35,8 +36,15 @@ class Chat:
         """
         self.close()
         self.fitted = {}  # on a GPU: the precision chosen and the numbers behind it (core.fit)
-        self.model, self.tokenizer, record, description = models.load_for_inference(
-            model, adapter, trust_remote_code=trust_remote_code, precision=precision, fitted=self.fitted)
+        try:
+            self.model, self.tokenizer, record, description = models.load_for_inference(
+                model, adapter, trust_remote_code=trust_remote_code, precision=precision, fitted=self.fitted)
+        except BaseException as e:
+            # The half-loaded model lives on in the traceback's frames (out of memory halfway, say): clear
+            # them, or its GPU memory stays taken for as long as anyone holds the exception.
+            traceback.clear_frames(e.__traceback__)
+            _free_memory()
+            raise
         self.template = _template(record, self.tokenizer)
         self.description = f"{description} ({self.template.label} template)"
         return self.description
@@ -108,21 +116,39 @@ class Chat:
         """Free the model's memory (GPU included)."""
         if self.model is None:
             return
-        self.model = self.tokenizer = None
-        gc.collect()
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:  # pragma: no cover
-            pass
+        model, self.model, self.tokenizer = self.model, None, None
+        # bitsandbytes' 8-bit layers keep their int8 weights and scales twice over, on the parameter
+        # (weight.CB, weight.SCB) and in the layer's matmul state (state.CB, state.SCB): drop both, so
+        # that nothing outliving the model (a reference cycle collected late, a hook) keeps them on the GPU.
+        for module in model.modules():
+            for holder in (getattr(module, "state", None), getattr(module, "weight", None)):
+                for name in ("CB", "SCB", "CxB", "idx", "subB"):
+                    if holder is not None and getattr(holder, name, None) is not None:
+                        try:
+                            setattr(holder, name, None)
+                        except (AttributeError, TypeError):
+                            pass
+        del model
+        _free_memory()
 
     def _eos_ids(self) -> list[int]:
         ids = {self.tokenizer.eos_token_id}
         config_eos = getattr(self.model.generation_config, "eos_token_id", None)
         ids.update(config_eos if isinstance(config_eos, list) else [config_eos])
         return sorted(i for i in ids if i is not None)
+
+
+def _free_memory() -> None:
+    """Collect what nothing references any more, then give the GPU's cached blocks back to the driver."""
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
 
 
 def _cut(text: str, stops: list[str]) -> str | None:

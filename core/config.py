@@ -289,6 +289,7 @@ class MergeConfig(_Config):
     out: str = _f("", "Folder to write the merged model into (must not exist).")
     base: str = _f("", "Base model; empty = the one the run was trained on.")
     dtype: str = _f("float16", "Number format of the merged weights.", choices=("float16", "bfloat16", "float32"))
+    base_weights: str = _f("original", "Which base weights the adapter is added to: 'original' (the base's own 16-bit weights, as the tutorial merges) or 'as-trained' (those weights rounded to 4-bit NF4 and back, the weights QLoRA trained the adapter against, as axolotl merges). As trained is the exact base + adapter of training; original keeps the base's full precision.", choices=("original", "as-trained"))
     trust_remote_code: bool = _f(False, "Run code shipped with the model. Only for models you trust.")
     compare: bool = _f(True, "Compare the merged model's answers with base + adapter on a probe, where both fit in memory at once (they need twice the model's size for a moment).")
 

@@ -191,7 +191,8 @@ class JobManager:
             folder = merge.job_folder(out)  # status.json and the log; the model appears beside it when whole
             folder.mkdir(parents=True, exist_ok=True)
             status.write_json(folder / status.FILE, {**status.FIELDS, "state": "starting", "started": time.time()})
-            argv = ["merge", "--adapter", str(Path(cfg.adapter).resolve()), "--out", str(out), "--dtype", cfg.dtype]
+            argv = ["merge", "--adapter", str(Path(cfg.adapter).resolve()), "--out", str(out), "--dtype", cfg.dtype,
+                    "--base-weights", cfg.base_weights]
             if cfg.base:
                 argv += ["--base", cfg.base]
             if cfg.trust_remote_code:

@@ -86,6 +86,10 @@ def merge(cfg: MergeConfig, progress=None) -> dict:
     base = Path(models.resolve(base_spec))
     models.check_own_code(str(base), base_spec, cfg.trust_remote_code)
     why_not = fold.unsupported(adapter, base)
+    rounding, weights = as_trained(adapter, record) if cfg.base_weights == "as-trained" else (None, "original")
+    if rounding and why_not is not None:
+        raise UserError(f"base_weights: as-trained merges tensor by tensor, and this adapter needs peft's merge "
+                        f"({why_not}); merge it into the original weights", field="base_weights")
     _check_room(str(base), out, cfg.dtype, in_memory=why_not is not None)
 
     started = time.time()
@@ -93,19 +97,19 @@ def merge(cfg: MergeConfig, progress=None) -> dict:
         with paths.whole(out) as tmp:
             if why_not is None:  # tensor by tensor: neither the GPU nor the whole model in memory
                 say(0.05, f"reading {base_spec} tensor by tensor")
-                folded = fold.fold(base, adapter, tmp, cfg.dtype, say)
+                folded = fold.fold(base, adapter, tmp, cfg.dtype, say, rounding)
                 method = "tensor by tensor"
             else:
                 say(0.05, f"loading {base_spec} with the adapter (peft's merge: the adapter has {why_not})")
                 folded = _with_peft(base_spec, adapter, tmp, cfg)
                 method = f"peft ({why_not})"
             say(0.85, "checking the merged model against base + adapter")
-            check = _compare(base_spec, adapter, tmp, cfg)
+            check = _compare(base_spec, adapter, tmp, cfg, rounding)
             size = models.size_bytes(tmp)
             ok = check["finite"] and (not check["compared"] or (check["top1_agreement"] >= AGREEMENT and (
                 cfg.dtype != "float32" or check["max_abs_diff"] <= TOLERANCE * max(1.0, check["logit_scale"]))))
             report = {"ok": ok, "path": str(out), "size_bytes": size, "size_gb": round(size / 2**30, 3), **check,
-                      "dtype": cfg.dtype, "method": method, **folded, "base_model": base_spec,
+                      "dtype": cfg.dtype, "method": method, **folded, "base_model": base_spec, "base_weights": weights,
                       "adapter": str(adapter.resolve()), "seconds": round(time.time() - started, 1)}
             # The record travels on: chat reads the template from here, like it would from the adapter.
             models.write_record(tmp, {**record, "base_model": record.get("base_model", base_spec), "merge": report})
@@ -136,8 +140,38 @@ def _with_peft(base_spec: str, adapter: Path, out: Path, cfg: MergeConfig) -> di
     return {}
 
 
-def _compare(base_spec: str, adapter: Path, merged: Path, cfg: MergeConfig) -> dict:
-    """The merged model's logits on a probe against base + adapter, where both fit in memory at once."""
+def as_trained(adapter: Path, record: dict) -> tuple[dict | None, str]:
+    """How the run's QLoRA rounded its base ({"double_quant", "dtype"}), and the words for the report.
+
+    None where the run trained on the original weights (without a GPU, or with quantization off):
+    there, "as trained" is the original.
+    """
+    config = record.get("config") or {}
+    mode = status.read_json(adapter.parent / status.FILE).get("mode") or ""
+    if config.get("quantization", "4bit") != "4bit" or (mode and not mode.startswith("4-bit")):
+        return None, f"as trained = original (the run trained on the original weights: {mode or 'no 4-bit'})"
+    # "auto" is bf16 on the cards QLoRA runs on today; fp16 cards (before Ampere) say so in the mode.
+    dtype = {"float16": "float16", "float32": "float32"}.get(config.get("compute_dtype"), "bfloat16")
+    if "fp16" in mode:
+        dtype = "float16"
+    return {"double_quant": bool(config.get("double_quant", True)), "dtype": dtype}, "as trained (NF4-rounded)"
+
+
+def round_like_training(model, rounding: dict) -> None:
+    """Round a loaded base's 4-bit-stored weights to NF4 in place, as the run saw them (the LoRA layers stay)."""
+    import torch
+
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" not in name and fold.quantized(name, param):
+                param.copy_(fold.nf4_round(param.detach().cpu(), **rounding).to(param.dtype))
+
+
+def _compare(base_spec: str, adapter: Path, merged: Path, cfg: MergeConfig, rounding: dict | None = None) -> dict:
+    """The merged model's logits on a probe against base + adapter, where both fit in memory at once.
+
+    With `rounding`, base + adapter is the run's own: its base rounded to NF4 as training saw it.
+    """
     import psutil
     import torch
 
@@ -151,6 +185,8 @@ def _compare(base_spec: str, adapter: Path, merged: Path, cfg: MergeConfig) -> d
 
     model, tokenizer, _, _ = models.load_for_inference(base_spec, adapter, dtype=cfg.dtype, device=device,
                                                        trust_remote_code=cfg.trust_remote_code)
+    if rounding:
+        round_like_training(model, rounding)
     probe = tokenizer(PROBE, return_tensors="pt").to(device)
     with torch.no_grad():
         before = model(**probe).logits.float()

@@ -172,13 +172,3 @@ class Offload(torch.autograd.graph.saved_tensors_hooks):
                 self.in_flight += 1
             i -= 1
         self.cursor = i
-
-
-def arena_bytes(config, batch_size: int, max_seq_length: int) -> int:
-    """Pinned memory for one micro-batch's decoder-layer inputs (what checkpointing keeps), with some slack."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    hidden = getattr(text, "hidden_size", 0)
-    layers = getattr(text, "num_hidden_layers", 0)
-    if not hidden or not layers:
-        return 0
-    return (layers + 4) * batch_size * max_seq_length * hidden * 2

@@ -166,6 +166,9 @@ def check_input(cfg: TrainConfig, fetch: bool = True, main: bool = True) -> tupl
             why = "".join(f"; {p.name}: {reason}" for p, reason in skipped)
             raise UserError(f"resume: {cfg.out} has no complete checkpoint to resume from{why}", field="resume")
     folder = models.resolve(cfg.model, fetch=fetch)  # a missing model folder is refused here, with its name
+    from core import fit
+
+    fit.refuse_train(cfg, folder)  # far past this machine's memory: refused now, not after loading the model
     return data, folder, checkpoint
 
 

@@ -75,7 +75,8 @@ def pinned_arena(cfg: TrainConfig, folder: str):
     import psutil
     from transformers import AutoConfig
 
-    from core.offload import Arena, arena_bytes
+    from core.fit import arena_bytes
+    from core.offload import Arena
 
     try:
         config = AutoConfig.from_pretrained(folder, trust_remote_code=cfg.trust_remote_code)

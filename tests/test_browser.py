@@ -340,3 +340,38 @@ def test_labels_tables_and_axes_have_room(app, browser):
     header = page.locator("#runs-table th", has_text="最终损失").first.bounding_box()
     assert wide and header and header["height"] < 60, header
     page.close()
+
+
+def test_the_fit_badge_shows_before_start_merge_and_send(app, page, tiny_adapter):
+    """Train, Merge and Chat each say whether the job fits the free memory (RAM here: no GPU), before the button."""
+    import json
+    import shutil
+
+    from core.config import preset
+
+    run = app.home / "runs" / "fit-badge"
+    if not run.exists():  # a finished run with an adapter, for the Merge tab
+        shutil.copytree(tiny_adapter, run / "adapter")
+        preset("default", data=str(app.home / "datasets" / "d"), out=str(run)).save(run / "config.json")
+        (run / "status.json").write_text(json.dumps({"state": "finished", "adapter": str(run / "adapter")}))
+    page.goto(app.url)
+    page.get_by_role("tab", name="2 · Train").click()
+    badge = page.locator("#fit-train .qs-fit")
+    badge.wait_for(timeout=30_000)  # the badge refreshes every few seconds against the free memory
+    assert re.search(r"needs about [\d.]+ GiB of (RAM|GPU memory), [\d.]+ GiB free", badge.inner_text())
+    shot(page, "fit_train.png")
+
+    page.get_by_role("tab", name="3 · Merge").click()
+    merge = page.locator("#tab-merge")
+    choose(page, merge, "Run", "fit-badge · finished")
+    badge = page.locator("#fit-merge .qs-fit")
+    badge.wait_for(timeout=30_000)
+    assert "Merged tensor by tensor: no GPU needed." in badge.inner_text()
+    merge.get_by_text("Which base weights").first.wait_for()
+    shot(page, "fit_merge.png")
+
+    page.get_by_role("tab", name="4 · Chat").click()
+    badge = page.locator("#fit-chat .qs-fit")
+    badge.wait_for(timeout=30_000)
+    assert re.search(r"(needs about|Loads in) ", badge.inner_text())
+    shot(page, "fit_chat.png")

@@ -27,3 +27,97 @@ def test_auto_takes_the_largest_precision_that_fits(base_model):
         fit.choose(base_model, need["4bit"] - 1)
     with pytest.raises(UserError, match="precision: 16bit needs about"):
         fit.choose(base_model, need["8bit"], "16bit")
+
+
+# ---- the fit check before a job, from config.json alone -------------------------------------------
+GiB = 2**30
+SHAPES = {  # Llama-2 7B and 13B as published, and the embedded SmolLM2-135M
+    "7b": dict(hidden_size=4096, num_hidden_layers=32, intermediate_size=11008, num_attention_heads=32,
+               num_key_value_heads=32, vocab_size=32000, tie_word_embeddings=False, max_position_embeddings=4096),
+    "13b": dict(hidden_size=5120, num_hidden_layers=40, intermediate_size=13824, num_attention_heads=40,
+                num_key_value_heads=40, vocab_size=32000, tie_word_embeddings=False, max_position_embeddings=4096),
+    "135m": dict(hidden_size=576, num_hidden_layers=30, intermediate_size=1536, num_attention_heads=9,
+                 num_key_value_heads=3, head_dim=64, vocab_size=49152, tie_word_embeddings=True,
+                 max_position_embeddings=8192),
+}
+BENCH_VOCAB = 49152  # the bench's shapes use SmolLM2's tokenizer (docs/BENCHMARKS.md)
+
+
+def card(gib_free: float, gib_total: float | None = None, ram: float = 32) -> dict:
+    return {"gpu": int(gib_free * GiB), "gpu_total": int((gib_total or gib_free) * GiB),
+            "ram": int(ram * GiB), "ram_total": int(ram * GiB)}
+
+
+def folder_with(tmp_path, name: str, **changes):
+    import json
+
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({**SHAPES[name.split("-")[0]], **changes}), encoding="utf-8")
+    return folder
+
+
+def test_parameters_from_the_config_alone_match_the_published_counts(base_model):
+    assert fit.shape(SHAPES["7b"])["total"] == 6_738_415_616  # Llama-2-7B
+    assert fit.shape(SHAPES["13b"])["total"] == 13_015_864_320  # Llama-2-13B
+    # The embedded model: the config's count equals its weight files' headers.
+    assert fit.shape(fit.read_config(base_model))["total"] == fit.parameters(base_model)[0]
+
+
+@pytest.mark.parametrize("name, preset_name, measured", [
+    ("13b", "default", 9.44), ("13b", "tutorial", 11.23), ("7b", "default", 5.62), ("7b", "tutorial", 6.86)])
+def test_training_estimate_is_within_15_percent_of_the_measured_peaks(name, preset_name, measured):
+    # docs/BENCHMARKS.md, "Training speed and memory": the peaks these constants are calibrated on.
+    from core.config import preset
+
+    need = fit.train_needs({**SHAPES[name], "vocab_size": BENCH_VOCAB}, preset(preset_name, data="d", out="o"),
+                           cuda=True, liger=True)
+    assert need["peak"] / GiB == pytest.approx(measured, rel=0.15)
+    assert need["gpu"] > need["peak"]  # the CUDA context and the allocator's slack come on top
+
+
+def test_a_13b_run_fits_a_12_gib_card_and_says_what_would_fit_a_smaller_one(tmp_path):
+    from core.config import preset
+
+    folder = folder_with(tmp_path, "13b")
+    cfg = preset("default", data="d", out="o")
+    assert fit.check_train(cfg, folder, card(12), liger=True)["verdict"] == "fits"
+    # A 7B at 1024 tokens on an 8 GiB card of which 6 GiB are free: no, but batch 2 would.
+    seven = folder_with(tmp_path, "7b")
+    long = cfg.replace(max_seq_length=1024)
+    small = fit.check_train(long, seven, card(6, 8), liger=True)
+    assert small["verdict"] == "no" and small["where"] == "gpu" and small["need"] > 6 * GiB
+    changes = fit.remedies(long, seven, card(6, 8), liger=True)
+    assert changes == {"batch_size": 2, "grad_accum": 8}  # each halving keeps the rows an update sees
+    assert fit.check_train(long.replace(**changes), seven, card(6, 8), liger=True)["verdict"] == "fits"
+    # Without 4-bit a 13B needs 26 GB of weights: on a 24 GiB card the first remedy is to turn it back on.
+    plain = cfg.replace(quantization="none")
+    assert fit.check_train(plain, folder, card(24), liger=True)["verdict"] in ("no", "never")
+    assert fit.remedies(plain, folder, card(24), liger=True) == {"quantization": "4bit"}
+    assert fit.describe({"quantization": "4bit", "batch_size": 2, "grad_accum": 8}) == \
+        "turn on 4-bit, batch 2, accumulation 8"
+
+
+def test_merge_and_chat_estimates(tmp_path):
+    s13 = SHAPES["13b"]
+    # Tensor by tensor: one 2 GiB shard and the largest tensor (measured: 2.92 GiB for the 13B shape).
+    assert fit.merge_needs(s13, 0, "float16", exact=True, cuda=True)["host"] / GiB == pytest.approx(2.92, rel=0.15)
+    assert fit.merge_needs(s13, 0, "float16", exact=True, cuda=True)["gpu"] == 0
+    whole = fit.merge_needs(s13, 0, "float16", exact=False, cuda=False)["host"]  # peft's merge (DoRA, say)
+    assert whole > 24 * GiB
+    chat = fit.chat_needs(s13, cuda=True)
+    assert chat["16bit"] > 24 * GiB > chat["8bit"] > chat["4bit"]  # a 24 GiB card chats with a 13B in 8-bit
+    assert fit.chat_needs(SHAPES["7b"], cuda=True)["8bit"] < 16 * GiB
+
+
+def test_a_run_far_past_the_machine_is_refused_in_one_line(tmp_path):
+    from test_train import identity_dataset
+
+    from core.config import preset
+    from core.train import check_input
+
+    huge = folder_with(tmp_path, "13b-huge", num_hidden_layers=400, hidden_size=16384, intermediate_size=53248)
+    cfg = preset("default", model=str(huge), data=str(identity_dataset()), out=str(tmp_path / "run"))
+    with pytest.raises(UserError, match=r"^memory: this run needs about .* so it will not fit; "):
+        check_input(cfg)
+    assert not (tmp_path / "run").exists()

@@ -266,3 +266,56 @@ def test_a_large_model_is_merged_without_loading_it_whole(tiny_adapter, tmp_path
     from transformers import AutoModelForCausalLM
 
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "m").config.vocab_size == 49152
+
+
+# ---- which base: the original weights, or the NF4-rounded ones QLoRA trained against ----
+def _tiny_llama(base_model, folder: Path) -> Path:
+    """A two-layer Llama with random weights and the embedded model's tokenizer (rounding the whole 135M
+    model to NF4 on the CPU takes bitsandbytes about 20 s a pass)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from core import models
+
+    tokenizer = models.load_tokenizer(base_model)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2)).to(torch.bfloat16).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_as_trained_adds_the_adapter_to_the_nf4_rounded_weights_and_checks_against_them(base_model, tmp_path):
+    """bitsandbytes' own NF4 rounding on the CPU; the merged model answers like the rounded base + adapter."""
+    import torch
+    from safetensors.torch import load_file
+
+    from core import fold
+
+    base = _tiny_llama(base_model, tmp_path / "tiny")
+    adapter = _adapter(str(base), tmp_path / "adapter", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    report = merge(MergeConfig(adapter=str(adapter), base=str(base), out=str(tmp_path / "as-trained"),
+                               dtype="float32", base_weights="as-trained"))
+    # 2 layers x 7 linear weights rounded; checked against base + adapter on that same rounded base, in float32.
+    assert report["ok"] and report["compared"] and report["rounded_tensors"] == 2 * 7, report
+    assert report["base_weights"] == "as trained (NF4-rounded)"
+    merged = load_file(str(tmp_path / "as-trained" / "model.safetensors"))
+    original = load_file(str(base / "model.safetensors"))
+    down = "model.layers.1.mlp.down_proj.weight"  # rounded, no LoRA on it: at most 16 values in each block of 64
+    assert max(len(torch.unique(b)) for b in merged[down].reshape(-1, 64)) <= 16
+    assert torch.equal(merged[down], fold.nf4_round(original[down])) and not torch.equal(merged[down], original[down].float())
+    embed = "model.embed_tokens.weight"  # 16 bits in a 4-bit load: untouched
+    assert torch.equal(merged[embed], original[embed].float())
+    # The original-weights merge of the same adapter is a different model (the rounding is not lost in float32).
+    plain = merge(MergeConfig(adapter=str(adapter), base=str(base), out=str(tmp_path / "original"), dtype="float32"))
+    assert plain["ok"] and plain["base_weights"] == "original" and plain["rounded_tensors"] == 0
+
+
+def test_as_trained_of_a_run_without_a_gpu_is_the_original(tiny_adapter, tmp_path):
+    """A run that trained as plain LoRA (no GPU) saw the original weights: as trained means those, and says so."""
+    run = tmp_path / "cpu-run"
+    shutil.copytree(tiny_adapter, run / "adapter")
+    (run / "status.json").write_text(json.dumps({"state": "finished", "mode": "LoRA float32 (no GPU)"}))
+    report = merge(MergeConfig(adapter=str(run / "adapter"), base="default", out=str(tmp_path / "m"),
+                               dtype="bfloat16", base_weights="as-trained", compare=False))
+    assert report["rounded_tensors"] == 0 and report["base_weights"].startswith("as trained = original"), report

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import threading
+from html import escape
 from pathlib import Path
 
 import gradio as gr
 
-from core import jobs, models, paths, runs
+from core import fit, jobs, models, paths, runs
 from core.config import GenerationConfig
 from core.errors import UserError
+from ui import fit as fit_words
 from ui.forms import WARN, warn, widget
 from ui.i18n import both, lang, say, t
 
@@ -186,12 +188,16 @@ def respond(request: gr.Request | None, message, hist_a, hist_b, source_a, sourc
             yield "", hist_a, hist_b, note
     except UserError as e:
         yield gr.update(), hist_a, hist_b, warn(e)
+        return
     except Exception as e:  # out of GPU memory while loading or answering, say: one line, memory given back
         from core import status
 
-        release()
         error, hint = status.explain(e, "chat")
-        yield gr.update(), hist_a, hist_b, warn(f"{error}; {hint}" if hint else error)
+    else:
+        return
+    # Released once the exception is gone: its traceback's frames hold the tensors of the failed step.
+    release()
+    yield gr.update(), hist_a, hist_b, warn(f"{error}; {hint}" if hint else error)
 
 
 def _fitted(chats: list, note: str, request) -> str:
@@ -205,6 +211,31 @@ def _fitted(chats: list, note: str, request) -> str:
             lines.append(both(key, bits=f["precision"][:-3], need=gib[f["precision"]], need16=gib["16bit"],
                               free=f"{f['free'] / 2**30:.1f}"))
     return "  \n".join(lines)
+
+
+def fit_badge(request: gr.Request | None, source, precision) -> str:
+    """Whether the chosen model loads in the free memory, and in which precision, before Send loads it."""
+    language = lang(request)
+    try:
+        source = source or "default"
+        if source.startswith(ADAPTER):  # the base the run trained on carries the memory; the adapter is small
+            _, spec = models.check_adapter(paths.inside(source[len(ADAPTER):], paths.runs(), "model"))
+        else:
+            spec = paths.model_spec(source)
+        found = fit.check_chat(models.resolve(spec, fetch=False), asked=precision or "auto")
+    except (UserError, OSError, ValueError):
+        return ""
+    if found["where"] == "ram" or found["verdict"] == "unknown":
+        return fit_words.badge(found, language)
+    need, gib = found["needs"], (lambda n: f"{n / 2**30:.1f}")
+    bits, free = found["precision"][:-3], gib(found["free"])
+    if found["verdict"] == "no":
+        text, verdict = say("fit_chat_no", language, need=gib(need[found["precision"]]), free=free), "no"
+    elif found["precision"] == "16bit" or precision not in (None, "", "auto"):
+        text, verdict = say("fit_chat", language, bits=bits, need=gib(need[found["precision"]]), free=free), found["verdict"]
+    else:
+        text, verdict = say("fit_chat_smaller", language, bits=bits, need16=gib(need["16bit"]), free=free), "tight"
+    return f"<div class='qs-fit qs-fit-{verdict}'>{escape(text)}</div>"
 
 
 def unload():
@@ -233,6 +264,7 @@ def build() -> dict:
             send = gr.Button(t("send"), variant="primary")
             stop = gr.Button(t("stop_reply"), variant="stop")
             clear = gr.Button(t("clear"))
+    fit_badge_html = gr.HTML(elem_id="fit-chat")  # does the model load in the free memory, before Send loads it
     note = gr.Markdown()
     with gr.Accordion(t("sampling"), open=False):
         system = widget(GenerationConfig, "system", lines=2)
@@ -255,6 +287,9 @@ def build() -> dict:
     source_b.change(label_b, source_b, chat_b, api_name=False)
     refresh.click(build_refresh, None, [source_a, source_b], api_name=False)
     unload_btn.click(unload, None, note, api_name=False)
+    for trigger in (source_a, precision):
+        trigger.change(fit_badge, [source_a, precision], fit_badge_html, api_name=False, show_progress="hidden")
+    gr.Timer(5.0).tick(fit_badge, [source_a, precision], fit_badge_html, api_name=False, show_progress="hidden")
     return {"source_a": source_a, "source_b": source_b,
             "relabel": (relabel, [source_a, source_b], [source_a, source_b, chat_a, chat_b])}
 

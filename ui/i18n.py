@@ -63,6 +63,8 @@ EN: dict[str, str] = {
     # ---- language switch ----
     "language": "Language",
     "common.complete": "Complete",  # gradio's screen-reader word after an event, missing from its zh-CN table
+    # ---- fit check and which base ----
+    "base_weights_note": "**Which base weights.** QLoRA trained the adapter on the base rounded to 4 bits. *original* (the default, as the tutorial does) adds it to the base's full 16-bit weights: the best base, but not exactly the model you trained. *as-trained* (as axolotl does) adds it to the same 4-bit-rounded weights: exactly the model of training, in 16 bits.",
 }
 
 ZH: dict[str, str] = {
@@ -111,6 +113,8 @@ ZH: dict[str, str] = {
     # ---- language switch ----
     "language": "语言",
     "common.complete": "完成",
+    # ---- fit check and which base ----
+    "base_weights_note": "**合并到哪份基础权重。** QLoRA 训练适配器时用的是舍入成 4 位的基础模型。*original*（默认，和原教程一样）把适配器加到基础模型完整的 16 位权重上：基础更精确，但和你训练时的模型不完全一样。*as-trained*（和 axolotl 一样）把适配器加到同样舍入成 4 位的权重上：和训练时的模型完全一致，保存为 16 位。",
 }
 
 # Help shown under each setting, in Chinese, by settings class (a field name can mean different
@@ -173,6 +177,8 @@ HELP_ZH: dict[str, dict[str, str]] = {
         "base": "基础模型；留空 = 训练时用的模型。",
         "dtype": "合并后权重的精度。",
         "trust_remote_code": "运行模型自带的代码。只对你信任的模型打开。",
+        # ---- which base (merge) ----
+        "base_weights": "适配器加到哪份基础权重上：original（基础模型自己的 16 位权重，原教程就是这样合并的）或 as-trained（把这些权重舍入成 4 位 NF4 再还原，也就是 QLoRA 训练适配器时实际用的权重，axolotl 就是这样合并的）。as-trained 与训练时的“基础模型 + 适配器”完全一致；original 保留基础模型的全部精度。",
     },
     "DownloadConfig": {
         "repo": "模型库里的名字，写成 所有者/名称（例如 Qwen/Qwen2.5-0.5B-Instruct，或数据集 BelleGroup/train_0.5M_CN）。",
@@ -220,8 +226,8 @@ LABEL_EN: dict[str, str] = {
     # ---- models ----
     "repo": "Hub id (owner/name)", "source": "Source", "endpoint": "Mirror address", "allow_bin": "Allow .bin weights",
     "kind": "What to download", "rows": "Rows to keep (dataset)",
-    # ---- language switch ----
-    "dtype": "Weight format",
+    # ---- which base (merge) ----
+    "base_weights": "Which base weights", "dtype": "Weight format",
 }
 LABEL_ZH: dict[str, str] = {
     "sample": "抽样条数", "seed": "随机种子", "template": "模板", "eval_ratio": "评估集比例",
@@ -241,8 +247,8 @@ LABEL_ZH: dict[str, str] = {
     # ---- models ----
     "repo": "名称（所有者/名称）", "source": "下载来源", "endpoint": "镜像站地址", "allow_bin": "允许 .bin 权重",
     "kind": "下载什么", "rows": "保留条数（数据集）",
-    # ---- language switch ----
-    "dtype": "权重精度",
+    # ---- which base (merge) ----
+    "base_weights": "合并到哪份基础权重", "dtype": "权重精度",
 }
 
 
@@ -356,7 +362,7 @@ SAY = {
         "col_m_name": "name", "col_m_architecture": "architecture", "col_m_parameters": "parameters",
         "col_m_size": "size", "col_m_chat_template": "chat template", "col_m_train_fit": "fits the GPU for training",
         "col_m_chat_fit": "fits the GPU for chat", "col_m_where": "from", "col_m_path": "folder",
-        "has_yes": "yes", "has_no": "no", "fit_yes": "yes", "fit_no": "no", "no_gpu_here": "no GPU here", "fit_bits": "{bits}-bit",
+        "has_yes": "yes", "has_no": "no", "fits_yes": "yes", "fits_no": "no", "no_gpu_here": "no GPU here", "fit_bits": "{bits}-bit",
         "where_embedded": "embedded", "where_workspace": "workspace/models", "where_merged": "merged",
         "where_allowed": "allowed folder", "not_converted": "converted on first use", "unreadable": "unreadable: {why}",
         "models_no_gpu": "No GPU on this machine: whether a model fits a GPU cannot be told here. Training and chat run on the CPU (slowly, fine for the embedded model).",
@@ -398,6 +404,25 @@ SAY = {
         "learned_tuned": "tuned model",
         "col_learned": "eval loss (base → tuned)", "verdict_better": "better", "verdict_same": "same",
         "verdict_worse": "worse", "verdict_unknown": "unknown",
+        # ---- fit check ----
+        "fit_fits": "✅ Fits: needs about {need} GiB of {where}, {free} GiB free.",
+        "fit_tight": "⚠️ Tight: needs about {need} GiB of {where}, {free} GiB free. It may run out of memory; you can still start it.",
+        "fit_no": "⛔ Will not fit now: needs about {need} GiB of {where}, {free} GiB free (close what else uses it).",
+        "fit_never": "⛔ Will not fit: needs about {need} GiB of {where}, and this machine has {total} GiB in all.",
+        "fit_would": "Fits with: {changes}.",
+        "fit_where_gpu": "GPU memory", "fit_where_ram": "RAM",
+        "fit_merge_exact": "Merged tensor by tensor: no GPU needed.",
+        "fit_merge_peft": "This adapter is merged with the whole model in memory ({why}).",
+        "fit_chat": "✅ Loads in {bits}-bit: needs about {need} GiB of GPU memory, {free} GiB free.",
+        "fit_chat_smaller": "⚠️ Loads in {bits}-bit: 16-bit needs about {need16} GiB of GPU memory, {free} GiB free.",
+        "fit_chat_no": "⛔ Will not fit: even 4-bit needs about {need} GiB of GPU memory, {free} GiB free.",
+        "fitfix_quantization": "turn on 4-bit", "fitfix_offload_activations": "offload activations",
+        "fitfix_gradient_checkpointing": "turn on gradient checkpointing", "fitfix_batch_size": "batch {v}",
+        "fitfix_grad_accum": "accumulation {v}", "fitfix_max_seq_length": "max length {v}", "fitfix_lora_r": "LoRA rank {v}",
+        "retry_fit": "Retry with settings that fit ({changes})",
+        "retried": "Started again as {run} with {changes}.",
+        "retry_nothing": "No smaller settings left to try: choose a smaller model.",
+        "base_as_trained_cpu": "This run trained without a GPU, on the original weights: \"as trained\" is the original here.",
     },
     "zh": {
         "state_starting": "正在启动", "state_running": "训练中", "state_stopping": "本步结束后停止",
@@ -475,7 +500,7 @@ SAY = {
         "col_m_name": "名称", "col_m_architecture": "架构", "col_m_parameters": "参数量",
         "col_m_size": "大小", "col_m_chat_template": "对话模板", "col_m_train_fit": "显存够训练吗",
         "col_m_chat_fit": "显存够对话吗", "col_m_where": "来源", "col_m_path": "文件夹",
-        "has_yes": "有", "has_no": "无", "fit_yes": "够", "fit_no": "不够", "no_gpu_here": "本机没有显卡", "fit_bits": "{bits} 位",
+        "has_yes": "有", "has_no": "无", "fits_yes": "够", "fits_no": "不够", "no_gpu_here": "本机没有显卡", "fit_bits": "{bits} 位",
         "where_embedded": "内置", "where_workspace": "工作区 models 文件夹", "where_merged": "合并后的模型",
         "where_allowed": "允许读取的文件夹", "not_converted": "首次使用时转换", "unreadable": "无法读取：{why}",
         "models_no_gpu": "这台机器没有显卡：无法判断模型是否放得进显存。训练和对话会在 CPU 上进行（较慢，内置模型没问题）。",
@@ -513,6 +538,25 @@ SAY = {
         "learned_tuned": "微调后的模型",
         "col_learned": "评估损失（基础 → 微调）", "verdict_better": "更好", "verdict_same": "相当",
         "verdict_worse": "更差", "verdict_unknown": "未知",
+        # ---- fit check ----
+        "fit_fits": "✅ 放得下：大约需要 {need} GiB {where}，当前空闲 {free} GiB。",
+        "fit_tight": "⚠️ 比较紧：大约需要 {need} GiB {where}，当前空闲 {free} GiB。可能会内存不足，但仍然可以开始。",
+        "fit_no": "⛔ 现在放不下：大约需要 {need} GiB {where}，当前空闲 {free} GiB（请关闭占用它的程序）。",
+        "fit_never": "⛔ 放不下：大约需要 {need} GiB {where}，而这台机器总共只有 {total} GiB。",
+        "fit_would": "这样就放得下：{changes}。",
+        "fit_where_gpu": "显存", "fit_where_ram": "内存",
+        "fit_merge_exact": "逐个张量合并：不需要显卡。",
+        "fit_merge_peft": "这个适配器要把整个模型放进内存来合并（{why}）。",
+        "fit_chat": "✅ 用 {bits} 位加载：大约需要 {need} GiB 显存，当前空闲 {free} GiB。",
+        "fit_chat_smaller": "⚠️ 用 {bits} 位加载：16 位大约需要 {need16} GiB 显存，当前空闲 {free} GiB。",
+        "fit_chat_no": "⛔ 放不下：即使 4 位也大约需要 {need} GiB 显存，当前空闲 {free} GiB。",
+        "fitfix_quantization": "开启 4 位量化", "fitfix_offload_activations": "把激活值放到内存",
+        "fitfix_gradient_checkpointing": "开启梯度检查点", "fitfix_batch_size": "批大小 {v}",
+        "fitfix_grad_accum": "梯度累积 {v}", "fitfix_max_seq_length": "最长序列 {v}", "fitfix_lora_r": "LoRA 秩 {v}",
+        "retry_fit": "用放得下的设置重试（{changes}）",
+        "retried": "已用 {changes} 重新开始，新的训练记录：{run}。",
+        "retry_nothing": "已经没有更小的设置可试了：请换一个更小的模型。",
+        "base_as_trained_cpu": "这次训练没有用显卡，训练时用的就是原始权重：这里“按训练时”就是原始权重。",
     },
 }
 

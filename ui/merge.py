@@ -9,9 +9,10 @@ from pathlib import Path
 import gradio as gr
 
 from core import export as exporting
-from core import jobs, models, paths, runs, status
+from core import fit, jobs, models, paths, runs, status
 from core.config import ExportConfig, MergeConfig
 from core.errors import UserError
+from ui import fit as fit_words
 from ui.forms import warn, widget
 from ui.i18n import both, help, lang, say, t
 
@@ -40,12 +41,27 @@ def pick(run: str | None):
     return gr.update(value=meta.get("base_model", "")), gr.update(value=out.name)
 
 
-def config(run, base, out, dtype) -> MergeConfig:
+def config(run, base, out, dtype, base_weights="original") -> MergeConfig:
     """The tab's widgets as one MergeConfig: the run from runs/, the output a name inside merged/."""
     adapter = str(paths.inside(run, paths.runs(), "run") / "adapter") if run else ""
     return MergeConfig.from_dict(dict(adapter=adapter, base=paths.model_spec(base, "base") if base and base.strip() else "",
                                       out=str(paths.child(paths.merged(), out, "output name")) if out else "",
-                                      dtype=dtype))
+                                      dtype=dtype, base_weights=base_weights or "original"))
+
+
+def fit_badge(request: gr.Request | None, run, base, dtype) -> str:
+    """Whether merging the chosen run fits the machine's free memory, before Merge is pressed."""
+    if not run:
+        return ""
+    language = lang(request)
+    try:
+        cfg = config(run, base, "", dtype)
+        _, trained_on = models.check_adapter(cfg.adapter)
+        found = fit.check_merge(cfg.adapter, models.resolve(cfg.base or trained_on, fetch=False), cfg.dtype)
+    except (UserError, OSError, ValueError):
+        return ""  # Merge shows what is wrong when pressed
+    how = say("fit_merge_exact", language) if found["why"] is None else say("fit_merge_peft", language, why=found["why"])
+    return fit_words.badge(found, language, note=how)
 
 
 def _size(nbytes: float) -> str:
@@ -81,11 +97,11 @@ def progress_text(folder: str | Path, language: str) -> str:
     return say("merge_running", language) + stage
 
 
-def merge(request: gr.Request | None, run, base, out, dtype):
+def merge(request: gr.Request | None, run, base, out, dtype, base_weights="original"):
     """Start the merge child and report as it goes; the last update is the result."""
     language = lang(request)
     try:
-        job = jobs.start_merge(config(run, base, out, dtype))
+        job = jobs.start_merge(config(run, base, out, dtype, base_weights))
     except UserError as e:
         yield warn(e), ""
         return
@@ -168,12 +184,19 @@ def build() -> dict:
             base = gr.Textbox(label=t("base"), info=help(MergeConfig, "base"))
             out = gr.Textbox(label=t("out"))
             dtype = widget(MergeConfig, "dtype")
+            base_weights = widget(MergeConfig, "base_weights")
+            gr.Markdown(t("base_weights_note"))
+            fit_badge_html = gr.HTML(elem_id="fit-merge")  # does the merge fit the free memory, before Merge
             go = gr.Button(t("merge_btn"), variant="primary")
         with gr.Column():
             result = gr.Markdown(label=t("merge_result"))
             log = gr.Textbox(label=t("log"), lines=10, interactive=False)
     run.change(pick, run, [base, out], api_name="pick_run")
-    go.click(merge, [run, base, out, dtype], [result, log], api_name="merge", concurrency_id="gpu", concurrency_limit=1)
+    go.click(merge, [run, base, out, dtype, base_weights], [result, log], api_name="merge", concurrency_id="gpu",
+             concurrency_limit=1)
+    for trigger in (run, base, dtype):
+        trigger.change(fit_badge, [run, base, dtype], fit_badge_html, api_name=False, show_progress="hidden")
+    gr.Timer(5.0).tick(fit_badge, [run, base, dtype], fit_badge_html, api_name=False, show_progress="hidden")
     gr.Markdown(t("export_intro"))
     with gr.Row():
         with gr.Column():

@@ -44,9 +44,9 @@ def table(request: gr.Request = None) -> pd.DataFrame:
         no_gpu = say("no_gpu_here", language)
         row = {"name": e["name"], "architecture": e["architecture"], "parameters": count(e["parameters"]),
                "size": size(e["size_bytes"]), "chat_template": say("has_yes" if e["chat_template"] else "has_no", language),
-               "train_fit": no_gpu if e["train_fit"] is None else say("fit_yes" if e["train_fit"] else "fit_no", language),
+               "train_fit": no_gpu if e["train_fit"] is None else say("fits_yes" if e["train_fit"] else "fits_no", language),
                "chat_fit": no_gpu if e["chat_fit"] is None else (
-                   say("fit_bits", language, bits=e["chat_fit"][:-3]) if e["chat_fit"] else say("fit_no", language)),
+                   say("fit_bits", language, bits=e["chat_fit"][:-3]) if e["chat_fit"] else say("fits_no", language)),
                "where": say("where_" + e["where"], language), "path": e["path"]}
         if e["problem"]:
             row["architecture"] = (say("not_converted", language) if e["problem"] == "not converted yet"

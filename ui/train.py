@@ -11,10 +11,11 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from core import gpus, jobs, models, paths, runs, saving, status
+from core import fit, gpus, jobs, models, paths, runs, saving, status
 from core.config import PRESETS, TrainConfig
 from core.config import preset as preset_config
 from core.errors import UserError
+from ui import fit as fit_words
 from ui.forms import warn, widget
 from ui.i18n import both, help, lang, say, t
 from ui.i18n import state as words
@@ -159,6 +160,70 @@ def _duration(took: float, language: str) -> str:
     if minutes < 90:
         return say("minutes", language, n=minutes)
     return say("hours", language, n=f"{took / 3600:.1f}")
+FIT = ("batch_size", "grad_accum", "max_seq_length", "lora_r", "target_modules", "quantization", "double_quant",
+       "compute_dtype", "packing", "gradient_checkpointing", "liger_kernels", "offload_activations")
+OUT_OF_MEMORY = ("out of GPU memory", "out of system memory", "ran out of memory")
+
+
+def fit_badge(request: gr.Request | None, model, data, preset, *values) -> str:
+    """Whether a run with these settings fits the machine's free memory (GPU, else RAM), before Start is pressed."""
+    try:
+        cfg = config(model, data, preset, "", *values)
+        if any(getattr(cfg, n) is None for n in FIT) or min(cfg.batch_size, cfg.grad_accum, cfg.max_seq_length,
+                                                            cfg.lora_r) < 1:
+            return ""
+        folder = models.resolve(cfg.model, fetch=False)
+        have = fit.machine()
+        found = fit.check_train(cfg, folder, have)
+        changes = fit.remedies(cfg, folder, have) if found["verdict"] != "fits" else {}
+    except UserError:
+        return ""  # the form says what is wrong when Start is pressed
+    return fit_words.badge(found, lang(request), changes)
+
+
+def _retry_changes(run: str) -> tuple[TrainConfig, dict] | None:
+    """The shown run's settings and the changes that should fit, when it failed for lack of memory."""
+    if not run:
+        return None
+    now = status.read(run)
+    if now["state"] != "failed" or not any(w in (now.get("error") or "") for w in OUT_OF_MEMORY):
+        return None
+    try:
+        cfg = TrainConfig.from_dict(runs.read_config(run))
+        return cfg, fit.retry_changes(cfg, models.resolve(cfg.model, fetch=False))
+    except UserError:
+        return None
+
+
+def retry_offer(viewed, request: gr.Request = None):
+    """After an out-of-memory failure: the button that retries with settings that fit, named by the changes."""
+    found = _retry_changes(shown_run(viewed))
+    if found is None:
+        return gr.update(visible=False)
+    language = lang(request)
+    changes = found[1]
+    text = say("retry_fit", language, changes=fit_words.changes_text(changes, language)) if changes else \
+        say("retry_nothing", language)
+    return gr.update(visible=True, value=text, interactive=bool(changes))
+
+
+def retry(viewed, wandb_key, request: gr.Request = None):
+    """Fill the form with the failed run's settings changed to fit, and start them as a new run."""
+    language = lang(request)
+    keep = [gr.update()] * len(SETTINGS)
+    run = shown_run(viewed)
+    found = _retry_changes(run)
+    if not found or not found[1]:
+        return say("retry_nothing", language), gr.update(), *keep
+    cfg, changes = found
+    new = cfg.replace(**changes, resume=False, out=str(paths.unique(paths.runs() / f"{Path(run).name}-fit")))
+    try:
+        env = {"WANDB_API_KEY": wandb_key.strip()} if wandb_key and wandb_key.strip() else None
+        job = jobs.start_train(new, env=env)
+    except UserError as e:
+        return warn(e), gr.update(), *keep
+    return (say("retried", language, run=Path(job.folder).name, changes=fit_words.changes_text(changes, language)),
+            gr.update(choices=run_choices(), value=job.folder), *[gr.update(value=getattr(new, n)) for n in SETTINGS])
 
 
 def start(request: gr.Request | None, model, data, preset, name, wandb_key, *values):
@@ -408,6 +473,8 @@ def build() -> dict:
                                                 interactive=not (no_gpu and n in GPU_ONLY))
                 wandb_key = gr.Textbox("", label=t("wandb_key"), type="password")
             problems = gr.Markdown()
+            fit_badge_html = gr.HTML(elem_id="fit-train")  # does this run fit the free memory, before Start
+            retry_btn = gr.Button(visible=False, variant="primary", elem_id="retry-fit")
             with gr.Row():
                 start_btn = gr.Button(t("start"), variant="primary")
                 stop_btn = gr.Button(t("stop"), variant="stop")
@@ -431,6 +498,11 @@ def build() -> dict:
         trigger.change(estimate_text, [model, data, preset, *settings], estimate, api_name=False,
                        show_progress="hidden")
     start_btn.click(start, [model, data, preset, name, wandb_key, *settings], [problems, viewed], api_name="start")
+    fit_inputs = [model, data, preset, *settings]
+    for trigger in [model, preset] + [widgets[n] for n in FIT]:
+        trigger.change(fit_badge, fit_inputs, fit_badge_html, api_name=False, show_progress="hidden")
+    gr.Timer(5.0).tick(fit_badge, fit_inputs, fit_badge_html, api_name="fit", show_progress="hidden")
+    retry_btn.click(retry, [viewed, wandb_key], [problems, viewed, *settings], api_name="retry_fit")
     stop_btn.click(stop, None, problems, api_name="stop")
     resume_btn.click(resume, [viewed, wandb_key, armed], [problems, viewed, armed], api_name="resume")
     refresh.click(lambda: gr.update(choices=run_choices()), None, viewed, api_name=False)
@@ -438,7 +510,10 @@ def build() -> dict:
     viewed.change(poll, viewed, live, api_name=False)
     # The form shows the run shown, when a run is picked or the page loads (which sets `viewed`), never on a tick.
     viewed.change(form_from_run, viewed, [model, data, preset, *settings], api_name="run_settings")
-    gr.Timer(2.0).tick(poll, viewed, live, api_name="poll", show_progress="hidden")
+    ticker = gr.Timer(2.0)
+    ticker.tick(poll, viewed, live, api_name="poll", show_progress="hidden")
+    ticker.tick(retry_offer, viewed, retry_btn, api_name=False, show_progress="hidden")
+    viewed.change(retry_offer, viewed, retry_btn, api_name=False, show_progress="hidden")
     gr.Timer(3.0).tick(gpu_markdown, None, gpu, api_name="gpu", show_progress="hidden")
     return {"model": model, "data": data, "viewed": viewed, "live": live, "problems": problems, "poll": poll,
             "relabel": (relabel, [viewed, data, *settings], [plan, *live, gpu])}

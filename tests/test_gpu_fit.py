@@ -1,0 +1,150 @@
+"""The fit check on a CUDA GPU: estimates against real peaks, chat under a card-sized cap, memory given back,
+and "as trained" merges against the 4-bit base + adapter they stand for.
+
+Skipped on machines without CUDA (see conftest); run on the GPU machine with `pytest -m gpu`.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_gpu import _random_llama, any_tokenizer, model_13b  # noqa: F401 - fixtures used by name
+from test_train import ROOT, scratch
+
+from core import fit
+from core.config import GenerationConfig, MergeConfig, PrepareConfig, preset
+
+pytestmark = pytest.mark.gpu
+GiB = 2**30
+
+
+def _cap(gib: float) -> None:
+    import torch
+
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, gib * GiB / total), 0)
+
+
+@pytest.fixture(scope="module")
+def model_7b(any_tokenizer):  # noqa: F811 - the fixture imported above
+    """Llama-2-7B's shape on random weights."""
+    return _random_llama(any_tokenizer, scratch() / "llama2-7b-shape", hidden_size=4096, intermediate_size=11008,
+                         num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
+                         tie_word_embeddings=False)
+
+
+@pytest.fixture(scope="module")
+def model_135m(any_tokenizer):  # noqa: F811
+    return _random_llama(any_tokenizer, scratch() / "smollm2-shape-fit", hidden_size=576, intermediate_size=1536,
+                         num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True)
+
+
+def test_chat_loads_a_7b_under_a_16_gib_cap_in_a_precision_that_fits_and_answers(model_7b):
+    import torch
+
+    from core.chat import Chat
+
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    _cap(16)
+    chat = Chat()
+    try:
+        chat.load(model_7b)
+        reply = chat.reply([], "你好", GenerationConfig(temperature=0, max_new_tokens=8))
+        peak = torch.cuda.max_memory_allocated() / GiB
+    finally:
+        chat.close()
+        torch.cuda.set_per_process_memory_fraction(1.0, 0)
+    # 16-bit needs about 16.1 GiB with the 4096-token cache and the margin: 8-bit is chosen.
+    assert chat.fitted["precision"] == "8bit" and chat.fitted["need"]["16bit"] > 16 * GiB * 0.95, chat.fitted
+    assert isinstance(reply, str) and peak < 16, peak
+
+
+def test_closing_an_8bit_chat_gives_its_gpu_memory_back(model_7b):
+    """Chat.close drops bitsandbytes' int8 weights and scales and empties the cache: the next job has the card."""
+    import torch
+
+    from core.chat import Chat
+
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_reserved()
+    chat = Chat()
+    chat.load(model_7b, precision="8bit")
+    chat.reply([], "你好", GenerationConfig(temperature=0, max_new_tokens=4))
+    assert torch.cuda.memory_reserved() - before > 6 * GiB
+    chat.close()
+    assert torch.cuda.memory_reserved() - before < 0.5 * GiB, torch.cuda.memory_reserved() / GiB
+
+
+@pytest.mark.parametrize("shape", ["135m", "7b", "13b"])
+@pytest.mark.parametrize("preset_name", ["tutorial", "default"])
+def test_training_estimate_is_within_15_percent_of_the_real_peak(request, shape, preset_name):
+    """Four steps of each preset as the panel runs them; metrics.jsonl's peak against core.fit's estimate."""
+    from core.data import prepare
+    from core.train import train
+
+    model = request.getfixturevalue({"135m": "model_135m", "7b": "model_7b", "13b": "model_13b"}[shape])
+    data = scratch() / f"fit-data-{shape}"
+    if not data.is_dir():  # the sample ten times over: enough tokens that every packed row is full
+        rows = scratch() / f"fit-rows-{shape}.jsonl"
+        rows.write_text((ROOT / "assets" / "sample_zh.jsonl").read_text(encoding="utf-8") * 10, encoding="utf-8")
+        prepare(PrepareConfig(input=str(rows), out=str(data), sample=0, template="seed", model=model))
+    run = scratch() / f"fit-{shape}-{preset_name}"
+    cfg = preset(preset_name, model=model, data=str(data), out=str(run), max_steps=4, logging_steps=1, save_steps=0)
+    result = train(cfg)
+    assert result["state"] == "finished", result
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    real = max(x["gpu_memory_gb"] for x in lines)
+    estimate = fit.train_needs(fit.read_config(model), cfg, cuda=True, liger=fit.liger_installed())["peak"] / GiB
+    if shape == "135m":  # the sample's rows are short: unpacked tutorial batches are padded to less than 512
+        pytest.xfail(f"135M shape: estimate {estimate:.2f} GiB, real {real:.2f} GiB (small shapes are not calibrated)")
+    assert estimate == pytest.approx(real, rel=0.15), (estimate, real)
+
+
+def test_nf4_rounding_on_the_cpu_equals_bitsandbytes_on_the_gpu():
+    """The "as trained" merge rounds on the CPU; training rounded on the GPU: the same numbers."""
+    import torch
+    from bitsandbytes.functional import dequantize_4bit, quantize_4bit
+
+    from core.fold import nf4_round
+
+    torch.manual_seed(0)
+    w = (torch.randn(1024, 768) * 0.02).to(torch.bfloat16)
+    packed, state = quantize_4bit(w.cuda(), blocksize=64, compress_statistics=True, quant_type="nf4")
+    on_gpu = dequantize_4bit(packed, state).float().cpu()
+    assert torch.allclose(nf4_round(w, device="cpu"), on_gpu, rtol=0, atol=1e-6)
+    assert torch.equal(nf4_round(w), on_gpu)  # the merge's own call rounds on the GPU
+
+
+def test_as_trained_merge_answers_like_the_4bit_base_with_the_adapter(base_model):
+    """The merged model (NF4-rounded base + delta, float32) against the run's own 4-bit base + adapter."""
+    import torch
+    from peft import PeftModel
+    from test_train import identity_dataset
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from core import merge as merging
+    from core import models
+    from core.train import train
+
+    run = scratch() / "as-trained-run"
+    result = train(preset("default", data=str(identity_dataset()), out=str(run), max_steps=8, logging_steps=4,
+                          save_steps=0))
+    assert result["state"] == "finished" and result["mode"].startswith("4-bit"), result
+    out = scratch() / "as-trained-merged"
+    report = merging.merge(MergeConfig(adapter=str(run / "adapter"), out=str(out), dtype="float32",
+                                       base_weights="as-trained"))
+    assert report["ok"] and report["rounded_tensors"] > 0, report
+    tokenizer = models.load_tokenizer(base_model)
+    probe = tokenizer(merging.PROBE, return_tensors="pt").to("cuda")
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.float32)
+    with torch.no_grad():
+        trained = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(
+            base_model, quantization_config=quant, dtype=torch.float32, device_map={"": 0}), str(run / "adapter"))
+        before = trained(**probe).logits.float()
+        merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).cuda()
+        after = merged(**probe).logits.float()
+    assert (before - after).abs().max().item() <= 1e-2 * before.abs().max().item()
+    assert (before.argmax(-1) == after.argmax(-1)).float().mean().item() >= 0.95
