@@ -49,7 +49,7 @@ def test_two_runs_on_one_chart_with_their_settings_and_what_they_learned(tmp_pat
     numbers = learned.set_index("Measure")
     assert numbers.loc["Eval loss before training"].tolist() == ["2.61", "—"]
     assert numbers.loc["Eval loss after training"].tolist() == ["1.93", "—"]
-    assert numbers.loc["Verdict"].tolist() == ["learned (eval loss fell)", "—"]
+    assert numbers.loc["Verdict"].tolist() == ["better", "—"]
 
 
 def test_compare_in_chinese_and_asks_for_two_runs(tmp_path, monkeypatch):
@@ -58,7 +58,7 @@ def test_compare_in_chinese_and_asks_for_two_runs(tmp_path, monkeypatch):
     assert "至少选两次" in note
     note, plot, settings, learned = runs_tab.compare([a, b], Reader("zh-CN"))
     assert "lr-high · 评估" in set(plot["value"]["series"]) and "设置" in settings["value"].data.columns
-    assert learned["value"].set_index("指标").loc["结论"].tolist() == ["学到了（评估损失下降）", "—"]
+    assert learned["value"].set_index("指标").loc["结论"].tolist() == ["更好", "—"]
 
 
 def test_a_folder_outside_the_runs_is_refused(tmp_path, monkeypatch):
