@@ -33,7 +33,7 @@ class Chat:
         self.last: dict = {}  # the latest reply's token ids, time to first token and tokens/s
         self.compiled = 0  # on a GPU after warm-up: the static cache's length in tokens
         self.warmup_s: float | None = None
-        self.note = ""  # one line when the fast path could not be set up
+        self.fallback = ""  # why the fast path could not be set up, in one line
         self.phase, self.since = "", 0.0  # "loading" / "warming" while load() runs, for a progress line
         self._jobs: queue.Queue | None = None
 
@@ -47,7 +47,7 @@ class Chat:
         """
         self.close()
         self.fitted = {}  # on a GPU: the precision chosen and the numbers behind it (core.fit)
-        self.note, self.warmup_s = "", None
+        self.fallback, self.warmup_s = "", None
         self.phase, self.since = "loading", time.time()
         try:
             self.model, self.tokenizer, record, description = models.load_for_inference(
@@ -64,7 +64,7 @@ class Chat:
         """Compile generation with a static cache of fixed length, trying what changes between replies.
 
         Two prompt lengths, two reply lengths, greedy and sampling: afterwards none of these
-        recompiles. A failure leaves the plain path, with a one-line `note`. Returns the seconds.
+        recompiles. A failure leaves the plain path and says why in `fallback`. Returns the seconds.
         """
         self.phase, self.since = "warming", time.time()
         start = time.perf_counter()
@@ -74,7 +74,7 @@ class Chat:
                 self.reply([], message, gen)
         except Exception as e:  # an unsupported model or a missing compiler: chat still works, slower
             self.compiled = 0
-            self.note = f"chat runs without compilation ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
+            self.fallback = f"{type(e).__name__}: {' '.join(str(e).split())[:120]}"
         self.warmup_s = time.perf_counter() - start
         return self.warmup_s
 
@@ -92,9 +92,9 @@ class Chat:
             raise UserError("chat: load a model first")
         gen = gen or GenerationConfig()
         gen.check()
+        tokens = Tokens()  # the clock of the first token starts here, before the prompt is built
         prompt = self.template.prompt(gen.system, history, message, self.tokenizer)
         inputs = self.tokenizer(prompt, return_tensors="pt").to(self.model.device)
-        tokens = Tokens()
         stops = [s for s in self.template.stop_strings(self.tokenizer) if s]
 
         class _Cancel(StoppingCriteria):  # lets a reader that walks away end generation early
@@ -249,6 +249,13 @@ def _serve(jobs: queue.Queue) -> None:
         fn(*args)
 
 
+def gpu_room() -> int | None:
+    """Bytes of GPU memory chat may still take (core.fit's reading); None on a machine without a GPU."""
+    from core import fit, gpus
+
+    return fit.gpu_free() if gpus.count() else None
+
+
 def cache_tokens(model) -> int:
     """The static cache's fixed length: the context core.fit sizes memory for, or the model's own limit."""
     from core.fit import CONTEXT
@@ -320,6 +327,8 @@ def cli(argv: list[str]) -> int:
     quiet()
     chat = Chat()
     chat.load(model, adapter, trust_remote_code=trust, precision=gen.precision)
+    if chat.fallback:
+        print(f"note: chat runs without compilation ({chat.fallback})", file=sys.stderr)
     shown = ""
     for text in chat.stream([], prompt, gen):
         if text.startswith(shown):

@@ -209,12 +209,12 @@ def test_static_cache_gives_the_same_tokens_and_a_failed_warm_up_falls_back(base
     gen = GenerationConfig(temperature=0, max_new_tokens=16)
     plain = base_chat.reply([], "Name three colours.", gen)
     try:
-        assert base_chat.warm_up() > 0 and base_chat.compiled == 4096 and base_chat.note == ""
+        assert base_chat.warm_up() > 0 and base_chat.compiled == 4096 and base_chat.fallback == ""
         assert base_chat.reply([], "Name three colours.", gen) == plain
         monkeypatch.setattr(chat_module, "compiled_options", lambda tokens: {"cache_implementation": "no-such-cache"})
         base_chat.warm_up()
-        assert base_chat.compiled == 0 and base_chat.note.startswith("chat runs without compilation (ValueError: ")
-        assert "\n" not in base_chat.note
+        assert base_chat.compiled == 0 and base_chat.fallback.startswith("ValueError: ")
+        assert "\n" not in base_chat.fallback
         assert base_chat.reply([], "Name three colours.", gen) == plain
     finally:
-        base_chat.compiled, base_chat.note = 0, ""
+        base_chat.compiled, base_chat.fallback = 0, ""
