@@ -290,7 +290,8 @@ def _fitted(chats: list, note: str, request) -> str:
         if f:
             gib = {k: f"{v / 2**30:.1f}" for k, v in f["need"].items()}
             key = "fit_chosen" if f["asked"] != "auto" else "fit_16" if f["precision"] == "16bit" else "fit_smaller"
-            lines.append(say(key, lang(request), bits=f["precision"][:-3], need=gib[f["precision"]],
+            bits = "4 (int4)" if f["precision"] == "int4" else f["precision"][:-3]
+            lines.append(say(key, lang(request), bits=bits, need=gib[f["precision"]],
                              need16=gib["16bit"], free=f"{f['free'] / 2**30:.1f}"))
     return "  \n".join(lines)
 

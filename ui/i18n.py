@@ -131,7 +131,7 @@ HELP_ZH: dict[str, dict[str, str]] = {
         "trust_remote_code": "运行模型自带的代码。只对你信任的模型打开。",
     },
     "GenerationConfig": {
-        "precision": "模型在显卡上的加载方式：auto（权重和上下文放得下就用 16 位，否则 8 位，再不行 4 位）、16bit、8bit 或 4bit。CPU 上不起作用。",
+        "precision": "模型在显卡上的加载方式：auto（权重和上下文放得下就用 16 位，否则 8 位，再不行 4 位）、16bit、8bit、4bit（NF4），或 int4（torchao 的 int4 仅权重量化：和 4bit 差不多小，编译后更快；需要安装 torchao）。CPU 上不起作用。",
         "system": "系统提示词：给助手的长期指示。",
         "temperature": "随机程度：0 表示总是选最可能的词。",
         "top_p": "只从累计概率达到这个比例的候选词里抽样。",
