@@ -122,7 +122,7 @@ def base_chat(base_model):
     chat.close()
 
 
-def _plain_generate(chat, message, gen):
+def plain_generate(chat, message, gen):
     """The reply's token ids from a plain greedy model.generate, no streamer, no stopping criteria."""
     prompt = chat.template.prompt(gen.system, [], message, chat.tokenizer)
     inputs = chat.tokenizer(prompt, return_tensors="pt").to(chat.model.device)
@@ -132,11 +132,11 @@ def _plain_generate(chat, message, gen):
     return out[0, inputs["input_ids"].shape[1]:].tolist()
 
 
-def test_greedy_reply_has_the_tokens_of_plain_generate(base_chat):
+def test_greedy_reply_has_the_tokens_ofplain_generate(base_chat):
     gen = GenerationConfig(temperature=0, max_new_tokens=24)
     reply = base_chat.reply([], "Tell me about the sea.", gen)
     ids = base_chat.last["ids"]
-    assert len(ids) == 24 and ids == _plain_generate(base_chat, "Tell me about the sea.", gen)
+    assert len(ids) == 24 and ids == plain_generate(base_chat, "Tell me about the sea.", gen)
     assert reply == base_chat.tokenizer.decode(ids, skip_special_tokens=True).strip()
     assert base_chat.last["first_token_s"] > 0 and base_chat.last["tokens_per_s"] > 0
 
