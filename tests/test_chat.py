@@ -132,7 +132,7 @@ def plain_generate(chat, message, gen):
     return out[0, inputs["input_ids"].shape[1]:].tolist()
 
 
-def test_greedy_reply_has_the_tokens_ofplain_generate(base_chat):
+def test_greedy_reply_has_the_tokens_of_plain_generate(base_chat):
     gen = GenerationConfig(temperature=0, max_new_tokens=24)
     reply = base_chat.reply([], "Tell me about the sea.", gen)
     ids = base_chat.last["ids"]
@@ -194,8 +194,10 @@ def test_stop_ends_the_reply_at_once(base_chat):
     seen = [next(stream), next(stream)]
     start = time.perf_counter()
     stream.close()  # what Stop does to the reply
-    assert time.perf_counter() - start < 1.5  # generation ended: close waits for it
+    took = time.perf_counter() - start  # close returns once generation has ended
     made = base_chat.last["tokens"]
+    # Within about a second: the token being computed is finished, no more (a loaded machine computes slowly).
+    assert took < 1.0 + 2 / base_chat.last["tokens_per_s"], (took, base_chat.last["tokens_per_s"])
     assert 2 <= made < 100 and seen[-1] in base_chat.tokenizer.decode(base_chat.last["ids"], skip_special_tokens=True)
     # The model is free at once for the next message.
     assert base_chat.reply([], "Hi.", GenerationConfig(temperature=0, max_new_tokens=3))
@@ -218,3 +220,35 @@ def test_static_cache_gives_the_same_tokens_and_a_failed_warm_up_falls_back(base
         assert base_chat.reply([], "Name three colours.", gen) == plain
     finally:
         base_chat.compiled, base_chat.fallback = 0, ""
+
+
+def test_generation_stops_right_after_a_stop_string(base_chat):
+    """A model that writes on into the next turn: the reply and the generation end at "### Human:"."""
+    import types
+
+    import torch
+
+    from core.chat import Chat
+    from core.template import Template
+
+    written = base_chat.tokenizer("I am Lumi. ### Human: and who are you? ### Assistant: " * 5,
+                                  add_special_tokens=False)["input_ids"]
+    made = []
+
+    class Writer:  # stands in for the model: writes the tokens above, one a step, until told to stop
+        device = torch.device("cpu")
+        generation_config = types.SimpleNamespace(eos_token_id=None)
+
+        def generate(self, streamer, input_ids, stopping_criteria, **kw):
+            streamer.put(input_ids)
+            for i in written:
+                made.append(i)
+                streamer.put(torch.tensor([i]))
+                if stopping_criteria(input_ids, None).all():
+                    break
+            streamer.end()
+
+    chat = Chat()
+    chat.model, chat.tokenizer, chat.template = Writer(), base_chat.tokenizer, Template()
+    assert chat.reply([], "Who are you?", GenerationConfig(temperature=0)) == "I am Lumi."
+    assert base_chat.tokenizer.decode(made).endswith("### Human:")
