@@ -7,7 +7,8 @@ For each shape and precision a child process loads the model once, the way the C
   - plain `generate`: greedy, no streamer, no stopping criteria, the model's own dynamic cache;
   - the panel's path: Chat.stream, exactly what the Chat tab runs;
 each on a ~500-token prompt that holds two earlier turns of history: time to the first token,
-and tokens/s for each of --replies replies of --new-tokens tokens. The GPU peak is taken per path.
+and tokens/s for each of --replies replies of --new-tokens tokens (the tokens after the first, over
+the time after the first: the decoding speed a reader sees). The GPU peak is taken per path.
 135m is the embedded model; 7b and 13b are random Llama-shaped models built on the GPU with the
 tokenizer given (bench/speed.py builds them; the weights do not change the cost of a token).
 On the CPU only 135m in float32 runs (precisions are GPU options).
@@ -74,9 +75,9 @@ def measure(model: str, precision: str, replies: int, new_tokens: int) -> list[d
         torch.cuda.reset_peak_memory_stats()
     first = min(plain(1)[1] for _ in range(2))
     speeds = []
-    for _ in range(replies):
+    for _ in range(replies):  # tokens after the first, over the time after it: as Chat.last counts them
         made, seconds = plain(new_tokens)
-        speeds.append(made / seconds)
+        speeds.append((made - 1) / max(seconds - first, 1e-9))
     rows.append(dict(path="plain generate", tps=speeds, first=first, warmup=None, peak=peak()))
     if cuda:
         torch.cuda.reset_peak_memory_stats()
