@@ -264,6 +264,7 @@ def respond(request: gr.Request | None, message, hist_a, hist_b, source_a, sourc
             hist_a, speeds = new_a, [_speed(source_a, loaded[0], request)]
             for new_b in _answer(source_b, hist_b, message, gen) if source_b else ():
                 yield "", hist_a, new_b, note
+            hist_b = new_b if source_b else hist_b
             speeds += [_speed(source_b, loaded[0], request)] if source_b else []
         else:
             for new_a, new_b in together(_answer(source_a, hist_a, message, gen),
