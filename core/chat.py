@@ -36,6 +36,7 @@ class Chat:
         self.fallback = ""  # why the fast path could not be set up, in one line
         self.phase, self.since = "", 0.0  # "loading" / "warming" while load() runs, for a progress line
         self._jobs: queue.Queue | None = None
+        self._worker: threading.Thread | None = None
 
     def load(self, model: str | None = None, adapter: str | None = None, *, trust_remote_code: bool = False,
              precision: str = "auto", compile: bool | None = None) -> str:
@@ -163,6 +164,8 @@ class Chat:
         if self._jobs is not None:
             self._jobs.put(None)  # the worker thread ends after the reply it is writing
             self._jobs = None
+            # Waited for: a thread still inside torch when the interpreter exits aborts the process.
+            self._worker.join(timeout=60)
         if self.model is None:
             return
         self.model = self.tokenizer = None
@@ -184,7 +187,8 @@ class Chat:
         """
         if self._jobs is None:
             self._jobs = queue.Queue()
-            threading.Thread(target=_serve, args=(self._jobs,), name="generate", daemon=True).start()
+            self._worker = threading.Thread(target=_serve, args=(self._jobs,), name="generate", daemon=True)
+            self._worker.start()
         self._jobs.put((fn, args))
 
     def _eos_ids(self) -> list[int]:
