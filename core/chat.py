@@ -8,8 +8,10 @@ Replies stream: generation runs in a background thread and the growing text is y
 from __future__ import annotations
 
 import gc
+import queue
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Iterator
 
@@ -19,6 +21,8 @@ from core.errors import UserError
 from core.logs import quiet
 from core.template import Template
 
+UPDATES = 15  # times a second the growing reply is handed on, at most
+
 
 class Chat:
     """One loaded model and its template; `stream()` answers, `close()` frees the memory."""
@@ -27,83 +31,134 @@ class Chat:
         self.model = self.tokenizer = self.template = None
         self.description = ""
         self.fitted: dict = {}
+        self.last: dict = {}  # the latest reply's token ids, time to first token and tokens/s
+        self.compiled = 0  # on a GPU after warm-up: the static cache's length in tokens
+        self.warmup_s: float | None = None
+        self.fallback = ""  # why the fast path could not be set up, in one line
+        self.phase, self.since = "", 0.0  # "loading" / "warming" while load() runs, for a progress line
+        self._jobs: queue.Queue | None = None
+        self._worker: threading.Thread | None = None
 
     def load(self, model: str | None = None, adapter: str | None = None, *, trust_remote_code: bool = False,
-             precision: str = "auto") -> str:
+             precision: str = "auto", compile: bool | None = None) -> str:
         """Load a model folder (or the base recorded in `adapter`), with the adapter on top if given.
 
         On a GPU, `precision` "auto" loads in 16-bit where it fits, else 8-bit, else 4-bit (core.fit).
+        `compile` (default: on a GPU) sets up a static cache and compiles the decoding step now,
+        so that no reply pays for it (warm_up).
         """
         self.close()
         self.fitted = {}  # on a GPU: the precision chosen and the numbers behind it (core.fit)
+        self.fallback, self.warmup_s = "", None
+        self.phase, self.since = "loading", time.time()
         try:
-            self.model, self.tokenizer, record, description = models.load_for_inference(
-                model, adapter, trust_remote_code=trust_remote_code, precision=precision, fitted=self.fitted)
-        except BaseException as e:
-            # The half-loaded model lives on in the traceback's frames (out of memory halfway, say): clear
-            # them, or its GPU memory stays taken for as long as anyone holds the exception.
-            traceback.clear_frames(e.__traceback__)
-            _free_memory()
-            raise
-        self.template = _template(record, self.tokenizer)
-        self.description = f"{description} ({self.template.label} template)"
+            try:
+                self.model, self.tokenizer, record, description = models.load_for_inference(
+                    model, adapter, trust_remote_code=trust_remote_code, precision=precision, fitted=self.fitted)
+            except BaseException as e:
+                # The half-loaded model lives on in the traceback's frames (out of memory halfway, say): clear
+                # them, or its GPU memory stays taken for as long as anyone holds the exception.
+                traceback.clear_frames(e.__traceback__)
+                _free_memory()
+                raise
+            self.template = _template(record, self.tokenizer)
+            self.description = f"{description} ({self.template.label} template)"
+            if self.model.device.type == "cuda" if compile is None else compile:
+                self.warm_up()
+        finally:
+            self.phase = ""
         return self.description
 
+    def warm_up(self) -> float:
+        """Compile generation with a static cache of fixed length, trying what changes between replies.
+
+        Two prompt lengths, two reply lengths, greedy and sampling: afterwards none of these
+        recompiles. A failure leaves the plain path and says why in `fallback`. Returns the seconds.
+        """
+        self.phase, self.since = "warming", time.time()
+        start = time.perf_counter()
+        self.compiled = cache_tokens(self.model)
+        try:
+            for message, gen in WARM_UP:
+                self.reply([], message, gen)
+        except Exception as e:  # an unsupported model or a missing compiler: chat still works, slower
+            self.compiled = 0
+            self.fallback = f"{type(e).__name__}: {' '.join(str(e).split())[:120]}"
+        self.warmup_s = time.perf_counter() - start
+        return self.warmup_s
+
     def stream(self, history: list[tuple[str, str]], message: str, gen: GenerationConfig | None = None) -> Iterator[str]:
-        """Yield the growing reply to `message` after `history` while the model writes it."""
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        """Yield the growing reply to `message` after `history` while the model writes it.
+
+        The first words come out as soon as they exist, later ones at most UPDATES times a second
+        (a page redrawn once per token costs more than the token). Each text extends the one
+        before. Closing the generator (Stop, a reader that walks away) ends generation after the
+        current token. `last` then holds the reply's token ids and speed.
+        """
+        from transformers import StoppingCriteria, StoppingCriteriaList
 
         if self.model is None:
             raise UserError("chat: load a model first")
         gen = gen or GenerationConfig()
         gen.check()
+        tokens = Tokens()  # the clock of the first token starts here, before the prompt is built
         prompt = self.template.prompt(gen.system, history, message, self.tokenizer)
         inputs = self.tokenizer(prompt, return_tensors="pt").to(self.model.device)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=300,
-                                        clean_up_tokenization_spaces=False)
-        cancel = threading.Event()
-
-        class _Cancel(StoppingCriteria):  # lets a reader that walks away end generation early
-            def __call__(self, input_ids, scores, **kw):
-                return cancel.is_set()
-
         stops = [s for s in self.template.stop_strings(self.tokenizer) if s]
-        sampling = gen.temperature > 0
-        kwargs = dict(
-            **inputs, streamer=streamer, max_new_tokens=gen.max_new_tokens, do_sample=sampling,
-            repetition_penalty=gen.repetition_penalty, stopping_criteria=StoppingCriteriaList([_Cancel()]),
-            eos_token_id=self._eos_ids(), pad_token_id=self.tokenizer.pad_token_id,
-            stop_strings=stops or None, tokenizer=self.tokenizer,
-        )
-        if sampling:
-            kwargs.update(temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k or None)
-        else:  # greedy: the model's own sampling defaults would only cause warnings
-            kwargs.update(temperature=None, top_p=None, top_k=None)
-        failure: list[BaseException] = []
 
-        def work():
-            try:
-                self.model.generate(**kwargs)
-            except BaseException as e:  # shown to the reader instead of dying silently in the thread
-                failure.append(e)
-                streamer.end()
+        tail = max((len(s) for s in stops), default=0)  # a stop string spans at most this many tokens
+        tokenizer = self.tokenizer
 
-        thread = threading.Thread(target=work, name="generate", daemon=True)
-        thread.start()
-        text = ""
+        class _Stop(StoppingCriteria):
+            """The end of the turn (a stop string just written) or a reader that walked away.
+
+            Reads the last few ids the streamer already holds: transformers' own stop_strings
+            criterion spends 0.4-1.3 s preparing for the vocabulary on every call (CPU, measured).
+            """
+
+            def __call__(self, input_ids, scores, **kw):
+                if tokens.cancel.is_set():
+                    return True
+                written = tokenizer.decode(tokens.ids[-tail:]) if tail and tokens.ids else ""
+                return any(s in written for s in stops)
+
+        kwargs = dict(**inputs, streamer=tokens, stopping_criteria=StoppingCriteriaList([_Stop()]),
+                      **self._options(gen, inputs["input_ids"].shape[1]))
+        self.last = {}
+        self._submit(tokens.run, self.model.generate, kwargs)
+        shown, final = "", None
         try:
-            for piece in streamer:
-                text += piece
-                cut = _cut(text, stops)
-                if cut is not None:
-                    yield cut
-                    return
-                yield text.lstrip()
+            while (ids := tokens.next(1 / UPDATES)) is not None:
+                text = self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+                final = _cut(text, stops)
+                if final is not None:
+                    break
+                growing = _settled(text, stops).strip()
+                if growing != shown:
+                    shown = growing
+                    yield shown
         finally:
-            cancel.set()
-            thread.join()
-        if failure:
-            raise failure[0]
+            tokens.cancel.set()
+            tokens.finished.wait()
+            self.last = tokens.summary()
+        if tokens.failure:
+            raise tokens.failure
+        final = text.strip() if final is None and tokens.ids else final or ""
+        if final != shown:
+            yield final
+
+    def _options(self, gen: GenerationConfig, prompt_tokens: int) -> dict:
+        """generate()'s sampling arguments; on a warmed-up GPU, the static cache it was compiled for."""
+        sampling = gen.temperature > 0
+        out = dict(max_new_tokens=gen.max_new_tokens, do_sample=sampling, repetition_penalty=gen.repetition_penalty,
+                   eos_token_id=self._eos_ids(), pad_token_id=self.tokenizer.pad_token_id)
+        if sampling:
+            out.update(temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k or None)
+        else:  # greedy: the model's own sampling defaults would only cause warnings
+            out.update(temperature=None, top_p=None, top_k=None)
+        if self.compiled and prompt_tokens + gen.max_new_tokens <= self.compiled:
+            out.update(compiled_options(self.compiled))
+        return out
 
     def reply(self, history: list[tuple[str, str]], message: str, gen: GenerationConfig | None = None) -> str:
         """The whole reply at once."""
@@ -114,6 +169,11 @@ class Chat:
 
     def close(self) -> None:
         """Free the model's memory (GPU included)."""
+        if self._jobs is not None:
+            self._jobs.put(None)  # the worker thread ends after the reply it is writing
+            self._jobs = None
+            # Waited for: a thread still inside torch when the interpreter exits aborts the process.
+            self._worker.join(timeout=60)
         if self.model is None:
             return
         model, self.model, self.tokenizer = self.model, None, None
@@ -129,7 +189,20 @@ class Chat:
                         except (AttributeError, TypeError):
                             pass
         del model
+        self.compiled = 0
         _free_memory()
+
+    def _submit(self, fn, *args) -> None:
+        """Run `fn` on this chat's own generation thread.
+
+        One long-lived thread rather than one per reply: compiled CUDA graphs belong to the thread
+        that recorded them, and the warm-up must serve every later reply.
+        """
+        if self._jobs is None:
+            self._jobs = queue.Queue()
+            self._worker = threading.Thread(target=_serve, args=(self._jobs,), name="generate", daemon=True)
+            self._worker.start()
+        self._jobs.put((fn, args))
 
     def _eos_ids(self) -> list[int]:
         ids = {self.tokenizer.eos_token_id}
@@ -151,11 +224,122 @@ def _free_memory() -> None:
         pass
 
 
+class Tokens:
+    """A streamer for generate(): the reply's token ids as they come, and when they came."""
+
+    def __init__(self):
+        self.ids: list[int] = []
+        self.cancel, self.finished = threading.Event(), threading.Event()
+        self.failure: BaseException | None = None
+        self._prompt_seen = False
+        self._changed = threading.Condition()
+        self._read, self._handed = 0, 0.0
+        self._started = time.perf_counter()
+        self._first = self._latest = None
+
+    def put(self, value) -> None:
+        if not self._prompt_seen:  # generate() hands over the prompt first
+            self._prompt_seen = True
+            return
+        now = time.perf_counter()
+        with self._changed:
+            self.ids.extend(value.reshape(-1).tolist())
+            self._first = self._first or now
+            self._latest = now
+            self._changed.notify()
+
+    def end(self) -> None:
+        with self._changed:
+            self.finished.set()
+            self._changed.notify()
+
+    def run(self, generate, kwargs: dict) -> None:
+        try:
+            generate(**kwargs)
+        except BaseException as e:  # shown to the reader instead of dying silently in the thread
+            self.failure = e
+        finally:
+            self.end()
+
+    def next(self, interval: float) -> list[int] | None:
+        """All ids so far once some are new and `interval` seconds passed since the last call; None at the end."""
+        with self._changed:
+            while True:
+                fresh = len(self.ids) > self._read
+                wait = self._handed + interval - time.perf_counter()
+                if self.finished.is_set() or (fresh and wait <= 0):
+                    break
+                self._changed.wait(timeout=wait if fresh else None)
+            if not fresh:
+                return None
+            self._read, self._handed = len(self.ids), time.perf_counter()
+            return list(self.ids)
+
+    def summary(self) -> dict:
+        """Token ids, seconds to the first token, and tokens per second after it."""
+        n = len(self.ids)
+        span = (self._latest - self._first) if n > 1 else 0.0
+        return {"ids": list(self.ids), "tokens": n,
+                "first_token_s": None if self._first is None else self._first - self._started,
+                "tokens_per_s": (n - 1) / span if span > 0 else None}
+
+
+def _serve(jobs: queue.Queue) -> None:
+    while (job := jobs.get()) is not None:
+        fn, args = job
+        fn(*args)
+
+
+def gpu_room() -> int | None:
+    """Bytes of GPU memory chat may still take (core.fit's reading); None on a machine without a GPU."""
+    from core import fit, gpus
+
+    return fit.gpu_free() if gpus.count() else None
+
+
+def cache_tokens(model) -> int:
+    """The static cache's fixed length: the context core.fit sizes memory for, or the model's own limit."""
+    from core.fit import CONTEXT
+
+    return min(CONTEXT, getattr(model.config, "max_position_embeddings", None) or CONTEXT)
+
+
+def compiled_options(tokens: int) -> dict:
+    """generate() arguments for a static cache of `tokens` and the compiled decoding step.
+
+    The cache keeps its length whatever the prompt or the reply, so the compiled step never
+    sees a new shape; sampling happens outside it.
+    """
+    from transformers import CompileConfig
+
+    return dict(cache_implementation="static", max_cache_len=tokens, compile_config=CompileConfig())
+
+
+# Replies that differ in every way later replies do, so that warm-up meets each shape once.
+WARM_UP = (
+    ("Hello.", GenerationConfig(temperature=0, max_new_tokens=12, repetition_penalty=1.0)),
+    ("Write two sentences about the sea, the wind and the light over the water.",
+     GenerationConfig(temperature=0.7, max_new_tokens=20)),
+    ("Hi.", GenerationConfig(temperature=0, max_new_tokens=8)),
+)
+
+
+def _settled(text: str, stops: list[str]) -> str:
+    """The text without an unfinished character or the start of a stop string at its end: both may still change."""
+    text = text.rstrip("\ufffd")
+    keep = len(text)
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), 0, -1):
+            if text.endswith(stop[:k]):
+                keep = min(keep, len(text) - k)
+                break
+    return text[:keep]
+
+
 def _cut(text: str, stops: list[str]) -> str | None:
     """The reply before the first stop string, or None if no stop string appears yet."""
     hits = [text.find(s) for s in stops if s in text]
     return text[: min(hits)].strip() if hits else None
-
 
 
 def _template(record: dict, tokenizer) -> Template:
@@ -184,6 +368,8 @@ def cli(argv: list[str]) -> int:
     quiet()
     chat = Chat()
     chat.load(model, adapter, trust_remote_code=trust, precision=gen.precision)
+    if chat.fallback:
+        print(f"note: chat runs without compilation ({chat.fallback})", file=sys.stderr)
     shown = ""
     for text in chat.stream([], prompt, gen):
         if text.startswith(shown):

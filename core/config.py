@@ -359,7 +359,7 @@ class ExportConfig(_Config):
 class GenerationConfig(_Config):
     """Settings for chat: how the model is loaded on a GPU, and how it samples."""
 
-    precision: str = _f("auto", "How the model is loaded on a GPU: auto (16-bit where the weights and the context fit the free memory, else 8-bit, else 4-bit), 16bit, 8bit or 4bit. Ignored on the CPU.", choices=("auto", "16bit", "8bit", "4bit"))
+    precision: str = _f("auto", "How the model is loaded on a GPU: auto (16-bit where the weights and the context fit the free memory, else 8-bit, else 4-bit), 16bit, 8bit, 4bit (NF4), or int4 (torchao int4 weight-only: about as small as 4bit and faster once compiled; needs the torchao package). Ignored on the CPU.", choices=("auto", "16bit", "8bit", "4bit", "int4"))
 
     system: str = _f("", "System prompt: standing instructions for the assistant.")
     temperature: float = _f(0.7, "Randomness: 0 always picks the likeliest word.", bounds=(0, 2), step=0.05)

@@ -24,6 +24,7 @@ PRECISIONS = ("16bit", "8bit", "4bit")
 MARGIN = 1.5 * 2**30  # the CUDA context, activations of one step, the allocator's slack
 CONTEXT = 4096  # tokens of chat history the cache is sized for (or the model's own limit, if shorter)
 NF4_BYTES = 0.5 + 0.0625  # 4 bits a weight, plus the scales (double quantization makes them smaller still)
+INT4_BYTES = 0.5 + 4 / 128  # torchao int4: 4 bits a weight, a 16-bit scale and zero point per group of 128
 
 
 def parameters(folder: str | Path) -> tuple[int, int]:
@@ -57,7 +58,7 @@ def needs(folder: str | Path) -> dict[str, int]:
     extra = cache_bytes(folder) + MARGIN
     body = total - edges  # bitsandbytes leaves the embeddings and the head in 16 bits
     return {"16bit": int(total * 2 + extra), "8bit": int(body + edges * 2 + extra),
-            "4bit": int(body * NF4_BYTES + edges * 2 + extra)}
+            "4bit": int(body * NF4_BYTES + edges * 2 + extra), "int4": int(body * INT4_BYTES + edges * 2 + extra)}
 
 
 def training_needs(folder: str | Path, batch: int = 16, seq: int = 512, rank: int = 64) -> int:
@@ -118,7 +119,7 @@ def words(precision: str, info: dict) -> str:
     """What was chosen and why, for a log or the command line ("8-bit: 16-bit needs 26.6 GiB, 23.5 GiB free")."""
     need, free = info["need"], info["free"]
     if info["asked"] != "auto":
-        return f"{precision} as chosen ({gib(need[precision])} needed, {gib(free)} free)"
+        return f"{precision} as chosen ({gib(need[precision])} needed, {gib(free)} free)"  # int4 only when chosen
     if precision == "16bit":
         return f"16-bit: it needs {gib(need['16bit'])} and {gib(free)} are free"
     return f"{precision[:-3]}-bit: 16-bit needs {gib(need['16bit'])} and this GPU has {gib(free)} free"

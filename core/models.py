@@ -250,7 +250,7 @@ def load_for_inference(model: str | None = None, adapter: str | Path | None = No
     `model` is a model folder, 'default' or a hub id; with an adapter and no model, the base the
     adapter was trained on. `dtype` is a torch dtype or its name (default: bf16 or fp16 on a GPU,
     float32 on the CPU). `precision` on a GPU: "16bit", "8bit", "4bit" (bitsandbytes, loaded
-    straight onto the GPU), or "auto" (core.fit chooses from the free memory; the description says
+    straight onto the GPU), "int4" (torchao int4 weight-only, which compiles; chat's fast 4-bit path), or "auto" (core.fit chooses from the free memory; the description says
     what and why; `fitted`, if given, gets the precision and the numbers behind it). The record is
     the adapter's, else the model folder's. Every problem a user can
     fix (damaged adapter, wrong base, model code not trusted, too little memory) is a UserError.
@@ -282,6 +282,9 @@ def load_for_inference(model: str | None = None, adapter: str | Path | None = No
         chosen = fit.words(precision, info)
         if fitted is not None:
             fitted.update(info, precision=precision)
+    if device != "cpu" and precision == "int4":
+        kw["quantization_config"] = _int4()
+        kw["device_map"] = {"": device}
     if device != "cpu" and precision in ("8bit", "4bit"):
         from transformers import BitsAndBytesConfig
 
@@ -307,6 +310,18 @@ def load_for_inference(model: str | None = None, adapter: str | Path | None = No
                             "it was trained on", field="adapter") from None
     net.eval()
     return net, tokenizer, record, f"{spec}{' + ' + str(adapter) if adapter else ''}" + (f" · {chosen}" if chosen else "")
+
+
+def _int4():
+    """torchao int4 weight-only (groups of 128), the packing that needs no extra kernel package."""
+    try:
+        from torchao.quantization import Int4WeightOnlyConfig
+    except ImportError:
+        raise UserError("precision: int4 needs the torchao package (pip install -r requirements-gpu.txt); "
+                        "choose 4bit or Auto", field="precision") from None
+    from transformers import TorchAoConfig
+
+    return TorchAoConfig(Int4WeightOnlyConfig(group_size=128, int4_packing_format="tile_packed_to_4d"))
 
 
 def mismatch(exc: BaseException) -> str:

@@ -109,3 +109,146 @@ def test_a_half_written_adapter_is_named_as_damaged(tiny_adapter, tmp_path, name
     line = one_line(core_cli("chat", "--adapter", adapter, "--prompt", "hi"))
     assert line.startswith(f"error: adapter: {adapter} is damaged or incomplete {why}")
     assert line.endswith("; train again or pick another run")
+
+
+# ---- speed: the panel's streaming path -------------------------------------------------------
+@pytest.fixture(scope="module")
+def base_chat(base_model):
+    from core.chat import Chat
+
+    chat = Chat()
+    chat.load("default")
+    yield chat
+    chat.close()
+
+
+def plain_generate(chat, message, gen):
+    """The reply's token ids from a plain greedy model.generate, no streamer, no stopping criteria."""
+    prompt = chat.template.prompt(gen.system, [], message, chat.tokenizer)
+    inputs = chat.tokenizer(prompt, return_tensors="pt").to(chat.model.device)
+    out = chat.model.generate(**inputs, max_new_tokens=gen.max_new_tokens, do_sample=False, temperature=None,
+                              top_p=None, top_k=None, repetition_penalty=gen.repetition_penalty,
+                              pad_token_id=chat.tokenizer.pad_token_id)
+    return out[0, inputs["input_ids"].shape[1]:].tolist()
+
+
+def test_greedy_reply_has_the_tokens_of_plain_generate(base_chat):
+    gen = GenerationConfig(temperature=0, max_new_tokens=24)
+    reply = base_chat.reply([], "Tell me about the sea.", gen)
+    ids = base_chat.last["ids"]
+    assert len(ids) == 24 and ids == plain_generate(base_chat, "Tell me about the sea.", gen)
+    assert reply == base_chat.tokenizer.decode(ids, skip_special_tokens=True).strip()
+    assert base_chat.last["first_token_s"] > 0 and base_chat.last["tokens_per_s"] > 0
+
+
+def test_streamed_text_is_never_lost_or_repeated(base_chat):
+    """Each text extends the one before, so the pieces a page appends add up to the reply, once each."""
+    pieces = list(base_chat.stream([], "请用中文介绍一下大海。", GenerationConfig(temperature=0, max_new_tokens=30)))
+    assert all(b.startswith(a) for a, b in zip(pieces, pieces[1:], strict=False))
+    added = "".join(b[len(a):] for a, b in zip([""] + pieces, pieces, strict=False))
+    assert added == pieces[-1] == base_chat.tokenizer.decode(base_chat.last["ids"], skip_special_tokens=True).strip()
+    assert len(set(pieces)) == len(pieces) and not any("\ufffd" in p for p in pieces)
+
+
+def test_page_updates_at_most_fifteen_times_a_second():
+    """Tokens arriving every 2 ms (500 a second) reach the reader in batches, about 15 a second."""
+    import threading
+    import time
+
+    import torch
+
+    from core.chat import Tokens
+
+    tokens = Tokens()
+
+    def write():
+        tokens.put(torch.tensor([[1, 2, 3]]))  # the prompt, which generate() hands over first
+        for i in range(300):
+            tokens.put(torch.tensor([i]))
+            time.sleep(0.002)
+        tokens.end()
+
+    threading.Thread(target=write).start()
+    start, handed = time.perf_counter(), []
+    while (ids := tokens.next(1 / 15)) is not None:
+        handed.append(ids)
+    seconds = time.perf_counter() - start
+    assert handed[-1] == list(range(300))  # every token, in order, the prompt not among them
+    assert 2 <= len(handed) <= seconds * 15 + 2, (len(handed), seconds)
+
+
+def test_text_that_may_still_change_is_held_back():
+    from core.chat import _settled
+
+    assert _settled("I am Lumi. ##", ["### Human:"]) == "I am Lumi. "
+    assert _settled("I am Lumi. #", ["### Human:", "<|im_end|>"]) == "I am Lumi. "
+    assert _settled("大海\ufffd", []) == "大海"  # half of a character's bytes
+    assert _settled("a # b", ["### Human:"]) == "a # b"
+
+
+def test_stop_ends_the_reply_at_once(base_chat):
+    import time
+
+    stream = base_chat.stream([], "Write a very long story about a ship.", GenerationConfig(temperature=0,
+                                                                                          max_new_tokens=2000))
+    seen = [next(stream), next(stream)]
+    start = time.perf_counter()
+    stream.close()  # what Stop does to the reply
+    took = time.perf_counter() - start  # close returns once generation has ended
+    made = base_chat.last["tokens"]
+    # Within about a second: the token being computed is finished, no more (a loaded machine computes slowly).
+    assert took < 1.0 + 2 / base_chat.last["tokens_per_s"], (took, base_chat.last["tokens_per_s"])
+    assert 2 <= made < 100 and seen[-1] in base_chat.tokenizer.decode(base_chat.last["ids"], skip_special_tokens=True)
+    # The model is free at once for the next message.
+    assert base_chat.reply([], "Hi.", GenerationConfig(temperature=0, max_new_tokens=3))
+
+
+def test_static_cache_gives_the_same_tokens_and_a_failed_warm_up_falls_back(base_chat, monkeypatch):
+    """The GPU's fast path (fixed-length cache, here without a compiler) answers alike; if it cannot be set up,
+    chat says so in one line and answers the plain way."""
+    from core import chat as chat_module
+
+    gen = GenerationConfig(temperature=0, max_new_tokens=16)
+    plain = base_chat.reply([], "Name three colours.", gen)
+    try:
+        assert base_chat.warm_up() > 0 and base_chat.compiled == 4096 and base_chat.fallback == ""
+        assert base_chat.reply([], "Name three colours.", gen) == plain
+        monkeypatch.setattr(chat_module, "compiled_options", lambda tokens: {"cache_implementation": "no-such-cache"})
+        base_chat.warm_up()
+        assert base_chat.compiled == 0 and base_chat.fallback.startswith("ValueError: ")
+        assert "\n" not in base_chat.fallback
+        assert base_chat.reply([], "Name three colours.", gen) == plain
+    finally:
+        base_chat.compiled, base_chat.fallback = 0, ""
+
+
+def test_generation_stops_right_after_a_stop_string(base_chat):
+    """A model that writes on into the next turn: the reply and the generation end at "### Human:"."""
+    import types
+
+    import torch
+
+    from core.chat import Chat
+    from core.template import Template
+
+    written = base_chat.tokenizer("I am Lumi. ### Human: and who are you? ### Assistant: " * 5,
+                                  add_special_tokens=False)["input_ids"]
+    made = []
+
+    class Writer:  # stands in for the model: writes the tokens above, one a step, until told to stop
+        device = torch.device("cpu")
+        generation_config = types.SimpleNamespace(eos_token_id=None)
+
+        def generate(self, streamer, input_ids, stopping_criteria, **kw):
+            streamer.put(input_ids)
+            for i in written:
+                made.append(i)
+                streamer.put(torch.tensor([i]))
+                if stopping_criteria(input_ids, None).all():
+                    break
+            streamer.end()
+
+    chat = Chat()
+    chat.model, chat.tokenizer, chat.template = Writer(), base_chat.tokenizer, Template()
+    assert chat.reply([], "Who are you?", GenerationConfig(temperature=0)) == "I am Lumi."
+    assert base_chat.tokenizer.decode(made).endswith("### Human:")

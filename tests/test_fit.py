@@ -121,3 +121,12 @@ def test_a_run_far_past_the_machine_is_refused_in_one_line(tmp_path):
     with pytest.raises(UserError, match=r"^memory: this run needs about .* so it will not fit; "):
         check_input(cfg)
     assert not (tmp_path / "run").exists()
+def test_int4_is_chosen_only_when_asked_and_checked_like_the_others(base_model):
+    need = fit.needs(base_model)
+    assert need["8bit"] > need["int4"] > fit.MARGIN
+    # auto never picks int4 (its first load compiles: a choice to make knowingly); asked for, it is checked
+    assert {fit.choose(base_model, free)[0] for free in (need["16bit"], need["8bit"], need["4bit"])} == {
+        "16bit", "8bit", "4bit"}
+    assert fit.choose(base_model, need["int4"], "int4")[0] == "int4"
+    with pytest.raises(UserError, match="precision: int4 needs about"):
+        fit.choose(base_model, need["int4"] - 1, "int4")

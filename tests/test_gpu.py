@@ -351,3 +351,73 @@ def test_chat_refuses_in_words_when_even_4bit_does_not_fit(model_13b):
             Chat().load(model_13b)
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0, 0)
+
+
+# ---- chat speed: the static cache compiled at load -------------------------------------------
+@pytest.fixture(scope="module")
+def fast_chat(base_model):
+    from core.chat import Chat
+
+    chat = Chat()
+    chat.load("default", precision="16bit")  # the warm-up happens here, not on the first message
+    yield chat
+    chat.close()
+
+
+def test_chat_warms_up_at_load_and_answers_greedy_likeplain_generate(fast_chat):
+    from test_chat import plain_generate
+
+    assert fast_chat.compiled == 4096 and fast_chat.fallback == "" and fast_chat.warmup_s > 0
+    gen = GenerationConfig(temperature=0, max_new_tokens=40, repetition_penalty=1.0)
+    fast_chat.reply([], "Tell me about the sea.", gen)
+    assert fast_chat.last["ids"] == plain_generate(fast_chat, "Tell me about the sea.", gen)
+
+
+def test_other_lengths_and_sampling_do_not_compile_again(fast_chat):
+    from torch._dynamo.utils import counters
+
+    graphs = counters["stats"]["unique_graphs"]
+    speeds = []
+    for message, gen in [
+        ("Hi.", GenerationConfig(temperature=0, max_new_tokens=60, repetition_penalty=1.0)),
+        ("Write a poem about the wind over the sea, the light and the ships. " * 8,
+         GenerationConfig(temperature=0.9, top_p=0.8, max_new_tokens=77)),
+        ("你好，请介绍一下你自己。", GenerationConfig(temperature=1.2, top_k=10, max_new_tokens=65)),
+    ]:
+        fast_chat.reply([("Hello", "Hello! How can I help?")], message, gen)
+        speeds.append(fast_chat.last["tokens_per_s"])
+    assert counters["stats"]["unique_graphs"] == graphs, "a reply compiled again"
+    assert min(speeds) > 0.5 * max(speeds), speeds  # the first reply after loading is as fast as the rest
+
+
+def test_the_panel_is_not_slower_thanplain_generate(fast_chat):
+    import time
+
+    import torch
+
+    gen = GenerationConfig(temperature=0, max_new_tokens=100, repetition_penalty=1.0)
+    prompt = fast_chat.template.prompt("", [], "Tell me a long story.", fast_chat.tokenizer)
+    inputs = fast_chat.tokenizer(prompt, return_tensors="pt").to("cuda")
+    fast_chat.model.generate(**inputs, max_new_tokens=8, do_sample=False, pad_token_id=fast_chat.tokenizer.pad_token_id)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = fast_chat.model.generate(**inputs, max_new_tokens=100, do_sample=False, min_new_tokens=100,
+                                   pad_token_id=fast_chat.tokenizer.pad_token_id)
+    torch.cuda.synchronize()
+    plain = (out.shape[1] - inputs["input_ids"].shape[1]) / (time.perf_counter() - start)
+    fast_chat.reply([], "Tell me a long story.", gen)
+    assert fast_chat.last["tokens_per_s"] >= 0.9 * plain, (fast_chat.last, plain)
+
+
+def test_int4_loads_compiles_and_answers(base_model):
+    pytest.importorskip("torchao")
+    from core.chat import Chat
+
+    chat = Chat()
+    try:
+        chat.load("default", precision="int4")
+        assert chat.fitted["precision"] == "int4" and chat.compiled and chat.fallback == "", chat.fallback
+        assert chat.reply([], "Say hello.", GenerationConfig(temperature=0, max_new_tokens=12))
+        assert chat.last["tokens_per_s"] > 0
+    finally:
+        chat.close()

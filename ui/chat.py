@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from html import escape
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from core import fit, jobs, models, paths, runs
 from core.config import GenerationConfig
 from core.errors import UserError
 from ui import fit as fit_words
-from ui.forms import WARN, warn, widget
+from ui.forms import warn, widget
 from ui.i18n import both, lang, say, t
 
 ADAPTER = "adapter:"
@@ -55,14 +56,16 @@ def release() -> None:
         _loaded.clear()
 
 
-def _model(source: str, precision: str = "auto"):
-    """The loaded Chat for a source, loading it (and dropping models no longer shown) on first use."""
+def _model(source: str, precision: str = "auto", loading: list | None = None):
+    """The loaded Chat for a source, loading it on first use (`loading` gets it meanwhile, for progress)."""
     from core.chat import Chat
 
     key = f"{precision}|{source}"
     with _lock:
         if key not in _loaded:
             chat = Chat()
+            if loading is not None:
+                loading.append((source, chat))
             if source.startswith(ADAPTER):  # a run's adapter, on the base model its record names
                 chat.load(adapter=str(paths.inside(source[len(ADAPTER):], paths.runs(), "model")), precision=precision)
             else:
@@ -98,6 +101,85 @@ def _pairs(history: list) -> list[tuple[str, str]]:
             pairs.append((user, text))
             user = None
     return pairs
+
+
+def _loads(wanted: list[str], precision: str, request):
+    """Load the models not loaded yet, each with its warm-up; yield a progress line about twice a second."""
+    loading: list = []
+    failure: list = []
+
+    def work():
+        try:
+            for source in wanted:
+                _model(source, precision, loading)
+        except BaseException as e:  # raised to the reader below
+            failure.append(e)
+
+    thread = threading.Thread(target=work, name="chat-load", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(timeout=0.5)
+        busy = [(source, chat) for source, chat in loading if chat.phase]
+        if busy:
+            source, chat = busy[-1]
+            key = "chat_warming" if chat.phase == "warming" else "chat_loading"
+            yield say(key, lang(request), name=pane_label(source, source, lang(request)), s=f"{time.time() - chat.since:.0f}")
+    if failure:
+        raise failure[0]
+    for source, chat in loading:
+        name = pane_label(source, source, lang(request))
+        if chat.fallback:
+            yield say("chat_plain", lang(request), name=name, why=chat.fallback)
+        elif chat.warmup_s is not None:
+            yield say("chat_ready", lang(request), name=name, s=f"{chat.warmup_s:.0f}")
+
+
+def _training(request) -> str:
+    """A warning when a training run is going: it shares the CPU, or the GPU's memory (with how much is free)."""
+    job = jobs.current()
+    if job is None or job.kind != "train":
+        return ""
+    from core import chat
+
+    free = chat.gpu_room()
+    if free is None:
+        return warn(say("chat_training_cpu", lang(request)))
+    return warn(say("chat_training_gpu", lang(request), free=f"{free / 2**30:.1f}"))
+
+
+def _speed(source: str, chat, request) -> str:
+    """Tokens per second and time to the first token of the reply just written."""
+    last = chat.last
+    if not last.get("tokens"):
+        return ""
+    tps = f"{last['tokens_per_s']:.1f}" if last.get("tokens_per_s") else "—"
+    return say("chat_speed", lang(request), name=pane_label(source, source, lang(request)), tps=tps,
+               first=f"{last['first_token_s']:.2f}", tokens=last["tokens"])
+
+
+def prepare(request: gr.Request | None, source_a, source_b, precision):
+    """Load the models picked, warm-up included, so that the first message is answered at full speed.
+
+    Nothing is loaded while a training run is going: the first message loads it then, with a warning.
+    """
+    if _training(request):
+        yield _training(request)
+        return
+    wanted = [s for s in dict.fromkeys([source_a or "default", source_b or ""]) if s]
+    try:
+        keep_only(precision or "auto", *wanted)
+        line = ""
+        for line in _loads(wanted, precision or "auto", request):
+            yield line
+        yield line
+    except UserError as e:
+        yield warn(e)
+    except Exception as e:  # out of memory while loading: one line, memory given back
+        from core import status
+
+        release()
+        error, hint = status.explain(e, "chat")
+        yield warn(f"{error}; {hint}" if hint else error)
 
 
 def _answer(source: str, history: list, message: str, gen: GenerationConfig):
@@ -164,28 +246,34 @@ def respond(request: gr.Request | None, message, hist_a, hist_b, source_a, sourc
     if not message or not message.strip():
         yield gr.update(), hist_a, hist_b, ""
         return
-    job = jobs.current()
-    # Loading a second model next to training can run the GPU out of memory: warn, still answer.
-    note = WARN + both("training_running") if job is not None and job.kind == "train" else ""
+    # Loading a model next to training can run the GPU out of memory: say how much is free, still answer.
+    note = _training(request)
     source_a = source_a or "default"
     try:
         gen = generation(system, *values)
         gen.check()
         keep_only(gen.precision, source_a, source_b or "")
-        if not source_b or source_b == source_a:
+        wanted = [s for s in dict.fromkeys([source_a, source_b or ""]) if s]
+        for line in _loads(wanted, gen.precision, request):  # only if not loaded yet: normally done on picking
+            yield gr.update(), hist_a, hist_b, "  \n".join(x for x in (note, line) if x)
+        loaded = [_model(s, gen.precision) for s in wanted]
+        note = _fitted(loaded, note, request)
+        if len(wanted) == 1:
             # One model, or a model compared with itself (one loaded model is not used by two threads).
-            note = _fitted([_model(source_a, gen.precision)], note, request)
             for new_a in _answer(source_a, hist_a, message, gen):
                 yield "", new_a, hist_b, note
-            hist_a = new_a
+            hist_a, speeds = new_a, [_speed(source_a, loaded[0], request)]
             for new_b in _answer(source_b, hist_b, message, gen) if source_b else ():
                 yield "", hist_a, new_b, note
-            return
-        loaded = [_model(source_a, gen.precision), _model(source_b, gen.precision)]  # load both, then both answer
-        note = _fitted(loaded, note, request)
-        for new_a, new_b in together(_answer(source_a, hist_a, message, gen), _answer(source_b, hist_b, message, gen)):
-            hist_a, hist_b = new_a or hist_a, new_b or hist_b
-            yield "", hist_a, hist_b, note
+            hist_b = new_b if source_b else hist_b
+            speeds += [_speed(source_b, loaded[0], request)] if source_b else []
+        else:
+            for new_a, new_b in together(_answer(source_a, hist_a, message, gen),
+                                         _answer(source_b, hist_b, message, gen)):
+                hist_a, hist_b = new_a or hist_a, new_b or hist_b
+                yield "", hist_a, hist_b, note
+            speeds = [_speed(s, chat, request) for s, chat in zip(wanted, loaded, strict=True)]
+        yield "", hist_a, hist_b, "  \n".join(x for x in (note, *speeds) if x)
     except UserError as e:
         yield gr.update(), hist_a, hist_b, warn(e)
         return
@@ -208,7 +296,8 @@ def _fitted(chats: list, note: str, request) -> str:
         if f:
             gib = {k: f"{v / 2**30:.1f}" for k, v in f["need"].items()}
             key = "fit_chosen" if f["asked"] != "auto" else "fit_16" if f["precision"] == "16bit" else "fit_smaller"
-            lines.append(both(key, bits=f["precision"][:-3], need=gib[f["precision"]], need16=gib["16bit"],
+            bits = "4 (int4)" if f["precision"] == "int4" else f["precision"][:-3]
+            lines.append(both(key, bits=bits, need=gib[f["precision"]], need16=gib["16bit"],
                               free=f"{f['free'] / 2**30:.1f}"))
     return "  \n".join(lines)
 
@@ -285,6 +374,10 @@ def build() -> dict:
     clear.click(lambda: ([], [], ""), None, [chat_a, chat_b, note], api_name="clear_chat")
     source_a.change(label_a, source_a, chat_a, api_name=False)
     source_b.change(label_b, source_b, chat_b, api_name=False)
+    # Picking a model loads it and warms it up now, with a progress line, so that no message waits for that.
+    for picker in (source_a, source_b, precision):
+        picker.change(prepare, [source_a, source_b, precision], note, api_name=False, concurrency_id="gpu",
+                      concurrency_limit=1, show_progress="hidden")
     refresh.click(build_refresh, None, [source_a, source_b], api_name=False)
     unload_btn.click(unload, None, note, api_name=False)
     for trigger in (source_a, precision):

@@ -191,7 +191,7 @@ HELP_ZH: dict[str, dict[str, str]] = {
         "allow_bin": "仓库里没有 safetensors 时，允许下载 pickle 格式的权重（.bin）。transformers 会用 weights_only 方式读取；但仍然只对你信任的仓库打开。",
     },
     "GenerationConfig": {
-        "precision": "模型在显卡上的加载方式：auto（权重和上下文放得下就用 16 位，否则 8 位，再不行 4 位）、16bit、8bit 或 4bit。CPU 上不起作用。",
+        "precision": "模型在显卡上的加载方式：auto（权重和上下文放得下就用 16 位，否则 8 位，再不行 4 位）、16bit、8bit、4bit（NF4），或 int4（torchao 的 int4 仅权重量化：和 4bit 差不多小，编译后更快；需要安装 torchao）。CPU 上不起作用。",
         "system": "系统提示词：给助手的长期指示。",
         "temperature": "随机程度：0 表示总是选最可能的词。",
         "top_p": "只从累计概率达到这个比例的候选词里抽样。",
@@ -323,7 +323,6 @@ SAY = {
                           "(same most likely next token at {agree} of the probe; largest logit difference {diff}).",
         "merge_check_failed": "NOT passed: the merged model does not answer like base + adapter "
                               "(same most likely next token at {agree} of the probe; largest logit difference {diff}).",
-        "training_running": "Training is running: chatting now shares its memory.",
         "fit_16": "Loaded in 16-bit: it needs {need} GiB of GPU memory and {free} GiB are free.",
         "fit_smaller": "Loaded in {bits}-bit: 16-bit needs {need16} GiB and this GPU has {free} GiB free.",
         "fit_chosen": "Loaded in {bits}-bit, as chosen ({need} GiB needed, {free} GiB free).",
@@ -423,6 +422,15 @@ SAY = {
         "retried": "Started again as {run} with {changes}.",
         "retry_nothing": "No smaller settings left to try: choose a smaller model.",
         "base_as_trained_cpu": "This run trained without a GPU, on the original weights: \"as trained\" is the original here.",
+        # ---- chat speed ----
+        "chat_speed": "{name}: {tps} tokens/s, first token after {first} s ({tokens} tokens).",
+        "chat_loading": "{name}: loading, {s} s",
+        "chat_warming": "{name}: warming up (compiling for fast replies), {s} s",
+        "chat_ready": "{name}: ready; the warm-up took {s} s.",
+        "chat_plain": "{name}: fast replies could not be set up ({why}); answering the plain way, more slowly.",
+        "chat_training_cpu": "Training is running: chat and training share the CPU, so both are slower.",
+        "chat_training_gpu": "Training is running: {free} GiB of GPU memory are free. Chat loads a model only in a "
+                             "precision that fits there, and training may slow down while it answers.",
     },
     "zh": {
         "state_starting": "正在启动", "state_running": "训练中", "state_stopping": "本步结束后停止",
@@ -462,7 +470,6 @@ SAY = {
         "reading": "正在读取文件", "list_sep": "，", "see_log": "见下面的日志",
         "merge_check_ok": "已检查：合并后的模型与“基础模型 + 适配器”的回答一致（探测文本上 {agree} 的位置最可能的下一个词相同；最大 logit 差 {diff}）。",
         "merge_check_failed": "未通过：合并后的模型与“基础模型 + 适配器”的回答不一致（探测文本上只有 {agree} 的位置最可能的下一个词相同；最大 logit 差 {diff}）。",
-        "training_running": "正在训练：现在对话会和训练共用显存。",
         "fit_16": "已用 16 位加载：需要 {need} GiB 显存，当前空闲 {free} GiB。",
         "fit_smaller": "已用 {bits} 位加载：16 位需要 {need16} GiB，而这块显卡只有 {free} GiB 空闲。",
         "fit_chosen": "已按选择用 {bits} 位加载（需要 {need} GiB，空闲 {free} GiB）。",
@@ -557,6 +564,14 @@ SAY = {
         "retried": "已用 {changes} 重新开始，新的训练记录：{run}。",
         "retry_nothing": "已经没有更小的设置可试了：请换一个更小的模型。",
         "base_as_trained_cpu": "这次训练没有用显卡，训练时用的就是原始权重：这里“按训练时”就是原始权重。",
+        # ---- chat speed ----
+        "chat_speed": "{name}：每秒 {tps} 个 token，首个 token 用时 {first} 秒（共 {tokens} 个 token）。",
+        "chat_loading": "{name}：正在加载，{s} 秒",
+        "chat_warming": "{name}：正在预热（编译以加快回答），{s} 秒",
+        "chat_ready": "{name}：已就绪，预热用了 {s} 秒。",
+        "chat_plain": "{name}：无法启用快速回答（{why}），改用普通方式回答，速度较慢。",
+        "chat_training_cpu": "正在训练：对话和训练共用 CPU，两者都会变慢。",
+        "chat_training_gpu": "正在训练：显存还有 {free} GiB 空闲。对话只会用放得下的精度加载模型，回答时训练可能变慢。",
     },
 }
 

@@ -1,0 +1,164 @@
+"""Chat speed: plain `model.generate` against the panel's own streaming path, side by side.
+
+    python bench/chat_speed.py [--shapes 135m,7b,13b] [--precisions 16bit,4bit,int4] [--tokenizer TOKDIR]
+
+For each shape and precision a child process loads the model once, the way the Chat tab does
+(core.chat.Chat.load, warm-up included: on a GPU the static cache is compiled then), and measures
+  - plain `generate`: greedy, no streamer, no stopping criteria, the model's own dynamic cache;
+  - the panel's path: Chat.stream, exactly what the Chat tab runs;
+each on a ~500-token prompt that holds two earlier turns of history: time to the first token,
+and tokens/s for each of --replies replies of --new-tokens tokens (the tokens after the first, over
+the time after the first: the decoding speed a reader sees). The GPU peak is taken per path.
+135m is the embedded model; 7b and 13b are random Llama-shaped models built on the GPU with the
+tokenizer given (bench/speed.py builds them; the weights do not change the cost of a token).
+On the CPU only 135m in float32 runs (precisions are GPU options).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+TURN = ("海上的风和光是怎样变化的？请详细描述一下清晨、正午和傍晚的不同。"
+        "Describe how the wind and the light over the sea change from dawn to dusk, in detail. ")
+
+
+def prompt(tokenizer, tokens: int = 500) -> tuple[list[tuple[str, str]], str]:
+    """Two earlier turns of history and a message, about `tokens` tokens in all."""
+    history = [(TURN, TURN * 2), (TURN, TURN * 2)]
+    used = len(tokenizer("".join(a + b for a, b in history))["input_ids"])
+    words = tokenizer(TURN * 20)["input_ids"][: max(16, tokens - used - 40)]
+    return history, tokenizer.decode(words, skip_special_tokens=True)
+
+
+def measure(model: str, precision: str, replies: int, new_tokens: int) -> list[dict]:
+    """Both paths on one loaded model: rows of the table."""
+    import torch
+
+    from core.chat import Chat
+    from core.config import GenerationConfig
+
+    cuda = torch.cuda.is_available()
+    chat = Chat()
+    chat.load(model, precision=precision)
+    history, message = prompt(chat.tokenizer)
+    gen = GenerationConfig(temperature=0, max_new_tokens=new_tokens, repetition_penalty=1.0)
+    text = chat.template.prompt("", history, message, chat.tokenizer)
+    inputs = chat.tokenizer(text, return_tensors="pt").to(chat.model.device)
+    n_prompt = inputs["input_ids"].shape[1]
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    def plain(max_new: int) -> tuple[int, float]:
+        sync()
+        start = time.perf_counter()
+        out = chat.model.generate(**inputs, max_new_tokens=max_new, do_sample=False, temperature=None, top_p=None,
+                                  top_k=None, pad_token_id=chat.tokenizer.pad_token_id)
+        sync()
+        return out.shape[1] - n_prompt, time.perf_counter() - start
+
+    def peak() -> float | None:
+        return torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+
+    rows = []
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    first = min(plain(1)[1] for _ in range(2))
+    speeds = []
+    for _ in range(replies):  # tokens after the first, over the time after it: as Chat.last counts them
+        made, seconds = plain(new_tokens)
+        speeds.append((made - 1) / max(seconds - first, 1e-9))
+    rows.append(dict(path="plain generate", tps=speeds, first=first, warmup=None, peak=peak()))
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    speeds, firsts = [], []
+    for _ in range(replies):
+        chat.reply(history, message, gen)
+        speeds.append(chat.last["tokens_per_s"] or 0.0)
+        firsts.append(chat.last["first_token_s"])
+    rows.append(dict(path="panel (Chat.stream)" + (" static+compile" if chat.compiled else ""), tps=speeds,
+                     first=min(firsts), warmup=chat.warmup_s, peak=peak(), fallback=chat.fallback))
+    for row in rows:
+        row.update(prompt_tokens=n_prompt, new_tokens=new_tokens)
+    chat.close()
+    return rows
+
+
+def model_for(shape: str, tokenizer: str | None, work: Path) -> str:
+    if shape == "135m":
+        from core import models
+
+        return str(models.embedded())
+    from speed import build  # bench/speed.py: a random Llama of the shape, saved with the tokenizer
+
+    folder = work / f"{shape}-random"
+    if not (folder / "config.json").is_file():
+        if not tokenizer:
+            raise SystemExit(f"--tokenizer is needed to build the {shape} shape")
+        build(shape, tokenizer, folder)
+    return str(folder)
+
+
+def versions() -> str:
+    import torch
+    import transformers
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()})"
+    return f"{device}; torch {torch.__version__}, transformers {transformers.__version__}, Python {platform.python_version()}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--shapes", default="135m,7b,13b")
+    p.add_argument("--precisions", default="16bit,4bit,int4", help="GPU only; the CPU runs float32")
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder for the 7b and 13b shapes")
+    p.add_argument("--replies", type=int, default=3)
+    p.add_argument("--new-tokens", type=int, default=200)
+    p.add_argument("--work", default="/tmp/chat-speed")
+    p.add_argument("--one", nargs=2, metavar=("MODEL", "PRECISION"), help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.one:
+        print(json.dumps(measure(a.one[0], a.one[1], a.replies, a.new_tokens)))
+        return
+    import torch
+
+    cuda = torch.cuda.is_available()
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    shapes = a.shapes.split(",") if cuda else ["135m"]
+    precisions = a.precisions.split(",") if cuda else ["float32"]
+    print(f"# {versions()}\n# {' '.join(sys.argv)}")
+    print("\n| shape | precision | path | tokens/s per reply | first token (500-token prompt) | warm-up | GPU peak |")
+    print("|---|---|---|---|---|---|---|")
+    for shape in shapes:
+        model = model_for(shape, a.tokenizer, work)
+        for precision in precisions:
+            # One process per model and precision: a clean GPU and its own peak.
+            done = subprocess.run([sys.executable, __file__, "--one", model, precision if cuda else "auto",
+                                   "--replies", str(a.replies), "--new-tokens", str(a.new_tokens)],
+                                  capture_output=True, text=True)
+            if done.returncode:
+                tail = " ".join(done.stderr.strip().splitlines()[-1:])[:150]
+                print(f"| {shape} | {precision} | failed: {tail} | | | | |")
+                continue
+            for r in json.loads(done.stdout.strip().splitlines()[-1]):
+                tps = ", ".join(f"{x:.1f}" for x in r["tps"])
+                warm = "—" if r["warmup"] is None else f"{r['warmup']:.1f} s"
+                peak = "—" if r["peak"] is None else f"{r['peak']:.1f} GiB"
+                note = f" (fallback: {r['fallback']})" if r.get("fallback") else ""
+                print(f"| {shape} | {precision} | {r['path']}{note} | {tps} | {r['first']:.2f} s "
+                      f"({r['prompt_tokens']} tokens) | {warm} | {peak} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
