@@ -39,20 +39,9 @@ def cli(argv: list[str]) -> int:
     cfg = ExportConfig.from_dict(vars(parser.parse_args(argv)))
     cfg.check()
     logs.quiet()
-    folder = merge.job_folder(cfg.out)  # started by the panel: it made this folder for the status
-    job = status.Status(folder if folder.is_dir() else None)
-
-    def progress(fraction: float, text: str) -> None:
-        print(f"[{fraction:4.0%}] {text}", flush=True)
-        job.update(state="running", progress=round(fraction, 3), message=text)
-
-    try:
-        report = export(cfg, progress)
-    except BaseException as e:
-        error, hint = status.explain(e, "merge")
-        hint = "see export.log" if hint == "see train.log" else hint
-        job.last_word(log, state="failed", error=error, hint=hint, ended=time.time())
-        raise
+    # Started by the panel, the export reports in the job folder the panel made; by hand, it only prints.
+    job, report = status.reporting(merge.job_folder(cfg.out), lambda progress: export(cfg, progress), log, "merge",
+                                   "export.log")
     job.update(state="finished", progress=1.0, report=report, ended=time.time(),
                warning=report["skipped"]["why"] if report["skipped"] else None)
     print(json.dumps(report, ensure_ascii=False))

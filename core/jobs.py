@@ -186,18 +186,14 @@ class JobManager:
         out = Path(cfg.out).resolve()
         if out.exists():
             raise UserError(f"out: {out} already exists; choose another folder", field="out")
-        with self._lock:
-            self._refuse_second()
-            folder = merge.job_folder(out)  # status.json and the log; the model appears beside it when whole
-            folder.mkdir(parents=True, exist_ok=True)
-            status.write_json(folder / status.FILE, {**status.FIELDS, "state": "starting", "started": time.time()})
-            argv = ["merge", "--adapter", str(Path(cfg.adapter).resolve()), "--out", str(out), "--dtype", cfg.dtype,
-                    "--base-weights", cfg.base_weights]
-            if cfg.base:
-                argv += ["--base", cfg.base]
-            if cfg.trust_remote_code:
-                argv.append("--trust-remote-code")
-            return self._spawn("merge", argv, folder, folder / "merge.log", None)
+        argv = ["merge", "--adapter", str(Path(cfg.adapter).resolve()), "--out", str(out), "--dtype", cfg.dtype,
+                "--base-weights", cfg.base_weights]
+        if cfg.base:
+            argv += ["--base", cfg.base]
+        if cfg.trust_remote_code:
+            argv.append("--trust-remote-code")
+        # status.json and the log go into a folder beside the output; the model appears when whole
+        return self._start_beside("merge", merge.job_folder(out), argv)
 
     def start_export(self, cfg: ExportConfig) -> Job:
         """Start exporting a merged model to GGUF in a child process (status beside the output, like a merge)."""
@@ -207,13 +203,9 @@ class JobManager:
         out = Path(cfg.out).resolve()
         if out.exists():
             raise UserError(f"out: {out} already exists; choose another folder", field="out")
-        with self._lock:
-            self._refuse_second()
-            folder = merge.job_folder(out)
-            folder.mkdir(parents=True, exist_ok=True)
-            status.write_json(folder / status.FILE, {**status.FIELDS, "state": "starting", "started": time.time()})
-            argv = ["export", "--model", str(Path(cfg.model).resolve()), "--out", str(out), "--quant", cfg.quant]
-            return self._spawn("export", argv, folder, folder / "export.log", None)
+        argv = ["export", "--model", str(Path(cfg.model).resolve()), "--out", str(out), "--quant", cfg.quant]
+        return self._start_beside("export", merge.job_folder(out), argv)
+
     def start_download(self, cfg: DownloadConfig, env: dict | None = None) -> Job:
         """Start downloading a model from a hub id into workspace/models in a child process.
 
@@ -223,20 +215,23 @@ class JobManager:
         out = hub.target(cfg)
         if out.exists():
             raise UserError(f"name: {out.name} already exists in {out.parent}; choose another name", field="name")
+        argv = ["download", "--repo", cfg.repo, "--source", cfg.source, "--out", str(out), "--kind", cfg.kind,
+                "--rows", str(cfg.rows), "--seed", str(cfg.seed)]
+        if cfg.endpoint:
+            argv += ["--endpoint", cfg.endpoint]
+        if cfg.allow_bin:
+            argv.append("--allow-bin")
+        return self._start_beside("download", hub.job_folder(out), argv, env, message=cfg.repo)
+
+    def _start_beside(self, kind: str, folder: Path, argv: list[str], env: dict | None = None, **fields) -> Job:
+        """Start a job that keeps its status.json and KIND.log in `folder` (beside what it writes)."""
         with self._lock:
             self._refuse_second()
-            folder = hub.job_folder(out)
             folder.mkdir(parents=True, exist_ok=True)
             status.clear_stop(folder)
             status.write_json(folder / status.FILE, {**status.FIELDS, "state": "starting", "started": time.time(),
-                                                     "message": cfg.repo})
-            argv = ["download", "--repo", cfg.repo, "--source", cfg.source, "--out", str(out), "--kind", cfg.kind,
-                    "--rows", str(cfg.rows), "--seed", str(cfg.seed)]
-            if cfg.endpoint:
-                argv += ["--endpoint", cfg.endpoint]
-            if cfg.allow_bin:
-                argv.append("--allow-bin")
-            return self._spawn("download", argv, folder, folder / "download.log", env)
+                                                     **fields})
+            return self._spawn(kind, argv, folder, folder / f"{kind}.log", env)
 
     def _refuse_second(self) -> None:
         job = self.current()

@@ -51,7 +51,8 @@ def describe(folder: str | Path, free: int | None, *, spec: str | None = None, w
         return entry
     if free is not None and entry["parameters"]:
         entry["train_fit"] = fit.training_needs(folder) <= free
-        entry["chat_fit"] = next((p for p, need in fit.needs(folder).items() if need <= free), "")
+        need = fit.needs(folder)  # what Auto would load it in (int4 only ever when chosen)
+        entry["chat_fit"] = next((p for p in fit.PRECISIONS if need[p] <= free), "")
     return entry
 
 

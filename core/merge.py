@@ -42,19 +42,8 @@ def cli(argv: list[str]) -> int:
     cfg.check()
     logs.quiet()
     # Started by the panel, the merge reports in the job folder the panel made; by hand, it only prints.
-    folder = job_folder(cfg.out)
-    job = status.Status(folder if folder.is_dir() else None)
-
-    def progress(fraction: float, text: str) -> None:
-        print(f"[{fraction:4.0%}] {text}", flush=True)
-        job.update(state="running", progress=round(fraction, 3), message=text)
-
-    try:
-        report = merge(cfg, progress)
-    except BaseException as e:
-        error, hint = status.explain(e, "merge")
-        job.last_word(log, state="failed", error=error, hint=hint, ended=time.time())
-        raise
+    job, report = status.reporting(job_folder(cfg.out), lambda progress: merge(cfg, progress), log, "merge",
+                                   "merge.log")
     failed = None if report["ok"] else "the merged model does not answer like base + adapter"
     job.update(state="failed" if failed else "finished", error=failed, progress=1.0, report=report, ended=time.time(),
                hint=None if report["ok"] else "merge again in bfloat16 or float32")

@@ -117,6 +117,28 @@ class Status:
                 log.error("could not write %s (attempt %d of 2): %s", FILE, attempt, e)
 
 
+def reporting(folder: Path, work, log, kind: str, log_name: str):
+    """Run `work(progress)` as a job reporting in `folder`/status.json; returns (the Status, work's result).
+
+    `folder` is where the panel keeps the job's status and log (run by hand, without it, the job
+    only prints). `progress(fraction, text)` prints a line and records it; a failure is written as
+    the job's last word, in words, and raised again.
+    """
+    job = Status(folder if Path(folder).is_dir() else None)
+
+    def progress(fraction: float, text: str) -> None:
+        print(f"[{fraction:4.0%}] {text}", flush=True)
+        job.update(state="running", progress=round(fraction, 3), message=text)
+
+    try:
+        return job, work(progress)
+    except BaseException as e:
+        error, hint = explain(e, kind)
+        job.last_word(log, state="failed", error=error, hint=(hint or "").replace("train.log", log_name) or None,
+                      ended=time.time())
+        raise
+
+
 # ---- reading ---------------------------------------------------------------------------------
 def read(folder: str | Path, log: str | Path | None = None, kind: str = "train") -> dict:
     """A job's status; one whose process vanished without a final word is shown as failed (or stopped).

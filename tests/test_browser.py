@@ -95,6 +95,7 @@ THEIRS = ", ".join([
     "#tab-data table tbody",  # the rows of the user's file, as the model will read them
     ".message-wrap .message, [data-testid=bot], [data-testid=user]",  # what the user and the models wrote
     "code",  # file and folder names
+    ".qs-answers td",  # the questions, expected answers and both models' answers of the "did it learn" check
 ])
 # Words that stay as they are on a Chinese page, each for a reason:
 ALLOWED = {
@@ -109,6 +110,9 @@ ALLOWED = {
     "auto", "seed", "chat", "default", "tutorial", "none", "all", "response", "instruction", "input", "output",
     "Human", "Assistant", "python", "core", "prepare", "epochs", "adapter", "text", "messages", "alpaca", "sharegpt",
     "cosine", "linear", "constant", "bfloat", "float", "bit",
+    # choices a setting offers by these names (which base weights, where to download from), a weights
+    # format, and projects the help names: axolotl merges as trained, torchao quantizes to int4
+    "original", "huggingface", "mirror", "modelscope", "pickle", "axolotl", "torchao",
 }
 
 
@@ -120,6 +124,7 @@ def english(page, names=()) -> list[str]:
             text = text.replace(name, " ")
         # identifiers carry a digit, an underscore, a dot or a slash: numbers, units, file and model names
         text = re.sub(r"\S*[\d_./\\]\S*", " ", text)
+        text = re.sub(r"-*[A-Za-z]+(?:-[A-Za-z]+)+", " ", text)  # hyphenated values and flags: as-trained, --allow-dir
         found += [f"{w!r} in {text.strip()[:90]!r}" for w in re.findall(r"[A-Za-z]{2,}", text) if w not in ALLOWED]
     return found
 

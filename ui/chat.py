@@ -13,7 +13,7 @@ from core import fit, jobs, models, paths, runs
 from core.config import GenerationConfig
 from core.errors import UserError
 from ui import fit as fit_words
-from ui.forms import warn, widget
+from ui.forms import WARN, warn, widget
 from ui.i18n import both, lang, say, t
 
 ADAPTER = "adapter:"
@@ -117,21 +117,23 @@ def _loads(wanted: list[str], precision: str, request):
 
     thread = threading.Thread(target=work, name="chat-load", daemon=True)
     thread.start()
+    wait = 0.05  # the first line at once (a small model may load in well under a second), then twice a second
     while thread.is_alive():
-        thread.join(timeout=0.5)
+        thread.join(timeout=wait)
+        wait = 0.5
         busy = [(source, chat) for source, chat in loading if chat.phase]
         if busy:
             source, chat = busy[-1]
             key = "chat_warming" if chat.phase == "warming" else "chat_loading"
-            yield say(key, lang(request), name=pane_label(source, source, lang(request)), s=f"{time.time() - chat.since:.0f}")
+            yield both(key, name=pane_label(source, source, lang(request)), s=f"{time.time() - chat.since:.0f}")
     if failure:
         raise failure[0]
     for source, chat in loading:
         name = pane_label(source, source, lang(request))
         if chat.fallback:
-            yield say("chat_plain", lang(request), name=name, why=chat.fallback)
+            yield both("chat_plain", name=name, why=chat.fallback)
         elif chat.warmup_s is not None:
-            yield say("chat_ready", lang(request), name=name, s=f"{chat.warmup_s:.0f}")
+            yield both("chat_ready", name=name, s=f"{chat.warmup_s:.0f}")
 
 
 def _training(request) -> str:
@@ -143,8 +145,8 @@ def _training(request) -> str:
 
     free = chat.gpu_room()
     if free is None:
-        return warn(say("chat_training_cpu", lang(request)))
-    return warn(say("chat_training_gpu", lang(request), free=f"{free / 2**30:.1f}"))
+        return WARN + both("chat_training_cpu")
+    return WARN + both("chat_training_gpu", free=f"{free / 2**30:.1f}")
 
 
 def _speed(source: str, chat, request) -> str:
@@ -153,7 +155,7 @@ def _speed(source: str, chat, request) -> str:
     if not last.get("tokens"):
         return ""
     tps = f"{last['tokens_per_s']:.1f}" if last.get("tokens_per_s") else "—"
-    return say("chat_speed", lang(request), name=pane_label(source, source, lang(request)), tps=tps,
+    return both("chat_speed", name=pane_label(source, source, lang(request)), tps=tps,
                first=f"{last['first_token_s']:.2f}", tokens=last["tokens"])
 
 

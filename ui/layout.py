@@ -75,7 +75,7 @@ def build() -> gr.Blocks:
         every_tab = [data_tab, train_tab, merge_tab, chat_tab, runs_tab, models_tab]
         labels = (lambda: [gr.Tab(label=t(k)) for k in TABS], None, every_tab)
         for fn, inputs, outputs in (labels, d["relabel"], tr["relabel"], m["relabel"], c["relabel"], r["relabel"],
-                                    (models.table, None, mo["frame"])):
+                                    mo["relabel"]):
             switched.then(fn, inputs, outputs, api_name=False, show_progress="hidden")
         # gradio's upload box words ("Drop File Here") are set when it is drawn: draw it again.
         switched.then(lambda: gr.update(visible=False), None, d["file"], api_name=False, show_progress="hidden").then(

@@ -182,6 +182,11 @@ def reattach(request: gr.Request = None):
     return gpu_note(request), progress_html(folder, lang(request)), _log(folder), gr.Timer(active=live)
 
 
+def relabel(request: gr.Request = None):
+    """The tab's server-made text again, in the language now chosen: the list, the GPU note, the download."""
+    return table(request), gpu_note(request), progress_html(shown(), lang(request))
+
+
 def build() -> dict:
     """The Models tab's widgets."""
     gr.Markdown(t("models_intro"))
@@ -210,5 +215,6 @@ def build() -> dict:
     go.click(start, [repo, source, endpoint, name, allow_bin, kind, rows], [progress, timer], api_name="download")
     halt.click(stop, None, progress, api_name="stop_download")
     timer.tick(poll, seen, [progress, log, frame, seen, timer], api_name=False)
-    return {"frame": frame, "note": note, "progress": progress, "log": log, "timer": timer}
+    return {"frame": frame, "note": note, "progress": progress, "log": log, "timer": timer,
+            "relabel": (relabel, None, [frame, note, progress])}
 

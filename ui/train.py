@@ -429,9 +429,10 @@ def poll(viewed, request: gr.Request = None):
     return progress_html(run, language, metrics), chart(run, metrics, language), runs.story(run, 8) if run else ""
 
 
-def relabel(request: gr.Request, viewed, data, *values):
-    """The tab's server-made text again, in the language now chosen: the plan, the live view, the machine."""
-    return (plan_text(request, data, *values), *poll(viewed, request), gpu_markdown(request))
+def relabel(request: gr.Request, viewed, model, data, preset, *values):
+    """The tab's server-made text again, in the language now chosen: the plan, the time, the fit, the live view, the machine."""
+    return (plan_text(request, data, *values), estimate_text(request, model, data, preset, *values),
+            fit_badge(request, model, data, preset, *values), *poll(viewed, request), gpu_markdown(request))
 
 
 def build() -> dict:
@@ -516,4 +517,4 @@ def build() -> dict:
     viewed.change(retry_offer, viewed, retry_btn, api_name=False, show_progress="hidden")
     gr.Timer(3.0).tick(gpu_markdown, None, gpu, api_name="gpu", show_progress="hidden")
     return {"model": model, "data": data, "viewed": viewed, "live": live, "problems": problems, "poll": poll,
-            "relabel": (relabel, [viewed, data, *settings], [plan, *live, gpu])}
+            "relabel": (relabel, [viewed, model, data, preset, *settings], [plan, estimate, fit_badge_html, *live, gpu])}
