@@ -103,6 +103,11 @@ def _pairs(history: list) -> list[tuple[str, str]]:
     return pairs
 
 
+def _named(source: str):
+    """The model's name as each language writes it (for a message in both languages)."""
+    return lambda language: pane_label(source, source, language)
+
+
 def _loads(wanted: list[str], precision: str, request):
     """Load the models not loaded yet, each with its warm-up; yield a progress line about twice a second."""
     loading: list = []
@@ -125,11 +130,11 @@ def _loads(wanted: list[str], precision: str, request):
         if busy:
             source, chat = busy[-1]
             key = "chat_warming" if chat.phase == "warming" else "chat_loading"
-            yield both(key, name=pane_label(source, source, lang(request)), s=f"{time.time() - chat.since:.0f}")
+            yield both(key, name=_named(source), s=f"{time.time() - chat.since:.0f}")
     if failure:
         raise failure[0]
     for source, chat in loading:
-        name = pane_label(source, source, lang(request))
+        name = _named(source)
         if chat.fallback:
             yield both("chat_plain", name=name, why=chat.fallback)
         elif chat.warmup_s is not None:
@@ -155,7 +160,7 @@ def _speed(source: str, chat, request) -> str:
     if not last.get("tokens"):
         return ""
     tps = f"{last['tokens_per_s']:.1f}" if last.get("tokens_per_s") else "—"
-    return both("chat_speed", name=pane_label(source, source, lang(request)), tps=tps,
+    return both("chat_speed", name=_named(source), tps=tps,
                first=f"{last['first_token_s']:.2f}", tokens=last["tokens"])
 
 

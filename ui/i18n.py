@@ -636,6 +636,9 @@ def both(key: str, **kw) -> str:
 
     Text redrawn on a switch (tables, charts, choices, live views) uses `say`; a one-off reply to a
     press (a run started, a merge written) has nothing to redraw it from, so it carries both
-    languages and assets/style.css hides the one the page's `lang` does not name.
+    languages and assets/style.css hides the one the page's `lang` does not name. A value that is a
+    function of the language (a model's name as each language writes it) is called with it.
     """
-    return "".join(f'<span class="qs-say" lang="{language}">{say(key, language, **kw)}</span>' for language in SAY)
+    return "".join(f'<span class="qs-say" lang="{language}">'
+                   f'{say(key, language, **{k: v(language) if callable(v) else v for k, v in kw.items()})}</span>'
+                   for language in SAY)
