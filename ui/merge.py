@@ -105,10 +105,7 @@ def merge(request: gr.Request | None, run, base, out, dtype, base_weights="origi
     except UserError as e:
         yield warn(e), ""
         return
-    while job.alive():
-        yield progress_text(job.folder, language), job.log_tail(12)
-        time.sleep(1.0)
-    yield result_text(job.folder), job.log_tail(12)
+    yield from _follow(job, lambda: progress_text(job.folder, language), lambda: result_text(job.folder))
 
 
 # ---- export ----------------------------------------------------------------------------------
@@ -169,10 +166,8 @@ def export(request: gr.Request | None, model, out, quant):
     except UserError as e:
         yield warn(e), ""
         return
-    while job.alive():
-        yield export_progress_text(job.folder, language), job.log_tail(12)
-        time.sleep(1.0)
-    yield export_result_text(job.folder, language), job.log_tail(12)
+    yield from _follow(job, lambda: export_progress_text(job.folder, language),
+                       lambda: export_result_text(job.folder, language))
 
 
 def build() -> dict:
@@ -210,3 +205,11 @@ def build() -> dict:
     start.click(export, [model, target, quant], [exported, export_log], api_name="export", concurrency_id="gpu",
                 concurrency_limit=1)
     return {"run": run, "model": model, "relabel": (refresh, None, run)}
+
+
+def _follow(job, progress, result):
+    """(text, log) about once a second while the job runs, then the result."""
+    while job.alive():
+        yield progress(), job.log_tail(12)
+        time.sleep(1.0)
+    yield result(), job.log_tail(12)
