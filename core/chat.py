@@ -291,10 +291,11 @@ def _serve(jobs: queue.Queue) -> None:
 
 
 def gpu_room() -> int | None:
-    """Bytes of GPU memory chat may still take (core.fit's reading); None on a machine without a GPU."""
-    from core import fit, gpus
+    """Bytes free on the jobs' GPU, read through NVML (asking torch would start a CUDA context on a GPU a run
+    trains on); None on a machine without a GPU."""
+    from core import fit
 
-    return fit.gpu_free() if gpus.count() else None
+    return fit.machine()["gpu"]
 
 
 def cache_tokens(model) -> int:

@@ -69,15 +69,9 @@ def has_chat_template(folder: str | Path) -> bool:
 
 
 def gpu_free() -> int | None:
-    """The GPU's free bytes for a new job, or None when this machine has no GPU."""
-    from core import gpus
-
-    if not gpus.count():
-        return None
-    try:
-        return fit.gpu_free()
-    except Exception:  # noqa: BLE001 - a driver that NVML sees but CUDA cannot use
-        return None
+    """The GPU's free bytes for a new job (read through NVML: the panel starts no CUDA context), or None
+    when this machine has no GPU."""
+    return fit.machine()["gpu"]
 
 
 def _where(folder: Path) -> str:
