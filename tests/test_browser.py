@@ -335,7 +335,10 @@ def test_labels_tables_and_axes_have_room(app, browser):
         box = label.bounding_box()
         assert box and box["height"] < 40 and box["width"] > 60, (name, box)  # one line, not a character a line
     page.wait_for_function("() => document.querySelectorAll('#tab-train .vega-embed .role-axis-label text').length > 0")
-    page.wait_for_timeout(2500)  # the chart's span comes with the first refresh
+    # The chart's span comes with the first refresh of the live view (every 2 s; slower on a cold machine).
+    page.wait_for_function("() => { const t = [...(document.querySelector('#tab-train .vega-embed .role-axis-label')"
+                           "?.querySelectorAll('text') || [])].map(e => e.textContent);"
+                           " return t.length > 0 && t.every(x => /^-?\\d+$/.test(x)); }", timeout=30_000)
     ticks = page.locator("#tab-train .vega-embed .role-axis-label").first.locator("text").all_text_contents()
     assert ticks and all(t.lstrip("-").isdigit() for t in ticks), ticks
     page.get_by_role("tab", name="训练记录").click()
