@@ -137,9 +137,18 @@ def main() -> None:
     p.add_argument("--replies", type=int, default=3)
     p.add_argument("--new-tokens", type=int, default=200)
     p.add_argument("--work", default="/tmp/chat-speed")
+    p.add_argument("--inductor", default="", help="KEY=VALUE,... torch._inductor.config settings to try (a variant row)")
     p.add_argument("--one", nargs=2, metavar=("MODEL", "PRECISION"), help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.one:
+        if a.inductor:
+            import torch._inductor.config as inductor
+
+            for item in a.inductor.split(","):
+                key, value = item.split("=")
+                obj, *path = key.split(".")
+                target = inductor if not path else getattr(inductor, obj)
+                setattr(target, path[-1] if path else obj, {"True": True, "False": False}.get(value, value))
         print(json.dumps(measure(a.one[0], a.one[1], a.replies, a.new_tokens)))
         return
     import torch
@@ -157,8 +166,10 @@ def main() -> None:
         for precision in precisions:
             # One process per model and precision: a clean GPU and its own peak.
             done = subprocess.run([sys.executable, __file__, "--one", model, precision if cuda else "auto",
-                                   "--replies", str(a.replies), "--new-tokens", str(a.new_tokens)],
+                                   "--replies", str(a.replies), "--new-tokens", str(a.new_tokens),
+                                   "--inductor", a.inductor],
                                   capture_output=True, text=True)
+            (work / f"{shape}-{precision}.log").write_text(done.stdout + done.stderr)
             if done.returncode:
                 tail = " ".join(done.stderr.strip().splitlines()[-1:])[:150]
                 print(f"| {shape} | {precision} | failed: {tail} | | | | |")
@@ -168,7 +179,8 @@ def main() -> None:
                 warm = "—" if r["warmup"] is None else f"{r['warmup']:.1f} s"
                 peak = "—" if r["peak"] is None else f"{r['peak']:.1f} GiB"
                 note = f" (fallback: {r['fallback']})" if r.get("fallback") else ""
-                print(f"| {shape} | {precision} | {r['path']}{note} | {tps} | {r['first']:.2f} s "
+                variant = f" [{a.inductor}]" if a.inductor else ""
+                print(f"| {shape} | {precision} | {r['path']}{variant}{note} | {tps} | {r['first']:.2f} s "
                       f"({r['prompt_tokens']} tokens) | {warm} | {peak} |", flush=True)
 
 
