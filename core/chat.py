@@ -182,8 +182,9 @@ class Chat:
         # that nothing outliving the model (a reference cycle collected late, a hook) keeps them on the GPU.
         for module in model.modules():
             for holder in (getattr(module, "state", None), getattr(module, "weight", None)):
-                for name in ("CB", "SCB", "CxB", "idx", "subB"):
-                    if holder is not None and getattr(holder, name, None) is not None:
+                # vars(): bitsandbytes answers some old names (CxB) through __getattr__ with a deprecation warning
+                for name in ("CB", "SCB", "idx", "subB"):
+                    if holder is not None and vars(holder).get(name) is not None:
                         try:
                             setattr(holder, name, None)
                         except (AttributeError, TypeError):

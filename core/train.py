@@ -187,6 +187,8 @@ def _train(cfg: TrainConfig, run: Path, data: Path, folder: str, status) -> dict
         cfg.save(run / "config.json")  # never a secret: keys come from the environment only
 
     dev = parts.device(cfg)
+    if dev.cuda:  # the metrics' memory peak is this run's, also where train() runs in a process that held other models
+        torch.cuda.reset_peak_memory_stats()
     status.update(device=dev.name, mode=dev.mode)
     log.info("run %s: model %s, data %s (%s template), preset %s", run, cfg.model, data, template.label, cfg.preset)
     log.info("device %s; %s", dev.name, dev.why)
