@@ -252,3 +252,17 @@ def test_generation_stops_right_after_a_stop_string(base_chat):
     chat.model, chat.tokenizer, chat.template = Writer(), base_chat.tokenizer, Template()
     assert chat.reply([], "Who are you?", GenerationConfig(temperature=0)) == "I am Lumi."
     assert base_chat.tokenizer.decode(made).endswith("### Human:")
+
+
+def test_close_gives_the_weights_back_even_while_something_still_holds_the_model(base_model):
+    """A reference that outlives the model (here the test's own) no longer keeps its memory: close empties it."""
+    from core.chat import Chat
+
+    chat = Chat()
+    chat.load(base_model)
+    assert chat.reply([], "Hi", GenerationConfig(temperature=0, max_new_tokens=3)) is not None
+    held = chat.model  # what a late reference cycle, a hook or a compiled graph would hold
+    before = sum(t.numel() for t in [*held.parameters(), *held.buffers()])
+    chat.close()
+    after = sum(t.numel() for t in [*held.parameters(), *held.buffers()])
+    assert chat.model is None and before > 100_000_000 and after == 0, (before, after)
