@@ -61,28 +61,11 @@ def needs(folder: str | Path) -> dict[str, int]:
             "4bit": int(body * NF4_BYTES + edges * 2 + extra), "int4": int(body * INT4_BYTES + edges * 2 + extra)}
 
 
-def training_needs(folder: str | Path, batch: int = 16, seq: int = 512, rank: int = 64) -> int:
-    """About the GPU bytes QLoRA training needs at the default settings (a rough estimate, for a list).
+def training_needs(folder: str | Path) -> int:
+    """GPU bytes a run of the default preset needs on the model in `folder`: train_needs, for the Models list."""
+    from core.config import preset
 
-    4-bit base weights (embeddings and head in 16 bits), LoRA on q_proj and v_proj with its gradients
-    and Adam's two moments in float32, one layer's working activations for batch x seq tokens (the
-    others are checkpointed and offloaded), the logits in float32, and the margin.
-    """
-    total, edges = parameters(folder)
-    try:
-        c = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        c = {}
-    c = c.get("text_config", c)
-    hidden, layers = c.get("hidden_size") or 0, c.get("num_hidden_layers") or 0
-    heads = c.get("num_attention_heads") or 1
-    head_dim = c.get("head_dim") or hidden // heads
-    kv = (c.get("num_key_value_heads") or heads) * head_dim
-    lora = layers * rank * (hidden + heads * head_dim + hidden + kv)
-    tokens = batch * seq
-    working = tokens * (16 * hidden + 4 * (c.get("intermediate_size") or 4 * hidden)) * 2
-    logits = tokens * (c.get("vocab_size") or 0) * 4
-    return int((total - edges) * NF4_BYTES + edges * 2 + lora * 16 + working + logits + MARGIN)
+    return train_needs(read_config(folder), preset("default"), cuda=True, liger=liger_installed())["gpu"]
 
 
 def gpu_free() -> int:
