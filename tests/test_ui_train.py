@@ -2,7 +2,7 @@
 
 import json
 
-from ui.train import progress_html
+from ui.live import progress_html
 
 
 def test_progress_says_what_the_engine_chose_and_why_a_run_failed(tmp_path):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from ui import chat, data, merge, models, notice, runs, train
+from ui import chat, data, live, merge, models, notice, runs, train
 from ui.i18n import I18N, LANGUAGES, LOAD_JS, SWITCH_JS, lang, t
 
 CSS = (Path(__file__).resolve().parent.parent / "assets" / "style.css")
@@ -14,7 +14,7 @@ CSS = (Path(__file__).resolve().parent.parent / "assets" / "style.css")
 
 def _reattach(request: gr.Request = None):
     """On page load: show the running training (or the newest run) from its first step, fresh lists."""
-    shown = train.shown_run("")
+    shown = live.shown_run("")
     return (gr.update(choices=train.run_choices(), value=shown or None), gr.update(choices=train.datasets()),
             gr.update(choices=merge.finished_runs(request)), runs.table(request), *chat.build_refresh(request))
 

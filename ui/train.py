@@ -1,24 +1,22 @@
-"""Train tab: every TrainConfig setting with its help, Start / Stop / Resume, and the live view."""
+"""Train tab: every TrainConfig setting with its help, Start / Stop / Resume, and the live view (ui/live.py)."""
 
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import fields
 from html import escape
 from pathlib import Path
 
 import gradio as gr
-import pandas as pd
 
 from core import fit, gpus, jobs, models, paths, runs, saving, status
 from core.config import PRESETS, TrainConfig
 from core.config import preset as preset_config
 from core.errors import UserError
 from ui import fit as fit_words
+from ui import live
 from ui.forms import warn, widget
 from ui.i18n import both, help, lang, say, t
-from ui.i18n import state as words
 
 HIDDEN = ("model", "data", "out", "preset", "resume")
 BASIC = ("max_steps", "learning_rate", "batch_size", "grad_accum", "max_seq_length",
@@ -197,7 +195,7 @@ def _retry_changes(run: str) -> tuple[TrainConfig, dict] | None:
 
 def retry_offer(viewed, request: gr.Request = None):
     """After an out-of-memory failure: the button that retries with settings that fit, named by the changes."""
-    found = _retry_changes(shown_run(viewed))
+    found = _retry_changes(live.shown_run(viewed))
     if found is None:
         return gr.update(visible=False)
     language = lang(request)
@@ -211,7 +209,7 @@ def retry(viewed, wandb_key, request: gr.Request = None):
     """Fill the form with the failed run's settings changed to fit, and start them as a new run."""
     language = lang(request)
     keep = [gr.update()] * len(SETTINGS)
-    run = shown_run(viewed)
+    run = live.shown_run(viewed)
     found = _retry_changes(run)
     if not found or not found[1]:
         return say("retry_nothing", language), gr.update(), *keep
@@ -270,7 +268,7 @@ def resume(viewed, wandb_key, armed, request: gr.Request = None):
 
 def form_from_run(viewed):
     """The form as the shown run was started: model, dataset, preset and every setting from its config.json."""
-    run = shown_run(viewed)
+    run = live.shown_run(viewed)
     cfg = runs.read_config(run) if run else {}
     if not cfg:
         return [gr.update()] * (3 + len(SETTINGS))
@@ -280,159 +278,10 @@ def form_from_run(viewed):
     return keep
 
 
-def shown_run(viewed: str | None = None) -> str:
-    """The run to show: the chosen one, else the one running, else the newest."""
-    if viewed:
-        try:  # a request may name any path: only run folders of this workspace are shown
-            return str(paths.inside(viewed, paths.runs(), "run"))
-        except UserError:
-            pass
-    job = jobs.current()
-    if job is not None and job.kind == "train":
-        return job.folder
-    listed = runs.list_runs()
-    return listed[0]["folder"] if listed else ""
-
-
-def _clock(seconds) -> str:
-    if seconds is None:
-        return "–"
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-def progress_html(run: str, language: str = "en", metrics: list[dict] | None = None) -> str:
-    """Step x / y with a bar, elapsed and remaining time, tokens per second, and any failure in words."""
-    if not run:
-        return f"<p>{say('state_unknown', language)}</p>"
-    now = status.read(run)
-    metrics = runs.read_metrics(run) if metrics is None else metrics
-    last = metrics[-1] if metrics else {}
-    state = now["state"]
-    step = now.get("step") or last.get("step", 0)
-    total = now.get("max_steps") or last.get("max_steps") or runs.read_config(run).get("max_steps", 0)
-    pct = 100 * step / total if total else 0
-    elapsed = last.get("elapsed")
-    if now.get("started"):  # the wall clock since start, so it keeps moving between logging steps
-        elapsed = (now.get("ended") or time.time()) - now["started"]
-    remaining = _clock(last.get("remaining")) if state in status.LIVE else "–"
-    parts = [f"<div class='qs-progress'><span class='qs-state qs-{state}'>{words(state, now.get('adapter'), language)}</span> "
-             f"<b>{escape(Path(run).name)}</b>",
-             f"<div class='qs-bar'><div style='width:{pct:.1f}%'></div></div>",
-             say("progress_line", language, step=step, total=total or "?", elapsed=_clock(elapsed), remaining=remaining,
-                 speed=f"{last.get('tokens_per_second', 0) or 0:.0f}")]
-    if last.get("loss") is not None:
-        parts.append(f" · <span>{say('chart_loss', language)} {last['loss']:.4f}</span>")
-    if now.get("mode"):  # what the engine chose: 4-bit QLoRA on a GPU, or plain LoRA without one
-        where = (now.get("device") or "").removeprefix("cuda:0 ").replace("cpu", "CPU")
-        mode = now["mode"]
-        for phrase in ("phrase_no_gpu", "phrase_compute"):  # the engine's words for it, in the reader's language
-            mode = mode.replace(say(phrase), say(phrase, language))
-        parts.append(f"<p class='qs-mode'>{escape(mode)}{' · ' + escape(where) if where else ''}</p>")
-    if state == "failed":
-        parts.append(f"<p class='qs-error'>{escape(now.get('error') or '')}</p>")
-        if now.get("hint"):
-            parts.append(f"<p>👉 {escape(now['hint'])}</p>")
-    if state in ("finished", "stopped") and now.get("adapter"):
-        parts.append(f"<p>{say('adapter_saved', language, path=escape(now['adapter']))}</p>")
-    if state == "finished":
-        parts.append(learned_html(run, language))
-    return "".join(parts) + "</div>"
-
-
-def learned_html(run: str, language: str = "en") -> str:
-    """After a run: the eval loss of the base and the tuned model, a plain verdict, and unseen questions answered by both."""
-    from core import learned
-
-    found = learned.read(run)
-    if not found:
-        data = runs.read_config(run).get("data")
-        return "" if data and (Path(data) / "eval.jsonl").is_file() else f"<p class='qs-learned'>{say('learned_none', language)}</p>"
-    parts = [f"<div class='qs-learned'><b>{say('learned_title', language)}</b> ",
-             say("learned_loss", language, rows=found.get("eval_rows", 0), before=_loss(found.get("eval_loss_before")),
-                 after=_loss(found.get("eval_loss_after")))]
-    verdict = found.get("verdict", "unknown")
-    if verdict in ("better", "same", "worse"):
-        parts.append(f"<p class='qs-verdict qs-{verdict}'>{say('learned_' + verdict, language)}</p>")
-    samples = found.get("samples") or []
-    if samples:
-        head = "".join(f"<th>{say(k, language)}</th>" for k in ("learned_question", "learned_expected", "learned_base",
-                                                                 "learned_tuned"))
-        rows = "".join("<tr>" + "".join(f"<td>{escape(str(s.get(k, '')))}</td>" for k in ("question", "expected", "base",
-                                                                                        "tuned")) + "</tr>"
-                       for s in samples)
-        parts.append(f"<table class='qs-answers'><tr>{head}</tr>{rows}</table>")
-    return "".join(parts) + "</div>"
-
-
-def _loss(value) -> str:
-    return f"{value:.3f}" if isinstance(value, (int, float)) else "–"
-
-
-def loss_frame(run: str, metrics: list[dict] | None = None, language: str = "en") -> pd.DataFrame:
-    """Training and eval loss against step, from the start of the run."""
-    if metrics is None:
-        metrics = runs.read_metrics(run) if run else []
-    train, evaluation = say("series_train", language), say("series_eval", language)
-    rows = []
-    for m in metrics:
-        if m.get("loss") is not None:
-            rows.append({"step": m.get("step", 0), "loss": m["loss"], "series": train})
-        if m.get("eval_loss") is not None:
-            rows.append({"step": m.get("step", 0), "loss": m["eval_loss"], "series": evaluation})
-    # The chart fixes its colour for each series when it is first drawn (often before any point
-    # exists), so both series are always present: an empty point (no loss) holds each place.
-    first = rows[0]["step"] if rows else 1
-    for series in (train, evaluation):
-        if not any(r["series"] == series for r in rows):
-            rows.append({"step": first, "loss": float("nan"), "series": series})
-    return pd.DataFrame(rows).astype({"step": "int64", "loss": "float64", "series": "string"})
-
-
-MIN_SPAN = 40  # steps the x axis spans at least: vega puts a tick about every 40 px, so over fewer steps they fall between steps (1.1, 1.2, ...)
-
-
-def chart(run: str, metrics: list[dict], language: str):
-    """The loss chart's data over the run's whole length, with titles in the reader's language."""
-    last = metrics[-1] if metrics else {}
-    total = last.get("max_steps") or (runs.read_config(run).get("max_steps") if run else 0) or last.get("step", 0)
-    return gr.update(value=loss_frame(run, metrics, language), x_title=say("chart_step", language),
-                     y_title=say("chart_loss", language), color_title=say("chart_series", language),
-                     x_lim=[0, max(total or 0, MIN_SPAN)])
-
-
-def gpu_markdown(request: gr.Request = None) -> str:
-    """Utilisation, memory, temperature and power of each GPU, then CPU and RAM."""
-    language = lang(request)
-    try:
-        from core import monitor
-
-        snap = monitor.snapshot()
-    except Exception as e:  # the monitor must never take the panel down
-        return say("monitor_unavailable", language, why=escape(str(e)))
-    lines = []
-    for g in snap.get("gpus", []):
-        lines.append(f"**GPU {g['index']} · {g['name']}** — {g.get('util_percent', 0):.0f}% · "
-                     f"{g.get('memory_used_gb', 0):.1f} / {g.get('memory_total_gb', 0):.1f} GB · "
-                     f"{g.get('temperature_c') or '–'} °C · {g.get('power_w') or '–'} W")
-    if not snap.get("gpus"):
-        lines.append(f"_{say('no_gpu_found', language)}_")
-    lines.append(f"CPU {snap.get('cpu_percent', 0):.0f}% · RAM {snap.get('ram_used_gb', 0):.1f} / {snap.get('ram_total_gb', 0):.1f} GB")
-    return "  \n".join(lines)
-
-
-def poll(viewed, request: gr.Request = None):
-    """Everything the live view shows, for the shown run."""
-    run = shown_run(viewed)
-    metrics = runs.read_metrics(run) if run else []  # once a tick, for both views
-    language = lang(request)
-    return progress_html(run, language, metrics), chart(run, metrics, language), runs.story(run, 8) if run else ""
-
-
 def relabel(request: gr.Request, viewed, model, data, preset, *values):
     """The tab's server-made text again, in the language now chosen: the plan, the time, the fit, the live view, the machine."""
     return (plan_text(request, data, *values), estimate_text(request, model, data, preset, *values),
-            fit_badge(request, model, data, preset, *values), *poll(viewed, request), gpu_markdown(request))
+            fit_badge(request, model, data, preset, *values), *live.poll(viewed, request), live.gpu_markdown(request))
 
 
 def build() -> dict:
@@ -486,7 +335,7 @@ def build() -> dict:
                 viewed = gr.Dropdown(run_choices(), label=t("run_shown"), allow_custom_value=True, scale=4)
                 refresh = gr.Button(t("refresh"), size="sm", scale=1)
             progress = gr.HTML(label=t("progress"))
-            plot = gr.LinePlot(loss_frame(""), x="step", y="loss", color="series", label=t("loss_chart"), height=280,
+            plot = gr.LinePlot(live.loss_frame(""), x="step", y="loss", color="series", label=t("loss_chart"), height=280,
                                color_map={"train": "#2563eb", "eval": "#f97316", "训练": "#2563eb", "评估": "#f97316"})
             gpu = gr.Markdown(label=t("gpu"))
             log = gr.Textbox(label=t("log"), lines=8, max_lines=8, autoscroll=True, interactive=False)
@@ -507,14 +356,14 @@ def build() -> dict:
     stop_btn.click(stop, None, problems, api_name="stop")
     resume_btn.click(resume, [viewed, wandb_key, armed], [problems, viewed, armed], api_name="resume")
     refresh.click(lambda: gr.update(choices=run_choices()), None, viewed, api_name=False)
-    live = [progress, plot, log]
-    viewed.change(poll, viewed, live, api_name=False)
+    view = [progress, plot, log]
+    viewed.change(live.poll, viewed, view, api_name=False)
     # The form shows the run shown, when a run is picked or the page loads (which sets `viewed`), never on a tick.
     viewed.change(form_from_run, viewed, [model, data, preset, *settings], api_name="run_settings")
     ticker = gr.Timer(2.0)
-    ticker.tick(poll, viewed, live, api_name="poll", show_progress="hidden")
+    ticker.tick(live.poll, viewed, view, api_name="poll", show_progress="hidden")
     ticker.tick(retry_offer, viewed, retry_btn, api_name=False, show_progress="hidden")
     viewed.change(retry_offer, viewed, retry_btn, api_name=False, show_progress="hidden")
-    gr.Timer(3.0).tick(gpu_markdown, None, gpu, api_name="gpu", show_progress="hidden")
-    return {"model": model, "data": data, "viewed": viewed, "live": live, "problems": problems, "poll": poll,
-            "relabel": (relabel, [viewed, model, data, preset, *settings], [plan, estimate, fit_badge_html, *live, gpu])}
+    gr.Timer(3.0).tick(live.gpu_markdown, None, gpu, api_name="gpu", show_progress="hidden")
+    return {"model": model, "data": data, "viewed": viewed, "live": view, "problems": problems, "poll": live.poll,
+            "relabel": (relabel, [viewed, model, data, preset, *settings], [plan, estimate, fit_badge_html, *view, gpu])}
