@@ -91,19 +91,20 @@ def main() -> None:
     weights = sum(f.stat().st_size for f in model.glob("*.safetensors"))
     out = work / f"gguf-{a.shape}-{int(time.time())}"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    log = work / f"{out.name}.log"  # a file, not a pipe: the converter writes a line per tensor, and a full pipe would stop it
     start = time.time()
-    child = subprocess.Popen([sys.executable, "-m", "core", "export", "--model", str(model), "--out", str(out),
-                              "--quant", a.quant], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
-    peak = 0.0
-    while child.poll() is None:
-        peak = max(peak, sum(anon_mib(x) for x in tree(child.pid)))
-        time.sleep(0.2)
+    with log.open("w") as sink:
+        child = subprocess.Popen([sys.executable, "-m", "core", "export", "--model", str(model), "--out", str(out),
+                                  "--quant", a.quant], cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
+        peak = 0.0
+        while child.poll() is None:
+            peak = max(peak, sum(anon_mib(x) for x in tree(child.pid)))
+            time.sleep(0.2)
     wall = time.time() - start
-    stdout, stderr = child.communicate()
+    lines = log.read_text(errors="replace").splitlines()
     if child.returncode:
-        raise SystemExit(f"export failed ({child.returncode}): {stderr[-2000:]}")
-    report = json.loads(stdout.strip().splitlines()[-1])
+        raise SystemExit(f"export failed ({child.returncode}): " + "\n".join(lines[-20:]))
+    report = json.loads(next(x for x in reversed(lines) if x.startswith("{")))
     print(f"# {os.cpu_count()} CPUs; {' '.join(sys.argv)}")
     print("| shape | safetensors (bf16) | export wall | peak anonymous RSS | file | size | share of F16 |")
     print("|---|---:|---:|---:|---|---:|---:|")
