@@ -138,13 +138,15 @@ class FakeModelScope(FakeHub):
 
     Answers are wrapped as the site wraps them ({"Code": 200, "Data": ..., "Success": true}); the listing
     gives each file's Sha256, which the client checks after the download. An unknown repo answers 404
-    ("模型不存在"); a gated one 401 ("用户未登录") without a token and 403 with one. The site's numeric
-    business codes for those two are not published, so the body carries the HTTP status as its Code.
-    `requests` keeps (method, path with its query, Range) and `tokens` the token each request carried.
+    ("模型不存在"); a gated one 401 ("用户未登录") without a token and 403 with a token not in `allowed`.
+    The site's numeric business codes for those are not published, so the body carries the HTTP status
+    as its Code. `requests` keeps (method, path with its query, Range) and `tokens` (path, the token the
+    request carried, as a bearer header or the m_session_id cookie the client sets).
     """
 
     def __init__(self, repos: dict[str, dict[str, bytes]], gated: tuple[str, ...] = (), rate: float = 0.0):
-        self.tokens: list[str | None] = []
+        self.tokens: list[tuple[str, str | None]] = []
+        self.allowed: set[str] = set()
         super().__init__(repos, gated, rate)
 
     def answer(self, h: BaseHTTPRequestHandler, body: bool) -> None:
@@ -155,14 +157,14 @@ class FakeModelScope(FakeHub):
         self.requests.append((h.command, h.path, h.headers.get("Range")))
         cookie = re.search(r"m_session_id=([^;]+)", h.headers.get("Cookie") or "")
         token = (h.headers.get("Authorization") or "").removeprefix("Bearer ") or (cookie[1] if cookie else None)
-        self.tokens.append(token)
+        self.tokens.append((h.path, token))
         if url.path == "/api/v1/repos/internalAccelerationInfo":  # as off Alibaba Cloud: no faster route
             return self.json(h, self.wrap({"InternalRegionQueryAddress": ""}), body)
         found = re.fullmatch(r"/api/v1/models/([^/]+/[^/]+)(/repo/files|/repo|/revisions)?", url.path)
         if not found:
             return self.failure(h, 404, "not found")
         repo, what = found[1], found[2]
-        if repo in self.gated:
+        if repo in self.gated and token not in self.allowed:
             return self.failure(h, 403, "无权限访问") if token else self.failure(h, 401, "用户未登录")
         if repo not in self.repos:
             return self.failure(h, 404, "模型不存在")

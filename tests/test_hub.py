@@ -199,7 +199,8 @@ def modelscope(base_model, tmp_path_factory):
     from modelscope_hub.config import set_default_config
 
     files = tiny_model(base_model)
-    served = FakeModelScope({"me/tiny": {**files, "onnx/model.onnx": b"\0" * 1000}}, gated=("me/gated",))
+    served = FakeModelScope({"me/tiny": {**files, "onnx/model.onnx": b"\0" * 1000}, "me/gated": files},
+                            gated=("me/gated",))
     served.files = files
     client = tmp_path_factory.mktemp("modelscope")
     served.env = {"MODELSCOPE_HOME": str(client / "home"), "MODELSCOPE_CACHE": str(client / "cache")}
@@ -216,9 +217,9 @@ def modelscope(base_model, tmp_path_factory):
     served.close()
 
 
-def fetched(fake, name):
+def fetched(fake, name, repo="me/tiny"):
     """The Range header of each download of `name` the fake ModelScope answered (None: from the start)."""
-    return [r for m, p, r in fake.requests if m == "GET" and p.startswith("/api/v1/models/me/tiny/repo?")
+    return [r for m, p, r in fake.requests if m == "GET" and p.startswith(f"/api/v1/models/{repo}/repo?")
             and p.endswith(f"FilePath={name}")]
 
 
@@ -297,8 +298,25 @@ def test_modelscope_missing_and_gated_repos_end_the_job_with_one_line(home, mode
     assert now["state"] == "failed" and now["error"].startswith(says) and "\n" not in now["error"], now["error"]
     assert ("MODELSCOPE_API_TOKEN" in now["error"]) == (repo == "me/gated")
     assert ("GET", f"/api/v1/models/{repo}/repo/files?Revision=master&Recursive=True", None) in modelscope.requests
-    assert modelscope.tokens[0] == token  # the token was sent (a 403 answer), or none was (a 401)
+    assert modelscope.tokens[0][1] == token  # the token was sent (a 403 answer), or none was (a 401)
     assert not (home / "models" / repo.split("/")[1]).exists()
+
+
+def test_a_private_modelscope_repo_comes_with_the_token_in_MODELSCOPE_API_TOKEN(home, modelscope):
+    modelscope.rate, modelscope.requests[:], modelscope.tokens[:] = 0, [], []
+    modelscope.allowed = {"my-token"}
+    try:
+        job = jobs.JobManager().start_download(DownloadConfig(repo="me/gated", source="modelscope",
+                                                              endpoint=modelscope.url),
+                                               env={**modelscope.env, "MODELSCOPE_API_TOKEN": "my-token"})
+        wait_for(lambda: status.read(job.folder)["state"] in status.FINAL)
+    finally:
+        modelscope.allowed = set()
+    assert status.read(job.folder)["state"] == "finished", status.read(job.folder)
+    for name, data in modelscope.files.items():
+        assert (home / "models" / "gated" / name).read_bytes() == data
+    asked = [t for p, t in modelscope.tokens if p.startswith("/api/v1/models/me/gated/")]
+    assert fetched(modelscope, "model.safetensors", "me/gated") and set(asked) == {"my-token"}, modelscope.tokens
 
 
 def test_modelscope_listing_keeps_files_and_an_unreachable_site_is_one_line(modelscope):
