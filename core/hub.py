@@ -165,20 +165,22 @@ def listing(cfg: DownloadConfig) -> tuple[dict[str, int], str | None]:
 def _modelscope_listing(cfg: DownloadConfig) -> tuple[dict[str, int], str | None]:
     try:
         from modelscope.hub.api import HubApi
+        from modelscope.hub.errors import AuthenticationError, NotExistError, PermissionDeniedError
     except ImportError:
         raise UserError("source: the modelscope package is not installed; run `pip install -r requirements.txt`, "
                         "or choose Hugging Face or a mirror", field="source") from None
     try:
         entries = HubApi(endpoint=cfg.endpoint or None, timeout=20).get_model_files(cfg.repo, recursive=True)
-    except Exception as e:  # modelscope names its errors by kind: not found, not logged in, network
-        kind = type(e).__name__
-        if "NotExist" in kind or "404" in str(e):
-            raise _missing(cfg) from None
-        if "Auth" in kind or "NotLogin" in kind or "401" in str(e) or "403" in str(e):
-            raise _gated(cfg) from None
+    except NotExistError:  # 404
+        raise _missing(cfg) from None
+    except (AuthenticationError, PermissionDeniedError):  # 401 without a token, 403 with one that has no access
+        raise _gated(cfg) from None
+    except Exception as e:  # no network, a wrong address (the client retried for a few seconds first)
         raise _unreachable(cfg, e) from None
     files = {e.get("Path") or e.get("Name"): int(e.get("Size") or 0) for e in entries if e.get("Type") != "tree"}
-    return {k: v for k, v in files.items() if k}, None
+    # The listing names each folder too, as an entry of size 0 with no type: keep the files.
+    folders = {"/".join(p.split("/")[:i]) for p in files if p for i in range(1, p.count("/") + 1)}
+    return {k: v for k, v in files.items() if k and k not in folders}, None
 
 
 def choose(cfg: DownloadConfig, files: dict[str, int]) -> list[str]:
@@ -208,7 +210,9 @@ def _fetch(cfg: DownloadConfig, revision: str | None, names: list[str], files: d
     if cfg.source == "modelscope":
         from modelscope.hub.snapshot_download import snapshot_download as ms_download
 
-        ms_download(cfg.repo, local_dir=str(part), allow_patterns=names, endpoint=cfg.endpoint or None)
+        # cache_dir holds only the client's lock files here: inside the part folder, not in the user's home.
+        ms_download(cfg.repo, local_dir=str(part), cache_dir=str(part / ".cache"), allow_patterns=names,
+                    endpoint=cfg.endpoint or None)
         return
     from huggingface_hub import constants, hf_hub_url
     from huggingface_hub.file_download import http_get
@@ -323,6 +327,9 @@ def _check_room(folder: Path, need: int) -> None:
 
 # ---- reasons, one line each --------------------------------------------------------------------
 def _gated(cfg: DownloadConfig) -> UserError:
+    if cfg.source == "modelscope":
+        return UserError(f"repo: {cfg.repo} is private or needs a login on {_where(cfg)}: ask for access on its page "
+                         "and start the panel with your ModelScope access token in MODELSCOPE_API_TOKEN", field="repo")
     return UserError(f"repo: {cfg.repo} is gated or private: accept its terms on the hub's page and start the panel "
                      "with a read token in HF_TOKEN (MODELSCOPE_API_TOKEN for ModelScope)", field="repo")
 
@@ -332,11 +339,14 @@ def _missing(cfg: DownloadConfig) -> UserError:
 
 
 def _unreachable(cfg: DownloadConfig, e: Exception) -> UserError:
+    others = "Hugging Face, or a mirror of it" if cfg.source == "modelscope" else "a mirror, or ModelScope"
     return UserError(f"source: {_where(cfg)} cannot be reached ({_short(e)}); check the network, or choose another "
-                     "source (a mirror, or ModelScope)", field="source")
+                     f"source ({others})", field="source")
 
 
 def _where(cfg: DownloadConfig) -> str:
+    if cfg.source == "modelscope" and cfg.endpoint:
+        return f"ModelScope ({cfg.endpoint.rstrip('/')})"
     return {"huggingface": "Hugging Face", "modelscope": "ModelScope"}.get(cfg.source, cfg.endpoint or "the mirror")
 
 

@@ -129,6 +129,76 @@ class FakeHub:
             h.wfile.write(raw)
 
 
+class FakeModelScope(FakeHub):
+    """A local stand-in for ModelScope: the /api/v1 endpoints that modelscope's HubApi and snapshot_download use.
+
+        GET /api/v1/models/OWNER/NAME/repo/files?Revision=R&Recursive=True   the listing, folders as Type "tree"
+        GET /api/v1/models/OWNER/NAME/repo?Revision=R&FilePath=F             the file, or the part a Range asks for
+        GET /api/v1/models/OWNER/NAME[/revisions]                            repo info, branches and tags
+
+    Answers are wrapped as the site wraps them ({"Code": 200, "Data": ..., "Success": true}); the listing
+    gives each file's Sha256, which the client checks after the download. An unknown repo answers 404
+    ("模型不存在"); a gated one 401 ("用户未登录") without a token and 403 with a token not in `allowed`.
+    The site's numeric business codes for those are not published, so the body carries the HTTP status
+    as its Code. `requests` keeps (method, path with its query, Range) and `tokens` (path, the token the
+    request carried, as a bearer header or the m_session_id cookie the client sets).
+    """
+
+    def __init__(self, repos: dict[str, dict[str, bytes]], gated: tuple[str, ...] = (), rate: float = 0.0):
+        self.tokens: list[tuple[str, str | None]] = []
+        self.allowed: set[str] = set()
+        super().__init__(repos, gated, rate)
+
+    def answer(self, h: BaseHTTPRequestHandler, body: bool) -> None:
+        from urllib.parse import parse_qs, urlsplit
+
+        url = urlsplit(h.path)
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        self.requests.append((h.command, h.path, h.headers.get("Range")))
+        cookie = re.search(r"m_session_id=([^;]+)", h.headers.get("Cookie") or "")
+        token = (h.headers.get("Authorization") or "").removeprefix("Bearer ") or (cookie[1] if cookie else None)
+        self.tokens.append((h.path, token))
+        if url.path == "/api/v1/repos/internalAccelerationInfo":  # as off Alibaba Cloud: no faster route
+            return self.json(h, self.wrap({"InternalRegionQueryAddress": ""}), body)
+        found = re.fullmatch(r"/api/v1/models/([^/]+/[^/]+)(/repo/files|/repo|/revisions)?", url.path)
+        if not found:
+            return self.failure(h, 404, "not found")
+        repo, what = found[1], found[2]
+        if repo in self.gated and token not in self.allowed:
+            return self.failure(h, 403, "无权限访问") if token else self.failure(h, 401, "用户未登录")
+        if repo not in self.repos:
+            return self.failure(h, 404, "模型不存在")
+        files = self.repos[repo]
+        if what == "/repo/files":
+            folders = sorted({n.rsplit("/", 1)[0] for n in files if "/" in n})
+            listed = [{"Name": f.rsplit("/", 1)[-1], "Path": f, "Type": "tree", "Size": 0} for f in folders]
+            listed += [{"Name": n.rsplit("/", 1)[-1], "Path": n, "Type": "blob", "Size": len(b),
+                        "Sha256": hashlib.sha256(b).hexdigest(), "Revision": SHA} for n, b in files.items()]
+            return self.json(h, self.wrap({"Files": listed}), body)
+        if what == "/repo":
+            name = query.get("FilePath", "")
+            if name not in files:
+                return self.failure(h, 404, f"file {name} not found")
+            return self.file(h, files[name], body)
+        if what == "/revisions":
+            return self.json(h, self.wrap({"RevisionMap": {"Branches": [{"Revision": "master"}], "Tags": []}}), body)
+        return self.json(h, self.wrap({"Path": repo.split("/")[0], "Name": repo.split("/")[1], "Visibility": 5}), body)
+
+    @staticmethod
+    def wrap(data) -> dict:
+        return {"Code": 200, "Data": data, "Message": "success", "RequestId": "fake", "Success": True}
+
+    def failure(self, h, code: int, message: str) -> None:
+        raw = json.dumps({"Code": code, "Data": None, "Message": message, "RequestId": "fake", "Success": False},
+                         ensure_ascii=False).encode()
+        h.send_response(code)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(raw)))
+        h.end_headers()
+        if h.command != "HEAD":
+            h.wfile.write(raw)
+
+
 def _oid(data: bytes) -> str:
     return hashlib.sha1(data).hexdigest()
 

@@ -12,7 +12,7 @@ import pytest
 from core import hub, jobs, models, status
 from core.config import DownloadConfig
 from core.errors import UserError
-from tests.fake_hub import FakeHub, tiny_model
+from tests.fake_hub import FakeHub, FakeModelScope, tiny_model
 
 RATE = 2 * 2**20  # bytes a second: the tiny model's 3 MB of weights take about a second and a half
 
@@ -185,3 +185,143 @@ def test_a_gated_dataset_ends_the_job_with_one_line(home, data_hub):
     now = status.read(job.folder)
     assert now["state"] == "failed" and "\n" not in now["error"]
     assert now["error"].startswith("repo: me/secret is gated or private"), now["error"]
+
+
+# ---- ModelScope ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def modelscope(base_model, tmp_path_factory):
+    """A fake ModelScope site with the tiny model (and a sub-folder of another format), a gated repo.
+
+    The client keeps a session id and lock files under MODELSCOPE_HOME and MODELSCOPE_CACHE: both point
+    into a temporary folder, here and in the download jobs, and the client's process-wide settings are
+    made again from them.
+    """
+    from modelscope_hub.config import set_default_config
+
+    files = tiny_model(base_model)
+    served = FakeModelScope({"me/tiny": {**files, "onnx/model.onnx": b"\0" * 1000}, "me/gated": files},
+                            gated=("me/gated",))
+    served.files = files
+    client = tmp_path_factory.mktemp("modelscope")
+    served.env = {"MODELSCOPE_HOME": str(client / "home"), "MODELSCOPE_CACHE": str(client / "cache")}
+    saved = {k: os.environ.get(k) for k in served.env}
+    os.environ.update(served.env)
+    set_default_config(None)
+    yield served
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k)
+        else:
+            os.environ[k] = v
+    set_default_config(None)
+    served.close()
+
+
+def fetched(fake, name, repo="me/tiny"):
+    """The Range header of each download of `name` the fake ModelScope answered (None: from the start)."""
+    return [r for m, p, r in fake.requests if m == "GET" and p.startswith(f"/api/v1/models/{repo}/repo?")
+            and p.endswith(f"FilePath={name}")]
+
+
+def test_modelscope_download_shows_progress_and_the_model_appears_whole(home, modelscope):
+    modelscope.rate, modelscope.requests[:] = RATE, []
+    # The address as a user of another ModelScope site sets it: MODELSCOPE_ENDPOINT, the endpoint field left empty.
+    job = jobs.JobManager().start_download(DownloadConfig(repo="me/tiny", source="modelscope"),
+                                           env={**modelscope.env, "MODELSCOPE_ENDPOINT": modelscope.url})
+    final = home / "models" / "tiny"
+    midway = wait_for(lambda: (s := status.read(job.folder))["state"] == "running" and 0 < (s["bytes_done"] or 0)
+                      < s["bytes_total"] and s["speed"] and s)
+    assert midway["bytes_total"] == sum(len(b) for b in modelscope.files.values())  # the sub-folder is not fetched
+    assert midway["eta"] is not None and midway["eta"] > 0
+    assert not final.exists() and str(final) not in models.available()
+    wait_for(lambda: status.read(job.folder)["state"] in status.FINAL)
+    done = status.read(job.folder)
+    assert done["state"] == "finished", done
+    assert done["bytes_done"] == done["bytes_total"] and done["report"]["source"] == "modelscope"
+    assert sorted(p.name for p in final.iterdir()) == sorted([*modelscope.files, models.RECORD])
+    for name, data in modelscope.files.items():
+        assert (final / name).read_bytes() == data
+    assert not (final / ".cache").exists() and not list(home.glob("models/.tiny.part"))
+    assert str(final) in models.available()
+    # It came through ModelScope's API: its listing, then each file by its path.
+    assert ("GET", "/api/v1/models/me/tiny/repo/files?Revision=master&Recursive=True", None) in modelscope.requests
+    assert fetched(modelscope, "model.safetensors") == [None] and fetched(modelscope, "config.json") == [None]
+    assert not fetched(modelscope, "onnx%2Fmodel.onnx")
+
+
+def test_modelscope_stop_ends_as_stopped_and_keeps_nothing_that_looks_finished(home, modelscope):
+    modelscope.rate, modelscope.requests[:] = RATE / 4, []
+    job = jobs.JobManager().start_download(DownloadConfig(repo="me/tiny", source="modelscope",
+                                                          endpoint=modelscope.url), env=modelscope.env)
+    part = home / "models" / ".tiny.part"
+    wait_for(lambda: (part / "model.safetensors.incomplete").is_file())  # the weights are on their way
+    jobs.JobManager().stop(job, grace=10)
+    wait_for(lambda: not job.alive())
+    now = wait_for(lambda: (s := status.read(job.folder))["state"] in status.FINAL and s)
+    assert now["state"] == "stopped" and now["error"] is None and "again" in now["hint"]
+    assert not (home / "models" / "tiny").exists() and str(home / "models" / "tiny") not in models.available()
+    assert not (part / "model.safetensors").exists() and (part / "model.safetensors.incomplete").is_file()
+    assert fetched(modelscope, "model.safetensors")
+
+
+def test_a_killed_modelscope_download_resumes_from_the_bytes_on_disk(home, modelscope):
+    modelscope.rate, modelscope.requests[:] = RATE / 2, []
+    manager, out = jobs.JobManager(), str(home / "models" / "again")
+    cfg = DownloadConfig(repo="me/tiny", source="modelscope", endpoint=modelscope.url, out=out)
+    job = manager.start_download(cfg, env=modelscope.env)
+    partial = home / "models" / ".again.part" / "model.safetensors.incomplete"
+    wait_for(lambda: partial.is_file() and partial.stat().st_size >= 2**20)  # the client writes 1 MiB at a time
+    os.kill(job.pid, signal.SIGKILL)  # a power cut, as far as the child can tell
+    wait_for(lambda: not job.alive())
+    have = partial.stat().st_size
+    assert 2**20 <= have < len(modelscope.files["model.safetensors"])
+    modelscope.rate, modelscope.requests[:] = 0, []
+    job = manager.start_download(cfg, env=modelscope.env)
+    wait_for(lambda: status.read(job.folder)["state"] in status.FINAL)
+    assert status.read(job.folder)["state"] == "finished", status.read(job.folder)
+    assert fetched(modelscope, "model.safetensors") == [f"bytes={have}-"]  # only the rest was asked for
+    assert (home / "models" / "again" / "model.safetensors").read_bytes() == modelscope.files["model.safetensors"]
+
+
+@pytest.mark.parametrize("repo, token, says", [
+    ("me/missing", None, "repo: me/missing was not found on ModelScope (http"),
+    ("me/gated", None, "repo: me/gated is private or needs a login on ModelScope (http"),
+    ("me/gated", "not-allowed", "repo: me/gated is private or needs a login on ModelScope (http"),
+])
+def test_modelscope_missing_and_gated_repos_end_the_job_with_one_line(home, modelscope, repo, token, says):
+    modelscope.requests[:], modelscope.tokens[:] = [], []
+    env = {**modelscope.env, **({"MODELSCOPE_API_TOKEN": token} if token else {})}
+    job = jobs.JobManager().start_download(DownloadConfig(repo=repo, source="modelscope", endpoint=modelscope.url),
+                                           env=env)
+    wait_for(lambda: status.read(job.folder)["state"] in status.FINAL)
+    now = status.read(job.folder)
+    assert now["state"] == "failed" and now["error"].startswith(says) and "\n" not in now["error"], now["error"]
+    assert ("MODELSCOPE_API_TOKEN" in now["error"]) == (repo == "me/gated")
+    assert ("GET", f"/api/v1/models/{repo}/repo/files?Revision=master&Recursive=True", None) in modelscope.requests
+    assert modelscope.tokens[0][1] == token  # the token was sent (a 403 answer), or none was (a 401)
+    assert not (home / "models" / repo.split("/")[1]).exists()
+
+
+def test_a_private_modelscope_repo_comes_with_the_token_in_MODELSCOPE_API_TOKEN(home, modelscope):
+    modelscope.rate, modelscope.requests[:], modelscope.tokens[:] = 0, [], []
+    modelscope.allowed = {"my-token"}
+    try:
+        job = jobs.JobManager().start_download(DownloadConfig(repo="me/gated", source="modelscope",
+                                                              endpoint=modelscope.url),
+                                               env={**modelscope.env, "MODELSCOPE_API_TOKEN": "my-token"})
+        wait_for(lambda: status.read(job.folder)["state"] in status.FINAL)
+    finally:
+        modelscope.allowed = set()
+    assert status.read(job.folder)["state"] == "finished", status.read(job.folder)
+    for name, data in modelscope.files.items():
+        assert (home / "models" / "gated" / name).read_bytes() == data
+    asked = [t for p, t in modelscope.tokens if p.startswith("/api/v1/models/me/gated/")]
+    assert fetched(modelscope, "model.safetensors", "me/gated") and set(asked) == {"my-token"}, modelscope.tokens
+
+
+def test_modelscope_listing_keeps_files_and_an_unreachable_site_is_one_line(modelscope):
+    files, _ = hub.listing(DownloadConfig(repo="me/tiny", source="modelscope", endpoint=modelscope.url))
+    assert files == {**{n: len(b) for n, b in modelscope.files.items()}, "onnx/model.onnx": 1000}  # no "onnx"
+    with pytest.raises(UserError, match=r"^source: ModelScope \(http://127.0.0.1:9\) cannot be reached") as e:
+        hub.listing(DownloadConfig(repo="me/tiny", source="modelscope", endpoint="http://127.0.0.1:9"))
+    assert "\n" not in str(e.value)
