@@ -36,9 +36,13 @@ def build(shape: str, folder: Path, tokenizer: str) -> None:
 
     if (folder / "config.json").is_file():
         return
-    torch.manual_seed(0)
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model = LlamaForCausalLM(LlamaConfig(max_position_embeddings=4096, **SHAPES[shape])).to(torch.bfloat16)
+    generator = torch.Generator().manual_seed(0)
+    with torch.device("meta"):  # straight to bf16 storage: a float32 7B would not fit a 24 GiB machine's RAM
+        model = LlamaForCausalLM(LlamaConfig(max_position_embeddings=4096, **SHAPES[shape]))
+    model = model.to_empty(device="cpu").to(torch.bfloat16)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(1.0) if p.dim() == 1 else p.normal_(0, 0.02, generator=generator)
     model.save_pretrained(folder, max_shard_size="10GB")
     AutoTokenizer.from_pretrained(tokenizer).save_pretrained(folder)
     del model
@@ -66,6 +70,33 @@ def adapter(base: Path, folder: Path, r: int = 64) -> None:
         "base_model_name_or_path": str(base), "task_type": "CAUSAL_LM", "bias": "none"}))
 
 
+def peft_child(base: str, lora: str, out: str, dtype: str) -> None:
+    """The merge as the tutorial does it, for comparison: the whole model loaded, peft's merge_and_unload, saved."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype))
+    model = PeftModel.from_pretrained(model, lora).merge_and_unload()
+    model.save_pretrained(out, safe_serialization=True, max_shard_size="2GB")
+
+
+def timed(argv: list[str], env: dict) -> tuple[float, float, str, int]:
+    """(seconds, peak anonymous RSS in MiB, output, exit code) of a child; its output goes to a file, not a pipe."""
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as sink:
+        t = time.time()
+        child = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
+        peak = 0.0
+        while child.poll() is None:
+            peak = max(peak, anon_mib(child.pid))
+            time.sleep(0.1)
+        seconds = time.time() - t
+        sink.seek(0)
+        return seconds, peak, sink.read(), child.returncode
+
+
 def anon_mib(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -82,7 +113,12 @@ def main() -> None:
     parser.add_argument("--tokenizer", required=True)
     parser.add_argument("--work", default="/tmp/merge-bench")
     parser.add_argument("--dtype", default="float16")
+    parser.add_argument("--peft", action="store_true", help="also merge with peft's merge_and_unload on the whole model")
+    parser.add_argument("--peft-child", nargs=3, metavar=("BASE", "ADAPTER", "OUT"), help=argparse.SUPPRESS)
     a = parser.parse_args()
+    if a.peft_child:
+        peft_child(*a.peft_child, a.dtype)
+        return
     work = Path(a.work)
     base, lora, out = work / f"{a.shape}-base", work / f"{a.shape}-adapter", work / f"{a.shape}-merged"
     t = time.time()
@@ -103,22 +139,27 @@ def main() -> None:
     shutil.rmtree(copy)
 
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
-    t = time.time()
-    child = subprocess.Popen([sys.executable, "-m", "core", "merge", "--adapter", str(lora), "--base", str(base),
-                              "--out", str(out), "--dtype", a.dtype, "--no-compare"], cwd=ROOT, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak = 0.0
-    while child.poll() is None:
-        peak = max(peak, anon_mib(child.pid))
-        time.sleep(0.1)
-    merged = time.time() - t
-    text = child.stdout.read()
-    report = json.loads(text.strip().splitlines()[-1]) if child.returncode == 0 else {"error": text[-2000:]}
+    merged, peak, text, code = timed([sys.executable, "-m", "core", "merge", "--adapter", str(lora), "--base", str(base),
+                                      "--out", str(out), "--dtype", a.dtype, "--no-compare"], env)
+    report = json.loads(text.strip().splitlines()[-1]) if code == 0 else {"error": text[-2000:]}
     size = sum(f.stat().st_size for f in base.glob("*.safetensors")) / 2**30
-    print("\n| shape | base weights | copy the files | merge (CPU only) | ratio | peak anonymous RSS | shards | tensors merged |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    print(f"| {a.shape} | {size:.1f} GiB | {copied:.1f} s | {merged:.1f} s | {merged / copied:.2f}x | {peak / 1024:.2f} GiB "
-          f"| {report.get('shards')} | {report.get('merged_tensors')} |")
+    rows = [("ours: tensor by tensor", merged, peak, report.get("shards"), report.get("merged_tensors"))]
+    if a.peft:
+        theirs = work / f"{a.shape}-merged-peft"
+        shutil.rmtree(theirs, ignore_errors=True)
+        seconds, peak_peft, text, code = timed([sys.executable, __file__, "--peft-child", str(base), str(lora),
+                                                str(theirs), "--dtype", a.dtype, "--tokenizer", a.tokenizer], env)
+        if code:
+            print(f"peft's merge failed ({code}): {text[-1500:]}")
+        rows.append(("peft merge_and_unload, whole model", seconds, peak_peft,
+                     len(list(theirs.glob("*.safetensors"))), None))
+        shutil.rmtree(theirs, ignore_errors=True)
+    print(f"\n# {os.cpu_count()} CPUs, no GPU used; {' '.join(sys.argv)}")
+    print("| shape | method | base weights | copy the files | merge (whole command) | ratio | peak anonymous RSS | shards | tensors merged |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, seconds, mib, shards, tensors in rows:
+        print(f"| {a.shape} | {name} | {size:.1f} GiB | {copied:.1f} s | {seconds:.1f} s | {seconds / copied:.2f}x | "
+              f"{mib / 1024:.2f} GiB | {shards} | {tensors if tensors is not None else ''} |")
     print(json.dumps({k: report.get(k) for k in ("ok", "method", "compared", "finite", "size_gb", "seconds", "error")}))
 
 
