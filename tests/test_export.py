@@ -210,6 +210,32 @@ def test_q4_0_copies_every_field_and_quantizes_the_tensors_llama_quantize_would(
     assert export.q4_0_type("token_embd.weight", (64, 32), T.F16, tied=True) == T.Q8_0
 
 
+@pytest.mark.slow
+def test_where_llama_quantize_is_installed_the_4_bit_file_is_its_q4_k_m(base_model, tmp_path, monkeypatch):
+    """A stand-in llama-quantize (it records how it was called and copies the file): the export hands it
+    the 16-bit file, names its output in the Modelfile, and says nothing of Q4_0."""
+    import sys
+
+    from ui.merge import export_result_text
+
+    tool = tmp_path / "llama-quantize"
+    tool.write_text(f"#!{sys.executable}\nimport shutil, sys\n"
+                    f"open({str(tmp_path / 'argv')!r}, 'w').write(' '.join(sys.argv[1:]))\n"
+                    "shutil.copyfile(sys.argv[1], sys.argv[2])\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv(export.QUANTIZER_ENV, str(tool))
+    report = export.export(ExportConfig(model=base_model, out=str(tmp_path / "out"), quant="q4_k_m"))
+    name = Path(base_model).name
+    source, target, kind = (tmp_path / "argv").read_text().split(" ")
+    assert Path(source).name == f"{name}-f16.gguf" and Path(target).name == f"{name}-q4_k_m.gguf" and kind == "Q4_K_M"
+    assert [f["kind"] for f in report["files"]] == ["f16", "q4_k_m"] and report["instead"] is None
+    assert (tmp_path / "out" / "Modelfile").read_text().startswith(f"FROM ./{name}-q4_k_m.gguf\n")
+    folder = tmp_path / "job"
+    folder.mkdir()
+    status.Status(folder).update(state="finished", report=report)
+    assert "Q4_0" not in export_result_text(folder, "en") and "Q4_0" not in export_result_text(folder, "zh")
+
+
 def test_modelfile_prompts_like_the_seed_and_custom_templates(tokenizer):
     seed = export.modelfile("./m.gguf", {"template": Template().to_dict()}, tokenizer)
     assert ('{{ else if eq .Role "user" }}### Human: {{ .Content }} ### Assistant: '
