@@ -343,7 +343,7 @@ class ExportConfig(_Config):
 
     model: str = _f("", "The merged model folder to export.")
     out: str = _f("", "Folder to write the GGUF files and the Modelfile into (must not exist).")
-    quant: str = _f("q4_k_m", "A smaller copy besides the 16-bit file: q4_k_m (4-bit, about 30% of the size; needs llama.cpp's llama-quantize), q8_0 (8-bit, about 53%), or none.", choices=("q4_k_m", "q8_0", "none"))
+    quant: str = _f("q4_k_m", "A smaller copy besides the 16-bit file: q4_k_m (4-bit, about 30% of the size: Q4_K_M where llama.cpp's llama-quantize is installed, else Q4_0 made here), q8_0 (8-bit, about 53%), or none.", choices=("q4_k_m", "q8_0", "none"))
 
     def _rules(self) -> list[str]:
         out = []

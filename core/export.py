@@ -3,9 +3,11 @@
 llama.cpp's own converter (`convert_hf_to_gguf`, installed from the convert-hf-to-gguf package
 together with the gguf-py it was written against) writes the 16-bit file, and in numpy an 8-bit
 Q8_0 one. The 4-bit K-quants (Q4_K_M) need llama.cpp's compiled `llama-quantize`, which no
-package on the registry ships: where it is not on the PATH the export keeps the 16-bit file and
-says why. The Ollama Modelfile prompts the model the way it was trained (core/template.py), so
-Ollama and training agree. Like a merge, the export appears under its final name only when whole.
+package on the registry ships for this machine: where it is not on the PATH, the 4-bit file is
+Q4_0, written here from the 16-bit file with the gguf package's own quantizer (`q4_0`), and the
+report says why. The Ollama Modelfile names the file that was asked for and prompts the model the
+way it was trained (core/template.py), so Ollama and training agree. Like a merge, the export
+appears under its final name only when whole.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ log = logging.getLogger("qlora_studio.export")
 CONVERTER = "convert_hf_to_gguf"
 QUANTIZER_ENV = "QLORA_STUDIO_LLAMA_QUANTIZE"
 # What a file of each kind weighs next to the 16-bit one (llama.cpp's published sizes for 7B models).
-SHARE = {"f16": 1.0, "q8_0": 0.53, "q4_k_m": 0.30}
+SHARE = {"f16": 1.0, "q8_0": 0.53, "q4_k_m": 0.30, "q4_0": 0.30}
+NO_QUANTIZER = "Q4_0 instead of Q4_K_M: llama.cpp's llama-quantize is not installed on this machine"
 
 
 def cli(argv: list[str]) -> int:
@@ -43,7 +46,7 @@ def cli(argv: list[str]) -> int:
     job, report = status.reporting(merge.job_folder(cfg.out), lambda progress: export(cfg, progress), log, "merge",
                                    "export.log")
     job.update(state="finished", progress=1.0, report=report, ended=time.time(),
-               warning=report["skipped"]["why"] if report["skipped"] else None)
+               warning=NO_QUANTIZER if report["instead"] else None)
     print(json.dumps(report, ensure_ascii=False))
     return 0
 
@@ -101,7 +104,7 @@ def export(cfg: ExportConfig, progress=None) -> dict:
                         f"{free / 2**30:.1f} GiB are free; free some space or choose another folder", field="out")
 
     started = time.time()
-    skipped = None
+    instead = None
     try:
         with paths.whole(out) as tmp:
             files = [_convert(model, tmp / f"{name}-f16.gguf", "f16", f16_bytes, say, (0.02, 0.6))]
@@ -114,19 +117,21 @@ def export(cfg: ExportConfig, progress=None) -> dict:
                     files.append(_quantize(tool, Path(files[0]["path"]), tmp / f"{name}-q4_k_m.gguf", "Q4_K_M",
                                            f16_bytes * SHARE["q4_k_m"], say, (0.6, 0.95)))
                 else:
-                    skipped = {"quant": "q4_k_m", "why": "no_quantizer"}
-                    say(0.95, "Q4_K_M skipped: llama.cpp's llama-quantize is not installed on this machine")
+                    instead = {"asked": "q4_k_m", "made": "q4_0", "why": "no_quantizer"}
+                    say(0.6, NO_QUANTIZER)
+                    files.append(q4_0(Path(files[0]["path"]), tmp / f"{name}-q4_0.gguf", say, (0.6, 0.95)))
             say(0.97, "writing the Ollama Modelfile")
             record = models.read_record(model)
             tokenizer = models.load_tokenizer(str(model))
-            chosen = files[-1]
+            # Ollama serves the smaller file that was asked for; the 16-bit one when none was.
+            chosen = next((f for f in files if f["kind"] == (instead or {}).get("made", cfg.quant)), files[0])
             (tmp / "Modelfile").write_text(modelfile(f"./{Path(chosen['path']).name}", record, tokenizer),
                                            encoding="utf-8")
             for f in files:  # the report names the files where they will be, not in the hidden folder
                 f["path"] = str(out / Path(f["path"]).name)
             report = {"ok": True, "path": str(out), "files": files, "modelfile": str(out / "Modelfile"),
                       "architecture": architecture(model), "template": record.get("template") or Template().to_dict(),
-                      "model": str(model), "quant": cfg.quant, "skipped": skipped,
+                      "model": str(model), "quant": cfg.quant, "instead": instead,
                       "seconds": round(time.time() - started, 1)}
             status.write_json(tmp / "export.json", report)
     except paths.Exists:
@@ -158,6 +163,76 @@ def _quantize(tool: str, source: Path, target: Path, kind: str, expected: float,
     say(span[0], f"quantizing to {kind} with llama-quantize")
     _run([tool, str(source), str(target), kind], target, expected, f"quantizing to {kind}", say, span)
     return {"kind": kind.lower(), "path": str(target), "bytes": target.stat().st_size}
+
+
+# ---- Q4_0 without llama.cpp ------------------------------------------------------------------
+def q4_0(source: Path, target: Path, say, span=(0.6, 0.95)) -> dict:
+    """`source` (the 16-bit GGUF) written again as `target` in Q4_0, one tensor at a time.
+
+    The tensors get the types `llama-quantize F16 Q4_0` gives them, but for one: the output matrix
+    (`output.weight`, or `token_embd.weight` where the model ties the two, as SmolLM2 and Qwen do)
+    is Q6_K there, which the gguf package cannot write; it is Q8_0 here, the type llama.cpp itself
+    falls back to for that tensor, a few MB larger and at least as close to the 16-bit file. The other
+    matrices (and an untied `token_embd.weight`) are Q4_0; 1-D tensors (the norms, in F32), tensors
+    whose names llama.cpp never quantizes and rows that do not divide into Q4_0's 32-value blocks
+    stay as they were. The numbers come from gguf's own quantizer (gguf.quants, llama.cpp's
+    reference rounding in numpy), which works through a tensor 16 rows at a time: besides the
+    mapped source file only one tensor's quantized bytes are in memory at once.
+    """
+    import gguf  # a requirement (numpy only); imported when used, as the panel imports this module too
+    import numpy as np
+
+    reader = gguf.GGUFReader(source)
+    tied = "output.weight" not in {t.name for t in reader.tensors}
+    plan = [(t, q4_0_type(t.name, t.data.shape, t.tensor_type, tied)) for t in reader.tensors]
+    writer = gguf.GGUFWriter(target, arch=str(reader.get_field(gguf.Keys.General.ARCHITECTURE).contents()))
+    for field in reader.fields.values():  # every key as it was (the writer adds the architecture itself)
+        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
+            continue
+        kind = field.types[0]
+        value = gguf.LlamaFileType.MOSTLY_Q4_0 if field.name == gguf.Keys.General.FILE_TYPE else field.contents()
+        writer.add_key_value(field.name, value, kind, sub_type=field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None)
+    if reader.get_field(gguf.Keys.General.FILE_TYPE) is None:
+        writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0)
+    if reader.get_field(gguf.Keys.General.ALIGNMENT) is not None:
+        writer.data_alignment = int(reader.get_field(gguf.Keys.General.ALIGNMENT).contents())
+    for t, kind in plan:
+        if kind == t.tensor_type:
+            writer.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, kind)
+        else:  # the writer is told the quantized size now, and given the bytes one tensor at a time below
+            shape = gguf.quant_shape_to_byte_shape(t.data.shape, kind)
+            writer.add_tensor_info(t.name, shape, np.uint8, int(np.prod(shape)), kind)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    total, done, shown = sum(int(t.n_bytes) for t in reader.tensors) or 1, 0, None
+    for t, kind in plan:
+        writer.write_tensor_data(t.data if kind == t.tensor_type else gguf.quants.quantize(t.data, kind))
+        done += int(t.n_bytes)
+        fraction = round(span[0] + (span[1] - span[0]) * done / total, 2)
+        if fraction != shown:  # one line a step forward, not one a tensor
+            say(fraction, "quantizing to Q4_0 with the gguf package")
+            shown = fraction
+    writer.close()
+    return {"kind": "q4_0", "path": str(target), "bytes": target.stat().st_size}
+
+
+def q4_0_type(name: str, shape: tuple[int, ...], kind, tied: bool):
+    """The type a tensor gets in the Q4_0 file (see q4_0); `shape` as numpy has it, rows last."""
+    import gguf
+
+    T = gguf.GGMLQuantizationType
+    if (kind not in (T.F32, T.F16, T.BF16) or len(shape) < 2 or not name.endswith("weight")
+            or any(part in name for part in KEPT)):
+        return kind
+    want = T.Q8_0 if name == "output.weight" or (tied and name == "token_embd.weight") else T.Q4_0
+    return want if shape[-1] % gguf.GGML_QUANT_SIZES[want][0] == 0 else kind
+
+
+# Weights llama-quantize leaves as they are (llama-quant.cpp, tensor_allows_quantization).
+KEPT = ("_norm.weight", "ffn_gate_inp.weight", "position_embd.weight", "token_types.weight", "ssm_conv1d",
+        "altup", "laurel", "per_layer_model_proj", "time_mix_first.weight", "time_mix_w0.weight",
+        "time_mix_w1.weight", "time_mix_w2.weight", "time_mix_v0.weight", "time_mix_v1.weight")
 
 
 def _run(argv: list[str], target: Path, expected: float, text: str, say, span) -> None:

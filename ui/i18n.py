@@ -203,7 +203,7 @@ HELP_ZH: dict[str, dict[str, str]] = {
     "ExportConfig": {
         "model": "要导出的合并后模型的文件夹。",
         "out": "写入 GGUF 文件和 Modelfile 的文件夹（不能已经存在）。",
-        "quant": "在 16 位文件之外再导出一个更小的版本：q4_k_m（4 位，约为 16 位大小的 30%；需要 llama.cpp 的 llama-quantize）、q8_0（8 位，约 53%），或 none（不导出）。",
+        "quant": "在 16 位文件之外再导出一个更小的版本：q4_k_m（4 位，约为 16 位大小的 30%；装了 llama.cpp 的 llama-quantize 时是 Q4_K_M，没装时在这里生成 Q4_0）、q8_0（8 位，约 53%），或 none（不导出）。",
     },
 }
 
@@ -431,6 +431,13 @@ SAY = {
         "chat_training_cpu": "Training is running: chat and training share the CPU, so both are slower.",
         "chat_training_gpu": "Training is running: {free} GiB of GPU memory are free. Chat loads a model only in a "
                              "precision that fits there, and training may slow down while it answers.",
+        # ---- q4_0 ----
+        "export_q4_0_instead": "The 4-bit file is **Q4_0**, written here with the gguf package, because Q4_K_M needs "
+                               "llama.cpp's llama-quantize, which is not installed on this machine (put it on the "
+                               "PATH, or set QLORA_STUDIO_LLAMA_QUANTIZE to it, to get Q4_K_M next time). Ollama, "
+                               "llama.cpp and LM Studio load Q4_0 like any GGUF; it is about as small as Q4_K_M but "
+                               "answers a little less like the 16-bit file, and small models (under about 1B "
+                               "parameters) change noticeably: for those, choose q8_0.",
     },
     "zh": {
         "state_starting": "正在启动", "state_running": "训练中", "state_stopping": "本步结束后停止",
@@ -572,6 +579,12 @@ SAY = {
         "chat_plain": "{name}：无法启用快速回答（{why}），改用普通方式回答，速度较慢。",
         "chat_training_cpu": "正在训练：对话和训练共用 CPU，两者都会变慢。",
         "chat_training_gpu": "正在训练：显存还有 {free} GiB 空闲。对话只会用放得下的精度加载模型，回答时训练可能变慢。",
+        # ---- q4_0 ----
+        "export_q4_0_instead": "4 位文件是 **Q4_0**，用 gguf 包在这里生成：Q4_K_M 需要 llama.cpp 的 llama-quantize，"
+                               "而这台机器上没有安装（把它放到 PATH 里，或用环境变量 QLORA_STUDIO_LLAMA_QUANTIZE "
+                               "指向它，下次就能得到 Q4_K_M）。Ollama、llama.cpp 和 LM Studio 都能像其他 GGUF 一样加载 "
+                               "Q4_0；它和 Q4_K_M 差不多小，但回答与 16 位文件的差别稍大一些，小模型（约 10 亿参数以下）"
+                               "变化明显：这类模型请选 q8_0。",
     },
 }
 

@@ -138,7 +138,9 @@ def export_result_text(folder: str | Path, language: str) -> str:
     lines = [say("exported", language, out=report["path"])]
     lines += [f"- `{Path(f['path']).name}` · {f['kind'].upper()} · {_size(f['bytes'])}" for f in report.get("files", [])]
     lines.append(say("export_modelfile", language, path=report.get("modelfile", "")))
-    if report.get("skipped"):
+    if report.get("instead"):  # Q4_0 written because llama-quantize is missing
+        lines.append(warn(say("export_q4_0_instead", language)))
+    elif report.get("skipped"):  # an export made before Q4_0 could be written here
         lines.append(warn(say("export_no_quantizer", language)))
     files = report.get("files") or [{"path": "model.gguf"}]
     name = "".join(c if c.isalnum() or c in "-._" else "-" for c in Path(report["path"]).name.lower())
