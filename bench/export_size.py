@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from merge_memory import anon_mib  # noqa: E402 - bench/ is on the path from here
+
 
 def build_cpu(shape: str, tokenizer_dir: str, out: Path) -> float:
     """The shape in bf16 on the CPU, filled with small random values, saved like a merged model; seconds."""
@@ -51,16 +53,6 @@ def build_cpu(shape: str, tokenizer_dir: str, out: Path) -> float:
     tok.save_pretrained(out)
     models.write_record(out, {"base_model": f"random {shape}", "template": Template().to_dict()})
     return time.time() - start
-
-
-def anon_mib(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 def tree(pid: int) -> list[int]:
