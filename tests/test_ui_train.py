@@ -20,6 +20,19 @@ def test_progress_says_what_the_engine_chose_and_why_a_run_failed(tmp_path):
     assert "out of GPU memory" in html and "lower batch size" in html
 
 
+def test_a_running_runs_warning_is_shown_above_its_progress(tmp_path):
+    """The divergence warning training writes into status.json reaches the page, not only the log."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "status.json").write_text(json.dumps({
+        "state": "running", "step": 6, "max_steps": 10, "started": 1.0,
+        "warning": "the loss rose from 2.1 to 9.7 by step 6: training may be diverging"}))
+    html = progress_html(str(run))
+    assert "qs-warning" in html and "training may be diverging" in html
+    (run / "status.json").write_text(json.dumps({"state": "running", "step": 6, "max_steps": 10, "started": 1.0}))
+    assert "qs-warning" not in progress_html(str(run))
+
+
 def _dataset(tmp_path, lengths):
     from core import paths
 

@@ -69,6 +69,8 @@ def progress_html(run: str, language: str = "en", metrics: list[dict] | None = N
         for phrase in ("phrase_no_gpu", "phrase_compute"):  # the engine's words for it, in the reader's language
             mode = mode.replace(say(phrase), say(phrase, language))
         parts.append(f"<p class='qs-mode'>{escape(mode)}{' · ' + escape(where) if where else ''}</p>")
+    if now.get("warning"):  # the run goes on, but something needs the user's eye (the loss rising, an older checkpoint)
+        parts.append(f"<p class='qs-warning'>⚠ {escape(now['warning'])}</p>")
     if state == "failed":
         parts.append(f"<p class='qs-error'>{escape(now.get('error') or '')}</p>")
         if now.get("hint"):
