@@ -167,7 +167,7 @@ class FakeModelScope(FakeHub):
             return self.json(h, self.wrap({"InternalRegionQueryAddress": ""}), body)
         found = re.fullmatch(r"/api/v1/(models|datasets)/([^/]+/[^/]+)(/repo/files|/repo/tree|/repo|/revisions)?",
                              url.path)
-        if not found or (found[1] == "datasets") != (found[3] in ("/repo/tree", "/repo")):
+        if not found or (found[1] == "datasets") != (found[3] in ("/repo/tree", "/repo")) and found[3] != "/repo":
             return self.failure(h, 404, "not found")
         kind, repo, what = found[1], found[2], found[3]
         if repo in self.gated and token not in self.allowed:

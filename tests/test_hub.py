@@ -403,3 +403,16 @@ def test_modelscope_missing_and_gated_datasets_end_the_job_with_one_line(home, m
     assert now["state"] == "failed" and now["error"].startswith(says) and "\n" not in now["error"], now["error"]
     assert any(p.startswith(f"/api/v1/datasets/{repo}/repo/tree?") for _, p, _ in ms_data.requests)
     assert not list(home.glob("data/*.jsonl")) and not list(home.glob("data/*.part"))  # no data, nothing half-written
+
+
+def test_a_modelscope_csv_dataset_keeps_its_columns(home, ms_data):
+    import json
+
+    lines = ["instruction,input,output"] + [f'"问 {i}, 第{i}",,"答 {i}\n第二行"' for i in range(30)]
+    ms_data.datasets["me/table"] = {"data/train.csv": "\n".join(lines).encode("utf-8-sig")}
+    cfg = DownloadConfig(repo="me/table", kind="dataset", source="modelscope", endpoint=ms_data.url, rows=100)
+    result = hub.sample_dataset(cfg)
+    rows = [json.loads(line) for line in Path(result["path"]).read_text(encoding="utf-8").splitlines()]
+    assert result["rows"] == 30  # all of a dataset smaller than the sample
+    assert sorted(r["instruction"] for r in rows) == sorted(f"问 {i}, 第{i}" for i in range(30))
+    assert all(r["output"].endswith("\n第二行") and r["input"] == "" for r in rows)
