@@ -331,8 +331,6 @@ class DownloadConfig(_Config):
             out.append("endpoint: the address must start with https://")
         if self.kind == "dataset" and self.rows < 1:
             out.append("rows: keep at least 1 row")
-        if self.kind == "dataset" and self.source == "modelscope":
-            out.append("source: datasets come from Hugging Face or a mirror of it; ModelScope datasets are not supported yet")
         return out
 
 

@@ -21,6 +21,7 @@ import fnmatch
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import threading
@@ -247,45 +248,169 @@ WINDOW = 10_000  # rows the stream is shuffled in: the sample comes from the shu
 
 
 def sample_dataset(cfg: DownloadConfig, report=None) -> dict:
-    """Stream cfg.repo's train split, keep cfg.rows rows picked at random, and write them as JSON lines."""
+    """Stream cfg.repo's train split, keep cfg.rows rows picked at random, and write them as JSON lines.
+
+    From Hugging Face or a mirror, through datasets' streaming. From ModelScope (see _modelscope_rows),
+    the data files are streamed one after another through the modelscope client and reading stops
+    once the sample is complete. Either way the rows pass through a seeded shuffle window of WINDOW rows.
+    """
     say = report or (lambda **fields: None)
     cfg.check()
     out = target(cfg)
     if out.exists():
         raise UserError(f"name: {out.name} already exists in {out.parent}; choose another name", field="name")
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") and cfg.source != "modelscope":
         raise UserError("source: downloads are switched off on this machine (HF_HUB_OFFLINE); upload the data "
                         "file in the Data tab instead", field="source")
-    import datasets
-    from datasets.exceptions import DatasetNotFoundError
-
-    datasets.logging.set_verbosity_error()
     say(state="running", message=f"{cfg.repo} · streaming", progress=0.0)
+    tmp = out.with_name(f".{out.name}.part")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    kept = 0
     try:
-        stream = datasets.load_dataset(cfg.repo, split="train", streaming=True)
-        picked = stream.shuffle(seed=cfg.seed, buffer_size=WINDOW).take(cfg.rows)
-        tmp = out.with_name(f".{out.name}.part")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        kept = 0
         with open(tmp, "w", encoding="utf-8") as f:
-            for row in picked:
+            for row in (_modelscope_rows(cfg) if cfg.source == "modelscope" else _hf_rows(cfg)):
                 f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
                 kept += 1
                 if kept % 100 == 0:
                     say(progress=round(kept / cfg.rows, 4), message=f"{cfg.repo} · {kept} rows")
-    except DatasetNotFoundError as e:
-        raise (_gated(cfg) if "gated" in str(e).lower() else _missing(cfg)) from None
-    except ValueError as e:  # no train split, or files datasets cannot read
-        raise UserError(f"repo: {cfg.repo} cannot be streamed as a dataset ({_short(e)})", field="repo") from None
-    except OSError as e:  # the network went away: nothing kept, start again
-        raise _unreachable(cfg, e) from None
+    except BaseException:  # nothing half-written is left beside the data files
+        tmp.unlink(missing_ok=True)
+        raise
     if not kept:
+        tmp.unlink()
         raise UserError(f"repo: {cfg.repo} has no rows in its train split", field="repo")
     os.replace(tmp, out)
     result = {"path": str(out), "repo": cfg.repo, "source": cfg.source, "rows": kept, "seed": cfg.seed,
               "size_bytes": out.stat().st_size}
     say(progress=1.0, message=f"{cfg.repo} → {out} · {kept} rows")
     return result
+
+
+def _hf_rows(cfg: DownloadConfig):
+    import datasets
+    from datasets.exceptions import DatasetNotFoundError
+
+    datasets.logging.set_verbosity_error()
+    try:
+        stream = datasets.load_dataset(cfg.repo, split="train", streaming=True)
+        yield from stream.shuffle(seed=cfg.seed, buffer_size=WINDOW).take(cfg.rows)
+    except DatasetNotFoundError as e:
+        raise (_gated(cfg) if "gated" in str(e).lower() else _missing(cfg)) from None
+    except ValueError as e:  # no train split, or files datasets cannot read
+        raise UserError(f"repo: {cfg.repo} cannot be streamed as a dataset ({_short(e)})", field="repo") from None
+    except OSError as e:  # the network went away: nothing kept, start again
+        raise _unreachable(cfg, e) from None
+
+
+DATA_FILES = (".jsonl", ".json", ".csv")
+SPLITS = ("train", "test", "validation", "valid", "dev", "eval")
+
+
+def _modelscope_rows(cfg: DownloadConfig):
+    """cfg.rows rows of a ModelScope dataset repo, picked at random with cfg.seed.
+
+    What is read: the repo's file listing, then its data files (JSON lines, JSON arrays, CSV; those
+    named for another split than train are left out when the repo has train files), in an order
+    shuffled with the seed, each streamed from its start and only as far as the rows needed: once
+    cfg.rows rows have left the shuffle window, the download is closed. At most the files' first
+    WINDOW + cfg.rows rows are read; a window bigger than the dataset holds all of it.
+    """
+    import random
+
+    try:
+        from modelscope_hub.api import HubApi
+        from modelscope_hub.errors import AuthenticationError, NotExistError, PermissionDeniedError
+    except ImportError:
+        raise UserError("source: the modelscope package is not installed; run `pip install -r requirements.txt`, "
+                        "or choose Hugging Face or a mirror", field="source") from None
+    api = HubApi(endpoint=cfg.endpoint or None)
+    try:
+        entries = api.list_repo_files(cfg.repo, "dataset")
+        names = sorted(e.path for e in entries if e.type != "tree" and e.path.lower().endswith(DATA_FILES))
+        def split(name: str) -> str | None:
+            words = set(re.split(r"[^a-z]+", name.lower()))
+            return next((s for s in SPLITS if s in words), None)
+        if any(split(n) == "train" for n in names):
+            names = [n for n in names if split(n) in ("train", None)]
+        if not names:
+            raise UserError(f"repo: {cfg.repo} has no data files ModelScope can stream (JSON lines, JSON or CSV)",
+                            field="repo")
+        rng = random.Random(cfg.seed)
+        rng.shuffle(names)
+        window: list[dict] = []
+        given = 0
+        for name in names:
+            response = api.legacy.download_stream(cfg.repo, "dataset", name)
+            try:
+                for row in _rows_of(name, response.iter_content(2**16)):
+                    if len(window) < WINDOW:
+                        window.append(row)
+                        continue
+                    i = rng.randrange(WINDOW)
+                    yield window[i]
+                    window[i] = row
+                    given += 1
+                    if given >= cfg.rows:
+                        return
+            finally:
+                response.close()
+        rng.shuffle(window)
+        yield from window[:cfg.rows - given]
+    except NotExistError:  # 404
+        raise _missing(cfg) from None
+    except (AuthenticationError, PermissionDeniedError):  # 401 without a token, 403 with one that has no access
+        raise _gated(cfg) from None
+    except UserError:
+        raise
+    except ValueError as e:  # a file that is not what its name says
+        raise UserError(f"repo: {cfg.repo} cannot be streamed as a dataset ({_short(e)})", field="repo") from None
+    except Exception as e:  # no network, a wrong address, the connection cut
+        raise _unreachable(cfg, e) from None
+
+
+def _rows_of(name: str, chunks):
+    """The rows (dicts) of one data file arriving in byte chunks: JSON lines, a JSON array of objects, or CSV."""
+    import codecs
+    import csv
+
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    texts = (decoder.decode(c) for c in chunks)
+    if name.lower().endswith(".csv"):
+        def lines():
+            rest = ""
+            for text in texts:
+                rest += text
+                *whole, rest = rest.split("\n")
+                yield from (line + "\n" for line in whole)
+            if rest:
+                yield rest
+        yield from csv.DictReader(lines())
+        return
+    parse = json.JSONDecoder().raw_decode
+    buffer, at, ended = "", 0, False
+    while True:
+        while at < len(buffer) and buffer[at] in " \t\r\n,[]":  # between rows, in JSON lines or an array
+            at += 1
+        if at == len(buffer):
+            buffer, at = "", 0
+            if ended:
+                return
+        else:
+            try:
+                row, at = parse(buffer, at)
+            except json.JSONDecodeError:
+                if ended:
+                    raise ValueError(f"{name}: not JSON lines or a JSON array of objects near {buffer[at:at + 40]!r}") from None
+            else:
+                if not isinstance(row, dict):
+                    raise ValueError(f"{name}: a row is not a JSON object ({str(row)[:40]!r})")
+                yield row
+                continue
+        text = next(texts, None)
+        if text is None:
+            ended = True
+        else:
+            buffer, at = buffer[at:] + text, 0
 
 
 # ---- progress ------------------------------------------------------------------------------

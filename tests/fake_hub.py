@@ -135,6 +135,9 @@ class FakeModelScope(FakeHub):
         GET /api/v1/models/OWNER/NAME/repo/files?Revision=R&Recursive=True   the listing, folders as Type "tree"
         GET /api/v1/models/OWNER/NAME/repo?Revision=R&FilePath=F             the file, or the part a Range asks for
         GET /api/v1/models/OWNER/NAME[/revisions]                            repo info, branches and tags
+        GET /api/v1/datasets/OWNER/NAME/repo/tree?Revision=R&Recursive=True&PageNumber=P&PageSize=S
+                                                                             a dataset's listing, page by page
+        GET /api/v1/datasets/OWNER/NAME/repo?Revision=R&FilePath=F           a dataset's file
 
     Answers are wrapped as the site wraps them ({"Code": 200, "Data": ..., "Success": true}); the listing
     gives each file's Sha256, which the client checks after the download. An unknown repo answers 404
@@ -144,9 +147,11 @@ class FakeModelScope(FakeHub):
     request carried, as a bearer header or the m_session_id cookie the client sets).
     """
 
-    def __init__(self, repos: dict[str, dict[str, bytes]], gated: tuple[str, ...] = (), rate: float = 0.0):
+    def __init__(self, repos: dict[str, dict[str, bytes]], gated: tuple[str, ...] = (), rate: float = 0.0,
+                 datasets: dict[str, dict[str, bytes]] | None = None):
         self.tokens: list[tuple[str, str | None]] = []
         self.allowed: set[str] = set()
+        self.datasets = datasets or {}  # dataset repos, served under /api/v1/datasets/
         super().__init__(repos, gated, rate)
 
     def answer(self, h: BaseHTTPRequestHandler, body: bool) -> None:
@@ -160,15 +165,22 @@ class FakeModelScope(FakeHub):
         self.tokens.append((h.path, token))
         if url.path == "/api/v1/repos/internalAccelerationInfo":  # as off Alibaba Cloud: no faster route
             return self.json(h, self.wrap({"InternalRegionQueryAddress": ""}), body)
-        found = re.fullmatch(r"/api/v1/models/([^/]+/[^/]+)(/repo/files|/repo|/revisions)?", url.path)
-        if not found:
+        found = re.fullmatch(r"/api/v1/(models|datasets)/([^/]+/[^/]+)(/repo/files|/repo/tree|/repo|/revisions)?",
+                             url.path)
+        if not found or (found[1] == "datasets") != (found[3] in ("/repo/tree", "/repo")) and found[3] != "/repo":
             return self.failure(h, 404, "not found")
-        repo, what = found[1], found[2]
+        kind, repo, what = found[1], found[2], found[3]
         if repo in self.gated and token not in self.allowed:
             return self.failure(h, 403, "无权限访问") if token else self.failure(h, 401, "用户未登录")
-        if repo not in self.repos:
-            return self.failure(h, 404, "模型不存在")
-        files = self.repos[repo]
+        served = self.datasets if kind == "datasets" else self.repos
+        if repo not in served:
+            return self.failure(h, 404, "数据集不存在" if kind == "datasets" else "模型不存在")
+        files = served[repo]
+        if what == "/repo/tree":  # paged, as the site pages a dataset's listing
+            size, page = int(query.get("PageSize", 100)), int(query.get("PageNumber", 1))
+            listed = [{"Name": n.rsplit("/", 1)[-1], "Path": n, "Type": "blob", "Size": len(b),
+                       "Sha256": hashlib.sha256(b).hexdigest(), "Revision": SHA} for n, b in sorted(files.items())]
+            return self.json(h, self.wrap({"Files": listed[(page - 1) * size:page * size]}), body)
         if what == "/repo/files":
             folders = sorted({n.rsplit("/", 1)[0] for n in files if "/" in n})
             listed = [{"Name": f.rsplit("/", 1)[-1], "Path": f, "Type": "tree", "Size": 0} for f in folders]

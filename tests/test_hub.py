@@ -325,3 +325,94 @@ def test_modelscope_listing_keeps_files_and_an_unreachable_site_is_one_line(mode
     with pytest.raises(UserError, match=r"^source: ModelScope \(http://127.0.0.1:9\) cannot be reached") as e:
         hub.listing(DownloadConfig(repo="me/tiny", source="modelscope", endpoint="http://127.0.0.1:9"))
     assert "\n" not in str(e.value)
+
+
+# ---- a dataset from ModelScope ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ms_data(modelscope):
+    """Belle-style data on the fake ModelScope: 40 000 rows of 1 KB as JSON lines, 500 as a JSON array, a test file."""
+    import json
+
+    long = "好" * 330
+    lines = (json.dumps({"instruction": f"问题 {i}", "input": "", "output": f"回答 {i} {long}"}, ensure_ascii=False)
+             for i in range(40_000))
+    array = [{"instruction": f"数组 {i}", "input": "", "output": f"回答 {i}"} for i in range(500)]
+    modelscope.datasets["me/belle"] = {
+        "train_0.5M_CN.json": "\n".join(lines).encode(),
+        "extra/train_array.json": json.dumps(array, ensure_ascii=False, indent=1).encode(),
+        "test.jsonl": json.dumps({"instruction": "测试 0", "input": "", "output": "x"}).encode(),
+        "README.md": b"# belle\n"}
+    modelscope.datasets["me/gated"] = modelscope.datasets["me/belle"]
+    yield modelscope
+    modelscope.datasets.clear()
+
+
+def test_a_modelscope_dataset_is_streamed_and_sampled_into_a_data_file(home, ms_data):
+    import json
+
+    ms_data.requests[:], ms_data.sent[:] = [], []
+    job = jobs.JobManager().start_download(DownloadConfig(repo="me/belle", kind="dataset", source="modelscope",
+                                                          endpoint=ms_data.url, rows=300, seed=7), env=ms_data.env)
+    wait_for(lambda: status.read(job.folder)["state"] in status.FINAL)
+    done = status.read(job.folder)
+    assert done["state"] == "finished", done
+    out = home / "data" / "belle-300.jsonl"
+    assert done["report"]["path"] == str(out) and done["report"]["rows"] == 300 and "300 rows" in done["message"]
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    served = {json.dumps(r, ensure_ascii=False) for f in ("train_0.5M_CN.json",) for r in
+              map(json.loads, ms_data.datasets["me/belle"][f].decode().splitlines())}
+    served |= {json.dumps(r, ensure_ascii=False) for r in json.loads(ms_data.datasets["me/belle"]["extra/train_array.json"])}
+    kept = [json.dumps(r, ensure_ascii=False) for r in rows]
+    assert len(set(kept)) == 300 and set(kept) <= served  # rows of the train files only, none twice
+    numbers = [int(r["instruction"].split()[1]) for r in rows]
+    assert numbers != sorted(numbers)  # picked at random, not the first 300
+    # Through ModelScope's dataset API: the listing, then the data files by path (not the test split, not README).
+    assert any(p.startswith("/api/v1/datasets/me/belle/repo/tree?") for _, p, _ in ms_data.requests)
+    asked = [p for m, p, _ in ms_data.requests if p.startswith("/api/v1/datasets/me/belle/repo?")]
+    assert any(p.endswith("FilePath=train_0.5M_CN.json") for p in asked), asked
+    assert not any("test.jsonl" in p or "README" in p for p in asked), asked
+    # Streamed: the big file was read well short of its end.
+    size = len(ms_data.datasets["me/belle"]["train_0.5M_CN.json"])
+    assert ms_data.sent and 0 < max(ms_data.sent) < size / 2, (ms_data.sent, size)
+    from core import data
+
+    assert data.detect(out) == "alpaca"
+
+
+def test_a_modelscope_dataset_sample_is_seeded(home, ms_data):
+    def sample(seed, name):
+        cfg = DownloadConfig(repo="me/belle", kind="dataset", source="modelscope", endpoint=ms_data.url, rows=50,
+                             seed=seed, out=str(home / name))
+        return Path(hub.sample_dataset(cfg)["path"]).read_text(encoding="utf-8")
+
+    first = sample(3, "a.jsonl")
+    assert len(first.splitlines()) == 50
+    assert sample(3, "b.jsonl") == first and sample(4, "c.jsonl") != first
+
+
+@pytest.mark.parametrize("repo, says", [
+    ("me/nothing", "repo: me/nothing was not found on ModelScope (http"),
+    ("me/gated", "repo: me/gated is private or needs a login on ModelScope (http"),
+])
+def test_modelscope_missing_and_gated_datasets_end_the_job_with_one_line(home, ms_data, repo, says):
+    ms_data.requests[:] = []
+    job = jobs.JobManager().start_download(DownloadConfig(repo=repo, kind="dataset", source="modelscope",
+                                                          endpoint=ms_data.url, rows=5), env=ms_data.env)
+    wait_for(lambda: status.read(job.folder)["state"] in status.FINAL)
+    now = status.read(job.folder)
+    assert now["state"] == "failed" and now["error"].startswith(says) and "\n" not in now["error"], now["error"]
+    assert any(p.startswith(f"/api/v1/datasets/{repo}/repo/tree?") for _, p, _ in ms_data.requests)
+    assert not list(home.glob("data/*.jsonl")) and not list(home.glob("data/*.part"))  # no data, nothing half-written
+
+
+def test_a_modelscope_csv_dataset_keeps_its_columns(home, ms_data):
+    import json
+
+    lines = ["instruction,input,output"] + [f'"问 {i}, 第{i}",,"答 {i}\n第二行"' for i in range(30)]
+    ms_data.datasets["me/table"] = {"data/train.csv": "\n".join(lines).encode("utf-8-sig")}
+    cfg = DownloadConfig(repo="me/table", kind="dataset", source="modelscope", endpoint=ms_data.url, rows=100)
+    result = hub.sample_dataset(cfg)
+    rows = [json.loads(line) for line in Path(result["path"]).read_text(encoding="utf-8").splitlines()]
+    assert result["rows"] == 30  # all of a dataset smaller than the sample
+    assert sorted(r["instruction"] for r in rows) == sorted(f"问 {i}, 第{i}" for i in range(30))
+    assert all(r["output"].endswith("\n第二行") and r["input"] == "" for r in rows)
