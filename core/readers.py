@@ -56,26 +56,29 @@ class Dropped(Exception):
 def container(path: Path) -> str:
     """'jsonl', 'json' (an array) or 'csv', from the extension and the first character."""
     if not path.exists():
-        raise UserError(f"{path}: file not found; check the path")
+        raise UserError(f"{path}: file not found; check the path", zh=f"{path}：找不到文件，请检查路径")
     if path.is_dir():
-        raise UserError(f"{path}: is a folder; choose a data file inside it")
+        raise UserError(f"{path}: is a folder; choose a data file inside it", zh=f"{path}：这是文件夹，请选择其中的数据文件")
     if not path.is_file():  # a device (/dev/zero), a pipe, a socket: reading could never end
-        raise UserError(f"{path}: is not a regular file; choose a data file")
+        raise UserError(f"{path}: is not a regular file; choose a data file", zh=f"{path}：不是普通文件，请选择数据文件")
     if path.suffix.lower() in (".csv", ".tsv"):
         return "csv"
     with path.open("rb") as f:
         head = f.read(4096)
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):  # what Windows Notepad calls "Unicode"
-        raise UserError(f"{path}: the file is saved as UTF-16; save it as UTF-8")
+        raise UserError(f"{path}: the file is saved as UTF-16; save it as UTF-8", zh=f"{path}：文件是 UTF-16 编码，请另存为 UTF-8")
     head = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if not head:
-        raise UserError(f"{path}: the file is empty; choose a file with one row per line")
+        raise UserError(f"{path}: the file is empty; choose a file with one row per line",
+                        zh=f"{path}：文件是空的，请选择每行一条数据的文件")
     if head[:1] == b"[":
         return "json"
     if head[:1] == b"{":
         return "jsonl"
     raise UserError(f"{path}: not JSON lines, a JSON array or CSV (it starts with {head[:20]!r}); "
-                    "save it as .jsonl with one JSON object per line, or as .csv")
+                    "save it as .jsonl with one JSON object per line, or as .csv",
+                    zh=f"{path}：不是 JSON lines、JSON 数组或 CSV（开头是 {head[:20]!r}）；"
+                       "请另存为每行一个 JSON 对象的 .jsonl，或 .csv")
 
 
 def records(path: Path, digest=None) -> Iterator[tuple[str, dict]]:
@@ -87,7 +90,8 @@ def records(path: Path, digest=None) -> Iterator[tuple[str, dict]]:
         empty = False
         yield where, rec
     if empty:
-        raise UserError(f"{path}: the file is empty (no rows); choose a file with one row per line")
+        raise UserError(f"{path}: the file is empty (no rows); choose a file with one row per line",
+                        zh=f"{path}：文件是空的（没有数据行），请选择每行一条数据的文件")
 
 
 def _decode(raw: bytes, where: str) -> str:
@@ -151,7 +155,9 @@ def _json_array(path: Path, digest) -> Iterator[tuple[str, dict]]:
             else:
                 at = line + buf[pos:].count("\n") + chunk[: e.start].count(b"\n")
                 raise UserError(f"{path.name} line {at}: not UTF-8 text (byte 0x{chunk[e.start]:02x}); "
-                                "save the file as UTF-8 (it may be GBK)") from None
+                                "save the file as UTF-8 (it may be GBK)",
+                                zh=f"{path.name} 第 {at} 行：不是 UTF-8 文本（字节 0x{chunk[e.start]:02x}）；"
+                                   "请把文件另存为 UTF-8（它可能是 GBK 编码）") from None
         if first:
             text, first = text.lstrip("\ufeff"), False
         buf, pos = buf[pos:] + text, 0
@@ -171,13 +177,15 @@ def _json_array(path: Path, digest) -> Iterator[tuple[str, dict]]:
 
     with f:
         if skip("") != "[":
-            raise UserError(f"{path.name} line {line}: a JSON array must start with '['")
+            raise UserError(f"{path.name} line {line}: a JSON array must start with '['",
+                            zh=f"{path.name} 第 {line} 行：JSON 数组必须以 '[' 开头")
         pos += 1
         while True:
             c = skip(",")
             if c == "]" or c == "":
                 if c == "":
-                    raise UserError(f"{path.name} line {line}: the JSON array is not closed with ']'")
+                    raise UserError(f"{path.name} line {line}: the JSON array is not closed with ']'",
+                                    zh=f"{path.name} 第 {line} 行：JSON 数组没有用 ']' 结束")
                 return
             row += 1
             where = f"{path.name} row {row} (line {line})"
@@ -190,7 +198,9 @@ def _json_array(path: Path, digest) -> Iterator[tuple[str, dict]]:
                     if not eof and more():
                         continue
                     raise UserError(f"{path.name} line {line + buf.count(chr(10), pos, e.pos)}: "
-                                    f"invalid JSON: {e.msg}") from None
+                                    f"invalid JSON: {e.msg}",
+                                    zh=f"{path.name} 第 {line + buf.count(chr(10), pos, e.pos)} 行："
+                                       f"JSON 格式错误：{e.msg}") from None
             line += buf.count("\n", pos, end)
             pos = end
             if not isinstance(rec, dict):
@@ -226,7 +236,8 @@ def _csv(path: Path, digest) -> Iterator[tuple[str, dict]]:
                 continue
             yield where, dict(zip(header, cells, strict=False))  # missing cells: the layout check names them
     except csv.Error as e:
-        raise UserError(f"{path.name} line {reader.line_num}: broken CSV: {e}") from None
+        raise UserError(f"{path.name} line {reader.line_num}: broken CSV: {e}",
+                        zh=f"{path.name} 第 {reader.line_num} 行：CSV 格式损坏：{e}") from None
 
 
 # ---- layouts ------------------------------------------------------------------------
@@ -242,7 +253,9 @@ def layout_of(rec: dict, where: str) -> str:
         return "text"
     keys = ", ".join(sorted(map(str, rec))) or "none"
     raise UserError(f"{where}: unknown layout (keys found: {keys}); expected instruction/input/output, "
-                    "conversations (ShareGPT), messages (OpenAI chat) or text")
+                    "conversations (ShareGPT), messages (OpenAI chat) or text",
+                    zh=f"{where}：无法识别的数据格式（找到的键：{keys}）；应为 instruction/input/output、"
+                       "conversations（ShareGPT）、messages（OpenAI 对话）或 text")
 
 
 def normalize(rec: dict, layout: str, where: str) -> dict:

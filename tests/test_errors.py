@@ -27,7 +27,9 @@ def _two_languages(node: ast.AST) -> bool:
     if isinstance(node, ast.Call):
         return _name(node.func) in TEXT_MAKERS
     # A name or item handed on (`problems[0]`) is a message made, with its Chinese, elsewhere.
-    return isinstance(node, (ast.Name, ast.Subscript))
+    if isinstance(node, ast.BoolOp):  # `hint or RESUME_HINT`
+        return all(_two_languages(v) for v in node.values)
+    return isinstance(node, (ast.Name, ast.Subscript, ast.Attribute))
 
 
 def _sites():
