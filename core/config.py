@@ -37,7 +37,8 @@ class _Config:
         names = {f.name: f for f in fields(cls)}
         unknown = sorted(set(d) - set(names))
         if unknown:
-            raise UserError(f"{cls.__name__}: unknown setting {unknown[0]!r}", field=unknown[0])
+            raise UserError(f"{cls.__name__}: unknown setting {unknown[0]!r}", field=unknown[0],
+                            zh=f"{cls.__name__}：未知的设置 {unknown[0]!r}")
         return cls(**{k: _coerce(names[k], v) for k, v in d.items()})
 
     def to_dict(self) -> dict[str, Any]:
@@ -281,7 +282,8 @@ CPU_SIZED: dict[str, Any] = dict(
 def preset(name: str, cpu: bool = False, **overrides) -> TrainConfig:
     """A TrainConfig from a named preset (the default one sized for a CPU when `cpu`), with the user's own settings on top."""
     if name not in PRESETS:
-        raise UserError(f"preset: unknown preset {name!r}; use {' or '.join(PRESETS)}", field="preset")
+        raise UserError(f"preset: unknown preset {name!r}; use {' or '.join(PRESETS)}", field="preset",
+                        zh=f"preset：未知的预设 {name!r}；请用 {' 或 '.join(PRESETS)}")
     sized = CPU_SIZED if cpu and name == "default" else {}
     return TrainConfig.from_dict({**PRESETS[name], **sized, "preset": name, **overrides})
 
