@@ -29,7 +29,7 @@ from pathlib import Path
 
 from core import models, paths, status
 from core.config import DownloadConfig, Parser, add_arguments
-from core.errors import UserError
+from core.errors import Text, UserError
 
 log = logging.getLogger("qlora_studio.hub")
 PICKLE = ("*.bin", "*.pt", "*.pth", "*.ckpt")
@@ -49,8 +49,9 @@ def cli(argv: list[str]) -> int:
     def stop(signum, frame):
         # Leave at once: the partial files stay for a later resume (a thread pool would finish its files first).
         job.last_word(log, state="stopped", ended=time.time(), speed=None, eta=None,
-                      hint="start the same download again to continue where it stopped" if cfg.kind == "model"
-                      else "start it again to take a new sample")
+                      hint=Text("start the same download again to continue where it stopped",
+                                "再次开始同一个下载即可从中断处继续") if cfg.kind == "model"
+                      else Text("start it again to take a new sample", "请重新开始以抽取新的样本"))
         print("stopped; the files downloaded so far are kept", flush=True)
         os._exit(130)
 

@@ -308,7 +308,8 @@ class JobManager:
         stopping = status.stop_requested(job.folder)
         oom = job.oom_kills is not None and (status.oom_kills() or 0) > job.oom_kills
         error, hint = status.ended(code, job.log, stopping, out_of_memory=oom, kind=job.kind)
-        now.update(state="stopped" if stopping else "failed", ended=time.time(), error=error, hint=hint)
+        now.update(status.bilingual({"error": error, "hint": hint}), state="stopped" if stopping else "failed",
+                   ended=time.time())
         now.setdefault("pid", job.pid)
         status.write_json(path, now)
 

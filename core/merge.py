@@ -17,7 +17,7 @@ from pathlib import Path
 
 from core import fit, fold, logs, models, paths, status
 from core.config import MergeConfig, Parser, add_arguments
-from core.errors import UserError
+from core.errors import Text, UserError
 
 log = logging.getLogger("qlora_studio.merge")
 PROBE = ("### Human: Who are you, and what can you do for me today? ### Assistant: I am an assistant. "
@@ -44,9 +44,10 @@ def cli(argv: list[str]) -> int:
     # Started by the panel, the merge reports in the job folder the panel made; by hand, it only prints.
     job, report = status.reporting(job_folder(cfg.out), lambda progress: merge(cfg, progress), log, "merge",
                                    "merge.log")
-    failed = None if report["ok"] else "the merged model does not answer like base + adapter"
+    failed = None if report["ok"] else Text("the merged model does not answer like base + adapter",
+                                            "合并后的模型回答与“基础模型 + 适配器”不一致")
     job.update(state="failed" if failed else "finished", error=failed, progress=1.0, report=report, ended=time.time(),
-               hint=None if report["ok"] else "merge again in bfloat16 or float32")
+               hint=None if report["ok"] else Text("merge again in bfloat16 or float32", "请用 bfloat16 或 float32 重新合并"))
     print(json.dumps(report, ensure_ascii=False))
     return 0 if report["ok"] else 1
 

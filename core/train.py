@@ -22,7 +22,7 @@ from pathlib import Path
 
 from core import gpus, logs, models, runs, saving
 from core.config import Parser, TrainConfig, add_arguments, preset
-from core.errors import UserError
+from core.errors import Text, UserError
 from core.template import Template
 from core.tracking import setup as tracking_setup
 
@@ -97,7 +97,7 @@ def train(cfg: TrainConfig) -> dict:
             log.info("stopped before the first step")
             if status is not None:
                 status.last_word(log, state="stopped", ended=time.time(),
-                                 hint="stopped before training began: nothing to keep")
+                                 hint=Text("stopped before training began: nothing to keep", "在训练开始前就停止了：没有可保留的内容"))
             raise
         except BaseException as e:
             error, hint = explain(e)
@@ -236,7 +236,7 @@ def _train(cfg: TrainConfig, run: Path, data: Path, folder: str, status) -> dict
     if stop.agreed():  # asked while the model loaded: end before the first step, with nothing to keep
         stop.uninstall()
         log.info("stop requested before the first step: nothing was trained")
-        status.update(state="stopped", ended=time.time(), hint="stopped before training began: nothing to keep")
+        status.update(state="stopped", ended=time.time(), hint=Text("stopped before training began: nothing to keep", "在训练开始前就停止了：没有可保留的内容"))
         return status.data
     try:
         trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)
