@@ -221,7 +221,7 @@ def retry(viewed, wandb_key, request: gr.Request = None):
         env = {"WANDB_API_KEY": wandb_key.strip()} if wandb_key and wandb_key.strip() else None
         job = jobs.start_train(new, env=env)
     except UserError as e:
-        return warn(e), gr.update(), *keep
+        return warn(e, language=language), gr.update(), *keep
     return (say("retried", language, run=Path(job.folder).name, changes=fit_words.changes_text(changes, language)),
             gr.update(choices=run_choices(), value=job.folder), *[gr.update(value=getattr(new, n)) for n in SETTINGS])
 
@@ -232,11 +232,11 @@ def start(request: gr.Request | None, model, data, preset, name, wandb_key, *val
         cfg = config(model, data, preset, name, *values)
         problems = cfg.replace(out=cfg.out or "auto").validate()
         if problems:
-            return warn(*problems), gr.update()
+            return warn(*problems, language=lang(request)), gr.update()
         env = {"WANDB_API_KEY": wandb_key.strip()} if wandb_key and wandb_key.strip() else None
         job = jobs.start_train(cfg, env=env)
     except UserError as e:
-        return warn(e), gr.update()
+        return warn(e, language=lang(request)), gr.update()
     return both("started", run=Path(job.folder).name), gr.update(choices=run_choices(), value=job.folder)
 
 
@@ -264,7 +264,7 @@ def resume(viewed, wandb_key, armed, request: gr.Request = None):
         env = {"WANDB_API_KEY": wandb_key.strip()} if wandb_key and wandb_key.strip() else None
         job = jobs.resume(run, env=env)  # anything not resumable is refused here, with the reason
     except UserError as e:
-        return warn(e), gr.update(), ""
+        return warn(e, language=lang(request)), gr.update(), ""
     return both("resumed", run=Path(job.folder).name), gr.update(choices=run_choices(), value=job.folder), ""
 
 
@@ -330,9 +330,10 @@ def progress_html(run: str, language: str = "en", metrics: list[dict] | None = N
             mode = mode.replace(say(phrase), say(phrase, language))
         parts.append(f"<p class='qs-mode'>{escape(mode)}{' · ' + escape(where) if where else ''}</p>")
     if state == "failed":
-        parts.append(f"<p class='qs-error'>{escape(now.get('error') or '')}</p>")
-        if now.get("hint"):
-            parts.append(f"<p>👉 {escape(now['hint'])}</p>")
+        error, hint = status.words(now, language)
+        parts.append(f"<p class='qs-error'>{escape(error or '')}</p>")
+        if hint:
+            parts.append(f"<p>👉 {escape(hint)}</p>")
     if state in ("finished", "stopped") and now.get("adapter"):
         parts.append(f"<p>{say('adapter_saved', language, path=escape(now['adapter']))}</p>")
     if state == "finished":
