@@ -405,9 +405,11 @@ def refuse_train(cfg, folder: str | Path) -> None:
     what = "GPU memory" if found["where"] == "gpu" else "RAM"
     changes = remedies(cfg, folder, have)
     fix = f"try: {describe(changes)}" if changes else "choose a smaller model"
+    what_zh = "显存" if found["where"] == "gpu" else "内存"
+    fix_zh = f"可以试试：{describe(changes)}" if changes else "请换个更小的模型"
     raise UserError(f"memory: this run needs about {gib(found['need'])} of {what} and this machine has "
                     f"{gib(found['total'])} in all, so it will not fit; {fix}", field="batch_size",
-                    zh=f"memory：这次运行约需 {gib(found['need'])} 的{what}，本机总共只有 {gib(found['total'])}，放不下；{fix}")
+                    zh=f"memory：这次运行约需 {gib(found['need'])} {what_zh}，本机总共只有 {gib(found['total'])}，放不下；{fix_zh}")
 
 
 def _found(need: int, where: str, have: dict) -> dict:

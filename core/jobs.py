@@ -250,8 +250,9 @@ class JobManager:
                 return
         what = {"train": "a training run", "merge": "a merge", "export": "an export",
                 "download": "a download"}.get(job.kind, "a job")
+        what_zh = {"train": "训练", "merge": "合并", "export": "导出", "download": "下载"}.get(job.kind, "任务")
         raise UserError(f"{what} is already going: {Path(job.folder).name}; stop it first or wait",
-                        zh=f"{what} 已在进行：{Path(job.folder).name}；请先停止它或等待")
+                        zh=f"已有{what_zh}在进行：{Path(job.folder).name}；请先停止它或等待")
 
     def _spawn(self, kind: str, argv: list[str], folder: Path, log: Path, env: dict | None,
                picked: list[str] | None = None) -> Job:
