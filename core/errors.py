@@ -38,12 +38,6 @@ class UserError(Exception):
     def __str__(self) -> str:  # keep it to one line for the CLI and the UI
         return _line(self.args[0])
 
-    def __reduce__(self):
-        return (_rebuild, (str(self.args[0]), self.zh, self.field, self.hint, self.hint_zh))
-
-
-def _rebuild(message, zh, field, hint, hint_zh) -> UserError:
-    return UserError(message, zh=zh, field=field, hint=hint, hint_zh=hint_zh)
 
 
 def _line(s) -> str:
