@@ -18,6 +18,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from core.errors import Text
 from core.status import Status, stop_requested
 
 
@@ -192,7 +193,8 @@ class Progress(TrainerCallback):
 
 
 
-NAN_HINT = "lower the learning rate or LoRA alpha, or turn gradient clipping on (max grad norm 1.0)"
+NAN_HINT = Text("lower the learning rate or LoRA alpha, or turn gradient clipping on (max grad norm 1.0)",
+                "请调低学习率或 LoRA alpha，或打开梯度裁剪（max grad norm 1.0）")
 DIVERGING = 3.0  # the loss of the last few logs against the first logged one
 
 
@@ -222,7 +224,8 @@ class Guard(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, **kw):
         if self.problem is None and model is not None and not self._finite_weights(model):
-            self._stop(control, f"the LoRA weights became NaN or inf at step {state.global_step}", state.global_step)
+            self._stop(control, Text(f"the LoRA weights became NaN or inf at step {state.global_step}",
+                                     f"LoRA 权重在第 {state.global_step} 步变成了 NaN 或 inf"), state.global_step)
             control.should_log = True  # the step's loss and grad norm name the cause (on_log)
         return control
 
@@ -231,9 +234,11 @@ class Guard(TrainerCallback):
         loss, norm = logs.get("loss"), logs.get("grad_norm")
         cause = None
         if loss is not None and not math.isfinite(loss):
-            cause = f"the loss became {_word(loss)} at step {state.global_step}"
+            cause = Text(f"the loss became {_word(loss)} at step {state.global_step}",
+                         f"loss 在第 {state.global_step} 步变成了 {_word(loss)}")
         elif norm is not None and not math.isfinite(norm) and not self.fp16:
-            cause = f"the grad norm became {_word(norm)} at step {state.global_step}"
+            cause = Text(f"the grad norm became {_word(norm)} at step {state.global_step}",
+                         f"梯度范数在第 {state.global_step} 步变成了 {_word(norm)}")
         if cause and (self.problem is None or self.step == state.global_step):
             self._stop(control, cause, state.global_step)
         elif loss is not None and math.isfinite(loss):

@@ -98,7 +98,7 @@ class Chat:
         from transformers import StoppingCriteria, StoppingCriteriaList
 
         if self.model is None:
-            raise UserError("chat: load a model first")
+            raise UserError("chat: load a model first", zh="chat：请先加载模型")
         gen = gen or GenerationConfig()
         gen.check()
         tokens = Tokens()  # the clock of the first token starts here, before the prompt is built
@@ -386,7 +386,8 @@ def cli(argv: list[str]) -> int:
     args = vars(parser.parse_args(argv))
     model, adapter, prompt, trust = (args.pop(k) for k in ("model", "adapter", "prompt", "trust_remote_code"))
     if not model and not adapter:
-        raise UserError("chat: give --model (a model folder or 'default') or --adapter")
+        raise UserError("chat: give --model (a model folder or 'default') or --adapter",
+                        zh="chat：请给出 --model（模型文件夹或 'default'）或 --adapter")
     gen = GenerationConfig.from_dict(args)
     quiet()
     chat = Chat()

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from core import gpus
-from core.errors import UserError
+from core import errors, gpus
+from core.errors import Text, UserError
 from core.status import write_json
 
 DEFAULT_MODEL = "default"
@@ -37,7 +37,8 @@ class _Config:
         names = {f.name: f for f in fields(cls)}
         unknown = sorted(set(d) - set(names))
         if unknown:
-            raise UserError(f"{cls.__name__}: unknown setting {unknown[0]!r}", field=unknown[0])
+            raise UserError(f"{cls.__name__}: unknown setting {unknown[0]!r}", field=unknown[0],
+                            zh=f"{cls.__name__}：未知的设置 {unknown[0]!r}")
         return cls(**{k: _coerce(names[k], v) for k, v in d.items()})
 
     def to_dict(self) -> dict[str, Any]:
@@ -54,9 +55,10 @@ class _Config:
         try:
             return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
         except FileNotFoundError:
-            raise UserError(f"{path}: file not found") from None
+            raise UserError(f"{path}: file not found", zh=f"{path}：找不到文件") from None
         except json.JSONDecodeError as e:
-            raise UserError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+            raise UserError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}",
+                            zh=f"{path}：第 {e.lineno} 行不是有效的 JSON：{e.msg}") from None
 
     @classmethod
     def help(cls) -> dict[str, str]:
@@ -75,13 +77,15 @@ class _Config:
             value = getattr(self, f.name)
             choices = f.metadata.get("choices")
             if choices and value not in choices:
-                out.append(f"{f.name}: {value!r} is not one of {', '.join(choices)}")
+                out.append(Text(f"{f.name}: {value!r} is not one of {', '.join(choices)}",
+                                f"{f.name}：{value!r} 不是可选值之一（{', '.join(choices)}）"))
             # nan passes every `<` test unnoticed and inf looks like a number: both would start a
             # run that fails (or never ends) only after the model has loaded.
             if isinstance(value, float) and not math.isfinite(value):
-                out.append(f"{f.name}: must be a finite number")
+                out.append(Text(f"{f.name}: must be a finite number", f"{f.name}：必须是有限的数字"))
             elif "bounds" in f.metadata and not f.metadata["bounds"][0] <= value <= f.metadata["bounds"][1]:
-                out.append(f"{f.name}: must be between {f.metadata['bounds'][0]:g} and {f.metadata['bounds'][1]:g}")
+                lo, hi = f.metadata["bounds"]
+                out.append(Text(f"{f.name}: must be between {lo:g} and {hi:g}", f"{f.name}：必须在 {lo:g} 到 {hi:g} 之间"))
         named = {m.split(":", 1)[0] for m in out}
         # One message per setting: a nan learning rate is "not finite", not also "not between 0 and 1".
         return out + [m for m in self._rules() if m.split(":", 1)[0] not in named]
@@ -106,7 +110,8 @@ def _coerce(f: dataclasses.Field, v: Any) -> Any:
         if t.startswith("bool") and isinstance(v, str):
             return v.strip().lower() in ("1", "true", "yes", "on")
     except (TypeError, ValueError):
-        raise UserError(f"{f.name}: {v!r} is not a valid {t.split(' ')[0]}", field=f.name) from None
+        raise UserError(f"{f.name}: {v!r} is not a valid {t.split(' ')[0]}", field=f.name,
+                        zh=f"{f.name}：{v!r} 不是有效的 {t.split(' ')[0]}") from None
     return v
 
 
@@ -130,11 +135,11 @@ class PrepareConfig(_Config):
     def _rules(self) -> list[str]:
         out = []
         if not self.input:
-            out.append("input: choose a data file")
+            out.append(Text("input: choose a data file", "input：请选择数据文件"))
         if self.sample < 0:
-            out.append("sample: must be 0 (all rows) or more")
+            out.append(Text("sample: must be 0 (all rows) or more", "sample：必须为 0（全部行）或更大"))
         if self.max_seq_length < 16:
-            out.append("max_seq_length: must be at least 16")
+            out.append(Text("max_seq_length: must be at least 16", "max_seq_length：至少为 16"))
         return out
 
 
@@ -186,32 +191,34 @@ class TrainConfig(_Config):
     def _rules(self) -> list[str]:
         out = []
         if not self.data:
-            out.append("data: choose a prepared dataset")
+            out.append(Text("data: choose a prepared dataset", "data：请选择一个已准备好的数据集"))
         if not self.out:
-            out.append("out: choose a run folder")
+            out.append(Text("out: choose a run folder", "out：请选择运行文件夹"))
         for name in ("lora_r", "lora_alpha", "batch_size", "grad_accum", "max_seq_length", "logging_steps"):
             if getattr(self, name) < 1:
-                out.append(f"{name}: must be at least 1")
+                out.append(Text(f"{name}: must be at least 1", f"{name}：至少为 1"))
         for name in ("max_steps", "save_steps", "eval_steps"):
             if getattr(self, name) < 0:
-                out.append(f"{name}: must be 0 or more")
+                out.append(Text(f"{name}: must be 0 or more", f"{name}：必须为 0 或更大"))
         if self.max_steps == 0 and self.epochs <= 0:
-            out.append("epochs: must be more than 0 when max steps is 0")
+            out.append(Text("epochs: must be more than 0 when max steps is 0", "epochs：max_steps 为 0 时必须大于 0"))
         if not 0 <= self.lora_dropout <= 0.5:
-            out.append("lora_dropout: must be between 0 and 0.5")
+            out.append(Text("lora_dropout: must be between 0 and 0.5", "lora_dropout：必须在 0 到 0.5 之间"))
         if not 0 < self.learning_rate < 1:
-            out.append("learning_rate: must be between 0 and 1 (2e-4 is usual)")
+            out.append(Text("learning_rate: must be between 0 and 1 (2e-4 is usual)", "learning_rate：必须在 0 到 1 之间（常用 2e-4）"))
         if not 0 <= self.warmup_ratio < 1:
-            out.append("warmup_ratio: must be between 0 and 1")
+            out.append(Text("warmup_ratio: must be between 0 and 1", "warmup_ratio：必须在 0 到 1 之间"))
         if self.max_grad_norm < 0:
-            out.append("max_grad_norm: must be 0 (off) or more")
+            out.append(Text("max_grad_norm: must be 0 (off) or more", "max_grad_norm：必须为 0（关闭）或更大"))
         try:
             gpus.parse(self.gpus)
         except ValueError as e:
-            out.append(str(e))
+            out.append(errors.of(e))
         if not optimizer_known(self.optim):
-            out.append(f"optim: unknown optimizer {self.optim!r}; use one transformers knows, e.g. "
-                       f"{', '.join(COMMON_OPTIMIZERS[:4])}")
+            out.append(Text(f"optim: unknown optimizer {self.optim!r}; use one transformers knows, e.g. "
+                            f"{', '.join(COMMON_OPTIMIZERS[:4])}",
+                            f"optim：未知的优化器 {self.optim!r}；请用 transformers 支持的，例如 "
+                            f"{', '.join(COMMON_OPTIMIZERS[:4])}"))
         return out
 
 
@@ -275,7 +282,8 @@ CPU_SIZED: dict[str, Any] = dict(
 def preset(name: str, cpu: bool = False, **overrides) -> TrainConfig:
     """A TrainConfig from a named preset (the default one sized for a CPU when `cpu`), with the user's own settings on top."""
     if name not in PRESETS:
-        raise UserError(f"preset: unknown preset {name!r}; use {' or '.join(PRESETS)}", field="preset")
+        raise UserError(f"preset: unknown preset {name!r}; use {' or '.join(PRESETS)}", field="preset",
+                        zh=f"preset：未知的预设 {name!r}；请用 {' 或 '.join(PRESETS)}")
     sized = CPU_SIZED if cpu and name == "default" else {}
     return TrainConfig.from_dict({**PRESETS[name], **sized, "preset": name, **overrides})
 
@@ -296,9 +304,9 @@ class MergeConfig(_Config):
     def _rules(self) -> list[str]:
         out = []
         if not self.adapter:
-            out.append("adapter: choose a run's adapter folder")
+            out.append(Text("adapter: choose a run's adapter folder", "adapter：请选择一次运行的适配器文件夹"))
         if not self.out:
-            out.append("out: choose an output folder")
+            out.append(Text("out: choose an output folder", "out：请选择输出文件夹"))
         return out
 
 
@@ -324,13 +332,15 @@ class DownloadConfig(_Config):
 
         out = []
         if not HUB_ID.fullmatch(self.repo.strip()):
-            out.append(f"repo: {self.repo!r} is not a hub id; write it as owner/name, e.g. Qwen/Qwen2.5-0.5B-Instruct")
+            out.append(Text(f"repo: {self.repo!r} is not a hub id; write it as owner/name, e.g. Qwen/Qwen2.5-0.5B-Instruct",
+                            f"repo：{self.repo!r} 不是模型库 ID；请写成 owner/name，例如 Qwen/Qwen2.5-0.5B-Instruct"))
         if self.source == "mirror" and not self.endpoint.strip().startswith(("http://", "https://")):
-            out.append("endpoint: give the mirror's address, starting with https:// (for example https://hf-mirror.com)")
+            out.append(Text("endpoint: give the mirror's address, starting with https:// (for example https://hf-mirror.com)",
+                            "endpoint：请填写镜像地址，以 https:// 开头（例如 https://hf-mirror.com）"))
         elif self.endpoint.strip() and not self.endpoint.strip().startswith(("http://", "https://")):
-            out.append("endpoint: the address must start with https://")
+            out.append(Text("endpoint: the address must start with https://", "endpoint：地址必须以 https:// 开头"))
         if self.kind == "dataset" and self.rows < 1:
-            out.append("rows: keep at least 1 row")
+            out.append(Text("rows: keep at least 1 row", "rows：至少保留 1 行"))
         return out
 
 
@@ -346,9 +356,9 @@ class ExportConfig(_Config):
     def _rules(self) -> list[str]:
         out = []
         if not self.model:
-            out.append("model: choose a merged model")
+            out.append(Text("model: choose a merged model", "model：请选择一个合并后的模型"))
         if not self.out:
-            out.append("out: choose an output folder")
+            out.append(Text("out: choose an output folder", "out：请选择输出文件夹"))
         return out
 
 
@@ -369,7 +379,7 @@ class GenerationConfig(_Config):
     def _rules(self) -> list[str]:
         out = []
         if self.top_k < 0:
-            out.append("top_k: must be 0 or more")
+            out.append(Text("top_k: must be 0 or more", "top_k：必须为 0 或更大"))
         return out
 
 
@@ -378,7 +388,7 @@ class Parser(argparse.ArgumentParser):
     """argparse for `python -m core CMD`: a wrong flag is a UserError (one line, exit code 2)."""
 
     def error(self, message):
-        raise UserError(f"{self.prog.split()[-1]}: {message}")
+        raise UserError(f"{self.prog.split()[-1]}: {message}", zh=f"{self.prog.split()[-1]}：命令行参数有误：{message}")
 
     def parse_known_args(self, args=None, namespace=None):
         # argparse takes `-1e-4` in `--learning-rate -1e-4` for an option and reports the value as

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from core import models, paths, readers
+from core import errors, models, paths, readers
 from core.config import Parser, PrepareConfig, add_arguments
 from core.errors import UserError
 from core.readers import BadRow, Dropped
@@ -128,9 +128,11 @@ def prepare(cfg: PrepareConfig, progress: Callable[[float], None] | None = None)
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     except paths.Exists:  # someone made it while we worked: still never overwrite
-        raise UserError(f"{out}: the output folder already exists; choose another one") from None
+        raise UserError(f"{out}: the output folder already exists; choose another one",
+                        zh=f"{out}：输出文件夹已存在，请换一个") from None
     except OSError as e:
-        raise UserError(f"{out}: cannot create the output folder here ({e.strerror}); choose another place") from None
+        raise UserError(f"{out}: cannot create the output folder here ({e.strerror}); choose another place",
+                        zh=f"{out}：无法在这里创建输出文件夹（{e.strerror}），请换个位置") from None
     manifest["path"] = str(out)
     return manifest
 
@@ -203,7 +205,8 @@ def _out_dir(cfg: PrepareConfig, src: Path, kept: int | None = None) -> Path | N
     if cfg.out:
         out = Path(cfg.out).expanduser().resolve()
         if out.exists():
-            raise UserError(f"{out}: the output folder already exists; choose a new folder (nothing is overwritten)")
+            raise UserError(f"{out}: the output folder already exists; choose a new folder (nothing is overwritten)",
+                            zh=f"{out}：输出文件夹已存在，请选择新文件夹（不会覆盖任何内容）")
         return out
     if kept is None:
         return None
@@ -225,7 +228,9 @@ def _read(src: Path, cfg: PrepareConfig, digest) -> tuple[list | _Again, dict, s
         if isinstance(row, BadRow):
             if not cfg.skip_bad:
                 raise UserError(f"{row} (to skip and count broken rows instead, tick 'Skip broken rows' under "
-                                "Advanced settings, or add --skip-bad on the command line)")
+                                "Advanced settings, or add --skip-bad on the command line)",
+                                zh=f"{errors.text(row, 'zh')}（如要跳过并统计损坏的行，请在“高级设置”中勾选“跳过损坏的行”，"
+                                   "或在命令行加 --skip-bad）")
             dropped[row.reason] += 1
             continue
         if isinstance(row, Dropped):
@@ -246,7 +251,7 @@ def _read(src: Path, cfg: PrepareConfig, digest) -> tuple[list | _Again, dict, s
                 picked[j] = (where, row)
     if not usable:
         why = ", ".join(f"{r}: {n}" for r, n in dropped.most_common()) or "no rows"
-        raise UserError(f"{src}: no usable rows among {read} ({why})")
+        raise UserError(f"{src}: no usable rows among {read} ({why})", zh=f"{src}：{read} 行中没有可用的行（{why}）")
     if cfg.sample:
         rng.shuffle(picked)  # like random.sample: the order is random too
     else:
@@ -271,7 +276,8 @@ def _render(template: Template, row: dict, tokenizer, where: str) -> list:
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - a model's own chat template may refuse a conversation (jinja error)
-        raise UserError(f"{where}: the model's chat template failed on this row: {e}") from None
+        raise UserError(f"{where}: the model's chat template failed on this row: {e}",
+                        zh=f"{where}：模型的对话模板处理这一行时出错：{e}") from None
 
 
 def _write(folder: Path, picked, eval_idx: set, template: Template, tokenizer) -> tuple[list[int], list[int]]:
@@ -351,7 +357,8 @@ class _Again:
                 seen += 1
                 yield where, readers.bound(row, self.limit)[0]
         if seen != self.n:
-            raise UserError(f"{self.src}: the file changed while it was being prepared; try again")
+            raise UserError(f"{self.src}: the file changed while it was being prepared; try again",
+                            zh=f"{self.src}：准备过程中文件被修改了，请重试")
 
 
 @functools.lru_cache(maxsize=2)

@@ -1,4 +1,22 @@
-"""The one exception type for mistakes a user can make and fix."""
+"""The one exception type for mistakes a user can make and fix, and its text in both languages.
+
+A message's Chinese lives next to its English, where the message is made: `UserError(en, zh=...)`
+or `Text(en, zh)` for a message that is returned rather than raised (validate()).
+"""
+
+
+class Text(str):
+    """English text that carries its Chinese: still the plain English str wherever one is expected."""
+
+    zh: str
+
+    def __new__(cls, en: str, zh: str | None = None) -> "Text":
+        self = super().__new__(cls, en)
+        self.zh = zh if zh is not None else getattr(en, "zh", en)
+        return self
+
+    def __reduce__(self):  # pickles (child processes) with its Chinese
+        return (Text, (str(self), self.zh))
 
 
 class UserError(Exception):
@@ -6,12 +24,46 @@ class UserError(Exception):
 
     The message is shown as is, on one line, by the command line (exit code 2)
     and by the panel, so it names the file, line or field and what to do.
+    `zh` is the same message in Chinese (taken from the message when it is a Text).
     """
 
-    def __init__(self, message: str, *, field: str | None = None, hint: str | None = None):
+    def __init__(self, message: str, *, zh: str | None = None, field: str | None = None,
+                 hint: str | None = None, hint_zh: str | None = None):
         super().__init__(message)
+        self.zh = zh if zh is not None else getattr(message, "zh", None)
         self.field = field
         self.hint = hint  # what to do next, when the message alone does not say it
+        self.hint_zh = hint_zh if hint_zh is not None else getattr(hint, "zh", None)
 
     def __str__(self) -> str:  # keep it to one line for the CLI and the UI
-        return " ".join(str(self.args[0]).split("\n"))
+        return _line(self.args[0])
+
+
+
+def _line(s) -> str:
+    return " ".join(str(s).split("\n"))
+
+
+def text(message, lang: str | None) -> str:
+    """A message (UserError, Text or str) in `lang` ("zh" or "en"), English where it has no Chinese."""
+    if lang == "zh":
+        zh = getattr(message, "zh", None)
+        if zh:
+            return _line(zh)
+    return str(message) if isinstance(message, UserError) else _line(message)
+
+
+def hint(e: BaseException, lang: str | None) -> str | None:
+    """A UserError's hint in `lang`, English where it has no Chinese (None when it has no hint)."""
+    en = getattr(e, "hint", None)
+    if not en:
+        return None
+    zh = getattr(e, "hint_zh", None)
+    return zh if lang == "zh" and zh else en
+
+
+def of(e: BaseException) -> Text:
+    """An exception's message as a Text (its Chinese when it is a UserError that has one)."""
+    first = e.args[0] if len(e.args) == 1 else None
+    zh = getattr(e, "zh", None) or getattr(first, "zh", None)
+    return Text(str(e), zh or str(e))

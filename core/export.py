@@ -87,12 +87,15 @@ def export(cfg: ExportConfig, progress=None) -> dict:
     cfg.check()
     model, out = Path(cfg.model).expanduser().resolve(), Path(cfg.out).expanduser().resolve()
     if not list(model.glob("*.safetensors")):
-        raise UserError(f"model: {cfg.model} has no safetensors weights; choose a merged model folder", field="model")
+        raise UserError(f"model: {cfg.model} has no safetensors weights; choose a merged model folder", field="model",
+                        zh=f"model：{cfg.model} 没有 safetensors 权重，请选择合并后的模型文件夹")
     if out.exists():
-        raise UserError(f"out: {cfg.out} already exists; choose a new folder for the export", field="out")
+        raise UserError(f"out: {cfg.out} already exists; choose a new folder for the export", field="out",
+                        zh=f"out：{cfg.out} 已存在，请为导出选择新文件夹")
     why = unsupported(model)
     if why:
-        raise UserError(f"model: {why}; the merged folder still works with transformers", field="model")
+        raise UserError(f"model: {why}; the merged folder still works with transformers", field="model",
+                        zh=f"model：{why}；合并后的文件夹仍可在 transformers 中使用")
     name = _file_stem(model.name)
     f16_bytes = _f16_bytes(model)
     need = f16_bytes * (1 + SHARE.get(cfg.quant, 0)) * 1.05
@@ -101,7 +104,9 @@ def export(cfg: ExportConfig, progress=None) -> dict:
     free = shutil.disk_usage(root).free
     if free < need:
         raise UserError(f"out: not enough disk space in {root}: the export needs about {need / 2**30:.1f} GiB, "
-                        f"{free / 2**30:.1f} GiB are free; free some space or choose another folder", field="out")
+                        f"{free / 2**30:.1f} GiB are free; free some space or choose another folder", field="out",
+                        zh=f"out：{root} 磁盘空间不足：导出约需 {need / 2**30:.1f} GiB，只剩 {free / 2**30:.1f} GiB；"
+                           "请清理空间或换个文件夹")
 
     started = time.time()
     instead = None
@@ -135,7 +140,8 @@ def export(cfg: ExportConfig, progress=None) -> dict:
                       "seconds": round(time.time() - started, 1)}
             status.write_json(tmp / "export.json", report)
     except paths.Exists:
-        raise UserError(f"out: {cfg.out} already exists; choose a new folder for the export", field="out") from None
+        raise UserError(f"out: {cfg.out} already exists; choose a new folder for the export", field="out",
+                        zh=f"out：{cfg.out} 已存在，请为导出选择新文件夹") from None
     say(1.0, f"exported to {out} ({', '.join(Path(f['path']).name for f in files)})")
     return report
 

@@ -88,14 +88,16 @@ def choose(folder: str | Path, free: int, asked: str = "auto") -> tuple[str, dic
     if asked != "auto":
         if need[asked] > free:
             raise UserError(f"precision: {asked} needs about {gib(need[asked])} of GPU memory and {gib(free)} are "
-                            "free; choose Auto or a smaller precision", field="precision")
+                            "free; choose Auto or a smaller precision", field="precision",
+                            zh=f"precision：{asked} 约需 {gib(need[asked])} 显存，只剩 {gib(free)}；请选“自动”或更小的精度")
         return asked, info
     for precision in PRECISIONS:
         if need[precision] <= free:
             return precision, info
     raise UserError(f"model: even in 4-bit this model needs about {gib(need['4bit'])} of GPU memory and "
                     f"{gib(free)} are free; stop training or unload the other chat model, or choose a smaller model",
-                    field="model")
+                    field="model", zh=f"model：即使用 4-bit，这个模型也约需 {gib(need['4bit'])} 显存，只剩 {gib(free)}；"
+                                      "请停止训练或卸载另一个对话模型，或换个更小的模型")
 
 
 def words(precision: str, info: dict) -> str:
@@ -386,8 +388,11 @@ def refuse_train(cfg, folder: str | Path) -> None:
     what = "GPU memory" if found["where"] == "gpu" else "RAM"
     changes = remedies(cfg, folder, have)
     fix = f"try: {describe(changes)}" if changes else "choose a smaller model"
+    what_zh = "显存" if found["where"] == "gpu" else "内存"
+    fix_zh = f"可以试试：{describe(changes)}" if changes else "请换个更小的模型"
     raise UserError(f"memory: this run needs about {gib(found['need'])} of {what} and this machine has "
-                    f"{gib(found['total'])} in all, so it will not fit; {fix}", field="batch_size")
+                    f"{gib(found['total'])} in all, so it will not fit; {fix}", field="batch_size",
+                    zh=f"memory：这次运行约需 {gib(found['need'])} {what_zh}，本机总共只有 {gib(found['total'])}，放不下；{fix_zh}")
 
 
 def _found(need: int, where: str, have: dict) -> dict:

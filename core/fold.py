@@ -151,7 +151,8 @@ def fold(base: Path, adapter: Path, out: Path, dtype: str, progress: Callable[[f
     if not files:
         from core.errors import UserError
 
-        raise UserError(f"base: {base} has no weight files (*.safetensors or pytorch_model*.bin)", field="base")
+        raise UserError(f"base: {base} has no weight files (*.safetensors or pytorch_model*.bin)", field="base",
+                        zh=f"base：{base} 中没有权重文件（*.safetensors 或 pytorch_model*.bin）")
     target = getattr(torch, dtype)
     size = torch.empty((), dtype=target).element_size()
     plan = shapes(files)
@@ -162,7 +163,8 @@ def fold(base: Path, adapter: Path, out: Path, dtype: str, progress: Callable[[f
         from core.errors import UserError
 
         raise UserError(f"adapter: {adapter} changes {missing[0]}, which the base model {base} does not have; "
-                        "merge it into the model it was trained on", field="adapter")
+                        "merge it into the model it was trained on", field="adapter",
+                        zh=f"adapter：{adapter} 修改了 {missing[0]}，但基础模型 {base} 没有它；请合并到训练时用的那个模型")
 
     # Shards first (from the headers), so each file knows its name "model-00001-of-00003".
     shards: list[list[str]] = [[]]
@@ -207,7 +209,7 @@ def fold(base: Path, adapter: Path, out: Path, dtype: str, progress: Callable[[f
                 from core.errors import UserError
 
                 raise UserError(f"merge: {name} holds NaN/inf values in {dtype}; merge in bfloat16 or float32",
-                                field="dtype")
+                                field="dtype", zh=f"merge：{name} 在 {dtype} 下出现 NaN/inf 值；请用 bfloat16 或 float32 合并")
             index = shard_of[name]
             if index != current:  # tensors arrive in file order, which the plan follows
                 flush(current)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 import re
 
+from core.errors import Text
+
 # Data-parallel training in this many processes on a machine without GPUs (gloo on CPU): how the
 # launcher, the ranks and their stop are tested where there is no GPU. Never needed by a user.
 CPU_PROCESSES_ENV = "QLORA_STUDIO_CPU_PROCESSES"
@@ -62,10 +64,11 @@ def parse(spec: str | None) -> list[str]:
     if not spec:
         return []
     if not re.fullmatch(r"\d+(,\d+)*", spec):
-        raise ValueError(f"gpus: {spec!r} is not a list of GPU numbers such as 0,1")
+        raise ValueError(Text(f"gpus: {spec!r} is not a list of GPU numbers such as 0,1",
+                              f"gpus：{spec!r} 不是 GPU 编号列表，应写成 0,1 这样"))
     picked = spec.split(",")
     if len(set(picked)) != len(picked):
-        raise ValueError(f"gpus: {spec!r} names a GPU twice")
+        raise ValueError(Text(f"gpus: {spec!r} names a GPU twice", f"gpus：{spec!r} 重复列出了同一块 GPU"))
     return picked
 
 

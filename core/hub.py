@@ -30,7 +30,7 @@ from pathlib import Path
 
 from core import models, paths, status
 from core.config import DownloadConfig, Parser, add_arguments
-from core.errors import UserError
+from core.errors import Text, UserError
 
 log = logging.getLogger("qlora_studio.hub")
 PICKLE = ("*.bin", "*.pt", "*.pth", "*.ckpt")
@@ -50,8 +50,9 @@ def cli(argv: list[str]) -> int:
     def stop(signum, frame):
         # Leave at once: the partial files stay for a later resume (a thread pool would finish its files first).
         job.last_word(log, state="stopped", ended=time.time(), speed=None, eta=None,
-                      hint="start the same download again to continue where it stopped" if cfg.kind == "model"
-                      else "start it again to take a new sample")
+                      hint=Text("start the same download again to continue where it stopped",
+                                "再次开始同一个下载即可从中断处继续") if cfg.kind == "model"
+                      else Text("start it again to take a new sample", "请重新开始以抽取新的样本"))
         print("stopped; the files downloaded so far are kept", flush=True)
         os._exit(130)
 
@@ -106,7 +107,8 @@ def download(cfg: DownloadConfig, report=None) -> dict:
     cfg.check()
     out = target(cfg)
     if out.exists():
-        raise UserError(f"out: {out} already exists; choose another name for the model", field="out")
+        raise UserError(f"out: {out} already exists; choose another name for the model", field="out",
+                        zh=f"out：{out} 已存在，请给模型换个名字")
     files, revision = listing(cfg)
     chosen = choose(cfg, files)
     total = sum(files[name] for name in chosen)
@@ -124,14 +126,16 @@ def download(cfg: DownloadConfig, report=None) -> dict:
         raise
     except Exception as e:  # the network went away half-way, say: what is on disk stays for a resume
         raise UserError(f"repo: {cfg.repo}: the download broke off ({_short(e)}); start it again to continue "
-                        "where it stopped", field="repo") from None
+                        "where it stopped", field="repo",
+                        zh=f"repo：{cfg.repo}：下载中断了（{_short(e)}）；再次开始即可从中断处继续") from None
     finally:
         watching.set()
         watcher.join()
     missing = [n for n in chosen if not (part / n).is_file() or (part / n).stat().st_size != files[n]]
     if missing:
         raise UserError(f"repo: {cfg.repo}: {missing[0]} did not arrive whole; start the download again to "
-                        "continue where it stopped", field="repo")
+                        "continue where it stopped", field="repo",
+                        zh=f"repo：{cfg.repo}：{missing[0]} 没有完整下载；再次开始下载即可从中断处继续")
     shutil.rmtree(part / ".cache", ignore_errors=True)  # the client's resume notes: not part of the model
     seconds = round(time.time() - started, 1)
     result = {"path": str(out), "repo": cfg.repo, "source": cfg.source, "revision": revision,
@@ -146,7 +150,8 @@ def listing(cfg: DownloadConfig) -> tuple[dict[str, int], str | None]:
     """({file: size} of the repo, the revision to fetch), or a one-line reason it cannot be had."""
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") and cfg.source != "modelscope":
         raise UserError("source: downloads are switched off on this machine (HF_HUB_OFFLINE); put the model "
-                        "folder in workspace/models instead", field="source")
+                        "folder in workspace/models instead", field="source",
+                        zh="source：本机已关闭下载（HF_HUB_OFFLINE）；请把模型文件夹放到 workspace/models 中")
     if cfg.source == "modelscope":
         return _modelscope_listing(cfg)
     from huggingface_hub import HfApi
@@ -169,7 +174,9 @@ def _modelscope_listing(cfg: DownloadConfig) -> tuple[dict[str, int], str | None
         from modelscope.hub.errors import AuthenticationError, NotExistError, PermissionDeniedError
     except ImportError:
         raise UserError("source: the modelscope package is not installed; run `pip install -r requirements.txt`, "
-                        "or choose Hugging Face or a mirror", field="source") from None
+                        "or choose Hugging Face or a mirror", field="source",
+                        zh="source：没有安装 modelscope 包；请运行 `pip install -r requirements.txt`，"
+                           "或选择 Hugging Face 或镜像") from None
     try:
         entries = HubApi(endpoint=cfg.endpoint or None, timeout=20).get_model_files(cfg.repo, recursive=True)
     except NotExistError:  # 404
@@ -193,17 +200,22 @@ def choose(cfg: DownloadConfig, files: dict[str, int]) -> list[str]:
     top = {n: s for n, s in files.items() if "/" not in n}
     if "config.json" not in top:
         raise UserError(f"repo: {cfg.repo} has no config.json: it is not a transformers model (a GGUF-only or "
-                        "dataset repo, say); choose another repo", field="repo")
+                        "dataset repo, say); choose another repo", field="repo",
+                        zh=f"repo：{cfg.repo} 没有 config.json，不是 transformers 模型（比如只有 GGUF 或是数据集仓库）；"
+                           "请换一个仓库")
     wanted = [n for n in top if matches(n, models.WEIGHT_FILES)]
     if any(n.endswith(".safetensors") for n in wanted):
         return sorted(wanted)
     pickled = [n for n in top if matches(n, PICKLE)]
     if not pickled:
-        raise UserError(f"repo: {cfg.repo} has no weight files (.safetensors) to download", field="repo")
+        raise UserError(f"repo: {cfg.repo} has no weight files (.safetensors) to download", field="repo",
+                        zh=f"repo：{cfg.repo} 没有可下载的权重文件（.safetensors）")
     if not cfg.allow_bin:
         raise UserError(f"repo: {cfg.repo} has only pickle weights ({pickled[0]}), which can run code when read; "
                         "tick 'Allow .bin weights' to download them anyway (they are read with weights_only)",
-                        field="allow_bin")
+                        field="allow_bin",
+                        zh=f"repo：{cfg.repo} 只有 pickle 权重（{pickled[0]}），读取时可能执行代码；"
+                           "如仍要下载，请勾选“允许 .bin 权重”（读取时会用 weights_only）")
     return sorted(wanted + [n for n in pickled if n.endswith(".bin")])
 
 
@@ -258,10 +270,12 @@ def sample_dataset(cfg: DownloadConfig, report=None) -> dict:
     cfg.check()
     out = target(cfg)
     if out.exists():
-        raise UserError(f"name: {out.name} already exists in {out.parent}; choose another name", field="name")
+        raise UserError(f"name: {out.name} already exists in {out.parent}; choose another name", field="name",
+                        zh=f"name：{out.parent} 中已有 {out.name}，请换个名字")
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") and cfg.source != "modelscope":
         raise UserError("source: downloads are switched off on this machine (HF_HUB_OFFLINE); upload the data "
-                        "file in the Data tab instead", field="source")
+                        "file in the Data tab instead", field="source",
+                        zh="source：本机已关闭下载（HF_HUB_OFFLINE）；请在“数据”页上传数据文件")
     say(state="running", message=f"{cfg.repo} · streaming", progress=0.0)
     tmp = out.with_name(f".{out.name}.part")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -278,7 +292,8 @@ def sample_dataset(cfg: DownloadConfig, report=None) -> dict:
         raise
     if not kept:
         tmp.unlink()
-        raise UserError(f"repo: {cfg.repo} has no rows in its train split", field="repo")
+        raise UserError(f"repo: {cfg.repo} has no rows in its train split", field="repo",
+                        zh=f"repo：{cfg.repo} 的 train 部分没有数据行")
     os.replace(tmp, out)
     result = {"path": str(out), "repo": cfg.repo, "source": cfg.source, "rows": kept, "seed": cfg.seed,
               "size_bytes": out.stat().st_size}
@@ -297,7 +312,8 @@ def _hf_rows(cfg: DownloadConfig):
     except DatasetNotFoundError as e:
         raise (_gated(cfg) if "gated" in str(e).lower() else _missing(cfg)) from None
     except ValueError as e:  # no train split, or files datasets cannot read
-        raise UserError(f"repo: {cfg.repo} cannot be streamed as a dataset ({_short(e)})", field="repo") from None
+        raise UserError(f"repo: {cfg.repo} cannot be streamed as a dataset ({_short(e)})", field="repo",
+                        zh=f"repo：{cfg.repo} 无法作为数据集流式读取（{_short(e)}）") from None
     except OSError as e:  # the network went away: nothing kept, start again
         raise _unreachable(cfg, e) from None
 
@@ -322,7 +338,8 @@ def _modelscope_rows(cfg: DownloadConfig):
         from modelscope_hub.errors import AuthenticationError, NotExistError, PermissionDeniedError
     except ImportError:
         raise UserError("source: the modelscope package is not installed; run `pip install -r requirements.txt`, "
-                        "or choose Hugging Face or a mirror", field="source") from None
+                        "or choose Hugging Face or a mirror", field="source",
+                        zh="source：没有安装 modelscope 包；请运行 `pip install -r requirements.txt`，或改用 Hugging Face 或镜像") from None
     api = HubApi(endpoint=cfg.endpoint or None)
     try:
         entries = api.list_repo_files(cfg.repo, "dataset")
@@ -334,7 +351,7 @@ def _modelscope_rows(cfg: DownloadConfig):
             names = [n for n in names if split(n) in ("train", None)]
         if not names:
             raise UserError(f"repo: {cfg.repo} has no data files ModelScope can stream (JSON lines, JSON or CSV)",
-                            field="repo")
+                            field="repo", zh=f"repo：{cfg.repo} 没有可从 ModelScope 流式读取的数据文件（JSON lines、JSON 或 CSV）")
         rng = random.Random(cfg.seed)
         rng.shuffle(names)
         window: list[dict] = []
@@ -363,7 +380,8 @@ def _modelscope_rows(cfg: DownloadConfig):
     except UserError:
         raise
     except ValueError as e:  # a file that is not what its name says
-        raise UserError(f"repo: {cfg.repo} cannot be streamed as a dataset ({_short(e)})", field="repo") from None
+        raise UserError(f"repo: {cfg.repo} cannot be streamed as a dataset ({_short(e)})", field="repo",
+                        zh=f"repo：{cfg.repo} 无法作为数据集流式读取（{_short(e)}）") from None
     except Exception as e:  # no network, a wrong address, the connection cut
         raise _unreachable(cfg, e) from None
 
@@ -447,26 +465,35 @@ def _check_room(folder: Path, need: int) -> None:
     free = shutil.disk_usage(folder).free
     if need > 0 and free < need * 1.05:
         raise UserError(f"repo: not enough disk space in {folder.parent}: the model needs about "
-                        f"{need / 2**30:.1f} GiB more, {free / 2**30:.1f} GiB are free; free some space", field="repo")
+                        f"{need / 2**30:.1f} GiB more, {free / 2**30:.1f} GiB are free; free some space", field="repo",
+                        zh=f"repo：{folder.parent} 磁盘空间不足：模型还需约 {need / 2**30:.1f} GiB，"
+                           f"只剩 {free / 2**30:.1f} GiB；请腾出空间")
 
 
 # ---- reasons, one line each --------------------------------------------------------------------
 def _gated(cfg: DownloadConfig) -> UserError:
     if cfg.source == "modelscope":
         return UserError(f"repo: {cfg.repo} is private or needs a login on {_where(cfg)}: ask for access on its page "
-                         "and start the panel with your ModelScope access token in MODELSCOPE_API_TOKEN", field="repo")
+                         "and start the panel with your ModelScope access token in MODELSCOPE_API_TOKEN", field="repo",
+                         zh=f"repo：{cfg.repo} 是私有仓库或需要在 {_where(cfg)} 登录：请在它的页面申请访问，"
+                            "并在启动面板时把 ModelScope 访问令牌放进 MODELSCOPE_API_TOKEN")
     return UserError(f"repo: {cfg.repo} is gated or private: accept its terms on the hub's page and start the panel "
-                     "with a read token in HF_TOKEN (MODELSCOPE_API_TOKEN for ModelScope)", field="repo")
+                     "with a read token in HF_TOKEN (MODELSCOPE_API_TOKEN for ModelScope)", field="repo",
+                     zh=f"repo：{cfg.repo} 需要授权或是私有的：请在模型库页面接受条款，并在 HF_TOKEN"
+                        "（ModelScope 用 MODELSCOPE_API_TOKEN）中设置读取令牌后启动面板")
 
 
 def _missing(cfg: DownloadConfig) -> UserError:
-    return UserError(f"repo: {cfg.repo} was not found on {_where(cfg)}; check the spelling (owner/name)", field="repo")
+    return UserError(f"repo: {cfg.repo} was not found on {_where(cfg)}; check the spelling (owner/name)", field="repo",
+                     zh=f"repo：在 {_where(cfg)} 上找不到 {cfg.repo}；请检查拼写（owner/name）")
 
 
 def _unreachable(cfg: DownloadConfig, e: Exception) -> UserError:
     others = "Hugging Face, or a mirror of it" if cfg.source == "modelscope" else "a mirror, or ModelScope"
+    others_zh = "Hugging Face 或其镜像" if cfg.source == "modelscope" else "镜像或 ModelScope"
     return UserError(f"source: {_where(cfg)} cannot be reached ({_short(e)}); check the network, or choose another "
-                     f"source ({others})", field="source")
+                     f"source ({others})", field="source",
+                     zh=f"source：无法连接 {_where(cfg)}（{_short(e)}）；请检查网络，或换个来源（{others_zh}）")
 
 
 def _where(cfg: DownloadConfig) -> str:

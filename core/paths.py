@@ -83,10 +83,13 @@ def child(root: Path, name: str, field: str) -> Path:
     name = (name or "").strip()
     if not NAME.fullmatch(name) or name.startswith(".") or len(name) > 120:
         raise UserError(f"{field}: {name!r} is not a usable name; use letters, digits, spaces, '-', '_' or '.', "
-                        "without '/' and not starting with '.'", field=field)
+                        "without '/' and not starting with '.'", field=field,
+                        zh=f"{field}：{name!r} 不能用作名称；请用字母、数字、空格、'-'、'_' 或 '.'，"
+                           "不含 '/'，也不要以 '.' 开头")
     path = root.resolve() / name
     if not within(path.resolve(), root.resolve()):  # a symlink someone planted in the folder
-        raise UserError(f"{field}: {name!r} points outside {root}; choose another name", field=field)
+        raise UserError(f"{field}: {name!r} points outside {root}; choose another name", field=field,
+                        zh=f"{field}：{name!r} 指向 {root} 之外，请换个名字")
     return path
 
 
@@ -97,7 +100,9 @@ def readable(path: str | Path, field: str) -> Path:
     roots = [home(), cache(), ASSETS, *allowed()]
     if not any(within(resolved, root) for root in roots):
         raise UserError(f"{field}: {path} is outside the workspace and the folders this panel may read; put it "
-                        f"under {home()} or start the panel with --allow-dir FOLDER", field=field)
+                        f"under {home()} or start the panel with --allow-dir FOLDER", field=field,
+                        zh=f"{field}：{path} 不在工作区，也不在本面板允许读取的文件夹中；请把它放到 {home()} 下，"
+                           "或用 --allow-dir FOLDER 启动面板")
     return resolved
 
 
@@ -105,7 +110,7 @@ def inside(path: str | Path, root: Path, field: str) -> Path:
     """`path` resolved, if it lies inside `root` (a run folder in runs/, say)."""
     resolved = readable(path, field)
     if not within(resolved, root.resolve()):
-        raise UserError(f"{field}: {path} is not inside {root}", field=field)
+        raise UserError(f"{field}: {path} is not inside {root}", field=field, zh=f"{field}：{path} 不在 {root} 内")
     return resolved
 
 

@@ -39,8 +39,8 @@ MIN_ROW_CHARS = 100_000
 class BadRow(UserError):
     """A row that is broken (bad JSON, missing field): fatal unless the user skips bad rows."""
 
-    def __init__(self, message: str, reason: str):
-        super().__init__(message)
+    def __init__(self, message: str, reason: str, *, zh: str | None = None):
+        super().__init__(message, zh=zh)
         self.reason = reason
 
 
@@ -56,26 +56,29 @@ class Dropped(Exception):
 def container(path: Path) -> str:
     """'jsonl', 'json' (an array) or 'csv', from the extension and the first character."""
     if not path.exists():
-        raise UserError(f"{path}: file not found; check the path")
+        raise UserError(f"{path}: file not found; check the path", zh=f"{path}：找不到文件，请检查路径")
     if path.is_dir():
-        raise UserError(f"{path}: is a folder; choose a data file inside it")
+        raise UserError(f"{path}: is a folder; choose a data file inside it", zh=f"{path}：这是文件夹，请选择其中的数据文件")
     if not path.is_file():  # a device (/dev/zero), a pipe, a socket: reading could never end
-        raise UserError(f"{path}: is not a regular file; choose a data file")
+        raise UserError(f"{path}: is not a regular file; choose a data file", zh=f"{path}：不是普通文件，请选择数据文件")
     if path.suffix.lower() in (".csv", ".tsv"):
         return "csv"
     with path.open("rb") as f:
         head = f.read(4096)
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):  # what Windows Notepad calls "Unicode"
-        raise UserError(f"{path}: the file is saved as UTF-16; save it as UTF-8")
+        raise UserError(f"{path}: the file is saved as UTF-16; save it as UTF-8", zh=f"{path}：文件是 UTF-16 编码，请另存为 UTF-8")
     head = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if not head:
-        raise UserError(f"{path}: the file is empty; choose a file with one row per line")
+        raise UserError(f"{path}: the file is empty; choose a file with one row per line",
+                        zh=f"{path}：文件是空的，请选择每行一条数据的文件")
     if head[:1] == b"[":
         return "json"
     if head[:1] == b"{":
         return "jsonl"
     raise UserError(f"{path}: not JSON lines, a JSON array or CSV (it starts with {head[:20]!r}); "
-                    "save it as .jsonl with one JSON object per line, or as .csv")
+                    "save it as .jsonl with one JSON object per line, or as .csv",
+                    zh=f"{path}：不是 JSON lines、JSON 数组或 CSV（开头是 {head[:20]!r}）；"
+                       "请另存为每行一个 JSON 对象的 .jsonl，或 .csv")
 
 
 def records(path: Path, digest=None) -> Iterator[tuple[str, dict]]:
@@ -87,7 +90,8 @@ def records(path: Path, digest=None) -> Iterator[tuple[str, dict]]:
         empty = False
         yield where, rec
     if empty:
-        raise UserError(f"{path}: the file is empty (no rows); choose a file with one row per line")
+        raise UserError(f"{path}: the file is empty (no rows); choose a file with one row per line",
+                        zh=f"{path}：文件是空的（没有数据行），请选择每行一条数据的文件")
 
 
 def _decode(raw: bytes, where: str) -> str:
@@ -95,7 +99,9 @@ def _decode(raw: bytes, where: str) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise BadRow(f"{where}: not UTF-8 text (byte {e.start + 1} of the line is 0x{raw[e.start]:02x}); "
-                     "save the file as UTF-8 (it may be GBK)", "not UTF-8") from None
+                     "save the file as UTF-8 (it may be GBK)", "not UTF-8",
+                     zh=f"{where}：不是 UTF-8 文本（该行第 {e.start + 1} 个字节是 0x{raw[e.start]:02x}）；"
+                        "请把文件另存为 UTF-8（它可能是 GBK 编码）") from None
 
 
 def _hashing(path: Path, digest):
@@ -118,10 +124,13 @@ def _jsonl(path: Path, digest) -> Iterator[tuple[str, dict]]:
             text = _decode(raw, where).rstrip("\r\n")  # so that a cut-off row names its own column
             rec = json.loads(text)
             if not isinstance(rec, dict):
-                raise BadRow(f"{where}: expected a JSON object {{...}}, found {type(rec).__name__}", "not an object")
+                raise BadRow(f"{where}: expected a JSON object {{...}}, found {type(rec).__name__}", "not an object",
+                             zh=f"{where}：应为 JSON 对象 {{...}}，实际是 {type(rec).__name__}")
         except json.JSONDecodeError as e:
-            hint = "; JSON lines need one whole object per line" if n == 1 else ""
-            rec = BadRow(f"{where}: invalid JSON at column {e.colno}: {e.msg}{hint}", "invalid JSON")
+            hint, hint_zh = ("; JSON lines need one whole object per line", "；JSON lines 要求每行一个完整对象") \
+                if n == 1 else ("", "")
+            rec = BadRow(f"{where}: invalid JSON at column {e.colno}: {e.msg}{hint}", "invalid JSON",
+                         zh=f"{where}：第 {e.colno} 列 JSON 格式错误：{e.msg}{hint_zh}")
         except BadRow as e:
             rec = e
         yield where, rec
@@ -151,7 +160,9 @@ def _json_array(path: Path, digest) -> Iterator[tuple[str, dict]]:
             else:
                 at = line + buf[pos:].count("\n") + chunk[: e.start].count(b"\n")
                 raise UserError(f"{path.name} line {at}: not UTF-8 text (byte 0x{chunk[e.start]:02x}); "
-                                "save the file as UTF-8 (it may be GBK)") from None
+                                "save the file as UTF-8 (it may be GBK)",
+                                zh=f"{path.name} 第 {at} 行：不是 UTF-8 文本（字节 0x{chunk[e.start]:02x}）；"
+                                   "请把文件另存为 UTF-8（它可能是 GBK 编码）") from None
         if first:
             text, first = text.lstrip("\ufeff"), False
         buf, pos = buf[pos:] + text, 0
@@ -171,13 +182,15 @@ def _json_array(path: Path, digest) -> Iterator[tuple[str, dict]]:
 
     with f:
         if skip("") != "[":
-            raise UserError(f"{path.name} line {line}: a JSON array must start with '['")
+            raise UserError(f"{path.name} line {line}: a JSON array must start with '['",
+                            zh=f"{path.name} 第 {line} 行：JSON 数组必须以 '[' 开头")
         pos += 1
         while True:
             c = skip(",")
             if c == "]" or c == "":
                 if c == "":
-                    raise UserError(f"{path.name} line {line}: the JSON array is not closed with ']'")
+                    raise UserError(f"{path.name} line {line}: the JSON array is not closed with ']'",
+                                    zh=f"{path.name} 第 {line} 行：JSON 数组没有用 ']' 结束")
                 return
             row += 1
             where = f"{path.name} row {row} (line {line})"
@@ -190,11 +203,14 @@ def _json_array(path: Path, digest) -> Iterator[tuple[str, dict]]:
                     if not eof and more():
                         continue
                     raise UserError(f"{path.name} line {line + buf.count(chr(10), pos, e.pos)}: "
-                                    f"invalid JSON: {e.msg}") from None
+                                    f"invalid JSON: {e.msg}",
+                                    zh=f"{path.name} 第 {line + buf.count(chr(10), pos, e.pos)} 行："
+                                       f"JSON 格式错误：{e.msg}") from None
             line += buf.count("\n", pos, end)
             pos = end
             if not isinstance(rec, dict):
-                rec = BadRow(f"{where}: expected a JSON object {{...}}, found {type(rec).__name__}", "not an object")
+                rec = BadRow(f"{where}: expected a JSON object {{...}}, found {type(rec).__name__}", "not an object",
+                             zh=f"{where}：应为 JSON 对象 {{...}}，实际是 {type(rec).__name__}")
             yield where, rec
 
 
@@ -222,11 +238,14 @@ def _csv(path: Path, digest) -> Iterator[tuple[str, dict]]:
             where = f"{path.name} line {start}"
             if len(cells) > len(header):
                 yield where, BadRow(f"{where}: {len(cells)} cells but the header has {len(header)} columns; "
-                                    "put quotes around text that contains commas", "wrong number of cells")
+                                    "put quotes around text that contains commas", "wrong number of cells",
+                                    zh=f"{where}：有 {len(cells)} 个单元格，但表头有 {len(header)} 列；"
+                                       "含逗号的文本请加上引号")
                 continue
             yield where, dict(zip(header, cells, strict=False))  # missing cells: the layout check names them
     except csv.Error as e:
-        raise UserError(f"{path.name} line {reader.line_num}: broken CSV: {e}") from None
+        raise UserError(f"{path.name} line {reader.line_num}: broken CSV: {e}",
+                        zh=f"{path.name} 第 {reader.line_num} 行：CSV 格式损坏：{e}") from None
 
 
 # ---- layouts ------------------------------------------------------------------------
@@ -242,7 +261,9 @@ def layout_of(rec: dict, where: str) -> str:
         return "text"
     keys = ", ".join(sorted(map(str, rec))) or "none"
     raise UserError(f"{where}: unknown layout (keys found: {keys}); expected instruction/input/output, "
-                    "conversations (ShareGPT), messages (OpenAI chat) or text")
+                    "conversations (ShareGPT), messages (OpenAI chat) or text",
+                    zh=f"{where}：无法识别的数据格式（找到的键：{keys}）；应为 instruction/input/output、"
+                       "conversations（ShareGPT）、messages（OpenAI 对话）或 text")
 
 
 def normalize(rec: dict, layout: str, where: str) -> dict:
@@ -255,13 +276,14 @@ def normalize(rec: dict, layout: str, where: str) -> dict:
 def _str(rec: dict, key: str, where: str, required: bool = True) -> str:
     if key not in rec or rec[key] is None:
         if required:
-            raise BadRow(f"{where}: the row has no `{key}` field", f"no {key}")
+            raise BadRow(f"{where}: the row has no `{key}` field", f"no {key}", zh=f"{where}：这一行没有 `{key}` 字段")
         return ""
     v = rec[key]
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         return str(v)
     if not isinstance(v, str):
-        raise BadRow(f"{where}: `{key}` must be text, found {type(v).__name__}", f"{key} not text")
+        raise BadRow(f"{where}: `{key}` must be text, found {type(v).__name__}", f"{key} not text",
+                     zh=f"{where}：`{key}` 必须是文本，实际是 {type(v).__name__}")
     return v
 
 
@@ -283,7 +305,8 @@ def _history(rec: dict, where: str) -> list[dict]:
     """Earlier turns of an alpaca row, as [[question, answer], ...] in `history` (a common extension)."""
     hist = rec.get("history") or []
     if not isinstance(hist, list) or any(not isinstance(h, list) or len(h) != 2 for h in hist):
-        raise BadRow(f"{where}: `history` must be a list of [question, answer] pairs", "bad history")
+        raise BadRow(f"{where}: `history` must be a list of [question, answer] pairs", "bad history",
+                     zh=f"{where}：`history` 必须是 [问题, 回答] 对的列表")
     return [{"instruction": str(q), "input": "", "output": str(a)} for q, a in hist]
 
 
@@ -306,11 +329,13 @@ def _chat(rec: dict, key: str, role_key: str, text_key: str, where: str) -> dict
     """Messages -> turns: consecutive user messages are joined; a reply closes a turn."""
     msgs = rec.get(key)
     if not isinstance(msgs, list):
-        raise BadRow(f"{where}: `{key}` must be a list of messages", f"{key} not a list")
+        raise BadRow(f"{where}: `{key}` must be a list of messages", f"{key} not a list",
+                     zh=f"{where}：`{key}` 必须是消息列表")
     system, turns, pending = "", [], []
     for i, m in enumerate(msgs, 1):
         if not isinstance(m, dict) or role_key not in m:
-            raise BadRow(f"{where}: message {i} of `{key}` has no `{role_key}`", f"no {role_key}")
+            raise BadRow(f"{where}: message {i} of `{key}` has no `{role_key}`", f"no {role_key}",
+                         zh=f"{where}：`{key}` 的第 {i} 条消息没有 `{role_key}`")
         role = str(m[role_key]).strip().lower()
         text = _str(m, text_key, f"{where}: message {i}")
         if role == "system":
@@ -320,13 +345,16 @@ def _chat(rec: dict, key: str, role_key: str, text_key: str, where: str) -> dict
         elif role in ASSISTANT_ROLES:
             if not pending:
                 raise BadRow(f"{where}: message {i} is a reply ({m[role_key]}) with no question before it",
-                             "reply without question")
+                             "reply without question",
+                             zh=f"{where}：第 {i} 条消息是回复（{m[role_key]}），但前面没有问题")
             turns.append({"instruction": "\n".join(pending), "input": "", "output": text})
             pending = []
         else:
             raise BadRow(f"{where}: message {i} has an unknown {role_key} {m[role_key]!r}; use "
                          f"{'human, gpt' if key == 'conversations' else 'user, assistant'} or system",
-                         f"unknown {role_key}")
+                         f"unknown {role_key}",
+                         zh=f"{where}：第 {i} 条消息的 {role_key} 未知：{m[role_key]!r}；请用 "
+                            f"{'human、gpt' if key == 'conversations' else 'user、assistant'} 或 system")
     # A question left without a reply teaches nothing: it is dropped with the rest kept.
     if not turns:
         raise Dropped("no assistant reply")

@@ -151,7 +151,7 @@ def lock(run: str | Path) -> IO:
         pid = f.read().strip() or "unknown"
         f.close()
         raise UserError(f"out: run {run} is being trained by another process (pid {pid}); wait for it or stop it",
-                        field="out")
+                        field="out", zh=f"out：运行 {run} 正在被另一个进程（pid {pid}）训练；请等待它结束或停止它")
     f.seek(0)
     f.truncate()
     f.write(str(os.getpid()))

@@ -19,7 +19,7 @@ import struct
 from pathlib import Path
 
 from core import models
-from core.errors import UserError
+from core.errors import Text, UserError
 
 log = logging.getLogger("qlora_studio.train")
 
@@ -30,9 +30,12 @@ DISK_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 DISK_WORDS = {"No space left on device": "no space left on device", "StorageFull": "no space left on device",
               "File too large": "file too large", "FileTooLarge": "file too large",
               "Disk quota exceeded": "disk quota exceeded"}
-START_HINT = "free some disk space (or choose a run folder on a disk with more room), then start the run again"
-RESUME_HINT = "free some disk space, then press Resume: the last checkpoint is kept"
-RESTART_HINT = "free some disk space, then start the run again (it had no checkpoint to resume from)"
+START_HINT = Text("free some disk space (or choose a run folder on a disk with more room), then start the run again",
+                  "请腾出磁盘空间（或把运行文件夹放到空间更大的磁盘上），然后重新开始运行")
+RESUME_HINT = Text("free some disk space, then press Resume: the last checkpoint is kept",
+                   "请腾出磁盘空间，然后点“继续”：最后一个检查点已保留")
+RESTART_HINT = Text("free some disk space, then start the run again (it had no checkpoint to resume from)",
+                    "请腾出磁盘空间，然后重新开始运行（没有可继续的检查点）")
 
 
 # ---- disk space --------------------------------------------------------------------------
@@ -54,7 +57,7 @@ def ensure_space(folder: Path, need: int, hint: str | None = None) -> None:
     free = free_bytes(folder)
     if free < need:
         raise UserError(f"disk full: about {size(need)} needed in {folder}, {size(free)} free",
-                        hint=hint or RESUME_HINT)
+                        zh=f"磁盘已满：{folder} 约需 {size(need)}，只剩 {size(free)}", hint=hint or RESUME_HINT)
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -68,7 +71,7 @@ def disk_error(exc: BaseException, what: str, hint: str) -> UserError:
     """A failed save in words: 'disk full while saving X (no space left on device)'."""
     text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
     why = next((words for key, words in DISK_WORDS.items() if key in text), text.splitlines()[0][:200])
-    return UserError(f"disk full while saving {what} ({why})", hint=hint)
+    return UserError(f"disk full while saving {what} ({why})", zh=f"保存 {what} 时磁盘已满（{why}）", hint=hint)
 
 
 # ---- folders that appear whole or not at all ----------------------------------------------
@@ -164,7 +167,8 @@ def resume_point(run: Path, tidy: bool = True) -> tuple[Path, int, str | None]:
     """
     checkpoint, skipped = newest_checkpoint(run)
     if checkpoint is None:  # checked before the run's lock was taken; gone since
-        raise UserError(f"resume: {run} has no complete checkpoint to resume from", field="resume")
+        raise UserError(f"resume: {run} has no complete checkpoint to resume from", field="resume",
+                        zh=f"resume：{run} 没有可用于继续训练的完整检查点")
     if not tidy:
         skipped = []
     for broken, why in skipped:

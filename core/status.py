@@ -9,6 +9,7 @@ through here. Torch-free, so the panel can import it.
     progress (0 to 1), message, report                         (a merge: its stage, then its result)
     bytes_done, bytes_total, speed (bytes/s), eta (seconds)    (a download, with progress and message)
     error      what went wrong, one line;   hint   what to do about it
+    error_zh, hint_zh   the same in Chinese (written by update() from a core.errors.Text); pick with said()
     warning    something worth knowing while it still runs (a diverging loss)
 
 A stop request is a file beside it (STOP), not a field: the job rewrites status.json as it
@@ -25,26 +26,33 @@ import threading
 import time
 from pathlib import Path
 
+from core.errors import Text
+
 FILE = "status.json"
 STOP = "stop"
 FINAL = ("finished", "stopped", "failed")
 LIVE = ("starting", "running", "stopping")
 FIELDS = {"state": "starting", "pid": None, "started": None, "ended": None, "step": 0, "max_steps": 0,
-          "device": None, "mode": None, "error": None, "hint": None, "warning": None, "adapter": None,
+          "device": None, "mode": None, "error": None, "hint": None, "error_zh": None, "hint_zh": None,
+          "warning": None, "adapter": None,
           "progress": None, "message": None, "report": None,
           "bytes_done": None, "bytes_total": None, "speed": None, "eta": None}
 
-OOM_HINT = "lower batch size or max sequence length, or turn on gradient checkpointing"
+OOM_HINT = Text("lower batch size or max sequence length, or turn on gradient checkpointing",
+                "请调小 batch size 或 max sequence length，或打开梯度检查点")
 OOM_HINTS = {
     "train": OOM_HINT,
-    "merge": "free the GPU (unload chat models, wait for training to end), then merge again",
-    "chat": "unload the other model, wait for training to end, or choose a smaller model",
-    "download": "close other programs, then start the download again",
+    "merge": Text("free the GPU (unload chat models, wait for training to end), then merge again",
+                  "请先腾出 GPU（卸载对话模型，或等训练结束），再重新合并"),
+    "chat": Text("unload the other model, wait for training to end, or choose a smaller model",
+                 "请卸载另一个模型、等训练结束，或换个更小的模型"),
+    "download": Text("close other programs, then start the download again", "请关闭其他程序，然后重新开始下载"),
 }
-LOG_HINT = "look at the end of the log for the reason"
-RESUME_HINT = "press Resume to continue from the last checkpoint"
-FIX_HINT = "fix the setting named above, then start again"
-DISK_HINT = "free some disk space, then press Resume: the last checkpoint is kept"
+LOG_HINT = Text("look at the end of the log for the reason", "原因请看日志末尾")
+RESUME_HINT = Text("press Resume to continue from the last checkpoint", "点“继续”即可从最后一个检查点接着训练")
+FIX_HINT = Text("fix the setting named above, then start again", "请改正上面提到的设置，然后重新开始")
+DISK_HINT = Text("free some disk space, then press Resume: the last checkpoint is kept",
+                 "请腾出磁盘空间，然后点“继续”：最后一个检查点已保留")
 
 
 # ---- files -----------------------------------------------------------------------------------
@@ -99,7 +107,7 @@ class Status:
 
     def update(self, **changes) -> None:
         """Merge `changes` and write them (an OSError, a full disk say, is the caller's to handle)."""
-        self.data.update(changes)
+        self.data.update(bilingual(changes))
         if self.path is not None:
             write_json(self.path, self.data)
 
@@ -134,7 +142,9 @@ def reporting(folder: Path, work, log, kind: str, log_name: str):
         return job, work(progress)
     except BaseException as e:
         error, hint = explain(e, kind)
-        job.last_word(log, state="failed", error=error, hint=(hint or "").replace("train.log", log_name) or None,
+        if hint:
+            hint = Text(hint.replace("train.log", log_name), getattr(hint, "zh", hint).replace("train.log", log_name))
+        job.last_word(log, state="failed", error=error, hint=hint or None,
                       ended=time.time())
         raise
 
@@ -152,9 +162,28 @@ def read(folder: str | Path, log: str | Path | None = None, kind: str = "train")
         # the panel was closed meanwhile).
         stopping = stop_requested(folder)
         error, hint = ended(None, log or folder / "train.log", stopping, kind=kind)
-        status.update(state="stopped" if stopping else "failed",
-                      error=status.get("error") or error, hint=status.get("hint") or hint)
+        fresh = bilingual({"error": error, "hint": hint})
+        for key in ("error", "hint"):  # a word the job wrote itself wins
+            if not status.get(key):
+                status[key], status[key + "_zh"] = fresh[key], fresh[key + "_zh"]
+        status["state"] = "stopped" if stopping else "failed"
     return status
+
+
+def bilingual(changes: dict) -> dict:
+    """`error` and `hint` with their Chinese beside them (error_zh, hint_zh), where they carry it."""
+    for key in ("error", "hint"):
+        if key in changes:
+            value = changes[key]
+            changes = {**changes, key + "_zh": getattr(value, "zh", None) if value else None}
+    return changes
+
+
+def words(status: dict, language: str | None) -> tuple[str | None, str | None]:
+    """A status's (error, hint) in `language` ("zh" or "en"), English where it has no Chinese."""
+    zh = language == "zh"
+    return ((zh and status.get("error_zh")) or status.get("error"),
+            (zh and status.get("hint_zh")) or status.get("hint"))
 
 
 def request_stop(folder: str | Path) -> None:
@@ -173,6 +202,7 @@ def clear_stop(folder: str | Path) -> None:
 # ---- why it ended ----------------------------------------------------------------------------
 def explain(exc: BaseException, job: str = "train") -> tuple[str, str | None]:
     """(error, hint) for an exception that ended a job ("train", "merge" or "chat"), in words."""
+    from core import errors
     from core.errors import UserError
 
     text = str(exc)
@@ -181,42 +211,54 @@ def explain(exc: BaseException, job: str = "train") -> tuple[str, str | None]:
         wanted = re.search(r"Tried to allocate ([\d.]+ [KMGT]?i?B)", text)
         free = re.search(r"of which ([\d.]+ [KMGT]?i?B) is free", text)
         detail = ", ".join(x for x in (wanted and f"needed {wanted[1]} more", free and f"{free[1]} free") if x)
-        return "out of GPU memory" + (f" ({detail})" if detail else ""), OOM_HINTS[job]
+        detail_zh = "，".join(x for x in (wanted and f"还需 {wanted[1]}", free and f"剩余 {free[1]}") if x)
+        return Text("out of GPU memory" + (f" ({detail})" if detail else ""),
+                    "显存不足" + (f"（{detail_zh}）" if detail_zh else "")), OOM_HINTS[job]
     if isinstance(exc, MemoryError):
-        return "out of system memory", "close other programs, or lower batch size or max sequence length"
+        return Text("out of system memory", "内存不足"), Text(
+            "close other programs, or lower batch size or max sequence length",
+            "请关闭其他程序，或调小 batch size 或 max sequence length")
     if isinstance(exc, UserError):
-        return str(exc), exc.hint
+        return errors.of(exc), Text(exc.hint, exc.hint_zh) if exc.hint else None
     if isinstance(exc, OSError) and exc.errno in (28, 27):  # ENOSPC, EFBIG
-        return f"disk full: {exc.strerror} ({exc.filename or 'writing'})", DISK_HINT
+        where = exc.filename or "writing"
+        return Text(f"disk full: {exc.strerror} ({where})", f"磁盘已满：{exc.strerror}（{where}）"), DISK_HINT
     first = (text.strip().splitlines() or [""])[0][:300]
-    return f"{type(exc).__name__}: {first}".rstrip(": "), "see train.log"
+    return f"{type(exc).__name__}: {first}".rstrip(": "), Text("see train.log", "请查看 train.log")
 
 
 def ended(code: int | None, log: str | Path | None = None, stopping: bool = False,
           out_of_memory: bool = False, kind: str = "train") -> tuple[str | None, str | None]:
     """(error, hint) for a job ("train" or "merge") that ended without writing a final state."""
-    again = RESUME_HINT if kind == "train" else "start it again"
+    again = RESUME_HINT if kind == "train" else Text("start it again", "请重新开始")
     if stopping and kind == "download":
-        return None, "start the same download again to continue where it stopped"
+        return None, Text("start the same download again to continue where it stopped", "再次开始同一个下载即可从中断处继续")
     if stopping:  # asked to stop before it could say so itself (still starting, say)
-        return None, "stopped before training began: nothing was trained, so there is nothing to keep"
+        return None, Text("stopped before training began: nothing was trained, so there is nothing to keep",
+                          "在训练开始前就停止了：什么都没训练，所以没有可保留的内容")
     said = last_error(log) if log else None
     if code is not None and code > 0 and said:
         return said, FIX_HINT if said.startswith(("model:", "data:", "out:", "resume:")) else LOG_HINT
     if code is None:
-        return said or "the job ended without saying why (the machine restarted or the process was killed)", again
+        return said or Text("the job ended without saying why (the machine restarted or the process was killed)",
+                            "任务没有说明原因就结束了（机器重启了，或进程被终止了）"), again
     if code < 0:
         sig = -code
         name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
         if sig == signal.SIGKILL and out_of_memory:
-            return (f"killed by signal {sig} ({name}): the system ran out of memory",
-                    "close other programs" + (", lower batch size or max sequence length, then press Resume"
-                                              if kind == "train" else ", then start it again"))
+            train = kind == "train"
+            return (Text(f"killed by signal {sig} ({name}): the system ran out of memory",
+                         f"被信号 {sig}（{name}）终止：系统内存不足"),
+                    Text("close other programs" + (", lower batch size or max sequence length, then press Resume"
+                                                   if train else ", then start it again"),
+                         "请关闭其他程序" + ("，调小 batch size 或 max sequence length，然后点“继续”"
+                                             if train else "，然后重新开始")))
         if sig == signal.SIGSEGV:
-            return (f"crashed (signal {sig}, {name})",
-                    "look at the end of the log; updating the GPU driver or bitsandbytes often helps")
-        return f"killed by signal {sig} ({name})", again
-    return f"ended with exit code {code}", LOG_HINT
+            return (Text(f"crashed (signal {sig}, {name})", f"崩溃了（信号 {sig}，{name}）"),
+                    Text("look at the end of the log; updating the GPU driver or bitsandbytes often helps",
+                         "请查看日志末尾；更新 GPU 驱动或 bitsandbytes 通常有帮助"))
+        return Text(f"killed by signal {sig} ({name})", f"被信号 {sig}（{name}）终止"), again
+    return Text(f"ended with exit code {code}", f"以退出码 {code} 结束"), LOG_HINT
 
 
 def last_error(log: str | Path) -> str | None:

@@ -71,25 +71,29 @@ class Template:
         try:
             parsed = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(pattern) if f is not None]
         except ValueError as e:  # a lone brace would otherwise surface as a traceback
-            raise UserError(f"template: {e}; write a literal brace as {{{{ or }}}}", field="template") from None
+            raise UserError(f"template: {e}; write a literal brace as {{{{ or }}}}", field="template",
+                            zh=f"template：{e}；花括号本身请写成 {{{{ 或 }}}}") from None
         if any(spec or conv for _, spec, conv in parsed):
             raise UserError("template: write fields plainly, like {output}, without :format or !conversion",
-                            field="template")
+                            field="template", zh="template：字段请直接写，如 {output}，不要加 :格式 或 !转换")
         fields = {f for f, _, _ in parsed}
         unknown = fields - {"instruction", "input", "output"}
         if unknown:
             raise UserError(
                 f"template: unknown field {{{sorted(unknown)[0]}}}; use {{instruction}}, {{input}} and {{output}}",
                 field="template",
+                zh=f"template：未知字段 {{{sorted(unknown)[0]}}}；请使用 {{instruction}}、{{input}} 和 {{output}}",
             )
         if "output" not in fields or "instruction" not in fields:
             raise UserError(
                 "template: a custom template needs {instruction} and {output}, e.g. "
                 "'Q: {instruction}\\n{input}\\nA: {output}'",
+                zh="template：自定义模板需要 {instruction} 和 {output}，例如 'Q: {instruction}\\n{input}\\nA: {output}'",
                 field="template",
             )
         if pattern.index("{output}") < pattern.index("{instruction}"):
-            raise UserError("template: {output} must come after {instruction}", field="template")
+            raise UserError("template: {output} must come after {instruction}", field="template",
+                            zh="template：{output} 必须在 {instruction} 之后")
         return cls("custom", pattern)
 
     @classmethod
@@ -97,7 +101,8 @@ class Template:
         if not d:
             return cls()
         if d.get("name") not in NAMES:
-            raise UserError(f"template: unknown template name {d.get('name')!r}; use one of {', '.join(NAMES)}")
+            raise UserError(f"template: unknown template name {d.get('name')!r}; use one of {', '.join(NAMES)}",
+                            zh=f"template：未知的模板名 {d.get('name')!r}；请用其中之一：{', '.join(NAMES)}")
         return cls(d["name"], d.get("pattern", ""))
 
     def to_dict(self) -> dict:
@@ -160,7 +165,8 @@ class Template:
 
 def _need(tokenizer):
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        raise UserError("template: this model has no chat template of its own; choose the seed or a custom template")
+        raise UserError("template: this model has no chat template of its own; choose the seed or a custom template",
+                        zh="template：这个模型没有自带对话模板，请选择 seed 或自定义模板")
     return tokenizer
 
 
@@ -192,7 +198,8 @@ def _chat_segments(msgs: list[dict], tokenizer) -> Segments:
         before = tokenizer.apply_chat_template(msgs[:i], tokenize=False, add_generation_prompt=True)
         after = tokenizer.apply_chat_template(msgs[: i + 1], tokenize=False)
         if not before.startswith(done) or not after.startswith(before):
-            raise UserError("template: this model's chat template cannot be split into turns; use the seed template")
+            raise UserError("template: this model's chat template cannot be split into turns; use the seed template",
+                            zh="template：这个模型的对话模板无法按轮次拆分，请使用 seed 模板")
         out.append((before[len(done):], False))
         out.append((after[len(before):], True))
         done = after

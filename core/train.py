@@ -22,7 +22,7 @@ from pathlib import Path
 
 from core import gpus, logs, models, runs, saving
 from core.config import Parser, TrainConfig, add_arguments, preset
-from core.errors import UserError
+from core.errors import Text, UserError
 from core.template import Template
 from core.tracking import setup as tracking_setup
 
@@ -97,7 +97,7 @@ def train(cfg: TrainConfig) -> dict:
             log.info("stopped before the first step")
             if status is not None:
                 status.last_word(log, state="stopped", ended=time.time(),
-                                 hint="stopped before training began: nothing to keep")
+                                 hint=Text("stopped before training began: nothing to keep", "在训练开始前就停止了：没有可保留的内容"))
             raise
         except BaseException as e:
             error, hint = explain(e)
@@ -143,28 +143,34 @@ def check_input(cfg: TrainConfig, fetch: bool = True, main: bool = True) -> tupl
     if picked:
         have = gpus.count()
         if not have:
-            raise UserError("gpus: this machine has no GPU; leave GPUs empty to train on the CPU", field="gpus")
+            raise UserError("gpus: this machine has no GPU; leave GPUs empty to train on the CPU", field="gpus",
+                            zh="gpus：本机没有 GPU；GPU 留空即可在 CPU 上训练")
         missing = [g for g in picked if int(g) >= have]
         if missing:
             raise UserError(f"gpus: there is no GPU {missing[0]}; this machine has {have} "
-                            f"(numbered 0 to {have - 1})", field="gpus")
+                            f"(numbered 0 to {have - 1})", field="gpus",
+                            zh=f"gpus：没有 GPU {missing[0]}；本机有 {have} 块（编号 0 到 {have - 1}）")
     run = Path(cfg.out).expanduser().resolve()
     data = Path(cfg.data).expanduser()
     if not (data / "manifest.json").is_file() or not (data / "train.jsonl").is_file():
         raise UserError(f"data: {cfg.data} is not a prepared dataset; make one in the Data tab or with "
-                        "`python -m core prepare`", field="data")
+                        "`python -m core prepare`", field="data",
+                        zh=f"data：{cfg.data} 不是已准备好的数据集；请在“数据”页或用 `python -m core prepare` 生成")
     if run.exists() and not run.is_dir():
-        raise UserError(f"out: {cfg.out} is a file; choose a new run folder", field="out")
+        raise UserError(f"out: {cfg.out} is a file; choose a new run folder", field="out",
+                        zh=f"out：{cfg.out} 是文件，请选择新的运行文件夹")
     extra = sorted(p.name for p in run.iterdir() if p.name not in PRESTART_FILES) if run.is_dir() else []
     if extra and not cfg.resume and main:
         raise UserError(f"out: run folder {cfg.out} already holds a run ({extra[0]}); choose a new folder "
-                        "or resume it", field="out")
+                        "or resume it", field="out",
+                        zh=f"out：运行文件夹 {cfg.out} 里已有一次运行（{extra[0]}）；请选择新文件夹或继续这次运行")
     checkpoint = None
     if cfg.resume:
         checkpoint, skipped = saving.newest_checkpoint(run)
         if checkpoint is None:
             why = "".join(f"; {p.name}: {reason}" for p, reason in skipped)
-            raise UserError(f"resume: {cfg.out} has no complete checkpoint to resume from{why}", field="resume")
+            raise UserError(f"resume: {cfg.out} has no complete checkpoint to resume from{why}", field="resume",
+                            zh=f"resume：{cfg.out} 没有可用于继续训练的完整检查点{why}")
     folder = models.resolve(cfg.model, fetch=fetch)  # a missing model folder is refused here, with its name
     from core import fit
 
@@ -230,7 +236,7 @@ def _train(cfg: TrainConfig, run: Path, data: Path, folder: str, status) -> dict
     if stop.agreed():  # asked while the model loaded: end before the first step, with nothing to keep
         stop.uninstall()
         log.info("stop requested before the first step: nothing was trained")
-        status.update(state="stopped", ended=time.time(), hint="stopped before training began: nothing to keep")
+        status.update(state="stopped", ended=time.time(), hint=Text("stopped before training began: nothing to keep", "在训练开始前就停止了：没有可保留的内容"))
         return status.data
     try:
         trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)

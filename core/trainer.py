@@ -100,7 +100,8 @@ def tokenized(path: Path, tokenizer, cfg: TrainConfig):
             try:
                 segments = json.loads(line)["segments"]
             except (json.JSONDecodeError, KeyError, TypeError):
-                raise UserError(f"{path}, line {n}: not a prepared row (no 'segments'); prepare the data again") from None
+                raise UserError(f"{path}, line {n}: not a prepared row (no 'segments'); prepare the data again",
+                                zh=f"{path} 第 {n} 行：不是准备好的数据行（没有 'segments'）；请重新准备数据") from None
             ids, mask = ([bos], [0]) if bos is not None else ([], [])
             for text, trained in segments:
                 piece = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -114,7 +115,8 @@ def tokenized(path: Path, tokenizer, cfg: TrainConfig):
     if dropped:
         log.info("%s: %d rows skipped: their prompt fills max_seq_length (%d)", path.name, dropped, cfg.max_seq_length)
     if not rows:
-        raise UserError(f"{path}: no usable rows; raise max_seq_length or prepare the data again")
+        raise UserError(f"{path}: no usable rows; raise max_seq_length or prepare the data again",
+                        zh=f"{path}：没有可用的行；请调大 max_seq_length 或重新准备数据")
     return Dataset.from_list(rows)
 
 
@@ -147,7 +149,8 @@ def load_model(cfg: TrainConfig, folder: str, device: Device):
             if cuda:
                 model.to(f"cuda:{device.index}")
     except (OSError, ValueError) as e:
-        raise UserError(f"model: cannot load {cfg.model}: {str(e).splitlines()[0]}", field="model") from None
+        raise UserError(f"model: cannot load {cfg.model}: {str(e).splitlines()[0]}", field="model",
+                        zh=f"model：无法加载 {cfg.model}：{str(e).splitlines()[0]}") from None
     # Without a cache, transformers reads restarting position_ids as separate rows: packed rows
     # then attend only to themselves (with a cache it would treat them as one long row).
     model.config.use_cache = False
@@ -158,7 +161,8 @@ def load_model(cfg: TrainConfig, folder: str, device: Device):
     try:
         return get_peft_model(model, lora)
     except ValueError as e:
-        raise UserError(f"target_modules: {str(e).splitlines()[0]}", field="target_modules") from None
+        raise UserError(f"target_modules: {str(e).splitlines()[0]}", field="target_modules",
+                        zh=f"target_modules：{str(e).splitlines()[0]}") from None
 
 
 def sft_args(cfg: TrainConfig, run: Path, dev: Device, tracking: list[str], evaluate: bool):

@@ -224,3 +224,43 @@ def test_the_runs_tab_shows_the_eval_loss_before_and_after(monkeypatch, tmp_path
     assert row["eval loss (base → tuned)"] == "2.000 → 0.250 better"
     zh = tab.table(_Chinese())
     assert "2.000 → 0.250 更好" in zh.iloc[:, 11].tolist()
+
+
+class _Page:
+    """A request from the page with its 中文 / English switch set (the cookie i18n.lang reads)."""
+
+    def __init__(self, language):
+        from ui.i18n import COOKIE
+
+        self.headers = {"cookie": f"{COOKIE}={language}"}
+
+
+def test_a_bad_setting_is_shown_in_the_pages_language(tmp_path):
+    from core.config import TrainConfig
+    from ui.train import SETTINGS, start
+
+    data = _dataset(tmp_path, [40] * 8)
+    values = [getattr(TrainConfig(), n) for n in SETTINGS]
+    values[SETTINGS.index("lora_dropout")] = 0.9
+    zh, _ = start(_Page("zh"), "default", data, "default", "", "", *values)
+    assert "lora_dropout：必须在 0 到 0.5 之间" in zh and "must be" not in zh
+    en, _ = start(_Page("en"), "default", data, "default", "", "", *values)
+    assert "lora_dropout: must be between 0 and 0.5" in en and "必须" not in en
+
+
+def test_a_failed_jobs_error_is_shown_in_the_pages_language(tmp_path):
+    import errno
+    import logging
+
+    from core import status
+
+    run = tmp_path / "run"
+    run.mkdir()
+    # What a training child writes when the disk fills up while it saves.
+    error, hint = status.explain(OSError(errno.ENOSPC, "No space left on device", "adapter.safetensors"))
+    status.Status(run).last_word(logging.getLogger("test"), state="failed", error=error, hint=hint)
+    zh = progress_html(str(run), "zh")
+    assert "磁盘已满：No space left on device（adapter.safetensors）" in zh and "请腾出磁盘空间" in zh
+    assert "disk full" not in zh
+    en = progress_html(str(run), "en")
+    assert "disk full: No space left on device (adapter.safetensors)" in en and "free some disk space" in en

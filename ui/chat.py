@@ -9,9 +9,9 @@ from pathlib import Path
 
 import gradio as gr
 
-from core import fit, jobs, models, paths, runs
+from core import errors, fit, jobs, models, paths, runs
 from core.config import GenerationConfig
-from core.errors import UserError
+from core.errors import Text, UserError
 from ui import fit as fit_words
 from ui.forms import WARN, warn, widget
 from ui.i18n import both, lang, say, t
@@ -180,13 +180,13 @@ def prepare(request: gr.Request | None, source_a, source_b, precision):
             yield line
         yield line
     except UserError as e:
-        yield warn(e)
+        yield warn(e, language=lang(request))
     except Exception as e:  # out of memory while loading: one line, memory given back
         from core import status
 
         release()
         error, hint = status.explain(e, "chat")
-        yield warn(f"{error}; {hint}" if hint else error)
+        yield warn(_failure(error, hint), language=lang(request))
 
 
 def _answer(source: str, history: list, message: str, gen: GenerationConfig):
@@ -282,7 +282,7 @@ def respond(request: gr.Request | None, message, hist_a, hist_b, source_a, sourc
             speeds = [_speed(s, chat, request) for s, chat in zip(wanted, loaded, strict=True)]
         yield "", hist_a, hist_b, "  \n".join(x for x in (note, *speeds) if x)
     except UserError as e:
-        yield gr.update(), hist_a, hist_b, warn(e)
+        yield gr.update(), hist_a, hist_b, warn(e, language=lang(request))
         return
     except Exception as e:  # out of GPU memory while loading or answering, say: one line, memory given back
         from core import status
@@ -292,7 +292,14 @@ def respond(request: gr.Request | None, message, hist_a, hist_b, source_a, sourc
         return
     # Released once the exception is gone: its traceback's frames hold the tensors of the failed step.
     release()
-    yield gr.update(), hist_a, hist_b, warn(f"{error}; {hint}" if hint else error)
+    yield gr.update(), hist_a, hist_b, warn(_failure(error, hint), language=lang(request))
+
+
+def _failure(error, hint) -> Text:
+    """What went wrong and what to do, on one line, in both languages (status.explain's words)."""
+    if not hint:
+        return Text(error, errors.text(error, "zh"))
+    return Text(f"{error}; {hint}", f"{errors.text(error, 'zh')}；{errors.text(hint, 'zh')}")
 
 
 def _fitted(chats: list, note: str, request) -> str:

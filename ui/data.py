@@ -8,7 +8,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from core import models, paths, readers
+from core import errors, models, paths, readers
 from core.config import PrepareConfig
 from core.errors import UserError
 from ui.forms import warn, widget
@@ -93,7 +93,7 @@ def _check_rows(cfg: PrepareConfig) -> None:
 
 def _named(e: UserError, source: str, language: str) -> str:
     """The problem as the page shows it, naming the file by its name: the workspace's folders are no business of the reader."""
-    text = str(e)
+    text = errors.text(e, language)
     for path in {str(source), str(Path(source).resolve())}:
         text = text.replace(path, Path(source).name)
     hint = "  \n" + say("skip_hint", language) if isinstance(e, readers.BadRow) else ""

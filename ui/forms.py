@@ -11,6 +11,7 @@ from dataclasses import MISSING, fields
 
 import gradio as gr
 
+from core import errors
 from ui.i18n import help, label
 
 WARN = "⚠️ "
@@ -54,6 +55,9 @@ def widget(cls, name: str, value=MISSING, *, options: list | None = None, **kw):
     return gr.Textbox(**kw)
 
 
-def warn(*problems) -> str:
-    """Problems (UserErrors or text) as the page shows them: one line each, marked, HTML-escaped."""
-    return "  \n".join(WARN + html.escape(str(p)) for p in problems)
+def warn(*problems, language: str | None = None) -> str:
+    """Problems (UserErrors or text) as the page shows them: one line each, marked, HTML-escaped.
+
+    In `language` ("zh" or "en", from i18n.lang) where the message carries it (core.errors), else English.
+    """
+    return "  \n".join(WARN + html.escape(errors.text(p, language)) for p in problems)

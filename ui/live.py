@@ -72,9 +72,10 @@ def progress_html(run: str, language: str = "en", metrics: list[dict] | None = N
     if now.get("warning"):  # the run goes on, but something needs the user's eye (the loss rising, an older checkpoint)
         parts.append(f"<p class='qs-warning'>⚠ {escape(now['warning'])}</p>")
     if state == "failed":
-        parts.append(f"<p class='qs-error'>{escape(now.get('error') or '')}</p>")
-        if now.get("hint"):
-            parts.append(f"<p>👉 {escape(now['hint'])}</p>")
+        error, hint = status.words(now, language)
+        parts.append(f"<p class='qs-error'>{escape(error or '')}</p>")
+        if hint:
+            parts.append(f"<p>👉 {escape(hint)}</p>")
     if state in ("finished", "stopped") and now.get("adapter"):
         parts.append(f"<p>{say('adapter_saved', language, path=escape(now['adapter']))}</p>")
     if state == "finished":

@@ -78,7 +78,8 @@ def result_text(folder: str | Path) -> str:
     report = now.get("report") or {}
     if not report.get("path"):
         cause = now.get("error")
-        return both("merge_failed", cause=cause) if cause else both("merge_failed_log")
+        return both("merge_failed", cause=lambda language: status.words(now, language)[0]) if cause \
+            else both("merge_failed_log")
     lines = [both("merged", out=report["path"], size=_size(report.get("size_bytes") or 0))]
     if report.get("max_abs_diff") is not None:
         key = "merge_check_ok" if report.get("ok") else "merge_check_failed"
@@ -103,7 +104,7 @@ def merge(request: gr.Request | None, run, base, out, dtype, base_weights="origi
     try:
         job = jobs.start_merge(config(run, base, out, dtype, base_weights))
     except UserError as e:
-        yield warn(e), ""
+        yield warn(e, language=language), ""
         return
     yield from _follow(job, lambda: progress_text(job.folder, language), lambda: result_text(job.folder))
 
@@ -134,7 +135,7 @@ def export_result_text(folder: str | Path, language: str) -> str:
     now = status.read(folder)
     report = now.get("report") or {}
     if not report.get("path"):
-        return say("export_failed", language, cause=now.get("error") or say("see_log", language))
+        return say("export_failed", language, cause=status.words(now, language)[0] or say("see_log", language))
     lines = [say("exported", language, out=report["path"])]
     lines += [f"- `{Path(f['path']).name}` · {f['kind'].upper()} · {_size(f['bytes'])}" for f in report.get("files", [])]
     lines.append(say("export_modelfile", language, path=report.get("modelfile", "")))
@@ -166,7 +167,7 @@ def export(request: gr.Request | None, model, out, quant):
             return
         job = jobs.start_export(cfg)
     except UserError as e:
-        yield warn(e), ""
+        yield warn(e, language=language), ""
         return
     yield from _follow(job, lambda: export_progress_text(job.folder, language),
                        lambda: export_result_text(job.folder, language))

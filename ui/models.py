@@ -111,8 +111,9 @@ def progress_html(folder: Path | None, language: str) -> str:
     if state == "stopped":
         return bar + "<p>" + say("dl_stopped", language, **numbers) + "</p>"
     if state == "failed":
-        text = say("dl_failed", language, repo=repo, error=now.get("error") or say("see_log", language))
-        return warn(text) + (f"<br>{html.escape(now['hint'])}" if now.get("hint") else "")
+        error, hint = status.words(now, language)
+        text = say("dl_failed", language, repo=repo, error=error or say("see_log", language))
+        return warn(text) + (f"<br>{html.escape(hint)}" if hint else "")
     if not total:
         return "<p>" + say("dl_starting", language, repo=repo) + "</p>"
     if not now.get("speed"):
@@ -129,7 +130,7 @@ def _dataset_html(now: dict, repo: str, language: str) -> str:
         return bar + "<p>" + say("dl_dataset_finished", language, repo=repo, rows=report.get("rows", 0),
                                  path=html.escape(report.get("path", ""))) + "</p>"
     if state == "failed":
-        return warn(say("dl_failed", language, repo=repo, error=now.get("error") or say("see_log", language)))
+        return warn(say("dl_failed", language, repo=repo, error=status.words(now, language)[0] or say("see_log", language)))
     if state == "stopped":
         return "<p>" + say("dl_dataset_stopped", language, repo=repo) + "</p>"
     return bar + "<p>" + say("dl_dataset_running", language, repo=repo, share=f"{now.get('progress') or 0:.0%}") + "</p>"
@@ -159,7 +160,7 @@ def start(repo, source, endpoint, name, allow_bin, kind="model", rows=1000, requ
         cfg = config(repo, source, endpoint, name, allow_bin, kind, rows)
         job = jobs.start_download(cfg)
     except UserError as e:
-        return warn(e), gr.Timer(active=False)
+        return warn(e, language=language), gr.Timer(active=False)
     return progress_html(Path(job.folder), language), gr.Timer(active=True)
 
 

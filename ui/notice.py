@@ -54,7 +54,8 @@ def latest(request: gr.Request = None) -> dict:
         out["title"] = f"{MARKS[state]} {say('notice_' + state, language)} · {TITLE}"
         body = say("notice_body", language, job=say("job_" + job.kind, language), name=name,
                    state=say("notice_" + state, language))
-        out["body"] = body + (f" — {now['error']}" if state == "failed" and now.get("error") else "")
+        error = status.words(now, language)[0]
+        out["body"] = body + (f" — {error}" if state == "failed" and error else "")
     return out
 
 

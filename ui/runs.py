@@ -7,7 +7,7 @@ from datetime import datetime
 import gradio as gr
 import pandas as pd
 
-from core import paths, runs
+from core import paths, runs, status
 from core.errors import UserError
 from ui.forms import warn
 from ui.i18n import lang, say, state, t
@@ -28,7 +28,7 @@ def table(request: gr.Request = None) -> pd.DataFrame:
         row["learned"] = learned_cell(r.get("learned") or {}, language)
         row["state"] = state(r["state"], r.get("adapter"), language)
         if r["state"] == "failed" and r.get("error"):
-            row["state"] += f": {r['error']}"
+            row["state"] += f": {status.words(r, language)[0]}"
         rows.append(row)
     return pd.DataFrame(rows, columns=COLUMNS).set_axis([say("col_" + c, language) for c in COLUMNS], axis=1)
 
@@ -115,7 +115,7 @@ def compare(picked: list[str] | None, request: gr.Request = None):
     try:
         folders = [paths.inside(p, paths.runs(), "run") for p in picked]
     except UserError as e:
-        return warn(e), gr.update(), gr.update(), gr.update()
+        return warn(e, language=language), gr.update(), gr.update(), gr.update()
     view = runs.compare(folders)
     plot = gr.update(value=curves_frame(view, language), x_title=say("chart_step", language),
                      y_title=say("chart_loss", language), color_title=say("chart_series", language))

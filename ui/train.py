@@ -219,7 +219,7 @@ def retry(viewed, wandb_key, request: gr.Request = None):
         env = {"WANDB_API_KEY": wandb_key.strip()} if wandb_key and wandb_key.strip() else None
         job = jobs.start_train(new, env=env)
     except UserError as e:
-        return warn(e), gr.update(), *keep
+        return warn(e, language=language), gr.update(), *keep
     return (say("retried", language, run=Path(job.folder).name, changes=fit_words.changes_text(changes, language)),
             gr.update(choices=run_choices(), value=job.folder), *[gr.update(value=getattr(new, n)) for n in SETTINGS])
 
@@ -230,11 +230,11 @@ def start(request: gr.Request | None, model, data, preset, name, wandb_key, *val
         cfg = config(model, data, preset, name, *values)
         problems = cfg.replace(out=cfg.out or "auto").validate()
         if problems:
-            return warn(*problems), gr.update()
+            return warn(*problems, language=lang(request)), gr.update()
         env = {"WANDB_API_KEY": wandb_key.strip()} if wandb_key and wandb_key.strip() else None
         job = jobs.start_train(cfg, env=env)
     except UserError as e:
-        return warn(e), gr.update()
+        return warn(e, language=lang(request)), gr.update()
     return both("started", run=Path(job.folder).name), gr.update(choices=run_choices(), value=job.folder)
 
 
@@ -262,7 +262,7 @@ def resume(viewed, wandb_key, armed, request: gr.Request = None):
         env = {"WANDB_API_KEY": wandb_key.strip()} if wandb_key and wandb_key.strip() else None
         job = jobs.resume(run, env=env)  # anything not resumable is refused here, with the reason
     except UserError as e:
-        return warn(e), gr.update(), ""
+        return warn(e, language=lang(request)), gr.update(), ""
     return both("resumed", run=Path(job.folder).name), gr.update(choices=run_choices(), value=job.folder), ""
 
 
