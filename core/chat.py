@@ -208,8 +208,8 @@ def release(model) -> None:
     reference that outlives the model (a cycle collected late, a hook, a compiled graph's guards) keeps
     every weight. So the weights go rather than waiting for the last reference: every parameter and buffer
     gets an empty storage; bitsandbytes' 8-bit copies of the int8 weights and scales (on the parameter and
-    in the layer's matmul state) and its 4-bit scales are dropped; the static cache kept for compiled
-    generation is dropped.
+    in the layer's matmul state) and its 4-bit scales are dropped. (The static cache that compiled generation
+    keeps on the model is transformers' own, with no public way to drop it: it goes with the model.)
     """
     import torch
 
@@ -229,8 +229,6 @@ def release(model) -> None:
             tensor.data = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
         except (RuntimeError, TypeError):  # a tensor subclass that refuses new storage keeps it
             pass
-    if vars(model).get("_cache") is not None:
-        model._cache = None
 
 
 def _free_memory() -> None:

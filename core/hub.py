@@ -95,8 +95,9 @@ def job_folder(out: str | Path) -> Path:
     return out.with_name(f".{out.name}.job")
 
 
-def part_folder(out: Path) -> Path:
-    """The folder the files are written into until all are there (kept between attempts, for resuming)."""
+def part(out: Path) -> Path:
+    """Where a download is written until it is whole: a model's folder (kept between attempts, for resuming), or
+    a dataset sample's file."""
     return out.with_name(f".{out.name}.part")
 
 
@@ -112,16 +113,16 @@ def download(cfg: DownloadConfig, report=None) -> dict:
     files, revision = listing(cfg)
     chosen = choose(cfg, files)
     total = sum(files[name] for name in chosen)
-    part = part_folder(out)
-    part.mkdir(parents=True, exist_ok=True)
-    _check_room(part, total - _bytes_on_disk(part))
+    partial = part(out)
+    partial.mkdir(parents=True, exist_ok=True)
+    _check_room(partial, total - _bytes_on_disk(partial))
     say(state="running", bytes_total=total, message=f"{cfg.repo} · {len(chosen)} files")
     started = time.time()
     watching = threading.Event()
-    watcher = threading.Thread(target=_watch, args=(part, total, say, watching), daemon=True)
+    watcher = threading.Thread(target=_watch, args=(partial, total, say, watching), daemon=True)
     watcher.start()
     try:
-        _fetch(cfg, revision, chosen, files, part)
+        _fetch(cfg, revision, chosen, files, partial)
     except UserError:
         raise
     except Exception as e:  # the network went away half-way, say: what is on disk stays for a resume
@@ -131,17 +132,17 @@ def download(cfg: DownloadConfig, report=None) -> dict:
     finally:
         watching.set()
         watcher.join()
-    missing = [n for n in chosen if not (part / n).is_file() or (part / n).stat().st_size != files[n]]
+    missing = [n for n in chosen if not (partial / n).is_file() or (partial / n).stat().st_size != files[n]]
     if missing:
         raise UserError(f"repo: {cfg.repo}: {missing[0]} did not arrive whole; start the download again to "
                         "continue where it stopped", field="repo",
                         zh=f"repo：{cfg.repo}：{missing[0]} 没有完整下载；再次开始下载即可从中断处继续")
-    shutil.rmtree(part / ".cache", ignore_errors=True)  # the client's resume notes: not part of the model
+    shutil.rmtree(partial / ".cache", ignore_errors=True)  # the client's resume notes: not part of the model
     seconds = round(time.time() - started, 1)
     result = {"path": str(out), "repo": cfg.repo, "source": cfg.source, "revision": revision,
               "files": len(chosen), "size_bytes": total, "seconds": seconds}
-    models.write_record(part, {"source": f"{cfg.source}:{cfg.repo}", "download": result})
-    os.rename(part, out)
+    models.write_record(partial, {"source": f"{cfg.source}:{cfg.repo}", "download": result})
+    os.rename(partial, out)
     say(bytes_done=total, message=f"{cfg.repo} → {out}")
     return result
 
@@ -277,7 +278,7 @@ def sample_dataset(cfg: DownloadConfig, report=None) -> dict:
                         "file in the Data tab instead", field="source",
                         zh="source：本机已关闭下载（HF_HUB_OFFLINE）；请在“数据”页上传数据文件")
     say(state="running", message=f"{cfg.repo} · streaming", progress=0.0)
-    tmp = out.with_name(f".{out.name}.part")
+    tmp = part(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     kept = 0
     try:
