@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from merge_memory import anon_mib  # noqa: E402 - bench/ is on the path from here
+from merge_memory import timed  # noqa: E402 - bench/ is on the path from here
 
 
 def build_cpu(shape: str, tokenizer_dir: str, out: Path) -> float:
@@ -55,20 +54,6 @@ def build_cpu(shape: str, tokenizer_dir: str, out: Path) -> float:
     return time.time() - start
 
 
-def tree(pid: int) -> list[int]:
-    """The pid and its descendants (the converter runs as the export's child)."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            for child in Path(f"/proc/{p}/task/{p}/children").read_text().split():
-                todo.append(int(child))
-        except OSError:
-            pass
-    return out
-
-
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--shape", default="7b")
@@ -83,19 +68,11 @@ def main() -> None:
     weights = sum(f.stat().st_size for f in model.glob("*.safetensors"))
     out = work / f"gguf-{a.shape}-{int(time.time())}"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    log = work / f"{out.name}.log"  # a file, not a pipe: the converter writes a line per tensor, and a full pipe would stop it
-    start = time.time()
-    with log.open("w") as sink:
-        child = subprocess.Popen([sys.executable, "-m", "core", "export", "--model", str(model), "--out", str(out),
-                                  "--quant", a.quant], cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
-        peak = 0.0
-        while child.poll() is None:
-            peak = max(peak, sum(anon_mib(x) for x in tree(child.pid)))
-            time.sleep(0.2)
-    wall = time.time() - start
-    lines = log.read_text(errors="replace").splitlines()
-    if child.returncode:
-        raise SystemExit(f"export failed ({child.returncode}): " + "\n".join(lines[-20:]))
+    wall, peak, text, code = timed([sys.executable, "-m", "core", "export", "--model", str(model), "--out", str(out),
+                                    "--quant", a.quant], env)
+    lines = text.splitlines()
+    if code:
+        raise SystemExit(f"export failed ({code}): " + "\n".join(lines[-20:]))
     report = json.loads(next(x for x in reversed(lines) if x.startswith("{")))
     print(f"# {os.cpu_count()} CPUs; {' '.join(sys.argv)}")
     print("| shape | safetensors (bf16) | export wall | peak anonymous RSS | file | size | share of F16 |")

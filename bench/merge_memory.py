@@ -82,7 +82,8 @@ def peft_child(base: str, lora: str, out: str, dtype: str) -> None:
 
 
 def timed(argv: list[str], env: dict) -> tuple[float, float, str, int]:
-    """(seconds, peak anonymous RSS in MiB, output, exit code) of a child; its output goes to a file, not a pipe."""
+    """(seconds, peak anonymous RSS in MiB of the child and its own children, output, exit code); the output goes
+    to a file, not a pipe (a converter that writes a line per tensor would fill a pipe and wait)."""
     import tempfile
 
     with tempfile.TemporaryFile("w+") as sink:
@@ -90,11 +91,25 @@ def timed(argv: list[str], env: dict) -> tuple[float, float, str, int]:
         child = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
         peak = 0.0
         while child.poll() is None:
-            peak = max(peak, anon_mib(child.pid))
+            peak = max(peak, sum(anon_mib(x) for x in tree(child.pid)))
             time.sleep(0.1)
         seconds = time.time() - t
         sink.seek(0)
         return seconds, peak, sink.read(), child.returncode
+
+
+def tree(pid: int) -> list[int]:
+    """The pid and its descendants (the export runs the converter as its child)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for child in Path(f"/proc/{p}/task/{p}/children").read_text().split():
+                todo.append(int(child))
+        except OSError:
+            pass
+    return out
 
 
 def anon_mib(pid: int) -> float:
