@@ -62,21 +62,15 @@ def main() -> None:
         return
     work = Path(a.work)
     os.environ.setdefault("QLORA_STUDIO_HOME", str(work / "home"))
-    from speed import build, run
+    from speed import run, shape_inputs
 
     from core import fit
-    from core.config import PrepareConfig, TrainConfig, preset
-    from core.data import prepare
+    from core.config import TrainConfig, preset
 
     rows = []
     for shape in a.shapes.split(","):
-        model = work / f"model-{shape}"
-        if not (model / "config.json").is_file():
-            print(f"built {shape} in {build(shape, a.tokenizer, model):.0f} s", flush=True)
+        model, data = shape_inputs(shape, a.tokenizer, a.data, work)
         config = fit.read_config(model)
-        data = work / f"data-{shape}"
-        if a.data and not data.is_dir():
-            prepare(PrepareConfig(input=a.data, out=str(data), sample=1000, seed=42, template="seed", model=str(model)))
         for name in a.presets.split(",") if a.data else ():
             r = run(f"fit-{shape}-{name}", model, data, work / "runs", a.steps, ["--preset", name], None)
             cfg: TrainConfig = preset(name, data=str(data), out="x")

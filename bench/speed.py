@@ -59,6 +59,20 @@ def build(shape: str, tokenizer_dir: str, out: Path) -> float:
     return time.time() - t
 
 
+def shape_inputs(shape: str, tokenizer: str, rows: str | None, work: Path) -> tuple[Path, Path]:
+    """(model, prepared data) for a shape under `work`, each made once: the random model, and the tutorial's
+    data step on `rows` (1000 random rows, seed template, this model's tokenizer) when rows are given."""
+    from core.config import PrepareConfig
+    from core.data import prepare
+
+    model, data = work / f"model-{shape}", work / f"data-{shape}"
+    if not (model / "config.json").is_file():
+        print(f"built {shape} in {build(shape, tokenizer, model):.0f} s", flush=True)
+    if rows and not data.is_dir():
+        prepare(PrepareConfig(input=rows, out=str(data), sample=1000, seed=42, template="seed", model=str(model)))
+    return model, data
+
+
 def tutorial_passes(data: Path) -> float:
     """How many passes over a prepared dataset the tutorial's job makes (100 steps of 4 x 4 rows)."""
     from core.config import preset
@@ -120,18 +134,9 @@ def main() -> None:
     budgets = dict((k, float(v)) for k, v in (x.split("=") for x in a.budget.split(",") if x))
     work = Path(a.work)
     os.environ.setdefault("QLORA_STUDIO_HOME", str(work / "home"))
-    from core.config import PrepareConfig
-    from core.data import prepare
-
     table = []
     for shape in a.shapes.split(","):
-        model = work / f"model-{shape}"
-        if not (model / "config.json").is_file():
-            print(f"built {shape} in {build(shape, a.tokenizer, model):.0f} s", flush=True)
-        data = work / f"data-{shape}"
-        if not data.is_dir():
-            # The tutorial's data step: 1000 random rows, seed template, this model's tokenizer.
-            prepare(PrepareConfig(input=a.data, out=str(data), sample=1000, seed=42, template="seed", model=str(model)))
+        model, data = shape_inputs(shape, a.tokenizer, a.data, work)
         for name in a.presets.split(","):
             budget = budgets.get(shape) if name == "default" else None
             steps, flags = a.steps, ["--preset", name]
