@@ -420,6 +420,15 @@ def _number(text: str) -> bool:
     return True
 
 
+def from_argv(cls, argv: list[str], prog: str, description: str):
+    """A command's settings from its flags (one per field of `cls`), checked: bad values end the command in one line."""
+    parser = Parser(prog=prog, description=description)
+    add_arguments(parser, cls)
+    cfg = cls.from_dict(vars(parser.parse_args(argv)))
+    cfg.check()
+    return cfg
+
+
 def add_arguments(parser, cls, skip: tuple[str, ...] = ()) -> None:
     """One `--flag` per dataclass field, help text included; unset flags are left out of the result."""
     for f in fields(cls):

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from core import logs, merge, models, paths, status
-from core.config import ExportConfig, Parser, add_arguments
+from core.config import ExportConfig, from_argv
 from core.errors import UserError
 from core.template import Template
 
@@ -37,10 +37,7 @@ NO_QUANTIZER = "Q4_0 instead of Q4_K_M: llama.cpp's llama-quantize is not instal
 
 def cli(argv: list[str]) -> int:
     """`python -m core export --model MERGED --out DIR [--quant q4_k_m|q8_0|none]`."""
-    parser = Parser(prog="python -m core export", description="Export a merged model to GGUF with an Ollama Modelfile.")
-    add_arguments(parser, ExportConfig)
-    cfg = ExportConfig.from_dict(vars(parser.parse_args(argv)))
-    cfg.check()
+    cfg = from_argv(ExportConfig, argv, "python -m core export", "Export a merged model to GGUF with an Ollama Modelfile.")
     logs.quiet()
     # Started by the panel, the export reports in the job folder the panel made; by hand, it only prints.
     job, report = status.reporting(merge.job_folder(cfg.out), lambda progress: export(cfg, progress), log, "merge",

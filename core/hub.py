@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from core import models, paths, status
-from core.config import DownloadConfig, Parser, add_arguments
+from core.config import DownloadConfig, from_argv
 from core.errors import Text, UserError
 
 log = logging.getLogger("qlora_studio.hub")
@@ -39,10 +39,7 @@ EVERY = 0.5  # seconds between progress reports
 
 def cli(argv: list[str]) -> int:
     """`python -m core download --repo OWNER/NAME [--source S] [--endpoint URL] [--out DIR] [--allow-bin]`."""
-    parser = Parser(prog="python -m core download", description="Download a model from a hub id.")
-    add_arguments(parser, DownloadConfig)
-    cfg = DownloadConfig.from_dict(vars(parser.parse_args(argv)))
-    cfg.check()
+    cfg = from_argv(DownloadConfig, argv, "python -m core download", "Download a model from a hub id.")
     out = target(cfg)
     folder = job_folder(out)  # made by the panel; by hand, the download only prints
     job = status.Status(folder if folder.is_dir() else None, state="running", message=cfg.repo)

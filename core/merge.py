@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from core import fit, fold, logs, models, paths, status
-from core.config import MergeConfig, Parser, add_arguments
+from core.config import MergeConfig, from_argv
 from core.errors import Text, UserError
 
 log = logging.getLogger("qlora_studio.merge")
@@ -36,10 +36,7 @@ AGREEMENT = 0.8
 
 def cli(argv: list[str]) -> int:
     """`python -m core merge --adapter RUN/adapter --out DIR [--base M] [--dtype D]`."""
-    parser = Parser(prog="python -m core merge", description="Merge a trained adapter into its base model.")
-    add_arguments(parser, MergeConfig)
-    cfg = MergeConfig.from_dict(vars(parser.parse_args(argv)))
-    cfg.check()
+    cfg = from_argv(MergeConfig, argv, "python -m core merge", "Merge a trained adapter into its base model.")
     logs.quiet()
     # Started by the panel, the merge reports in the job folder the panel made; by hand, it only prints.
     job, report = status.reporting(job_folder(cfg.out), lambda progress: merge(cfg, progress), log, "merge",
