@@ -8,6 +8,7 @@ Replies stream: generation runs in a background thread and the growing text is y
 from __future__ import annotations
 
 import gc
+import logging
 import queue
 import sys
 import threading
@@ -21,6 +22,7 @@ from core.errors import UserError
 from core.logs import quiet
 from core.template import Template
 
+log = logging.getLogger(__name__)
 UPDATES = 15  # times a second the growing reply is handed on, at most
 
 
@@ -84,6 +86,7 @@ class Chat:
         except Exception as e:  # an unsupported model or a missing compiler: chat still works, slower
             self.compiled = 0
             self.fallback = f"{type(e).__name__}: {' '.join(str(e).split())[:120]}"
+            log.info("chat runs without compilation", exc_info=True)  # the whole story, for the log
         self.warmup_s = time.perf_counter() - start
         return self.warmup_s
 
