@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Iterator
 
 from core import models
@@ -81,12 +82,20 @@ class Chat:
         start = time.perf_counter()
         self.compiled = cache_tokens(self.model)
         try:
-            for message, gen in WARM_UP:
-                self.reply([], message, gen)
+            # The compiler's own notes (TF32, an empty CUDA graph, deprecations inside the packages) go to the
+            # log: a process that turns warnings into errors (python -W error, a test run) would otherwise lose
+            # the fast path over a remark.
+            with warnings.catch_warnings(record=True) as noted:
+                warnings.simplefilter("always")
+                for message, gen in WARM_UP:
+                    self.reply([], message, gen)
+            for note in {str(n.message): n for n in noted}.values():
+                log.info("while compiling: %s: %s", note.category.__name__, note.message)
         except Exception as e:  # an unsupported model or a missing compiler: chat still works, slower
             self.compiled = 0
             self.fallback = f"{type(e).__name__}: {' '.join(str(e).split())[:120]}"
             log.info("chat runs without compilation", exc_info=True)  # the whole story, for the log
+            _forget_compiled()
         self.warmup_s = time.perf_counter() - start
         return self.warmup_s
 
@@ -232,6 +241,16 @@ def release(model) -> None:
             tensor.data = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
         except (RuntimeError, TypeError):  # a tensor subclass that refuses new storage keeps it
             pass
+
+
+def _forget_compiled() -> None:
+    """Drop what a failed compilation left behind (graphs, half-recorded CUDA graphs): the next model starts clean."""
+    try:
+        import torch
+
+        torch.compiler.reset()
+    except Exception:  # pragma: no cover - nothing compiled, nothing to drop
+        pass
 
 
 def _free_memory() -> None:

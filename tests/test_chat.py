@@ -222,6 +222,30 @@ def test_static_cache_gives_the_same_tokens_and_a_failed_warm_up_falls_back(base
         base_chat.compiled, base_chat.fallback = 0, ""
 
 
+def test_a_warning_while_warming_up_is_logged_and_keeps_the_fast_path(base_chat, monkeypatch, caplog):
+    """The compiler's remarks (on the GPU: TF32, an empty CUDA graph) must not cost the fast path, even where
+    warnings are errors, as in this test run (pytest.ini)."""
+    import logging
+    import warnings
+
+    from core import chat as chat_module
+
+    real = chat_module.compiled_options
+
+    def remarking(tokens):
+        warnings.warn("a remark from the compiler", UserWarning)
+        return {k: v for k, v in real(tokens).items() if k != "compile_config"}
+
+    monkeypatch.setattr(chat_module, "compiled_options", remarking)
+    try:
+        with caplog.at_level(logging.INFO, logger="core.chat"):
+            assert base_chat.warm_up() > 0
+        assert base_chat.compiled == 4096 and base_chat.fallback == "", base_chat.fallback
+        assert "while compiling: UserWarning: a remark from the compiler" in caplog.text
+    finally:
+        base_chat.compiled, base_chat.fallback = 0, ""
+
+
 def test_generation_stops_right_after_a_stop_string(base_chat):
     """A model that writes on into the next turn: the reply and the generation end at "### Human:"."""
     import types
