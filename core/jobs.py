@@ -1,8 +1,12 @@
 """Long jobs (training, merging, exporting, downloading) as child processes, watched by a background thread.
 
 A job is `python -m core train|merge ...` started without a shell, in its own session, so
-closing the browser or restarting the panel never kills it. A small record
-(workspace/job.json) lets a restarted panel find it again. One GPU job runs at a time.
+closing the browser or restarting the panel never kills it. A small record per lane
+(workspace/job.json, workspace/download-job.json) lets a restarted panel find it again.
+
+Jobs run in two lanes, one job each: the machine's work (training, merging, exporting: they share
+the GPU, the CPU and the disk's bandwidth) and downloads (the network). So a model downloads while
+another trains, and a second training run waits for the first.
 
 When a training child dies without writing a final state (the kernel's OOM killer, a
 segfault, a stop while it was still starting) the watcher writes the final state, with the
@@ -31,8 +35,17 @@ ROOT = Path(__file__).resolve().parent.parent
 before_train: list = []
 
 
-def _job_file() -> Path:
-    return paths.home() / "job.json"
+WORK, DOWNLOAD = "work", "download"  # the lanes
+LANE_FILES = {WORK: "job.json", DOWNLOAD: "download-job.json"}
+
+
+def lane(kind: str) -> str:
+    """The lane a job of `kind` runs in."""
+    return DOWNLOAD if kind == "download" else WORK
+
+
+def _job_file(which: str = WORK) -> Path:
+    return paths.home() / LANE_FILES[which]
 
 
 @dataclass
@@ -103,23 +116,22 @@ _LOCK = threading.Lock()
 
 
 class JobManager:
-    """Starts, stops and watches the one job of a workspace; a new manager reattaches to it."""
+    """Starts, stops and watches the jobs of a workspace (one per lane); a new manager reattaches to them."""
 
     def __init__(self, command: list[str] | None = None):
         # The child command; tests swap in a small fake that follows the same protocol.
         self.command = command or [sys.executable, "-m", "core"]
         self._lock = _LOCK
         self._watched: set[int] = set()
+        self._mine: dict[str, Job] = {}  # per lane: the job this manager started (it holds the child's handle)
 
     # ---- looking -----------------------------------------------------------------------
-    def current(self) -> Job | None:
-        """The job still running (started by this panel or an earlier one), or None."""
-        try:
-            rec = json.loads(_job_file().read_text(encoding="utf-8"))
-            job = Job(**{k: rec[k] for k in RECORD if k in rec})
-        except (OSError, ValueError, TypeError, KeyError):
+    def current(self, which: str = WORK) -> Job | None:
+        """The job still running in lane `which` (started by this panel or an earlier one), or None."""
+        job = self._recorded(which)
+        if job is None:
             return None
-        mine = getattr(self, "_mine", None)
+        mine = self._mine.get(which)
         if mine is not None and mine.pid == job.pid:
             job = mine
         if not job.alive():
@@ -128,9 +140,14 @@ class JobManager:
         return job
 
     def last(self) -> Job | None:
-        """The newest job of this workspace, running or ended (its status says which), or None."""
+        """The newest job of this workspace in either lane, running or ended (its status says which), or None."""
+        recorded = [job for job in map(self._recorded, LANE_FILES) if job is not None]
+        return max(recorded, key=lambda job: job.started, default=None)
+
+    @staticmethod
+    def _recorded(which: str) -> Job | None:
         try:
-            rec = json.loads(_job_file().read_text(encoding="utf-8"))
+            rec = json.loads(_job_file(which).read_text(encoding="utf-8"))
             return Job(**{k: rec[k] for k in RECORD if k in rec})
         except (OSError, ValueError, TypeError, KeyError):
             return None
@@ -147,7 +164,7 @@ class JobManager:
             raise UserError(f"resume: {run} is not a run folder", field="out", zh=f"resume：{run} 不是运行文件夹")
         check_input(cfg, fetch=False)  # the child's own check: nothing starts that would fail at once
         with self._lock:
-            self._refuse_second()
+            self._refuse_second(WORK)
             if runs.locked(run):  # trained from a terminal, say: its files are not ours to rewrite
                 raise UserError(f"out: run {run.name} is being trained by another process; wait for it or stop it",
                                 field="out", zh=f"out：运行 {run.name} 正在被另一个进程训练；请等待它结束或停止它")
@@ -230,15 +247,15 @@ class JobManager:
     def _start_beside(self, kind: str, folder: Path, argv: list[str], env: dict | None = None, **fields) -> Job:
         """Start a job that keeps its status.json and KIND.log in `folder` (beside what it writes)."""
         with self._lock:
-            self._refuse_second()
+            self._refuse_second(lane(kind))
             folder.mkdir(parents=True, exist_ok=True)
             status.clear_stop(folder)
             status.write_json(folder / status.FILE, {**status.FIELDS, "state": "starting", "started": time.time(),
                                                      **fields})
             return self._spawn(kind, argv, folder, folder / f"{kind}.log", env)
 
-    def _refuse_second(self) -> None:
-        job = self.current()
+    def _refuse_second(self, which: str) -> None:
+        job = self.current(which)
         if job is None:
             return
         if job.kind == "train" and job.state() in status.FINAL:
@@ -268,8 +285,8 @@ class JobManager:
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
         job = Job(kind, proc.pid, str(folder), time.time(), command, str(log), status.oom_kills(), proc)
-        self._mine = job
-        status.write_json(_job_file(), job.record())
+        self._mine[lane(kind)] = job
+        status.write_json(_job_file(lane(kind)), job.record())
         # A pid in status.json lets any reader tell a vanished job from a live one.
         now = status.read_json(folder / status.FILE)
         if now.get("state") == "starting" and not now.get("pid"):
@@ -316,7 +333,8 @@ class JobManager:
 
     # ---- stopping ----------------------------------------------------------------------
     def stop(self, job: Job | None = None, grace: float = 120.0) -> Job | None:
-        """Ask the job to stop after its current step (stop file, SIGINT), then SIGTERM, SIGKILL as last resort."""
+        """Ask the job (by default the running one of the work lane) to stop after its current step (stop file,
+        SIGINT), then SIGTERM, SIGKILL as last resort."""
         job = job or self.current()
         if job is None or not job.alive():
             return None
@@ -354,9 +372,9 @@ def _wait_gone(job: Job, seconds: float) -> bool:
 _manager = JobManager()
 
 
-def current() -> Job | None:
-    """The live job of this workspace, or None."""
-    return _manager.current()
+def current(which: str = WORK) -> Job | None:
+    """The live job of lane `which` (WORK: training, merge, export; DOWNLOAD), or None."""
+    return _manager.current(which)
 
 
 def last() -> Job | None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 args = sys.argv[1:]
 run = Path(args[args.index("--out") + 1])
+run.mkdir(parents=True, exist_ok=True)  # a download's --out: the folder a real one creates when whole
 mode = os.environ.get("FAKE_MODE", "ok")
 steps = int(os.environ.get("FAKE_STEPS", "5"))
 step_s = float(os.environ.get("FAKE_STEP_S", "0.3"))

@@ -233,7 +233,7 @@ def test_a_warning_while_warming_up_is_logged_and_keeps_the_fast_path(base_chat,
     real = chat_module.compiled_options
 
     def remarking(tokens):
-        warnings.warn("a remark from the compiler", UserWarning)
+        warnings.warn("a remark from the compiler", UserWarning, stacklevel=2)
         return {k: v for k, v in real(tokens).items() if k != "compile_config"}
 
     monkeypatch.setattr(chat_module, "compiled_options", remarking)

@@ -67,6 +67,31 @@ def test_second_start_is_refused_naming_the_run(home, monkeypatch):
     wait_for(lambda: not job.alive())
 
 
+def test_a_download_runs_beside_training_and_each_lane_takes_one_job(home, monkeypatch):
+    """A model downloads while another trains; a second job of either lane is refused, and a restarted panel
+    finds both. The Train tab's Stop ends the training run only."""
+    from core.config import DownloadConfig
+
+    monkeypatch.setenv("FAKE_STEP_S", "1")
+    m = manager()
+    train = m.start_train(cfg(home))
+    download = m.start_download(DownloadConfig(repo="me/tiny"))
+    assert train.alive() and download.alive() and download.kind == "download"
+    with pytest.raises(UserError, match="a download is already going: .tiny.job"):
+        m.start_download(DownloadConfig(repo="me/other"))
+    with pytest.raises(UserError, match=f"a training run is already going: {Path(train.folder).name}"):
+        m.start_train(cfg(home))
+    again = manager()  # the panel restarted: it knows only the workspace's job records
+    assert again.current().pid == train.pid and again.current(jobs.DOWNLOAD).pid == download.pid
+    assert again.last().pid == download.pid  # the newest of both, for the notification
+    assert again.stop().pid == train.pid
+    wait_for(lambda: not train.alive(), timeout=30)
+    assert download.alive() and status.read(train.folder)["state"] == "stopped"
+    assert again.current() is None and again.current(jobs.DOWNLOAD).pid == download.pid
+    m.stop(download, grace=10)
+    wait_for(lambda: not download.alive(), timeout=30)
+
+
 def test_stop_waits_for_the_step_and_keeps_the_adapter(home, monkeypatch):
     monkeypatch.setenv("FAKE_STEPS", "50")
     m = manager()

@@ -77,7 +77,7 @@ def config(repo, source, endpoint, name, allow_bin, kind="model", rows=1000) -> 
 
 def shown() -> Path | None:
     """The download to show: the running one, else the most recent one in workspace/models."""
-    job = jobs.current()
+    job = jobs.current(jobs.DOWNLOAD)
     if job is not None and job.kind == "download":
         return Path(job.folder)
     folders = [p for root in (paths.models(), paths.uploads()) for p in root.glob(".*.job") if (p / status.FILE).is_file()]
@@ -166,7 +166,7 @@ def start(repo, source, endpoint, name, allow_bin, kind="model", rows=1000, requ
 
 def stop(request: gr.Request = None):
     language = lang(request)
-    job = jobs.current()
+    job = jobs.current(jobs.DOWNLOAD)
     if job is None or job.kind != "download":
         return say("dl_nothing", language)
     jobs.stop(job, grace=10)
