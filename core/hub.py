@@ -482,8 +482,13 @@ def _gated(cfg: DownloadConfig) -> UserError:
 
 
 def _missing(cfg: DownloadConfig) -> UserError:
+    # ModelScope's client asks modelscope.cn unless told otherwise; some repos live only on the international site.
+    intl = cfg.source == "modelscope" and not cfg.endpoint
     return UserError(f"repo: {cfg.repo} was not found on {_where(cfg)}; check the spelling (owner/name)", field="repo",
-                     zh=f"repo：在 {_where(cfg)} 上找不到 {cfg.repo}；请检查拼写（owner/name）")
+                     zh=f"repo：在 {_where(cfg)} 上找不到 {cfg.repo}；请检查拼写（owner/name）",
+                     hint=f"a repo only on ModelScope's international site: give {MODELSCOPE_INTL} as the address"
+                     if intl else None,
+                     hint_zh=f"若仓库只在 ModelScope 国际站：地址填写 {MODELSCOPE_INTL}" if intl else None)
 
 
 def _unreachable(cfg: DownloadConfig, e: Exception) -> UserError:
@@ -492,6 +497,9 @@ def _unreachable(cfg: DownloadConfig, e: Exception) -> UserError:
     return UserError(f"source: {_where(cfg)} cannot be reached ({_short(e)}); check the network, or choose another "
                      f"source ({others})", field="source",
                      zh=f"source：无法连接 {_where(cfg)}（{_short(e)}）；请检查网络，或换个来源（{others_zh}）")
+
+
+MODELSCOPE_INTL = "https://www.modelscope.ai"
 
 
 def _where(cfg: DownloadConfig) -> str:

@@ -416,3 +416,27 @@ def test_a_modelscope_csv_dataset_keeps_its_columns(home, ms_data):
     assert result["rows"] == 30  # all of a dataset smaller than the sample
     assert sorted(r["instruction"] for r in rows) == sorted(f"问 {i}, 第{i}" for i in range(30))
     assert all(r["output"].endswith("\n第二行") and r["input"] == "" for r in rows)
+
+
+def test_a_repo_missing_from_modelscope_cn_points_to_the_international_site(monkeypatch):
+    """With no address, ModelScope's client asks modelscope.cn; a repo only on modelscope.ai gets the way there."""
+    from modelscope.hub import api
+    from modelscope.hub.errors import NotExistError
+
+    asked = []
+
+    class Site:
+        def __init__(self, endpoint=None, **kw):
+            asked.append(endpoint)
+
+        def get_model_files(self, repo, **kw):
+            raise NotExistError(f"{repo} not found")
+
+    monkeypatch.setattr(api, "HubApi", Site)
+    with pytest.raises(UserError) as missing:
+        hub.listing(DownloadConfig(repo="me/intl-only", source="modelscope"))
+    assert str(missing.value) == "repo: me/intl-only was not found on ModelScope; check the spelling (owner/name)"
+    assert "https://www.modelscope.ai" in missing.value.hint and "https://www.modelscope.ai" in missing.value.hint_zh
+    with pytest.raises(UserError) as elsewhere:  # an address given: that site was asked, nothing to suggest
+        hub.listing(DownloadConfig(repo="me/intl-only", source="modelscope", endpoint="https://www.modelscope.ai"))
+    assert elsewhere.value.hint is None and asked == [None, "https://www.modelscope.ai"]
