@@ -5,7 +5,9 @@
 For each shape and precision a child process loads the model once, the way the Chat tab does
 (core.chat.Chat.load, warm-up included: on a GPU the static cache is compiled then), and measures
   - plain `generate`: greedy, no streamer, no stopping criteria, the model's own dynamic cache;
-  - the panel's path: Chat.stream, exactly what the Chat tab runs;
+  - the panel's path: Chat.stream, exactly what the Chat tab runs, once per --decoders entry (generate:
+    transformers' generate on its compiled static cache; loop: core/decode.py, steps queued ahead),
+    the later ones on the same loaded model warmed up again, checked to write the same greedy tokens;
 each on a ~500-token prompt that holds two earlier turns of history: time to the first token,
 and tokens/s for each of --replies replies of --new-tokens tokens (the tokens after the first, over
 the time after the first: the decoding speed a reader sees). The GPU peak is taken per path.
@@ -40,8 +42,9 @@ def prompt(tokenizer, tokens: int = 500) -> tuple[list[tuple[str, str]], str]:
     return history, tokenizer.decode(words, skip_special_tokens=True)
 
 
-def measure(model: str, precision: str, replies: int, new_tokens: int) -> list[dict]:
-    """Both paths on one loaded model: rows of the table."""
+def measure(model: str, precision: str, replies: int, new_tokens: int,
+            decoders: tuple[str, ...] = ("generate",)) -> list[dict]:
+    """Plain generate and the panel's path with each decoder (core.chat.DECODERS), on one loaded model: rows of the table."""
     import torch
 
     from core.chat import Chat
@@ -49,7 +52,7 @@ def measure(model: str, precision: str, replies: int, new_tokens: int) -> list[d
 
     cuda = torch.cuda.is_available()
     chat = Chat()
-    chat.load(model, precision=precision)
+    chat.load(model, precision=precision, decoder=decoders[0])
     history, message = prompt(chat.tokenizer)
     gen = GenerationConfig(temperature=0, max_new_tokens=new_tokens, repetition_penalty=1.0)
     text = chat.template.prompt("", history, message, chat.tokenizer)
@@ -91,15 +94,25 @@ def measure(model: str, precision: str, replies: int, new_tokens: int) -> list[d
         made, seconds = plain(new_tokens)
         speeds.append((made - 1) / max(seconds - first, 1e-9))
     rows.append(dict(path="plain generate", tps=speeds, first=first, warmup=None, peak=peak()))
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    speeds, firsts = [], []
-    for _ in range(replies):
-        chat.reply(history, message, gen)
-        speeds.append(chat.last["tokens_per_s"] or 0.0)
-        firsts.append(chat.last["first_token_s"])
-    rows.append(dict(path="panel (Chat.stream)" + (" static+compile" if chat.compiled else ""), tps=speeds,
-                     first=min(firsts), warmup=chat.warmup_s, peak=peak(), fallback=chat.fallback))
+    for decoder in decoders:
+        if decoder != chat.decoder:  # the same loaded model, warmed up again for this decoder
+            chat.decoder = decoder
+            if cuda or decoder == "loop":  # on a CPU the loop runs on its static cache, uncompiled
+                chat.warm_up()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        speeds, firsts, ids = [], [], []
+        for _ in range(replies):
+            chat.reply(history, message, gen)
+            speeds.append(chat.last["tokens_per_s"] or 0.0)
+            firsts.append(chat.last["first_token_s"])
+            ids.append(chat.last["ids"])
+        cache = (" static cache" + (", compiled" if cuda else "")) if chat.compiled else ""
+        rows.append(dict(path=f"panel (Chat.stream, {decoder}){cache}",
+                         tps=speeds, first=min(firsts), warmup=chat.warmup_s, peak=peak(), fallback=chat.fallback,
+                         same=len({tuple(x) for x in ids}) == 1, ids=ids[0]))
+    if len(rows) > 2:  # greedy: every decoder must write the same tokens
+        rows[-1]["same_as_first_decoder"] = rows[-1]["ids"] == rows[1]["ids"]
     for row in rows:
         row.update(prompt_tokens=n_prompt, new_tokens=new_tokens)
     chat.close()
@@ -138,6 +151,7 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=200)
     p.add_argument("--work", default="/tmp/chat-speed")
     p.add_argument("--inductor", default="", help="KEY=VALUE,... torch._inductor.config settings to try (a variant row)")
+    p.add_argument("--decoders", default="generate,loop", help="the panel's decoders to measure (core.chat.DECODERS)")
     p.add_argument("--one", nargs=2, metavar=("MODEL", "PRECISION"), help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.one:
@@ -149,7 +163,7 @@ def main() -> None:
                 obj, *path = key.split(".")
                 target = inductor if not path else getattr(inductor, obj)
                 setattr(target, path[-1] if path else obj, {"True": True, "False": False}.get(value, value))
-        print(json.dumps(measure(a.one[0], a.one[1], a.replies, a.new_tokens)))
+        print(json.dumps(measure(a.one[0], a.one[1], a.replies, a.new_tokens, tuple(a.decoders.split(",")))))
         return
     import torch
 
@@ -167,7 +181,7 @@ def main() -> None:
             # One process per model and precision: a clean GPU and its own peak.
             done = subprocess.run([sys.executable, __file__, "--one", model, precision if cuda else "auto",
                                    "--replies", str(a.replies), "--new-tokens", str(a.new_tokens),
-                                   "--inductor", a.inductor],
+                                   "--inductor", a.inductor, "--decoders", a.decoders],
                                   capture_output=True, text=True)
             (work / f"{shape}-{precision}.log").write_text(done.stdout + done.stderr)
             if done.returncode:
@@ -179,6 +193,8 @@ def main() -> None:
                 warm = "—" if r["warmup"] is None else f"{r['warmup']:.1f} s"
                 peak = "—" if r["peak"] is None else f"{r['peak']:.1f} GiB"
                 note = f" (fallback: {r['fallback']})" if r.get("fallback") else ""
+                if r.get("same_as_first_decoder") is False:
+                    note += " (NOT the first decoder's tokens)"
                 variant = f" [{a.inductor}]" if a.inductor else ""
                 print(f"| {shape} | {precision} | {r['path']}{variant}{note} | {tps} | {r['first']:.2f} s "
                       f"({r['prompt_tokens']} tokens) | {warm} | {peak} |", flush=True)

@@ -25,6 +25,10 @@ from core.template import Template
 
 log = logging.getLogger(__name__)
 UPDATES = 15  # times a second the growing reply is handed on, at most
+# How a warmed-up model writes: "generate" (transformers' generate() on its compiled static cache) or
+# "loop" (core.decode: the same compiled step, with the GPU queued several steps ahead of the host).
+DECODERS = ("generate", "loop")
+DECODER = "generate"
 
 
 class Chat:
@@ -39,18 +43,23 @@ class Chat:
         self.warmup_s: float | None = None
         self.fallback = ""  # why the fast path could not be set up, in one line
         self.phase, self.since = "", 0.0  # "loading" / "warming" while load() runs, for a progress line
+        self.decoder = DECODER  # "generate" (transformers' generate) or "loop" (core.decode: the GPU runs ahead)
+        self._loop = None  # core.decode.Decoder once warmed up with decoder "loop"
         self._jobs: queue.Queue | None = None
         self._worker: threading.Thread | None = None
 
     def load(self, model: str | None = None, adapter: str | None = None, *, trust_remote_code: bool = False,
-             precision: str = "auto", compile: bool | None = None) -> str:
+             precision: str = "auto", compile: bool | None = None, decoder: str | None = None) -> str:
         """Load a model folder (or the base recorded in `adapter`), with the adapter on top if given.
 
         On a GPU, `precision` "auto" loads in 16-bit where it fits, else 8-bit, else 4-bit (core.fit).
         `compile` (default: on a GPU) sets up a static cache and compiles the decoding step now,
-        so that no reply pays for it (warm_up).
+        so that no reply pays for it (warm_up). `decoder`: "generate" or "loop" (see DECODER).
         """
         self.close()
+        self.decoder = decoder or DECODER
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder: {self.decoder!r} is not one of {', '.join(DECODERS)}")
         self.fitted = {}  # on a GPU: the precision chosen and the numbers behind it (core.fit)
         self.fallback, self.warmup_s = "", None
         self.phase, self.since = "loading", time.time()
@@ -81,7 +90,12 @@ class Chat:
         self.phase, self.since = "warming", time.time()
         start = time.perf_counter()
         self.compiled = cache_tokens(self.model)
+        self._loop = None
         try:
+            if self.decoder == "loop":
+                from core.decode import Decoder
+
+                self._loop = Decoder(self.model, self.compiled, compile=self.model.device.type == "cuda")
             # The compiler's own notes (TF32, an empty CUDA graph, deprecations inside the packages) go to the
             # log: a process that turns warnings into errors (python -W error, a test run) would otherwise lose
             # the fast path over a remark.
@@ -92,7 +106,7 @@ class Chat:
             for note in {str(n.message): n for n in noted}.values():
                 log.info("while compiling: %s: %s", note.category.__name__, note.message)
         except Exception as e:  # an unsupported model or a missing compiler: chat still works, slower
-            self.compiled = 0
+            self.compiled, self._loop = 0, None
             self.fallback = f"{type(e).__name__}: {' '.join(str(e).split())[:120]}"
             log.info("chat runs without compilation", exc_info=True)  # the whole story, for the log
             _forget_compiled()
@@ -134,10 +148,14 @@ class Chat:
                 written = tokenizer.decode(tokens.ids[-tail:]) if tail and tokens.ids else ""
                 return any(s in written for s in stops)
 
-        kwargs = dict(**inputs, streamer=tokens, stopping_criteria=StoppingCriteriaList([_Stop()]),
-                      **self._options(gen, inputs["input_ids"].shape[1]))
+        options = self._options(gen, inputs["input_ids"].shape[1])
         self.last = {}
-        self._submit(tokens.run, self.model.generate, kwargs)
+        if self._loop is not None and options.pop("cache_implementation", None):  # warmed up, and the reply fits
+            self._submit(tokens.run, self._loop.reply, dict(input_ids=inputs["input_ids"], streamer=tokens,
+                                                            stop=lambda: _Stop()(None, None), **options))
+        else:
+            kwargs = dict(**inputs, streamer=tokens, stopping_criteria=StoppingCriteriaList([_Stop()]), **options)
+            self._submit(tokens.run, self.model.generate, kwargs)
         shown, final = "", None
         try:
             while (ids := tokens.next(1 / UPDATES)) is not None:
@@ -186,6 +204,7 @@ class Chat:
             self._jobs = None
             # Waited for: a thread still inside torch when the interpreter exits aborts the process.
             self._worker.join(timeout=60)
+        self._loop = None  # its cache and compiled step hold the model
         if self.model is None:
             return
         model, self.model, self.tokenizer = self.model, None, None

@@ -222,6 +222,67 @@ def test_static_cache_gives_the_same_tokens_and_a_failed_warm_up_falls_back(base
         base_chat.compiled, base_chat.fallback = 0, ""
 
 
+def test_the_loop_decoder_writes_the_tokens_of_plain_generate(base_chat):
+    """core.decode, the GPU's path with steps queued ahead of the host (here uncompiled, on the CPU): greedy replies
+    have plain generate()'s tokens with and without a repetition penalty, a reply that ends inside a batch of steps
+    ends there, and sampling stays within its settings."""
+    import torch
+
+    base_chat.decoder = "loop"
+    try:
+        assert base_chat.warm_up() > 0 and base_chat.compiled == 4096 and base_chat.fallback == ""
+        for message, gen in [("Tell me about the sea.", GenerationConfig(temperature=0, max_new_tokens=24,
+                                                                          repetition_penalty=1.0)),
+                             ("Tell me about the sea.", GenerationConfig(temperature=0, max_new_tokens=21)),
+                             ("Say hi.", GenerationConfig(temperature=0, max_new_tokens=60))]:
+            text = base_chat.reply([], message, gen)
+            ids = base_chat.last["ids"]
+            assert ids == plain_generate(base_chat, message, gen), message
+            assert text == base_chat.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        assert len(ids) < 60 and ids[-1] == base_chat.tokenizer.eos_token_id  # ended by the end of the turn
+        torch.manual_seed(0)
+        sampled = base_chat.reply([], "Hi.", GenerationConfig(temperature=0.8, top_p=0.9, top_k=20, max_new_tokens=12))
+        assert sampled and 0 < base_chat.last["tokens"] <= 12
+    finally:
+        base_chat.decoder, base_chat.compiled = "generate", 0
+
+
+def test_the_loop_decoder_stops_after_the_batch_that_holds_a_stop_string(base_chat):
+    """A model that writes on into the next turn: the reply is cut at "### Human:" and writing ends with that batch."""
+    import torch
+
+    from core import decode
+    from core.chat import Chat
+    from core.template import Template
+
+    written = base_chat.tokenizer("I am Lumi. ### Human: and who are you? ### Assistant: " * 5,
+                                  add_special_tokens=False)["input_ids"]
+
+    class Writer:  # stands in for the model: its logits always pick the next of the tokens above
+        device = torch.device("cpu")
+        config = base_chat.model.config
+        generation_config = base_chat.model.generation_config
+        calls = 0
+
+        def forward(self, input_ids, cache_position, **kw):
+            logits = torch.zeros(1, 1, base_chat.model.config.vocab_size)
+            logits[0, 0, written[Writer.calls]] = 1.0
+            Writer.calls += 1
+            return type("Out", (), {"logits": logits})()
+
+        __call__ = forward
+
+    chat = Chat()
+    chat.model, chat.tokenizer, chat.template = Writer(), base_chat.tokenizer, Template()
+    chat.decoder = "loop"
+    chat.warm_up()
+    assert chat.fallback == "" and chat.compiled
+    Writer.calls = 0  # the warm-up's replies took some
+    assert chat.reply([], "Who are you?", GenerationConfig(temperature=0, max_new_tokens=200)) == "I am Lumi."
+    cut = len(base_chat.tokenizer("I am Lumi. ### Human:", add_special_tokens=False)["input_ids"])
+    assert cut <= Writer.calls <= cut + decode.AHEAD + 1  # the batch with the stop string was the last one
+
+
 def test_a_warning_while_warming_up_is_logged_and_keeps_the_fast_path(base_chat, monkeypatch, caplog):
     """The compiler's remarks (on the GPU: TF32, an empty CUDA graph) must not cost the fast path, even where
     warnings are errors, as in this test run (pytest.ini)."""
