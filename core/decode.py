@@ -43,9 +43,9 @@ class Decoder:
         self.step = torch.compile(self._step, mode="reduce-overhead", dynamic=False) if compile else self._step
 
     def _step(self, token, position):
-        """The logits after `token` (shape [1, 1]) at `position` (shape [1]), the cache updated in place."""
-        out = self.model(input_ids=token, position_ids=position[None], cache_position=position,
-                         use_cache=True, **{self.cache_arg: self.cache})
+        """The logits after `token` (shape [1, 1]) at `position` (shape [1]); the cache takes the token's keys and values."""
+        # The static cache counts the tokens it holds and writes at the next place itself.
+        out = self.model(input_ids=token, position_ids=position[None], use_cache=True, **{self.cache_arg: self.cache})
         return out.logits[:, -1, :]
 
     def reply(self, input_ids, *, max_new_tokens: int, do_sample: bool, eos_token_id: list[int], streamer,
@@ -74,7 +74,7 @@ class Decoder:
         self.cache.reset()
         with torch.no_grad():
             # The prompt in one pass, the plain way (its length changes every time), then one token a step.
-            logits = self.model(input_ids=input_ids, cache_position=torch.arange(n, device=device), use_cache=True,
+            logits = self.model(input_ids=input_ids, position_ids=torch.arange(n, device=device)[None], use_cache=True,
                                 logits_to_keep=1, **{self.cache_arg: self.cache}).logits[:, -1, :]
             read = 0  # tokens already handed to the streamer
             for i in range(max_new_tokens):

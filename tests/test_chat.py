@@ -264,7 +264,7 @@ def test_the_loop_decoder_stops_after_the_batch_that_holds_a_stop_string(base_ch
         generation_config = base_chat.model.generation_config
         calls = 0
 
-        def forward(self, input_ids, cache_position, **kw):
+        def forward(self, input_ids, **kw):
             logits = torch.zeros(1, 1, base_chat.model.config.vocab_size)
             logits[0, 0, written[Writer.calls]] = 1.0
             Writer.calls += 1
