@@ -422,3 +422,28 @@ def test_int4_loads_compiles_and_answers(base_model):
         assert chat.last["tokens_per_s"] > 0
     finally:
         chat.close()
+
+
+def test_the_loop_decoder_compiles_once_and_answers_greedy_like_plain_generate(base_model):
+    """core/decode.py on the GPU (16-bit, compiled at load): plain generate()'s greedy tokens, and later replies of
+    other lengths and sampling settings compile nothing new."""
+    from test_chat import plain_generate
+    from torch._dynamo.utils import counters
+
+    from core.chat import Chat
+
+    chat = Chat()
+    try:
+        chat.load("default", precision="16bit", decoder="loop")
+        assert chat.compiled == 4096 and chat.fallback == "" and chat.warmup_s > 0, chat.fallback
+        gen = GenerationConfig(temperature=0, max_new_tokens=40, repetition_penalty=1.0)
+        chat.reply([], "Tell me about the sea.", gen)
+        assert chat.last["ids"] == plain_generate(chat, "Tell me about the sea.", gen)
+        graphs = counters["stats"]["unique_graphs"]
+        for message, other in [("Hi.", GenerationConfig(temperature=0, max_new_tokens=60)),
+                               ("你好，请介绍一下你自己。" * 8, GenerationConfig(temperature=0.9, top_p=0.8, max_new_tokens=77))]:
+            chat.reply([("Hello", "Hello! How can I help?")], message, other)
+            assert chat.last["tokens"] > 0
+        assert counters["stats"]["unique_graphs"] == graphs, "a reply compiled again"
+    finally:
+        chat.close()
