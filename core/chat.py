@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import queue
 import sys
 import threading
@@ -17,7 +18,7 @@ import traceback
 import warnings
 from collections.abc import Iterator
 
-from core import models
+from core import gpus, models
 from core.config import GenerationConfig, Parser, add_arguments
 from core.errors import UserError
 from core.logs import quiet
@@ -49,12 +50,14 @@ class Chat:
         self._worker: threading.Thread | None = None
 
     def load(self, model: str | None = None, adapter: str | None = None, *, trust_remote_code: bool = False,
-             precision: str = "auto", compile: bool | None = None, decoder: str | None = None) -> str:
+             precision: str = "auto", compile: bool | None = None, decoder: str | None = None,
+             gpus: list[int] | None = None) -> str:
         """Load a model folder (or the base recorded in `adapter`), with the adapter on top if given.
 
         On a GPU, `precision` "auto" loads in 16-bit where it fits, else 8-bit, else 4-bit (core.fit).
         `compile` (default: on a GPU) sets up a static cache and compiles the decoding step now,
-        so that no reply pays for it (warm_up). `decoder`: "generate" or "loop" (see DECODER).
+        so that no reply pays for it (warm_up). `decoder`: "generate" or "loop" (see DECODER). `gpus`: two or
+        more GPUs (torch's numbers) to spread the model over (core.models.load_for_inference).
         """
         self.close()
         self.decoder = decoder or DECODER
@@ -66,7 +69,8 @@ class Chat:
         try:
             try:
                 self.model, self.tokenizer, record, description = models.load_for_inference(
-                    model, adapter, trust_remote_code=trust_remote_code, precision=precision, fitted=self.fitted)
+                    model, adapter, trust_remote_code=trust_remote_code, precision=precision, fitted=self.fitted,
+                    gpus=gpus)
             except BaseException as e:
                 # The half-loaded model lives on in the traceback's frames (out of memory halfway, say): clear
                 # them, or its GPU memory stays taken for as long as anyone holds the exception.
@@ -429,8 +433,15 @@ def cli(argv: list[str]) -> int:
                         zh="chat：请给出 --model（模型文件夹或 'default'）或 --adapter")
     gen = GenerationConfig.from_dict(args)
     quiet()
+    # The chosen GPUs alone, numbered from 0 in the panel's order (before torch starts CUDA); several: the
+    # model is spread over them.
+    picked = gpus.parse(gen.gpus)
+    if picked:
+        os.environ.update(gpus.narrow(dict(os.environ), picked))
     chat = Chat()
-    chat.load(model, adapter, trust_remote_code=trust, precision=gen.precision)
+    chat.load(model, adapter, trust_remote_code=trust, precision=gen.precision,
+              gpus=list(range(len(picked))) if len(picked) > 1 else None)
+    print(f"model: {chat.description}", file=sys.stderr)  # which precision and why, and on which GPUs
     if chat.fallback:
         print(f"note: chat runs without compilation ({chat.fallback})", file=sys.stderr)
     shown = ""

@@ -375,11 +375,16 @@ class GenerationConfig(_Config):
     top_k: int = _f(50, "Sample only from this many likeliest words (0 = no limit).")
     repetition_penalty: float = _f(1.1, "Above 1 discourages repeating the same words.", bounds=(0.5, 2), step=0.05)
     max_new_tokens: int = _f(256, "Longest reply in tokens.", bounds=(1, 8192), step=1)
+    gpus: str = _f("", "GPUs to load the model on, by their numbers in the GPU panel, e.g. 0,1; empty = the first GPU. With two or more, the model's layers are spread over them, for a model too big for one card. Ignored on the CPU.")
 
     def _rules(self) -> list[str]:
         out = []
         if self.top_k < 0:
             out.append(Text("top_k: must be 0 or more", "top_k：必须为 0 或更大"))
+        try:
+            gpus.parse(self.gpus)
+        except ValueError as e:
+            out.append(errors.of(e))
         return out
 
 

@@ -68,13 +68,29 @@ def training_needs(folder: str | Path) -> int:
     return train_needs(read_config(folder), preset("default"), cuda=True, liger=liger_installed())["gpu"]
 
 
-def gpu_free() -> int:
-    """Bytes this process may still take on GPU 0 (a per-process cap counts, as on a smaller card)."""
+def gpu_free(index: int = 0) -> int:
+    """Bytes this process may still take on GPU `index` (a per-process cap counts, as on a smaller card)."""
     import torch
 
-    free, total = torch.cuda.mem_get_info(0)
-    capped = int(torch.cuda.get_per_process_memory_fraction(0) * total) - torch.cuda.memory_reserved(0)
+    free, total = torch.cuda.mem_get_info(index)
+    capped = int(torch.cuda.get_per_process_memory_fraction(index) * total) - torch.cuda.memory_reserved(index)
     return max(0, min(free, capped))
+
+
+def spread(free: dict[int, int], need: int, weights: int) -> dict[int, int] | None:
+    """Each GPU's share of the weights when a chat model is spread over several (transformers' `max_memory`).
+
+    `free`: bytes free on each chosen GPU; `need`: the whole job's bytes (core.fit.needs: the weights, the
+    context's cache and a margin); `weights`: the weights' part of it. The rest (cache, margin) goes with the
+    layers, so each GPU keeps the same share of it free as it takes of the weights, and each extra GPU keeps
+    one more margin (its own CUDA context and workspace). None when the GPUs together are too small.
+    """
+    rest = need - weights + MARGIN * (len(free) - 1)
+    total = sum(free.values())
+    if total < weights + rest:
+        return None
+    room = 1 - rest / total  # the share of each GPU's free memory the weights may fill
+    return {index: int(bytes_ * room) for index, bytes_ in free.items()}
 
 
 def gib(n: float) -> str:

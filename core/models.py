@@ -251,14 +251,16 @@ def check_adapter(adapter: str | Path) -> tuple[dict, str]:
 
 def load_for_inference(model: str | None = None, adapter: str | Path | None = None, *, dtype=None,
                        device: str | None = None, trust_remote_code: bool = False, precision: str = "16bit",
-                       fitted: dict | None = None):
+                       fitted: dict | None = None, gpus: list[int] | None = None):
     """(model in eval mode on `device`, tokenizer, record, description) for chat and merge.
 
     `model` is a model folder, 'default' or a hub id; with an adapter and no model, the base the
     adapter was trained on. `dtype` is a torch dtype or its name (default: bf16 or fp16 on a GPU,
     float32 on the CPU). `precision` on a GPU: "16bit", "8bit", "4bit" (bitsandbytes, loaded
     straight onto the GPU), "int4" (torchao int4 weight-only, which compiles; chat's fast 4-bit path), or "auto" (core.fit chooses from the free memory; the description says
-    what and why; `fitted`, if given, gets the precision and the numbers behind it). The record is
+    what and why; `fitted`, if given, gets the precision and the numbers behind it). `gpus`: two or more
+    GPUs to spread the model's layers over (each takes a share that leaves its part of the cache free),
+    for a model too big for one; the precision is then chosen from their free memory together. The record is
     the adapter's, else the model folder's. Every problem a user can
     fix (damaged adapter, wrong base, model code not trusted, too little memory) is a UserError.
     """
@@ -282,7 +284,23 @@ def load_for_inference(model: str | None = None, adapter: str | Path | None = No
     tokenizer = _inference_tokenizer(folder, adapter, trust_remote_code)
     chosen = ""
     kw = {}
-    if device != "cpu" and precision != "16bit":
+    several = device != "cpu" and len(gpus or []) > 1
+    if several:
+        from core import fit
+
+        free = {g: fit.gpu_free(g) for g in gpus}
+        precision, info = fit.choose(folder, sum(free.values()) - fit.MARGIN * (len(free) - 1), precision)
+        need = info["need"][precision]
+        shares = fit.spread(free, need, need - fit.cache_bytes(folder) - fit.MARGIN)
+        if shares is None:  # the margins of the extra GPUs tipped it over
+            raise UserError(f"gpus: {precision} needs about {fit.gib(need)} and GPUs {', '.join(map(str, gpus))} have "
+                            f"{fit.gib(sum(free.values()))} free together; choose more GPUs or a smaller precision",
+                            field="gpus", zh=f"gpus：{precision} 约需 {fit.gib(need)}，GPU {', '.join(map(str, gpus))} "
+                                             f"一共只剩 {fit.gib(sum(free.values()))}；请多选几块 GPU 或换更小的精度")
+        chosen = f"{fit.words(precision, info)}, spread over GPUs {', '.join(map(str, gpus))}"
+        if fitted is not None:
+            fitted.update(info, precision=precision, gpus=list(gpus))
+    elif device != "cpu" and precision != "16bit":
         from core import fit
 
         precision, info = fit.choose(folder, fit.gpu_free(), precision)
@@ -298,6 +316,8 @@ def load_for_inference(model: str | None = None, adapter: str | Path | None = No
         kw["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True) if precision == "8bit" else BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
         kw["device_map"] = {"": device}  # straight to the GPU, a tensor at a time: host memory stays small
+    if several:  # layer by layer over the chosen GPUs, each up to its share; nothing left on the CPU
+        kw.update(device_map="auto", max_memory=shares)
     try:
         net = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code, **kw)
     except (OSError, ValueError) as e:

@@ -130,3 +130,25 @@ def test_int4_is_chosen_only_when_asked_and_checked_like_the_others(base_model):
     assert fit.choose(base_model, need["int4"], "int4")[0] == "int4"
     with pytest.raises(UserError, match="precision: int4 needs about"):
         fit.choose(base_model, need["int4"] - 1, "int4")
+
+
+def test_a_model_spread_over_two_gpus_leaves_each_its_part_of_the_cache():
+    """A 13B in 16 bits over two 16 GiB cards: each takes a share of the weights that leaves its part of the cache
+    and a margin free; two 14 GiB cards together are too small."""
+    GiB = 2**30
+    weights, cache = int(24.2 * GiB), int(3.2 * GiB)
+    need = weights + cache + fit.MARGIN
+    shares = fit.spread({0: 16 * GiB, 1: 16 * GiB}, need, weights)
+    assert set(shares) == {0, 1} and shares[0] == shares[1]
+    assert weights <= sum(shares.values()) < 32 * GiB - cache - 2 * fit.MARGIN + GiB // 100
+    uneven = fit.spread({0: 24 * GiB, 1: 8 * GiB}, need, weights)  # the freer card takes more
+    assert uneven[0] == 3 * uneven[1] and sum(uneven.values()) >= weights
+    assert fit.spread({0: 14 * GiB, 1: 14 * GiB}, need, weights) is None
+
+
+def test_chat_gpus_are_checked_like_training_gpus():
+    from core.config import GenerationConfig
+
+    assert GenerationConfig(gpus="0, 1").validate() == []
+    assert [str(m) for m in GenerationConfig(gpus="0,0").validate()] == ["gpus: '0,0' names a GPU twice"]
+    assert "gpus" in GenerationConfig.help()

@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from test_gpu import any_tokenizer, small_random_model  # noqa: F401 - fixtures
+from test_gpu import any_tokenizer, model_13b, small_random_model  # noqa: F401 - fixtures
 from test_train import ROOT, scratch
 
 pytestmark = pytest.mark.multigpu
@@ -86,3 +86,13 @@ def test_two_launchers_as_two_nodes_train_one_run(small_random_model):  # noqa: 
     assert status["state"] == "finished" and status["step"] == 3, status
     assert "2 processes train together" in (run / "train.log").read_text()
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_chat_spreads_a_13b_in_16_bits_over_two_gpus_too_small_for_it_alone(model_13b):  # noqa: F811
+    """Two cards capped at 20 GiB each: 16-bit (about 29 GiB) fits neither alone, both together; the model answers."""
+    env = {**_child_env(), "CUDA_VISIBLE_DEVICES": "0,1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "budget.py"), "20", "-m", "core", "chat", "--model",
+                           model_13b, "--prompt", "你好", "--gpus", "0,1", "--precision", "16bit", "--temperature", "0",
+                           "--max-new-tokens", "8"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "16bit as chosen" in done.stderr and "spread over GPUs 0, 1" in done.stderr, done.stderr[-2000:]

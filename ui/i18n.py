@@ -198,6 +198,7 @@ HELP_ZH: dict[str, dict[str, str]] = {
         "top_k": "只从最可能的这么多个词里抽样（0 = 不限制）。",
         "repetition_penalty": "大于 1 时减少重复。",
         "max_new_tokens": "回答最多多少个 token。",
+        "gpus": "把模型加载到哪几张显卡，填 GPU 面板里的编号，例如 0,1；留空 = 第一张。选两张或更多时，模型的各层分摊到这些卡上，用于一张卡放不下的模型。CPU 上不起作用。",
     },
     # ---- export ----
     "ExportConfig": {
