@@ -44,7 +44,8 @@ def lane(kind: str) -> str:
     return DOWNLOAD if kind == "download" else WORK
 
 
-def _job_file(which: str = WORK) -> Path:
+def lane_file(which: str = WORK) -> Path:
+    """The record of lane `which`'s newest job (what lets a restarted panel find it)."""
     return paths.home() / LANE_FILES[which]
 
 
@@ -141,13 +142,16 @@ class JobManager:
 
     def last(self) -> Job | None:
         """The newest job of this workspace in either lane, running or ended (its status says which), or None."""
-        recorded = [job for job in map(self._recorded, LANE_FILES) if job is not None]
-        return max(recorded, key=lambda job: job.started, default=None)
+        return max(self.lasts().values(), key=lambda job: job.started, default=None)
+
+    def lasts(self) -> dict[str, Job]:
+        """The newest job of each lane that has had one, running or ended."""
+        return {which: job for which in LANE_FILES if (job := self._recorded(which)) is not None}
 
     @staticmethod
     def _recorded(which: str) -> Job | None:
         try:
-            rec = json.loads(_job_file(which).read_text(encoding="utf-8"))
+            rec = json.loads(lane_file(which).read_text(encoding="utf-8"))
             return Job(**{k: rec[k] for k in RECORD if k in rec})
         except (OSError, ValueError, TypeError, KeyError):
             return None
@@ -286,7 +290,7 @@ class JobManager:
             )
         job = Job(kind, proc.pid, str(folder), time.time(), command, str(log), status.oom_kills(), proc)
         self._mine[lane(kind)] = job
-        status.write_json(_job_file(lane(kind)), job.record())
+        status.write_json(lane_file(lane(kind)), job.record())
         # A pid in status.json lets any reader tell a vanished job from a live one.
         now = status.read_json(folder / status.FILE)
         if now.get("state") == "starting" and not now.get("pid"):
@@ -380,6 +384,11 @@ def current(which: str = WORK) -> Job | None:
 def last() -> Job | None:
     """The newest job of this workspace, running or ended."""
     return _manager.last()
+
+
+def lasts() -> dict[str, Job]:
+    """The newest job of each lane, running or ended."""
+    return _manager.lasts()
 
 
 def start_train(cfg: TrainConfig, env: dict | None = None) -> Job:

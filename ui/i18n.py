@@ -358,6 +358,7 @@ SAY = {
         # ---- job notice ----
         "notice_finished": "finished", "notice_failed": "failed", "notice_stopped": "stopped",
         "notice_body": "{job} {name}: {state}", "job_train": "Training", "job_merge": "Merge", "job_export": "Export",
+        "job_download": "Download",
         # ---- models ----
         "col_m_name": "name", "col_m_architecture": "architecture", "col_m_parameters": "parameters",
         "col_m_size": "size", "col_m_chat_template": "chat template", "col_m_train_fit": "fits the GPU for training",
@@ -511,6 +512,7 @@ SAY = {
         # ---- job notice ----
         "notice_finished": "已完成", "notice_failed": "失败", "notice_stopped": "已停止",
         "notice_body": "{job}任务 {name}：{state}", "job_train": "训练", "job_merge": "合并", "job_export": "导出",
+        "job_download": "下载",
         # ---- models ----
         "col_m_name": "名称", "col_m_architecture": "架构", "col_m_parameters": "参数量",
         "col_m_size": "大小", "col_m_chat_template": "对话模板", "col_m_train_fit": "显存够训练吗",

@@ -1,10 +1,11 @@
 """A notice when a job ends (training, merge, export): a browser notification where the user allowed
 them, and the tab title (`✓ finished · QLoRA Studio`) in any case.
 
-The panel polls the newest job's status every few seconds, as it does for the progress it shows.
-The page remembers the last state it saw; when a job it saw running reaches a final state, the
-title changes and, if the user said yes when asked (on a click, never on load), a notification
-appears. A job that had already ended when the page opened gives no notice.
+The panel polls the status of each lane's newest job (a training run, merge or export; a download:
+core/jobs.py) every few seconds, as it does for the progress it shows. The page remembers the last
+state it saw of each; when a job it saw running reaches a final state, the title changes and, if the
+user said yes when asked (on a click, never on load), a notification appears. A job that had
+already ended when the page opened gives no notice.
 """
 
 from __future__ import annotations
@@ -20,31 +21,35 @@ TITLE = "QLoRA Studio"
 MARKS = {"finished": "✓", "failed": "✗", "stopped": "■"}
 
 # The page's side: compare with the state seen last; on live → final, the title and a notification.
-ON_STATE = """(job) => {
+ON_STATE = """(lanes) => {
   const live = ["starting", "running", "stopping"];
-  const seen = window.qlsJob || {};
-  if (job && job.id) {
-    if (seen.id === job.id && live.includes(seen.state) && job.title && !live.includes(job.state)) {
+  const seen = window.qlsJobs || {};
+  for (const job of lanes || []) {
+    const before = seen[job.lane] || {};
+    if (before.id === job.id && live.includes(before.state) && job.title && !live.includes(job.state)) {
       document.title = job.title;
       if ("Notification" in window && Notification.permission === "granted") {
         new Notification(job.title, {body: job.body});
       }
-    } else if (live.includes(job.state)) {
+    } else if (live.includes(job.state) && before.id !== job.id) {  // a new job: the last one's mark goes
       document.title = "%s";
     }
-    window.qlsJob = {id: job.id, state: job.state};
+    seen[job.lane] = {id: job.id, state: job.state};
   }
+  window.qlsJobs = seen;
 }""" % TITLE
 ASK = """() => {
   if ("Notification" in window && Notification.permission === "default") { Notification.requestPermission(); }
 }"""
 
 
-def latest(request: gr.Request = None) -> dict:
-    """The newest job: an id, its state, and for an ended one the title and notification text in the reader's language."""
-    job = jobs.last()
-    if job is None:
-        return {}
+def latest(request: gr.Request = None) -> list[dict]:
+    """Each lane's newest job (core/jobs.py): its lane, an id, its state, and for an ended one the title and
+    notification text in the reader's language."""
+    return [dict(lane=which, **_said(job, request)) for which, job in jobs.lasts().items()]
+
+
+def _said(job, request) -> dict:
     now = status.read(job.folder, job.log)
     state = now["state"]
     out = {"id": f"{job.pid}:{job.started}", "state": state, "kind": job.kind}
