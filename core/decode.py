@@ -36,11 +36,13 @@ class Decoder:
         self.model = model
         self.tokens = cache_tokens
         self.cache = StaticCache(config=model.config, max_cache_len=cache_tokens)
-        # The cache's argument was renamed (`cache`, past_key_values deprecated): the name this transformers reads.
         inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        # The cache's argument was renamed (`cache`, past_key_values deprecated): the name this transformers reads.
         self.cache_arg = "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
-        self.compiled = compile
-        self.step = torch.compile(self._step, mode="reduce-overhead", dynamic=False) if compile else self._step
+        # What transformers says cannot compile (bitsandbytes' layers) runs its steps as they are.
+        quantizer = getattr(inner, "hf_quantizer", None)
+        self.compiled = compile and getattr(quantizer, "is_compileable", True)
+        self.step = torch.compile(self._step, mode="reduce-overhead", dynamic=False) if self.compiled else self._step
 
     def _step(self, token, position):
         """The logits after `token` (shape [1, 1]) at `position` (shape [1]); the cache takes the token's keys and values."""
