@@ -181,11 +181,12 @@ class Progress(TrainerCallback):
                       " ".join(f"{k}={v:.4g}" for k, v in shown.items()))
 
     def _gpu_memory(self):
+        """The peak GiB of this run's fullest GPU (every rank reads its own; the largest is the one that must fit)."""
         if not self.cuda:
             return None
         import torch
 
-        return round(torch.cuda.max_memory_allocated() / 2**30, 3)
+        return round(across_ranks(torch.cuda.max_memory_allocated() / 2**30, "max"), 3)
 
     def close(self) -> None:
         if self.file is not None:
