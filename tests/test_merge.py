@@ -373,3 +373,28 @@ def test_folded_shards_are_the_files_save_file_writes(tmp_path, monkeypatch, sto
         save_file(own, str(tmp_path / "reference.safetensors"), metadata={"format": "pt"})
         assert (tmp_path / "out" / shard).read_bytes() == (tmp_path / "reference.safetensors").read_bytes(), shard
         assert all(torch.equal(t, own[name]) for name, t in load_file(str(tmp_path / "out" / shard)).items())
+
+
+def test_a_base_weight_that_overflows_float16_is_named_and_nothing_is_written(tmp_path):
+    """Not changed by the adapter, only converted: 1e6 fits bfloat16, not float16 (largest 65,504)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from core import fold
+
+    _mixed_base(tmp_path / "base", "safetensors")
+    tensors = load_file(str(tmp_path / "base" / "model.safetensors"))
+    tensors["model.norm.weight"][3] = 1e6
+    save_file(tensors, str(tmp_path / "base" / "model.safetensors"))
+    lora = tmp_path / "adapter"
+    lora.mkdir()
+    (lora / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 1, "lora_alpha": 1}')
+    stem = "base_model.model.model.layers.0.self_attn.v_proj"
+    save_file({f"{stem}.lora_A.weight": torch.zeros(1, 16), f"{stem}.lora_B.weight": torch.zeros(16, 1)},
+              str(lora / "adapter_model.safetensors"))
+    with pytest.raises(UserError, match=r"^merge: model.norm.weight holds NaN/inf values in float16; merge in bfloat16"):
+        merge(MergeConfig(adapter=str(lora), base=str(tmp_path / "base"), out=str(tmp_path / "out"), dtype="float16"))
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*")), "no half-written model is left"
+    (tmp_path / "bf16").mkdir()
+    fold.fold(tmp_path / "base", lora, tmp_path / "bf16", "bfloat16", lambda f, t: None)
+    assert load_file(str(tmp_path / "bf16" / "model.safetensors"))["model.norm.weight"][3] == 1e6
