@@ -331,7 +331,7 @@ def fold(base: Path, adapter: Path, out: Path, dtype: str, progress: Callable[[f
                 if name in pairs:
                     a, b = pairs[name]
                     delta = (b @ a) * scale
-                    largest_delta = max(largest_delta, delta.abs().max().item())
+                    largest_delta = max(largest_delta, *(abs(x.item()) for x in torch.aminmax(delta)))
                     tensor = delta.add_(tensor)  # the weight in float32 + delta, in the delta's memory
                     merged += 1
                     changed = True

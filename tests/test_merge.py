@@ -181,6 +181,7 @@ def test_merge_check_fails_when_the_merged_model_overflows(tiny_adapter, tmp_pat
     ('{"peft_type": "LORA", "r": 4,', "adapter_config.json is not valid JSON"),
     ("{}", "no peft_type"),
     ('{"peft_type": "NO_SUCH_KIND"}', "unknown peft_type 'NO_SUCH_KIND'"),
+    ('{"peft_type": "LORA", "r": 0, "lora_alpha": 8}', "r and lora_alpha must be positive numbers"),
 ])
 def test_a_broken_adapter_config_is_one_line_naming_the_file(tiny_adapter, tmp_path, config, why):
     adapter = adapter_copy(tiny_adapter, tmp_path / "adapter")
