@@ -377,9 +377,11 @@ def check_own_code(folder: str, spec: str, trust_remote_code: bool) -> None:
         config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return  # loading will say what is wrong with the folder
+    if not (isinstance(config, dict) and config.get("auto_map")):
+        return  # no code of its own (and no transformers import, a second of a merge's start)
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
-    if isinstance(config, dict) and config.get("auto_map") and config.get("model_type") not in CONFIG_MAPPING_NAMES:
+    if config.get("model_type") not in CONFIG_MAPPING_NAMES:
         raise UserError(f"model: {spec} ships its own code; switch on 'Trust remote code' if you trust it",
                         field="model", zh=f"model：{spec} 自带代码；如果你信任它，请打开“信任远程代码”")
 
