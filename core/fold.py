@@ -124,7 +124,13 @@ def _tensors(file: Path) -> Iterator[tuple[str, object]]:
             # writable buffer; nothing writes to it).
             view = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
         view.madvise(mmap.MADV_SEQUENTIAL)
-        for name, info in sorted(head.items(), key=lambda item: item[1]["data_offsets"][0]):
+        order = sorted(head.items(), key=lambda item: item[1]["data_offsets"][0])
+        for i, (name, info) in enumerate(order):
+            if i + 1 < len(order):  # the disk reads the next tensor while this one is converted and written
+                begin, end = (start + at for at in order[i + 1][1]["data_offsets"])
+                begin -= begin % mmap.PAGESIZE
+                if end > begin:
+                    view.madvise(mmap.MADV_WILLNEED, begin, end - begin)
             dtype = getattr(torch, DTYPES[info["dtype"]][1])
             count = math.prod(info["shape"])
             tensor = (torch.frombuffer(view, dtype=dtype, count=count, offset=start + info["data_offsets"][0])
