@@ -60,6 +60,12 @@ def quiet(warnings: bool = False) -> None:
     """No weight-loading bars or optional-kernel notices; library warnings only if `warnings`."""
     # bitsandbytes announces on import that an optional CPU kernel package is missing; it is not needed.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    if "transformers" not in sys.modules and "huggingface_hub" not in sys.modules:
+        # Both read these when imported: a command that never needs them (a merge tensor by tensor) does not
+        # import them (a second and more) to quiet them.
+        os.environ["TRANSFORMERS_VERBOSITY"] = "warning" if warnings else "error"
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+        return
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_warning() if warnings else hf_logging.set_verbosity_error()

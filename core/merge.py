@@ -66,7 +66,8 @@ def merge(cfg: MergeConfig, progress=None) -> dict:
     if out.exists():
         raise UserError(f"out: {cfg.out} already exists; choose a new folder for the merged model", field="out",
                         zh=f"out：{cfg.out} 已存在，请为合并后的模型选择新文件夹")
-    record, trained_on = models.check_adapter(adapter)
+    # peft's reading of the config (seconds of import) only where peft merges: folding reads r and alpha itself.
+    record, trained_on = models.check_adapter(adapter, with_peft=False)
     base_spec = cfg.base or trained_on
     if not base_spec:
         raise UserError(f"base: {adapter} does not say which model it was trained on; choose the base model",
@@ -74,6 +75,8 @@ def merge(cfg: MergeConfig, progress=None) -> dict:
     base = Path(models.resolve(base_spec))
     models.check_own_code(str(base), base_spec, cfg.trust_remote_code)
     why_not = fold.unsupported(adapter, base)
+    if why_not is not None:
+        models.check_adapter(adapter)
     rounding, weights = as_trained(adapter, record) if cfg.base_weights == "as-trained" else (None, "original")
     if rounding and why_not is not None:
         raise UserError(f"base_weights: as-trained merges tensor by tensor, and this adapter needs peft's merge "

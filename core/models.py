@@ -206,16 +206,14 @@ def leading_bos(tokenizer) -> int | None:
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
-def check_adapter(adapter: str | Path) -> tuple[dict, str]:
+def check_adapter(adapter: str | Path, with_peft: bool = True) -> tuple[dict, str]:
     """(the adapter's record, the base model it names or ''), or a UserError saying what is wrong with it.
 
     Reads the config and every weight before any model loads: a run that diverged leaves NaN
     weights that would only show up as a torch error (chat) or a merge that "passes" on NaN.
+    `with_peft=False` leaves peft's own reading of the config out (importing peft takes seconds) for a
+    caller that reads a LoRA config's numbers itself (the merge tensor by tensor); the rest is the same.
     """
-    import torch
-    from peft import PeftConfig
-    from safetensors import safe_open
-
     folder = Path(adapter).expanduser()
     config_file = folder / "adapter_config.json"
     if not config_file.is_file():
@@ -227,12 +225,28 @@ def check_adapter(adapter: str | Path) -> tuple[dict, str]:
         raise _damaged(adapter, f"adapter_config.json is not valid JSON: {e}") from None
     if not isinstance(config, dict) or "peft_type" not in config:
         raise _damaged(adapter, "adapter_config.json does not say what kind of adapter it is (no peft_type)")
+    if not with_peft:
+        if config["peft_type"] == "LORA" and not all(
+                isinstance(config.get(k), int | float) and not isinstance(config.get(k), bool) and config[k] > 0
+                for k in ("r", "lora_alpha")):
+            raise _damaged(adapter, "adapter_config.json: r and lora_alpha must be positive numbers")
+        return _checked_weights(folder, adapter, config)
+    from peft import PeftConfig
+
     try:
         PeftConfig.from_pretrained(str(folder))
     except KeyError:
         raise _damaged(adapter, f"adapter_config.json names an unknown peft_type {config['peft_type']!r}") from None
     except (TypeError, ValueError) as e:
         raise _damaged(adapter, f"adapter_config.json: {_short(e)}") from None
+    return _checked_weights(folder, adapter, config)
+
+
+def _checked_weights(folder: Path, adapter: str | Path, config: dict) -> tuple[dict, str]:
+    """check_adapter's second half: the weights are there, readable and finite; the record."""
+    import torch
+    from safetensors import safe_open
+
     weights = folder / ADAPTER_WEIGHTS
     if not weights.is_file():
         raise _damaged(adapter, f"no {ADAPTER_WEIGHTS}")
@@ -383,9 +397,11 @@ def check_own_code(folder: str, spec: str, trust_remote_code: bool) -> None:
         config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return  # loading will say what is wrong with the folder
+    if not (isinstance(config, dict) and config.get("auto_map")):
+        return  # no code of its own (and no transformers import, a second of a merge's start)
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
-    if isinstance(config, dict) and config.get("auto_map") and config.get("model_type") not in CONFIG_MAPPING_NAMES:
+    if config.get("model_type") not in CONFIG_MAPPING_NAMES:
         raise UserError(f"model: {spec} ships its own code; switch on 'Trust remote code' if you trust it",
                         field="model", zh=f"model：{spec} 自带代码；如果你信任它，请打开“信任远程代码”")
 

@@ -181,6 +181,7 @@ def test_merge_check_fails_when_the_merged_model_overflows(tiny_adapter, tmp_pat
     ('{"peft_type": "LORA", "r": 4,', "adapter_config.json is not valid JSON"),
     ("{}", "no peft_type"),
     ('{"peft_type": "NO_SUCH_KIND"}', "unknown peft_type 'NO_SUCH_KIND'"),
+    ('{"peft_type": "LORA", "r": 0, "lora_alpha": 8}', "r and lora_alpha must be positive numbers"),
 ])
 def test_a_broken_adapter_config_is_one_line_naming_the_file(tiny_adapter, tmp_path, config, why):
     adapter = adapter_copy(tiny_adapter, tmp_path / "adapter")
@@ -319,3 +320,82 @@ def test_as_trained_of_a_run_without_a_gpu_is_the_original(tiny_adapter, tmp_pat
     report = merge(MergeConfig(adapter=str(run / "adapter"), base="default", out=str(tmp_path / "m"),
                                dtype="bfloat16", base_weights="as-trained", compare=False))
     assert report["rounded_tensors"] == 0 and report["base_weights"].startswith("as trained = original"), report
+
+
+# ---- the streamed shards: the files save_file would write, byte for byte ----
+def _mixed_base(folder: Path, stored: str) -> dict:
+    """A small base of the dtypes checkpoints hold (16-bit weights, float32 norms, an int64 buffer, a scalar and an
+    empty tensor), as safetensors or as a pickle-free-read .bin; returns its tensors."""
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    tensors = {"model.embed_tokens.weight": torch.randn(50, 16).to(torch.bfloat16),
+               **{f"model.layers.{i}.self_attn.{p}.weight": torch.randn(16, 16).to(torch.bfloat16)
+                  for i in range(3) for p in ("q_proj", "v_proj")},
+               "model.norm.weight": torch.rand(16), "model.rotary.positions": torch.arange(7),
+               "model.scale": torch.tensor(0.5, dtype=torch.bfloat16), "model.empty": torch.zeros(0, 16)}
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    if stored == "safetensors":
+        save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        torch.save(tensors, folder / "pytorch_model.bin")
+    return tensors
+
+
+@pytest.mark.parametrize("stored, dtype", [("safetensors", "float16"), ("safetensors", "bfloat16"), ("bin", "float32")])
+def test_folded_shards_are_the_files_save_file_writes(tmp_path, monkeypatch, stored, dtype):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from core import fold
+
+    base = _mixed_base(tmp_path / "base", stored)
+    lora = tmp_path / "adapter"
+    lora.mkdir()
+    (lora / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 2, "lora_alpha": 4}')
+    pairs = {f"model.layers.{i}.self_attn.q_proj.weight": (torch.randn(2, 16), torch.randn(16, 2)) for i in range(3)}
+    save_file({f"base_model.model.{name[:-7]}.lora_{x}.weight": t for name, ab in pairs.items() for x, t in zip("AB", ab, strict=True)},
+              str(lora / "adapter_model.safetensors"))
+    monkeypatch.setattr(fold, "SHARD", 1500)  # several shards, with an index
+    (tmp_path / "out").mkdir()
+    done = fold.fold(tmp_path / "base", lora, tmp_path / "out", dtype, lambda f, t: None)
+
+    target = getattr(torch, dtype)
+    expected = {name: (t.float() + 2 * pairs[name][1] @ pairs[name][0] if name in pairs else t) for name, t in base.items()}
+    expected = {name: t.to(target) if t.is_floating_point() else t for name, t in expected.items()}
+    index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
+    assert done["shards"] == len(set(index["weight_map"].values())) > 2 and done["merged_tensors"] == 3
+    assert sorted(index["weight_map"]) == sorted(base)
+    assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in expected.values())
+    for shard in sorted(set(index["weight_map"].values())):
+        own = {name: expected[name] for name, file in index["weight_map"].items() if file == shard}
+        save_file(own, str(tmp_path / "reference.safetensors"), metadata={"format": "pt"})
+        assert (tmp_path / "out" / shard).read_bytes() == (tmp_path / "reference.safetensors").read_bytes(), shard
+        assert all(torch.equal(t, own[name]) for name, t in load_file(str(tmp_path / "out" / shard)).items())
+
+
+def test_a_base_weight_that_overflows_float16_is_named_and_nothing_is_written(tmp_path):
+    """Not changed by the adapter, only converted: 1e6 fits bfloat16, not float16 (largest 65,504)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from core import fold
+
+    _mixed_base(tmp_path / "base", "safetensors")
+    tensors = load_file(str(tmp_path / "base" / "model.safetensors"))
+    tensors["model.norm.weight"][3] = 1e6
+    save_file(tensors, str(tmp_path / "base" / "model.safetensors"))
+    lora = tmp_path / "adapter"
+    lora.mkdir()
+    (lora / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 1, "lora_alpha": 1}')
+    stem = "base_model.model.model.layers.0.self_attn.v_proj"
+    save_file({f"{stem}.lora_A.weight": torch.zeros(1, 16), f"{stem}.lora_B.weight": torch.zeros(16, 1)},
+              str(lora / "adapter_model.safetensors"))
+    with pytest.raises(UserError, match=r"^merge: model.norm.weight holds NaN/inf values in float16; merge in bfloat16"):
+        merge(MergeConfig(adapter=str(lora), base=str(tmp_path / "base"), out=str(tmp_path / "out"), dtype="float16"))
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*")), "no half-written model is left"
+    (tmp_path / "bf16").mkdir()
+    fold.fold(tmp_path / "base", lora, tmp_path / "bf16", "bfloat16", lambda f, t: None)
+    assert load_file(str(tmp_path / "bf16" / "model.safetensors"))["model.norm.weight"][3] == 1e6
