@@ -184,16 +184,18 @@ class _Writer(threading.Thread):
             raise self.error
         return self.free.get()
 
-    def put(self, tensor, fd: int, at: int, buffer) -> None:
-        """Write `tensor` at `at` in `fd`, then give `buffer` back."""
-        self.todo.put((tensor, fd, at, buffer))
+    def put(self, tensor, fd: int, at: int, buffer, source: tuple[int, int] | None = None) -> None:
+        """Write `tensor` at `at` in `fd`, then give `buffer` back. `source` (a file descriptor, an offset): the
+        same bytes stand there in the base's file, and the kernel copies them file to file (as a file copy does)."""
+        self.todo.put((tensor, fd, at, buffer, source))
 
     def run(self) -> None:
         while (item := self.todo.get()) is not None:
-            tensor, fd, at, buffer = item
+            tensor, fd, at, buffer, source = item
             if self.error is None:
                 try:
-                    _write_at(tensor, fd, at)
+                    if source is None or not _copy_range(*source, tensor.numel() * tensor.element_size(), fd, at):
+                        _write_at(tensor, fd, at)
                 except BaseException as e:  # disk full, say: the reading thread raises it
                     self.error = e
             del tensor, item
@@ -204,6 +206,23 @@ class _Writer(threading.Thread):
         self.join()
         if self.error:
             raise self.error
+
+
+def _copy_range(source: int, source_at: int, count: int, fd: int, at: int) -> bool:
+    """Copy `count` bytes from `source` at `source_at` to `fd` at `at` inside the kernel; False where the system
+    cannot (another file system, an old kernel, no copy_file_range): the caller writes the bytes itself."""
+    if not hasattr(os, "copy_file_range"):
+        return False
+    done = 0
+    try:
+        while done < count:
+            step = os.copy_file_range(source, fd, count - done, source_at + done, at + done)
+            if step == 0:
+                break
+            done += step
+    except OSError:  # the caller writes all of it the plain way (what went already is the same bytes)
+        return False
+    return done == count
 
 
 def _write_at(tensor, fd: int, at: int) -> None:
@@ -328,6 +347,10 @@ def fold(base: Path, adapter: Path, out: Path, dtype: str, progress: Callable[[f
             weight_map.update({k: name for k, _, _ in group})
         writer = _Writer()
         for file in files:
+            # Where each tensor's bytes stand in a safetensors base: one that stays as it is is copied file to file.
+            head, start = header(file) if file.suffix == ".safetensors" else ({}, 0)
+            stored = {name: start + info["data_offsets"][0] for name, info in head.items()}
+            fds.append(source := os.open(file, os.O_RDONLY))
             for name, tensor in _tensors(file):
                 changed = False
                 if rounding and tensor.is_floating_point() and quantized(name, tensor):
@@ -350,7 +373,8 @@ def fold(base: Path, adapter: Path, out: Path, dtype: str, progress: Callable[[f
                     raise UserError(f"merge: {name} holds NaN/inf values in {dtype}; merge in bfloat16 or float32",
                                     field="dtype",
                                     zh=f"merge：{name} 在 {dtype} 下出现 NaN/inf 值；请用 bfloat16 或 float32 合并")
-                writer.put(tensor, *place[name], buffer)
+                writer.put(tensor, *place[name], buffer,
+                           None if changed or name not in stored else (source, stored[name]))
                 total += tensor.numel() * tensor.element_size()
                 written += 1
                 if written % max(1, len(plan) // 50) == 0 or written == len(plan):  # about fifty reports

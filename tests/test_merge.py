@@ -359,8 +359,14 @@ def test_folded_shards_are_the_files_save_file_writes(tmp_path, monkeypatch, sto
     save_file({f"base_model.model.{name[:-7]}.lora_{x}.weight": t for name, ab in pairs.items() for x, t in zip("AB", ab, strict=True)},
               str(lora / "adapter_model.safetensors"))
     monkeypatch.setattr(fold, "SHARD", 1500)  # several shards, with an index
+    copied = []  # tensors the kernel copied file to file (those the merge leaves as they are, in their own dtype)
+    real_copy = fold._copy_range
+    monkeypatch.setattr(fold, "_copy_range", lambda *a: copied.append(a[2]) or real_copy(*a))
     (tmp_path / "out").mkdir()
     done = fold.fold(tmp_path / "base", lora, tmp_path / "out", dtype, lambda f, t: None)
+    kept = {n: t for n, t in base.items() if n not in pairs and t.numel() and not (t.is_floating_point() and
+                                                                                   t.dtype != getattr(torch, dtype))}
+    assert sorted(copied) == (sorted(t.numel() * t.element_size() for t in kept.values()) if stored == "safetensors" else [])
 
     target = getattr(torch, dtype)
     expected = {name: (t.float() + 2 * pairs[name][1] @ pairs[name][0] if name in pairs else t) for name, t in base.items()}
