@@ -16,6 +16,8 @@ import contextlib
 import json
 import logging
 import os
+import signal
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -87,19 +89,24 @@ def train(cfg: TrainConfig) -> dict:
 
     run.mkdir(parents=True, exist_ok=True)
     # A second trainer of this run is refused here, before it writes anything.
-    with runs.lock(run) if main else contextlib.nullcontext():
+    with runs.lock(run) if main else contextlib.nullcontext(), _noting_interrupts() as interrupted:
         handler = logs.to_file(run / "train.log") if main else logs.rank_console(gpus.rank())
         status = None
         try:
             status = Status(run if main else None, **saving.progress_so_far(run, checkpoint))
             return _train(cfg, run, dataset, folder, status)
-        except KeyboardInterrupt:  # interrupted before training began: nothing to save
-            log.info("stopped before the first step")
-            if status is not None:
-                status.last_word(log, state="stopped", ended=time.time(),
-                                 hint=Text("stopped before training began: nothing to keep", "在训练开始前就停止了：没有可保留的内容"))
-            raise
         except BaseException as e:
+            # A stop while the libraries are still importing can surface as any error: an import cut in half
+            # leaves a module that fails the next time it is imported. Interrupted before training (while it
+            # trains, the trainer's own handlers take the signal), the run stopped.
+            if isinstance(e, KeyboardInterrupt) or interrupted.is_set():
+                log.info("stopped before the first step")
+                if status is not None:
+                    status.last_word(log, state="stopped", ended=time.time(),
+                                     hint=Text("stopped before training began: nothing to keep",
+                                               "在训练开始前就停止了：没有可保留的内容"))
+                raise KeyboardInterrupt from None
+
             error, hint = explain(e)
             log.error("run failed: %s", error)
             log.debug("%s", traceback.format_exc())  # train.log keeps it; a terminal gets the one line
@@ -114,6 +121,26 @@ def train(cfg: TrainConfig) -> dict:
                 clear_stop(run)  # answered: a later resume starts afresh
             logging.getLogger("qlora_studio").removeHandler(handler)
             handler.close()
+
+
+@contextlib.contextmanager
+def _noting_interrupts():
+    """An event set once Ctrl-C or the panel's Stop (SIGINT) reaches this process; the signal still interrupts
+    as usual. The trainer's own handlers (core.callbacks) take over while it trains."""
+    seen = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield seen
+        return
+
+    def interrupted(sig, frame):
+        seen.set()
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGINT, interrupted)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def _check_learning(run: Path, model, tokenizer, template, eval_rows, eval_file: Path) -> None:
