@@ -107,12 +107,13 @@ def _layout(files: list[Path]) -> list[tuple[str, list[int], str]]:
             out += [(name, head[name]["shape"], head[name]["dtype"]) for name in sorted(head)]
         else:
             out += [(name, list(t.shape), NAMES.get(str(t.dtype).removeprefix("torch."), str(t.dtype)))
-                    for name, t in _tensors(file)]
+                    for name, t, _ in _tensors(file)]
     return out
 
 
-def _tensors(file: Path) -> Iterator[tuple[str, object]]:
-    """(name, tensor) of one weight file, one at a time, in file order."""
+def _tensors(file: Path) -> Iterator[tuple[str, object, int | None]]:
+    """(name, tensor, where its bytes start in the file) of one weight file, one at a time, in file order (the
+    place only for safetensors; None for a pickle .bin)."""
     import torch
 
     if file.suffix == ".safetensors":
@@ -135,11 +136,11 @@ def _tensors(file: Path) -> Iterator[tuple[str, object]]:
             count = math.prod(info["shape"])
             tensor = (torch.frombuffer(view, dtype=dtype, count=count, offset=start + info["data_offsets"][0])
                       if count else torch.empty(0, dtype=dtype))
-            yield name, tensor.reshape(info["shape"])
+            yield name, tensor.reshape(info["shape"]), start + info["data_offsets"][0]
     else:  # weights_only never runs code from the file; mmap keeps it on disk until read
         state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
         for name in list(state):
-            yield name, state.pop(name)
+            yield name, state.pop(name), None
 
 
 def shapes(files: list[Path]) -> list[tuple[str, list[int], bool]]:
@@ -347,11 +348,8 @@ def fold(base: Path, adapter: Path, out: Path, dtype: str, progress: Callable[[f
             weight_map.update({k: name for k, _, _ in group})
         writer = _Writer()
         for file in files:
-            # Where each tensor's bytes stand in a safetensors base: one that stays as it is is copied file to file.
-            head, start = header(file) if file.suffix == ".safetensors" else ({}, 0)
-            stored = {name: start + info["data_offsets"][0] for name, info in head.items()}
             fds.append(source := os.open(file, os.O_RDONLY))
-            for name, tensor in _tensors(file):
+            for name, tensor, at in _tensors(file):
                 changed = False
                 if rounding and tensor.is_floating_point() and quantized(name, tensor):
                     tensor = nf4_round(tensor, **rounding)
@@ -373,8 +371,8 @@ def fold(base: Path, adapter: Path, out: Path, dtype: str, progress: Callable[[f
                     raise UserError(f"merge: {name} holds NaN/inf values in {dtype}; merge in bfloat16 or float32",
                                     field="dtype",
                                     zh=f"merge：{name} 在 {dtype} 下出现 NaN/inf 值；请用 bfloat16 或 float32 合并")
-                writer.put(tensor, *place[name], buffer,
-                           None if changed or name not in stored else (source, stored[name]))
+                # A tensor that stays as it is, with its bytes in a safetensors base: copied file to file.
+                writer.put(tensor, *place[name], buffer, None if changed or at is None else (source, at))
                 total += tensor.numel() * tensor.element_size()
                 written += 1
                 if written % max(1, len(plan) // 50) == 0 or written == len(plan):  # about fifty reports
