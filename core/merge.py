@@ -75,8 +75,8 @@ def merge(cfg: MergeConfig, progress=None) -> dict:
     base = Path(models.resolve(base_spec))
     models.check_own_code(str(base), base_spec, cfg.trust_remote_code)
     why_not = fold.unsupported(adapter, base)
-    if why_not is not None:
-        models.check_adapter(adapter)
+    if why_not is not None:  # peft merges: its own reading of the config (the weights were checked above)
+        models.check_peft_config(adapter, json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8")))
     rounding, weights = as_trained(adapter, record) if cfg.base_weights == "as-trained" else (None, "original")
     if rounding and why_not is not None:
         raise UserError(f"base_weights: as-trained merges tensor by tensor, and this adapter needs peft's merge "

@@ -231,15 +231,21 @@ def check_adapter(adapter: str | Path, with_peft: bool = True) -> tuple[dict, st
                 for k in ("r", "lora_alpha")):
             raise _damaged(adapter, "adapter_config.json: r and lora_alpha must be positive numbers")
         return _checked_weights(folder, adapter, config)
+    check_peft_config(adapter, config)
+    return _checked_weights(folder, adapter, config)
+
+
+def check_peft_config(adapter: str | Path, config: dict) -> None:
+    """peft's own reading of an adapter's config (`config`: its JSON, which check_adapter has read and checked),
+    as a UserError."""
     from peft import PeftConfig
 
     try:
-        PeftConfig.from_pretrained(str(folder))
+        PeftConfig.from_pretrained(str(Path(adapter).expanduser()))
     except KeyError:
         raise _damaged(adapter, f"adapter_config.json names an unknown peft_type {config['peft_type']!r}") from None
     except (TypeError, ValueError) as e:
         raise _damaged(adapter, f"adapter_config.json: {_short(e)}") from None
-    return _checked_weights(folder, adapter, config)
 
 
 def _checked_weights(folder: Path, adapter: str | Path, config: dict) -> tuple[dict, str]:
