@@ -152,13 +152,17 @@ class Chat:
                 written = tokenizer.decode(tokens.ids[-tail:]) if tail and tokens.ids else ""
                 return any(s in written for s in stops)
 
-        options = self._options(gen, inputs["input_ids"].shape[1])
+        options = self._options(gen)
+        # Warmed up, and the prompt and the reply fit the static cache: the compiled path; else the plain one.
+        fits = bool(self.compiled) and inputs["input_ids"].shape[1] + gen.max_new_tokens <= self.compiled
         self.last = {}
-        if self._loop is not None and options.pop("cache_implementation", None):  # warmed up, and the reply fits
+        if fits and self._loop is not None:
             self._submit(tokens.run, self._loop.reply, dict(input_ids=inputs["input_ids"], streamer=tokens,
                                                             stop=lambda: _Stop()(None, None), **options))
         else:
             kwargs = dict(**inputs, streamer=tokens, stopping_criteria=StoppingCriteriaList([_Stop()]), **options)
+            if fits:
+                kwargs.update(compiled_options(self.compiled))
             self._submit(tokens.run, self.model.generate, kwargs)
         shown, final = "", None
         try:
@@ -181,8 +185,8 @@ class Chat:
         if final != shown:
             yield final
 
-    def _options(self, gen: GenerationConfig, prompt_tokens: int) -> dict:
-        """generate()'s sampling arguments; on a warmed-up GPU, the static cache it was compiled for."""
+    def _options(self, gen: GenerationConfig) -> dict:
+        """generate()'s sampling arguments (core.decode takes the same)."""
         sampling = gen.temperature > 0
         out = dict(max_new_tokens=gen.max_new_tokens, do_sample=sampling, repetition_penalty=gen.repetition_penalty,
                    eos_token_id=self._eos_ids(), pad_token_id=self.tokenizer.pad_token_id)
@@ -190,8 +194,6 @@ class Chat:
             out.update(temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k or None)
         else:  # greedy: the model's own sampling defaults would only cause warnings
             out.update(temperature=None, top_p=None, top_k=None)
-        if self.compiled and prompt_tokens + gen.max_new_tokens <= self.compiled:
-            out.update(compiled_options(self.compiled))
         return out
 
     def reply(self, history: list[tuple[str, str]], message: str, gen: GenerationConfig | None = None) -> str:
