@@ -94,7 +94,9 @@ class Decoder:
                 logits = None  # the last step's output: its CUDA graph's memory is written again by the next step
                 if self.compiled:
                     torch.compiler.cudagraph_mark_step_begin()
-                logits = self.step(written[:, n + i: n + i + 1].clone(), position)
+                # A fresh [1, 1] tensor: a slice of `written` carries its row's length in its stride, and the
+                # compiled step would compile again for every prompt and reply length.
+                logits = self.step(written[:, n + i: n + i + 1].clone(memory_format=torch.contiguous_format), position)
 
 
 def _chooser(do_sample: bool, temperature, top_p, top_k, repetition_penalty) -> Callable:

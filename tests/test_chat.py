@@ -247,6 +247,42 @@ def test_the_loop_decoder_writes_the_tokens_of_plain_generate(base_chat):
         base_chat.decoder, base_chat.compiled = "generate", 0
 
 
+def test_the_loop_decoder_traces_its_step_once_for_every_prompt_and_reply_length():
+    """What the GPU compiles (core.decode's step) is traced by dynamo once: prompts, replies and sampling of other
+    lengths and settings reuse it. Dynamo's eager backend stands in for inductor and CUDA graphs, which need a
+    GPU and a compiler; the guards that decide a new compile are the same."""
+    import torch
+    from torch._dynamo.utils import counters
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from core.decode import Decoder
+
+    class Tokens:
+        def __init__(self):
+            self.ids = []
+
+        def put(self, value):
+            self.ids += value.flatten().tolist()
+
+        def end(self):
+            pass
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2)).eval()
+    decoder = Decoder(model, 128, compile=False)
+    torch._dynamo.reset()
+    decoder.step = torch.compile(decoder._step, backend="eager", dynamic=False, fullgraph=True)
+    counters.clear()
+    for prompt, new, sample in [(5, 20, False), (9, 33, False), (31, 7, True), (2, 50, False)]:
+        out = Tokens()
+        decoder.reply(torch.randint(0, 256, (1, prompt)), max_new_tokens=new, do_sample=sample, eos_token_id=[],
+                      streamer=out, stop=lambda: False, temperature=0.7, top_p=0.9)
+        assert len(out.ids) == prompt + new
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["recompiles"]) or dict(counters["stats"])
+    torch._dynamo.reset()
+
+
 def test_the_loop_decoder_stops_after_the_batch_that_holds_a_stop_string(base_chat):
     """A model that writes on into the next turn: the reply is cut at "### Human:" and writing ends with that batch."""
     import torch
