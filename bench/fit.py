@@ -34,8 +34,12 @@ def chat_peak(model: str, precision: str) -> dict:
     from core.chat import Chat
     from core.config import GenerationConfig
 
+    import time
+
     chat = Chat()
+    start = time.perf_counter()
     chat.load(model, precision=precision)
+    load_s = time.perf_counter() - start  # weights to the GPU and the compiled warm-up, as the Chat tab's Load
     tokens = min(fit.CONTEXT, fit.read_config(model).get("max_position_embeddings") or fit.CONTEXT) - 64
     prompt = " ".join(["你好"] * tokens)
     ids = chat.tokenizer(prompt)["input_ids"][:tokens]
@@ -44,7 +48,8 @@ def chat_peak(model: str, precision: str) -> dict:
     chat.reply([], prompt, GenerationConfig(temperature=0, max_new_tokens=16))
     peak = torch.cuda.max_memory_allocated()
     chat.close()
-    return {"peak_gib": peak / 2**30, "precision": chat.fitted.get("precision", precision)}
+    return {"peak_gib": peak / 2**30, "precision": chat.fitted.get("precision", precision), "load_s": load_s,
+            "warmup_s": chat.warmup_s}
 
 
 def main() -> None:
@@ -81,9 +86,13 @@ def main() -> None:
             proc = subprocess.run([sys.executable, __file__, "--chat-child", str(model), precision], cwd=ROOT,
                                   capture_output=True, text=True)
             lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
-            real = json.loads(lines[-1])["peak_gib"] if lines else None
+            got = json.loads(lines[-1]) if lines else {}
+            real = got.get("peak_gib")
             if real is None:
                 print(proc.stderr[-1500:], flush=True)
+            else:
+                print(f"{shape} chat {precision}: load {got['load_s']:.1f} s (warm-up {got['warmup_s'] or 0:.1f} s)",
+                      flush=True)
             rows.append((shape, f"chat {precision}", (need[precision] - fit.MARGIN) / 2**30, real))
     print(f"\n{'shape':<6} {'job':<16} {'estimate GiB':>12} {'real peak GiB':>13} {'estimate/real':>13}")
     for shape, job, estimate, real in rows:

@@ -352,9 +352,38 @@ class Tokens:
 
 
 def _serve(jobs: queue.Queue) -> None:
+    _graphs_in_this_thread()
     while (job := jobs.get()) is not None:
         fn, args = job
         fn(*args)
+
+
+def _graphs_in_this_thread() -> None:
+    """Let this thread record and replay CUDA graphs (torch.compile's "reduce-overhead").
+
+    torch keeps its CUDA graph trees in per-thread state that it sets up only in the thread that first
+    imports them; before torch 2.13 any other Python thread fails its first graph with a bare
+    AssertionError (pytorch issue 123177, fixed upstream by setting the state up lazily). Each chat
+    writes on a thread of its own, so the second model loaded in a process (or the second pane of a
+    side-by-side comparison) lost its compiled path: measured on an H200 with torch 2.11. This sets the
+    state up here the way the fix does; where torch already does it, or has no such state, it does nothing.
+    """
+    try:
+        import torch
+
+        if not torch.cuda.is_available() or torch._C._is_key_in_tls("tree_manager_containers"):
+            return
+        from collections import defaultdict
+
+        from torch._inductor import cudagraph_trees as trees
+
+        if not hasattr(trees.local, "tree_manager_containers"):
+            trees.local.tree_manager_containers = {}
+            trees.local.tree_manager_locks = defaultdict(threading.Lock)
+        torch._C._stash_obj_in_tls("tree_manager_containers", trees.local.tree_manager_containers)
+        torch._C._stash_obj_in_tls("tree_manager_locks", trees.local.tree_manager_locks)
+    except Exception:  # another torch: its own way, or none needed; warm-up still falls back in words
+        log.debug("CUDA graph state for the chat thread not set up", exc_info=True)
 
 
 def gpu_room() -> int | None:
