@@ -368,18 +368,18 @@ def _graphs_in_this_thread() -> None:
     side-by-side comparison) lost its compiled path: measured on an H200 with torch 2.11. This sets the
     state up here the way the fix does; where torch already does it, or has no such state, it does nothing.
     """
+    trees = sys.modules.get("torch._inductor.cudagraph_trees")
+    if trees is None:  # not imported yet: the first compile imports it in this thread, which sets the state up
+        return
     try:
         import torch
 
-        if not torch.cuda.is_available() or torch._C._is_key_in_tls("tree_manager_containers"):
-            return
+        if hasattr(trees.local, "tree_manager_containers") or torch._C._is_key_in_tls("tree_manager_containers"):
+            return  # this thread has it already
         from collections import defaultdict
 
-        from torch._inductor import cudagraph_trees as trees
-
-        if not hasattr(trees.local, "tree_manager_containers"):
-            trees.local.tree_manager_containers = {}
-            trees.local.tree_manager_locks = defaultdict(threading.Lock)
+        trees.local.tree_manager_containers = {}
+        trees.local.tree_manager_locks = defaultdict(threading.Lock)
         torch._C._stash_obj_in_tls("tree_manager_containers", trees.local.tree_manager_containers)
         torch._C._stash_obj_in_tls("tree_manager_locks", trees.local.tree_manager_locks)
     except Exception:  # another torch: its own way, or none needed; warm-up still falls back in words
