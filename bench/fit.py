@@ -28,13 +28,13 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 def chat_peak(model: str, precision: str) -> dict:
     """In this process (a fresh child): load in `precision`, answer a context-long prompt, the peak in GiB."""
+    import time
+
     import torch
 
     from core import fit
     from core.chat import Chat
     from core.config import GenerationConfig
-
-    import time
 
     chat = Chat()
     start = time.perf_counter()

@@ -168,13 +168,14 @@ def test_as_trained_merge_answers_like_the_4bit_base_with_the_adapter(base_model
         base = AutoModelForCausalLM.from_pretrained(cast, quantization_config=quant, dtype=torch.bfloat16,
                                                     device_map={"": 0})
         # The unquantized parts (embeddings, norms, the head) as the merge reads them: the base's own values in
-        # float32, not the bf16 copy's (with those the logits were 1.6% apart on the H200). The 4-bit weights
-        # are uint8 and stay as they are.
-        original = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32).state_dict()
-        for name, p in base.named_parameters():
-            if p.dtype == torch.bfloat16:
-                p.data = original[name].to(device=p.device, dtype=torch.float32)
-        del original
+        # float32, not the bf16 copy's. The 4-bit weights are uint8 and stay as they are.
+        # Buffers too: loading in bf16 rounds the rotary frequencies (with them in bf16 the logits were 1.6% apart, H200).
+        original = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+        own = {**dict(original.named_parameters()), **dict(original.named_buffers())}
+        for name, t in [*base.named_parameters(), *base.named_buffers()]:
+            if t.dtype == torch.bfloat16:
+                t.data = own[name].data.to(device=t.device, dtype=torch.float32)
+        del original, own
         trained = PeftModel.from_pretrained(base, str(run / "adapter"))
         assert trained.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight.quant_state.dtype == torch.bfloat16
         before = trained(**probe).logits.float()
