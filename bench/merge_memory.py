@@ -160,6 +160,7 @@ def main() -> None:
     size = sum(f.stat().st_size for f in base.glob("*.safetensors")) / 2**30
     rows = [("ours: tensor by tensor", merged, peak, report.get("shards"), report.get("merged_tensors"))]
     if a.peft:
+        shutil.rmtree(out)  # ours is measured: its room on the disk goes to peft's (a 13B would need 76 GiB at once)
         theirs = work / f"{a.shape}-merged-peft"
         shutil.rmtree(theirs, ignore_errors=True)
         seconds, peak_peft, text, code = timed([sys.executable, __file__, "--peft-child", str(base), str(lora),

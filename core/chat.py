@@ -26,10 +26,10 @@ from core.template import Template
 
 log = logging.getLogger(__name__)
 UPDATES = 15  # times a second the growing reply is handed on, at most
-# How a warmed-up model writes: "generate" (transformers' generate() on its compiled static cache) or
-# "loop" (core.decode: the same compiled step, with the GPU queued several steps ahead of the host).
+# How a warmed-up model writes: "loop" (core.decode: one compiled step, with the GPU queued several steps ahead
+# of the host; 110 tokens/s on the 13B shape in 16-bit against generate's 86, docs/BENCHMARKS.md) or
+# "generate" (transformers' generate() on its compiled static cache), kept for a model spread over several GPUs.
 DECODERS = ("generate", "loop")
-DECODER = "generate"
 
 
 class Chat:
@@ -44,7 +44,7 @@ class Chat:
         self.warmup_s: float | None = None
         self.fallback = ""  # why the fast path could not be set up, in one line
         self.phase, self.since = "", 0.0  # "loading" / "warming" while load() runs, for a progress line
-        self.decoder = DECODER  # "generate" (transformers' generate) or "loop" (core.decode: the GPU runs ahead)
+        self.decoder = "loop"  # see DECODERS; load() picks it for the model (decoder_for)
         self._loop = None  # core.decode.Decoder once warmed up with decoder "loop"
         self._jobs: queue.Queue | None = None
         self._worker: threading.Thread | None = None
@@ -56,13 +56,12 @@ class Chat:
 
         On a GPU, `precision` "auto" loads in 16-bit where it fits, else 8-bit, else 4-bit (core.fit).
         `compile` (default: on a GPU) sets up a static cache and compiles the decoding step now,
-        so that no reply pays for it (warm_up). `decoder`: "generate" or "loop" (see DECODER). `gpus`: two or
+        so that no reply pays for it (warm_up). `decoder`: "generate" or "loop" (default: decoder_for). `gpus`: two or
         more GPUs (torch's numbers) to spread the model over (core.models.load_for_inference).
         """
         self.close()
-        self.decoder = decoder or DECODER
-        if self.decoder not in DECODERS:
-            raise ValueError(f"decoder: {self.decoder!r} is not one of {', '.join(DECODERS)}")
+        if decoder is not None and decoder not in DECODERS:
+            raise ValueError(f"decoder: {decoder!r} is not one of {', '.join(DECODERS)}")
         self.fitted = {}  # on a GPU: the precision chosen and the numbers behind it (core.fit)
         self.fallback, self.warmup_s = "", None
         self.phase, self.since = "loading", time.time()
@@ -78,6 +77,7 @@ class Chat:
                 _free_memory()
                 raise
             self.template = _template(record, self.tokenizer)
+            self.decoder = decoder or decoder_for(self.model)
             self.description = f"{description} ({self.template.label} template)"
             if self.model.device.type == "cuda" if compile is None else compile:
                 self.warm_up()
@@ -384,6 +384,13 @@ def _graphs_in_this_thread() -> None:
         torch._C._stash_obj_in_tls("tree_manager_locks", trees.local.tree_manager_locks)
     except Exception:  # another torch: its own way, or none needed; warm-up still falls back in words
         log.debug("CUDA graph state for the chat thread not set up", exc_info=True)
+
+
+def decoder_for(model) -> str:
+    """The decoder for a loaded model: "loop", or "generate" where the model is spread over several GPUs (one
+    compiled step would span devices, and CUDA graphs hold one device each)."""
+    places = set((getattr(model, "hf_device_map", None) or {}).values()) - {"cpu", "disk"}
+    return "generate" if len(places) > 1 else "loop"
 
 
 def gpu_room() -> int | None:

@@ -145,7 +145,7 @@ RESERVE = 1.05  # the allocator reserves a little more than it hands out (expand
 # measured job by job (the merge's is: docs/BENCHMARKS.md, 2.92 GiB anonymous RSS for the 13B shape).
 PROCESS_GPU_JOB = 3 * 2**30  # torch with CUDA, transformers, trl and the tokenized rows
 PROCESS_CPU_JOB = 1.5 * 2**30
-PROCESS_MERGE = 0.3 * 2**30  # torch and safetensors only: 2.92 GiB measured = this + the shard + the largest tensor
+PROCESS_MERGE = 0.12 * 2**30  # torch and safetensors only (7B in its own dtype: 0.43 GiB = this + the adapter)
 # Verdicts: an estimate within 10% of what is free is "tight"; past the machine's whole memory by
 # a quarter (beyond the 15% the estimates aim at) it certainly will not fit, and the job is refused.
 TIGHT = 0.9
@@ -253,14 +253,15 @@ class _Dims:
 def merge_needs(config: dict, adapter_params: int, dtype: str, exact: bool, cuda: bool) -> dict:
     """Bytes a merge needs: tensor by tensor (`exact`: host memory for one shard and the largest tensor
     only, no GPU), else peft's merge with the whole model in memory (on the GPU where there is one)."""
-    from core.fold import SHARD
-
     s = shape(config)
     out = 4 if dtype == "float32" else 2
-    if exact:  # docs/BENCHMARKS.md: the 13B shape merged at 2.92 GiB anonymous RSS, no GPU
-        # the largest tensor (the embeddings) read in 16 bits and written in `out`; the adapter in float32, twice
-        host = PROCESS_MERGE + min(SHARD, s["total"] * out) + s["largest"] * (2 + out) + adapter_params * 8
-        return {"gpu": 0, "host": int(host), "parts": {"shard": min(SHARD, s["total"] * out)}}
+    if exact:  # docs/BENCHMARKS.md: the 7B shape merged to float16 at 0.90 GiB anonymous RSS, no GPU
+        # The base is read memory-mapped and each tensor written straight to its file (core.fold): what stays in
+        # memory is the converted tensors in flight (two of the largest, the embeddings and the LM head), one
+        # weight with its delta in float32, and the adapter in float32 (read, then kept).
+        linear = max(i * o for i, o in s["dims"].values())
+        parts = {"tensors": 2 * s["largest"] * out, "delta": linear * 4, "adapter": adapter_params * 8}
+        return {"gpu": 0, "host": int(PROCESS_MERGE + sum(parts.values())), "parts": parts}
     whole = s["total"] * out
     if cuda:
         return {"gpu": int(whole * 1.1 + CUDA_CONTEXT), "host": int(PROCESS_GPU_JOB), "parts": {"model": whole}}

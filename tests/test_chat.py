@@ -210,6 +210,7 @@ def test_static_cache_gives_the_same_tokens_and_a_failed_warm_up_falls_back(base
 
     gen = GenerationConfig(temperature=0, max_new_tokens=16)
     plain = base_chat.reply([], "Name three colours.", gen)
+    base_chat.decoder = "generate"  # the decoder of a model spread over several GPUs (chat.decoder_for)
     try:
         assert base_chat.warm_up() > 0 and base_chat.compiled == 4096 and base_chat.fallback == ""
         assert base_chat.reply([], "Name three colours.", gen) == plain
@@ -219,7 +220,7 @@ def test_static_cache_gives_the_same_tokens_and_a_failed_warm_up_falls_back(base
         assert "\n" not in base_chat.fallback
         assert base_chat.reply([], "Name three colours.", gen) == plain
     finally:
-        base_chat.compiled, base_chat.fallback = 0, ""
+        base_chat.compiled, base_chat.fallback, base_chat.decoder = 0, "", "loop"
 
 
 def test_the_loop_decoder_writes_the_tokens_of_plain_generate(base_chat):
@@ -228,7 +229,7 @@ def test_the_loop_decoder_writes_the_tokens_of_plain_generate(base_chat):
     ends there, and sampling stays within its settings."""
     import torch
 
-    base_chat.decoder = "loop"
+    assert base_chat.decoder == "loop"  # chosen at load for a model on one device (chat.decoder_for)
     try:
         assert base_chat.warm_up() > 0 and base_chat.compiled == 4096 and base_chat.fallback == ""
         for message, gen in [("Tell me about the sea.", GenerationConfig(temperature=0, max_new_tokens=24,
@@ -244,7 +245,18 @@ def test_the_loop_decoder_writes_the_tokens_of_plain_generate(base_chat):
         sampled = base_chat.reply([], "Hi.", GenerationConfig(temperature=0.8, top_p=0.9, top_k=20, max_new_tokens=12))
         assert sampled and 0 < base_chat.last["tokens"] <= 12
     finally:
-        base_chat.decoder, base_chat.compiled = "generate", 0
+        base_chat.compiled = 0
+
+
+def test_a_model_spread_over_several_gpus_keeps_generate_and_one_device_gets_the_loop():
+    from types import SimpleNamespace
+
+    from core.chat import decoder_for
+
+    assert decoder_for(SimpleNamespace()) == "loop"  # no device map: one device
+    assert decoder_for(SimpleNamespace(hf_device_map={"": 0})) == "loop"
+    assert decoder_for(SimpleNamespace(hf_device_map={"model.embed_tokens": 0, "lm_head": "cpu"})) == "loop"
+    assert decoder_for(SimpleNamespace(hf_device_map={"model.layers.0": 0, "model.layers.1": 1})) == "generate"
 
 
 def test_the_loop_decoder_traces_its_step_once_for_every_prompt_and_reply_length():
@@ -325,13 +337,14 @@ def test_a_warning_while_warming_up_is_logged_and_keeps_the_fast_path(base_chat,
         return {k: v for k, v in real(tokens).items() if k != "compile_config"}
 
     monkeypatch.setattr(chat_module, "compiled_options", remarking)
+    base_chat.decoder = "generate"
     try:
         with caplog.at_level(logging.INFO, logger="core.chat"):
             assert base_chat.warm_up() > 0
         assert base_chat.compiled == 4096 and base_chat.fallback == "", base_chat.fallback
         assert "while compiling: UserWarning: a remark from the compiler" in caplog.text
     finally:
-        base_chat.compiled, base_chat.fallback = 0, ""
+        base_chat.compiled, base_chat.fallback, base_chat.decoder = 0, "", "loop"
 
 
 def test_generation_stops_right_after_a_stop_string(base_chat):

@@ -100,8 +100,11 @@ def test_a_13b_run_fits_a_12_gib_card_and_says_what_would_fit_a_smaller_one(tmp_
 
 def test_merge_and_chat_estimates(tmp_path):
     s13 = SHAPES["13b"]
-    # Tensor by tensor: one 2 GiB shard and the largest tensor (measured: 2.92 GiB for the 13B shape).
-    assert fit.merge_needs(s13, 0, "float16", exact=True, cuda=True)["host"] / GiB == pytest.approx(2.92, rel=0.15)
+    # Tensor by tensor: measured 0.90 GiB for the 7B shape merged from bf16 to float16 with an r64 q/v adapter
+    # (docs/BENCHMARKS.md); no GPU whatever the machine has.
+    r64_qv = fit.lora_parameters(fit.shape(SHAPES["7b"]), "q_proj,v_proj", 64)
+    assert fit.merge_needs(SHAPES["7b"], r64_qv, "float16", exact=True, cuda=True)["host"] / GiB == \
+        pytest.approx(0.90, rel=0.15)
     assert fit.merge_needs(s13, 0, "float16", exact=True, cuda=True)["gpu"] == 0
     whole = fit.merge_needs(s13, 0, "float16", exact=False, cuda=False)["host"]  # peft's merge (DoRA, say)
     assert whole > 24 * GiB
