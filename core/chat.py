@@ -56,8 +56,8 @@ class Chat:
 
         On a GPU, `precision` "auto" loads in 16-bit where it fits, else 8-bit, else 4-bit (core.fit).
         `compile` (default: on a GPU) sets up a static cache and compiles the decoding step now,
-        so that no reply pays for it (warm_up). `decoder`: "generate" or "loop" (default: decoder_for). `gpus`: two or
-        more GPUs (torch's numbers) to spread the model over (core.models.load_for_inference).
+        so that no reply pays for it (warm_up). `decoder`: "generate" or "loop" (default: decoder_for). `gpus` (torch's
+        numbers): one GPU to load the model on, or two or more to spread it over (core.models.load_for_inference).
         """
         self.close()
         if decoder is not None and decoder not in DECODERS:
@@ -227,7 +227,8 @@ class Chat:
         """
         if self._jobs is None:
             self._jobs = queue.Queue()
-            self._worker = threading.Thread(target=_serve, args=(self._jobs,), name="generate", daemon=True)
+            device = self.model.device if self.model.device.type == "cuda" else None
+            self._worker = threading.Thread(target=_serve, args=(self._jobs, device), name="generate", daemon=True)
             self._worker.start()
         self._jobs.put((fn, args))
 
@@ -285,7 +286,11 @@ def _free_memory() -> None:
         import torch
 
         if torch.cuda.is_available():
-            torch.cuda.synchronize()
+            # Each GPU that holds memory here: a bare synchronize() would start a context on GPU 0 even where the
+            # model was on another (a training run's, say).
+            for index in range(torch.cuda.device_count()):
+                if torch.cuda.memory_reserved(index):
+                    torch.cuda.synchronize(index)
             torch.cuda.empty_cache()
     except ImportError:  # pragma: no cover
         pass
@@ -351,7 +356,11 @@ class Tokens:
                 "tokens_per_s": (n - 1) / span if span > 0 else None}
 
 
-def _serve(jobs: queue.Queue) -> None:
+def _serve(jobs: queue.Queue, device=None) -> None:
+    if device is not None:  # the model's GPU is this thread's own (GPU 0 otherwise): graphs and streams go there
+        import torch
+
+        torch.cuda.set_device(device)
     _graphs_in_this_thread()
     while (job := jobs.get()) is not None:
         fn, args = job

@@ -280,10 +280,11 @@ def chat_needs(config: dict, cuda: bool) -> dict:
             "4bit": int(s["body"] * NF4_BYTES + s["edges"] * 2 + extra)}
 
 
-def machine() -> dict:
+def machine(on: list[int] | None = None) -> dict:
     """What is free now: {"gpu": bytes on the jobs' GPU or None without one, "gpu_total", "ram", "ram_total"}.
 
-    NVML, not torch: the panel must not start a CUDA context of its own to ask.
+    `on`: the GPUs to ask about instead (their numbers on the page), their memory summed (a model spread over
+    them). NVML, not torch: the panel must not start a CUDA context of its own to ask.
     """
     import psutil
 
@@ -295,12 +296,16 @@ def machine() -> dict:
         cards = monitor.snapshot().get("gpus") or []
     except Exception:  # a broken driver: judged as a machine without a GPU
         cards = []
-    seen = gpus.visible()
-    index = int(seen[0]) if seen and seen[0].isdigit() else 0
-    card = next((c for c in cards if c["index"] == index), cards[0] if cards else None)
-    if card:
-        have["gpu_total"] = int(card["memory_total_gb"] * 2**30)
-        have["gpu"] = int((card["memory_total_gb"] - card["memory_used_gb"]) * 2**30)
+    if on:
+        chosen = [c for c in cards if c["index"] in set(on)]
+    else:
+        seen = gpus.visible()
+        index = int(seen[0]) if seen and seen[0].isdigit() else 0
+        card = next((c for c in cards if c["index"] == index), cards[0] if cards else None)
+        chosen = [card] if card else []
+    if chosen:
+        have["gpu_total"] = int(sum(c["memory_total_gb"] for c in chosen) * 2**30)
+        have["gpu"] = int(sum(c["memory_total_gb"] - c["memory_used_gb"] for c in chosen) * 2**30)
     return have
 
 

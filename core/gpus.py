@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import re
 
-from core.errors import Text
+from core.errors import Text, UserError
 
 # Data-parallel training in this many processes on a machine without GPUs (gloo on CPU): how the
 # launcher, the ranks and their stop are tested where there is no GPU. Never needed by a user.
@@ -43,6 +43,52 @@ def visible(env: dict | None = None) -> list[str]:
     if listed is not None:
         return [d.strip() for d in listed.split(",") if d.strip()]
     return [str(i) for i in range(count())]
+
+
+def bus_order() -> None:
+    """Have torch in this process number the GPUs in PCI bus order, like NVML and the jobs (before CUDA starts here)."""
+    os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+
+
+def torch_index(gpu: int, env: dict | None = None) -> int:
+    """Torch's number, in a process with `env` (this one by default), for the GPU numbered `gpu` on the page.
+
+    The page numbers GPUs as NVML does; torch numbers those a process sees from 0, in the order
+    CUDA_VISIBLE_DEVICES lists them (all of them, in bus order, when it is unset: bus_order). A UserError
+    when the process cannot see that GPU.
+    """
+    seen = visible(env)
+    if str(gpu) in seen:
+        return seen.index(str(gpu))
+    raise UserError(f"gpus: GPU {gpu} is not one this panel can use (it sees {', '.join(seen) or 'none'})",
+                    field="gpus", zh=f"gpus：面板用不了 GPU {gpu}（它能用的是 {', '.join(seen) or '无'}）")
+
+
+def idlest(cards: list[dict], busy=frozenset(), avoid=frozenset(), env: dict | None = None) -> tuple[int, bool] | None:
+    """The GPU a chat model goes on when none is chosen: (its number, whether a job uses it too), None without one.
+
+    `cards` are the monitor's readings. Of the GPUs this process sees, the one with the most free memory that no
+    job uses (`busy`) and the other chat model does not (`avoid`); failing that, one no job uses; failing that,
+    any (a job shares it, and the chat says so).
+    """
+    seen = set(visible(env))
+    cards = [c for c in cards if str(c["index"]) in seen]
+    for pool in ([c for c in cards if c["index"] not in {*busy, *avoid}], [c for c in cards if c["index"] not in busy],
+                 cards):
+        if pool:  # the first of equals: the lowest number
+            best = max(pool, key=lambda c: c["memory_total_gb"] - c["memory_used_gb"])
+            return best["index"], best["index"] in busy
+    return None
+
+
+def trains_on(spec: str | None, env: dict | None = None) -> set[int]:
+    """The GPUs (their numbers on the page) a run started with the picker at `spec` trains on: those named, else
+    the first one visible (as narrow() starts it); none on a machine without a GPU."""
+    try:
+        picked = parse(spec)
+    except ValueError:
+        picked = []
+    return {int(g) for g in picked or visible(env)[:1] if g.isdigit()}
 
 
 def one(env: dict | None = None, gpu: str | None = None) -> dict:

@@ -31,7 +31,8 @@ from core.config import DownloadConfig, ExportConfig, MergeConfig, TrainConfig
 from core.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
-# Called before a training child starts, so the panel can free a chat model holding GPU memory.
+# Called before a training child starts, with the GPUs it will train on (their numbers on the page, gpus.trains_on),
+# so the panel can free a chat model holding their memory.
 before_train: list = []
 
 
@@ -173,7 +174,7 @@ class JobManager:
                 raise UserError(f"out: run {run.name} is being trained by another process; wait for it or stop it",
                                 field="out", zh=f"out：运行 {run.name} 正在被另一个进程训练；请等待它结束或停止它")
             for hook in list(before_train):
-                hook()
+                hook(gpus.trains_on(cfg.gpus))
             run.mkdir(parents=True, exist_ok=True)
             cfg = cfg.replace(out=str(run))
             cfg.save(run / "config.json")
@@ -379,6 +380,16 @@ _manager = JobManager()
 def current(which: str = WORK) -> Job | None:
     """The live job of lane `which` (WORK: training, merge, export; DOWNLOAD), or None."""
     return _manager.current(which)
+
+
+def training_gpus() -> set[int]:
+    """The GPUs (their numbers on the page) the running training uses: those its config.json chose, else the
+    first one the panel sees, as the job was started (gpus.narrow); empty when no training runs."""
+    job = current()
+    if job is None or job.kind != "train":
+        return set()
+    folder = getattr(job, "folder", "")
+    return gpus.trains_on(runs.read_config(folder).get("gpus") if folder else "")
 
 
 def last() -> Job | None:

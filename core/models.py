@@ -13,6 +13,7 @@ import json
 import os
 from pathlib import Path
 
+from core import gpus as gpu_order
 from core import paths
 from core.config import DEFAULT_MODEL
 from core.errors import UserError
@@ -278,9 +279,10 @@ def load_for_inference(model: str | None = None, adapter: str | Path | None = No
     adapter was trained on. `dtype` is a torch dtype or its name (default: bf16 or fp16 on a GPU,
     float32 on the CPU). `precision` on a GPU: "16bit", "8bit", "4bit" (bitsandbytes, loaded
     straight onto the GPU), "int4" (torchao int4 weight-only, which compiles; chat's fast 4-bit path), or "auto" (core.fit chooses from the free memory; the description says
-    what and why; `fitted`, if given, gets the precision and the numbers behind it). `gpus`: two or more
-    GPUs to spread the model's layers over (each takes a share that leaves its part of the cache free),
-    for a model too big for one; the precision is then chosen from their free memory together. The record is
+    what and why; `fitted`, if given, gets the precision and the numbers behind it). `gpus` (torch's numbers):
+    one GPU to load the whole model on (unless `device` says where), or two or more to spread the model's layers
+    over (each takes a share that leaves its part of the cache free), for a model too big for one; the precision
+    is then chosen from their free memory together. The record is
     the adapter's, else the model folder's. Every problem a user can
     fix (damaged adapter, wrong base, model code not trusted, too little memory) is a UserError.
     """
@@ -296,6 +298,9 @@ def load_for_inference(model: str | None = None, adapter: str | Path | None = No
     folder = resolve(spec)
     check_own_code(folder, spec, trust_remote_code)
     record = record or read_record(folder)
+    gpu_order.bus_order()  # torch's numbers follow the page's (NVML) where CUDA starts here
+    if device is None and len(gpus or []) == 1 and torch.cuda.is_available():
+        device = f"cuda:{gpus[0]}"  # the whole model on that one GPU
     device = device or ("cuda:0" if torch.cuda.is_available() else "cpu")
     if dtype is None:
         dtype = torch.float32 if device == "cpu" else torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -319,7 +324,7 @@ def load_for_inference(model: str | None = None, adapter: str | Path | None = No
     elif device != "cpu" and precision != "16bit":
         from core import fit
 
-        precision, info = fit.choose(folder, fit.gpu_free(), precision)
+        precision, info = fit.choose(folder, fit.gpu_free(torch.device(device).index or 0), precision)
         chosen = fit.words(precision, info)
         if fitted is not None:
             fitted.update(info, precision=precision)

@@ -155,3 +155,18 @@ def test_chat_gpus_are_checked_like_training_gpus():
     assert GenerationConfig(gpus="0, 1").validate() == []
     assert [str(m) for m in GenerationConfig(gpus="0,0").validate()] == ["gpus: '0,0' names a GPU twice"]
     assert "gpus" in GenerationConfig.help()
+
+
+def test_the_free_memory_of_given_gpus_summed(monkeypatch):
+    """machine() reads the jobs' GPU, or the GPUs asked about (a chat model's pick), their memory together."""
+    from core import gpus, monitor
+
+    cards = [{"index": i, "name": "NVIDIA H200", "memory_total_gb": 140.0, "memory_used_gb": u}
+             for i, u in enumerate((100.0, 40.0, 10.0))]
+    monkeypatch.setattr(monitor, "snapshot", lambda: {"gpus": cards})
+    monkeypatch.setattr(gpus, "count", lambda: 3)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    GiB = 2**30
+    assert fit.machine()["gpu"] == 40 * GiB and fit.machine()["gpu_total"] == 140 * GiB  # the first GPU
+    assert fit.machine(on=[1])["gpu"] == 100 * GiB
+    assert fit.machine(on=[1, 2])["gpu"] == 230 * GiB and fit.machine(on=[1, 2])["gpu_total"] == 280 * GiB

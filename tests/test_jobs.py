@@ -200,11 +200,13 @@ def test_missing_dataset_is_refused_before_anything_starts(home):
 
 
 def test_chat_model_is_released_before_training_starts(home, monkeypatch):
+    from core import gpus
+
     released = []
-    monkeypatch.setattr(jobs, "before_train", [lambda: released.append(True)])
+    monkeypatch.setattr(jobs, "before_train", [released.append])
     m = manager()
     job = m.start_train(cfg(home))
-    assert released == [True]
+    assert released == [gpus.trains_on("")]  # the GPUs the run takes: the first one, none without a GPU
     wait_for(lambda: not job.alive())
 
 

@@ -96,3 +96,26 @@ def test_chat_spreads_a_13b_in_16_bits_over_two_gpus_too_small_for_it_alone(mode
                            "--max-new-tokens", "8"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "16bit as chosen" in done.stderr and "spread over GPUs 0, 1" in done.stderr, done.stderr[-2000:]
+
+
+CHAT_ON_GPU_1 = """
+import sys, torch
+from core.chat import Chat
+chat = Chat()
+chat.load(sys.argv[1], gpus=[1])
+places = {str(p.device) for p in chat.model.parameters()}
+reply = chat.reply([], "Hello", None)
+print("places", sorted(places), "on GPU 0", torch.cuda.memory_allocated(0), "fallback", repr(chat.fallback), "reply",
+      repr(reply[:20]), flush=True)
+chat.close()
+"""
+
+
+def test_chat_loads_whole_on_the_second_gpu_when_asked(small_random_model):  # noqa: F811
+    """The Chat tab's pick of one GPU: the model, its warm-up and its replies on GPU 1, nothing on GPU 0."""
+    model, _ = small_random_model
+    env = {**_child_env(), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    done = subprocess.run([sys.executable, "-c", CHAT_ON_GPU_1, model], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "places ['cuda:1'] on GPU 0 0 fallback ''" in done.stdout, done.stdout + done.stderr[-2000:]

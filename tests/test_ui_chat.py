@@ -92,3 +92,173 @@ def test_a_reply_shows_its_speed_and_a_training_run_is_warned_about(base_model, 
         assert pane_a[-1]["role"] == pane_b[-1]["role"] == "assistant" and pane_a[-1]["content"] == pane_b[-1]["content"]
     finally:
         chat.release()
+
+
+# ---- several GPUs: which one a chat model goes on ------------------------------------------------
+H200 = 140.0
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """A machine with the GPUs given (GiB used on each), all visible to the panel, and Chat.load recording its
+    arguments instead of loading a model; returns the list of recorded loads."""
+    from core import gpus, jobs, monitor
+    from core.chat import Chat
+    from ui import chat
+
+    loads: list[dict] = []
+
+    def fake(used: list[float], visible: str | None = None):
+        cards = [{"index": i, "name": "NVIDIA H200", "memory_total_gb": H200, "memory_used_gb": u}
+                 for i, u in enumerate(used)]
+        monkeypatch.setattr(monitor, "snapshot", lambda: {"gpus": cards})
+        monkeypatch.setattr(gpus, "count", lambda: len(cards))
+        if visible is None:
+            monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        else:
+            monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+        return loads
+
+    def load(self, model=None, adapter=None, *, precision="auto", gpus=None, **kw):
+        loads.append({"model": model, "adapter": adapter, "precision": precision, "gpus": gpus})
+        self.fitted = {}
+        return "fake"
+
+    monkeypatch.setattr(Chat, "load", load)
+    monkeypatch.setattr(jobs, "current", lambda which=jobs.WORK: None)
+    chat.release()
+    yield fake
+    chat.release()
+
+
+def _training_on(monkeypatch, tmp_path, picked: str):
+    """A training run of the panel going, started with the GPU picker at `picked` (its config.json records it)."""
+    import json
+    from types import SimpleNamespace
+
+    from core import jobs
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"gpus": picked}))
+    monkeypatch.setattr(jobs, "current", lambda which=jobs.WORK: SimpleNamespace(kind="train", folder=str(run)))
+
+
+def _picker(demo, elem_id):
+    return next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == elem_id)
+
+
+def test_the_gpu_picker_shows_only_on_a_machine_with_several_gpus(machine):
+    import gradio as gr
+
+    from ui import chat
+
+    for used, shown in (([], False), ([1.0], False), ([1.0, 1.0], True)):
+        machine(used)
+        with gr.Blocks() as demo:
+            chat.build()
+        assert _picker(demo, "chat-gpus-a").visible is shown, used
+    choices = _picker(demo, "chat-gpus-a").choices
+    assert choices[0] == ("automatic: the idle GPU with the most free memory", "")
+    assert ("GPU 1 · NVIDIA H200 · 139 GiB free", "1") in choices
+    assert ("all 2 GPUs, the model spread over them", "0,1") in choices
+    # One GPU: the model loads as it always did, with no GPU named.
+    machine([1.0])
+    list(chat.prepare(None, "default", "", "auto"))
+    assert machine([1.0])[-1]["gpus"] is None
+
+
+def test_the_model_goes_on_the_idle_gpu_with_the_most_free_memory_not_the_training_runs(machine, monkeypatch, tmp_path):
+    from ui import chat
+
+    loads = machine([1.0, 100.0, 60.0])  # GPU 0 has the most free memory, but the run trains there
+    _training_on(monkeypatch, tmp_path, "")  # the first GPU, as the Train tab's default
+    notes = list(chat.prepare(None, "default", "", "auto"))
+    assert loads == [{"model": "default", "adapter": None, "precision": "auto", "gpus": [2]}]
+    assert not any("Training is running" in n for n in notes)  # it loads now: no GPU shared with the run
+    assert "SmolLM2-135M-Instruct on GPU 2 (idle): loaded." in notes[-1] and "SmolLM2-135M-Instruct，位于 GPU 2（空闲）：已加载。" in notes[-1]
+    # A new run on GPU 0 leaves the chat model on GPU 2 loaded; one on GPU 2 unloads it first.
+    chat.release_for({0})
+    list(chat.prepare(None, "default", "", "auto"))
+    assert len(loads) == 1
+    chat.release_for({2})
+    (tmp_path / "run" / "config.json").write_text('{"gpus": "2"}')
+    list(chat.prepare(None, "default", "", "auto"))
+    assert len(loads) == 2 and loads[-1]["gpus"] == [0]  # the run on GPU 2 now: GPU 0 is the idle one
+
+
+def test_a_picked_gpu_or_several_reach_the_load_in_torchs_numbering(machine):
+    from ui import chat
+
+    loads = machine([1.0, 1.0, 1.0])
+    list(chat.prepare(None, "default", "", "auto", "1"))
+    list(chat.prepare(None, "default", "", "auto", "0,2"))
+    assert [load["gpus"] for load in loads] == [[1], [0, 2]]
+    # The panel sees GPUs 1 and 2 only: torch numbers them 0 and 1.
+    chat.release()
+    loads = machine([1.0, 1.0, 1.0], visible="1,2")
+    list(chat.prepare(None, "default", "", "auto", "2"))
+    assert loads[-1]["gpus"] == [1]
+    note = list(chat.prepare(None, "default", "", "auto", "0"))[-1]
+    assert "GPU 0 is not one this panel can use" in note and "Traceback" not in note
+    bad = list(chat.prepare(None, "default", "", "auto", "x"))[-1]
+    assert "is not a list of GPU numbers such as 0,1" in bad and bad.count("\n") == 0
+    assert len(loads) == 3  # neither of the last two loaded anything
+
+
+def test_a_comparison_model_goes_on_another_gpu_when_one_is_free(machine, monkeypatch, tmp_path):
+    from ui import chat
+
+    loads = machine([1.0, 5.0, 10.0])
+    list(chat.prepare(None, "default", "someone/other-model", "auto"))
+    assert [(load["model"], load["gpus"]) for load in loads] == [("default", [0]), ("someone/other-model", [1])]
+    # Each on its own pick; the second, left to choose, avoids the GPU the first was given.
+    chat.release()
+    loads.clear()
+    list(chat.prepare(None, "default", "someone/other-model", "auto", "0", ""))
+    assert [load["gpus"] for load in loads] == [[0], [1]]
+    chat.release()
+    loads.clear()
+    list(chat.prepare(None, "default", "someone/other-model", "auto", "", "0"))
+    assert [load["gpus"] for load in loads] == [[1], [0]]
+    # Two GPUs, one training: both chat models share the idle one.
+    chat.release()
+    loads = machine([1.0, 5.0])
+    loads.clear()
+    _training_on(monkeypatch, tmp_path, "0")
+    list(chat.prepare(None, "default", "someone/other-model", "auto"))
+    assert [load["gpus"] for load in loads] == [[1], [1]]
+
+
+def test_the_fit_note_uses_the_free_memory_of_the_picked_gpu(machine, base_model, monkeypatch, tmp_path):
+    from core import fit
+    from core.chat import Chat
+    from ui import chat
+
+    need = fit.needs(base_model)
+    between = (need["8bit"] + need["16bit"]) / 2 / 2**30  # GiB free where 16-bit does not fit but 8-bit does
+    machine([1.0, H200 - between, 40.0])
+    _training_on(monkeypatch, tmp_path, "0")
+    auto = chat.fit_badge(None, "default", "auto")
+    assert "on GPU 2 (idle): ✅ Loads in 16-bit" in auto and "100.0 GiB free" in auto, auto
+    one = chat.fit_badge(None, "default", "auto", "1")
+    assert "on GPU 1 (as chosen): ⚠️ Loads in 8-bit" in one and f"{between:.1f} GiB free" in one, one
+    assert "GPU 0 (a training run uses it too): ✅ Loads in 16-bit" in chat.fit_badge(None, "default", "auto", "0")
+    both = chat.fit_badge(None, "default", "auto", "1,2")  # spread: the two GPUs' free memory together
+    assert "on GPUs 1, 2 (the model spread over them): ✅" in both and f"{between + 100:.1f} GiB free" in both, both
+
+    # After a reply, the note says where the model went and how it was fitted there.
+    def load(self, model=None, adapter=None, *, precision="auto", gpus=None, **kw):
+        self.fitted = {"asked": "auto", "precision": "16bit", "free": 100 * 2**30, "need": need}
+        self.model = object()
+
+    def stream(self, history, message, gen=None):
+        yield "Hello."
+
+    monkeypatch.setattr(Chat, "load", load)
+    monkeypatch.setattr(Chat, "stream", stream)
+    monkeypatch.setattr(Chat, "close", lambda self: None)
+    *_, (_, pane, _, note) = chat.respond(None, "Hi!", [], [], "default", "", "", "auto", 0.0, 1.0, 0, 1.0, 6)
+    assert pane[-1]["content"] == "Hello."
+    assert "SmolLM2-135M-Instruct on GPU 2 (idle): Loaded in 16-bit" in note, note
+    assert "Training is running" not in note

@@ -4,23 +4,104 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 
 import gradio as gr
 
-from core import errors, fit, jobs, models, paths, runs
+from core import errors, fit, gpus, jobs, models, paths, runs
 from core.config import GenerationConfig
 from core.errors import Text, UserError
 from ui import fit as fit_words
+from ui import gpu_picker
 from ui.forms import WARN, warn, widget
 from ui.i18n import both, lang, say, t
 
 ADAPTER = "adapter:"
 GEN = ("precision", "temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens")
 
-_loaded: dict[str, object] = {}  # source -> core.chat.Chat; at most the two on screen
+_loaded: dict[str, object] = {}  # _key(source, precision, pick) -> core.chat.Chat; at most the two on screen
+_placed: dict[str, "Place"] = {}  # the same keys -> the GPUs each went on, where the machine has several
 _lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Place:
+    """The GPUs a chat model goes on (their numbers on the page) and why: "idle" (no training run uses it),
+    "shared" (a training run uses it too) or "chosen" (picked by the user, no training run on it)."""
+
+    gpus: tuple[int, ...]
+    why: str
+
+    def words(self, language: str = "en") -> str:
+        """ "GPU 1 (idle)", "GPUs 0, 1 (the model spread over them)" """
+        if len(self.gpus) > 1:
+            return say("chat_on_spread", language, gpus=", ".join(map(str, self.gpus)))
+        return say("chat_on_" + self.why, language, gpu=self.gpus[0])
+
+
+def several() -> bool:
+    """Whether the panel sees more than one GPU: only then does the tab let one choose where a model goes."""
+    return len(gpus.visible()) > 1
+
+
+def gpu_choices(language: str = "en") -> list[tuple[str, str]]:
+    """The GPU pickers' choices: automatic, each GPU with its free memory, then all of them (the model spread)."""
+    return gpu_picker.choices("gpu_auto", "gpu_spread", language)
+
+
+def place(pick: str | None, avoid=frozenset()) -> Place | None:
+    """Where a model goes with the GPU picker at `pick`: "" is the GPU with the most free memory that no training
+    run uses, and not one in `avoid` (the other chat model's) while another is free; else the GPUs named
+    ("1", "0,1"). None where there is nothing to choose (no GPU, or one): the model goes where it always did."""
+    if not several():
+        return None
+    from core import monitor
+
+    try:
+        picked = [int(g) for g in gpus.parse(pick)]
+    except ValueError as e:
+        raise UserError(errors.of(e)) from None
+    busy = jobs.training_gpus()
+    if picked:
+        for g in picked:
+            gpus.torch_index(g)  # one this process cannot see is refused here, in words
+        return Place(tuple(picked), "shared" if busy & set(picked) else "chosen")
+    found = gpus.idlest(monitor.snapshot().get("gpus") or [], busy, avoid)
+    return None if found is None else Place((found[0],), "shared" if found[1] else "idle")
+
+
+def _key(source: str, precision: str, pick: str | None = "") -> str:
+    return f"{precision}|{pick or ''}|{source}"
+
+
+def _panes(source_a, source_b, pick_a="", pick_b="") -> list[tuple[str, str]]:
+    """(source, GPU pick) of each model on screen, A first; one when B is none or the same model on the same pick."""
+    wanted = [(source_a or "default", pick_a or ""), (source_b or "", pick_b or "")]
+    return [pane for pane in dict.fromkeys(wanted) if pane[0]]
+
+
+def _plan(panes: list[tuple[str, str]], precision: str) -> list[Place | None]:
+    """Where each pane's model is (loaded) or goes: a model left to choose avoids the GPUs the other model is on or
+    was given while another GPU is free, so that two models side by side each get a GPU of their own."""
+    keys = [_key(source, precision, pick) for source, pick in panes]
+    out = [_placed.get(key) for key in keys]
+
+    def on(i: int) -> set[int]:
+        return set(out[i].gpus) if out[i] else _numbers(panes[i][1])
+
+    for i, (key, (_, pick)) in enumerate(zip(keys, panes, strict=True)):
+        if key not in _loaded:
+            out[i] = place(pick, set().union(*(on(j) for j in range(len(panes)) if j != i)))
+    return out
+
+
+def _numbers(pick: str | None) -> set[int]:
+    try:
+        return {int(g) for g in gpus.parse(pick)}
+    except ValueError:  # said in words by place()
+        return set()
 
 
 def sources(language: str = "en") -> list[tuple[str, str]]:
@@ -46,7 +127,7 @@ def pane_label(source: str | None, fallback, language: str = "en"):
 
 
 def release() -> None:
-    """Unload every chat model so its GPU memory comes back (called before training starts)."""
+    """Unload every chat model so its GPU memory comes back."""
     with _lock:
         for chat in _loaded.values():
             try:
@@ -54,29 +135,49 @@ def release() -> None:
             except Exception:
                 pass
         _loaded.clear()
+        _placed.clear()
 
 
-def _model(source: str, precision: str = "auto", loading: list | None = None):
-    """The loaded Chat for a source, loading it on first use (`loading` gets it meanwhile, for progress)."""
+def release_for(training: set[int]) -> None:
+    """Before a run starts on the GPUs `training`: unload the chat models on them (all of them where there was no
+    choice of GPU); a model on another GPU stays."""
+    with _lock:
+        for key in [k for k in _loaded if k not in _placed or set(_placed[k].gpus) & training]:
+            _placed.pop(key, None)
+            try:
+                _loaded.pop(key).close()
+            except Exception:
+                pass
+
+
+def _model(source: str, precision: str = "auto", loading: list | None = None, pick: str = "",
+           where: Place | None = None):
+    """The loaded Chat for a source, loading it on first use on `where` (`loading` gets it meanwhile, for progress)."""
     from core.chat import Chat
 
-    key = f"{precision}|{source}"
+    key = _key(source, precision, pick)
     with _lock:
         if key not in _loaded:
+            on = [gpus.torch_index(g) for g in where.gpus] if where else None  # this process's numbers for torch
             chat = Chat()
             if loading is not None:
-                loading.append((source, chat))
+                loading.append((source, chat, where))
             if source.startswith(ADAPTER):  # a run's adapter, on the base model its record names
-                chat.load(adapter=str(paths.inside(source[len(ADAPTER):], paths.runs(), "model")), precision=precision)
+                chat.load(adapter=str(paths.inside(source[len(ADAPTER):], paths.runs(), "model")), precision=precision,
+                          gpus=on)
             else:
-                chat.load(model=paths.model_spec(source), precision=precision)
+                chat.load(model=paths.model_spec(source), precision=precision, gpus=on)
             _loaded[key] = chat
+            if where:
+                _placed[key] = where
         return _loaded[key]
 
 
-def keep_only(precision: str, *shown: str) -> None:
+def keep_only(precision: str, panes: list[tuple[str, str]]) -> None:
+    """Unload every model but those of `panes` ((source, GPU pick) each) in `precision`."""
     with _lock:
-        for key in [k for k in _loaded if k not in {f"{precision}|{s}" for s in shown}]:
+        for key in [k for k in _loaded if k not in {_key(s, precision, p) for s, p in panes}]:
+            _placed.pop(key, None)
             try:
                 _loaded.pop(key).close()
             except Exception:
@@ -103,20 +204,23 @@ def _pairs(history: list) -> list[tuple[str, str]]:
     return pairs
 
 
-def _named(source: str):
-    """The model's name as each language writes it (for a message in both languages)."""
-    return lambda language: pane_label(source, source, language)
+def _named(source: str, where: Place | None = None):
+    """The model's name as each language writes it (for a message in both languages), with the GPUs it is on
+    where there was a choice ("SmolLM2-135M-Instruct on GPU 1 (idle)")."""
+    if where is None:
+        return lambda language: pane_label(source, source, language)
+    return lambda language: say("chat_at", language, name=pane_label(source, source, language), where=where.words(language))
 
 
-def _loads(wanted: list[str], precision: str, request):
+def _loads(panes: list[tuple[str, str]], places: list, precision: str, request):
     """Load the models not loaded yet, each with its warm-up; yield a progress line about twice a second."""
     loading: list = []
     failure: list = []
 
     def work():
         try:
-            for source in wanted:
-                _model(source, precision, loading)
+            for (source, pick), where in zip(panes, places, strict=True):
+                _model(source, precision, loading, pick, where)
         except BaseException as e:  # raised to the reader below
             failure.append(e)
 
@@ -126,29 +230,45 @@ def _loads(wanted: list[str], precision: str, request):
     while thread.is_alive():
         thread.join(timeout=wait)
         wait = 0.5
-        busy = [(source, chat) for source, chat in loading if chat.phase]
+        busy = [(source, chat, where) for source, chat, where in loading if chat.phase]
         if busy:
-            source, chat = busy[-1]
+            source, chat, where = busy[-1]
             key = "chat_warming" if chat.phase == "warming" else "chat_loading"
-            yield both(key, name=_named(source), s=f"{time.time() - chat.since:.0f}")
+            yield both(key, name=_named(source, where), s=f"{time.time() - chat.since:.0f}")
     if failure:
         raise failure[0]
-    for source, chat in loading:
-        name = _named(source)
+    done = []  # a line for each model loaded (where it went, when there was a choice), together
+    for source, chat, where in loading:
+        name = _named(source, where)
         if chat.fallback:
-            yield both("chat_plain", name=name, why=chat.fallback)
+            done.append(both("chat_plain", name=name, why=chat.fallback))
         elif chat.warmup_s is not None:
-            yield both("chat_ready", name=name, s=f"{chat.warmup_s:.0f}")
+            done.append(both("chat_ready", name=name, s=f"{chat.warmup_s:.0f}"))
+        elif where:
+            done.append(both("chat_where", name=_named(source), where=where.words))
+    if done:
+        yield "  \n".join(done)
 
 
-def _training(request) -> str:
-    """A warning when a training run is going: it shares the CPU, or the GPU's memory (with how much is free)."""
+def _training(request, places: list | None = None) -> str:
+    """A warning when a training run is going and chat shares its CPU, or its GPU's memory (with how much is free).
+
+    `places`: where the chat's models go (None each where there is no choice of GPU); none of them on a GPU the
+    run uses, nothing to warn about.
+    """
     job = jobs.current()
     if job is None or job.kind != "train":
         return ""
     from core import chat
 
-    free = chat.gpu_room()
+    places = places or [None]
+    if all(places):
+        shared = set().union(*(p.gpus for p in places)) & jobs.training_gpus()
+        if not shared:
+            return ""
+        free = fit.machine(on=sorted(shared))["gpu"]
+    else:
+        free = chat.gpu_room()
     if free is None:
         return WARN + both("chat_training_cpu")
     return WARN + both("chat_training_gpu", free=f"{free / 2**30:.1f}")
@@ -164,19 +284,23 @@ def _speed(source: str, chat, request) -> str:
                first=f"{last['first_token_s']:.2f}", tokens=last["tokens"])
 
 
-def prepare(request: gr.Request | None, source_a, source_b, precision):
+def prepare(request: gr.Request | None, source_a, source_b, precision, gpus_a="", gpus_b=""):
     """Load the models picked, warm-up included, so that the first message is answered at full speed.
 
-    Nothing is loaded while a training run is going: the first message loads it then, with a warning.
+    Nothing is loaded while a training run is going on the GPU (or the CPU) chat would use: the first message
+    loads it then, with a warning. On a GPU no run uses, it loads now.
     """
-    if _training(request):
-        yield _training(request)
-        return
-    wanted = [s for s in dict.fromkeys([source_a or "default", source_b or ""]) if s]
+    precision = precision or "auto"
+    panes = _panes(source_a, source_b, gpus_a, gpus_b)
     try:
-        keep_only(precision or "auto", *wanted)
+        keep_only(precision, panes)
+        places = _plan(panes, precision)
+        warning = _training(request, places)
+        if warning:
+            yield warning
+            return
         line = ""
-        for line in _loads(wanted, precision or "auto", request):
+        for line in _loads(panes, places, precision, request):
             yield line
         yield line
     except UserError as e:
@@ -189,10 +313,10 @@ def prepare(request: gr.Request | None, source_a, source_b, precision):
         yield warn(_failure(error, hint), language=lang(request))
 
 
-def _answer(source: str, history: list, message: str, gen: GenerationConfig):
-    """Stream one model's reply into its chatbot history."""
+def _answer(pane: tuple[str, str], history: list, message: str, gen: GenerationConfig):
+    """Stream the reply of one pane's model ((source, GPU pick), loaded) into its chatbot history."""
     history = list(history or []) + [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
-    chat = _model(source, gen.precision)
+    chat = _model(pane[0], gen.precision, pick=pane[1])
     for text in chat.stream(_pairs(history[:-2]), message, gen):
         history[-1] = {"role": "assistant", "content": text}
         yield history
@@ -248,38 +372,44 @@ def together(*streams):
         raise failure
 
 
-def respond(request: gr.Request | None, message, hist_a, hist_b, source_a, source_b, system, *values):
-    """Send the message to the chosen model and, side by side, to the comparison model; replies stream."""
+def respond(request: gr.Request | None, message, hist_a, hist_b, source_a, source_b, system, precision, temperature,
+            top_p, top_k, repetition_penalty, max_new_tokens, gpus_a="", gpus_b=""):
+    """Send the message to the chosen model and, side by side, to the comparison model; replies stream.
+
+    `gpus_a`, `gpus_b`: the GPU pickers of the two models ("" = the idlest GPU; see place()).
+    """
     if not message or not message.strip():
         yield gr.update(), hist_a, hist_b, ""
         return
-    # Loading a model next to training can run the GPU out of memory: say how much is free, still answer.
-    note = _training(request)
-    source_a = source_a or "default"
+    note = ""
     try:
-        gen = generation(system, *values)
+        gen = generation(system, precision, temperature, top_p, top_k, repetition_penalty, max_new_tokens)
         gen.check()
-        keep_only(gen.precision, source_a, source_b or "")
-        wanted = [s for s in dict.fromkeys([source_a, source_b or ""]) if s]
-        for line in _loads(wanted, gen.precision, request):  # only if not loaded yet: normally done on picking
+        panes = _panes(source_a, source_b, gpus_a, gpus_b)
+        keep_only(gen.precision, panes)
+        places = _plan(panes, gen.precision)
+        # Loading a model next to training can run the GPU out of memory: say how much is free, still answer.
+        note = _training(request, places)
+        for line in _loads(panes, places, gen.precision, request):  # only if not loaded yet: normally done on picking
             yield gr.update(), hist_a, hist_b, "  \n".join(x for x in (note, line) if x)
-        loaded = [_model(s, gen.precision) for s in wanted]
-        note = _fitted(loaded, note, request)
-        if len(wanted) == 1:
+        loaded = [_model(source, gen.precision, pick=pick, where=where)
+                  for (source, pick), where in zip(panes, places, strict=True)]
+        note = _fitted(panes, loaded, gen.precision, note, request)
+        if len(panes) == 1:
             # One model, or a model compared with itself (one loaded model is not used by two threads).
-            for new_a in _answer(source_a, hist_a, message, gen):
+            for new_a in _answer(panes[0], hist_a, message, gen):
                 yield "", new_a, hist_b, note
-            hist_a, speeds = new_a, [_speed(source_a, loaded[0], request)]
-            for new_b in _answer(source_b, hist_b, message, gen) if source_b else ():
+            hist_a, speeds = new_a, [_speed(panes[0][0], loaded[0], request)]
+            for new_b in _answer(panes[0], hist_b, message, gen) if source_b else ():
                 yield "", hist_a, new_b, note
             hist_b = new_b if source_b else hist_b
             speeds += [_speed(source_b, loaded[0], request)] if source_b else []
         else:
-            for new_a, new_b in together(_answer(source_a, hist_a, message, gen),
-                                         _answer(source_b, hist_b, message, gen)):
+            for new_a, new_b in together(_answer(panes[0], hist_a, message, gen),
+                                         _answer(panes[1], hist_b, message, gen)):
                 hist_a, hist_b = new_a or hist_a, new_b or hist_b
                 yield "", hist_a, hist_b, note
-            speeds = [_speed(s, chat, request) for s, chat in zip(wanted, loaded, strict=True)]
+            speeds = [_speed(source, chat, request) for (source, _), chat in zip(panes, loaded, strict=True)]
         yield "", hist_a, hist_b, "  \n".join(x for x in (note, *speeds) if x)
     except UserError as e:
         yield gr.update(), hist_a, hist_b, warn(e, language=lang(request))
@@ -302,22 +432,30 @@ def _failure(error, hint) -> Text:
     return Text(f"{error}; {hint}", f"{errors.text(error, 'zh')}；{errors.text(hint, 'zh')}")
 
 
-def _fitted(chats: list, note: str, request) -> str:
-    """The note under the chat, with how each model was loaded on the GPU and why (core.fit's numbers)."""
+def _fitted(panes: list[tuple[str, str]], chats: list, precision: str, note: str, request) -> str:
+    """The note under the chat, with how each model was loaded on the GPU and why (core.fit's numbers), and on
+    which GPU where there was a choice ("SmolLM2-135M-Instruct on GPU 1 (idle): Loaded in 16-bit: …")."""
     lines = [note] if note else []
-    for chat in chats:
-        f = chat.fitted
+    for (source, pick), chat in zip(panes, chats, strict=True):
+        f, where = chat.fitted, _placed.get(_key(source, precision, pick))
         if f:
             gib = {k: f"{v / 2**30:.1f}" for k, v in f["need"].items()}
             key = "fit_chosen" if f["asked"] != "auto" else "fit_16" if f["precision"] == "16bit" else "fit_smaller"
             bits = "4 (int4)" if f["precision"] == "int4" else f["precision"][:-3]
-            lines.append(both(key, bits=bits, need=gib[f["precision"]], need16=gib["16bit"],
-                              free=f"{f['free'] / 2**30:.1f}"))
+            numbers = dict(bits=bits, need=gib[f["precision"]], need16=gib["16bit"], free=f"{f['free'] / 2**30:.1f}")
+            lines.append(both("chat_at_fit", name=_named(source), where=where.words,
+                              what=lambda language, key=key, numbers=numbers: say(key, language, **numbers))
+                         if where else both(key, **numbers))
+        elif where:
+            lines.append(both("chat_where", name=_named(source), where=where.words))
     return "  \n".join(lines)
 
 
-def fit_badge(request: gr.Request | None, source, precision) -> str:
-    """Whether the chosen model loads in the free memory, and in which precision, before Send loads it."""
+def fit_badge(request: gr.Request | None, source, precision, pick="") -> str:
+    """Whether the chosen model loads in the free memory, and in which precision, before Send loads it.
+
+    With several GPUs: the free memory of the GPU(s) it is on or goes on (`pick`, the tab's GPU picker), said first.
+    """
     language = lang(request)
     try:
         source = source or "default"
@@ -325,7 +463,9 @@ def fit_badge(request: gr.Request | None, source, precision) -> str:
             _, spec = models.check_adapter(paths.inside(source[len(ADAPTER):], paths.runs(), "model"))
         else:
             spec = paths.model_spec(source)
-        found = fit.check_chat(models.resolve(spec, fetch=False), asked=precision or "auto")
+        where = _plan([(source, pick or "")], precision or "auto")[0]
+        have = fit.machine(on=list(where.gpus)) if where else None
+        found = fit.check_chat(models.resolve(spec, fetch=False), have, asked=precision or "auto")
     except (UserError, OSError, ValueError):
         return ""
     if found["where"] == "ram" or found["verdict"] == "unknown":
@@ -338,6 +478,8 @@ def fit_badge(request: gr.Request | None, source, precision) -> str:
         text, verdict = say("fit_chat", language, bits=bits, need=gib(need[found["precision"]]), free=free), found["verdict"]
     else:
         text, verdict = say("fit_chat_smaller", language, bits=bits, need16=gib(need["16bit"]), free=free), "tight"
+    if where:
+        text = say("chat_placed", language, where=where.words(language), what=text)
     return f"<div class='qs-fit qs-fit-{verdict}'>{escape(text)}</div>"
 
 
@@ -348,8 +490,8 @@ def unload():
 
 def build() -> dict:
     """The Chat tab's widgets; registers the hook that frees chat models before training."""
-    if release not in jobs.before_train:
-        jobs.before_train.append(release)
+    if release_for not in jobs.before_train:
+        jobs.before_train.append(release_for)
     gr.Markdown(t("chat_intro"))
     choices = sources()  # relabelled on page load, in the reader's language
     with gr.Row():
@@ -357,6 +499,13 @@ def build() -> dict:
         source_b = gr.Dropdown([("—", "")] + choices, value="", label=t("compare_with"), allow_custom_value=True, scale=3)
         precision = widget(GenerationConfig, "precision", scale=2)
         refresh = gr.Button(t("refresh"), size="sm", scale=1)
+    # With several GPUs, where each model goes: by default the GPU with the most free memory that no run uses.
+    many = several()
+    with gr.Row(visible=many):
+        gpus_a = gr.Dropdown(gpu_choices() if many else [("", "")], value="", label=t("chat_gpu_a"),
+                             info=t("chat_gpu_help"), allow_custom_value=True, visible=many, elem_id="chat-gpus-a")
+        gpus_b = gr.Dropdown(gpu_choices() if many else [("", "")], value="", label=t("chat_gpu_b"),
+                             info=t("chat_gpu_help"), allow_custom_value=True, visible=False, elem_id="chat-gpus-b")
     with gr.Row():
         # Plain text: a model's '#' lines are not headings, and its markup is shown as it wrote it.
         chat_a = gr.Chatbot(label=t("chat_a"), height=420, buttons=["copy"], render_markdown=False)
@@ -379,7 +528,8 @@ def build() -> dict:
             rep = widget(GenerationConfig, "repetition_penalty")
             max_new = widget(GenerationConfig, "max_new_tokens")
         unload_btn = gr.Button(t("release"), size="sm")
-    inputs = [message, chat_a, chat_b, source_a, source_b, system, precision, temperature, top_p, top_k, rep, max_new]
+    inputs = [message, chat_a, chat_b, source_a, source_b, system, precision, temperature, top_p, top_k, rep, max_new,
+              gpus_a, gpus_b]
     outputs = [message, chat_a, chat_b, note]
     sent = send.click(respond, inputs, outputs, api_name="chat", concurrency_id="gpu", concurrency_limit=1)
     submitted = message.submit(respond, inputs, outputs, api_name=False, concurrency_id="gpu", concurrency_limit=1)
@@ -388,17 +538,19 @@ def build() -> dict:
     clear.click(lambda: ([], [], ""), None, [chat_a, chat_b, note], api_name="clear_chat")
     source_a.change(label_a, source_a, chat_a, api_name=False)
     source_b.change(label_b, source_b, chat_b, api_name=False)
-    # Picking a model loads it and warms it up now, with a progress line, so that no message waits for that.
-    for picker in (source_a, source_b, precision):
-        picker.change(prepare, [source_a, source_b, precision], note, api_name=False, concurrency_id="gpu",
-                      concurrency_limit=1, show_progress="hidden")
+    if many:  # the comparison model's GPU, once there is one
+        source_b.change(lambda source: gr.update(visible=bool(source)), source_b, gpus_b, api_name=False)
+    # Picking a model (or its GPU) loads it and warms it up now, with a progress line, so that no message waits.
+    for picker in (source_a, source_b, precision, gpus_a, gpus_b):
+        picker.change(prepare, [source_a, source_b, precision, gpus_a, gpus_b], note, api_name=False,
+                      concurrency_id="gpu", concurrency_limit=1, show_progress="hidden")
     refresh.click(build_refresh, None, [source_a, source_b], api_name=False)
     unload_btn.click(unload, None, note, api_name=False)
-    for trigger in (source_a, precision):
-        trigger.change(fit_badge, [source_a, precision], fit_badge_html, api_name=False, show_progress="hidden")
-    gr.Timer(5.0).tick(fit_badge, [source_a, precision], fit_badge_html, api_name=False, show_progress="hidden")
+    for trigger in (source_a, precision, gpus_a):
+        trigger.change(fit_badge, [source_a, precision, gpus_a], fit_badge_html, api_name=False, show_progress="hidden")
+    gr.Timer(5.0).tick(fit_badge, [source_a, precision, gpus_a], fit_badge_html, api_name=False, show_progress="hidden")
     return {"source_a": source_a, "source_b": source_b,
-            "relabel": (relabel, [source_a, source_b], [source_a, source_b, chat_a, chat_b])}
+            "relabel": (relabel, [source_a, source_b], [source_a, source_b, chat_a, chat_b, gpus_a, gpus_b])}
 
 
 def label_a(source: str, request: gr.Request = None):
@@ -416,5 +568,7 @@ def build_refresh(request: gr.Request = None):
 
 
 def relabel(source_a, source_b, request: gr.Request = None):
-    """The pickers' choices and the panes' names again, in the language now chosen."""
-    return (*build_refresh(request), label_a(source_a, request), label_b(source_b, request))
+    """The pickers' choices and the panes' names again, in the language now chosen (the GPUs' with their free
+    memory now)."""
+    gpu = gr.update(choices=gpu_choices(lang(request))) if several() else gr.update()
+    return (*build_refresh(request), label_a(source_a, request), label_b(source_b, request), gpu, gpu)

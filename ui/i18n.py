@@ -36,6 +36,8 @@ EN: dict[str, str] = {
     # chat
     "chat_intro": "Talk to the merged model, a run's adapter on its base, or the base model. Pick a second model to compare their answers side by side.",
     "chat_model": "Model", "compare_with": "Compare with (optional)", "message": "Message",
+    "chat_gpu_a": "GPU of the model", "chat_gpu_b": "GPU of the comparison model",
+    "chat_gpu_help": "Where the model loads. Automatic: the GPU with the most free memory that no training run uses (for the comparison model, another one while one is free). Or one GPU; or several, such as 0,1, to spread a model too big for one card over them.",
     "send": "Send", "clear": "Clear", "sampling": "Sampling settings", "release": "Unload models",
     "chat_a": "Answer", "chat_b": "Comparison", "stop_reply": "Stop the reply",
     # runs
@@ -87,6 +89,8 @@ ZH: dict[str, str] = {
     "dtype": "权重精度", "merge_btn": "开始合并", "merge_result": "合并结果",
     "chat_intro": "和合并后的模型、带适配器的基础模型或原始基础模型对话。再选一个模型，就能并排比较两者的回答。",
     "chat_model": "模型", "compare_with": "对比模型（可不选）", "message": "输入消息",
+    "chat_gpu_a": "模型所在的显卡", "chat_gpu_b": "对比模型所在的显卡",
+    "chat_gpu_help": "模型加载到哪张显卡。自动：没有训练在用、空闲显存最多的那张（对比模型在还有空闲卡时用另一张）。也可以选一张；或者选几张，例如 0,1，把一张卡放不下的模型分摊到这些卡上。",
     "send": "发送", "clear": "清空", "sampling": "生成参数", "release": "卸载模型",
     "chat_a": "回答", "chat_b": "对比回答", "stop_reply": "停止回答",
     "runs_intro": "本工作区里的所有训练。选中一行后，可以查看曲线、合并或对话。",
@@ -336,6 +340,12 @@ SAY = {
         # ---- several GPUs ----
         "gpu_first": "the first GPU", "gpu_one": "GPU {index} · {name} · {free} GiB free",
         "gpu_all": "all {n} GPUs, sharing each update",
+        "gpu_auto": "automatic: the idle GPU with the most free memory",
+        "gpu_spread": "all {n} GPUs, the model spread over them",
+        "chat_on_idle": "GPU {gpu} (idle)", "chat_on_shared": "GPU {gpu} (a training run uses it too)",
+        "chat_on_chosen": "GPU {gpu} (as chosen)", "chat_on_spread": "GPUs {gpus} (the model spread over them)",
+        "chat_at": "{name} on {where}", "chat_placed": "on {where}: {what}",
+        "chat_at_fit": "{name} on {where}: {what}", "chat_where": "{name} on {where}: loaded.",
         "plan_gpus": "{n} GPUs share each update: {batch} rows x {accum} accumulation on each, {rows} rows an update.",
         "plan_gpus_lr": "The update grows to fit the GPUs, so the learning rate is multiplied by {factor}.",
         "counts": "Read {read} rows, {usable} usable, {kept} picked.",
@@ -490,6 +500,12 @@ SAY = {
         # ---- several GPUs ----
         "gpu_first": "第一张显卡", "gpu_one": "GPU {index} · {name} · 空闲 {free} GiB",
         "gpu_all": "全部 {n} 张显卡，共同完成每次更新",
+        "gpu_auto": "自动：空闲显存最多的空闲显卡",
+        "gpu_spread": "全部 {n} 张显卡，模型分摊到各张卡上",
+        "chat_on_idle": "GPU {gpu}（空闲）", "chat_on_shared": "GPU {gpu}（训练也在用这张卡）",
+        "chat_on_chosen": "GPU {gpu}（所选）", "chat_on_spread": "GPU {gpus}（模型分摊在这几张卡上）",
+        "chat_at": "{name}，位于 {where}", "chat_placed": "位于 {where}：{what}",
+        "chat_at_fit": "{name}，位于 {where}：{what}", "chat_where": "{name}，位于 {where}：已加载。",
         "plan_gpus": "{n} 张显卡共同完成每次更新：每张卡 {batch} 条 x 累积 {accum} 步，每次更新共 {rows} 条。",
         "plan_gpus_lr": "为了均分到各张显卡，每次更新的数据变多了，所以学习率乘以 {factor}。",
         "counts": "读取 {read} 行，可用 {usable} 行，选取 {kept} 行。",

@@ -14,7 +14,7 @@ from core.config import PRESETS, TrainConfig
 from core.config import preset as preset_config
 from core.errors import UserError
 from ui import fit as fit_words
-from ui import live
+from ui import gpu_picker, live
 from ui.forms import warn, widget
 from ui.i18n import both, help, lang, say, t
 
@@ -66,17 +66,9 @@ PLAN = ("batch_size", "grad_accum", "max_seq_length", "packing", "max_steps", "e
 
 def gpu_choices(language: str = "en") -> list[tuple[str, str]]:
     """The GPU picker's choices: each GPU with its free memory, then all of them together."""
-    from core import monitor
+    return gpu_picker.choices("gpu_first", "gpu_all", language)
 
-    found = monitor.snapshot().get("gpus", [])
-    choices = [("", "")] if not found else [(say("gpu_first", language), "")]
-    for g in found:
-        free = g.get("memory_total_gb", 0) - g.get("memory_used_gb", 0)
-        choices.append((say("gpu_one", language, index=g["index"], name=g["name"], free=f"{free:.0f}"), str(g["index"])))
-    if len(found) > 1:
-        every = ",".join(str(g["index"]) for g in found)
-        choices.append((say("gpu_all", language, n=len(found)), every))
-    return choices
+
 MANY_PASSES = 10
 
 
