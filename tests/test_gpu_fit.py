@@ -178,8 +178,23 @@ def test_as_trained_merge_answers_like_the_4bit_base_with_the_adapter(base_model
         del original, own
         trained = PeftModel.from_pretrained(base, str(run / "adapter"))
         assert trained.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight.quant_state.dtype == torch.bfloat16
-        before = trained(**probe).logits.float()
         merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).cuda()
         after = merged(**probe).logits.float()
-    assert (before - after).abs().max().item() <= 1e-2 * before.abs().max().item()
-    assert (before.argmax(-1) == after.argmax(-1)).float().mean().item() >= 0.95
+        # bitsandbytes' own 4-bit inference kernel, as a 4-bit chat runs it: it does not compute in float32 (on the
+        # H200 one layer's outputs were 0.06 from float32 arithmetic, the logits 1.6% of the largest apart), so
+        # against it the answer is what counts: the same top tokens.
+        real = trained(**probe).logits.float()
+        assert (real.argmax(-1) == after.argmax(-1)).float().mean().item() >= 0.95
+        # The same 4-bit layers with bitsandbytes' own dequantized weights, in float32 arithmetic: the merged model
+        # must equal them to float32 rounding.
+        import bitsandbytes as bnb
+        from bitsandbytes.functional import dequantize_4bit
+
+        for parent in list(trained.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, bnb.nn.Linear4bit):
+                    plain = torch.nn.Linear(child.in_features, child.out_features, bias=False, device="cuda")
+                    plain.weight.data = dequantize_4bit(child.weight.data, child.weight.quant_state).float()
+                    setattr(parent, name, plain)
+        before = trained(**probe).logits.float()
+    assert (before - after).abs().max().item() <= 1e-3 * before.abs().max().item()
