@@ -255,12 +255,12 @@ def merge_needs(config: dict, adapter_params: int, dtype: str, exact: bool, cuda
     only, no GPU), else peft's merge with the whole model in memory (on the GPU where there is one)."""
     s = shape(config)
     out = 4 if dtype == "float32" else 2
-    if exact:  # docs/BENCHMARKS.md: the 7B shape merged to float16 at 0.90 GiB anonymous RSS, no GPU
+    if exact:  # docs/BENCHMARKS.md: merged from bf16 to float16 with no GPU at 0.90 GiB (7B), 1.21 GiB (13B)
         # The base is read memory-mapped and each tensor written straight to its file (core.fold): what stays in
         # memory is the converted tensors in flight (two of the largest, the embeddings and the LM head), one
-        # weight with its delta in float32, and the adapter in float32 (read, then kept).
+        # weight with its delta in float32, and the adapter in float32.
         linear = max(i * o for i, o in s["dims"].values())
-        parts = {"tensors": 2 * s["largest"] * out, "delta": linear * 4, "adapter": adapter_params * 8}
+        parts = {"tensors": 2 * s["largest"] * out, "delta": linear * 4, "adapter": adapter_params * 4}
         return {"gpu": 0, "host": int(PROCESS_MERGE + sum(parts.values())), "parts": parts}
     whole = s["total"] * out
     if cuda:

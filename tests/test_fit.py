@@ -100,11 +100,12 @@ def test_a_13b_run_fits_a_12_gib_card_and_says_what_would_fit_a_smaller_one(tmp_
 
 def test_merge_and_chat_estimates(tmp_path):
     s13 = SHAPES["13b"]
-    # Tensor by tensor: measured 0.90 GiB for the 7B shape merged from bf16 to float16 with an r64 q/v adapter
-    # (docs/BENCHMARKS.md); no GPU whatever the machine has.
-    r64_qv = fit.lora_parameters(fit.shape(SHAPES["7b"]), "q_proj,v_proj", 64)
-    assert fit.merge_needs(SHAPES["7b"], r64_qv, "float16", exact=True, cuda=True)["host"] / GiB == \
-        pytest.approx(0.90, rel=0.15)
+    # Tensor by tensor, from bf16 to float16 with an r64 q/v adapter, no GPU whatever the machine has; peak
+    # anonymous memory measured 0.90 GiB for the 7B shape and 1.21 GiB for the 13B (docs/BENCHMARKS.md).
+    for name, measured in (("7b", 0.90), ("13b", 1.21)):
+        r64_qv = fit.lora_parameters(fit.shape(SHAPES[name]), "q_proj,v_proj", 64)
+        assert fit.merge_needs(SHAPES[name], r64_qv, "float16", exact=True, cuda=True)["host"] / GiB == \
+            pytest.approx(measured, rel=0.15)
     assert fit.merge_needs(s13, 0, "float16", exact=True, cuda=True)["gpu"] == 0
     whole = fit.merge_needs(s13, 0, "float16", exact=False, cuda=False)["host"]  # peft's merge (DoRA, say)
     assert whole > 24 * GiB
