@@ -20,6 +20,7 @@ import signal
 import threading
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from core import gpus, logs, models, runs, saving
@@ -239,12 +240,20 @@ def _train(cfg: TrainConfig, run: Path, data: Path, folder: str, status) -> dict
     stop.install()
 
     tokenizer = models.load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    train_rows = parts.tokenized(data / "train.jsonl", tokenizer, work)
-    eval_rows = parts.tokenized(data / "eval.jsonl", tokenizer, work) if (data / "eval.jsonl").is_file() else None
-    log.info("%d training rows%s", len(train_rows), f", {len(eval_rows)} eval rows" if eval_rows else "")
-    loading = time.time()
-    model = parts.load_model(work, folder, dev)
-    log.info("base model loaded in %.1f s", time.time() - loading)
+
+    def rows():
+        train_rows = parts.tokenized(data / "train.jsonl", tokenizer, work)
+        eval_rows = parts.tokenized(data / "eval.jsonl", tokenizer, work) if (data / "eval.jsonl").is_file() else None
+        log.info("%d training rows%s", len(train_rows), f", {len(eval_rows)} eval rows" if eval_rows else "")
+        return train_rows, eval_rows
+
+    # The rows are tokenized while the model loads (the tokenizer and the loading both let go of the GIL).
+    with ThreadPoolExecutor(1, thread_name_prefix="tokenize") as pool:
+        tokenizing = pool.submit(rows)
+        loading = time.time()
+        model = parts.load_model(work, folder, dev)
+        log.info("base model loaded in %.1f s", time.time() - loading)
+        train_rows, eval_rows = tokenizing.result()  # a problem with the rows is raised here, in its own words
 
     tracking = tracking_setup(cfg.report_to, cfg.wandb_project, run) if main else []
     if resume and main:  # the steps after the checkpoint are trained again: their old lines would be doubled in the chart

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from core.config import PrepareConfig, TrainConfig, preset
+from core.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "assets"
@@ -131,6 +132,29 @@ def test_loss_mask_covers_the_replies_only(tokenizer, tmp_path):
     assert tokenizer.decode(row["input_ids"]).endswith("### Assistant: Hello!<|im_end|>")
     short = tokenized(rows, tokenizer, TrainConfig(data="d", out="o", max_seq_length=10))[0]
     assert len(short["input_ids"]) == 10 and short["completion_mask"][-1] == 1
+
+
+def test_rows_tokenized_in_batches_equal_a_call_per_segment_and_a_broken_row_is_named(tokenizer, tmp_path, monkeypatch):
+    from core import trainer
+
+    texts = ["你好，请介绍一下你自己。", "Tell me about the sea.", "", "### Human: 1+1? ### Assistant: ", "2<|im_end|>"]
+    rows = tmp_path / "train.jsonl"
+    with rows.open("w", encoding="utf-8") as f:
+        for n in range(7):
+            f.write(json.dumps({"segments": [[texts[n % 5], False], [texts[(n + 1) % 5] + str(n), True]]}) + "\n")
+    monkeypatch.setattr(trainer, "TOKENIZE_BATCH", 3)  # batches of 3, 3 and 1 rows
+    got = trainer.tokenized(rows, tokenizer, TrainConfig(data="d", out="o", max_seq_length=512, loss_on="all"))
+    bos = [tokenizer.bos_token_id] if trainer.models.leading_bos(tokenizer) is not None else []
+    for n, row in enumerate(got):
+        prompt = tokenizer(texts[n % 5], add_special_tokens=False)["input_ids"]
+        reply = tokenizer(texts[(n + 1) % 5] + str(n), add_special_tokens=False)["input_ids"]
+        assert row["input_ids"] == bos + prompt + reply, n
+        assert row["completion_mask"] == [0] * (len(bos) + len(prompt)) + [1] * len(reply), n
+    assert len(got) == 7
+    with rows.open("a", encoding="utf-8") as f:
+        f.write(json.dumps({"segments": [["only a text"]]}) + "\n")
+    with pytest.raises(UserError, match=r"train.jsonl, line 8: not a prepared row"):
+        trainer.tokenized(rows, tokenizer, TrainConfig(data="d", out="o"))
 
 
 def test_packed_rows_do_not_see_each_other(base_model):
