@@ -403,6 +403,8 @@ def describe(changes: dict) -> str:
 
 def refuse_train(cfg, folder: str | Path) -> None:
     """Refuse, in one line, a run that certainly will not fit this machine (the estimate past its whole memory)."""
+    from core import gpus
+
     have = machine()
     found = check_train(cfg, folder, have)
     if found["verdict"] != "never":
@@ -412,6 +414,10 @@ def refuse_train(cfg, folder: str | Path) -> None:
     fix = f"try: {describe(changes)}" if changes else "choose a smaller model"
     what_zh = "显存" if found["where"] == "gpu" else "内存"
     fix_zh = f"可以试试：{describe(changes)}" if changes else "请换个更小的模型"
+    if found["where"] == "gpu" and gpus.count() > 1:  # more GPUs do not add up for one model: say so
+        fix += ("; with several GPUs each one trains a whole copy of the model, so more GPUs do not make room "
+                "(one model split across GPUs, FSDP, is not supported yet)")
+        fix_zh += "；多块 GPU 训练时每块都要放下整个模型，GPU 再多也腾不出空间（暂不支持把一个模型拆到多块 GPU 上训练，即 FSDP）"
     raise UserError(f"memory: this run needs about {gib(found['need'])} of {what} and this machine has "
                     f"{gib(found['total'])} in all, so it will not fit; {fix}", field="batch_size",
                     zh=f"memory：这次运行约需 {gib(found['need'])} {what_zh}，本机总共只有 {gib(found['total'])}，放不下；{fix_zh}")

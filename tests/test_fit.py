@@ -125,6 +125,28 @@ def test_a_run_far_past_the_machine_is_refused_in_one_line(tmp_path):
     with pytest.raises(UserError, match=r"^memory: this run needs about .* so it will not fit; "):
         check_input(cfg)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_model_too_big_for_one_gpu_is_refused_on_several_in_words_that_say_why(tmp_path, monkeypatch):
+    """Data-parallel training keeps a whole copy on each GPU: a user with two cards is told that they do not add up."""
+    from test_train import identity_dataset
+
+    from core import gpus
+    from core.config import preset
+
+    monkeypatch.setattr(fit, "machine", lambda on=None: {"gpu": 20 * GiB, "gpu_total": 24 * GiB, "ram": 30 * GiB,
+                                                          "ram_total": 32 * GiB})
+    huge = folder_with(tmp_path, "13b-as-70b", num_hidden_layers=80, hidden_size=8192, intermediate_size=28672,
+                       num_key_value_heads=8, num_attention_heads=64)  # a Llama-2-70B: 35 GiB in 4-bit
+    cfg = preset("default", model=str(huge), data=str(identity_dataset()), out=str(tmp_path / "run"), gpus="0,1")
+    for n, said in ((1, False), (2, True)):
+        monkeypatch.setattr(gpus, "count", lambda n=n: n)
+        with pytest.raises(UserError, match=r"^memory: this run needs about .* of GPU memory") as e:
+            fit.refuse_train(cfg, huge)
+        assert ("each one trains a whole copy of the model" in str(e.value)) is said
+        assert ("每块都要放下整个模型" in e.value.zh) is said
+
+
 def test_int4_is_chosen_only_when_asked_and_checked_like_the_others(base_model):
     need = fit.needs(base_model)
     assert need["8bit"] > need["int4"] > fit.MARGIN
