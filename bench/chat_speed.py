@@ -11,6 +11,11 @@ For each shape and precision a child process loads the model once, the way the C
 each on a ~500-token prompt that holds two earlier turns of history: time to the first token,
 and tokens/s for each of --replies replies of --new-tokens tokens (the tokens after the first, over
 the time after the first: the decoding speed a reader sees). The GPU peak is taken per path.
+Each measured reply reads its whole prompt (Chat.forget: the loop decoder would otherwise keep the
+repeated prompt in its cache). Then, for the loop decoder, a conversation as the Chat tab has it:
+the same two questions answered by the model (up to --new-tokens each), then a third question; its
+first token is the "in a conversation" column (the cache still holds the turns before it,
+core/decode.py), with that prompt's length and how much of it the cache held.
 135m is the embedded model; 7b and 13b are random Llama-shaped models built on the GPU with the
 tokenizer given (bench/speed.py builds them; the weights do not change the cost of a token).
 On the CPU only 135m in float32 runs (precisions are GPU options).
@@ -103,6 +108,7 @@ def measure(model: str, precision: str, replies: int, new_tokens: int,
             torch.cuda.reset_peak_memory_stats()
         speeds, firsts, ids = [], [], []
         for _ in range(replies):
+            chat.forget()  # a cold prompt each time: nothing of it held in the cache
             chat.reply(history, message, gen)
             speeds.append(chat.last["tokens_per_s"] or 0.0)
             firsts.append(chat.last["first_token_s"])
@@ -111,6 +117,14 @@ def measure(model: str, precision: str, replies: int, new_tokens: int,
         rows.append(dict(path=f"panel (Chat.stream, {decoder}){cache}",
                          tps=speeds, first=min(firsts), warmup=chat.warmup_s, peak=peak(), fallback=chat.fallback,
                          same=len({tuple(x) for x in ids}) == 1, ids=ids[0]))
+        if chat.compiled and decoder == "loop":  # the same long message as the third turn of a real conversation
+            chat.forget()
+            said = []
+            for earlier, _ in history:
+                said.append((earlier, chat.reply(said, earlier, gen)))
+            chat.reply(said, TURN, gen)  # the history is most of this prompt, as in a chat
+            rows[-1].update(conversation=chat.last["first_token_s"], conversation_prompt=chat.last["prompt_tokens"],
+                            conversation_reused=chat.last["reused_tokens"])
     if len(rows) > 2:  # greedy: every decoder must write the same tokens
         rows[-1]["same_as_first_decoder"] = rows[-1]["ids"] == rows[1]["ids"]
     for row in rows:
@@ -173,8 +187,9 @@ def main() -> None:
     shapes = a.shapes.split(",") if cuda else ["135m"]
     precisions = a.precisions.split(",") if cuda else ["float32"]
     print(f"# {versions()}\n# {' '.join(sys.argv)}")
-    print("\n| shape | precision | path | tokens/s per reply | first token (500-token prompt) | warm-up | GPU peak |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| shape | precision | path | tokens/s per reply | first token (500-token prompt) | first token in a "
+          "conversation (prompt, of it held) | warm-up | GPU peak |")
+    print("|---|---|---|---|---|---|---|---|")
     for shape in shapes:
         model = model_for(shape, a.tokenizer, work)
         for precision in precisions:
@@ -186,7 +201,7 @@ def main() -> None:
             (work / f"{shape}-{precision}.log").write_text(done.stdout + done.stderr)
             if done.returncode:
                 tail = " ".join(done.stderr.strip().splitlines()[-1:])[:150]
-                print(f"| {shape} | {precision} | failed: {tail} | | | | |")
+                print(f"| {shape} | {precision} | failed: {tail} | | | | | |")
                 continue
             for r in json.loads(done.stdout.strip().splitlines()[-1]):
                 tps = ", ".join(f"{x:.1f}" for x in r["tps"])
@@ -196,8 +211,10 @@ def main() -> None:
                 if r.get("same_as_first_decoder") is False:
                     note += " (NOT the first decoder's tokens)"
                 variant = f" [{a.inductor}]" if a.inductor else ""
+                talk = (f"{r['conversation']:.2f} s ({r['conversation_prompt']} tokens, {r['conversation_reused']} held)"
+                        if r.get("conversation") is not None else "—")
                 print(f"| {shape} | {precision} | {r['path']}{variant}{note} | {tps} | {r['first']:.2f} s "
-                      f"({r['prompt_tokens']} tokens) | {warm} | {peak} |", flush=True)
+                      f"({r['prompt_tokens']} tokens) | {talk} | {warm} | {peak} |", flush=True)
 
 
 if __name__ == "__main__":

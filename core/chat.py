@@ -179,6 +179,9 @@ class Chat:
             tokens.cancel.set()
             tokens.finished.wait()
             self.last = tokens.summary()
+            self.last["prompt_tokens"] = inputs["input_ids"].shape[1]
+            # Of the prompt, the tokens the cache still held from the turn before (not read again).
+            self.last["reused_tokens"] = self._loop.kept if fits and self._loop is not None else 0
         if tokens.failure:
             raise tokens.failure
         final = text.strip() if final is None and tokens.ids else final or ""
@@ -195,6 +198,12 @@ class Chat:
         else:  # greedy: the model's own sampling defaults would only cause warnings
             out.update(temperature=None, top_p=None, top_k=None)
         return out
+
+    def forget(self) -> None:
+        """The next reply reads its whole prompt again, as a new conversation's first reply does (the loop
+        decoder otherwise keeps what the cache holds of the last prompt and reply: core.decode)."""
+        if self._loop is not None:
+            self._loop.forget()
 
     def reply(self, history: list[tuple[str, str]], message: str, gen: GenerationConfig | None = None) -> str:
         """The whole reply at once."""

@@ -12,6 +12,11 @@ at once, for the time to the first token), where the end of the turn, a stop str
 checked. A reply that ends inside a batch keeps the tokens up to its end and drops the rest, so the
 reply is the one `generate()` writes: greedy decoding gives exactly its tokens (tests/test_chat.py).
 
+A conversation's earlier turns are not read again: the cache still holds the keys and values of the
+last reply's prompt and of the tokens written after it, and the next prompt (the same history, the reply,
+a new message) shares their beginning. Only the tokens after the shared part go through the prompt pass,
+so the first token of a later turn comes after its new message alone, not the whole history.
+
 The decoding step (one token in, the next token's logits out) is the only compiled part: inductor
 with CUDA graphs ("reduce-overhead") on a static cache whose shapes never change, so it compiles
 once at warm-up. Choosing the token (repetition penalty, temperature, top-k, top-p, sampling) uses
@@ -43,6 +48,28 @@ class Decoder:
         quantizer = getattr(inner, "hf_quantizer", None)
         self.compiled = compile and getattr(quantizer, "is_compileable", True)
         self.step = torch.compile(self._step, mode="reduce-overhead", dynamic=False) if self.compiled else self._step
+        self.held: list[int] = []  # the token ids whose keys and values the cache holds, in order
+        self.kept = 0  # of the last reply's prompt, the tokens the cache already held (not read again)
+
+    def forget(self) -> None:
+        """The next reply reads its whole prompt (what a new conversation does; for measuring a cold start)."""
+        self.held = []
+
+    def _rewind(self, keep: int) -> bool:
+        """Let the cache hold only its first `keep` tokens; False where this transformers' cache cannot say so.
+
+        A static cache layer counts its tokens in a tensor that the compiled step adds to in place (its address
+        is fixed for the CUDA graph): setting it is what cropping a static cache does. The entries past it are
+        written again before any query can see them (attention is causal over positions).
+        """
+        import torch
+
+        layers = getattr(self.cache, "layers", None) or []
+        if not layers or not all(isinstance(getattr(x, "cumulative_length", None), torch.Tensor) for x in layers):
+            return False
+        for layer in layers:
+            layer.cumulative_length.fill_(keep)
+        return True
 
     def _step(self, token, position):
         """The logits after `token` (shape [1, 1]) at `position` (shape [1]); the cache takes the token's keys and values."""
@@ -73,11 +100,21 @@ class Decoder:
         written[:, :n] = input_ids
         ends = set(eos_token_id)
         streamer.put(input_ids.cpu())  # the prompt first, as generate() does
-        self.cache.reset()
+        prompt = input_ids[0].tolist()
+        # What the cache holds of this prompt already (an earlier turn's prompt and reply), short of its last
+        # token: the prompt pass must still give the next token's logits.
+        keep = min(_shared(self.held, prompt), n - 1)
+        self.held, self.kept = [], 0  # unknown until this reply ends well
+        if keep > 0 and self._rewind(keep):
+            self.kept = keep
+        else:
+            self.cache.reset()
         with torch.no_grad():
             # The prompt in one pass, the plain way (its length changes every time), then one token a step.
-            logits = self.model(input_ids=input_ids, position_ids=torch.arange(n, device=device)[None], use_cache=True,
-                                logits_to_keep=1, **{self.cache_arg: self.cache}).logits[:, -1, :]
+            logits = self.model(input_ids=input_ids[:, self.kept:], use_cache=True, logits_to_keep=1,
+                                position_ids=torch.arange(self.kept, n, device=device)[None],
+                                **{self.cache_arg: self.cache}).logits[:, -1, :]
+            fed = n  # tokens whose keys and values are in the cache
             read = 0  # tokens already handed to the streamer
             for i in range(max_new_tokens):
                 token = choose(written[:, : n + i], logits.float())
@@ -89,6 +126,7 @@ class Decoder:
                     streamer.put(torch.tensor(batch[:end]))
                     read = made
                     if end is not None or made == max_new_tokens or stop():
+                        self.held = written[0, :fed].tolist()
                         return
                 position = torch.full((1,), n + i, dtype=torch.long, device=device)
                 logits = None  # the last step's output: its CUDA graph's memory is written again by the next step
@@ -97,6 +135,17 @@ class Decoder:
                 # A fresh [1, 1] tensor: a slice of `written` carries its row's length in its stride, and the
                 # compiled step would compile again for every prompt and reply length.
                 logits = self.step(written[:, n + i: n + i + 1].clone(memory_format=torch.contiguous_format), position)
+                fed += 1
+
+
+def _shared(a: list[int], b: list[int]) -> int:
+    """How many tokens `a` and `b` share from their start."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _chooser(do_sample: bool, temperature, top_p, top_k, repetition_penalty) -> Callable:

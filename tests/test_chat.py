@@ -248,6 +248,39 @@ def test_the_loop_decoder_writes_the_tokens_of_plain_generate(base_chat):
         base_chat.compiled = 0
 
 
+def test_a_later_turn_reads_only_its_new_message_and_answers_as_a_fresh_prompt_would(base_chat):
+    """The loop decoder keeps what its cache holds of the last prompt and reply: the third turn of a conversation
+    passes only the tokens after them through the model, and still writes plain generate()'s tokens for the
+    whole prompt. forget() makes the next reply read everything again."""
+    gen = GenerationConfig(temperature=0, max_new_tokens=24, repetition_penalty=1.0)
+
+    def plain(history, message):
+        prompt = base_chat.template.prompt(gen.system, history, message, base_chat.tokenizer)
+        inputs = base_chat.tokenizer(prompt, return_tensors="pt")
+        out = base_chat.model.generate(**inputs, max_new_tokens=gen.max_new_tokens, do_sample=False, temperature=None,
+                                       top_p=None, top_k=None, pad_token_id=base_chat.tokenizer.pad_token_id)
+        return out[0, inputs["input_ids"].shape[1]:].tolist()
+
+    assert base_chat.decoder == "loop"
+    try:
+        assert base_chat.warm_up() > 0 and base_chat.fallback == ""
+        history, kept = [], []
+        for message in ("Tell me about the sea.", "And about the wind over it?", "Which of the two do you like more?"):
+            reply = base_chat.reply(history, message, gen)
+            assert base_chat.last["ids"] == plain(history, message), message
+            kept.append((base_chat.last["reused_tokens"], base_chat.last["prompt_tokens"]))
+            history.append((message, reply))
+        (_, first), (second_kept, second), (third_kept, third) = kept
+        # Each later turn held the whole prompt before it and the reply, and read little more than its new message.
+        assert first <= second_kept < second and second <= third_kept < third and third - third_kept <= 30, kept
+        assert third > first + 30  # the history is most of the third prompt
+        base_chat.forget()
+        base_chat.reply(history[:2], "Which of the two do you like more?", gen)
+        assert base_chat.last["reused_tokens"] == 0 and base_chat.last["ids"] == plain(history[:2], history[2][0])
+    finally:
+        base_chat.compiled = 0
+
+
 def test_a_model_spread_over_several_gpus_keeps_generate_and_one_device_gets_the_loop():
     from types import SimpleNamespace
 
