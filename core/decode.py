@@ -60,12 +60,15 @@ class Decoder:
 
         A static cache layer counts its tokens in a tensor that the compiled step adds to in place (its address
         is fixed for the CUDA graph): setting it is what cropping a static cache does. The entries past it are
-        written again before any query can see them (attention is causal over positions).
+        written again before any query can see them (attention is causal over positions). Only plain layers: a
+        sliding window's has rolled over what it dropped, and other kinds keep state that cannot go back.
         """
         import torch
+        from transformers.cache_utils import StaticLayer
 
         layers = getattr(self.cache, "layers", None) or []
-        if not layers or not all(isinstance(getattr(x, "cumulative_length", None), torch.Tensor) for x in layers):
+        if not layers or any(type(x) is not StaticLayer or not isinstance(getattr(x, "cumulative_length", None),
+                                                                           torch.Tensor) for x in layers):
             return False
         for layer in layers:
             layer.cumulative_length.fill_(keep)

@@ -281,6 +281,28 @@ def test_a_later_turn_reads_only_its_new_message_and_answers_as_a_fresh_prompt_w
         base_chat.compiled = 0
 
 
+def test_a_sliding_window_cache_reads_the_whole_prompt_again():
+    """A model whose attention slides over a window (Mistral style) keeps nothing between turns: its window has
+    rolled over what it dropped. The replies stay plain generate()'s."""
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from core.chat import Tokens
+    from core.decode import Decoder
+
+    torch.manual_seed(0)
+    model = MistralForCausalLM(MistralConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2, sliding_window=8)).eval()
+    decoder = Decoder(model, 128, compile=False)
+    prompt = torch.randint(0, 256, (1, 20))
+    for _ in range(2):  # the second time the whole prompt is what the cache held
+        out = Tokens()
+        decoder.reply(prompt, max_new_tokens=12, do_sample=False, eos_token_id=[], streamer=out, stop=lambda: False)
+        assert decoder.kept == 0
+        plain = model.generate(prompt, max_new_tokens=12, do_sample=False, pad_token_id=0)[0, 20:].tolist()
+        assert out.ids == plain
+
+
 def test_a_model_spread_over_several_gpus_keeps_generate_and_one_device_gets_the_loop():
     from types import SimpleNamespace
 
