@@ -305,8 +305,14 @@ def machine(on: list[int] | None = None) -> dict:
         chosen = [card] if card else []
     if chosen:
         have["gpu_total"] = int(sum(c["memory_total_gb"] for c in chosen) * 2**30)
-        have["gpu"] = int(sum(c["memory_total_gb"] - c["memory_used_gb"] for c in chosen) * 2**30)
+        have["gpu"] = room([int((c["memory_total_gb"] - c["memory_used_gb"]) * 2**30) for c in chosen])
     return have
+
+
+def room(free: list[int]) -> int:
+    """Bytes a model spread over GPUs with these bytes free can use: each GPU after the first keeps a margin of its
+    own (its CUDA context, its part of a step), as the loader leaves it (core.models.load_for_inference)."""
+    return int(sum(free) - MARGIN * (len(free) - 1)) if free else 0
 
 
 def judge(need: int, free: int, total: int) -> str:

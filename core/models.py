@@ -315,7 +315,7 @@ def load_for_inference(model: str | None = None, adapter: str | Path | None = No
 
         free = {g: fit.gpu_free(g) for g in gpus}
         # Each extra GPU keeps a margin of its own: what fits after those is what spread() then shares out.
-        precision, info = fit.choose(folder, sum(free.values()) - fit.MARGIN * (len(free) - 1), precision)
+        precision, info = fit.choose(folder, fit.room(list(free.values())), precision)
         need = info["need"][precision]
         shares = fit.spread(free, need, need - fit.cache_bytes(folder) - fit.MARGIN)
         chosen = f"{fit.words(precision, info)}, spread over GPUs {', '.join(map(str, gpus))}"

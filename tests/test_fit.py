@@ -192,4 +192,5 @@ def test_the_free_memory_of_given_gpus_summed(monkeypatch):
     GiB = 2**30
     assert fit.machine()["gpu"] == 40 * GiB and fit.machine()["gpu_total"] == 140 * GiB  # the first GPU
     assert fit.machine(on=[1])["gpu"] == 100 * GiB
-    assert fit.machine(on=[1, 2])["gpu"] == 230 * GiB and fit.machine(on=[1, 2])["gpu_total"] == 280 * GiB
+    # Spread over two, the second GPU keeps a margin of its own, as the loader leaves it: the badge and the load agree.
+    assert fit.machine(on=[1, 2])["gpu"] == 230 * GiB - fit.MARGIN and fit.machine(on=[1, 2])["gpu_total"] == 280 * GiB
