@@ -102,6 +102,14 @@ def test_with_several_gpus_the_train_tab_offers_them_and_says_how_they_share_an_
     monkeypatch.setattr(gpus, "count", lambda: 2)
     assert gpu_choices() == [("the first GPU", ""), ("GPU 0 · NVIDIA H200 · 139 GiB free", "0"),
                              ("GPU 1 · NVIDIA H200 · 139 GiB free", "1"), ("all 2 GPUs, sharing each update", "0,1")]
+    # A panel started with CUDA_VISIBLE_DEVICES offers only the GPUs it may use.
+    monkeypatch.setattr(monitor, "snapshot", lambda: {"gpus": cards + [{**cards[0], "index": 2}]})
+    monkeypatch.setattr(gpus, "count", lambda: 3)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,2")
+    assert [value for _, value in gpu_choices()] == ["", "1", "2", "1,2"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    monkeypatch.setattr(monitor, "snapshot", lambda: {"gpus": cards})
+    monkeypatch.setattr(gpus, "count", lambda: 2)
     demo = layout.build()
     picker = [b for b in demo.blocks.values() if getattr(getattr(b, "label", None), "key", None) == "label_gpus"]
     assert len(picker) == 1 and picker[0].visible and ("all 2 GPUs, sharing each update", "0,1") in picker[0].choices
