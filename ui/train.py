@@ -327,7 +327,10 @@ def build() -> dict:
                 viewed = gr.Dropdown(run_choices(), label=t("run_shown"), allow_custom_value=True, scale=4)
                 refresh = gr.Button(t("refresh"), size="sm", scale=1)
             progress = gr.HTML(label=t("progress"))
+            # The span from the start: the browser may draw a poll's points with the props it had before that poll
+            # (measured: 1 page load in 3 drew steps 1-3 at ticks 1.0, 1.1, ... and kept them).
             plot = gr.LinePlot(live.loss_frame(""), x="step", y="loss", color="series", label=t("loss_chart"), height=280,
+                               x_lim=[0, live.MIN_SPAN],
                                color_map={"train": "#2563eb", "eval": "#f97316", "训练": "#2563eb", "评估": "#f97316"})
             gpu = gr.Markdown(label=t("gpu"))
             log = gr.Textbox(label=t("log"), lines=8, max_lines=8, autoscroll=True, interactive=False)
