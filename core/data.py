@@ -280,6 +280,15 @@ def _render(template: Template, row: dict, tokenizer, where: str) -> list:
                         zh=f"{where}：模型的对话模板处理这一行时出错：{e}") from None
 
 
+def segment_ids(tokenizer, rows: list) -> list[list[list[int]]]:
+    """The token ids of each segment ((text, trained) pairs) of each row, as training reads them (no special tokens;
+    the BOS is the caller's). One tokenizer call for all the rows: a fast tokenizer spreads it over the cores,
+    several times faster than a call per segment."""
+    texts = [text for segments in rows for text, _ in segments]
+    pieces = iter(tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])
+    return [[next(pieces) for _ in segments] for segments in rows]
+
+
 def _write(folder: Path, picked, eval_idx: set, template: Template, tokenizer) -> tuple[list[int], list[int]]:
     """Render every picked row into train/eval.jsonl; returns (tokens of each row, tokens before its first reply)."""
     files = {"train": (folder / "train.jsonl").open("w", encoding="utf-8")}
@@ -291,11 +300,9 @@ def _write(folder: Path, picked, eval_idx: set, template: Template, tokenizer) -
     prompts: list[int] = []
     batch: list[list] = []
 
-    def count():  # tokenizing a batch at a time is several times faster than row by row
-        flat = [t for segs in batch for t, _ in segs]
-        sizes = iter(len(ids) for ids in tokenizer(flat, add_special_tokens=False)["input_ids"])
-        for segs in batch:
-            n = [next(sizes) for _ in segs]
+    def count():
+        for segs, ids in zip(batch, segment_ids(tokenizer, batch), strict=True):
+            n = [len(piece) for piece in ids]
             first = next((i for i, (_, trained) in enumerate(segs) if trained), len(segs))
             lengths.append(bos + sum(n))
             prompts.append(bos + sum(n[:first]))

@@ -142,7 +142,7 @@ ADAM_BYTES = 16  # a float32 LoRA weight, its gradient and Adam's two moments
 CUDA_CONTEXT = 0.6 * 2**30  # what a CUDA process holds outside torch's allocator (not in the peaks above)
 RESERVE = 1.05  # the allocator reserves a little more than it hands out (expandable segments on)
 # Host memory of a process with torch, transformers and the data loaded: round numbers, not yet
-# measured job by job (the merge's is: docs/BENCHMARKS.md, 2.92 GiB anonymous RSS for the 13B shape).
+# measured job by job (the merge's is: docs/BENCHMARKS.md, 1.21 GiB anonymous RSS for the 13B shape).
 PROCESS_GPU_JOB = 3 * 2**30  # torch with CUDA, transformers, trl and the tokenized rows
 PROCESS_CPU_JOB = 1.5 * 2**30
 PROCESS_MERGE = 0.12 * 2**30  # torch and safetensors only (7B in its own dtype: 0.43 GiB = this + the adapter)
@@ -251,8 +251,8 @@ class _Dims:
 
 
 def merge_needs(config: dict, adapter_params: int, dtype: str, exact: bool, cuda: bool) -> dict:
-    """Bytes a merge needs: tensor by tensor (`exact`: host memory for one shard and the largest tensor
-    only, no GPU), else peft's merge with the whole model in memory (on the GPU where there is one)."""
+    """Bytes a merge needs: tensor by tensor (`exact`: host memory for a few tensors and the adapter only, no
+    GPU), else peft's merge with the whole model in memory (on the GPU where there is one)."""
     s = shape(config)
     out = 4 if dtype == "float32" else 2
     if exact:  # docs/BENCHMARKS.md: merged from bf16 to float16 with no GPU at 0.90 GiB (7B), 1.21 GiB (13B)

@@ -135,14 +135,14 @@ def test_loss_mask_covers_the_replies_only(tokenizer, tmp_path):
 
 
 def test_rows_tokenized_in_batches_equal_a_call_per_segment_and_a_broken_row_is_named(tokenizer, tmp_path, monkeypatch):
-    from core import trainer
+    from core import data, trainer
 
     texts = ["你好，请介绍一下你自己。", "Tell me about the sea.", "", "### Human: 1+1? ### Assistant: ", "2<|im_end|>"]
     rows = tmp_path / "train.jsonl"
     with rows.open("w", encoding="utf-8") as f:
         for n in range(7):
             f.write(json.dumps({"segments": [[texts[n % 5], False], [texts[(n + 1) % 5] + str(n), True]]}) + "\n")
-    monkeypatch.setattr(trainer, "TOKENIZE_BATCH", 3)  # batches of 3, 3 and 1 rows
+    monkeypatch.setattr(data, "TOKENIZE_BATCH", 3)  # batches of 3, 3 and 1 rows
     got = trainer.tokenized(rows, tokenizer, TrainConfig(data="d", out="o", max_seq_length=512, loss_on="all"))
     bos = [tokenizer.bos_token_id] if trainer.models.leading_bos(tokenizer) is not None else []
     for n, row in enumerate(got):

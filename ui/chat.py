@@ -126,28 +126,26 @@ def pane_label(source: str | None, fallback, language: str = "en"):
     return next((name for name, value in sources(language) if value == source), Path(source.removeprefix(ADAPTER)).name)
 
 
-def release() -> None:
-    """Unload every chat model so its GPU memory comes back."""
+def _unload(keep) -> None:
+    """Close every loaded chat model whose key `keep(key)` does not keep, so its memory comes back."""
     with _lock:
-        for chat in _loaded.values():
-            try:
-                chat.close()
-            except Exception:
-                pass
-        _loaded.clear()
-        _placed.clear()
-
-
-def release_for(training: set[int]) -> None:
-    """Before a run starts on the GPUs `training`: unload the chat models on them (all of them where there was no
-    choice of GPU); a model on another GPU stays."""
-    with _lock:
-        for key in [k for k in _loaded if k not in _placed or set(_placed[k].gpus) & training]:
+        for key in [k for k in _loaded if not keep(k)]:
             _placed.pop(key, None)
             try:
                 _loaded.pop(key).close()
             except Exception:
                 pass
+
+
+def release() -> None:
+    """Unload every chat model so its GPU memory comes back."""
+    _unload(lambda key: False)
+
+
+def release_for(training: set[int]) -> None:
+    """Before a run starts on the GPUs `training`: unload the chat models on them (all of them where there was no
+    choice of GPU); a model on another GPU stays."""
+    _unload(lambda key: key in _placed and not set(_placed[key].gpus) & training)
 
 
 def _model(source: str, precision: str = "auto", loading: list | None = None, pick: str = "",
@@ -175,13 +173,8 @@ def _model(source: str, precision: str = "auto", loading: list | None = None, pi
 
 def keep_only(precision: str, panes: list[tuple[str, str]]) -> None:
     """Unload every model but those of `panes` ((source, GPU pick) each) in `precision`."""
-    with _lock:
-        for key in [k for k in _loaded if k not in {_key(s, precision, p) for s, p in panes}]:
-            _placed.pop(key, None)
-            try:
-                _loaded.pop(key).close()
-            except Exception:
-                pass
+    shown = {_key(s, precision, p) for s, p in panes}
+    _unload(lambda key: key in shown)
 
 
 def generation(system, *values) -> GenerationConfig:
