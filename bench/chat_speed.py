@@ -133,6 +133,60 @@ def measure(model: str, precision: str, replies: int, new_tokens: int,
     return rows
 
 
+def pair(model: str, precision: str, replies: int, new_tokens: int) -> dict:
+    """Side by side, as the Chat tab compares two models: two copies of the model loaded on this machine's GPU.
+    First one reply after the other (what the tab does with both models on one GPU), then both at once, each on a
+    thread of its own (what it does with each model on GPUs of its own), with any failure's traceback."""
+    import traceback
+
+    from core.chat import Chat
+    from core.config import GenerationConfig
+
+    chats = [Chat(), Chat()]
+    for chat in chats:
+        chat.load(model, precision=precision)
+    history, message = prompt(chats[0].tokenizer)
+    gen = GenerationConfig(temperature=0, max_new_tokens=new_tokens, repetition_penalty=1.0)
+    failures: list[str] = []
+
+    def reply(chat: Chat, into: list) -> None:
+        try:
+            chat.forget()
+            chat.reply(history, message, gen)
+            into.append((chat.last["tokens_per_s"] or 0.0, chat.last["first_token_s"], chat.last["ids"]))
+        except Exception:
+            failures.append(traceback.format_exc()[-1500:])
+
+    def settled(phase: str) -> None:  # a GPU fault shows at the next synchronisation: say which phase made it
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        print(f"{phase}: no GPU fault", file=sys.stderr, flush=True)
+
+    turns: list[list] = [[], []]
+    for _ in range(replies):
+        for chat, into in zip(chats, turns, strict=True):
+            reply(chat, into)
+    settled("one reply after the other")
+    both: list[list] = [[], []]
+    for _ in range(replies):
+        threads = [threading.Thread(target=reply, args=(chat, into)) for chat, into in zip(chats, both, strict=True)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    settled("both at once")
+    same = len({tuple(x[2]) for pane in (*turns, *both) for x in pane}) == 1
+    out = dict(turns=[[x[0] for x in pane] for pane in turns], both=[[x[0] for x in pane] for pane in both],
+               first=[min(x[1] for x in pane) for pane in turns],
+               warmup=[chat.warmup_s for chat in chats], decoder=[chat.decoder for chat in chats],
+               fallback=[chat.fallback for chat in chats], same=same, failures=failures)
+    for chat in chats:
+        chat.close()
+    return out
+
+
 def model_for(shape: str, tokenizer: str | None, work: Path) -> str:
     if shape == "135m":
         from core import models
@@ -167,7 +221,13 @@ def main() -> None:
     p.add_argument("--inductor", default="", help="KEY=VALUE,... torch._inductor.config settings to try (a variant row)")
     p.add_argument("--decoders", default="generate,loop", help="the panel's decoders to measure (core.chat.DECODERS)")
     p.add_argument("--one", nargs=2, metavar=("MODEL", "PRECISION"), help=argparse.SUPPRESS)
+    p.add_argument("--side-by-side", action="store_true",
+                   help="instead: two copies of each model side by side, as the Chat tab compares two models")
+    p.add_argument("--pair", nargs=2, metavar=("MODEL", "PRECISION"), help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.pair:
+        print(json.dumps(pair(a.pair[0], a.pair[1], a.replies, a.new_tokens)))
+        return
     if a.one:
         if a.inductor:
             import torch._inductor.config as inductor
@@ -187,6 +247,9 @@ def main() -> None:
     shapes = a.shapes.split(",") if cuda else ["135m"]
     precisions = a.precisions.split(",") if cuda else ["float32"]
     print(f"# {versions()}\n# {' '.join(sys.argv)}")
+    if a.side_by_side:
+        side_by_side(a, shapes, precisions, cuda, work)
+        return
     print("\n| shape | precision | path | tokens/s per reply | first token (500-token prompt) | first token in a "
           "conversation (prompt, of it held) | warm-up | GPU peak |")
     print("|---|---|---|---|---|---|---|---|")
@@ -215,6 +278,33 @@ def main() -> None:
                         if r.get("conversation") is not None else "—")
                 print(f"| {shape} | {precision} | {r['path']}{variant}{note} | {tps} | {r['first']:.2f} s "
                       f"({r['prompt_tokens']} tokens) | {talk} | {warm} | {peak} |", flush=True)
+
+
+def side_by_side(a, shapes: list[str], precisions: list[str], cuda: bool, work: Path) -> None:
+    print("\n| shape | precision | decoder | tokens/s, one reply after the other (A; B) | tokens/s, both at once (A; B) | "
+          "first token | warm-up (A, B) | same tokens |")
+    print("|---|---|---|---|---|---|---|---|")
+    for shape in shapes:
+        model = model_for(shape, a.tokenizer, work)
+        for precision in precisions:
+            done = subprocess.run([sys.executable, __file__, "--pair", model, precision if cuda else "auto",
+                                   "--replies", str(a.replies), "--new-tokens", str(a.new_tokens)],
+                                  capture_output=True, text=True)
+            (work / f"{shape}-{precision}-pair.log").write_text(done.stdout + done.stderr)
+            if done.returncode:
+                print(f"| {shape} | {precision} | failed: {done.stderr[-1500:]} |")
+                continue
+            r = json.loads(done.stdout.strip().splitlines()[-1])
+
+            def rates(panes):
+                return "; ".join(", ".join(f"{x:.1f}" for x in pane) or "failed" for pane in panes)
+
+            warm = ", ".join("—" if x is None else f"{x:.0f} s" for x in r["warmup"])
+            print(f"| {shape} | {precision} | {'/'.join(r['decoder'])} | {rates(r['turns'])} | {rates(r['both'])} | "
+                  f"{max(r['first']):.2f} s | {warm} | {r['same']}"
+                  f"{' fallback: ' + str(r['fallback']) if any(r['fallback']) else ''} |", flush=True)
+            for failure in dict.fromkeys(r["failures"]):
+                print(f"\nfailed at once:\n{failure}")
 
 
 if __name__ == "__main__":

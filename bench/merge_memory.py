@@ -36,13 +36,19 @@ def build(shape: str, folder: Path, tokenizer: str) -> None:
 
     if (folder / "config.json").is_file():
         return
-    generator = torch.Generator().manual_seed(0)
-    with torch.device("meta"):  # straight to bf16 storage: a float32 7B would not fit a 24 GiB machine's RAM
-        model = LlamaForCausalLM(LlamaConfig(max_position_embeddings=4096, **SHAPES[shape]))
-    model = model.to_empty(device="cpu").to(torch.bfloat16)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.fill_(1.0) if p.dim() == 1 else p.normal_(0, 0.02, generator=generator)
+    config = LlamaConfig(max_position_embeddings=4096, **SHAPES[shape])
+    if torch.cuda.is_available():  # drawn on the GPU: seconds, where one CPU thread takes minutes for a 13B
+        torch.manual_seed(0)
+        with torch.device("cuda"):
+            model = LlamaForCausalLM(config).to(torch.bfloat16)
+    else:
+        generator = torch.Generator().manual_seed(0)
+        with torch.device("meta"):  # straight to bf16 storage: a float32 7B would not fit a 24 GiB machine's RAM
+            model = LlamaForCausalLM(config)
+        model = model.to_empty(device="cpu").to(torch.bfloat16)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(1.0) if p.dim() == 1 else p.normal_(0, 0.02, generator=generator)
     model.save_pretrained(folder, max_shard_size="10GB")
     AutoTokenizer.from_pretrained(tokenizer).save_pretrained(folder)
     del model
@@ -129,6 +135,9 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/merge-bench")
     parser.add_argument("--dtype", default="float16")
     parser.add_argument("--peft", action="store_true", help="also merge with peft's merge_and_unload on the whole model")
+    parser.add_argument("--variants", default="", help="instead: writing thread counts to time side by side (1,4), "
+                        "each merge right after a timed copy")
+    parser.add_argument("--rounds", type=int, default=2, help="with --variants: how many times each")
     parser.add_argument("--peft-child", nargs=3, metavar=("BASE", "ADAPTER", "OUT"), help=argparse.SUPPRESS)
     a = parser.parse_args()
     if a.peft_child:
@@ -154,6 +163,9 @@ def main() -> None:
     shutil.rmtree(copy)
 
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
+    if a.variants:
+        variants(a, base, lora, out, env)
+        return
     merged, peak, text, code = timed([sys.executable, "-m", "core", "merge", "--adapter", str(lora), "--base", str(base),
                                       "--out", str(out), "--dtype", a.dtype, "--no-compare"], env)
     report = json.loads(text.strip().splitlines()[-1]) if code == 0 else {"error": text[-2000:]}
@@ -177,6 +189,44 @@ def main() -> None:
         print(f"| {a.shape} | {name} | {size:.1f} GiB | {copied:.1f} s | {seconds:.1f} s | {seconds / copied:.2f}x | "
               f"{mib / 1024:.2f} GiB | {shards} | {tensors if tensors is not None else ''} |")
     print(json.dumps({k: report.get(k) for k in ("ok", "method", "compared", "finite", "size_gb", "seconds", "error")}))
+
+
+def copy_time(base: Path, work: Path) -> float:
+    copy = work / "copy"
+    shutil.rmtree(copy, ignore_errors=True)
+    copy.mkdir()
+    t = time.time()
+    for f in base.glob("*.safetensors"):
+        shutil.copyfile(f, copy / f.name)
+    seconds = time.time() - t
+    shutil.rmtree(copy)
+    return seconds
+
+
+def variants(a, base: Path, lora: Path, out: Path, env: dict) -> None:
+    """core.fold's writing threads (WRITERS), each count in turn, --rounds times; every merge right after a timed copy
+    of the base's files, each step after the last one's files are deleted and the disk has written what was left."""
+    rows = []
+    for _ in range(a.rounds):
+        for writers in a.variants.split(","):
+            shutil.rmtree(out, ignore_errors=True)
+            os.sync()
+            copied = copy_time(base, Path(a.work))
+            os.sync()
+            seconds, peak, text, code = timed([sys.executable, "-m", "core", "merge", "--adapter", str(lora), "--base",
+                                               str(base), "--out", str(out), "--dtype", a.dtype, "--no-compare"],
+                                              {**env, "QLORA_STUDIO_MERGE_WRITERS": writers})
+            report = json.loads(text.strip().splitlines()[-1]) if code == 0 else {"error": text[-800:]}
+            rows.append((writers, copied, seconds, report.get("seconds"), peak, report.get("error")))
+            print(rows[-1], flush=True)
+    shutil.rmtree(out, ignore_errors=True)
+    print(f"\n# {os.cpu_count()} CPUs, no GPU used; {' '.join(sys.argv)}")
+    print("| writing threads | copy the files (just before) | merge, whole command | merge itself | ratio | "
+          "peak anonymous RSS |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for writers, copied, seconds, inside, mib, error in rows:
+        print(f"| {writers} | {copied:.1f} s | {seconds:.1f} s | {inside} s | {seconds / copied:.2f}x | {mib / 1024:.2f} GiB |"
+              + (f" {error}" if error else ""))
 
 
 if __name__ == "__main__":

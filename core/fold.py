@@ -7,8 +7,8 @@ loader, memory-mapped), each LoRA delta (scale · B·A) is added in float32 and 
 output dtype, and the result is written in shards of at most SHARD bytes with an index, as
 `save_pretrained` does. Every shape and dtype is known from the headers before the first tensor
 is read, so each shard's header is written first and each tensor's bytes go straight to their
-place in the file (the files are the ones safetensors' save_file writes, byte for byte), by a
-second thread while the next tensor is read. Memory: a few tensors and the adapter; the weights
+place in the file (the files are the ones safetensors' save_file writes, byte for byte), by
+writing threads while the next tensor is read (WRITERS; QLORA_STUDIO_MERGE_WRITERS sets another count). Memory: a few tensors and the adapter; the weights
 themselves are read through the page cache (memory-mapped), which the OS can always reclaim.
 
 "As trained" (`rounding`): QLoRA trained the adapter against the base rounded to 4-bit NF4, not
@@ -23,6 +23,7 @@ peft's own merge.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import mmap
@@ -114,33 +115,73 @@ def _layout(files: list[Path]) -> list[tuple[str, list[int], str]]:
 def _tensors(file: Path) -> Iterator[tuple[str, object, int | None]]:
     """(name, tensor, where its bytes start in the file) of one weight file, one at a time, in file order (the
     place only for safetensors; None for a pickle .bin)."""
-    import torch
+    source = _Source([file])
+    try:
+        for name in source.order():
+            tensor, place = source.get(name)
+            yield name, tensor, place[1] if place else None
+    finally:
+        source.close()
 
-    if file.suffix == ".safetensors":
-        head, start = header(file)
-        if not head:
+
+class _Source:
+    """The base's tensors by name, each read only when asked for. Safetensors files are memory-mapped: a tensor is
+    its file's pages, not a copy (copy-on-write only because torch wants a writable buffer; nothing writes to it).
+    Pickle .bin files are loaded with torch's weights_only loader (it never runs code from the file), mapped too."""
+
+    def __init__(self, files: list[Path]) -> None:
+        import torch
+
+        self.fds: list[int] = []
+        self.found: dict[str, tuple] = {}  # name: (map, fd, offset, dtype, shape) or (tensor,) for a .bin
+        for index, file in enumerate(files):
+            if file.suffix != ".safetensors":
+                state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+                self.found.update({name: (index, tensor) for name, tensor in state.items()})
+                continue
+            head, start = header(file)
+            if not head:
+                continue
+            self.fds.append(fd := os.open(file, os.O_RDONLY))
+            view = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
+            view.madvise(mmap.MADV_SEQUENTIAL)
+            for name, info in head.items():
+                self.found[name] = (index, view, fd, start + info["data_offsets"][0], info["dtype"], info["shape"])
+
+    def order(self) -> list[str]:
+        """Every name, file by file, in the order of their bytes in the file (the disk reads ahead)."""
+        return sorted(self.found, key=lambda name: (self.found[name][0], self.found[name][3] if len(self.found[name]) > 2
+                                                     else 0, name))
+
+    def get(self, name: str):
+        """(the tensor, (fd, offset) of its bytes in a safetensors file, else None)."""
+        import torch
+
+        entry = self.found.pop(name)
+        if len(entry) == 2:
+            return entry[1], None
+        _, view, fd, at, stored, shape = entry
+        dtype = getattr(torch, DTYPES[stored][1])
+        count = math.prod(shape)
+        tensor = torch.frombuffer(view, dtype=dtype, count=count, offset=at) if count else torch.empty(0, dtype=dtype)
+        return tensor.reshape(shape), (fd, at)
+
+    def prefetch(self, name: str) -> None:
+        """Let the disk read this tensor while another is converted and written."""
+        entry = self.found.get(name)
+        if entry is None or len(entry) == 2:
             return
-        with open(file, "rb") as f:
-            # Memory-mapped: a tensor is its file's pages, not a copy (copy-on-write only because torch wants a
-            # writable buffer; nothing writes to it).
-            view = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-        view.madvise(mmap.MADV_SEQUENTIAL)
-        order = sorted(head.items(), key=lambda item: item[1]["data_offsets"][0])
-        for i, (name, info) in enumerate(order):
-            if i + 1 < len(order):  # the disk reads the next tensor while this one is converted and written
-                begin, end = (start + at for at in order[i + 1][1]["data_offsets"])
-                begin -= begin % mmap.PAGESIZE
-                if end > begin:
-                    view.madvise(mmap.MADV_WILLNEED, begin, end - begin)
-            dtype = getattr(torch, DTYPES[info["dtype"]][1])
-            count = math.prod(info["shape"])
-            tensor = (torch.frombuffer(view, dtype=dtype, count=count, offset=start + info["data_offsets"][0])
-                      if count else torch.empty(0, dtype=dtype))
-            yield name, tensor.reshape(info["shape"]), start + info["data_offsets"][0]
-    else:  # weights_only never runs code from the file; mmap keeps it on disk until read
-        state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-        for name in list(state):
-            yield name, state.pop(name), None
+        _, view, _, at, stored, shape = entry
+        end = at + math.prod(shape) * DTYPES[stored][0]
+        at -= at % mmap.PAGESIZE
+        if end > at:
+            view.madvise(mmap.MADV_WILLNEED, at, end - at)
+
+    def close(self) -> None:
+        self.found.clear()
+        for fd in self.fds:
+            os.close(fd)
+        self.fds.clear()
 
 
 def shapes(files: list[Path]) -> list[tuple[str, list[int], bool]]:
@@ -163,21 +204,26 @@ def shard_header(tensors: list[tuple[str, str, list[int]]]) -> tuple[bytes, dict
     return len(text).to_bytes(8, "little") + text, {name: begin + head[name]["data_offsets"][0] for name, _, _ in tensors}
 
 
-class _Writer(threading.Thread):
+# Threads writing the merged files. Each writes its own output shards (two threads writing one file would take turns:
+# the file system locks a file for each write), and the tensors are taken shard after shard in turn, so that all of
+# them write at once. One on a small machine: there the reading and converting thread needs the cores.
+WRITERS = int(os.environ.get("QLORA_STUDIO_MERGE_WRITERS") or max(1, min(4, (os.cpu_count() or 1) // 4)))
+
+
+class _Writer:
     """Writes each tensor's bytes at its place in its file while the next one is read and converted (file writes
     and torch both let go of the GIL). A converted tensor goes into one of a few reused buffers: new memory for
     every tensor would cost the OS a page fault per 4 KiB (half the time of a conversion)."""
 
-    BUFFERS = 3  # tensors in flight at most: one converted, one waiting, one written
-
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.todo: queue.Queue = queue.Queue()
+    def __init__(self, threads: int = 1) -> None:
+        self.lanes: list[queue.Queue] = [queue.Queue() for _ in range(threads)]
         self.free: queue.Queue = queue.Queue()
-        for _ in range(self.BUFFERS):
+        for _ in range(2 + threads):  # tensors in flight at most: one converted, one waiting, one each thread writes
             self.free.put(None)
         self.error: BaseException | None = None
-        self.start()
+        self.threads = [threading.Thread(target=self._run, args=(lane,), daemon=True) for lane in self.lanes]
+        for thread in self.threads:
+            thread.start()
 
     def buffer(self):
         """A buffer for the next tensor (None until one has been made), once the writer is done with it."""
@@ -185,13 +231,14 @@ class _Writer(threading.Thread):
             raise self.error
         return self.free.get()
 
-    def put(self, tensor, fd: int, at: int, buffer, source: tuple[int, int] | None = None) -> None:
-        """Write `tensor` at `at` in `fd`, then give `buffer` back. `source` (a file descriptor, an offset): the
-        same bytes stand there in the base's file, and the kernel copies them file to file (as a file copy does)."""
-        self.todo.put((tensor, fd, at, buffer, source))
+    def put(self, lane: int, tensor, fd: int, at: int, buffer, source: tuple[int, int] | None = None) -> None:
+        """Write `tensor` at `at` in `fd` on thread `lane` (one lane a file), then give `buffer` back. `source` (a file
+        descriptor, an offset): the same bytes stand there in the base's file, and the kernel copies them file to
+        file (as a file copy does)."""
+        self.lanes[lane % len(self.lanes)].put((tensor, fd, at, buffer, source))
 
-    def run(self) -> None:
-        while (item := self.todo.get()) is not None:
+    def _run(self, lane: queue.Queue) -> None:
+        while (item := lane.get()) is not None:
             tensor, fd, at, buffer, source = item
             if self.error is None:
                 try:
@@ -202,10 +249,15 @@ class _Writer(threading.Thread):
             del tensor, item
             self.free.put(buffer)
 
-    def finish(self) -> None:
-        self.todo.put(None)
-        self.join()
-        if self.error:
+    def finish(self, failed: bool = False) -> None:
+        """Wait for the writes in flight; raise the first that failed. `failed`: stop, the work is abandoned."""
+        if failed:
+            self.error = self.error or RuntimeError("stopped")
+        for lane in self.lanes:
+            lane.put(None)
+        for thread in self.threads:
+            thread.join()
+        if self.error and not failed:
             raise self.error
 
 
@@ -333,10 +385,10 @@ def fold(base: Path, adapter: Path, out: Path, dtype: str, progress: Callable[[f
         filled += nbytes
     file_name = ("model.safetensors" if len(shards) == 1 else
                  "model-{:05d}-of-" + f"{len(shards):05d}.safetensors")
-    place: dict[str, tuple[int, int]] = {}  # name: (file descriptor, offset)
+    place: dict[str, tuple[int, int, int]] = {}  # name: (output shard, file descriptor, offset)
     weight_map = {}
     fds: list[int] = []
-    writer = None
+    source = writer = None
     written, total, merged, largest_delta, rounded = 0, 0, 0, 0.0, 0
     try:
         for index, group in enumerate(shards):
@@ -344,46 +396,54 @@ def fold(base: Path, adapter: Path, out: Path, dtype: str, progress: Callable[[f
             fds.append(os.open(out / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
             start, offsets = shard_header(group)
             os.write(fds[-1], start)
-            place.update({k: (fds[-1], at) for k, at in offsets.items()})
+            place.update({k: (index, fds[-1], at) for k, at in offsets.items()})
             weight_map.update({k: name for k, _, _ in group})
-        writer = _Writer()
-        for file in files:
-            fds.append(source := os.open(file, os.O_RDONLY))
-            for name, tensor, at in _tensors(file):
-                changed = False
-                if rounding and tensor.is_floating_point() and quantized(name, tensor):
-                    tensor = nf4_round(tensor, **rounding)
-                    rounded += 1
-                    changed = True
-                if name in pairs:
-                    a, b = pairs[name]
-                    delta = (b @ a) * scale
-                    largest_delta = max(largest_delta, *(abs(x.item()) for x in torch.aminmax(delta)))
-                    tensor = delta.add_(tensor)  # the weight in float32 + delta, in the delta's memory
-                    merged += 1
-                    changed = True
-                buffer = writer.buffer()
-                if tensor.is_floating_point() and tensor.dtype != target:
-                    tensor, buffer = _convert(tensor, target, buffer)
-                    changed = True
-                # Only a changed or converted tensor can have become NaN/inf (float16's range is small).
-                if changed and not _finite(tensor):
-                    raise UserError(f"merge: {name} holds NaN/inf values in {dtype}; merge in bfloat16 or float32",
-                                    field="dtype",
-                                    zh=f"merge：{name} 在 {dtype} 下出现 NaN/inf 值；请用 bfloat16 或 float32 合并")
-                # A tensor that stays as it is, with its bytes in a safetensors base: copied file to file.
-                writer.put(tensor, *place[name], buffer, None if changed or at is None else (source, at))
-                total += tensor.numel() * tensor.element_size()
-                written += 1
-                if written % max(1, len(plan) // 50) == 0 or written == len(plan):  # about fifty reports
-                    progress(0.1 + 0.7 * written / len(plan),
-                             f"folding the adapter into the weights ({written}/{len(plan)})")
+        source = _Source(files)
+        order = source.order()
+        if WRITERS > 1:  # a tensor of each shard in turn, each shard's in the order of the base's bytes
+            lanes: list[list[str]] = [[] for _ in shards]
+            for name in order:
+                lanes[place[name][0]].append(name)
+            order = [name for turn in itertools.zip_longest(*lanes) for name in turn if name is not None]
+        writer = _Writer(WRITERS)
+        for step, name in enumerate(order):
+            tensor, kept = source.get(name)
+            if step + 1 < len(order):
+                source.prefetch(order[step + 1])
+            changed = False
+            if rounding and tensor.is_floating_point() and quantized(name, tensor):
+                tensor = nf4_round(tensor, **rounding)
+                rounded += 1
+                changed = True
+            if name in pairs:
+                a, b = pairs[name]
+                delta = (b @ a) * scale
+                largest_delta = max(largest_delta, *(abs(x.item()) for x in torch.aminmax(delta)))
+                tensor = delta.add_(tensor)  # the weight in float32 + delta, in the delta's memory
+                merged += 1
+                changed = True
+            buffer = writer.buffer()
+            if tensor.is_floating_point() and tensor.dtype != target:
+                tensor, buffer = _convert(tensor, target, buffer)
+                changed = True
+            # Only a changed or converted tensor can have become NaN/inf (float16's range is small).
+            if changed and not _finite(tensor):
+                raise UserError(f"merge: {name} holds NaN/inf values in {dtype}; merge in bfloat16 or float32",
+                                field="dtype",
+                                zh=f"merge：{name} 在 {dtype} 下出现 NaN/inf 值；请用 bfloat16 或 float32 合并")
+            # A tensor that stays as it is, with its bytes in a safetensors base: copied file to file.
+            shard, fd, at = place[name]
+            writer.put(shard, tensor, fd, at, buffer, None if changed else kept)
+            total += tensor.numel() * tensor.element_size()
+            written += 1
+            if written % max(1, len(plan) // 50) == 0 or written == len(plan):  # about fifty reports
+                progress(0.1 + 0.7 * written / len(plan), f"folding the adapter into the weights ({written}/{len(plan)})")
         writer.finish()
     finally:
-        if writer is not None and writer.is_alive():  # a failure above: let it stop before the folder goes
-            writer.error = writer.error or RuntimeError("stopped")
-            writer.todo.put(None)
-            writer.join()
+        if writer is not None and any(thread.is_alive() for thread in writer.threads):  # a failure above: let it stop
+            writer.finish(failed=True)                                                   # before the folder goes
+        if source is not None:
+            source.close()
         for fd in fds:
             os.close(fd)
     if len(shards) > 1:

@@ -122,9 +122,9 @@ def base_chat(base_model):
     chat.close()
 
 
-def plain_generate(chat, message, gen):
+def plain_generate(chat, message, gen, history=()):
     """The reply's token ids from a plain greedy model.generate, no streamer, no stopping criteria."""
-    prompt = chat.template.prompt(gen.system, [], message, chat.tokenizer)
+    prompt = chat.template.prompt(gen.system, list(history), message, chat.tokenizer)
     inputs = chat.tokenizer(prompt, return_tensors="pt").to(chat.model.device)
     out = chat.model.generate(**inputs, max_new_tokens=gen.max_new_tokens, do_sample=False, temperature=None,
                               top_p=None, top_k=None, repetition_penalty=gen.repetition_penalty,

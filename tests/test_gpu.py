@@ -351,7 +351,7 @@ def test_chat_refuses_in_words_when_even_4bit_does_not_fit(model_13b):
         torch.cuda.set_per_process_memory_fraction(1.0, 0)
 
 
-def assert_greedy_like_plain(chat, message, gen):
+def assert_greedy_like_plain(chat, message, gen, history=()):
     """The compiled reply has plain generate()'s greedy tokens, parting from them at a near-tie at most.
 
     On the CPU the replies are equal token for token (tests/test_chat.py). On the GPU in 16 bits the compiled
@@ -363,13 +363,13 @@ def assert_greedy_like_plain(chat, message, gen):
     import torch
     from test_chat import plain_generate
 
-    chat.reply([], message, gen)
-    ids, plain = chat.last["ids"], plain_generate(chat, message, gen)
+    text = chat.reply(list(history), message, gen)
+    ids, plain = chat.last["ids"], plain_generate(chat, message, gen, history)
     k = next((i for i, (a, b) in enumerate(zip(ids, plain, strict=False)) if a != b), None)
     if k is None:
         assert len(ids) == len(plain), (ids, plain)
-        return
-    prompt = chat.template.prompt(gen.system, [], message, chat.tokenizer)
+        return text
+    prompt = chat.template.prompt(gen.system, list(history), message, chat.tokenizer)
     device = chat.model.device
     seq = torch.cat([chat.tokenizer(prompt, return_tensors="pt")["input_ids"].to(device),
                      torch.tensor([plain[:k]], dtype=torch.long, device=device)], dim=1)
@@ -379,6 +379,7 @@ def assert_greedy_like_plain(chat, message, gen):
     tolerance = 0.02 * logits.abs().max().item()
     print(f"parted at token {k} of {len(plain)}: lead {lead:.4f}, tolerance {tolerance:.4f}")
     assert abs(lead) <= tolerance, f"parted at token {k} where plain generate's token leads by {lead:.3f}"
+    return text
 
 
 # ---- chat speed: the static cache compiled at load -------------------------------------------
@@ -397,6 +398,21 @@ def test_chat_warms_up_at_load_and_answers_greedy_likeplain_generate(fast_chat):
     gen = GenerationConfig(temperature=0, max_new_tokens=40, repetition_penalty=1.0)
     for message in ("Tell me about the sea.", "你好，请介绍一下你自己。"):
         assert_greedy_like_plain(fast_chat, message, gen)
+
+
+def test_a_later_turn_holds_the_history_and_answers_like_plain_generate_on_the_whole_prompt(fast_chat):
+    """On the GPU in 16 bits, compiled: each later turn of a conversation passes only its new tokens through the
+    model (the cache held the turns before it), and still writes plain generate()'s greedy tokens for the whole
+    prompt, parting at a near-tie at most (assert_greedy_like_plain)."""
+    gen = GenerationConfig(temperature=0, max_new_tokens=40, repetition_penalty=1.0)
+    fast_chat.forget()
+    history, kept = [], []
+    for message in ("Tell me about the sea.", "那海上的风呢？", "Which of the two do you like more, and why?"):
+        reply = assert_greedy_like_plain(fast_chat, message, gen, history)
+        kept.append((fast_chat.last["reused_tokens"], fast_chat.last["prompt_tokens"]))
+        history.append((message, reply))
+    (_, first), (second_kept, second), (third_kept, third) = kept
+    assert first <= second_kept < second and second <= third_kept < third and third - third_kept <= 40, kept
 
 
 def test_other_lengths_and_sampling_do_not_compile_again(fast_chat):

@@ -344,8 +344,11 @@ def _mixed_base(folder: Path, stored: str) -> dict:
     return tensors
 
 
-@pytest.mark.parametrize("stored, dtype", [("safetensors", "float16"), ("safetensors", "bfloat16"), ("bin", "float32")])
-def test_folded_shards_are_the_files_save_file_writes(tmp_path, monkeypatch, stored, dtype):
+@pytest.mark.parametrize("stored, dtype, writers", [("safetensors", "float16", 1), ("safetensors", "bfloat16", 1),
+                                                    ("bin", "float32", 1), ("safetensors", "float16", 3),
+                                                    ("safetensors", "bfloat16", 3)])
+def test_folded_shards_are_the_files_save_file_writes(tmp_path, monkeypatch, stored, dtype, writers):
+    """Also with several writing threads (a machine with many cores), each writing its own shards."""
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -359,6 +362,7 @@ def test_folded_shards_are_the_files_save_file_writes(tmp_path, monkeypatch, sto
     save_file({f"base_model.model.{name[:-7]}.lora_{x}.weight": t for name, ab in pairs.items() for x, t in zip("AB", ab, strict=True)},
               str(lora / "adapter_model.safetensors"))
     monkeypatch.setattr(fold, "SHARD", 1500)  # several shards, with an index
+    monkeypatch.setattr(fold, "WRITERS", writers)
     copied = []  # tensors the kernel copied file to file (those the merge leaves as they are, in their own dtype)
     real_copy = fold._copy_range
     monkeypatch.setattr(fold, "_copy_range", lambda *a: copied.append(a[2]) or real_copy(*a))

@@ -1,70 +1,13 @@
-"""Side by side chat: two models answer at the same time, errors reach the reader, closing stops both."""
+"""Side by side chat: two models answer one after the other, errors reach the reader, closing stops the reply."""
 
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
 from core.errors import UserError
-from ui.chat import together
-
-
-def test_two_replies_stream_at_the_same_time():
-    b_started = threading.Event()
-    seen = {}
-
-    def a():
-        yield "a1"
-        # Run one after the other, A would wait here for B in vain.
-        seen["b before a finished"] = b_started.wait(timeout=10)
-        yield "a2"
-
-    def b():
-        b_started.set()
-        yield "b1"
-        yield "b2"
-
-    updates = list(together(a(), b()))
-    assert seen["b before a finished"]
-    assert updates[-1] == ("a2", "b2")
-    assert ("a1", None) in updates or (None, "b1") in updates  # each update carries the latest of both
-
-
-def test_an_error_in_one_reply_reaches_the_reader_and_stops_the_other():
-    stopped = threading.Event()
-
-    def fails():
-        yield "x"
-        raise UserError("adapter: does not fit the model")
-
-    def endless():
-        try:
-            while True:
-                yield "y"
-        finally:
-            stopped.set()
-
-    with pytest.raises(UserError, match="does not fit"):
-        for _ in together(fails(), endless()):
-            pass
-    assert stopped.wait(timeout=10)
-
-
-def test_closing_stops_both_replies():
-    closed = [threading.Event(), threading.Event()]
-
-    def stream(i):
-        try:
-            while True:
-                yield i
-        finally:
-            closed[i].set()
-
-    joint = together(stream(0), stream(1))
-    next(joint)
-    joint.close()  # the browser went away
-    assert all(e.wait(timeout=10) for e in closed)
 
 
 def test_a_reply_shows_its_speed_and_a_training_run_is_warned_about(base_model, monkeypatch):
@@ -264,3 +207,77 @@ def test_the_fit_note_uses_the_free_memory_of_the_picked_gpu(machine, base_model
     assert pane[-1]["content"] == "Hello."
     assert "SmolLM2-135M-Instruct on GPU 2 (idle): Loaded in 16-bit" in note, note
     assert "Training is running" not in note
+
+
+@pytest.fixture
+def two_panes(monkeypatch):
+    """respond() with the loading left out: `where` says where each source's model is, `answer` writes its replies."""
+    from ui import chat
+
+    where: dict = {}
+    monkeypatch.setattr(chat, "keep_only", lambda *a: None)
+    monkeypatch.setattr(chat, "_plan", lambda panes, precision: [where.get(source) for source, _ in panes])
+    monkeypatch.setattr(chat, "_training", lambda request, places: "")
+    monkeypatch.setattr(chat, "_loads", lambda *a: iter(()))
+    monkeypatch.setattr(chat, "_model", lambda source, precision, pick="", where=None: source)
+    monkeypatch.setattr(chat, "_fitted", lambda panes, loaded, precision, note, request: "")
+    monkeypatch.setattr(chat, "_speed", lambda source, loaded, request: f"{source} done")
+
+    def respond(answer):
+        monkeypatch.setattr(chat, "_answer", answer)
+        return chat.respond(None, "Hi!", [], [], "a", "b", "", "auto", 0.0, 1.0, 0, 1.0, 6)
+
+    return where, respond
+
+
+@pytest.mark.parametrize("gpus_a, gpus_b", [((0,), (1,)), ((0,), (0,)), ((0, 1), (1,)), (None, None)])
+def test_two_models_answer_one_after_the_other_wherever_they_are(two_panes, gpus_a, gpus_b):
+    """On one GPU (or the CPU) two models at once would each wait for the other's steps, and two compiled models
+    writing at once make the GPU fault (H200): the second reply starts when the first has ended."""
+    from ui import chat
+
+    where, respond = two_panes
+    where.update(a=gpus_a and chat.Place(gpus_a, "idle"), b=gpus_b and chat.Place(gpus_b, "idle"))
+    order = []
+
+    def answer(pane, history, message, gen):
+        for i in range(3):
+            order.append(pane[0])
+            yield [*history, {"role": "assistant", "content": f"{pane[0]}{i}"}]
+            time.sleep(0.02)
+
+    updates = list(respond(answer))
+    _, pane_a, pane_b, note = updates[-1]
+    assert pane_a[-1]["content"] == "a2" and pane_b[-1]["content"] == "b2" and note == "a done  \nb done"
+    assert order == ["a"] * 3 + ["b"] * 3
+    assert [u[1][-1]["content"] if u[1] else None for u in updates[:3]] == ["a0", "a1", "a2"]  # A streams first
+
+
+def test_an_error_in_the_first_reply_reaches_the_reader_and_the_second_does_not_start(two_panes):
+    _, respond = two_panes
+    started = []
+
+    def answer(pane, history, message, gen):
+        started.append(pane[0])
+        yield [*history, {"role": "assistant", "content": "x"}]
+        raise UserError("adapter: does not fit the model")
+
+    updates = list(respond(answer))
+    assert "does not fit the model" in updates[-1][3] and started == ["a"]
+
+
+def test_closing_stops_the_reply_being_written(two_panes):
+    _, respond = two_panes
+    closed = threading.Event()
+
+    def answer(pane, history, message, gen):
+        try:
+            while True:
+                yield [*history, {"role": "assistant", "content": pane[0]}]
+        finally:
+            closed.set()
+
+    replies = respond(answer)
+    next(replies)
+    replies.close()  # the browser went away
+    assert closed.wait(timeout=10)

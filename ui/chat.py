@@ -316,55 +316,6 @@ def _answer(pane: tuple[str, str], history: list, message: str, gen: GenerationC
     yield history
 
 
-def together(*streams):
-    """Run generators side by side, each in its own thread; yield the latest value of every one.
-
-    Each stream yields a growing value (a chat history); whenever one of them has something new,
-    the tuple of all latest values comes out. The first error of any stream is raised after the
-    others are told to stop; closing this generator stops them all.
-    """
-    import queue
-
-    updates: queue.Queue = queue.Queue()
-    stop = threading.Event()
-    done = object()
-
-    def drain(i, stream):
-        try:
-            for value in stream:
-                if stop.is_set():
-                    stream.close()
-                    break
-                updates.put((i, value))
-        except BaseException as e:  # handed to the reader, not lost in the thread
-            updates.put((i, e))
-        finally:
-            updates.put((i, done))
-
-    latest: list = [None] * len(streams)
-    threads = [threading.Thread(target=drain, args=(i, s), daemon=True, name=f"chat-{i}") for i, s in enumerate(streams)]
-    for thread in threads:
-        thread.start()
-    running, failure = len(streams), None
-    try:
-        while running:
-            i, value = updates.get()
-            if value is done:
-                running -= 1
-            elif isinstance(value, BaseException):
-                failure = failure or value
-                stop.set()
-            else:
-                latest[i] = value
-                yield tuple(latest)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=60)
-    if failure is not None:
-        raise failure
-
-
 def respond(request: gr.Request | None, message, hist_a, hist_b, source_a, source_b, system, precision, temperature,
             top_p, top_k, repetition_penalty, max_new_tokens, gpus_a="", gpus_b=""):
     """Send the message to the chosen model and, side by side, to the comparison model; replies stream.
@@ -388,21 +339,17 @@ def respond(request: gr.Request | None, message, hist_a, hist_b, source_a, sourc
         loaded = [_model(source, gen.precision, pick=pick, where=where)
                   for (source, pick), where in zip(panes, places, strict=True)]
         note = _fitted(panes, loaded, gen.precision, note, request)
-        if len(panes) == 1:
-            # One model, or a model compared with itself (one loaded model is not used by two threads).
-            for new_a in _answer(panes[0], hist_a, message, gen):
-                yield "", new_a, hist_b, note
-            hist_a, speeds = new_a, [_speed(panes[0][0], loaded[0], request)]
-            for new_b in _answer(panes[0], hist_b, message, gen) if source_b else ():
-                yield "", hist_a, new_b, note
-            hist_b = new_b if source_b else hist_b
-            speeds += [_speed(source_b, loaded[0], request)] if source_b else []
-        else:
-            for new_a, new_b in together(_answer(panes[0], hist_a, message, gen),
-                                         _answer(panes[1], hist_b, message, gen)):
-                hist_a, hist_b = new_a or hist_a, new_b or hist_b
-                yield "", hist_a, hist_b, note
-            speeds = [_speed(source, chat, request) for (source, _), chat in zip(panes, loaded, strict=True)]
+        # One reply after the other, each at the speed its model has alone. At once, two models on one GPU would
+        # each wait for the other's steps, and two compiled models writing at once in one process make the GPU
+        # fault (an index out of bounds inside a compiled step: H200, torch 2.11, bench/chat_speed.py
+        # --side-by-side), after which no model on that GPU answers until the panel restarts.
+        for new_a in _answer(panes[0], hist_a, message, gen):
+            yield "", new_a, hist_b, note
+        hist_a, speeds = new_a, [_speed(panes[0][0], loaded[0], request)]
+        for new_b in _answer(panes[-1], hist_b, message, gen) if source_b else ():
+            yield "", hist_a, new_b, note
+        hist_b = new_b if source_b else hist_b
+        speeds += [_speed(source_b, loaded[-1], request)] if source_b else []
         yield "", hist_a, hist_b, "  \n".join(x for x in (note, *speeds) if x)
     except UserError as e:
         yield gr.update(), hist_a, hist_b, warn(e, language=lang(request))
