@@ -19,6 +19,10 @@ core/decode.py), with that prompt's length and how much of it the cache held.
 135m is the embedded model; 7b and 13b are random Llama-shaped models built on the GPU with the
 tokenizer given (bench/speed.py builds them; the weights do not change the cost of a token).
 On the CPU only 135m in float32 runs (precisions are GPU options).
+
+With --side-by-side, instead: two copies of each model loaded in one process, as two panes of the Chat tab, each
+reply first one after the other (what the tab does), then both at once on threads of their own; a GPU fault
+of the second part is named by the phase it follows.
 """
 
 from __future__ import annotations
@@ -180,7 +184,9 @@ def pair(model: str, precision: str, replies: int, new_tokens: int) -> dict:
     same = len({tuple(x[2]) for pane in (*turns, *both) for x in pane}) == 1
     out = dict(turns=[[x[0] for x in pane] for pane in turns], both=[[x[0] for x in pane] for pane in both],
                first=[min(x[1] for x in pane) for pane in turns],
-               warmup=[chat.warmup_s for chat in chats], decoder=[chat.decoder for chat in chats],
+               warmup=[chat.warmup_s for chat in chats],
+               # not warmed up (the CPU): replies take generate's plain path whatever the decoder
+               decoder=[chat.decoder if chat.compiled else "generate" for chat in chats],
                fallback=[chat.fallback for chat in chats], same=same, failures=failures)
     for chat in chats:
         chat.close()

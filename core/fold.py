@@ -8,8 +8,9 @@ output dtype, and the result is written in shards of at most SHARD bytes with an
 `save_pretrained` does. Every shape and dtype is known from the headers before the first tensor
 is read, so each shard's header is written first and each tensor's bytes go straight to their
 place in the file (the files are the ones safetensors' save_file writes, byte for byte), by
-writing threads while the next tensor is read (WRITERS; QLORA_STUDIO_MERGE_WRITERS sets another count). Memory: a few tensors and the adapter; the weights
-themselves are read through the page cache (memory-mapped), which the OS can always reclaim.
+writing threads while the next tensor is read (WRITERS; QLORA_STUDIO_MERGE_WRITERS sets another
+count). Memory: a few tensors and the adapter; the weights themselves are read through the page
+cache (memory-mapped), which the OS can always reclaim.
 
 "As trained" (`rounding`): QLoRA trained the adapter against the base rounded to 4-bit NF4, not
 against its 16-bit weights. With rounding, each weight bitsandbytes would store in 4 bits is
@@ -133,7 +134,8 @@ class _Source:
         import torch
 
         self.fds: list[int] = []
-        self.found: dict[str, tuple] = {}  # name: (map, fd, offset, dtype, shape) or (tensor,) for a .bin
+        # name: (file index, map, fd, offset, safetensors dtype, shape), or (file index, tensor) for a .bin
+        self.found: dict[str, tuple] = {}
         for index, file in enumerate(files):
             if file.suffix != ".safetensors":
                 state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)

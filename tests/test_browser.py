@@ -227,11 +227,12 @@ def test_walk_in_both_languages(app, page):
     page.get_by_role("tab", name="4 · 对话").click()
     choose(page, chat, "对比模型（可不选）", "基础模型 · SmolLM2-135M-Instruct")
     chat.get_by_text("基础模型 · SmolLM2-135M-Instruct").first.wait_for()  # the second pane says whose answers
-    chat.get_by_label("最大生成长度").first.fill("400")
+    chat.get_by_label("最大生成长度").first.fill("120")
     chat.get_by_label("最大生成长度").first.press("Tab")
     fill(chat, "输入消息", "请详细介绍一下长城的历史。")
     chat.get_by_role("button", name="发送").click()
-    # both panes answer (the first pane's earlier reply, then a new one in each), streamed; then Stop
+    # both panes answer (the first pane's earlier reply, then a new one in each, the second pane's once the first
+    # has finished), streamed; then Stop while the second is writing
     page.wait_for_function("() => [...document.querySelectorAll('#tab-chat [data-testid=bot]')]"
                            ".filter(b => b.innerText.trim()).length >= 3", timeout=180_000)
     chat.get_by_role("button", name="停止回答").dispatch_event("click")  # at once, however busy the page is drawing
