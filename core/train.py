@@ -27,6 +27,7 @@ from core import gpus, logs, models, runs, saving
 from core.config import Parser, TrainConfig, add_arguments, preset
 from core.errors import Text, UserError
 from core.template import Template
+from core.tracking import leave_out
 from core.tracking import setup as tracking_setup
 
 log = logging.getLogger("qlora_studio.train")
@@ -43,6 +44,7 @@ def cli(argv: list[str]) -> int:
     add_arguments(parser, TrainConfig)
     flags = vars(parser.parse_args(argv))
     cfg = build_config(flags)
+    leave_out(cfg.report_to)
     picked = gpus.parse(cfg.gpus)
     if len(picked) > 1 and "LOCAL_RANK" not in os.environ:
         # Several GPUs from a terminal: the same command again under torchrun, one process per GPU.

@@ -314,6 +314,20 @@ def test_trainer_state_round_trips_without_pickle(tmp_path):
     assert fresh.param_groups[0]["betas"] == (0.9, 0.99)
 
 
+@pytest.mark.parametrize("report_to, imported", [("none", False), ("tensorboard", False), ("wandb", True)])
+def test_a_run_that_does_not_report_to_wandb_never_imports_it(report_to, imported):
+    """trl asks transformers whether wandb is there as it is imported, which imports wandb (about a second of a run's
+    start): a training process that will not use it leaves it out first."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from core.tracking import leave_out; leave_out(sys.argv[1]); import trl; "
+            "from trl import SFTTrainer; print(sys.modules.get('wandb') is not None)")
+    done = subprocess.run([sys.executable, "-c", code, report_to], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == str(imported)
+
+
 @pytest.mark.slow
 def test_wandb_without_key_or_network_logs_offline(tmp_path):
     from core import paths
