@@ -262,12 +262,8 @@ def main() -> None:
     for shape in shapes:
         model = model_for(shape, a.tokenizer, work)
         for precision in precisions:
-            # One process per model and precision: a clean GPU and its own peak.
-            done = subprocess.run([sys.executable, __file__, "--one", model, precision if cuda else "auto",
-                                   "--replies", str(a.replies), "--new-tokens", str(a.new_tokens),
-                                   "--inductor", a.inductor, "--decoders", a.decoders],
-                                  capture_output=True, text=True)
-            (work / f"{shape}-{precision}.log").write_text(done.stdout + done.stderr)
+            done = child(a, "--one", model, precision if cuda else "auto", work / f"{shape}-{precision}.log",
+                         "--inductor", a.inductor, "--decoders", a.decoders)
             if done.returncode:
                 tail = " ".join(done.stderr.strip().splitlines()[-1:])[:150]
                 print(f"| {shape} | {precision} | failed: {tail} | | | | | |")
@@ -286,6 +282,14 @@ def main() -> None:
                       f"({r['prompt_tokens']} tokens) | {talk} | {warm} | {peak} |", flush=True)
 
 
+def child(a, how: str, model: str, precision: str, log: Path, *more: str) -> subprocess.CompletedProcess:
+    """One process per model and precision (a clean GPU and its own peak); its output kept in `log`."""
+    done = subprocess.run([sys.executable, __file__, how, model, precision, "--replies", str(a.replies),
+                           "--new-tokens", str(a.new_tokens), *more], capture_output=True, text=True)
+    log.write_text(done.stdout + done.stderr)
+    return done
+
+
 def side_by_side(a, shapes: list[str], precisions: list[str], cuda: bool, work: Path) -> None:
     print("\n| shape | precision | decoder | tokens/s, one reply after the other (A; B) | tokens/s, both at once (A; B) | "
           "first token | warm-up (A, B) | same tokens |")
@@ -293,10 +297,7 @@ def side_by_side(a, shapes: list[str], precisions: list[str], cuda: bool, work: 
     for shape in shapes:
         model = model_for(shape, a.tokenizer, work)
         for precision in precisions:
-            done = subprocess.run([sys.executable, __file__, "--pair", model, precision if cuda else "auto",
-                                   "--replies", str(a.replies), "--new-tokens", str(a.new_tokens)],
-                                  capture_output=True, text=True)
-            (work / f"{shape}-{precision}-pair.log").write_text(done.stdout + done.stderr)
+            done = child(a, "--pair", model, precision if cuda else "auto", work / f"{shape}-{precision}-pair.log")
             if done.returncode:
                 print(f"| {shape} | {precision} | failed: {done.stderr[-1500:]} |")
                 continue

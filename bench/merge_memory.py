@@ -153,19 +153,11 @@ def main() -> None:
     for stale in work.glob(f".{out.name}*"):
         shutil.rmtree(stale, ignore_errors=True)
 
-    copy = work / "copy"
-    shutil.rmtree(copy, ignore_errors=True)
-    copy.mkdir()
-    t = time.time()
-    for f in base.glob("*.safetensors"):
-        shutil.copyfile(f, copy / f.name)
-    copied = time.time() - t
-    shutil.rmtree(copy)
-
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
     if a.variants:
         variants(a, base, lora, out, env)
         return
+    copied = copy_time(base, work)
     merged, peak, text, code = timed([sys.executable, "-m", "core", "merge", "--adapter", str(lora), "--base", str(base),
                                       "--out", str(out), "--dtype", a.dtype, "--no-compare"], env)
     report = json.loads(text.strip().splitlines()[-1]) if code == 0 else {"error": text[-2000:]}
@@ -192,6 +184,7 @@ def main() -> None:
 
 
 def copy_time(base: Path, work: Path) -> float:
+    """Seconds to copy the base's weight files once, on the same disk (the yardstick)."""
     copy = work / "copy"
     shutil.rmtree(copy, ignore_errors=True)
     copy.mkdir()
