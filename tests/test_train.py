@@ -314,7 +314,7 @@ def test_trainer_state_round_trips_without_pickle(tmp_path):
     assert fresh.param_groups[0]["betas"] == (0.9, 0.99)
 
 
-@pytest.mark.parametrize("report_to, imported", [("none", False), ("tensorboard", False), ("wandb", True)])
+@pytest.mark.parametrize("report_to, imported", [("tensorboard", False), ("wandb", True)])
 def test_a_run_that_does_not_report_to_wandb_never_imports_it(report_to, imported):
     """trl asks transformers whether wandb is there as it is imported, which imports wandb (about a second of a run's
     start): a training process that will not use it leaves it out first."""
