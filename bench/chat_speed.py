@@ -259,27 +259,33 @@ def main() -> None:
     print("\n| shape | precision | path | tokens/s per reply | first token (500-token prompt) | first token in a "
           "conversation (prompt, of it held) | warm-up | GPU peak |")
     print("|---|---|---|---|---|---|---|---|")
+    for shape, precision, model in each(a, shapes, precisions, work):
+        done = child(a, "--one", model, precision if cuda else "auto", work / f"{shape}-{precision}.log",
+                     "--inductor", a.inductor, "--decoders", a.decoders)
+        if done.returncode:
+            tail = " ".join(done.stderr.strip().splitlines()[-1:])[:150]
+            print(f"| {shape} | {precision} | failed: {tail} | | | | | |")
+            continue
+        for r in json.loads(done.stdout.strip().splitlines()[-1]):
+            tps = ", ".join(f"{x:.1f}" for x in r["tps"])
+            warm = "—" if r["warmup"] is None else f"{r['warmup']:.1f} s"
+            peak = "—" if r["peak"] is None else f"{r['peak']:.1f} GiB"
+            note = f" (fallback: {r['fallback']})" if r.get("fallback") else ""
+            if r.get("same_as_first_decoder") is False:
+                note += " (NOT the first decoder's tokens)"
+            variant = f" [{a.inductor}]" if a.inductor else ""
+            talk = (f"{r['conversation']:.2f} s ({r['conversation_prompt']} tokens, {r['conversation_reused']} held)"
+                    if r.get("conversation") is not None else "—")
+            print(f"| {shape} | {precision} | {r['path']}{variant}{note} | {tps} | {r['first']:.2f} s "
+                  f"({r['prompt_tokens']} tokens) | {talk} | {warm} | {peak} |", flush=True)
+
+
+def each(a, shapes: list[str], precisions: list[str], work: Path):
+    """(shape, precision, model folder) of every row group, the model built once per shape."""
     for shape in shapes:
         model = model_for(shape, a.tokenizer, work)
         for precision in precisions:
-            done = child(a, "--one", model, precision if cuda else "auto", work / f"{shape}-{precision}.log",
-                         "--inductor", a.inductor, "--decoders", a.decoders)
-            if done.returncode:
-                tail = " ".join(done.stderr.strip().splitlines()[-1:])[:150]
-                print(f"| {shape} | {precision} | failed: {tail} | | | | | |")
-                continue
-            for r in json.loads(done.stdout.strip().splitlines()[-1]):
-                tps = ", ".join(f"{x:.1f}" for x in r["tps"])
-                warm = "—" if r["warmup"] is None else f"{r['warmup']:.1f} s"
-                peak = "—" if r["peak"] is None else f"{r['peak']:.1f} GiB"
-                note = f" (fallback: {r['fallback']})" if r.get("fallback") else ""
-                if r.get("same_as_first_decoder") is False:
-                    note += " (NOT the first decoder's tokens)"
-                variant = f" [{a.inductor}]" if a.inductor else ""
-                talk = (f"{r['conversation']:.2f} s ({r['conversation_prompt']} tokens, {r['conversation_reused']} held)"
-                        if r.get("conversation") is not None else "—")
-                print(f"| {shape} | {precision} | {r['path']}{variant}{note} | {tps} | {r['first']:.2f} s "
-                      f"({r['prompt_tokens']} tokens) | {talk} | {warm} | {peak} |", flush=True)
+            yield shape, precision, model
 
 
 def child(a, how: str, model: str, precision: str, log: Path, *more: str) -> subprocess.CompletedProcess:
@@ -294,24 +300,22 @@ def side_by_side(a, shapes: list[str], precisions: list[str], cuda: bool, work: 
     print("\n| shape | precision | decoder | tokens/s, one reply after the other (A; B) | tokens/s, both at once (A; B) | "
           "first token | warm-up (A, B) | same tokens |")
     print("|---|---|---|---|---|---|---|---|")
-    for shape in shapes:
-        model = model_for(shape, a.tokenizer, work)
-        for precision in precisions:
-            done = child(a, "--pair", model, precision if cuda else "auto", work / f"{shape}-{precision}-pair.log")
-            if done.returncode:
-                print(f"| {shape} | {precision} | failed: {done.stderr[-1500:]} |")
-                continue
-            r = json.loads(done.stdout.strip().splitlines()[-1])
+    for shape, precision, model in each(a, shapes, precisions, work):
+        done = child(a, "--pair", model, precision if cuda else "auto", work / f"{shape}-{precision}-pair.log")
+        if done.returncode:
+            print(f"| {shape} | {precision} | failed: {done.stderr[-1500:]} |")
+            continue
+        r = json.loads(done.stdout.strip().splitlines()[-1])
 
-            def rates(panes):
-                return "; ".join(", ".join(f"{x:.1f}" for x in pane) or "failed" for pane in panes)
+        def rates(panes):
+            return "; ".join(", ".join(f"{x:.1f}" for x in pane) or "failed" for pane in panes)
 
-            warm = ", ".join("—" if x is None else f"{x:.0f} s" for x in r["warmup"])
-            print(f"| {shape} | {precision} | {'/'.join(r['decoder'])} | {rates(r['turns'])} | {rates(r['both'])} | "
-                  f"{max(r['first']):.2f} s | {warm} | {r['same']}"
-                  f"{' fallback: ' + str(r['fallback']) if any(r['fallback']) else ''} |", flush=True)
-            for failure in dict.fromkeys(r["failures"]):
-                print(f"\nfailed at once:\n{failure}")
+        warm = ", ".join("—" if x is None else f"{x:.0f} s" for x in r["warmup"])
+        print(f"| {shape} | {precision} | {'/'.join(r['decoder'])} | {rates(r['turns'])} | {rates(r['both'])} | "
+              f"{max(r['first']):.2f} s | {warm} | {r['same']}"
+              f"{' fallback: ' + str(r['fallback']) if any(r['fallback']) else ''} |", flush=True)
+        for failure in dict.fromkeys(r["failures"]):
+            print(f"\nfailed at once:\n{failure}")
 
 
 if __name__ == "__main__":

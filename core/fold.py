@@ -134,12 +134,14 @@ class _Source:
         import torch
 
         self.fds: list[int] = []
-        # name: (file index, map, fd, offset, safetensors dtype, shape), or (file index, tensor) for a .bin
-        self.found: dict[str, tuple] = {}
+        self.mapped: dict[str, tuple] = {}  # name: (map, fd, offset, safetensors dtype, shape)
+        self.loaded: dict = {}  # name: tensor, from a .bin
+        self.where: dict[str, tuple[int, int]] = {}  # name: (file index, offset in it)
         for index, file in enumerate(files):
             if file.suffix != ".safetensors":
                 state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-                self.found.update({name: (index, tensor) for name, tensor in state.items()})
+                self.loaded.update(state)
+                self.where.update({name: (index, 0) for name in state})
                 continue
             head, start = header(file)
             if not head:
@@ -148,21 +150,21 @@ class _Source:
             view = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
             view.madvise(mmap.MADV_SEQUENTIAL)
             for name, info in head.items():
-                self.found[name] = (index, view, fd, start + info["data_offsets"][0], info["dtype"], info["shape"])
+                at = start + info["data_offsets"][0]
+                self.mapped[name] = (view, fd, at, info["dtype"], info["shape"])
+                self.where[name] = (index, at)
 
     def order(self) -> list[str]:
         """Every name, file by file, in the order of their bytes in the file (the disk reads ahead)."""
-        return sorted(self.found, key=lambda name: (self.found[name][0], self.found[name][3] if len(self.found[name]) > 2
-                                                     else 0, name))
+        return sorted(self.where, key=lambda name: (*self.where[name], name))
 
     def get(self, name: str):
         """(the tensor, (fd, offset) of its bytes in a safetensors file, else None)."""
         import torch
 
-        entry = self.found.pop(name)
-        if len(entry) == 2:
-            return entry[1], None
-        _, view, fd, at, stored, shape = entry
+        if name in self.loaded:
+            return self.loaded.pop(name), None
+        view, fd, at, stored, shape = self.mapped.pop(name)
         dtype = getattr(torch, DTYPES[stored][1])
         count = math.prod(shape)
         tensor = torch.frombuffer(view, dtype=dtype, count=count, offset=at) if count else torch.empty(0, dtype=dtype)
@@ -170,17 +172,17 @@ class _Source:
 
     def prefetch(self, name: str) -> None:
         """Let the disk read this tensor while another is converted and written."""
-        entry = self.found.get(name)
-        if entry is None or len(entry) == 2:
+        if name not in self.mapped:
             return
-        _, view, _, at, stored, shape = entry
+        view, _, at, stored, shape = self.mapped[name]
         end = at + math.prod(shape) * DTYPES[stored][0]
         at -= at % mmap.PAGESIZE
         if end > at:
             view.madvise(mmap.MADV_WILLNEED, at, end - at)
 
     def close(self) -> None:
-        self.found.clear()
+        self.mapped.clear()
+        self.loaded.clear()
         for fd in self.fds:
             os.close(fd)
         self.fds.clear()
