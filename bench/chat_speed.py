@@ -20,9 +20,15 @@ core/decode.py), with that prompt's length and how much of it the cache held.
 tokenizer given (bench/speed.py builds them; the weights do not change the cost of a token).
 On the CPU only 135m in float32 runs (precisions are GPU options).
 
-With --side-by-side, instead: two copies of each model loaded in one process, as two panes of the Chat tab, each
-reply first one after the other (what the tab does), then both at once on threads of their own; a GPU fault
-of the second part is named by the phase it follows.
+A random model writes any token, and most of its replies do not tokenize back to the ids it wrote (byte pieces
+merge differently), so the next turn would read its history again where a real model's would be held. The random
+shapes' head is therefore limited to whole words with a leading space whose text reads back as the same token
+(`words_only`; the cost of a step is unchanged), and the conversation's history holds each reply as the model
+wrote it (a real model starts its reply without a space; the panel's display strips the one a random head writes).
+
+With --side-by-side, instead: two copies of each model loaded in one process, as two panes of the Chat tab: the
+first model answering alone (before the second loads), then the two answering one reply after the other, as the
+tab does.
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ def measure(model: str, precision: str, replies: int, new_tokens: int,
     cuda = torch.cuda.is_available()
     chat = Chat()
     chat.load(model, precision=precision, decoder=decoders[0])
+    words = words_only(chat) if random(model) else None
     history, message = prompt(chat.tokenizer)
     gen = GenerationConfig(temperature=0, max_new_tokens=new_tokens, repetition_penalty=1.0)
     text = chat.template.prompt("", history, message, chat.tokenizer)
@@ -125,69 +132,77 @@ def measure(model: str, precision: str, replies: int, new_tokens: int,
             chat.forget()
             said = []
             for earlier, _ in history:
-                said.append((earlier, chat.reply(said, earlier, gen)))
+                chat.reply(said, earlier, gen)
+                said.append((earlier, chat.tokenizer.decode(chat.last["ids"], skip_special_tokens=True)))
             chat.reply(said, TURN, gen)  # the history is most of this prompt, as in a chat
             rows[-1].update(conversation=chat.last["first_token_s"], conversation_prompt=chat.last["prompt_tokens"],
                             conversation_reused=chat.last["reused_tokens"])
     if len(rows) > 2:  # greedy: every decoder must write the same tokens
         rows[-1]["same_as_first_decoder"] = rows[-1]["ids"] == rows[1]["ids"]
     for row in rows:
-        row.update(prompt_tokens=n_prompt, new_tokens=new_tokens)
+        row.update(prompt_tokens=n_prompt, new_tokens=new_tokens, words=words)
     chat.close()
     return rows
 
 
-def pair(model: str, precision: str, replies: int, new_tokens: int) -> dict:
-    """Side by side, as the Chat tab compares two models: two copies of the model loaded on this machine's GPU.
-    First one reply after the other (what the tab does with both models on one GPU), then both at once, each on a
-    thread of its own (what it does with each model on GPUs of its own), with any failure's traceback."""
-    import traceback
+def random(model: str) -> bool:
+    """A random shape built here (model_for), not a trained model."""
+    return Path(model).name.endswith("-random")
 
+
+def words_only(chat) -> int:
+    """Limit a random model's head to whole words with a leading space whose text reads back as the same single token
+    (a real model's text reads back as its ids; a random model's byte pieces do not): their rows of the output
+    weights stay, the others become zero, so their logits are 0 and greedy decoding, which always finds a word
+    scoring above 0 among thousands, never picks them. The number of words kept."""
+    import torch
+
+    tokenizer = chat.tokenizer
+    head = chat.model.get_output_embeddings().weight
+    if type(head.data) is not torch.Tensor:
+        raise SystemExit(f"the head is stored as {type(head.data).__name__}: cannot limit it to words")
+    keep = torch.zeros(head.shape[0], dtype=torch.bool)
+    for i, piece in enumerate(tokenizer.convert_ids_to_tokens(list(range(min(len(tokenizer), head.shape[0]))))):
+        word = (piece or "")[1:]
+        if piece and piece[0] == "\u0120" and len(word) > 1 and word.isascii() and word.isalpha() \
+                and tokenizer(" " + word, add_special_tokens=False)["input_ids"] == [i]:
+            keep[i] = True
+    with torch.no_grad():
+        head[~keep.to(head.device)] = 0
+    return int(keep.sum())
+
+
+def pair(model: str, precision: str, replies: int, new_tokens: int) -> dict:
+    """Side by side, as the Chat tab compares two models: two copies of the model on this machine's GPU. The first
+    answers alone before the second loads; then the two answer one reply after the other, as the tab does."""
     from core.chat import Chat
     from core.config import GenerationConfig
 
     chats = [Chat(), Chat()]
-    for chat in chats:
-        chat.load(model, precision=precision)
+    chats[0].load(model, precision=precision)
     history, message = prompt(chats[0].tokenizer)
     gen = GenerationConfig(temperature=0, max_new_tokens=new_tokens, repetition_penalty=1.0)
-    failures: list[str] = []
 
     def reply(chat: Chat, into: list) -> None:
-        try:
-            chat.forget()
-            chat.reply(history, message, gen)
-            into.append((chat.last["tokens_per_s"] or 0.0, chat.last["first_token_s"], chat.last["ids"]))
-        except Exception:
-            failures.append(traceback.format_exc()[-1500:])
+        chat.forget()
+        chat.reply(history, message, gen)
+        into.append((chat.last["tokens_per_s"] or 0.0, chat.last["first_token_s"], chat.last["ids"]))
 
-    def settled(phase: str) -> None:  # a GPU fault shows at the next synchronisation: say which phase made it
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        print(f"{phase}: no GPU fault", file=sys.stderr, flush=True)
-
+    alone: list = []
+    for _ in range(replies):
+        reply(chats[0], alone)
+    chats[1].load(model, precision=precision)
     turns: list[list] = [[], []]
     for _ in range(replies):
         for chat, into in zip(chats, turns, strict=True):
             reply(chat, into)
-    settled("one reply after the other")
-    both: list[list] = [[], []]
-    for _ in range(replies):
-        threads = [threading.Thread(target=reply, args=(chat, into)) for chat, into in zip(chats, both, strict=True)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    settled("both at once")
-    same = len({tuple(x[2]) for pane in (*turns, *both) for x in pane}) == 1
-    out = dict(turns=[[x[0] for x in pane] for pane in turns], both=[[x[0] for x in pane] for pane in both],
+    same = len({tuple(x[2]) for pane in (alone, *turns) for x in pane}) == 1
+    out = dict(alone=[x[0] for x in alone], turns=[[x[0] for x in pane] for pane in turns],
                first=[min(x[1] for x in pane) for pane in turns],
                warmup=[chat.warmup_s for chat in chats],
                # not warmed up (the CPU): replies take generate's plain path whatever the decoder
                decoder=[chat.decoder if chat.compiled else "generate" for chat in chats],
-               fallback=[chat.fallback for chat in chats], same=same, failures=failures)
+               fallback=[chat.fallback for chat in chats], same=same)
     for chat in chats:
         chat.close()
     return out
@@ -276,6 +291,8 @@ def main() -> None:
             variant = f" [{a.inductor}]" if a.inductor else ""
             talk = (f"{r['conversation']:.2f} s ({r['conversation_prompt']} tokens, {r['conversation_reused']} held)"
                     if r.get("conversation") is not None else "—")
+            if r.get("words"):
+                note += f" (head: {r['words']} words)"
             print(f"| {shape} | {precision} | {r['path']}{variant}{note} | {tps} | {r['first']:.2f} s "
                   f"({r['prompt_tokens']} tokens) | {talk} | {warm} | {peak} |", flush=True)
 
@@ -297,8 +314,8 @@ def child(a, how: str, model: str, precision: str, log: Path, *more: str) -> sub
 
 
 def side_by_side(a, shapes: list[str], precisions: list[str], cuda: bool, work: Path) -> None:
-    print("\n| shape | precision | decoder | tokens/s, one reply after the other (A; B) | tokens/s, both at once (A; B) | "
-          "first token | warm-up (A, B) | same tokens |")
+    print("\n| shape | precision | decoder | tokens/s, A alone | tokens/s side by side, one reply after the other "
+          "(A; B) | first token | warm-up (A, B) | same tokens |")
     print("|---|---|---|---|---|---|---|---|")
     for shape, precision, model in each(a, shapes, precisions, work):
         done = child(a, "--pair", model, precision if cuda else "auto", work / f"{shape}-{precision}-pair.log")
@@ -306,16 +323,11 @@ def side_by_side(a, shapes: list[str], precisions: list[str], cuda: bool, work: 
             print(f"| {shape} | {precision} | failed: {done.stderr[-1500:]} |")
             continue
         r = json.loads(done.stdout.strip().splitlines()[-1])
-
-        def rates(panes):
-            return "; ".join(", ".join(f"{x:.1f}" for x in pane) or "failed" for pane in panes)
-
+        alone = ", ".join(f"{x:.1f}" for x in r["alone"])
+        turns = "; ".join(", ".join(f"{x:.1f}" for x in pane) for pane in r["turns"])
         warm = ", ".join("—" if x is None else f"{x:.0f} s" for x in r["warmup"])
-        print(f"| {shape} | {precision} | {'/'.join(r['decoder'])} | {rates(r['turns'])} | {rates(r['both'])} | "
-              f"{max(r['first']):.2f} s | {warm} | {r['same']}"
-              f"{' fallback: ' + str(r['fallback']) if any(r['fallback']) else ''} |", flush=True)
-        for failure in dict.fromkeys(r["failures"]):
-            print(f"\nfailed at once:\n{failure}")
+        print(f"| {shape} | {precision} | {'/'.join(r['decoder'])} | {alone} | {turns} | {max(r['first']):.2f} s | "
+              f"{warm} | {r['same']}{' fallback: ' + str(r['fallback']) if any(r['fallback']) else ''} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,10 @@ checkpoints) and a LoRA adapter (r64 on q_proj and v_proj, random A and B), then
 base + adapter needs both models in memory and runs only where they fit), sampling the child's anonymous
 resident memory (RssAnon: the file pages the OS can drop do not count) every 0.1 s. Side by side,
 in the same call: the time to copy the base's weight files on the same disk. Prints one table.
+
+Where the installed packages have no bytecode (the GPU test machine), compile them first, as pip does at
+install, or every merge also times Python compiling torch's source: `PYTHONPYCACHEPREFIX=/tmp/pyc python -m
+compileall -q -j 16 SITE_PACKAGES` and keep PYTHONPYCACHEPREFIX set (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
