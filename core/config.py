@@ -229,6 +229,10 @@ COMMON_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "paged_adamw_8bit", "ad
                      "paged_lion_8bit")
 
 
+# Of those, the ones torch itself provides: no bitsandbytes needed.
+TORCH_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adagrad", "rmsprop")
+
+
 def optimizer_known(name: str) -> bool:
     """Whether transformers' Trainer accepts `name` as its `optim`."""
     if name in COMMON_OPTIMIZERS:

@@ -133,6 +133,29 @@ def _from_hub(repo_id: str, *, tokenizer_only: bool) -> str:
         ) from None
 
 
+def leave_out_bitsandbytes(spec: str | None) -> bool:
+    """For a command's own process on a machine with no GPU in sight, whose model `spec` is not stored in
+    bitsandbytes' 4 or 8 bits: do not import bitsandbytes at all (True when left out). Nothing on a CPU uses it
+    (training there is plain LoRA), yet peft and transformers import it wherever it is installed, and it
+    imports torch's compiler: about 2 s of every start on a CPU. None in sys.modules is Python's own "not
+    installed", for this process alone: find_spec says so and an import fails. Before peft or transformers are
+    imported; the caller keeps it where an 8-bit or paged optimizer needs it."""
+    import sys
+
+    if gpu_order.visible():
+        return False
+    if not is_default(spec):
+        try:
+            config = json.loads((Path(resolve(spec, fetch=False)) / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError, UserError):  # not on this machine yet, or unreadable: keep it
+            return False
+        quantized = config.get("quantization_config")
+        if isinstance(quantized, dict) and quantized.get("quant_method", "bitsandbytes") == "bitsandbytes":
+            return False
+    sys.modules.setdefault("bitsandbytes", None)
+    return True
+
+
 def load_tokenizer(spec: str | None, *, trust_remote_code: bool = False):
     """The tokenizer of a model spec, with a pad token set."""
     from transformers import AutoTokenizer

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from core import gpus, logs, models, runs, saving
-from core.config import Parser, TrainConfig, add_arguments, preset
+from core.config import TORCH_OPTIMIZERS, Parser, TrainConfig, add_arguments, preset
 from core.errors import Text, UserError
 from core.template import Template
 from core.tracking import leave_out
@@ -45,6 +45,8 @@ def cli(argv: list[str]) -> int:
     flags = vars(parser.parse_args(argv))
     cfg = build_config(flags)
     leave_out(cfg.report_to)
+    if cfg.optim in TORCH_OPTIMIZERS:
+        models.leave_out_bitsandbytes(cfg.model)
     picked = gpus.parse(cfg.gpus)
     if len(picked) > 1 and "LOCAL_RANK" not in os.environ:
         # Several GPUs from a terminal: the same command again under torchrun, one process per GPU.

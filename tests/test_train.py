@@ -314,18 +314,31 @@ def test_trainer_state_round_trips_without_pickle(tmp_path):
     assert fresh.param_groups[0]["betas"] == (0.9, 0.99)
 
 
-@pytest.mark.parametrize("report_to, imported", [("tensorboard", False), ("wandb", True)])
-def test_a_run_that_does_not_report_to_wandb_never_imports_it(report_to, imported):
-    """trl asks transformers whether wandb is there as it is imported, which imports wandb (about a second of a run's
-    start): a training process that will not use it leaves it out first."""
+@pytest.mark.parametrize("report_to, lean", [("tensorboard", True), ("wandb", False)])
+def test_a_cpu_run_leaves_out_wandb_and_bitsandbytes_when_it_will_not_use_them(tmp_path, base_model, report_to, lean):
+    """trl asks transformers whether wandb is there as it is imported, which imports wandb; peft imports bitsandbytes
+    wherever it is installed, and bitsandbytes imports torch's compiler: seconds of every start on a CPU. A
+    training process that will not report to wandb, on a machine with no GPU in sight, leaves them out first; a
+    model saved in bitsandbytes' 4 bits still needs it. The other case is the control: both imported."""
     import subprocess
     import sys
 
-    code = ("import sys; from core.tracking import leave_out; leave_out(sys.argv[1]); import trl; "
-            "from trl import SFTTrainer; print(sys.modules.get('wandb') is not None)")
-    done = subprocess.run([sys.executable, "-c", code, report_to], capture_output=True, text=True, timeout=300)
+    stored = tmp_path / "stored-in-4-bits"
+    stored.mkdir()
+    config = json.loads((Path(base_model) / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+    (stored / "config.json").write_text(json.dumps(config))
+    code = ("import sys; from core import models; from core.tracking import leave_out; leave_out(sys.argv[1]); "
+            "said = [models.leave_out_bitsandbytes(sys.argv[2]), 'bitsandbytes' in sys.modules, "
+            "sys.argv[4] == 'True' and models.leave_out_bitsandbytes(sys.argv[3])]; "
+            "import trl; from trl import SFTTrainer; import peft; "
+            "print('left out:', *said, sys.modules.get('wandb') is None, sys.modules.get('bitsandbytes') is None)")
+    done = subprocess.run([sys.executable, "-c", code, report_to, str(stored), base_model, str(lean)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip().splitlines()[-1] == str(imported)
+    said = [line for line in done.stdout.splitlines() if line.startswith("left out:")]
+    assert said == [f"left out: False False {lean} {lean} {lean}"], done.stdout[-2000:]
 
 
 @pytest.mark.slow
