@@ -106,24 +106,32 @@ def eval_loss(model, rows) -> float | None:
 
 
 def answers(model, tokenizer, prompts: list[str], stops: list[str]) -> list[str]:
-    """Greedy answers, cut where the model starts another turn."""
+    """Greedy answers, cut where the model starts another turn. All the prompts in one batch, padded on the left:
+    one pass a token for all of them (a CPU spent 0.3 s a token on each prompt alone), and the stop strings' tables
+    built once."""
     import torch
 
+    if not prompts:
+        return []
     device = next(model.parameters()).device
     bos = models.leading_bos(tokenizer)
-    out = []
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = [([bos] if bos is not None else []) + tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    width = max(len(x) for x in ids)
+    batch = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=device)
+    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        for prompt in prompts:
-            ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            ids = torch.tensor([([bos] if bos is not None else []) + ids], device=device)
-            made = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=ANSWER_TOKENS,
-                                  do_sample=False, temperature=None, top_p=None, top_k=None, use_cache=True,
-                                  pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
-                                  stop_strings=stops or None, tokenizer=tokenizer)
-            out.append(clean(tokenizer.decode(made[0, ids.shape[1]:], skip_special_tokens=False), stops))
+        made = model.generate(input_ids=batch, attention_mask=mask, max_new_tokens=ANSWER_TOKENS, do_sample=False,
+                              temperature=None, top_p=None, top_k=None, use_cache=True, pad_token_id=pad,
+                              stop_strings=stops or None, tokenizer=tokenizer)
     model.train(was_training)
+    out = []
+    for row in made[:, width:].tolist():
+        if pad in row:  # a row that ended before the others is filled with padding after its end
+            row = row[: row.index(pad) + (1 if pad == tokenizer.eos_token_id else 0)]
+        out.append(clean(tokenizer.decode(row, skip_special_tokens=False), stops))
     return out
 
 

@@ -52,3 +52,29 @@ def test_the_cpu_default_on_the_sample_data_answers_unseen_questions_better_than
     tuned = _named("default", str(work / "run" / "adapter"))
     base = _named("default")
     assert sum("Lumi" in a for a in tuned) >= 2 and not any("Lumi" in a for a in base), (tuned, base)
+
+
+def test_the_runs_own_questions_are_answered_in_one_batch_as_each_would_be_alone(base_model, tokenizer, monkeypatch):
+    """learned.answers pads the prompts on the left and answers them together: each answer is the one greedy
+    decoding gives for its prompt alone, cut at the end of its turn; a row that ended early carries no padding."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from core import learned
+
+    monkeypatch.setattr(learned, "ANSWER_TOKENS", 12)
+    prompts = ["<|im_start|>user\nWho are you?<|im_end|>\n<|im_start|>assistant\n",
+               "<|im_start|>user\n请用一句话介绍一下长城的历史和它的长度。<|im_end|>\n<|im_start|>assistant\n",
+               "<|im_start|>user\nSay only: yes<|im_end|>\n<|im_start|>assistant\n"]
+    stops = ["<|im_end|>"]
+    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32).eval()
+    together = learned.answers(model, tokenizer, prompts, stops)
+    alone = []
+    for prompt in prompts:
+        ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
+        made = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+                              temperature=None, top_p=None, top_k=None, pad_token_id=tokenizer.eos_token_id)
+        alone.append(learned.clean(tokenizer.decode(made[0, ids.shape[1]:], skip_special_tokens=False), stops))
+    assert together == alone
+    assert all(a and "<|endoftext|>" not in a and "<|im_end|>" not in a for a in together), together
+    assert learned.answers(model, tokenizer, [], stops) == []
