@@ -18,7 +18,7 @@ test: $(VENV)/.installed $(VENV)/.test-installed
 
 install: $(VENV)/.installed
 
-# The README's pictures, taken by the browser tests (a plain `make test` writes them to a temporary folder).
+# The README's pictures, taken by the browser tests (a plain `make test` takes none: they cost seconds a page).
 screenshots: $(VENV)/.installed $(VENV)/.test-installed
 	QLORA_STUDIO_SHOTS=$(CURDIR)/docs/screenshots $(BIN)/python -m pytest tests/test_browser.py
 

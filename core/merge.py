@@ -38,6 +38,12 @@ def cli(argv: list[str]) -> int:
     """`python -m core merge --adapter RUN/adapter --out DIR [--base M] [--dtype D]`."""
     cfg = from_argv(MergeConfig, argv, "python -m core merge", "Merge a trained adapter into its base model.")
     logs.quiet()
+    if cfg.base_weights != "as-trained":  # only rounding as trained, and a base stored in 4 or 8 bits, need it
+        try:
+            trained_on = models.check_adapter(Path(cfg.adapter).expanduser(), with_peft=False)[1]
+        except UserError:  # merge() says what is wrong with it, in the job's status
+            trained_on = None
+        models.leave_out_bitsandbytes(cfg.base or trained_on)
     # Started by the panel, the merge reports in the job folder the panel made; by hand, it only prints.
     job, report = status.reporting(job_folder(cfg.out), lambda progress: merge(cfg, progress), log, "merge",
                                    "merge.log")
