@@ -107,8 +107,8 @@ def eval_loss(model, rows) -> float | None:
 
 def answers(model, tokenizer, prompts: list[str], stops: list[str]) -> list[str]:
     """Greedy answers, cut where the model starts another turn. All the prompts in one batch, padded on the left:
-    one pass a token for all of them (a CPU spent 0.3 s a token on each prompt alone), and the stop strings' tables
-    built once."""
+    one pass a token for all of them (on a GPU a few rows cost what one does), and the stop strings' tables built
+    once."""
     import torch
 
     if not prompts:
