@@ -73,6 +73,7 @@ def test_a_download_runs_beside_training_and_each_lane_takes_one_job(home, monke
     from core.config import DownloadConfig
 
     monkeypatch.setenv("FAKE_STEP_S", "1")
+    monkeypatch.setenv("FAKE_STEPS", "60")  # both still going whatever the load (both are stopped below)
     m = manager()
     train = m.start_train(cfg(home))
     download = m.start_download(DownloadConfig(repo="me/tiny"))
