@@ -68,7 +68,7 @@ def measure(model: str, precision: str, replies: int, new_tokens: int,
     cuda = torch.cuda.is_available()
     chat = Chat()
     chat.load(model, precision=precision, decoder=decoders[0])
-    words = words_only(chat) if random(model) else None
+    words = words_only(chat) if built_here(model) else None
     history, message = prompt(chat.tokenizer)
     gen = GenerationConfig(temperature=0, max_new_tokens=new_tokens, repetition_penalty=1.0)
     text = chat.template.prompt("", history, message, chat.tokenizer)
@@ -145,7 +145,7 @@ def measure(model: str, precision: str, replies: int, new_tokens: int,
     return rows
 
 
-def random(model: str) -> bool:
+def built_here(model: str) -> bool:
     """A random shape built here (model_for), not a trained model."""
     return Path(model).name.endswith("-random")
 
