@@ -82,6 +82,9 @@ def test_a_download_runs_beside_training_and_each_lane_takes_one_job(home, monke
         m.start_download(DownloadConfig(repo="me/other"))
     with pytest.raises(UserError, match=f"a training run is already going: {Path(train.folder).name}"):
         m.start_train(cfg(home))
+    # the child's stop handler is set before it says it runs: a stop sent before could be lost (a shell's
+    # background job starts with SIGINT ignored)
+    wait_for(lambda: status.read(train.folder).get("state") == "running", timeout=30)
     again = manager()  # the panel restarted: it knows only the workspace's job records
     assert again.current().pid == train.pid and again.current(jobs.DOWNLOAD).pid == download.pid
     assert again.last().pid == download.pid  # the newest of both, for the notification
