@@ -38,15 +38,9 @@ def cli(argv: list[str]) -> int:
     """`python -m core merge --adapter RUN/adapter --out DIR [--base M] [--dtype D]`."""
     cfg = from_argv(MergeConfig, argv, "python -m core merge", "Merge a trained adapter into its base model.")
     logs.quiet()
-    if cfg.base_weights != "as-trained":  # only rounding as trained, and a base stored in 4 or 8 bits, need it
-        try:
-            trained_on = models.check_adapter(Path(cfg.adapter).expanduser(), with_peft=False)[1]
-        except UserError:  # merge() says what is wrong with it, in the job's status
-            trained_on = None
-        models.leave_out_bitsandbytes(cfg.base or trained_on)
     # Started by the panel, the merge reports in the job folder the panel made; by hand, it only prints.
-    job, report = status.reporting(job_folder(cfg.out), lambda progress: merge(cfg, progress), log, "merge",
-                                   "merge.log")
+    job, report = status.reporting(job_folder(cfg.out), lambda progress: merge(cfg, progress, own_process=True), log,
+                                   "merge", "merge.log")
     failed = None if report["ok"] else Text("the merged model does not answer like base + adapter",
                                             "合并后的模型回答与“基础模型 + 适配器”不一致")
     job.update(state="failed" if failed else "finished", error=failed, progress=1.0, report=report, ended=time.time(),
@@ -61,8 +55,9 @@ def job_folder(out: str | Path) -> Path:
     return out.with_name(f".{out.name}.job")
 
 
-def merge(cfg: MergeConfig, progress=None) -> dict:
-    """Merge cfg.adapter into its base and write cfg.out; returns the report (path, size, the check's numbers)."""
+def merge(cfg: MergeConfig, progress=None, own_process: bool = False) -> dict:
+    """Merge cfg.adapter into its base and write cfg.out; returns the report (path, size, the check's numbers).
+    `own_process` (the command line's): bitsandbytes may be left out of the process where nothing needs it."""
     say = progress or (lambda fraction, text: None)
     cfg.check()
     adapter, out = Path(cfg.adapter).expanduser(), Path(cfg.out).expanduser().resolve()
@@ -84,6 +79,8 @@ def merge(cfg: MergeConfig, progress=None) -> dict:
     if why_not is not None:  # peft merges: its own reading of the config (the weights were checked above)
         models.check_peft_config(adapter, json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8")))
     rounding, weights = as_trained(adapter, record) if cfg.base_weights == "as-trained" else (None, "original")
+    if own_process and rounding is None:  # only rounding as trained, and a base stored in 4 or 8 bits, need it
+        models.leave_out_bitsandbytes(str(base))
     if rounding and why_not is not None:
         raise UserError(f"base_weights: as-trained merges tensor by tensor, and this adapter needs peft's merge "
                         f"({why_not}); merge it into the original weights", field="base_weights",
