@@ -10,7 +10,7 @@ of the held-out rows, which is what a user cares about whatever each preset trai
 On a machine without a GPU both presets run plain LoRA in float32, so this compares the
 recipes (packing, reply-only loss, batching), not 4-bit numerics.
 
-    python bench/quality.py --data belle.jsonl --whole-job [--seed 0]
+    python bench/quality.py --data belle.jsonl --whole-job [--seed 0] [--presets tutorial,default] [--variant NAME:FLAGS]
 
 runs the tutorial's whole job instead, each preset as its own `python -m core train` child
 timed from start to saved adapter (bench/speed.py's runner): the tutorial preset as it is
@@ -75,6 +75,7 @@ def main() -> None:
     p.add_argument("--whole-job", action="store_true", help="the tutorial's whole job, each preset a timed child process")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variant", action="append", default=[], help="name:flags, more default-preset runs (--whole-job)")
+    p.add_argument("--presets", default="tutorial,default", help="which presets' whole jobs to run (--whole-job)")
     a = p.parse_args()
     work = Path(a.work or tempfile.mkdtemp(prefix="quality-"))
     os.environ.setdefault("QLORA_STUDIO_HOME", str(work / "home"))
@@ -128,8 +129,8 @@ def whole_job(a, base: str, data: Path, work: Path) -> None:
     runs = work / "runs"
     common = ["--model", base, "--seed", str(a.seed)]
     same_rows = ["--max-steps", "0", "--epochs", f"{passes:g}"]
-    results = [run("tutorial", Path(base), data, runs, None, ["--preset", "tutorial", *common], None),
-               run("default", Path(base), data, runs, None, ["--preset", "default", *same_rows, *common], None)]
+    flags = {"tutorial": ["--preset", "tutorial", *common], "default": ["--preset", "default", *same_rows, *common]}
+    results = [run(name, Path(base), data, runs, None, flags[name], None) for name in a.presets.split(",") if name]
     for v in a.variant:
         name, flags = v.split(":", 1)
         results.append(run(name, Path(base), data, runs, None,

@@ -175,6 +175,7 @@ class TrainConfig(_Config):
     packing: bool = _f(True, "Pack several short rows into one sequence (no padding, each row still sees only itself).")
     gradient_checkpointing: bool = _f(True, "Recompute activations in the backward pass: much less memory, about 30% slower.")
     liger_kernels: bool = _f(True, "Use Liger's fused GPU kernels (RMSNorm, SwiGLU, RoPE) where the liger-kernel package is installed: less memory, faster steps. GPU only.")
+    fp8_base: bool = _f(False, "Multiply by the frozen 4-bit base weights in FP8 on GPUs with FP8 units (compute capability 8.9 or newer, e.g. RTX 40xx, H100): faster steps; the LoRA layers stay in bf16. Ignored elsewhere. GPU only.")
     offload_activations: bool = _f(True, "Keep the activations saved for the backward pass in CPU memory instead of GPU memory (GPU only): more rows fit in one pass. The copies run beside the math and come back just before they are needed.")
     loss_on: str = _f("response", "Compute the loss on the replies only ('response') or on the whole text ('all').", choices=("response", "all"))
     optim: str = _f("adamw_torch", "Optimizer (any name transformers accepts, e.g. adamw_torch, paged_adamw_8bit).")
@@ -260,7 +261,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # targets, batch 4 x accumulation 4, lr 2e-4, 100 steps, 512 tokens, whole-text loss, no packing.
     "tutorial": dict(
         compute_dtype="float16", learning_rate=2e-4, batch_size=4, grad_accum=4, packing=False, loss_on="all",
-        liger_kernels=False, offload_activations=False,
+        liger_kernels=False, offload_activations=False, fp8_base=False,
     ),
 }
 
@@ -276,7 +277,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # "default" everywhere and gets what fits the machine; the tutorial preset stays the tutorial's
 # recipe wherever it runs, so the two can be compared.
 CPU_SIZED: dict[str, Any] = dict(
-    quantization="none", double_quant=False, liger_kernels=False, offload_activations=False,
+    quantization="none", double_quant=False, liger_kernels=False, offload_activations=False, fp8_base=False,
     gradient_checkpointing=False, batch_size=4, grad_accum=1, max_seq_length=256, packing=False,
     lora_r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", learning_rate=1e-3,
     max_steps=15, logging_steps=1,

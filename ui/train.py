@@ -24,7 +24,7 @@ BASIC = ("max_steps", "learning_rate", "batch_size", "grad_accum", "max_seq_leng
 PLACED = ("gpus",)  # next to the model, and only on a machine with several GPUs
 ADVANCED = tuple(f.name for f in fields(TrainConfig) if f.name not in HIDDEN + BASIC + PLACED)
 SETTINGS = BASIC + ADVANCED + PLACED
-GPU_ONLY = ("quantization", "double_quant", "liger_kernels", "offload_activations")
+GPU_ONLY = ("quantization", "double_quant", "liger_kernels", "fp8_base", "offload_activations")
 
 
 def config(model, data, preset, name, *values) -> TrainConfig:

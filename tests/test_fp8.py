@@ -1,0 +1,129 @@
+"""FP8 multiplications for the frozen 4-bit base weights (core/fp8.py): the same products as bitsandbytes
+within FP8's rounding, the same gradients, nothing kept for the backward pass, and a clear way out where
+the path cannot run. torch's _scaled_mm runs on the CPU too, so all but the speed is checked here."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+
+bnb = pytest.importorskip("bitsandbytes")
+
+from core import fp8  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def linear4bit(k: int, n: int, seed: int = 0, double_quant: bool = True):
+    torch.manual_seed(seed)
+    lin = bnb.nn.Linear4bit(k, n, bias=False, compute_dtype=torch.bfloat16, quant_type="nf4",
+                            compress_statistics=double_quant)
+    lin.weight = bnb.nn.Params4bit((torch.randn(n, k) * 0.02).to(torch.bfloat16), requires_grad=False,
+                                   quant_type="nf4", compress_statistics=double_quant)
+    return lin.to(DEVICE)  # quantized on the move
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+def test_rows_round_each_row_to_fp8_with_its_own_scale_and_never_overflow():
+    t = torch.randn(32, 64, dtype=torch.bfloat16) * torch.logspace(-3, 3, 32).to(torch.bfloat16)[:, None]
+    t[5] = 0  # an all-zero row stays zero, not NaN
+    q, scale = fp8.rows(t)
+    assert q.dtype == torch.float8_e4m3fn and q.is_contiguous() and scale.shape == (32, 1)
+    back = q.float() * scale
+    assert torch.isfinite(back).all() and (back[5] == 0).all()
+    assert q.float().abs().max() <= 448
+    # each row keeps FP8's relative precision (3 mantissa bits), whatever its magnitude
+    for i in (0, 16, 31):
+        assert rel(back[i], t[i]) < 0.04
+    tq, tscale = fp8.rows(t.t())  # a transposed view comes back row-major
+    assert tq.is_contiguous() and tscale.shape == (64, 1)
+
+
+@pytest.mark.parametrize("double_quant", [True, False])
+def test_the_weight_in_fp8_is_bitsandbytes_weight_within_fp8_rounding_in_both_layouts(double_quant):
+    lin = linear4bit(128, 96, double_quant=double_quant)
+    ref = bnb.functional.dequantize_4bit(lin.weight.data, lin.weight.quant_state).float()
+    q, scale = fp8.weight(lin)
+    qt, scale_t = fp8.weight(lin, transposed=True)
+    assert q.shape == (96, 128) and scale.shape == (1, 96) and qt.shape == (128, 96) and scale_t.shape == (1, 128)
+    assert rel(q.float() * scale.t(), ref) < 0.035
+    assert rel((qt.float() * scale_t.t()).t(), ref) < 0.035
+
+
+def test_a_layer_in_fp8_gives_bitsandbytes_products_and_input_gradients_within_fp8_rounding():
+    attn, mlp = linear4bit(256, 512, seed=1), linear4bit(256, 128, seed=2)
+    x = torch.randn(2, 64, 256, dtype=torch.bfloat16, device=DEVICE, requires_grad=True)
+    g1, g2 = torch.randn(2, 64, 512, device=DEVICE), torch.randn(2, 64, 128, device=DEVICE)
+
+    def run(x):
+        x.grad = None
+        y1, y2 = attn(x), mlp(x)  # two layers reading one input, as q, k and v do
+        torch.autograd.backward([y1, y2], [g1.to(y1.dtype), g2.to(y2.dtype)])
+        return y1.detach(), y2.detach(), x.grad.clone()
+
+    ref = run(x)
+    assert fp8.use(torch.nn.ModuleList([attn, mlp])) == 2
+    out = run(x)
+    for a, b in zip(out, ref, strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        assert 0 < rel(a, b) < 0.06  # changed (it is FP8), by FP8's rounding only
+    # the input was scaled once for both layers, and is let go with the tensor it belongs to
+    assert fp8._last.x() is x
+    del x, out
+    gc.collect()
+    assert fp8._last.x is None and fp8._last.q is None
+
+
+def test_shapes_fp8_cannot_take_go_through_bitsandbytes_unchanged():
+    lin = linear4bit(256, 512)
+    x = torch.randn(3, 5, 256, dtype=torch.bfloat16, device=DEVICE)  # 15 rows: not a multiple of 16
+    ref = lin(x)
+    fp8.use(lin)
+    assert torch.equal(lin(x), ref)
+    assert torch.equal(lin(x.float()).float(), lin.__class__.forward(lin, x.float()).float())  # float32 input
+
+
+def test_nothing_of_the_input_is_kept_for_the_backward_pass():
+    lin = linear4bit(256, 256)
+    fp8.use(lin)
+    x = torch.randn(64, 256, dtype=torch.bfloat16, device=DEVICE, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        lin(x).sum().backward()
+    assert saved == [] and x.grad is not None
+
+
+def test_without_a_gpu_fp8_says_why_in_one_line():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert fp8.supported() == "no GPU"
+
+
+@pytest.mark.gpu
+def test_on_the_gpu_fp8_runs_and_a_training_step_moves_like_bf16():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    why = fp8.supported()
+    if why:
+        pytest.skip(why)
+    torch.manual_seed(0)
+    layers = [linear4bit(512, 1024, seed=s) for s in range(2)]
+    lora = torch.nn.Linear(512, 1024, bias=False, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(16, 512, 512, dtype=torch.bfloat16, device="cuda")
+
+    def grads():
+        lora.weight.grad = None
+        h = layers[0](x) + lora(x)
+        loss = layers[1](h[..., :512] * 0.1).float().pow(2).mean()
+        loss.backward()
+        return loss.detach(), lora.weight.grad.clone()
+
+    ref = grads()
+    fp8.use(torch.nn.ModuleList(layers))
+    out = grads()
+    assert rel(out[0], ref[0]) < 0.02 and 0 < rel(out[1], ref[1]) < 0.08
