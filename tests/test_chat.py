@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from test_merge import adapter_copy, one_line, own_code_model
-from test_train import core_cli, shared_merge, shared_run
+from test_train import core_cli, core_here, shared_merge, shared_run
 
 from core.config import GenerationConfig
 from core.errors import UserError
@@ -76,7 +76,7 @@ def test_cli_answers_with_base_plus_adapter():
 
 
 def test_cli_refuses_a_missing_model(tmp_path):
-    result = core_cli("chat", "--model", tmp_path / "nothing", "--prompt", "hi")
+    result = core_here("chat", "--model", tmp_path / "nothing", "--prompt", "hi")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: model: folder {tmp_path / 'nothing'} not found"]
 
@@ -94,7 +94,7 @@ def test_refuses_an_adapter_whose_run_diverged(tiny_adapter, tmp_path):
 
 def test_a_model_with_its_own_code_needs_trust(tmp_path, base_model):
     custom = own_code_model(tmp_path / "custom", base_model)
-    line = one_line(core_cli("chat", "--model", custom, "--prompt", "hi"))
+    line = one_line(core_here("chat", "--model", custom, "--prompt", "hi"))
     assert line == f"error: model: {custom} ships its own code; switch on 'Trust remote code' if you trust it"
 
 
@@ -106,7 +106,7 @@ def test_a_half_written_adapter_is_named_as_damaged(tiny_adapter, tmp_path, name
     adapter = adapter_copy(tiny_adapter, tmp_path / "adapter")
     whole = (adapter / name).read_bytes()
     (adapter / name).write_bytes(whole[: len(whole) // 2])  # the disk filled up while the run saved it
-    line = one_line(core_cli("chat", "--adapter", adapter, "--prompt", "hi"))
+    line = one_line(core_here("chat", "--adapter", adapter, "--prompt", "hi"))
     assert line.startswith(f"error: adapter: {adapter} is damaged or incomplete {why}")
     assert line.endswith("; train again or pick another run")
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_train import core_here
 
 from core.config import COMMON_OPTIMIZERS, PRESETS, GenerationConfig, MergeConfig, PrepareConfig, TrainConfig, preset
 from core.errors import UserError
@@ -94,7 +95,7 @@ def test_a_negative_gradient_clip_is_refused():
                        "adamw_torch_fused, paged_adamw_8bit, adafactor"),
 ])
 def test_cli_refuses_bad_numbers_before_loading_anything(tmp_path, flag, value, message):
-    result = core("train", "--data", tmp_path / "data", "--out", tmp_path / "run", "--max-steps", 0, flag, value)
+    result = core_here("train", "--data", tmp_path / "data", "--out", tmp_path / "run", "--max-steps", 0, flag, value)
     assert result.returncode == 2 and result.stderr.splitlines() == [message], result.stderr[-2000:]
     assert not (tmp_path / "run").exists()
 

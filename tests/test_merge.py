@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_train import core_cli, pickles, shared_merge, shared_run
+from test_train import core_cli, core_here, pickles, shared_merge, shared_run
 
 from core.config import MergeConfig
 from core.errors import UserError
@@ -112,7 +112,7 @@ def test_refuses_an_adapter_made_for_another_model(tmp_path):
     torch.manual_seed(0)
     LlamaForCausalLM(LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                  num_attention_heads=4, num_key_value_heads=4)).save_pretrained(other)
-    result = core_cli("merge", "--adapter", shared_run() / "adapter", "--out", tmp_path / "out", "--base", other,
+    result = core_here("merge", "--adapter", shared_run() / "adapter", "--out", tmp_path / "out", "--base", other,
                       "--dtype", "float32")
     assert result.returncode == 2, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
@@ -186,14 +186,14 @@ def test_merge_check_fails_when_the_merged_model_overflows(tiny_adapter, tmp_pat
 def test_a_broken_adapter_config_is_one_line_naming_the_file(tiny_adapter, tmp_path, config, why):
     adapter = adapter_copy(tiny_adapter, tmp_path / "adapter")
     (adapter / "adapter_config.json").write_text(config)
-    line = one_line(core_cli("merge", "--adapter", adapter, "--out", tmp_path / "out"))
+    line = one_line(core_here("merge", "--adapter", adapter, "--out", tmp_path / "out"))
     assert line.startswith(f"error: adapter: {adapter} is damaged or incomplete (") and why in line
     assert line.endswith("; train again or pick another run") and not (tmp_path / "out").exists()
 
 
 def test_a_model_with_its_own_code_needs_trust(tiny_adapter, tmp_path, base_model):
     custom = own_code_model(tmp_path / "custom", base_model)
-    line = one_line(core_cli("merge", "--adapter", tiny_adapter, "--base", custom, "--out", tmp_path / "out"))
+    line = one_line(core_here("merge", "--adapter", tiny_adapter, "--base", custom, "--out", tmp_path / "out"))
     assert line == f"error: model: {custom} ships its own code; switch on 'Trust remote code' if you trust it"
 
 
