@@ -5,9 +5,10 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 7860
 ARGS   ?=
-# The suite runs on every core (up to 4), a test module a worker: most of its time is single-threaded Python
-# and child processes importing the libraries, so two workers on two cores finish in about two thirds of the time.
-PYTEST_WORKERS ?= -n auto --maxprocesses 4 --dist loadfile
+# Without a GPU the suite runs on every core (up to 4), a test module a worker: most of its time is
+# single-threaded Python and child processes importing the libraries, so two workers on two cores finish in
+# about two thirds of the time. With a GPU it runs in one process: the GPU tests measure memory and speed.
+PYTEST_WORKERS ?= $(if $(shell command -v nvidia-smi),,-n auto --maxprocesses 4 --dist loadfile)
 
 .PHONY: run test install audit screenshots clean
 
