@@ -165,12 +165,14 @@ def load_model(cfg: TrainConfig, folder: str, device: Device):
     except (OSError, ValueError) as e:
         raise UserError(f"model: cannot load {cfg.model}: {str(e).splitlines()[0]}", field="model",
                         zh=f"model：无法加载 {cfg.model}：{str(e).splitlines()[0]}") from None
-    if cuda and cfg.quantization == "4bit" and cfg.fp8_base and dtype == torch.bfloat16:
+    if cfg.fp8_base:
         from core import fp8
 
-        why = fp8.supported(device.index)
+        why = fp8.supported(device.index) if cuda else "no GPU"
+        if not why and not (cfg.quantization == "4bit" and dtype == torch.bfloat16):
+            why = "it is for 4-bit base weights with bf16 compute"
         if why:
-            log.info("fp8_base: %s; the base weights multiply in bf16", why)
+            log.info("fp8_base: %s; ignored", why)
         else:
             log.info("fp8_base: %d 4-bit layers multiply in FP8", fp8.use(model))
     # Without a cache, transformers reads restarting position_ids as separate rows: packed rows

@@ -127,3 +127,15 @@ def test_on_the_gpu_fp8_runs_and_a_training_step_moves_like_bf16():
     fp8.use(torch.nn.ModuleList(layers))
     out = grads()
     assert rel(out[0], ref[0]) < 0.02 and 0 < rel(out[1], ref[1]) < 0.08
+
+
+def test_asked_for_where_it_cannot_run_the_run_says_it_is_ignored(base_model, caplog):
+    from core import trainer
+    from core.config import TrainConfig
+
+    cfg = TrainConfig(model=base_model, data="d", out="o", fp8_base=True, quantization="none", lora_r=4)
+    with caplog.at_level("INFO", logger="qlora_studio.train"):
+        model = trainer.load_model(cfg, base_model, trainer.device(cfg))
+    why = "it is for 4-bit base weights with bf16 compute" if torch.cuda.is_available() else "no GPU"
+    assert f"fp8_base: {why}; ignored" in caplog.text
+    assert not any("forward" in vars(m) for m in model.modules())  # no layer's forward was swapped
