@@ -82,6 +82,9 @@ def core_cli(*args, env=None, timeout=300, **kw) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout, env=env or dict(os.environ), **kw)
 
 
+LEFT = object()  # a module not imported (nor left out) before a command ran in this process
+
+
 def core_here(*args) -> subprocess.CompletedProcess:
     """`python -m core ARGS` run inside this test process: the same exit code, stdout and stderr, without the 8 to
     11 s a child spends importing the libraries on a 2-core machine. For the many refusals; every command keeps
@@ -102,14 +105,11 @@ def core_here(*args) -> subprocess.CompletedProcess:
     finally:
         signal.signal(signal.SIGINT, handler)
         for name, module in modules.items():
-            if module is LEFT:
-                sys.modules.pop(name, None) if sys.modules.get(name, LEFT) is None else None
-            else:
+            if module is not LEFT:
                 sys.modules[name] = module
+            elif sys.modules.get(name, LEFT) is None:  # left out by the command: importable again
+                del sys.modules[name]
     return subprocess.CompletedProcess(["python", "-m", "core", *map(str, args)], code, out.getvalue(), err.getvalue())
-
-
-LEFT = object()  # a module not imported (nor left out) before a command ran in this process
 
 
 def pickles(folder: Path) -> list[str]:
