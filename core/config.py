@@ -261,7 +261,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # targets, batch 4 x accumulation 4, lr 2e-4, 100 steps, 512 tokens, whole-text loss, no packing.
     "tutorial": dict(
         compute_dtype="float16", learning_rate=2e-4, batch_size=4, grad_accum=4, packing=False, loss_on="all",
-        liger_kernels=False, offload_activations=False, fp8_base=False,
+        liger_kernels=False, offload_activations=False,
     ),
 }
 
@@ -277,7 +277,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # "default" everywhere and gets what fits the machine; the tutorial preset stays the tutorial's
 # recipe wherever it runs, so the two can be compared.
 CPU_SIZED: dict[str, Any] = dict(
-    quantization="none", double_quant=False, liger_kernels=False, offload_activations=False, fp8_base=False,
+    quantization="none", double_quant=False, liger_kernels=False, offload_activations=False,
     gradient_checkpointing=False, batch_size=4, grad_accum=1, max_seq_length=256, packing=False,
     lora_r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", learning_rate=1e-3,
     max_steps=15, logging_steps=1,

@@ -19,7 +19,6 @@ a multiple of 16, a GPU without FP8) goes through bitsandbytes' own forward.
 from __future__ import annotations
 
 import types
-import weakref
 
 import torch
 
@@ -51,35 +50,13 @@ def _rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return _compiled(t.detach())
 
 
-class _Last:
-    """The last input scaled: q, k and v (and gate and up) read the same tensor, so it is scaled once.
-    Held by a weak reference: a tensor freed since cannot be mistaken for a new one at its address."""
-
-    x = None
-    version = -1
-    q: tuple | None = None
-
-    def get(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.x is None or self.x() is not x or self.version != x._version:
-            self.x, self.version = weakref.ref(x, self.forget), x._version
-            self.q = _rows(x.reshape(-1, x.shape[-1]))
-        return self.q
-
-    def forget(self, ref) -> None:
-        if ref is self.x:  # an older input's death leaves the newer one's scaling alone
-            self.x, self.q = None, None
-
-
-_last = _Last()
-
-
 class _Base(torch.autograd.Function):
     """y = x @ W.T for a frozen bitsandbytes 4-bit weight W: nothing of x is kept for the backward pass."""
 
     @staticmethod
     def forward(ctx, x, layer):
         ctx.layer, ctx.shape = layer, x.shape
-        xq, sx = _last.get(x)
+        xq, sx = _rows(x.reshape(-1, x.shape[-1]))
         wq, sw = weight(layer)
         return torch._scaled_mm(xq, wq.t(), scale_a=sx, scale_b=sw, out_dtype=x.dtype)
 

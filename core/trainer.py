@@ -168,7 +168,7 @@ def load_model(cfg: TrainConfig, folder: str, device: Device):
     if cfg.fp8_base:
         from core import fp8
 
-        why = fp8.supported(device.index) if cuda else "no GPU"
+        why = fp8.supported(device.index)  # "no GPU" on a CPU
         if not why and not (cfg.quantization == "4bit" and dtype == torch.bfloat16):
             why = "it is for 4-bit base weights with bf16 compute"
         if why:

@@ -4,8 +4,6 @@ the path cannot run. torch's _scaled_mm runs on the CPU too, so all but the spee
 
 from __future__ import annotations
 
-import gc
-
 import pytest
 import torch
 
@@ -72,11 +70,6 @@ def test_a_layer_in_fp8_gives_bitsandbytes_products_and_input_gradients_within_f
     for a, b in zip(out, ref, strict=True):
         assert a.shape == b.shape and a.dtype == b.dtype
         assert 0 < rel(a, b) < 0.06  # changed (it is FP8), by FP8's rounding only
-    # the input was scaled once for both layers, and is let go with the tensor it belongs to
-    assert fp8._last.x() is x
-    del x, out
-    gc.collect()
-    assert fp8._last.x is None and fp8._last.q is None
 
 
 def test_shapes_fp8_cannot_take_go_through_bitsandbytes_unchanged():
