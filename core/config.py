@@ -35,6 +35,8 @@ class _Config:
     @classmethod
     def from_dict(cls, d: dict[str, Any]):
         names = {f.name: f for f in fields(cls)}
+        if isinstance(d.get("fp8_base"), bool):  # a run folder from before fp8_base had modes
+            d = {**d, "fp8_base": "all" if d["fp8_base"] else "off"}
         unknown = sorted(set(d) - set(names))
         if unknown:
             raise UserError(f"{cls.__name__}: unknown setting {unknown[0]!r}", field=unknown[0],
@@ -175,7 +177,7 @@ class TrainConfig(_Config):
     packing: bool = _f(True, "Pack several short rows into one sequence (no padding, each row still sees only itself).")
     gradient_checkpointing: bool = _f(True, "Recompute activations in the backward pass: much less memory, about 30% slower.")
     liger_kernels: bool = _f(True, "Use Liger's fused GPU kernels (RMSNorm, SwiGLU, RoPE) where the liger-kernel package is installed: less memory, faster steps. GPU only.")
-    fp8_base: bool = _f(False, "Multiply by the frozen 4-bit base weights in FP8 on GPUs with FP8 units (compute capability 8.9 or newer, e.g. RTX 40xx, H100): faster steps; the LoRA layers stay in bf16. Ignored elsewhere. GPU only.")
+    fp8_base: str = _f("off", "Multiply by the frozen 4-bit base weights in FP8 on GPUs with FP8 units (compute capability 8.9 or newer, e.g. RTX 40xx, H100): 'off'; 'gradients' (only the backward pass's input gradients); 'backward' (the whole backward pass, its recomputation included); 'all' (the forward pass too: fastest, but the model learns slightly less). The LoRA layers stay in bf16. Ignored elsewhere. GPU only.", choices=("off", "gradients", "backward", "all"))
     offload_activations: bool = _f(True, "Keep the activations saved for the backward pass in CPU memory instead of GPU memory (GPU only): more rows fit in one pass. The copies run beside the math and come back just before they are needed.")
     loss_on: str = _f("response", "Compute the loss on the replies only ('response') or on the whole text ('all').", choices=("response", "all"))
     optim: str = _f("adamw_torch", "Optimizer (any name transformers accepts, e.g. adamw_torch, paged_adamw_8bit).")

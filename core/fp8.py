@@ -7,18 +7,22 @@ each of them by turning the NF4 weight back into bf16 and multiplying in bf16. O
 
 Here the bf16 weight and the layer's input are each rounded to FP8 (e4m3) with one scale per row,
 multiplied by `torch._scaled_mm` into bf16, and the gradient of the input is computed the same way
-from the gradient of the output (one scale per row) and the weight scaled per column. A 13B step
-is about 19% faster on an H200, but the held-out loss of the embedded model's run is 0.005 worse
-(docs/BENCHMARKS.md), so this is an option a user turns on (`fp8_base`), not the default.
+from the gradient of the output (one scale per row) and the weight scaled per column.
 
-`use(model)` swaps the forward of every bitsandbytes 4-bit layer, LoRA's base layers among them;
-the LoRA layers themselves stay in bf16. Anything this path cannot take (a row count that is not
-a multiple of 16, a GPU without FP8) goes through bitsandbytes' own forward.
+`MODES` says which multiplications: "all" of them, or only those of the backward pass
+("backward": the input gradients and the recomputed forward pass, whose outputs only feed the
+gradients), or only the input gradients ("gradients"). In the last two the forward pass that gives
+the loss is bf16, as without FP8. docs/BENCHMARKS.md measures each against the held-out loss.
+
+`use(model, mode)` swaps the forward of every bitsandbytes 4-bit layer, LoRA's base layers among
+them; the LoRA layers themselves stay in bf16. Anything this path cannot take (a row count that is
+not a multiple of 16, a GPU without FP8) goes through bitsandbytes' own forward.
 """
 
 from __future__ import annotations
 
-import types
+import contextlib
+import functools
 
 import torch
 
@@ -27,6 +31,7 @@ E4M3 = torch.float8_e4m3fn
 # scale and of the product, so no value ever rounds past the largest one.
 TOP = 440.0
 ALIGN = 16  # _scaled_mm wants every dimension a multiple of 16
+MODES = ("off", "gradients", "backward", "all")
 
 
 def rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,12 +56,16 @@ def _rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class _Base(torch.autograd.Function):
-    """y = x @ W.T for a frozen bitsandbytes 4-bit weight W: nothing of x is kept for the backward pass."""
+    """y = x @ W.T for a frozen bitsandbytes 4-bit weight W, in FP8 or bf16; the input's gradient in FP8.
+    Nothing of x is kept for the backward pass."""
 
     @staticmethod
-    def forward(ctx, x, layer):
+    def forward(ctx, x, layer, in_fp8: bool):
         ctx.layer, ctx.shape = layer, x.shape
-        xq, sx = _rows(x.reshape(-1, x.shape[-1]))
+        x2 = x.reshape(-1, x.shape[-1])
+        if not in_fp8:
+            return x2 @ dequantized(layer).t()
+        xq, sx = _rows(x2)
         wq, sw = weight(layer)
         return torch._scaled_mm(xq, wq.t(), scale_a=sx, scale_b=sw, out_dtype=x.dtype)
 
@@ -64,7 +73,41 @@ class _Base(torch.autograd.Function):
     def backward(ctx, g):
         gq, sg = _rows(g.reshape(-1, g.shape[-1]))
         wtq, swt = weight(ctx.layer, transposed=True)
-        return torch._scaled_mm(gq, wtq.t(), scale_a=sg, scale_b=swt, out_dtype=g.dtype).reshape(ctx.shape), None
+        return torch._scaled_mm(gq, wtq.t(), scale_a=sg, scale_b=swt, out_dtype=g.dtype).reshape(ctx.shape), None, None
+
+
+# While torch's checkpoint recomputes a layer's forward pass for the backward pass (mode "backward").
+_recomputing = 0
+
+
+@contextlib.contextmanager
+def _recompute():
+    global _recomputing
+    _recomputing += 1
+    try:
+        yield
+    finally:
+        _recomputing -= 1
+
+
+class Recompute(str):
+    """torch.utils.checkpoint's `context_fn` for mode "backward": the recomputed forward passes multiply in FP8.
+
+    A str, so that the training arguments that carry it to the checkpoint still turn into JSON (wandb's
+    and tensorboard's record of the run)."""
+
+    def __call__(self):
+        return contextlib.nullcontext(), _recompute()
+
+
+RECOMPUTE = Recompute("fp8-recompute")
+
+
+def dequantized(layer) -> torch.Tensor:
+    """The layer's frozen weight in its compute dtype (bf16), by bitsandbytes' own kernel."""
+    import bitsandbytes.functional as bnbf
+
+    return bnbf.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
 
 
 def weight(layer, transposed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,35 +119,38 @@ def weight(layer, transposed: bool = False) -> tuple[torch.Tensor, torch.Tensor]
     slower on an H200 (bench/fp8.py, docs/BENCHMARKS.md): decoding the 4-bit values to FP8 in one
     compiled kernel, and one scale per weight bounded by its 4-bit absmax.
     """
-    import bitsandbytes.functional as bnbf
-
-    w = bnbf.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
+    w = dequantized(layer)
     q, scale = _rows(w.t() if transposed else w)
     return q, scale.t()
 
 
-def _forward(self, x: torch.Tensor) -> torch.Tensor:
-    """Linear4bit's forward in FP8 where the shapes allow, bitsandbytes' own otherwise."""
+def _forward(self, mode: str, x: torch.Tensor) -> torch.Tensor:
+    """Linear4bit's forward through _Base where the shapes allow, bitsandbytes' own otherwise."""
     qs = self.weight.quant_state
     n, k = qs.shape
     m = x.numel() // k if x.shape[-1] == k else 0
     fits = m and m % ALIGN == 0 and n % ALIGN == 0 and k % ALIGN == 0
     if not (fits and x.dtype == torch.bfloat16):  # per-row scales give bf16 only
         return type(self).forward(self, x)
-    y = _Base.apply(x, self)
+    y = _Base.apply(x, self, mode == "all" or (mode == "backward" and _recomputing > 0))
     if self.bias is not None:
         y = y + self.bias.to(y.dtype)
     return y.reshape(*x.shape[:-1], n)
 
 
-def use(model) -> int:
-    """Let every bitsandbytes 4-bit layer of `model` multiply in FP8; returns how many."""
+def use(model, mode: str = "all") -> int:
+    """Let every bitsandbytes 4-bit layer of `model` multiply in FP8 as `mode` says; returns how many.
+
+    Mode "backward" needs torch's checkpoint to recompute with `context_fn=RECOMPUTE`; without it, it
+    is mode "gradients"."""
     import bitsandbytes as bnb
 
+    if mode not in MODES[1:]:
+        raise ValueError(f"fp8 mode {mode!r} is not one of {', '.join(MODES[1:])}")
     n = 0
     for module in model.modules():
         if isinstance(module, bnb.nn.Linear4bit):
-            module.forward = types.MethodType(_forward, module)
+            module.forward = functools.partial(_forward, module, mode)
             n += 1
     return n
 

@@ -165,7 +165,7 @@ def load_model(cfg: TrainConfig, folder: str, device: Device):
     except (OSError, ValueError) as e:
         raise UserError(f"model: cannot load {cfg.model}: {str(e).splitlines()[0]}", field="model",
                         zh=f"model：无法加载 {cfg.model}：{str(e).splitlines()[0]}") from None
-    if cfg.fp8_base:
+    if cfg.fp8_base != "off":
         from core import fp8
 
         why = fp8.supported(device.index)  # "no GPU" on a CPU
@@ -174,7 +174,7 @@ def load_model(cfg: TrainConfig, folder: str, device: Device):
         if why:
             log.info("fp8_base: %s; ignored", why)
         else:
-            log.info("fp8_base: %d 4-bit layers multiply in FP8", fp8.use(model))
+            log.info("fp8_base=%s: %d 4-bit layers multiply in FP8", cfg.fp8_base, fp8.use(model, cfg.fp8_base))
     # Without a cache, transformers reads restarting position_ids as separate rows: packed rows
     # then attend only to themselves (with a cache it would treat them as one long row).
     model.config.use_cache = False
@@ -206,7 +206,7 @@ def sft_args(cfg: TrainConfig, run: Path, dev: Device, tracking: list[str], eval
         warmup_steps=cfg.warmup_ratio,  # a float below 1 is a share of the steps
         optim=cfg.optim,
         max_grad_norm=cfg.max_grad_norm,
-        **_checkpointing(SFTConfig, cfg.gradient_checkpointing),
+        **_checkpointing(SFTConfig, cfg.gradient_checkpointing, cfg.fp8_base == "backward"),
         activation_offloading=False,  # core/offload.py instead (see build): it prefetches, and pins memory early
         fp16=dev.fp16,
         bf16=dev.dtype == torch.bfloat16,
@@ -236,13 +236,19 @@ def sft_args(cfg: TrainConfig, run: Path, dev: Device, tracking: list[str], eval
     )
 
 
-def _checkpointing(args_class, on: bool) -> dict:
-    """Recomputing activations, under the name this transformers knows (it became `activation_checkpointing`)."""
+def _checkpointing(args_class, on: bool, fp8_recompute: bool = False) -> dict:
+    """Recomputing activations, under the name this transformers knows (it became `activation_checkpointing`);
+    with `fp8_recompute`, the recomputed forward passes multiply in FP8 (core.fp8, mode "backward")."""
     import dataclasses
 
     known = {f.name for f in dataclasses.fields(args_class)}
     name = "activation_checkpointing" if "activation_checkpointing" in known else "gradient_checkpointing"
-    return {name: on, f"{name}_kwargs": {"use_reentrant": False}}
+    kwargs = {"use_reentrant": False}
+    if fp8_recompute:
+        from core import fp8
+
+        kwargs["context_fn"] = fp8.RECOMPUTE
+    return {name: on, f"{name}_kwargs": kwargs}
 
 
 def build(cfg: TrainConfig, args, model, tokenizer, train_rows, eval_rows, callbacks: list, counter, arena):

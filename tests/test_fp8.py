@@ -91,6 +91,74 @@ def test_nothing_of_the_input_is_kept_for_the_backward_pass():
     assert saved == [] and x.grad is not None
 
 
+def stack(n: int = 3):
+    return torch.nn.ModuleList(linear4bit(128, 128, seed=s) for s in range(n))
+
+
+def checkpointed_loss(layers, x, **kw):
+    from torch.utils.checkpoint import checkpoint
+
+    h = x
+    for layer in layers:
+        h = checkpoint(lambda t, layer=layer: torch.tanh(layer(t)), h, use_reentrant=False, **kw)
+    return h.float().pow(2).mean()
+
+
+@pytest.mark.parametrize("mode, forward, backward", [("gradients", 0, 3), ("backward", 0, 6), ("all", 3, 6)])
+def test_each_mode_multiplies_in_fp8_only_where_it_says(monkeypatch, mode, forward, backward):
+    """Three checkpointed layers: `forward` FP8 products in the forward pass, `backward` in the backward pass
+    (the recomputed forward passes and the input gradients). "backward" and "gradients" give bitsandbytes'
+    own loss, since their forward pass is bf16; every mode changes the gradient by FP8's rounding only."""
+    layers = stack()
+    x = torch.randn(64, 128, dtype=torch.bfloat16, device=DEVICE, requires_grad=True)
+    ref_loss = checkpointed_loss(layers, x)
+    ref_loss.backward()
+    ref_grad, x.grad = x.grad.clone(), None
+
+    calls = []
+    scaled_mm = torch._scaled_mm
+    monkeypatch.setattr(torch, "_scaled_mm", lambda *a, **k: calls.append(1) or scaled_mm(*a, **k))
+    fp8.use(layers, mode)
+    loss = checkpointed_loss(layers, x, context_fn=fp8.RECOMPUTE)
+    assert len(calls) == forward
+    loss.backward()
+    assert len(calls) == forward + backward
+    if mode == "all":
+        assert 0 < rel(loss.detach(), ref_loss.detach()) < 0.06
+    else:
+        assert torch.equal(loss, ref_loss), (loss, ref_loss)
+    assert 0 < rel(x.grad, ref_grad) < 0.08
+
+
+def test_an_unknown_mode_is_refused():
+    with pytest.raises(ValueError, match="fp8 mode 'fast'"):
+        fp8.use(stack(1), "fast")
+
+
+def test_the_recompute_context_travels_in_the_training_arguments_and_they_still_serialize(tmp_path):
+    """Mode "backward" hands torch's checkpoint its context through trl's arguments; wandb and tensorboard
+    record those arguments as JSON."""
+    import json
+
+    from core import trainer
+    from core.config import TrainConfig
+
+    cfg = TrainConfig(model="m", data="d", out=str(tmp_path), fp8_base="backward")
+    args = trainer.sft_args(cfg, tmp_path, trainer.device(cfg), [], False)
+    kwargs = next(v for k, v in vars(args).items() if k.endswith("checkpointing_kwargs") and v)
+    assert kwargs["context_fn"] is fp8.RECOMPUTE and json.loads(args.to_json_string())
+    plain = trainer.sft_args(cfg.replace(fp8_base="gradients"), tmp_path, trainer.device(cfg), [], False)
+    assert "context_fn" not in next(v for k, v in vars(plain).items() if k.endswith("checkpointing_kwargs") and v)
+
+
+def test_a_run_folder_from_before_the_modes_reads_its_yes_or_no():
+    from core.config import TrainConfig
+
+    assert TrainConfig.from_dict({"fp8_base": False}).fp8_base == "off"
+    assert TrainConfig.from_dict({"fp8_base": True}).fp8_base == "all"
+    assert TrainConfig(fp8_base="sometimes").validate()[0].startswith("fp8_base: 'sometimes' is not one of")
+
+
 def test_without_a_gpu_fp8_says_why_in_one_line():
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
@@ -126,7 +194,7 @@ def test_asked_for_where_it_cannot_run_the_run_says_it_is_ignored(base_model, ca
     from core import trainer
     from core.config import TrainConfig
 
-    cfg = TrainConfig(model=base_model, data="d", out="o", fp8_base=True, quantization="none", lora_r=4)
+    cfg = TrainConfig(model=base_model, data="d", out="o", fp8_base="all", quantization="none", lora_r=4)
     with caplog.at_level("INFO", logger="qlora_studio.train"):
         model = trainer.load_model(cfg, base_model, trainer.device(cfg))
     why = "it is for 4-bit base weights with bf16 compute" if torch.cuda.is_available() else "no GPU"
