@@ -137,7 +137,7 @@ def main() -> None:
     table = []
     for shape in a.shapes.split(","):
         model, data = shape_inputs(shape, a.tokenizer, a.data, work)
-        for name in a.presets.split(","):
+        for name in filter(None, a.presets.split(",")):  # --presets "": the variants alone, in their order
             budget = budgets.get(shape) if name == "default" else None
             steps, flags = a.steps, ["--preset", name]
             if a.whole_job:
