@@ -9,10 +9,12 @@ Here the bf16 weight and the layer's input are each rounded to FP8 (e4m3) with o
 multiplied by `torch._scaled_mm` into bf16, and the gradient of the input is computed the same way
 from the gradient of the output (one scale per row) and the weight scaled per column.
 
-`MODES` says which multiplications: "all" of them, or only those of the backward pass
-("backward": the input gradients and the recomputed forward pass, whose outputs only feed the
-gradients), or only the input gradients ("gradients"). In the last two the forward pass that gives
-the loss is bf16, as without FP8. docs/BENCHMARKS.md measures each against the held-out loss.
+The mode (`core.config.FP8_MODES`) says which multiplications: "all" of them, or only those of
+the backward pass ("backward": the input gradients and the recomputed forward pass, whose outputs
+only feed the gradients), where the forward pass that gives the loss stays bf16, as without FP8.
+On an H200 (docs/BENCHMARKS.md): "all" makes a 13B step about 16% faster but the embedded model's
+held-out loss worse; "backward" keeps that loss and makes a 13B step 6-8% faster, a 7B step 15%
+slower.
 
 `use(model, mode)` swaps the forward of every bitsandbytes 4-bit layer, LoRA's base layers among
 them; the LoRA layers themselves stay in bf16. Anything this path cannot take (a row count that is
@@ -31,7 +33,6 @@ E4M3 = torch.float8_e4m3fn
 # scale and of the product, so no value ever rounds past the largest one.
 TOP = 440.0
 ALIGN = 16  # _scaled_mm wants every dimension a multiple of 16
-MODES = ("off", "gradients", "backward", "all")
 
 
 def rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,12 +142,14 @@ def _forward(self, mode: str, x: torch.Tensor) -> torch.Tensor:
 def use(model, mode: str = "all") -> int:
     """Let every bitsandbytes 4-bit layer of `model` multiply in FP8 as `mode` says; returns how many.
 
-    Mode "backward" needs torch's checkpoint to recompute with `context_fn=RECOMPUTE`; without it, it
-    is mode "gradients"."""
+    Mode "backward" needs torch's checkpoint to recompute with `context_fn=RECOMPUTE`; without it, only the
+    input gradients multiply in FP8."""
     import bitsandbytes as bnb
 
-    if mode not in MODES[1:]:
-        raise ValueError(f"fp8 mode {mode!r} is not one of {', '.join(MODES[1:])}")
+    from core.config import FP8_MODES
+
+    if mode not in FP8_MODES[1:]:
+        raise ValueError(f"fp8 mode {mode!r} is not one of {', '.join(FP8_MODES[1:])}")
     n = 0
     for module in model.modules():
         if isinstance(module, bnb.nn.Linear4bit):

@@ -162,7 +162,7 @@ HELP_ZH: dict[str, dict[str, str]] = {
         "packing": "把几条短数据拼进同一条序列（不用填充，每条数据仍只看到它自己）。",
         "gradient_checkpointing": "反向传播时重算激活值：显存省很多，速度慢约 30%。",
         "liger_kernels": "装有 liger-kernel 时使用 Liger 的融合 GPU 算子（RMSNorm、SwiGLU、RoPE）：更省显存、更快。仅限 GPU。",
-        "fp8_base": "在有 FP8 单元的显卡上（计算能力 8.9 及以上，例如 RTX 40 系列、H100），与冻结的 4-bit 基础权重相乘时用 FP8：每步更快；LoRA 层仍用 bf16。其他设备上忽略。仅限 GPU。",
+        "fp8_base": "在有 FP8 单元的显卡上（计算能力 8.9 及以上，例如 RTX 40 系列、H100），与冻结的 4-bit 基础权重相乘时用 FP8。off：不用；backward：只在反向传播里用（给出损失的前向传播仍用 bf16）：学到的一样，13B 上快几个百分点，较小的模型上反而更慢；all：前向传播也用，更快，但模型学得稍差一些。LoRA 层仍用 bf16。其他设备上忽略。仅限 GPU。",
         "offload_activations": "把反向传播要用的激活值放在内存（CPU）里而不是显存里（仅限 GPU）：一次能放下更多行。拷贝与计算同时进行，并在需要之前提前取回。",
         "loss_on": "只在回答部分计算损失（response），还是在全文上计算（all）。",
         "optim": "优化器（transformers 支持的名字，例如 adamw_torch、paged_adamw_8bit）。",
