@@ -151,6 +151,51 @@ def test_the_recompute_context_travels_in_the_training_arguments_and_they_still_
     assert "context_fn" not in next(v for k, v in vars(plain).items() if k.endswith("checkpointing_kwargs") and v)
 
 
+def test_through_transformers_checkpointing_backward_mode_recomputes_in_fp8(monkeypatch, tmp_path):
+    """The wiring a run uses: trl's arguments carry RECOMPUTE to transformers' checkpointed decoder layers. A
+    tiny Llama with 4-bit layers, checkpointed: the forward pass multiplies in bf16; in the backward pass each
+    layer recomputes six base products in FP8 (torch stops before down_proj: nothing after it is kept) and
+    takes seven input gradients in FP8. Without the context, the backward pass would have seven a layer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from core import trainer
+    from core.config import TrainConfig
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=4, max_position_embeddings=64)
+    model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    for layer in model.model.layers:
+        for block in (layer.self_attn, layer.mlp):
+            for name, lin in list(block.named_children()):
+                if isinstance(lin, torch.nn.Linear):
+                    q = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=False, compute_dtype=torch.bfloat16,
+                                          quant_type="nf4")
+                    q.weight = bnb.nn.Params4bit(lin.weight.data, requires_grad=False, quant_type="nf4")
+                    setattr(block, name, q.to(DEVICE))
+    model.to(DEVICE)
+    assert fp8.use(model, "backward") == 14
+
+    args = trainer.sft_args(TrainConfig(model="m", data="d", out=str(tmp_path), fp8_base="backward"), tmp_path,
+                            trainer.device(TrainConfig()), [], False)
+    kwargs = next(v for k, v in vars(args).items() if k.endswith("checkpointing_kwargs") and v)
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    model.train()
+
+    calls = []
+    scaled_mm = torch._scaled_mm
+    monkeypatch.setattr(torch, "_scaled_mm", lambda *a, **k: calls.append(1) or scaled_mm(*a, **k))
+    ids = torch.randint(0, 64, (1, 32), device=DEVICE)
+    loss = model(input_ids=ids, labels=ids).loss
+    assert calls == []
+    loss.backward()
+    assert len(calls) == 2 * (6 + 7), len(calls)
+
+
 def test_a_run_folder_from_before_the_modes_reads_its_yes_or_no():
     from core.config import TrainConfig
 
