@@ -129,8 +129,8 @@ def whole_job(a, base: str, data: Path, work: Path) -> None:
     runs = work / "runs"
     common = ["--model", base, "--seed", str(a.seed)]
     same_rows = ["--max-steps", "0", "--epochs", f"{passes:g}"]
-    flags = {"tutorial": ["--preset", "tutorial", *common], "default": ["--preset", "default", *same_rows, *common]}
-    results = [run(name, Path(base), data, runs, None, flags[name], None) for name in a.presets.split(",") if name]
+    preset_flags = {"tutorial": ["--preset", "tutorial", *common], "default": ["--preset", "default", *same_rows, *common]}
+    results = [run(name, Path(base), data, runs, None, preset_flags[name], None) for name in filter(None, a.presets.split(","))]
     for v in a.variant:
         name, flags = v.split(":", 1)
         results.append(run(name, Path(base), data, runs, None,

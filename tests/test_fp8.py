@@ -14,12 +14,13 @@ from core import fp8  # noqa: E402
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def linear4bit(k: int, n: int, seed: int = 0, double_quant: bool = True):
+def linear4bit(k: int, n: int, seed: int = 0, double_quant: bool = True, weight: torch.Tensor | None = None):
+    """A bitsandbytes NF4 layer of `weight` (random when not given) on DEVICE."""
     torch.manual_seed(seed)
     lin = bnb.nn.Linear4bit(k, n, bias=False, compute_dtype=torch.bfloat16, quant_type="nf4",
                             compress_statistics=double_quant)
-    lin.weight = bnb.nn.Params4bit((torch.randn(n, k) * 0.02).to(torch.bfloat16), requires_grad=False,
-                                   quant_type="nf4", compress_statistics=double_quant)
+    w = (torch.randn(n, k) * 0.02).to(torch.bfloat16) if weight is None else weight
+    lin.weight = bnb.nn.Params4bit(w, requires_grad=False, quant_type="nf4", compress_statistics=double_quant)
     return lin.to(DEVICE)  # quantized on the move
 
 
@@ -95,6 +96,25 @@ def stack(n: int = 3):
     return torch.nn.ModuleList(linear4bit(128, 128, seed=s) for s in range(n))
 
 
+@pytest.fixture
+def fp8_products(monkeypatch) -> list:
+    """Grows by one for every FP8 product (torch._scaled_mm call) from here on."""
+    calls = []
+    scaled_mm = torch._scaled_mm
+    monkeypatch.setattr(torch, "_scaled_mm", lambda *a, **k: calls.append(1) or scaled_mm(*a, **k))
+    return calls
+
+
+def checkpoint_kwargs(fp8_base: str, run) -> dict:
+    """What trl's arguments of a run with this `fp8_base` hand torch's checkpoint, and those arguments."""
+    from core import trainer
+    from core.config import TrainConfig
+
+    cfg = TrainConfig(model="m", data="d", out=str(run), fp8_base=fp8_base)
+    args = trainer.sft_args(cfg, run, trainer.device(cfg), [], False)
+    return next(v for k, v in vars(args).items() if k.endswith("checkpointing_kwargs") and v), args
+
+
 def checkpointed_loss(layers, x, **kw):
     from torch.utils.checkpoint import checkpoint
 
@@ -105,7 +125,7 @@ def checkpointed_loss(layers, x, **kw):
 
 
 @pytest.mark.parametrize("mode, forward, backward", [("backward", 0, 6), ("all", 3, 6)])
-def test_each_mode_multiplies_in_fp8_only_where_it_says(monkeypatch, mode, forward, backward):
+def test_each_mode_multiplies_in_fp8_only_where_it_says(fp8_products, mode, forward, backward):
     """Three checkpointed layers: `forward` FP8 products in the forward pass, `backward` in the backward pass
     (the recomputed forward passes and the input gradients). "backward" gives bitsandbytes' own loss, since
     its forward pass is bf16; both modes change the gradient by FP8's rounding only."""
@@ -115,14 +135,11 @@ def test_each_mode_multiplies_in_fp8_only_where_it_says(monkeypatch, mode, forwa
     ref_loss.backward()
     ref_grad, x.grad = x.grad.clone(), None
 
-    calls = []
-    scaled_mm = torch._scaled_mm
-    monkeypatch.setattr(torch, "_scaled_mm", lambda *a, **k: calls.append(1) or scaled_mm(*a, **k))
     fp8.use(layers, mode)
     loss = checkpointed_loss(layers, x, context_fn=fp8.RECOMPUTE)
-    assert len(calls) == forward
+    assert len(fp8_products) == forward
     loss.backward()
-    assert len(calls) == forward + backward
+    assert len(fp8_products) == forward + backward
     if mode == "all":
         assert 0 < rel(loss.detach(), ref_loss.detach()) < 0.06
     else:
@@ -140,26 +157,17 @@ def test_the_recompute_context_travels_in_the_training_arguments_and_they_still_
     record those arguments as JSON."""
     import json
 
-    from core import trainer
-    from core.config import TrainConfig
-
-    cfg = TrainConfig(model="m", data="d", out=str(tmp_path), fp8_base="backward")
-    args = trainer.sft_args(cfg, tmp_path, trainer.device(cfg), [], False)
-    kwargs = next(v for k, v in vars(args).items() if k.endswith("checkpointing_kwargs") and v)
+    kwargs, args = checkpoint_kwargs("backward", tmp_path)
     assert kwargs["context_fn"] is fp8.RECOMPUTE and json.loads(args.to_json_string())
-    plain = trainer.sft_args(cfg.replace(fp8_base="all"), tmp_path, trainer.device(cfg), [], False)
-    assert "context_fn" not in next(v for k, v in vars(plain).items() if k.endswith("checkpointing_kwargs") and v)
+    assert "context_fn" not in checkpoint_kwargs("all", tmp_path)[0]
 
 
-def test_through_transformers_checkpointing_backward_mode_recomputes_in_fp8(monkeypatch, tmp_path):
+def test_through_transformers_checkpointing_backward_mode_recomputes_in_fp8(fp8_products, tmp_path):
     """The wiring a run uses: trl's arguments carry RECOMPUTE to transformers' checkpointed decoder layers. A
     tiny Llama with 4-bit layers, checkpointed: the forward pass multiplies in bf16; in the backward pass each
     layer recomputes six base products in FP8 (torch stops before down_proj: nothing after it is kept) and
     takes seven input gradients in FP8. Without the context, the backward pass would have seven a layer."""
     from transformers import LlamaConfig, LlamaForCausalLM
-
-    from core import trainer
-    from core.config import TrainConfig
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -169,16 +177,11 @@ def test_through_transformers_checkpointing_backward_mode_recomputes_in_fp8(monk
         for block in (layer.self_attn, layer.mlp):
             for name, lin in list(block.named_children()):
                 if isinstance(lin, torch.nn.Linear):
-                    q = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=False, compute_dtype=torch.bfloat16,
-                                          quant_type="nf4")
-                    q.weight = bnb.nn.Params4bit(lin.weight.data, requires_grad=False, quant_type="nf4")
-                    setattr(block, name, q.to(DEVICE))
+                    setattr(block, name, linear4bit(lin.in_features, lin.out_features, weight=lin.weight.data))
     model.to(DEVICE)
     assert fp8.use(model, "backward") == 14
 
-    args = trainer.sft_args(TrainConfig(model="m", data="d", out=str(tmp_path), fp8_base="backward"), tmp_path,
-                            trainer.device(TrainConfig()), [], False)
-    kwargs = next(v for k, v in vars(args).items() if k.endswith("checkpointing_kwargs") and v)
+    kwargs = checkpoint_kwargs("backward", tmp_path)[0]
     enable = getattr(model, "activation_checkpointing_enable", None)
     if enable is not None:
         enable(activation_checkpointing_kwargs=kwargs)
@@ -186,14 +189,11 @@ def test_through_transformers_checkpointing_backward_mode_recomputes_in_fp8(monk
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     model.train()
 
-    calls = []
-    scaled_mm = torch._scaled_mm
-    monkeypatch.setattr(torch, "_scaled_mm", lambda *a, **k: calls.append(1) or scaled_mm(*a, **k))
     ids = torch.randint(0, 64, (1, 32), device=DEVICE)
     loss = model(input_ids=ids, labels=ids).loss
-    assert calls == []
+    assert fp8_products == []
     loss.backward()
-    assert len(calls) == 2 * (6 + 7), len(calls)
+    assert len(fp8_products) == 2 * (6 + 7), len(fp8_products)
 
 
 def test_a_run_folder_from_before_the_modes_reads_its_yes_or_no():
