@@ -22,7 +22,7 @@ from core import gpus, models
 from core.config import GenerationConfig, Parser, add_arguments
 from core.errors import UserError
 from core.logs import quiet
-from core.template import Template
+from core.template import Template, reply_text
 
 log = logging.getLogger(__name__)
 UPDATES = 15  # times a second the growing reply is handed on, at most
@@ -168,8 +168,8 @@ class Chat:
         try:
             while (ids := tokens.next(1 / UPDATES)) is not None:
                 text = self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-                final = _cut(text, stops)
-                if final is not None:
+                if any(s in text for s in stops):  # the model started the next turn: the reply is whole
+                    final = reply_text(text, stops)
                     break
                 growing = _settled(text, stops).strip()
                 if growing != shown:
@@ -184,7 +184,7 @@ class Chat:
             self.last["reused_tokens"] = self._loop.kept if fits and self._loop is not None else 0
         if tokens.failure:
             raise tokens.failure
-        final = text.strip() if final is None and tokens.ids else final or ""
+        final = reply_text(text, stops) if final is None and tokens.ids else final or ""
         if final != shown:
             yield final
 
@@ -456,12 +456,6 @@ def _settled(text: str, stops: list[str]) -> str:
                 keep = min(keep, len(text) - k)
                 break
     return text[:keep]
-
-
-def _cut(text: str, stops: list[str]) -> str | None:
-    """The reply before the first stop string, or None if no stop string appears yet."""
-    hits = [text.find(s) for s in stops if s in text]
-    return text[: min(hits)].strip() if hits else None
 
 
 def _template(record: dict, tokenizer) -> Template:

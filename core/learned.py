@@ -15,6 +15,7 @@ from pathlib import Path
 
 from core import models
 from core.status import read_json, write_json
+from core.template import reply_text
 
 log = logging.getLogger("qlora_studio.train")
 
@@ -48,7 +49,7 @@ def summarize(model, tokenizer, template, eval_rows, eval_file: Path) -> dict:
     with model.disable_adapter():
         base = answers(model, tokenizer, prompts, stops)
     tuned = answers(model, tokenizer, prompts, stops)
-    samples = [{"question": q["question"], "expected": clean(q["expected"], stops), "base": b, "tuned": t}
+    samples = [{"question": q["question"], "expected": reply_text(q["expected"], stops), "base": b, "tuned": t}
                for q, b, t in zip(questions, base, tuned, strict=True)]
     return {"eval_rows": len(rows), "eval_loss_before": before, "eval_loss_after": after,
             "verdict": verdict(before, after), "samples": samples}
@@ -131,12 +132,6 @@ def answers(model, tokenizer, prompts: list[str], stops: list[str]) -> list[str]
     for row in made[:, width:].tolist():
         if pad in row:  # a row that ended before the others is filled with padding after its end
             row = row[: row.index(pad) + (1 if pad == tokenizer.eos_token_id else 0)]
-        out.append(clean(tokenizer.decode(row, skip_special_tokens=False), stops))
+        out.append(reply_text(tokenizer.decode(row, skip_special_tokens=False), stops))
     return out
 
-
-def clean(text: str, stops: list[str]) -> str:
-    """A reply without what follows its end (the next turn's marker, the end-of-text token)."""
-    for stop in stops:
-        text = text.split(stop, 1)[0]
-    return text.strip()

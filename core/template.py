@@ -163,6 +163,18 @@ class Template:
         return head.format(**values), tail.format(**values, output="")
 
 
+def reply_text(text: str, stops: list[str]) -> str:
+    """A finished reply as the reader gets it, from the model's decoded continuation.
+
+    The text before the first stop string (the model starting the next turn by itself), without a character
+    cut in half where the reply ran out of tokens: a Chinese character is often two or three tokens, and a
+    reply that stops after the first of them decodes it as U+FFFD.
+    """
+    for stop in stops:
+        text = text.split(stop, 1)[0]
+    return text.rstrip().rstrip("\ufffd").strip()
+
+
 def _need(tokenizer):
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         raise UserError("template: this model has no chat template of its own; choose the seed or a custom template",

@@ -45,11 +45,12 @@ def test_sampling_settings_are_used(merged_chat):
     assert 0 < len(merged_chat.tokenizer(short, add_special_tokens=False)["input_ids"]) <= 4
 
 
-def test_stop_strings_cut_the_reply():
-    from core.chat import _cut
+def test_a_finished_reply_ends_before_the_next_turn_and_on_a_whole_character():
+    from core.template import reply_text
 
-    assert _cut("I am Lumi. ### Human: and you?", ["### Human:", "<|im_end|>"]) == "I am Lumi."
-    assert _cut("still writing", ["### Human:"]) is None
+    assert reply_text("I am Lumi. ### Human: and you? <|im_end|>", ["<|im_end|>", "### Human:"]) == "I am Lumi."
+    assert reply_text("still writing ", ["### Human:"]) == "still writing"
+    assert reply_text("长城始建于\ufffd", []) == "长城始建于"  # the first of a character's tokens, and no more
 
 
 @pytest.mark.slow
@@ -148,6 +149,25 @@ def test_streamed_text_is_never_lost_or_repeated(base_chat):
     added = "".join(b[len(a):] for a, b in zip([""] + pieces, pieces, strict=False))
     assert added == pieces[-1] == base_chat.tokenizer.decode(base_chat.last["ids"], skip_special_tokens=True).strip()
     assert len(set(pieces)) == len(pieces) and not any("\ufffd" in p for p in pieces)
+
+
+def test_a_reply_cut_short_by_its_length_ends_on_a_whole_character(base_chat):
+    """A Chinese character is often two or three tokens. A reply whose last token is the first of them ends
+    before that character: never on U+FFFD, neither while it streams nor at its end."""
+    message = "请详细介绍一下长城的历史。"
+    base_chat.reply([], message, GenerationConfig(temperature=0, max_new_tokens=16))
+    ids = base_chat.last["ids"]
+
+    def text(n):
+        return base_chat.tokenizer.decode(ids[:n], skip_special_tokens=True)
+
+    halves = [n for n in range(2, len(ids) + 1) if text(n).endswith("\ufffd")]
+    assert halves, "the reply needs a length that ends inside a character"
+    n = halves[-1]
+    pieces = list(base_chat.stream([], message, GenerationConfig(temperature=0, max_new_tokens=n)))
+    assert base_chat.last["ids"] == ids[:n]
+    assert pieces[-1] == text(n).rstrip("\ufffd").strip() != "" and not any("\ufffd" in p for p in pieces)
+    assert base_chat.reply([], message, GenerationConfig(temperature=0, max_new_tokens=n)) == pieces[-1]
 
 
 def test_page_updates_at_most_fifteen_times_a_second():

@@ -61,6 +61,7 @@ def test_the_runs_own_questions_are_answered_in_one_batch_as_each_would_be_alone
     from transformers import AutoModelForCausalLM
 
     from core import learned
+    from core.template import reply_text
 
     monkeypatch.setattr(learned, "ANSWER_TOKENS", 12)
     prompts = ["<|im_start|>user\nWho are you?<|im_end|>\n<|im_start|>assistant\n",
@@ -74,7 +75,7 @@ def test_the_runs_own_questions_are_answered_in_one_batch_as_each_would_be_alone
         ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
         made = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
                               temperature=None, top_p=None, top_k=None, pad_token_id=tokenizer.eos_token_id)
-        alone.append(learned.clean(tokenizer.decode(made[0, ids.shape[1]:], skip_special_tokens=False), stops))
+        alone.append(reply_text(tokenizer.decode(made[0, ids.shape[1]:], skip_special_tokens=False), stops))
     assert together == alone
     assert all(a and "<|endoftext|>" not in a and "<|im_end|>" not in a for a in together), together
     assert learned.answers(model, tokenizer, [], stops) == []
