@@ -269,6 +269,27 @@ def test_models_tab_lists_the_local_models_in_the_readers_language(app, browser,
     page.close()
 
 
+def test_a_download_keeps_its_choice_of_what_through_language_switches(app, page):
+    """The language changes under a filled form: "what to download" keeps its choice, shown in the reader's words,
+    and Download sends that choice, not the words (the job fails at once here: tests are offline)."""
+    import json
+
+    page.goto(app.url)
+    page.get_by_role("tab", name="Models", exact=True).click()
+    models = page.locator("#tab-models")
+    choose(page, models, "What to download", "Dataset")
+    shown = []
+    for language in ("zh", "en", "zh"):
+        switch(page, language)
+        shown.append(models.get_by_label("下载什么" if language == "zh" else "What to download", exact=True).input_value())
+    assert shown == ["数据集", "Dataset", "数据集"]
+    fill(models, "名称（所有者/名称）", "someone/rows")
+    models.get_by_role("button", name="开始下载", exact=True).click()
+    models.locator("#download-progress", has_text="someone/rows").wait_for()
+    argv = json.loads((app.home / "download-job.json").read_text(encoding="utf-8"))["argv"]
+    assert argv[argv.index("--kind") + 1] == "dataset" and "someone/rows" in argv
+
+
 def bars(panel) -> list[tuple[str, int]]:
     """(bin, rows) of each bar of the histogram as the browser drew it, left to right (from the aria-labels)."""
     drawn = []

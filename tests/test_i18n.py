@@ -45,6 +45,23 @@ def test_each_tab_shows_the_help_of_its_own_settings():
     assert TABLES["zh"]["help_PrepareConfig_model"] != TABLES["zh"]["help_TrainConfig_model"]
 
 
+def test_no_widget_holds_a_text_key_as_its_value_or_choice():
+    """The page translates every value it is first given that is also a text key, and translates it again at each
+    language switch: a download box holding "model" (the key of the Train tab's label) showed "Model", kept those
+    words as its value, and lost the reader's choice at the second switch. So no value or choice is a key."""
+    from ui import layout
+
+    keys = set(TABLES["en"])
+    clashes = []
+    for block in layout.build().blocks.values():
+        value = getattr(block, "value", None)
+        choices = [c[1] if isinstance(c, tuple) else c for c in getattr(block, "choices", None) or []]
+        for item in (value if isinstance(value, list) else [value]) + choices:
+            if isinstance(item, str) and item in keys:
+                clashes.append((type(block).__name__, item))
+    assert clashes == []
+
+
 def test_the_header_switch_beats_the_browser_language():
     """Server-made text follows the switch's cookie; without one, the browser's first language."""
     import gradio as gr

@@ -194,7 +194,7 @@ def build() -> dict:
             eval_ratio = widget(PrepareConfig, "eval_ratio")
             with gr.Accordion(t("advanced"), open=False):
                 max_len = widget(PrepareConfig, "max_seq_length", minimum=16)
-                model = gr.Dropdown(models.available(), value="default", label=t("model"), info=help(PrepareConfig, "model"),
+                model = gr.Dropdown(models.available(), value="default", label=t("base_model"), info=help(PrepareConfig, "model"),
                                     allow_custom_value=True)
                 skip_bad = widget(PrepareConfig, "skip_bad")
                 name = gr.Textbox("", label=t("dataset_name"))

@@ -12,7 +12,7 @@ from dataclasses import MISSING, fields
 import gradio as gr
 
 from core import errors
-from ui.i18n import help, label
+from ui.i18n import LABEL_EN, help, label
 
 WARN = "⚠️ "
 
@@ -41,8 +41,9 @@ def widget(cls, name: str, value=MISSING, *, options: list | None = None, **kw):
     kw = dict(label=label(name), info=help(cls, name), value=default(cls, name) if value is MISSING else value, **kw)
     if kind.startswith("bool"):
         return gr.Checkbox(**kw)
-    if f.metadata.get("choices"):
-        return gr.Dropdown(list(f.metadata["choices"]), **kw)
+    if f.metadata.get("choices"):  # a choice with words of its own (label_NAME_CHOICE) shows them
+        return gr.Dropdown([(label(key), c) if (key := f"{name}_{c}") in LABEL_EN else c
+                            for c in f.metadata["choices"]], **kw)
     if options is not None:
         return gr.Dropdown(options, allow_custom_value=True, **kw)
     if "bounds" in f.metadata:

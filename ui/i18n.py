@@ -23,7 +23,7 @@ EN: dict[str, str] = {
     "dataset_name": "Dataset name (optional)",
     # train
     "train_intro": "Pick a model and a prepared dataset, choose a preset, press Start. Training runs in the background: you can close the browser and come back.",
-    "model": "Model", "dataset": "Prepared dataset", "preset": "Preset", "run_name": "Run name (optional)",
+    "base_model": "Model", "prepared_dataset": "Prepared dataset", "preset": "Preset", "run_name": "Run name (optional)",
     "advanced": "Advanced settings", "wandb_key": "wandb API key (only passed to the run, never saved)",
     "start": "Start training", "stop": "Stop (keeps the adapter)", "resume": "Resume",
     "run_shown": "Run shown", "progress": "Progress", "loss_chart": "Loss", "gpu": "GPU and memory", "log": "Run log (last lines)",
@@ -61,7 +61,8 @@ EN: dict[str, str] = {
     "download_heading": "### Download a model or a dataset\nFrom Hugging Face, a mirror of it (give its address, for example `https://hf-mirror.com`) or ModelScope. It runs in the background: you can close the page, and a stopped or broken-off download continues where it stopped when you start it again. A dataset is streamed: only a random sample of its rows is kept, as a data file for the Data tab.",
     "download_name": "Name of the folder in workspace/models, or of the data file (empty = the repo's name)",
     "download_btn": "Download", "download_stop": "Stop the download", "download_progress": "Progress",
-    "download_log": "Download log (last lines)",
+    "download_log": "Download log (last lines)", "merge_log": "Merge log (last lines)",
+    "export_log": "Export log (last lines)",
     # ---- language switch ----
     "language": "Language",
     "common.complete": "Complete",  # gradio's screen-reader word after an event, missing from its zh-CN table
@@ -78,7 +79,7 @@ ZH: dict[str, str] = {
     "save_dataset": "保存数据集", "stats": "统计信息", "histogram": "每条数据的 token 长度分布",
     "dataset_name": "数据集名称（可不填）",
     "train_intro": "选择模型和处理好的数据集，选一个预设，点击“开始训练”。训练在后台进行：关掉浏览器也不会中断，回来即可继续查看。",
-    "model": "模型", "dataset": "数据集", "preset": "预设", "run_name": "训练名称（可不填）",
+    "base_model": "模型", "prepared_dataset": "数据集", "preset": "预设", "run_name": "训练名称（可不填）",
     "advanced": "高级设置", "wandb_key": "wandb API 密钥（只交给本次训练使用，不会保存）",
     "start": "开始训练", "stop": "停止（保留已训练的适配器）", "resume": "继续训练",
     "run_shown": "当前查看的训练", "progress": "进度", "loss_chart": "损失曲线", "gpu": "显卡与内存", "log": "训练日志（最后几行）",
@@ -113,7 +114,7 @@ ZH: dict[str, str] = {
     "download_heading": "### 下载模型或数据集\n可以从 Hugging Face、它的镜像站（填写镜像地址，例如 `https://hf-mirror.com`）或魔搭社区 ModelScope 下载。下载在后台进行：可以关掉网页；停止或中断的下载，再次开始时会从中断处继续。数据集以流式读取：只随机抽取一部分保存为数据文件，供数据页使用。",
     "download_name": "workspace/models 里的文件夹名，或数据文件名（留空 = 仓库名）",
     "download_btn": "开始下载", "download_stop": "停止下载", "download_progress": "下载进度",
-    "download_log": "下载日志（最后几行）",
+    "download_log": "下载日志（最后几行）", "merge_log": "合并日志（最后几行）", "export_log": "导出日志（最后几行）",
     # ---- language switch ----
     "language": "语言",
     "common.complete": "完成",
@@ -231,7 +232,7 @@ LABEL_EN: dict[str, str] = {
     "quant": "Smaller copy",
     # ---- models ----
     "repo": "Hub id (owner/name)", "source": "Source", "endpoint": "Mirror address", "allow_bin": "Allow .bin weights",
-    "kind": "What to download", "rows": "Rows to keep (dataset)",
+    "kind": "What to download", "kind_model": "Model", "kind_dataset": "Dataset", "rows": "Rows to keep (dataset)",
     # ---- which base (merge) ----
     "base_weights": "Which base weights", "dtype": "Weight format",
 }
@@ -252,7 +253,7 @@ LABEL_ZH: dict[str, str] = {
     "quant": "更小的版本",
     # ---- models ----
     "repo": "名称（所有者/名称）", "source": "下载来源", "endpoint": "镜像站地址", "allow_bin": "允许 .bin 权重",
-    "kind": "下载什么", "rows": "保留条数（数据集）",
+    "kind": "下载什么", "kind_model": "模型", "kind_dataset": "数据集", "rows": "保留条数（数据集）",
     # ---- which base (merge) ----
     "base_weights": "合并到哪份基础权重", "dtype": "权重精度",
 }

@@ -188,7 +188,7 @@ def build() -> dict:
             go = gr.Button(t("merge_btn"), variant="primary")
         with gr.Column():
             result = gr.Markdown(label=t("merge_result"))
-            log = gr.Textbox(label=t("log"), lines=10, interactive=False)
+            log = gr.Textbox(label=t("merge_log"), lines=10, interactive=False)
     run.change(pick, run, [base, out], api_name="pick_run")
     go.click(merge, [run, base, out, dtype, base_weights], [result, log], api_name="merge", concurrency_id="gpu",
              concurrency_limit=1)
@@ -204,7 +204,7 @@ def build() -> dict:
             start = gr.Button(t("export_btn"), variant="primary")
         with gr.Column():
             exported = gr.Markdown()
-            export_log = gr.Textbox(label=t("log"), lines=8, interactive=False)
+            export_log = gr.Textbox(label=t("export_log"), lines=8, interactive=False)
     start.click(export, [model, target, quant], [exported, export_log], api_name="export", concurrency_id="gpu",
                 concurrency_limit=1)
     return {"run": run, "model": model, "relabel": (refresh, None, run)}

@@ -285,8 +285,8 @@ def build() -> dict:
     with gr.Row():
         with gr.Column(scale=2):
             with gr.Row():
-                model = gr.Dropdown(model_choices(), value="default", label=t("model"), info=help(TrainConfig, "model"), allow_custom_value=True)
-                data = gr.Dropdown(datasets(), label=t("dataset"), info=help(TrainConfig, "data"), allow_custom_value=True)
+                model = gr.Dropdown(model_choices(), value="default", label=t("base_model"), info=help(TrainConfig, "model"), allow_custom_value=True)
+                data = gr.Dropdown(datasets(), label=t("prepared_dataset"), info=help(TrainConfig, "data"), allow_custom_value=True)
             widgets = {}
             # With several GPUs, which to train on (one, or several sharing each update).
             several = gpus.count() > 1
