@@ -365,6 +365,13 @@ def test_labels_tables_and_axes_have_room(app, browser):
                            " return t.length > 0 && t.every(x => /^-?\\d+$/.test(x)); }", timeout=30_000)
     ticks = page.locator("#tab-train .vega-embed .role-axis-label").first.locator("text").all_text_contents()
     assert ticks and all(t.lstrip("-").isdigit() for t in ticks), ticks
+    # The curve is drawn, in a colour, and the legend names it in Chinese: a page set up with the English names
+    # once drew the Chinese-named points without a colour, so no line showed.
+    page.wait_for_function("() => [...document.querySelectorAll('#tab-train .vega-embed .role-legend-label text')]"
+                           ".map(e => e.textContent).join() === '训练,评估'", timeout=30_000)
+    curves = page.evaluate("() => [...document.querySelectorAll('#tab-train .vega-embed path[aria-roledescription=\"line mark\"]')]"
+                           ".map(e => [e.getAttribute('aria-label'), e.getAttribute('stroke')])")
+    assert any(label.endswith("series: 训练") and stroke for label, stroke in curves), curves
     page.get_by_role("tab", name="训练记录").click()
     page.locator("#runs-table th", has_text="最终损失").first.wait_for()
     wide = page.evaluate("() => [...document.querySelectorAll('#runs-table *')].some("

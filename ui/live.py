@@ -112,23 +112,35 @@ def _loss(value) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) else "–"
 
 
+def series(language: str) -> tuple[str, str]:
+    """The loss chart's two curves, training and eval, named in `language`."""
+    return say("series_train", language), say("series_eval", language)
+
+
+# Each curve keeps its colour in both languages.
+COLORS = {name: color for language in ("en", "zh") for name, color in zip(series(language), ("#2563eb", "#f97316"),
+                                                                            strict=True)}
+
+
 def loss_frame(run: str, metrics: list[dict] | None = None, language: str = "en") -> pd.DataFrame:
     """Training and eval loss against step, from the start of the run."""
     if metrics is None:
         metrics = runs.read_metrics(run) if run else []
-    train, evaluation = say("series_train", language), say("series_eval", language)
+    train, evaluation = series(language)
     rows = []
     for m in metrics:
         if m.get("loss") is not None:
             rows.append({"step": m.get("step", 0), "loss": m["loss"], "series": train})
         if m.get("eval_loss") is not None:
             rows.append({"step": m.get("step", 0), "loss": m["eval_loss"], "series": evaluation})
-    # The chart fixes its colour for each series when it is first drawn (often before any point
-    # exists), so both series are always present: an empty point (no loss) holds each place.
+    # The chart colours only the curves named when its drawing was last set up, and may draw new points with
+    # that older set-up: a page in Chinese, set up with the English names, drew no line. So every name of both
+    # languages is always present, an empty point (no loss) holding the place of each without points; the
+    # legend lists only the reader's (chart).
     first = rows[0]["step"] if rows else 1
-    for series in (train, evaluation):
-        if not any(r["series"] == series for r in rows):
-            rows.append({"step": first, "loss": float("nan"), "series": series})
+    for name in COLORS:
+        if not any(r["series"] == name for r in rows):
+            rows.append({"step": first, "loss": float("nan"), "series": name})
     return pd.DataFrame(rows).astype({"step": "int64", "loss": "float64", "series": "string"})
 
 
@@ -141,7 +153,7 @@ def chart(run: str, metrics: list[dict], language: str):
     total = last.get("max_steps") or (runs.read_config(run).get("max_steps") if run else 0) or last.get("step", 0)
     return gr.update(value=loss_frame(run, metrics, language), x_title=say("chart_step", language),
                      y_title=say("chart_loss", language), color_title=say("chart_series", language),
-                     x_lim=[0, max(total or 0, MIN_SPAN)])
+                     colors_in_legend=list(series(language)), x_lim=[0, max(total or 0, MIN_SPAN)])
 
 
 def gpu_markdown(request: gr.Request = None) -> str:

@@ -331,7 +331,7 @@ def build() -> dict:
             # (measured: 1 page load in 3 drew steps 1-3 at ticks 1.0, 1.1, ... and kept them).
             plot = gr.LinePlot(live.loss_frame(""), x="step", y="loss", color="series", label=t("loss_chart"), height=280,
                                x_lim=[0, live.MIN_SPAN],
-                               color_map={"train": "#2563eb", "eval": "#f97316", "训练": "#2563eb", "评估": "#f97316"})
+                               color_map=live.COLORS, colors_in_legend=list(live.series("en")))
             gpu = gr.Markdown(label=t("gpu"))
             log = gr.Textbox(label=t("log"), lines=8, max_lines=8, autoscroll=True, interactive=False)
     settings = [widgets[n] for n in SETTINGS]
