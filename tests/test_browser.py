@@ -381,6 +381,48 @@ def test_labels_tables_and_axes_have_room(app, browser):
     page.close()
 
 
+CURVES = ("() => [[...document.querySelectorAll('#tab-runs .vega-embed path[aria-roledescription=\"line mark\"]')]"
+          ".map(e => [e.getAttribute('aria-label').split('series: ')[1], e.getAttribute('stroke')]),"
+          " [...document.querySelectorAll('#tab-runs .vega-embed .role-legend-label text')].map(e => e.textContent)]")
+
+
+def test_compared_runs_each_get_a_coloured_curve_also_when_one_is_added_or_the_language_changes(app, page):
+    """The chart once drew a third run added to a comparison, and the curves renamed by a language switch, without
+    a colour: no line, and a legend without them."""
+    for i, name in enumerate(("cmp-a", "cmp-b", "cmp-c")):
+        run = app.home / "runs" / name
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "config.json").write_text('{"model": "default", "data": "d", "max_steps": 3, "lora_r": %d}' % (8 << i))
+        (run / "metrics.jsonl").write_text("".join(f'{{"step": {k}, "loss": {3 - k / 10 - i / 5}, "max_steps": 3}}\n'
+                                                   for k in (1, 2, 3)))
+    page.goto(app.url)
+    page.get_by_role("tab", name="Runs", exact=True).click()
+    runs = page.locator("#tab-runs")
+
+    def compare(names, button):
+        for name in names:
+            runs.get_by_label("要对比的训练" if button == "对比" else "Runs to compare", exact=True).first.click()
+            page.get_by_role("option", name=name, exact=True).first.click()
+        page.keyboard.press("Escape")
+        runs.get_by_role("button", name=button, exact=True).click()
+
+    def drawn(legend):
+        page.wait_for_function(f"() => ({CURVES})()[1].join() === {legend!r}.join()", timeout=30_000)
+        curves, _ = page.evaluate(CURVES)
+        return sorted(curves)
+
+    compare(["cmp-a", "cmp-b"], "Compare")
+    first = drawn(["cmp-a · train", "cmp-b · train"])
+    compare(["cmp-c"], "Compare")
+    second = drawn(["cmp-a · train", "cmp-b · train", "cmp-c · train"])
+    switch(page, "zh")
+    compare([], "对比")
+    third = drawn(["cmp-a · 训练", "cmp-b · 训练", "cmp-c · 训练"])
+    for curves, names in ((first, "ab"), (second, "abc"), (third, "abc")):
+        assert [c for c, _ in curves] == [f"cmp-{n} · {'训练' if curves is third else 'train'}" for n in names]
+        assert all(colour for _, colour in curves) and len({colour for _, colour in curves}) == len(names), curves
+
+
 def test_the_fit_badge_shows_before_start_merge_and_send(app, page, tiny_adapter):
     """Train, Merge and Chat each say whether the job fits the free memory (RAM here: no GPU), before the button."""
     import json

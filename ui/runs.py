@@ -125,6 +125,25 @@ def compare(picked: list[str] | None, request: gr.Request = None):
             gr.update(value=settings_frame(view, language), **shown), gr.update(value=learned_frame(view, language), **shown))
 
 
+PALETTE = ("#2563eb", "#f97316", "#16a34a", "#dc2626", "#9333ea", "#0891b2", "#ca8a04", "#db2777", "#4b5563", "#65a30d")
+
+
+def recolor(picked: list[str] | None, request: gr.Request = None):
+    """The comparison's curves, each given its colour once their points are on the chart.
+
+    The chart colours only the curves it knew when its drawing was last set up, and sets it up again, with the
+    points it then holds, only when a setting of its own changes: points given with new settings are drawn
+    with the old set-up (a third run added to a comparison, or the names of the curves in another language,
+    were drawn without a colour: no line). So the colours come in a second step, after the points.
+    """
+    try:
+        folders = [paths.inside(p, paths.runs(), "run") for p in picked or [] if p]
+    except UserError:
+        return gr.update()
+    names = curves_frame(runs.compare(folders), lang(request))["series"].unique().tolist() if len(folders) > 1 else []
+    return gr.update(color_map={name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}) if names else gr.update()
+
+
 def build() -> dict:
     """The Runs tab's widgets; the layout wires its buttons to the other tabs."""
     gr.Markdown(t("runs_intro"))
@@ -150,6 +169,7 @@ def build() -> dict:
     with gr.Row():
         settings = gr.Dataframe(label=t("compare_settings"), interactive=False, wrap=True, max_height=420, visible=False)
         learned = gr.Dataframe(label=t("compare_learned"), interactive=False, wrap=True, visible=False)
-    go.click(compare, picked, [note, plot, settings, learned], api_name="compare")
+    go.click(compare, picked, [note, plot, settings, learned], api_name="compare").then(
+        recolor, picked, plot, api_name=False, show_progress="hidden")
     return {"frame": frame, "selected": selected, "to_train": to_train, "to_merge": to_merge, "to_chat": to_chat,
             "picked": picked, "relabel": (table, None, frame)}
