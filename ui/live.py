@@ -117,9 +117,10 @@ def series(language: str) -> tuple[str, str]:
     return say("series_train", language), say("series_eval", language)
 
 
-# Each curve keeps its colour in both languages.
-COLORS = {name: color for language in ("en", "zh") for name, color in zip(series(language), ("#2563eb", "#f97316"),
-                                                                            strict=True)}
+PALETTE = ("#2563eb", "#f97316", "#16a34a", "#dc2626", "#9333ea", "#0891b2", "#ca8a04", "#db2777", "#4b5563", "#65a30d")
+"""The charts' colours, in the order curves get them."""
+# Each curve of the loss chart keeps its colour in both languages.
+COLORS = {name: color for language in ("en", "zh") for name, color in zip(series(language), PALETTE, strict=False)}
 
 
 def loss_frame(run: str, metrics: list[dict] | None = None, language: str = "en") -> pd.DataFrame:

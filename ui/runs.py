@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 
 import gradio as gr
 import pandas as pd
@@ -11,6 +12,7 @@ from core import paths, runs, status
 from core.errors import UserError
 from ui.forms import warn
 from ui.i18n import lang, say, state, t
+from ui.live import PALETTE
 
 COLUMNS = ["name", "state", "step", "model", "data", "preset", "r", "lr", "steps", "batch", "final_loss", "learned",
            "created", "folder"]
@@ -113,10 +115,9 @@ def compare(picked: list[str] | None, request: gr.Request = None):
     if len(picked) < 2:
         return warn(say("compare_pick_two", language)), gr.update(), gr.update(), gr.update()
     try:
-        folders = [paths.inside(p, paths.runs(), "run") for p in picked]
+        view = runs.compare(_folders(picked))
     except UserError as e:
         return warn(e, language=language), gr.update(), gr.update(), gr.update()
-    view = runs.compare(folders)
     plot = gr.update(value=curves_frame(view, language), x_title=say("chart_step", language),
                      y_title=say("chart_loss", language), color_title=say("chart_series", language))
     differ = len(view["differ"])
@@ -125,7 +126,9 @@ def compare(picked: list[str] | None, request: gr.Request = None):
             gr.update(value=settings_frame(view, language), **shown), gr.update(value=learned_frame(view, language), **shown))
 
 
-PALETTE = ("#2563eb", "#f97316", "#16a34a", "#dc2626", "#9333ea", "#0891b2", "#ca8a04", "#db2777", "#4b5563", "#65a30d")
+def _folders(picked: list[str]) -> list[Path]:
+    """The picked runs' folders, each inside the workspace's runs (UserError naming one that is not)."""
+    return [paths.inside(p, paths.runs(), "run") for p in picked]
 
 
 def recolor(picked: list[str] | None, request: gr.Request = None):
@@ -136,12 +139,14 @@ def recolor(picked: list[str] | None, request: gr.Request = None):
     with the old set-up (a third run added to a comparison, or the names of the curves in another language,
     were drawn without a colour: no line). So the colours come in a second step, after the points.
     """
-    try:
-        folders = [paths.inside(p, paths.runs(), "run") for p in picked or [] if p]
-    except UserError:
+    picked = [p for p in (picked or []) if p]
+    if len(picked) < 2:
         return gr.update()
-    names = curves_frame(runs.compare(folders), lang(request))["series"].unique().tolist() if len(folders) > 1 else []
-    return gr.update(color_map={name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}) if names else gr.update()
+    try:
+        names = curves_frame(runs.compare(_folders(picked)), lang(request))["series"].unique().tolist()
+    except UserError:  # said by compare, the step before
+        return gr.update()
+    return gr.update(color_map={name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)})
 
 
 def build() -> dict:
