@@ -269,7 +269,8 @@ def test_a_chinese_browser_gets_the_servers_own_text_in_chinese(app, finished_ru
     zh = Client(app.url, verbose=False, headers={"Accept-Language": "zh-CN,zh;q=0.9"})
     html, plot, _ = zh.predict(finished_run, api_name="/poll")
     assert "已完成" in html and "步数 3 / 3" in html and "适配器已保存" in html
-    assert (plot["x_title"], plot["y_title"]) == ("步数", "损失") and {row[2] for row in plot["value"]["data"]} == {"训练", "评估"}
+    assert (plot["x_title"], plot["y_title"]) == ("步数", "损失") and plot["colors_in_legend"] == ["训练", "评估"]
+    assert {series for _, loss, series in plot["value"]["data"] if loss is not None} == {"训练"}  # each point named in Chinese
     table = zh.predict(api_name="/runs")
     assert table["headers"][:3] == ["名称", "状态", "进度"] and any(row[1] == "已完成" for row in table["data"])
     en = app.client().predict(api_name="/runs")
