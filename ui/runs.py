@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 
 import gradio as gr
 import pandas as pd
@@ -115,7 +114,7 @@ def compare(picked: list[str] | None, request: gr.Request = None):
     if len(picked) < 2:
         return warn(say("compare_pick_two", language)), gr.update(), gr.update(), gr.update()
     try:
-        view = runs.compare(_folders(picked))
+        view = runs.compare([paths.inside(p, paths.runs(), "run") for p in picked])
     except UserError as e:
         return warn(e, language=language), gr.update(), gr.update(), gr.update()
     plot = gr.update(value=curves_frame(view, language), x_title=say("chart_step", language),
@@ -126,27 +125,19 @@ def compare(picked: list[str] | None, request: gr.Request = None):
             gr.update(value=settings_frame(view, language), **shown), gr.update(value=learned_frame(view, language), **shown))
 
 
-def _folders(picked: list[str]) -> list[Path]:
-    """The picked runs' folders, each inside the workspace's runs (UserError naming one that is not)."""
-    return [paths.inside(p, paths.runs(), "run") for p in picked]
-
-
-def recolor(picked: list[str] | None, request: gr.Request = None):
-    """The comparison's curves, each given its colour once their points are on the chart.
+def recolor(plot):
+    """The comparison's curves, each given its colour once their points are on the chart (`plot`: its columns and rows).
 
     The chart colours only the curves it knew when its drawing was last set up, and sets it up again, with the
     points it then holds, only when a setting of its own changes: points given with new settings are drawn
     with the old set-up (a third run added to a comparison, or the names of the curves in another language,
     were drawn without a colour: no line). So the colours come in a second step, after the points.
     """
-    picked = [p for p in (picked or []) if p]
-    if len(picked) < 2:
+    columns = (plot or {}).get("columns") or []
+    if "series" not in columns:
         return gr.update()
-    try:
-        names = curves_frame(runs.compare(_folders(picked)), lang(request))["series"].unique().tolist()
-    except UserError:  # said by compare, the step before
-        return gr.update()
-    return gr.update(color_map={name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)})
+    names = list(dict.fromkeys(row[columns.index("series")] for row in plot["data"]))
+    return gr.update(color_map={name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}) if names else gr.update()
 
 
 def build() -> dict:
@@ -175,6 +166,6 @@ def build() -> dict:
         settings = gr.Dataframe(label=t("compare_settings"), interactive=False, wrap=True, max_height=420, visible=False)
         learned = gr.Dataframe(label=t("compare_learned"), interactive=False, wrap=True, visible=False)
     go.click(compare, picked, [note, plot, settings, learned], api_name="compare").then(
-        recolor, picked, plot, api_name=False, show_progress="hidden")
+        recolor, plot, plot, api_name=False, show_progress="hidden")
     return {"frame": frame, "selected": selected, "to_train": to_train, "to_merge": to_merge, "to_chat": to_chat,
             "picked": picked, "relabel": (table, None, frame)}
