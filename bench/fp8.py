@@ -4,7 +4,8 @@ For each linear of a Llama layer of the given shape (q, k, v, o, gate, up, down)
 bitsandbytes Linear4bit (NF4, double quant, bf16 compute) with random weights, and a batch of
 16 x 512 rows: what a training step of the default preset does with it under gradient
 checkpointing (a forward pass without gradients, the recomputed forward pass, the gradient of
-the input), timed with CUDA events. Then the same with the layer's forward in FP8 (core/fp8.py).
+the input), timed with CUDA events. Then the same with core/fp8.py's modes: "all" (every product in
+FP8) and "backward" (the recomputed forward pass and the input gradients in FP8).
 Also the bare multiplications (bf16 matmul, FP8 _scaled_mm) without dequantizing or scaling.
 
     python bench/fp8.py --shape 13b [--rows 8192] [--iters 20]
@@ -13,6 +14,7 @@ Also the bare multiplications (bf16 matmul, FP8 _scaled_mm) without dequantizing
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -54,13 +56,15 @@ def layers(hidden: int, mlp: int):
     return out
 
 
-def step(lins, xs, gs):
+def step(lins, xs, gs, recompute=None):
     """The default preset's work with a layer's linears in one checkpointed step: a forward pass without
-    gradients, then the recomputed forward pass and the gradients of the inputs."""
+    gradients, then the recomputed forward pass (inside `recompute`, as torch's checkpoint enters it) and
+    the gradients of the inputs."""
     with torch.no_grad():
         for lin, x in zip(lins, xs, strict=True):
             lin(x)
-    ys = [lin(x) for lin, x in zip(lins, xs, strict=True)]
+    with recompute or contextlib.nullcontext():
+        ys = [lin(x) for lin, x in zip(lins, xs, strict=True)]
     torch.autograd.backward(ys, gs, inputs=list(dict.fromkeys(xs)))
 
 
@@ -98,6 +102,9 @@ def main() -> None:
     fp8.use(torch.nn.ModuleList(lins))
     res["fp8_ms_layer"] = timed(lambda: step(lins, xs, gs), a.iters)
     y = lins[4](xs[4]).detach()
+    # mode "backward": the first forward pass in bf16, the recomputed one and the input gradients in FP8
+    fp8.use(torch.nn.ModuleList(lins), "backward")
+    res["fp8_backward_ms_layer"] = timed(lambda: step(lins, xs, gs, fp8.RECOMPUTE()[1]), a.iters)
     res["fp8_rel_error_vs_bf16"] = round(float((y.float() - ref.float()).norm() / ref.float().norm()), 4)
     for k in [k for k in res if k.endswith("_ms_layer")]:
         res[k.replace("_ms_layer", "_s_step")] = round(res[k] * depth / 1000, 3)
