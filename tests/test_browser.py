@@ -372,6 +372,7 @@ def test_labels_tables_and_axes_have_room(app, browser):
     curves = page.evaluate("() => [...document.querySelectorAll('#tab-train .vega-embed path[aria-roledescription=\"line mark\"]')]"
                            ".map(e => [e.getAttribute('aria-label'), e.getAttribute('stroke')])")
     assert any(label.endswith("series: 训练") and stroke for label, stroke in curves), curves
+    assert page.evaluate(LEGEND_CUT, "#tab-train") == 0
     page.get_by_role("tab", name="训练记录").click()
     page.locator("#runs-table th", has_text="最终损失").first.wait_for()
     wide = page.evaluate("() => [...document.querySelectorAll('#runs-table *')].some("
@@ -380,6 +381,11 @@ def test_labels_tables_and_axes_have_room(app, browser):
     assert wide and header and header["height"] < 60, header
     page.close()
 
+
+# How far the chart's legend hangs past the bottom of the chart's block, where it is cut off (0 when it fits).
+LEGEND_CUT = ("(tab) => { const e = document.querySelector(tab + ' .vega-embed');"
+              " const legend = e.querySelector('.role-legend').getBoundingClientRect();"
+              " return Math.max(0, legend.bottom - e.closest('.block').getBoundingClientRect().bottom); }")
 
 CURVES = ("() => [[...document.querySelectorAll('#tab-runs .vega-embed path[aria-roledescription=\"line mark\"]')]"
           ".map(e => [e.getAttribute('aria-label').split('series: ')[1], e.getAttribute('stroke')]),"
@@ -421,6 +427,7 @@ def test_compared_runs_each_get_a_coloured_curve_also_when_one_is_added_or_the_l
     for curves, names in ((first, "ab"), (second, "abc"), (third, "abc")):
         assert [c for c, _ in curves] == [f"cmp-{n} · {'训练' if curves is third else 'train'}" for n in names]
         assert all(colour for _, colour in curves) and len({colour for _, colour in curves}) == len(names), curves
+    assert page.evaluate(LEGEND_CUT, "#tab-runs") == 0  # the legend was cut off at the bottom of the chart
 
 
 def test_the_fit_badge_shows_before_start_merge_and_send(app, page, tiny_adapter):
