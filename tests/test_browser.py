@@ -237,12 +237,18 @@ def test_walk_in_both_languages(app, page):
     # has finished), streamed; then Stop while the second is writing
     page.wait_for_function("() => [...document.querySelectorAll('#tab-chat [data-testid=bot]')]"
                            ".filter(b => b.innerText.trim()).length >= 3", timeout=180_000)
+    # The next question, typed while the reply is written, stays in the box (each streamed update once emptied it).
+    box = chat.get_by_label("输入消息", exact=True).first
+    box.fill("那故宫呢？")
+    page.wait_for_timeout(1000)
+    assert box.input_value() == "那故宫呢？"
     chat.get_by_role("button", name="停止回答").dispatch_event("click")  # at once, however busy the page is drawing
     replies = chat.locator("[data-testid=bot]")
     page.wait_for_timeout(1500)
     stopped = replies.all_inner_texts()
     page.wait_for_timeout(2500)
     assert replies.all_inner_texts() == stopped, "the replies stopped growing"
+    assert box.input_value() == "那故宫呢？"
     assert english(page, names) == []
     shot(page, "chat_zh.png")
 

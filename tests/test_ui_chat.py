@@ -251,6 +251,8 @@ def test_two_models_answer_one_after_the_other_wherever_they_are(two_panes, gpus
     assert pane_a[-1]["content"] == "a2" and pane_b[-1]["content"] == "b2" and note == "a done  \nb done"
     assert order == ["a"] * 3 + ["b"] * 3
     assert [u[1][-1]["content"] if u[1] else None for u in updates[:3]] == ["a0", "a1", "a2"]  # A streams first
+    # The message box is emptied by the first update alone: the others leave what the user types meanwhile.
+    assert updates[0][0] == "" and all(isinstance(u[0], dict) and "value" not in u[0] for u in updates[1:]), updates
 
 
 def test_an_error_in_the_first_reply_reaches_the_reader_and_the_second_does_not_start(two_panes):

@@ -343,14 +343,17 @@ def respond(request: gr.Request | None, message, hist_a, hist_b, source_a, sourc
         # each wait for the other's steps, and two compiled models writing at once in one process make the GPU
         # fault (an index out of bounds inside a compiled step: H200, torch 2.11, bench/chat_speed.py
         # --side-by-side), after which no model on that GPU answers until the panel restarts.
+        # The message box is emptied once, as the reply starts: what the user types while it is written stays.
+        box = ""
         for new_a in _answer(panes[0], hist_a, message, gen):
-            yield "", new_a, hist_b, note
+            yield box, new_a, hist_b, note
+            box = gr.update()
         hist_a, speeds = new_a, [_speed(panes[0][0], loaded[0], request)]
         for new_b in _answer(panes[-1], hist_b, message, gen) if source_b else ():
-            yield "", hist_a, new_b, note
+            yield box, hist_a, new_b, note
         hist_b = new_b if source_b else hist_b
         speeds += [_speed(source_b, loaded[-1], request)] if source_b else []
-        yield "", hist_a, hist_b, "  \n".join(x for x in (note, *speeds) if x)
+        yield box, hist_a, hist_b, "  \n".join(x for x in (note, *speeds) if x)
     except UserError as e:
         yield gr.update(), hist_a, hist_b, warn(e, language=lang(request))
         return
