@@ -396,3 +396,27 @@ def test_auto_takes_the_models_own_chat_template_and_says_why(tmp_path, tokenize
     monkeypatch.setattr(tokenizer, "chat_template", None)
     assert Template.choose("auto", tokenizer) == (Template.parse("seed"), "auto_seed")
     assert Template.choose("seed", tokenizer) == (Template.parse("seed"), "chosen")
+
+
+@pytest.mark.parametrize("name, place", [
+    ("bad_json.jsonl", "bad_json.jsonl 第 7 行："),
+    ("no_output.jsonl", "no_output.jsonl 第 12 行："),
+    ("no_output.csv", "no_output.csv 第 5 行："),
+    ("not_utf8.jsonl", "not_utf8.jsonl 第 3 行："),
+    ("unknown.jsonl", "unknown.jsonl 第 1 行："),
+])
+def test_a_bad_row_is_named_in_chinese_words_in_the_chinese_message(name, place):
+    """The Chinese message once named the place in English ('bad.jsonl line 2：第 33 列 JSON 格式错误')."""
+    with pytest.raises(UserError) as caught:
+        data.prepare(PrepareConfig(input=str(DATA / name), template="seed"))
+    assert caught.value.zh.startswith(place) and " line " not in caught.value.zh, caught.value.zh
+    assert str(caught.value).startswith(place.split(" ")[0] + " line "), str(caught.value)
+
+
+def test_a_row_of_a_json_array_is_named_by_its_number_and_line_in_both_languages(tmp_path):
+    path = tmp_path / "rows.json"
+    path.write_text('[\n{"instruction": "a", "output": "b"},\n{"instruction": "c"}\n]\n', encoding="utf-8")
+    with pytest.raises(UserError) as caught:
+        data.prepare(PrepareConfig(input=str(path), template="seed"))
+    assert str(caught.value).startswith("rows.json row 2 (line 3): "), str(caught.value)
+    assert caught.value.zh.startswith("rows.json 第 2 条（第 3 行）："), caught.value.zh
