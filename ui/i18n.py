@@ -31,7 +31,7 @@ EN: dict[str, str] = {
     "no_gpu_note": "No GPU on this machine: training runs as plain LoRA in float32, so 4-bit loading, Liger kernels and activation offloading (greyed out) do not apply.",
     # merge
     "merge_intro": "Fold a finished run's adapter into its base model to get a standalone model you can share or chat with.",
-    "run": "Run", "base": "Base model (empty = the one the run was trained on)", "out": "Name of the merged model (a folder in workspace/merged)",
+    "run": "Run", "base": "Base model", "out": "Name of the merged model (a folder in workspace/merged)",
     "dtype": "Weight format", "merge_btn": "Merge", "merge_result": "Result",
     # chat
     "chat_intro": "Talk to the merged model, a run's adapter on its base, or the base model. Pick a second model to compare their answers side by side.",
@@ -67,7 +67,6 @@ EN: dict[str, str] = {
     "language": "Language",
     "common.complete": "Complete",  # gradio's screen-reader word after an event, missing from its zh-CN table
     # ---- fit check and which base ----
-    "base_weights_note": "**Which base weights.** QLoRA trained the adapter on the base rounded to 4 bits. *original* (the default, as the tutorial does) adds it to the base's full 16-bit weights: the best base, but not exactly the model you trained. *as-trained* (as axolotl does) adds it to the same 4-bit-rounded weights: exactly the model of training, in 16 bits.",
 }
 
 ZH: dict[str, str] = {
@@ -86,7 +85,7 @@ ZH: dict[str, str] = {
     "refresh": "刷新",
     "no_gpu_note": "这台机器没有显卡：训练以 float32 的普通 LoRA 进行，所以 4 位加载、Liger 算子和激活值卸载（已置灰）都不起作用。",
     "merge_intro": "把训练好的适配器合并进基础模型，得到一个可以单独使用、分享或对话的完整模型。",
-    "run": "训练记录", "base": "基础模型（留空 = 训练时用的模型）", "out": "合并后模型的名称（workspace/merged 里的文件夹）",
+    "run": "训练记录", "base": "基础模型", "out": "合并后模型的名称（workspace/merged 里的文件夹）",
     "dtype": "权重精度", "merge_btn": "开始合并", "merge_result": "合并结果",
     "chat_intro": "和合并后的模型、带适配器的基础模型或原始基础模型对话。再选一个模型，就能并排比较两者的回答。",
     "chat_model": "模型", "compare_with": "对比模型（可不选）", "message": "输入消息",
@@ -119,7 +118,6 @@ ZH: dict[str, str] = {
     "language": "语言",
     "common.complete": "完成",
     # ---- fit check and which base ----
-    "base_weights_note": "**合并到哪份基础权重。** QLoRA 训练适配器时用的是舍入成 4 位的基础模型。*original*（默认，和原教程一样）把适配器加到基础模型完整的 16 位权重上：基础更精确，但和你训练时的模型不完全一样。*as-trained*（和 axolotl 一样）把适配器加到同样舍入成 4 位的权重上：和训练时的模型完全一致，保存为 16 位。",
 }
 
 # Help shown under each setting, in Chinese, by settings class (a field name can mean different

@@ -183,7 +183,6 @@ def build() -> dict:
             out = gr.Textbox(label=t("out"))
             dtype = widget(MergeConfig, "dtype")
             base_weights = widget(MergeConfig, "base_weights")
-            gr.Markdown(t("base_weights_note"))
             fit_badge_html = gr.HTML(elem_id="fit-merge")  # does the merge fit the free memory, before Merge
             go = gr.Button(t("merge_btn"), variant="primary")
         with gr.Column():
