@@ -46,6 +46,7 @@ class Chat:
         self.phase, self.since = "", 0.0  # "loading" / "warming" while load() runs, for a progress line
         self.decoder = "loop"  # see DECODERS; load() picks it for the model (decoder_for)
         self._loop = None  # core.decode.Decoder once warmed up with decoder "loop"
+        self._writing: Tokens | None = None  # the reply being written, if any
         self._jobs: queue.Queue | None = None
         self._worker: threading.Thread | None = None
 
@@ -132,6 +133,7 @@ class Chat:
         gen = gen or GenerationConfig()
         gen.check()
         tokens = Tokens()  # the clock of the first token starts here, before the prompt is built
+        self._writing = tokens  # close() ends it
         prompt = self.template.prompt(gen.system, history, message, self.tokenizer)
         inputs = self.tokenizer(prompt, return_tensors="pt").to(self.model.device)
         stops = [s for s in self.template.stop_strings(self.tokenizer) if s]
@@ -167,7 +169,8 @@ class Chat:
         shown, final = "", None
         try:
             while (ids := tokens.next(1 / UPDATES)) is not None:
-                text = self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+                # The local tokenizer: close() may let go of the model's while the last tokens come in.
+                text = tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
                 if any(s in text for s in stops):  # the model started the next turn: the reply is whole
                     final = reply_text(text, stops)
                     break
@@ -178,6 +181,8 @@ class Chat:
         finally:
             tokens.cancel.set()
             tokens.finished.wait()
+            if self._writing is tokens:
+                self._writing = None
             self.last = tokens.summary()
             self.last["prompt_tokens"] = inputs["input_ids"].shape[1]
             # Of the prompt, the tokens the cache still held from the turn before (not read again).
@@ -214,6 +219,8 @@ class Chat:
 
     def close(self) -> None:
         """Free the model's memory (GPU included)."""
+        if self._writing is not None:
+            self._writing.cancel.set()  # a reply being written ends after its current token (Unload mid-reply)
         if self._jobs is not None:
             self._jobs.put(None)  # the worker thread ends after the reply it is writing
             self._jobs = None

@@ -223,6 +223,25 @@ def test_stop_ends_the_reply_at_once(base_chat):
     assert base_chat.reply([], "Hi.", GenerationConfig(temperature=0, max_new_tokens=3))
 
 
+def test_closing_the_model_ends_the_reply_being_written_at_once(base_model):
+    """Unload while a long reply is written: close() used to wait up to a minute for the reply to end on its own,
+    then emptied the weights under it."""
+    import time
+
+    from core.chat import Chat
+
+    chat = Chat()
+    chat.load(base_model)
+    stream = chat.stream([], "Write a very long story about a ship.", GenerationConfig(temperature=0, max_new_tokens=2000))
+    seen = [next(stream), next(stream)]
+    start = time.perf_counter()
+    chat.close()
+    took = time.perf_counter() - start
+    rest = list(stream)  # the reply ends, whole so far, without an error
+    assert chat.model is None and took < 1.0 + 2 / chat.last["tokens_per_s"], (took, chat.last)
+    assert 2 <= chat.last["tokens"] < 100 and (rest[-1] if rest else seen[-1]).startswith(seen[0])
+
+
 def test_static_cache_gives_the_same_tokens_and_a_failed_warm_up_falls_back(base_chat, monkeypatch):
     """The GPU's fast path (fixed-length cache, here without a compiler) answers alike; if it cannot be set up,
     chat says so in one line and answers the plain way."""
