@@ -353,7 +353,7 @@ def _chat(rec: dict, key: str, role_key: str, text_key: str, where: str) -> dict
             raise BadRow(f"{where}: message {i} of `{key}` has no `{role_key}`", f"no {role_key}",
                          zh=f"{chinese(where)}：`{key}` 的第 {i} 条消息没有 `{role_key}`")
         role = str(m[role_key]).strip().lower()
-        text = _str(m, text_key, f"{where}: message {i}")
+        text = _str(m, text_key, Where(f"{where}: message {i}", f"{chinese(where)} 第 {i} 条消息"))
         if role == "system":
             system = f"{system}\n{text}" if system else text
         elif role in USER_ROLES:
