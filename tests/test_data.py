@@ -413,19 +413,15 @@ def test_a_bad_row_is_named_in_chinese_words_in_the_chinese_message(name, place)
     assert str(caught.value).startswith(place.split(" ")[0] + " line "), str(caught.value)
 
 
-def test_a_message_without_text_is_named_by_its_row_and_number_in_both_languages(tmp_path):
-    path = tmp_path / "chat.jsonl"
-    path.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant"}]}\n', encoding="utf-8")
+@pytest.mark.parametrize("name, text, en, zh", [
+    ("chat.jsonl", '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant"}]}\n',
+     "chat.jsonl line 1: message 2: ", "chat.jsonl 第 1 行 第 2 条消息："),
+    ("rows.json", '[\n{"instruction": "a", "output": "b"},\n{"instruction": "c"}\n]\n',
+     "rows.json row 2 (line 3): ", "rows.json 第 2 条（第 3 行）："),
+])
+def test_a_message_in_a_row_and_a_row_of_an_array_are_named_in_both_languages(tmp_path, name, text, en, zh):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
     with pytest.raises(UserError) as caught:
         data.prepare(PrepareConfig(input=str(path), template="seed"))
-    assert str(caught.value).startswith("chat.jsonl line 1: message 2: "), str(caught.value)
-    assert caught.value.zh.startswith("chat.jsonl 第 1 行 第 2 条消息："), caught.value.zh
-
-
-def test_a_row_of_a_json_array_is_named_by_its_number_and_line_in_both_languages(tmp_path):
-    path = tmp_path / "rows.json"
-    path.write_text('[\n{"instruction": "a", "output": "b"},\n{"instruction": "c"}\n]\n', encoding="utf-8")
-    with pytest.raises(UserError) as caught:
-        data.prepare(PrepareConfig(input=str(path), template="seed"))
-    assert str(caught.value).startswith("rows.json row 2 (line 3): "), str(caught.value)
-    assert caught.value.zh.startswith("rows.json 第 2 条（第 3 行）："), caught.value.zh
+    assert str(caught.value).startswith(en) and caught.value.zh.startswith(zh), (str(caught.value), caught.value.zh)
