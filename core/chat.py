@@ -217,18 +217,6 @@ class Chat:
             out = text
         return out
 
-    @property
-    def writing(self) -> bool:
-        """Whether a reply is being written now."""
-        return self._writing is not None
-
-    def wait(self, timeout: float) -> bool:
-        """Wait until no reply is being written (a stopped one ends after its current token); False on time-out."""
-        end = time.monotonic() + timeout
-        while self._writing is not None and time.monotonic() < end:
-            time.sleep(0.02)
-        return self._writing is None
-
     def close(self) -> None:
         """Free the model's memory (GPU included)."""
         if self._writing is not None:

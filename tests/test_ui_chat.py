@@ -283,33 +283,3 @@ def test_closing_stops_the_reply_being_written(two_panes):
     next(replies)
     replies.close()  # the browser went away
     assert closed.wait(timeout=10)
-
-
-class _Writing:
-    """A loaded chat model as Stop sees it: writing a reply or not, and the speed of its last reply."""
-
-    def __init__(self, writing: bool, tokens: int):
-        self.writing, self.fitted, self.waited = writing, {}, False
-        self.last = {"tokens": tokens, "tokens_per_s": 10.0 * tokens, "first_token_s": 0.25}
-
-    def wait(self, timeout):
-        self.waited, self.writing = True, False
-        return True
-
-
-@pytest.mark.parametrize("a_writing, b_writing, shown", [(False, True, "ab"), (True, False, "a"), (False, False, "")])
-def test_stop_gives_the_speed_of_this_messages_replies(monkeypatch, a_writing, b_writing, shown):
-    """A reply ended by Stop gets its speed line too, once it has ended; a pane that had not started on this message
-    shows no old number; with no reply being written, Stop leaves the note alone."""
-    from ui import chat
-
-    a, b = _Writing(a_writing, 3), _Writing(b_writing, 5)
-    monkeypatch.setitem(chat._loaded, chat._key("a", "auto", ""), a)
-    monkeypatch.setitem(chat._loaded, chat._key("b", "auto", ""), b)
-    note = chat.stopped(None, "a", "b", "auto")
-    if not shown:
-        assert isinstance(note, dict) and "value" not in note, note
-        return
-    assert ("a: 30.0 tokens/s, first token after 0.25 s (3 tokens)" in note) == ("a" in shown), note
-    assert ("b: 50.0 tokens/s, first token after 0.25 s (5 tokens)" in note) == ("b" in shown), note
-    assert a.waited == a_writing and b.waited == b_writing and not a.writing and not b.writing

@@ -350,7 +350,7 @@ def respond(request: gr.Request | None, message, hist_a, hist_b, source_a, sourc
             box = gr.update()
         hist_a, speeds = new_a, [_speed(panes[0][0], loaded[0], request)]
         for new_b in _answer(panes[-1], hist_b, message, gen) if source_b else ():
-            yield box, hist_a, new_b, "  \n".join(x for x in (note, *speeds) if x)
+            yield box, hist_a, new_b, note
         hist_b = new_b if source_b else hist_b
         speeds += [_speed(source_b, loaded[-1], request)] if source_b else []
         yield box, hist_a, hist_b, "  \n".join(x for x in (note, *speeds) if x)
@@ -366,24 +366,6 @@ def respond(request: gr.Request | None, message, hist_a, hist_b, source_a, sourc
     # Released once the exception is gone: its traceback's frames hold the tensors of the failed step.
     release()
     yield gr.update(), hist_a, hist_b, warn(_failure(error, hint), language=lang(request))
-
-
-def stopped(request: gr.Request | None, source_a, source_b, precision, gpus_a="", gpus_b=""):
-    """Stop: the reply being written ends after its current token (the event cancels it); the note then gives the
-    speed of this message's replies, as it does for replies that end by themselves. Nothing changes when no reply
-    was being written."""
-    precision = precision or "auto"
-    panes = _panes(source_a, source_b, gpus_a, gpus_b)
-    chats = [_loaded.get(_key(source, precision, pick)) for source, pick in panes]  # never loads one
-    busy = [i for i, chat in enumerate(chats) if chat is not None and chat.writing]
-    if not busy or None in chats:
-        return gr.update()
-    for i in busy:
-        chats[i].wait(10)
-    answered = panes[: busy[-1] + 1]  # this message's replies: the panes up to the one that was writing
-    lines = [_fitted(panes, chats, precision, "", request)]
-    lines += [_speed(source, chat, request) for (source, _), chat in zip(answered, chats, strict=False)]
-    return "  \n".join(x for x in lines if x)
 
 
 def _failure(error, hint) -> Text:
@@ -495,8 +477,7 @@ def build() -> dict:
     sent = send.click(respond, inputs, outputs, api_name="chat", concurrency_id="gpu", concurrency_limit=1)
     submitted = message.submit(respond, inputs, outputs, api_name=False, concurrency_id="gpu", concurrency_limit=1)
     # Cancelling closes the reply's generator, which tells generation to end after the current token.
-    stop.click(stopped, [source_a, source_b, precision, gpus_a, gpus_b], note, cancels=[sent, submitted], api_name=False,
-               show_progress="hidden")
+    stop.click(None, None, None, cancels=[sent, submitted], api_name=False)
     clear.click(lambda: ([], [], ""), None, [chat_a, chat_b, note], api_name="clear_chat")
     source_a.change(label_a, source_a, chat_a, api_name=False)
     source_b.change(label_b, source_b, chat_b, api_name=False)
