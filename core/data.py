@@ -26,7 +26,7 @@ from pathlib import Path
 
 from core import errors, models, paths, readers
 from core.config import Parser, PrepareConfig, add_arguments
-from core.errors import UserError
+from core.errors import Text, UserError
 from core.readers import BadRow, Dropped
 from core.template import WHY, Template
 
@@ -277,7 +277,7 @@ def _render(template: Template, row: dict, tokenizer, where: str) -> list:
         raise
     except Exception as e:  # noqa: BLE001 - a model's own chat template may refuse a conversation (jinja error)
         raise UserError(f"{where}: the model's chat template failed on this row: {e}",
-                        zh=f"{readers.chinese(where)}：模型的对话模板处理这一行时出错：{e}") from None
+                        zh=f"{Text(where).zh}：模型的对话模板处理这一行时出错：{e}") from None
 
 
 def segment_ids(tokenizer, rows: list) -> list[list[list[int]]]:

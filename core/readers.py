@@ -23,7 +23,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from core.errors import UserError
+from core.errors import Text, UserError
 
 USER_ROLES = {"human": "user", "user": "user"}
 ASSISTANT_ROLES = {"gpt": "assistant", "assistant": "assistant", "model": "assistant", "bot": "assistant"}
@@ -81,22 +81,6 @@ def container(path: Path) -> str:
                        "请另存为每行一个 JSON 对象的 .jsonl，或 .csv")
 
 
-class Where(str):
-    """Where a row is: the text is English ('data.jsonl line 7'), `zh` the same place in Chinese ('data.jsonl 第 7 行')."""
-
-    zh: str
-
-    def __new__(cls, en: str, zh: str):
-        place = super().__new__(cls, en)
-        place.zh = zh
-        return place
-
-
-def chinese(where: str) -> str:
-    """The place in Chinese where it is a Where, else as given."""
-    return getattr(where, "zh", where)
-
-
 def records(path: Path, digest=None) -> Iterator[tuple[str, dict]]:
     """(where, record) for every record of the file; `where` reads like 'data.jsonl line 7'."""
     kind = container(path)
@@ -116,7 +100,7 @@ def _decode(raw: bytes, where: str) -> str:
     except UnicodeDecodeError as e:
         raise BadRow(f"{where}: not UTF-8 text (byte {e.start + 1} of the line is 0x{raw[e.start]:02x}); "
                      "save the file as UTF-8 (it may be GBK)", "not UTF-8",
-                     zh=f"{chinese(where)}：不是 UTF-8 文本（该行第 {e.start + 1} 个字节是 0x{raw[e.start]:02x}）；"
+                     zh=f"{Text(where).zh}：不是 UTF-8 文本（该行第 {e.start + 1} 个字节是 0x{raw[e.start]:02x}）；"
                         "请把文件另存为 UTF-8（它可能是 GBK 编码）") from None
 
 
@@ -131,7 +115,7 @@ def _hashing(path: Path, digest):
 
 def _jsonl(path: Path, digest) -> Iterator[tuple[str, dict]]:
     for n, raw in enumerate(_hashing(path, digest), 1):
-        where = Where(f"{path.name} line {n}", f"{path.name} 第 {n} 行")
+        where = Text(f"{path.name} line {n}", f"{path.name} 第 {n} 行")
         if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
             raw = raw[3:]
         if not raw.strip():
@@ -141,12 +125,12 @@ def _jsonl(path: Path, digest) -> Iterator[tuple[str, dict]]:
             rec = json.loads(text)
             if not isinstance(rec, dict):
                 raise BadRow(f"{where}: expected a JSON object {{...}}, found {type(rec).__name__}", "not an object",
-                             zh=f"{chinese(where)}：应为 JSON 对象 {{...}}，实际是 {type(rec).__name__}")
+                             zh=f"{Text(where).zh}：应为 JSON 对象 {{...}}，实际是 {type(rec).__name__}")
         except json.JSONDecodeError as e:
             hint, hint_zh = ("; JSON lines need one whole object per line", "；JSON lines 要求每行一个完整对象") \
                 if n == 1 else ("", "")
             rec = BadRow(f"{where}: invalid JSON at column {e.colno}: {e.msg}{hint}", "invalid JSON",
-                         zh=f"{chinese(where)}：第 {e.colno} 列 JSON 格式错误：{e.msg}{hint_zh}")
+                         zh=f"{Text(where).zh}：第 {e.colno} 列 JSON 格式错误：{e.msg}{hint_zh}")
         except BadRow as e:
             rec = e
         yield where, rec
@@ -209,7 +193,7 @@ def _json_array(path: Path, digest) -> Iterator[tuple[str, dict]]:
                                     zh=f"{path.name} 第 {line} 行：JSON 数组没有用 ']' 结束")
                 return
             row += 1
-            where = Where(f"{path.name} row {row} (line {line})", f"{path.name} 第 {row} 条（第 {line} 行）")
+            where = Text(f"{path.name} row {row} (line {line})", f"{path.name} 第 {row} 条（第 {line} 行）")
             while True:
                 try:
                     rec, end = dec.raw_decode(buf, pos)
@@ -226,7 +210,7 @@ def _json_array(path: Path, digest) -> Iterator[tuple[str, dict]]:
             pos = end
             if not isinstance(rec, dict):
                 rec = BadRow(f"{where}: expected a JSON object {{...}}, found {type(rec).__name__}", "not an object",
-                             zh=f"{chinese(where)}：应为 JSON 对象 {{...}}，实际是 {type(rec).__name__}")
+                             zh=f"{Text(where).zh}：应为 JSON 对象 {{...}}，实际是 {type(rec).__name__}")
             yield where, rec
 
 
@@ -251,11 +235,11 @@ def _csv(path: Path, digest) -> Iterator[tuple[str, dict]]:
                 continue
             if not any(c.strip() for c in cells):
                 continue
-            where = Where(f"{path.name} line {start}", f"{path.name} 第 {start} 行")
+            where = Text(f"{path.name} line {start}", f"{path.name} 第 {start} 行")
             if len(cells) > len(header):
                 yield where, BadRow(f"{where}: {len(cells)} cells but the header has {len(header)} columns; "
                                     "put quotes around text that contains commas", "wrong number of cells",
-                                    zh=f"{chinese(where)}：有 {len(cells)} 个单元格，但表头有 {len(header)} 列；"
+                                    zh=f"{Text(where).zh}：有 {len(cells)} 个单元格，但表头有 {len(header)} 列；"
                                        "含逗号的文本请加上引号")
                 continue
             yield where, dict(zip(header, cells, strict=False))  # missing cells: the layout check names them
@@ -278,7 +262,7 @@ def layout_of(rec: dict, where: str) -> str:
     keys = ", ".join(sorted(map(str, rec))) or "none"
     raise UserError(f"{where}: unknown layout (keys found: {keys}); expected instruction/input/output, "
                     "conversations (ShareGPT), messages (OpenAI chat) or text",
-                    zh=f"{chinese(where)}：无法识别的数据格式（找到的键：{keys}）；应为 instruction/input/output、"
+                    zh=f"{Text(where).zh}：无法识别的数据格式（找到的键：{keys}）；应为 instruction/input/output、"
                        "conversations（ShareGPT）、messages（OpenAI 对话）或 text")
 
 
@@ -292,14 +276,14 @@ def normalize(rec: dict, layout: str, where: str) -> dict:
 def _str(rec: dict, key: str, where: str, required: bool = True) -> str:
     if key not in rec or rec[key] is None:
         if required:
-            raise BadRow(f"{where}: the row has no `{key}` field", f"no {key}", zh=f"{chinese(where)}：这一行没有 `{key}` 字段")
+            raise BadRow(f"{where}: the row has no `{key}` field", f"no {key}", zh=f"{Text(where).zh}：这一行没有 `{key}` 字段")
         return ""
     v = rec[key]
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         return str(v)
     if not isinstance(v, str):
         raise BadRow(f"{where}: `{key}` must be text, found {type(v).__name__}", f"{key} not text",
-                     zh=f"{chinese(where)}：`{key}` 必须是文本，实际是 {type(v).__name__}")
+                     zh=f"{Text(where).zh}：`{key}` 必须是文本，实际是 {type(v).__name__}")
     return v
 
 
@@ -322,7 +306,7 @@ def _history(rec: dict, where: str) -> list[dict]:
     hist = rec.get("history") or []
     if not isinstance(hist, list) or any(not isinstance(h, list) or len(h) != 2 for h in hist):
         raise BadRow(f"{where}: `history` must be a list of [question, answer] pairs", "bad history",
-                     zh=f"{chinese(where)}：`history` 必须是 [问题, 回答] 对的列表")
+                     zh=f"{Text(where).zh}：`history` 必须是 [问题, 回答] 对的列表")
     return [{"instruction": str(q), "input": "", "output": str(a)} for q, a in hist]
 
 
@@ -346,14 +330,14 @@ def _chat(rec: dict, key: str, role_key: str, text_key: str, where: str) -> dict
     msgs = rec.get(key)
     if not isinstance(msgs, list):
         raise BadRow(f"{where}: `{key}` must be a list of messages", f"{key} not a list",
-                     zh=f"{chinese(where)}：`{key}` 必须是消息列表")
+                     zh=f"{Text(where).zh}：`{key}` 必须是消息列表")
     system, turns, pending = "", [], []
     for i, m in enumerate(msgs, 1):
         if not isinstance(m, dict) or role_key not in m:
             raise BadRow(f"{where}: message {i} of `{key}` has no `{role_key}`", f"no {role_key}",
-                         zh=f"{chinese(where)}：`{key}` 的第 {i} 条消息没有 `{role_key}`")
+                         zh=f"{Text(where).zh}：`{key}` 的第 {i} 条消息没有 `{role_key}`")
         role = str(m[role_key]).strip().lower()
-        text = _str(m, text_key, Where(f"{where}: message {i}", f"{chinese(where)} 第 {i} 条消息"))
+        text = _str(m, text_key, Text(f"{where}: message {i}", f"{Text(where).zh} 第 {i} 条消息"))
         if role == "system":
             system = f"{system}\n{text}" if system else text
         elif role in USER_ROLES:
@@ -362,14 +346,14 @@ def _chat(rec: dict, key: str, role_key: str, text_key: str, where: str) -> dict
             if not pending:
                 raise BadRow(f"{where}: message {i} is a reply ({m[role_key]}) with no question before it",
                              "reply without question",
-                             zh=f"{chinese(where)}：第 {i} 条消息是回复（{m[role_key]}），但前面没有问题")
+                             zh=f"{Text(where).zh}：第 {i} 条消息是回复（{m[role_key]}），但前面没有问题")
             turns.append({"instruction": "\n".join(pending), "input": "", "output": text})
             pending = []
         else:
             raise BadRow(f"{where}: message {i} has an unknown {role_key} {m[role_key]!r}; use "
                          f"{'human, gpt' if key == 'conversations' else 'user, assistant'} or system",
                          f"unknown {role_key}",
-                         zh=f"{chinese(where)}：第 {i} 条消息的 {role_key} 未知：{m[role_key]!r}；请用 "
+                         zh=f"{Text(where).zh}：第 {i} 条消息的 {role_key} 未知：{m[role_key]!r}；请用 "
                             f"{'human、gpt' if key == 'conversations' else 'user、assistant'} 或 system")
     # A question left without a reply teaches nothing: it is dropped with the rest kept.
     if not turns:
