@@ -161,7 +161,7 @@ def build() -> dict:
     note = gr.Markdown()
     # Hidden until two runs are compared: empty, they would only show placeholder headers.
     plot = gr.LinePlot(curves_frame({"curves": []}, "en"), x="step", y="loss", color="series",
-                       label=t("loss_chart"), height=420, visible=False, elem_classes="qs-chart")
+                       label=t("loss_chart"), height=420, visible=False)
     with gr.Row():
         settings = gr.Dataframe(label=t("compare_settings"), interactive=False, wrap=True, max_height=420, visible=False)
         learned = gr.Dataframe(label=t("compare_learned"), interactive=False, wrap=True, visible=False)

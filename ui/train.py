@@ -330,7 +330,7 @@ def build() -> dict:
             # The span from the start: the browser may draw a poll's points with the props it had before that poll
             # (measured: 1 page load in 3 drew steps 1-3 at ticks 1.0, 1.1, ... and kept them).
             plot = gr.LinePlot(live.loss_frame(""), x="step", y="loss", color="series", label=t("loss_chart"), height=280,
-                               x_lim=[0, live.MIN_SPAN], elem_classes="qs-chart",
+                               x_lim=[0, live.MIN_SPAN],
                                color_map=live.COLORS, colors_in_legend=list(live.series("en")))
             gpu = gr.Markdown(label=t("gpu"))
             log = gr.Textbox(label=t("log"), lines=8, max_lines=8, autoscroll=True, interactive=False)
