@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 KINDS = (  # kernel name fragments -> kind, first match wins
     ("attention", ("fmha", "flash", "attention", "sdpa", "cutlassf", "cutlassb")),
     ("4-bit dequantize", ("dequantize", "kdequant", "kgemm_4bit", "bnb")),
+    ("FP8 scaling", ("vector_norm",)),  # core.fp8's compiled row scaling, named "..._to_copy_clamp_linalg_vector_norm..."
     ("matmul", ("gemm", "cutlass", "sm90_xmma", "nvjet", "cublas", "wgmma")),
     ("copy / offload", ("memcpy", "memset", "copy")),
 )
