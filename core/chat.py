@@ -123,8 +123,8 @@ class Chat:
 
         The first words come out as soon as they exist, later ones at most UPDATES times a second
         (a page redrawn once per token costs more than the token). Each text extends the one
-        before. Closing the generator (Stop, a reader that walks away) ends generation after the
-        current token. `last` then holds the reply's token ids and speed.
+        before. stop() (the Stop button) or closing the generator (a reader that walks away) ends
+        generation after the current token. `last` then holds the reply's token ids and speed.
         """
         from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -217,10 +217,18 @@ class Chat:
             out = text
         return out
 
+    def stop(self) -> bool:
+        """End the reply being written after its current token: its stream then ends as a whole reply does, with
+        the text written so far and its speed in `last`. False if no reply was being written."""
+        writing = self._writing
+        if writing is None:
+            return False
+        writing.cancel.set()
+        return True
+
     def close(self) -> None:
         """Free the model's memory (GPU included)."""
-        if self._writing is not None:
-            self._writing.cancel.set()  # a reply being written ends after its current token (Unload mid-reply)
+        self.stop()  # a reply being written ends after its current token (Unload mid-reply)
         if self._jobs is not None:
             self._jobs.put(None)  # the worker thread ends after the reply it is writing
             self._jobs = None

@@ -249,6 +249,9 @@ def test_walk_in_both_languages(app, page):
     page.wait_for_timeout(2500)
     assert replies.all_inner_texts() == stopped, "the replies stopped growing"
     assert box.input_value() == "那故宫呢？"
+    # Under the replies, the speed of each: the first ended by itself, the second by Stop.
+    page.wait_for_function("() => (document.querySelector('#tab-chat').innerText.match(/首个 token 用时/g) || [])"
+                           ".length == 2", timeout=10_000)
     assert english(page, names) == []
     shot(page, "chat_zh.png")
 

@@ -283,3 +283,93 @@ def test_closing_stops_the_reply_being_written(two_panes):
     next(replies)
     replies.close()  # the browser went away
     assert closed.wait(timeout=10)
+
+
+def _stoppable(monkeypatch):
+    """Chat models that write until stopped (Chat.stop), recording which panes began a reply."""
+    from ui import chat
+
+    class Writer:
+        def __init__(self, source):
+            self.source, self.halt = source, threading.Event()
+
+        def stop(self):
+            self.halt.set()
+            return True
+
+    writers = {source: Writer(source) for source in ("a", "b")}
+    monkeypatch.setattr(chat, "_model", lambda source, precision, pick="", where=None: writers[source])
+    began = []
+
+    def answer(pane, history, message, gen):
+        began.append(pane[0])
+        writer, text = writers[pane[0]], ""
+        while not writer.halt.is_set() and len(text) < 200:
+            text += pane[0]
+            yield [*history, {"role": "assistant", "content": text}]
+        yield [*history, {"role": "assistant", "content": text + "."}]  # the stream's whole reply, after the stop
+
+    monkeypatch.setattr(chat, "_speed", lambda source, loaded, request: f"{source}: {loaded.halt.is_set()} tokens/s")
+    return writers, began, answer
+
+
+def test_stop_ends_the_reply_after_its_token_and_gives_its_speed_and_the_comparison_does_not_begin(two_panes, monkeypatch):
+    """Stop ends the reply being written (Chat.stop) without cancelling the event: the reply's last text and its
+    speed line still reach the page, and the comparison model, whose turn had not come, does not answer."""
+    from ui import chat
+
+    _, respond = two_panes
+    writers, began, answer = _stoppable(monkeypatch)
+    updates = []
+    for update in respond(answer):
+        updates.append(update)
+        if len(updates) == 3:
+            chat.stop_reply(None)
+    _, pane_a, pane_b, note = updates[-1]
+    assert writers["a"].halt.is_set() and began == ["a"], began
+    assert pane_a[-1]["content"] == "aaa." and pane_b == [], (pane_a, pane_b)  # its text up to the stop, then whole
+    assert note == "a: True tokens/s", note
+    assert not isinstance(updates[-1][0], str), "the message box keeps what was typed meanwhile"
+
+
+def test_a_message_sent_after_stop_is_answered_in_full(two_panes, monkeypatch):
+    """Stop ends the replies begun before it; a message sent after it (typed ahead and queued, say) is answered."""
+    from ui import chat
+
+    _, respond = two_panes
+    _, began, answer = _stoppable(monkeypatch)
+    chat.stop_reply(None)
+    time.sleep(0.01)  # time.monotonic() moves on
+    *_, (_, pane_a, pane_b, note) = respond(answer)
+    assert began == ["a", "b"] and len(pane_a[-1]["content"]) == len(pane_b[-1]["content"]) == 201
+    assert note == "a: False tokens/s  \nb: False tokens/s", note
+
+
+def test_stop_ends_the_real_models_reply_at_once_with_its_speed(base_model, monkeypatch):
+    """The embedded model, compared with itself: Stop while the first pane writes a long reply ends it within a
+    token or two, shows its speed under it, and the second pane does not answer."""
+    import re
+    import time as clock
+
+    from core import jobs
+    from ui import chat
+
+    monkeypatch.setattr(jobs, "current", lambda which=jobs.WORK: None)
+    chat.release()
+    try:
+        pressed, updates = None, []
+        for update in chat.respond(None, "请详细介绍一下长城的历史。", [], [], "default", "default", "", "auto", 0.0, 1.0,
+                                   0, 1.0, 400):
+            updates.append(update)
+            if pressed is None and update[1] and len(update[1][-1]["content"]) > 4:
+                pressed = clock.monotonic()
+                chat.stop_reply(None)
+        took = clock.monotonic() - pressed
+        _, pane_a, pane_b, note = updates[-1]
+        speeds = re.findall(r"SmolLM2-135M-Instruct: [\d.]+ tokens/s, first token after \d+\.\d\d s \((\d+) tokens\)\.",
+                            note)
+        assert len(speeds) == 1 and int(speeds[0]) < 60, note  # one reply, stopped long before its 400 tokens
+        assert pane_b == [] and pane_a[-1]["role"] == "assistant" and pane_a[-1]["content"], (pane_a, pane_b)
+        assert took < 3, took
+    finally:
+        chat.release()

@@ -24,6 +24,10 @@ GEN = ("precision", "temperature", "top_p", "top_k", "repetition_penalty", "max_
 _loaded: dict[str, object] = {}  # _key(source, precision, pick) -> core.chat.Chat; at most the two on screen
 _placed: dict[str, "Place"] = {}  # the same keys -> the GPUs each went on, where the machine has several
 _lock = threading.Lock()
+# Stop, per browser session (gr.Request.session_hash): when it was last pressed (time.monotonic()), and the chat
+# model writing that session's reply now. A reply started before the last Stop ends; one started after it runs.
+_stopped: dict[str | None, float] = {}
+_writing: dict[str | None, object] = {}
 
 
 @dataclass(frozen=True)
@@ -325,7 +329,11 @@ def respond(request: gr.Request | None, message, hist_a, hist_b, source_a, sourc
     if not message or not message.strip():
         yield gr.update(), hist_a, hist_b, ""
         return
-    note = ""
+    note, session, started, histories = "", _session(request), time.monotonic(), [hist_a, hist_b]
+
+    def stopped() -> bool:
+        return _stopped.get(session, started) > started
+
     try:
         gen = generation(system, precision, temperature, top_p, top_k, repetition_penalty, max_new_tokens)
         gen.check()
@@ -344,18 +352,24 @@ def respond(request: gr.Request | None, message, hist_a, hist_b, source_a, sourc
         # fault (an index out of bounds inside a compiled step: H200, torch 2.11, bench/chat_speed.py
         # --side-by-side), after which no model on that GPU answers until the panel restarts.
         # The message box is emptied once, as the reply starts: what the user types while it is written stays.
-        box = ""
-        for new_a in _answer(panes[0], hist_a, message, gen):
-            yield box, new_a, hist_b, note
-            box = gr.update()
-        hist_a, speeds = new_a, [_speed(panes[0][0], loaded[0], request)]
-        for new_b in _answer(panes[-1], hist_b, message, gen) if source_b else ():
-            yield box, hist_a, new_b, note
-        hist_b = new_b if source_b else hist_b
-        speeds += [_speed(source_b, loaded[-1], request)] if source_b else []
-        yield box, hist_a, hist_b, "  \n".join(x for x in (note, *speeds) if x)
+        # Stop (stop()) ends the reply being written after its current token, and the comparison's reply, if not
+        # begun, does not begin; the replies written get their speed lines like any others.
+        box, speeds = "", []
+        shown = [(panes[0], loaded[0])] + ([(panes[-1], loaded[-1])] if source_b else [])  # B may be A's model
+        for i, (pane, chat) in enumerate(shown):
+            if stopped():
+                break
+            _writing[session] = chat
+            for history in _answer(pane, histories[i], message, gen):
+                histories[i] = history
+                yield box, *histories, note
+                box = gr.update()
+                if stopped():
+                    chat.stop()  # also a Stop that came while this reply was being set up
+            speeds.append(_speed(pane[0], chat, request))
+        yield gr.update(), *histories, "  \n".join(x for x in (note, *speeds) if x)
     except UserError as e:
-        yield gr.update(), hist_a, hist_b, warn(e, language=lang(request))
+        yield gr.update(), *histories, warn(e, language=lang(request))
         return
     except Exception as e:  # out of GPU memory while loading or answering, say: one line, memory given back
         from core import status
@@ -363,9 +377,27 @@ def respond(request: gr.Request | None, message, hist_a, hist_b, source_a, sourc
         error, hint = status.explain(e, "chat")
     else:
         return
+    finally:
+        _writing.pop(session, None)
     # Released once the exception is gone: its traceback's frames hold the tensors of the failed step.
     release()
-    yield gr.update(), hist_a, hist_b, warn(_failure(error, hint), language=lang(request))
+    yield gr.update(), *histories, warn(_failure(error, hint), language=lang(request))
+
+
+def stop_reply(request: gr.Request | None) -> None:
+    """Stop: this browser's reply being written ends after its current token, and a comparison reply not begun
+    does not begin. respond() then ends as it does by itself, with the speed of the replies written under them.
+    Nothing is cancelled: a message sent while the reply was written is answered next."""
+    session = _session(request)
+    _stopped[session] = time.monotonic()
+    chat = _writing.get(session)
+    if chat is not None:
+        chat.stop()
+
+
+def _session(request: gr.Request | None) -> str | None:
+    """The browser session a request comes from (None outside a page: a direct call)."""
+    return getattr(request, "session_hash", None)
 
 
 def _failure(error, hint) -> Text:
@@ -474,10 +506,10 @@ def build() -> dict:
     inputs = [message, chat_a, chat_b, source_a, source_b, system, precision, temperature, top_p, top_k, rep, max_new,
               gpus_a, gpus_b]
     outputs = [message, chat_a, chat_b, note]
-    sent = send.click(respond, inputs, outputs, api_name="chat", concurrency_id="gpu", concurrency_limit=1)
-    submitted = message.submit(respond, inputs, outputs, api_name=False, concurrency_id="gpu", concurrency_limit=1)
-    # Cancelling closes the reply's generator, which tells generation to end after the current token.
-    stop.click(None, None, None, cancels=[sent, submitted], api_name=False)
+    send.click(respond, inputs, outputs, api_name="chat", concurrency_id="gpu", concurrency_limit=1)
+    message.submit(respond, inputs, outputs, api_name=False, concurrency_id="gpu", concurrency_limit=1)
+    # At once, outside the queue, where the reply being written holds the GPU's place.
+    stop.click(stop_reply, None, None, queue=False, api_name=False)
     clear.click(lambda: ([], [], ""), None, [chat_a, chat_b, note], api_name="clear_chat")
     source_a.change(label_a, source_a, chat_a, api_name=False)
     source_b.change(label_b, source_b, chat_b, api_name=False)
