@@ -123,7 +123,7 @@ class PrepareConfig(_Config):
     input: str = _f("", "The data file: JSON lines, a JSON array, or CSV.")
     out: str = _f("", "Folder to write train.jsonl, eval.jsonl and manifest.json into (must not exist).")
     sample: int = _f(1000, "How many rows to pick at random (0 = all rows). The tutorial used 1000.")
-    seed: int = _f(42, "Random seed: the same seed picks the same rows again.")
+    seed: int = _f(42, "The same seed picks the same rows again.")
     template: str = _f("auto", "Prompt template: auto (the model's own chat template if it has one, else seed), seed (the tutorial's ### Human: … ### Assistant: …), chat (the model's own), or a custom pattern with {instruction}, {input} and {output}.")
     eval_ratio: float = _f(0.1, "Share of the sampled rows kept apart for evaluation (0 to 0.5): after a run, the eval loss and answers to these unseen rows say whether the model learned. A dataset of fewer than 10 rows keeps them all for training.", bounds=(0, 0.5), step=0.01)
     model: str = _f(DEFAULT_MODEL, "Model whose tokenizer counts the tokens (and whose chat template is used).")
@@ -384,7 +384,7 @@ class GenerationConfig(_Config):
 
     precision: str = _f("auto", "How the model is loaded on a GPU: auto (16-bit where the weights and the context fit the free memory, else 8-bit, else 4-bit), 16bit, 8bit, 4bit (NF4), or int4 (torchao int4 weight-only: about as small as 4bit and faster once compiled; needs the torchao package). Ignored on the CPU.", choices=("auto", "16bit", "8bit", "4bit", "int4"))
 
-    system: str = _f("", "System prompt: standing instructions for the assistant.")
+    system: str = _f("", "Standing instructions for the assistant, before every conversation.")
     temperature: float = _f(0.7, "Randomness: 0 always picks the likeliest word.", bounds=(0, 2), step=0.05)
     top_p: float = _f(0.9, "Sample only from the likeliest words that add up to this share.", bounds=(0.01, 1), step=0.01)
     top_k: int = _f(50, "Sample only from this many likeliest words (0 = no limit).")

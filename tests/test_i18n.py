@@ -78,3 +78,17 @@ def test_the_header_switch_beats_the_browser_language():
     assert lang(request(f"{COOKIE}=fr", "zh-CN")) == "zh"  # an unknown choice: the browser decides
     assert lang(None) == "en"
     assert say("state_finished", lang(request(f"{COOKIE}=zh"))) == "已完成"
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_no_settings_help_starts_by_repeating_its_label(language):
+    """A widget's help shows under its label: "Random seed" over "Random seed: the same seed …" says it twice."""
+    table = TABLES[language]
+    repeated = []
+    for key, text in table.items():
+        if key.startswith("help_"):
+            name = key.split("_", 2)[2]
+            words = table.get(f"label_{name}", "")
+            if words and re.match(re.escape(words) + r"\s*[:：]", text, flags=re.IGNORECASE):
+                repeated.append(key)
+    assert repeated == [], repeated
