@@ -204,6 +204,9 @@ def test_walk_in_both_languages(app, page):
     merge.get_by_text("Checked: the merged model gives the same answers as base + adapter", exact=False).wait_for(
         timeout=300_000)
     assert "Merged model written to" in merge.inner_text()
+    # The export below offers the model just merged, picked (its list was read when the tab opened).
+    export_pick = merge.get_by_label("Merged model", exact=True).first
+    page.wait_for_function("(e) => e.value === 'browser'", arg=export_pick.element_handle(), timeout=10_000)
 
     # 4. Chat: the merged model answers, streamed.
     page.get_by_role("tab", name="4 · Chat", exact=True).click()

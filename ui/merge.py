@@ -116,6 +116,12 @@ def merged_models() -> list[str]:
     return [p.name for p in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)]
 
 
+def merged_now(out: str):
+    """After a merge: the export's list of merged models again, with the model just written picked."""
+    names = merged_models()
+    return gr.update(choices=names, **({"value": out} if out in names else {}))
+
+
 def refresh_models():
     """Fresh choices for the export's model picker (a merge finished meanwhile)."""
     return gr.update(choices=merged_models())
@@ -189,8 +195,8 @@ def build() -> dict:
             result = gr.Markdown(label=t("merge_result"))
             log = gr.Textbox(label=t("merge_log"), lines=10, interactive=False)
     run.change(pick, run, [base, out], api_name="pick_run")
-    go.click(merge, [run, base, out, dtype, base_weights], [result, log], api_name="merge", concurrency_id="gpu",
-             concurrency_limit=1)
+    merging = go.click(merge, [run, base, out, dtype, base_weights], [result, log], api_name="merge",
+                       concurrency_id="gpu", concurrency_limit=1)
     for trigger in (run, base, dtype):
         trigger.change(fit_badge, [run, base, dtype], fit_badge_html, api_name=False, show_progress="hidden")
     gr.Timer(5.0).tick(fit_badge, [run, base, dtype], fit_badge_html, api_name=False, show_progress="hidden")
@@ -206,6 +212,7 @@ def build() -> dict:
             export_log = gr.Textbox(label=t("export_log"), lines=8, interactive=False)
     start.click(export, [model, target, quant], [exported, export_log], api_name="export", concurrency_id="gpu",
                 concurrency_limit=1)
+    merging.then(merged_now, out, model, api_name=False)
     return {"run": run, "model": model, "relabel": (refresh, None, run)}
 
 
