@@ -116,15 +116,11 @@ def merged_models() -> list[str]:
     return [p.name for p in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)]
 
 
-def merged_now(out: str):
-    """After a merge: the export's list of merged models again, with the model just written picked."""
+def refresh_models(picked: str = ""):
+    """Fresh choices for the export's model picker (a merge finished meanwhile); `picked`, the model just merged,
+    is chosen once it exists."""
     names = merged_models()
-    return gr.update(choices=names, **({"value": out} if out in names else {}))
-
-
-def refresh_models():
-    """Fresh choices for the export's model picker (a merge finished meanwhile)."""
-    return gr.update(choices=merged_models())
+    return gr.update(choices=names, **({"value": picked} if picked in names else {}))
 
 
 def export_config(model, out, quant) -> ExportConfig:
@@ -212,7 +208,7 @@ def build() -> dict:
             export_log = gr.Textbox(label=t("export_log"), lines=8, interactive=False)
     start.click(export, [model, target, quant], [exported, export_log], api_name="export", concurrency_id="gpu",
                 concurrency_limit=1)
-    merging.then(merged_now, out, model, api_name=False)
+    merging.then(refresh_models, out, model, api_name=False)
     return {"run": run, "model": model, "relabel": (refresh, None, run)}
 
 
