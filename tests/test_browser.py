@@ -240,11 +240,15 @@ def test_walk_in_both_languages(app, page):
     # has finished), streamed; then Stop while the second is writing
     page.wait_for_function("() => [...document.querySelectorAll('#tab-chat [data-testid=bot]')]"
                            ".filter(b => b.innerText.trim()).length >= 3", timeout=180_000)
-    # The next question, typed while the reply is written, stays in the box (each streamed update once emptied it).
+    # The next question, typed while the reply is written, stays in the box (each streamed update once emptied it);
+    # sent, it waits for its turn, and Stop holds it: it is not answered and stays in the box.
     box = chat.get_by_label("输入消息", exact=True).first
     box.fill("那故宫呢？")
     page.wait_for_timeout(1000)
     assert box.input_value() == "那故宫呢？"
+    asked = chat.locator("[data-testid=user]").count()
+    chat.get_by_role("button", name="发送").dispatch_event("click")
+    page.wait_for_timeout(300)
     chat.get_by_role("button", name="停止回答").dispatch_event("click")  # at once, however busy the page is drawing
     replies = chat.locator("[data-testid=bot]")
     page.wait_for_timeout(1500)
@@ -255,6 +259,8 @@ def test_walk_in_both_languages(app, page):
     # Under the replies, the speed of each: the first ended by itself, the second by Stop.
     page.wait_for_function("() => (document.querySelector('#tab-chat').innerText.match(/首个 token 用时/g) || [])"
                            ".length == 2", timeout=10_000)
+    page.wait_for_timeout(2000)  # the held message's turn has come and gone
+    assert chat.locator("[data-testid=user]").count() == asked and box.input_value() == "那故宫呢？"
     assert english(page, names) == []
     shot(page, "chat_zh.png")
 

@@ -373,3 +373,16 @@ def test_stop_ends_the_real_models_reply_at_once_with_its_speed(base_model, monk
         assert took < 3, took
     finally:
         chat.release()
+
+
+def test_a_message_sent_before_stop_that_waited_for_its_turn_is_not_answered(two_panes, monkeypatch):
+    """Sent while another reply held the GPU's turn, then Stop: when its turn comes nothing is loaded or answered,
+    and the message stays in the box (the browser's clock stamps the send and the Stop: CLOCK)."""
+    from ui import chat
+
+    _stoppable(monkeypatch)
+    monkeypatch.setattr(chat, "_loads", lambda *a: pytest.fail("a stopped message loads nothing"))
+    chat.stop_reply(None, pressed_at=2_000)
+    waited = list(chat.respond(None, "Hi!", [], [], "a", "b", "", "auto", 0.0, 1.0, 0, 1.0, 6, "", "", 1_000))
+    assert len(waited) == 1 and waited[0][1:3] == ([], []), waited
+    assert not isinstance(waited[0][0], str), "the message box keeps the message"

@@ -24,10 +24,14 @@ GEN = ("precision", "temperature", "top_p", "top_k", "repetition_penalty", "max_
 _loaded: dict[str, object] = {}  # _key(source, precision, pick) -> core.chat.Chat; at most the two on screen
 _placed: dict[str, "Place"] = {}  # the same keys -> the GPUs each went on, where the machine has several
 _lock = threading.Lock()
-# Stop, per browser session (gr.Request.session_hash): when it was last pressed (time.monotonic()), and the chat
-# model writing that session's reply now. A reply started before the last Stop ends; one started after it runs.
-_stopped: dict[str | None, float] = {}
+# Stop, per browser session (gr.Request.session_hash): when it was last pressed, on this machine's clock
+# (time.monotonic()) and on the browser's (ms, CLOCK), and the chat model writing that session's reply now.
+# A message sent before the last Stop is not answered further (also one still waiting for its turn); one sent
+# after it is.
+_stopped: dict[str | None, tuple[float, float | None]] = {}
 _writing: dict[str | None, object] = {}
+CLOCK = "(...values) => [...values.slice(0, {n} - 1), Date.now()]"
+"""Front-end code run on a click before its handler: the last of its `n` inputs becomes the browser's time (ms)."""
 
 
 @dataclass(frozen=True)
@@ -321,10 +325,11 @@ def _answer(pane: tuple[str, str], history: list, message: str, gen: GenerationC
 
 
 def respond(request: gr.Request | None, message, hist_a, hist_b, source_a, source_b, system, precision, temperature,
-            top_p, top_k, repetition_penalty, max_new_tokens, gpus_a="", gpus_b=""):
+            top_p, top_k, repetition_penalty, max_new_tokens, gpus_a="", gpus_b="", sent_at=None):
     """Send the message to the chosen model and, side by side, to the comparison model; replies stream.
 
-    `gpus_a`, `gpus_b`: the GPU pickers of the two models ("" = the idlest GPU; see place()).
+    `gpus_a`, `gpus_b`: the GPU pickers of the two models ("" = the idlest GPU; see place()). `sent_at`: when the
+    browser sent the message (its clock, ms; CLOCK), so that a Stop pressed while it waited for its turn holds it.
     """
     if not message or not message.strip():
         yield gr.update(), hist_a, hist_b, ""
@@ -332,7 +337,12 @@ def respond(request: gr.Request | None, message, hist_a, hist_b, source_a, sourc
     note, session, started, histories = "", _session(request), time.monotonic(), [hist_a, hist_b]
 
     def stopped() -> bool:
-        return _stopped.get(session, started) > started
+        server, browser = _stopped.get(session, (started, None))
+        return server > started or browser is not None and sent_at is not None and browser > sent_at
+
+    if stopped():  # sent, then stopped before its turn came: not answered, and its text stays in the box
+        yield gr.update(), hist_a, hist_b, gr.update()
+        return
 
     try:
         gen = generation(system, precision, temperature, top_p, top_k, repetition_penalty, max_new_tokens)
@@ -384,12 +394,13 @@ def respond(request: gr.Request | None, message, hist_a, hist_b, source_a, sourc
     yield gr.update(), *histories, warn(_failure(error, hint), language=lang(request))
 
 
-def stop_reply(request: gr.Request | None) -> None:
-    """Stop: this browser's reply being written ends after its current token, and a comparison reply not begun
-    does not begin. respond() then ends as it does by itself, with the speed of the replies written under them.
-    Nothing is cancelled: a message sent while the reply was written is answered next."""
+def stop_reply(request: gr.Request | None, pressed_at=None) -> None:
+    """Stop: this browser's reply being written ends after its current token, a comparison reply not begun does
+    not begin, and a message sent before Stop that still waits for its turn is not answered. respond() ends as it
+    does by itself (nothing is cancelled), so the replies written get their speed lines. `pressed_at`: the
+    browser's time (CLOCK)."""
     session = _session(request)
-    _stopped[session] = time.monotonic()
+    _stopped[session] = (time.monotonic(), pressed_at)
     chat = _writing.get(session)
     if chat is not None:
         chat.stop()
@@ -503,13 +514,15 @@ def build() -> dict:
             rep = widget(GenerationConfig, "repetition_penalty")
             max_new = widget(GenerationConfig, "max_new_tokens")
         unload_btn = gr.Button(t("release"), size="sm")
+    clock = gr.Number(visible=False)  # the browser's time of a click (CLOCK)
     inputs = [message, chat_a, chat_b, source_a, source_b, system, precision, temperature, top_p, top_k, rep, max_new,
-              gpus_a, gpus_b]
+              gpus_a, gpus_b, clock]
     outputs = [message, chat_a, chat_b, note]
-    send.click(respond, inputs, outputs, api_name="chat", concurrency_id="gpu", concurrency_limit=1)
-    message.submit(respond, inputs, outputs, api_name=False, concurrency_id="gpu", concurrency_limit=1)
+    stamped = CLOCK.format(n=len(inputs))
+    send.click(respond, inputs, outputs, js=stamped, api_name="chat", concurrency_id="gpu", concurrency_limit=1)
+    message.submit(respond, inputs, outputs, js=stamped, api_name=False, concurrency_id="gpu", concurrency_limit=1)
     # At once, outside the queue, where the reply being written holds the GPU's place.
-    stop.click(stop_reply, None, None, queue=False, api_name=False)
+    stop.click(stop_reply, clock, None, js=CLOCK.format(n=1), queue=False, api_name=False)
     clear.click(lambda: ([], [], ""), None, [chat_a, chat_b, note], api_name="clear_chat")
     source_a.change(label_a, source_a, chat_a, api_name=False)
     source_b.change(label_b, source_b, chat_b, api_name=False)
