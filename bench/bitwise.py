@@ -17,18 +17,15 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import speed  # bench/speed.py, beside this file
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from core.decode import Decoder
 
-SHAPES = {
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
-    "135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                 num_key_value_heads=3),
-    "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-               num_key_value_heads=32),
-}
+SHAPES = {**speed.SHAPES,  # the benchmarks' Llama shapes (bench/speed.py), and one small enough for a CPU
+          "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2)}
 TEXT = "请详细介绍一下长城的历史，包括它的修建年代、主要作用以及今天的保护情况。" * 12
 
 
