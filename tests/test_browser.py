@@ -232,7 +232,11 @@ def test_walk_in_both_languages(app, page):
     page.get_by_role("tab", name="4 · 对话").click()
     choose(page, chat, "对比模型（可不选）", "基础模型 · SmolLM2-135M-Instruct")
     chat.get_by_text("基础模型 · SmolLM2-135M-Instruct").first.wait_for()  # the second pane says whose answers
-    chat.get_by_label("最大生成长度").first.fill("60")
+    # Greedy, and long enough to be still written when the next question is sent: the base model's greedy reply
+    # to this question runs past 120 tokens (a sampled one can end after a few, and the race is then lost).
+    chat.get_by_label("温度").first.fill("0")
+    chat.get_by_label("温度").first.press("Tab")
+    chat.get_by_label("最大生成长度").first.fill("100")
     chat.get_by_label("最大生成长度").first.press("Tab")
     fill(chat, "输入消息", "请详细介绍一下长城的历史。")
     chat.get_by_role("button", name="发送").click()
