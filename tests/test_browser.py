@@ -268,11 +268,18 @@ def test_walk_in_both_languages(app, page):
     assert english(page, names) == []
     shot(page, "chat_zh.png")
 
-    # 7. The choice survives a reload; English again at once.
+    # 7. The choice survives a reload; English again at once. The conversation comes back, with its models.
+    said = replies.all_inner_texts()
     page.reload()
     page.get_by_role("tab", name="1 · 数据", exact=True).wait_for(timeout=30_000)
     switch(page, "en")
     assert page.get_by_role("tab", name="训练记录").count() == 0
+    page.get_by_role("tab", name="4 · Chat", exact=True).click()
+    page.wait_for_function("(n) => document.querySelectorAll('#tab-chat [data-testid=bot]').length == n",
+                           arg=len(said), timeout=30_000)
+    assert replies.all_inner_texts() == said and len(said) == 3
+    assert chat.get_by_label("Model", exact=True).first.input_value() == "merged · browser"
+    chat.get_by_text("base · SmolLM2-135M-Instruct").first.wait_for()  # the second pane, named
     page.get_by_role("tab", name="Runs", exact=True).click()
     page.locator("#runs-table th", has_text="final loss").first.wait_for()
 

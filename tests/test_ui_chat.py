@@ -377,12 +377,65 @@ def test_stop_ends_the_real_models_reply_at_once_with_its_speed(base_model, monk
 
 def test_a_message_sent_before_stop_that_waited_for_its_turn_is_not_answered(two_panes, monkeypatch):
     """Sent while another reply held the GPU's turn, then Stop: when its turn comes nothing is loaded or answered,
-    and the message stays in the box (the browser's clock stamps the send and the Stop: CLOCK)."""
+    and the message stays in the box (the browser's clock stamps the send and the Stop: CLOCK). The panes are left
+    as they are: the histories it was sent with hold the reply as it was then, and writing them back cut it short."""
+    import gradio as gr
+
     from ui import chat
 
     _stoppable(monkeypatch)
     monkeypatch.setattr(chat, "_loads", lambda *a: pytest.fail("a stopped message loads nothing"))
     chat.stop_reply(None, pressed_at=2_000)
-    waited = list(chat.respond(None, "Hi!", [], [], "a", "b", "", "auto", 0.0, 1.0, 0, 1.0, 6, "", "", 1_000))
-    assert len(waited) == 1 and waited[0][1:3] == ([], []), waited
+    then = [{"role": "user", "content": "Tell me"}, {"role": "assistant", "content": "Once upon"}]  # at Send
+    waited = list(chat.respond(None, "Hi!", then, then, "a", "b", "", "auto", 0.0, 1.0, 0, 1.0, 6, "", "", 1_000))
+    assert len(waited) == 1 and waited[0][1:3] == (gr.update(), gr.update()), waited
     assert not isinstance(waited[0][0], str), "the message box keeps the message"
+    # An empty message, sent while a reply is written, leaves the panes alike.
+    assert list(chat.respond(None, "  ", then, then, "a", "b", "", "auto", 0.0, 1.0, 0, 1.0, 6))[0][1:3] == (
+        gr.update(), gr.update())
+
+
+# ---- the conversation kept in the browser ------------------------------------------------------
+def test_a_reload_gives_back_the_conversation_and_its_models_where_they_still_exist(monkeypatch, tmp_path):
+    """What the browser keeps after a message is what the page gets back on load: both panes as plain
+    messages (a message sent as parts too), and the models; a model gone since, or a kept value that is not a
+    conversation at all, gives the default instead of an error."""
+    import gradio as gr
+
+    from ui import chat
+
+    merged = str(tmp_path / "merged" / "mine")
+    monkeypatch.setattr(chat, "sources", lambda language="en": [("base", "default"), ("merged · mine", merged)])
+    hist_a = [{"role": "user", "content": [{"type": "text", "text": "你好"}]},
+              {"role": "assistant", "content": "你好！我是小助手。", "metadata": None}]
+    hist_b = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "Hello."}]
+    kept = chat.keep(merged, "default", hist_a, hist_b)
+    assert kept == {"source_a": merged, "source_b": "default",
+                    "hist_a": [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！我是小助手。"}],
+                    "hist_b": hist_b}
+    a, b, back_a, back_b, done = chat.restore(kept)
+    assert (a["value"], b["value"], back_a, back_b, done) == (merged, "default", kept["hist_a"], hist_b, True)
+    assert a["choices"][1] == ("merged · mine", merged) and b["choices"][0] == ("—", "")
+
+    monkeypatch.setattr(chat, "sources", lambda language="en": [("base", "default")])  # the merged model deleted
+    a, b, back_a, _, _ = chat.restore(kept)
+    assert (a["value"], b["value"], back_a) == ("default", "default", kept["hist_a"])
+    for broken in (None, "text", {"hist_a": "not a list", "source_a": 3}, {"hist_a": [1, {"role": "tool"}]}):
+        a, b, back_a, back_b, _ = chat.restore(broken)
+        assert (a["value"], b["value"], back_a, back_b) == ("default", "", [], [])
+    # Once given back, what the page keeps later is not given back again (it is what the page shows).
+    assert chat.restore(kept, True) == (gr.update(),) * 4 + (True,)
+
+
+def test_the_browsers_key_is_made_once_per_workspace_and_only_its_owner_reads_it(monkeypatch, tmp_path):
+    """gradio makes a new key at each start, after which the browser's copy can no longer be read: the panel's
+    key is written once in the workspace, private, and read back at the next start."""
+    import stat
+
+    from ui import chat
+
+    monkeypatch.setenv("QLORA_STUDIO_HOME", str(tmp_path / "home"))
+    first = chat.browser_key()
+    assert len(first) >= 24 and chat.browser_key() == first
+    key = tmp_path / "home" / "browser.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and key.read_text() == first

@@ -190,13 +190,20 @@ def generation(system, *values) -> GenerationConfig:
     return GenerationConfig.from_dict({"system": system or "", **dict(zip(GEN, values, strict=True))})
 
 
+def _text(content) -> str:
+    """A chatbot message's text, whether it came as a string or as a list of parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(str(c.get("text", "")) for c in content if isinstance(c, dict))
+    return ""
+
+
 def _pairs(history: list) -> list[tuple[str, str]]:
     """Chatbot messages -> (user, assistant) pairs for the prompt template."""
     pairs, user = [], None
     for m in history or []:
-        role, content = (m.get("role"), m.get("content")) if isinstance(m, dict) else (None, None)
-        text = content if isinstance(content, str) else " ".join(
-            c.get("text", "") for c in content if isinstance(c, dict)) if isinstance(content, list) else ""
+        role, text = (m.get("role"), _text(m.get("content"))) if isinstance(m, dict) else (None, "")
         if role == "user":
             user = text
         elif role == "assistant" and user is not None:
@@ -331,8 +338,10 @@ def respond(request: gr.Request | None, message, hist_a, hist_b, source_a, sourc
     `gpus_a`, `gpus_b`: the GPU pickers of the two models ("" = the idlest GPU; see place()). `sent_at`: when the
     browser sent the message (its clock, ms; CLOCK), so that a Stop pressed while it waited for its turn holds it.
     """
+    # A message not answered leaves the panes as they are now: the histories it was sent with may be older (sent
+    # while a reply was written, it waited for its turn), and writing them back would cut that reply short.
     if not message or not message.strip():
-        yield gr.update(), hist_a, hist_b, ""
+        yield gr.update(), gr.update(), gr.update(), ""
         return
     note, session, started, histories = "", _session(request), time.monotonic(), [hist_a, hist_b]
 
@@ -341,7 +350,7 @@ def respond(request: gr.Request | None, message, hist_a, hist_b, source_a, sourc
         return server > started or browser is not None and sent_at is not None and browser > sent_at
 
     if stopped():  # sent, then stopped before its turn came: not answered, and its text stays in the box
-        yield gr.update(), hist_a, hist_b, gr.update()
+        yield gr.update(), gr.update(), gr.update(), gr.update()
         return
 
     try:
@@ -474,6 +483,61 @@ def unload():
     return both("released")
 
 
+# The conversation is kept in the browser (its localStorage, encrypted), so that a reload, a closed tab or a
+# restart of the panel gives it back with the models it was held with. The key and the secret are fixed per
+# workspace: gradio's defaults are new at each start, and what was kept could no longer be read.
+SAVED_KEY = "qlora-studio-chat"
+
+
+def browser_key() -> str:
+    """This workspace's key for the browser's copy of the conversation, made once."""
+    import os
+    import secrets
+
+    path = paths.home() / "browser.key"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except OSError:
+        pass
+    key = secrets.token_urlsafe(24)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another start made it first
+        return path.read_text(encoding="ascii").strip()
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(key)
+    return key
+
+
+def _messages(history) -> list[dict]:
+    """A chat pane's history as plain {role, content} messages (what is kept, and what is given back)."""
+    if not isinstance(history, list):
+        return []
+    return [{"role": m["role"], "content": _text(m.get("content"))} for m in history
+            if isinstance(m, dict) and m.get("role") in ("user", "assistant")]
+
+
+def keep(source_a, source_b, hist_a, hist_b) -> dict:
+    """What the browser keeps of the conversation: the two models and their panes."""
+    return {"source_a": source_a or "default", "source_b": source_b or "",
+            "hist_a": _messages(hist_a), "hist_b": _messages(hist_b)}
+
+
+def restore(saved, done: bool = False, request: gr.Request = None):
+    """Once a page is loaded: the conversation the browser kept, with its models where they still exist (and
+    `done` set, so that what is kept later is not given back again)."""
+    if done:
+        return gr.update(), gr.update(), gr.update(), gr.update(), True
+    saved = saved if isinstance(saved, dict) else {}
+    choices = sources(lang(request))
+    there = {value for _, value in choices}
+    a = saved.get("source_a") if saved.get("source_a") in there else "default"
+    b = saved.get("source_b") if saved.get("source_b") in there else ""
+    return (gr.update(choices=choices, value=a), gr.update(choices=[("—", "")] + choices, value=b),
+            _messages(saved.get("hist_a")), _messages(saved.get("hist_b")), True)
+
+
 def build() -> dict:
     """The Chat tab's widgets; registers the hook that frees chat models before training."""
     if release_for not in jobs.before_train:
@@ -519,11 +583,25 @@ def build() -> dict:
               gpus_a, gpus_b, clock]
     outputs = [message, chat_a, chat_b, note]
     stamped = CLOCK.format(n=len(inputs))
-    send.click(respond, inputs, outputs, js=stamped, api_name="chat", concurrency_id="gpu", concurrency_limit=1)
-    message.submit(respond, inputs, outputs, js=stamped, api_name=False, concurrency_id="gpu", concurrency_limit=1)
+    saved = gr.BrowserState({}, storage_key=SAVED_KEY, secret=browser_key())
+    kept = [source_a, source_b, chat_a, chat_b]
+    for sent in (send.click(respond, inputs, outputs, js=stamped, api_name="chat", concurrency_id="gpu",
+                            concurrency_limit=1),
+                 message.submit(respond, inputs, outputs, js=stamped, api_name=False, concurrency_id="gpu",
+                                concurrency_limit=1)):
+        sent.then(keep, kept, saved, api_name=False, show_progress="hidden")
     # At once, outside the queue, where the reply being written holds the GPU's place.
     stop.click(stop_reply, clock, None, js=CLOCK.format(n=1), queue=False, api_name=False)
-    clear.click(lambda: ([], [], ""), None, [chat_a, chat_b, note], api_name="clear_chat")
+    clear.click(lambda: ([], [], ""), None, [chat_a, chat_b, note], api_name="clear_chat").then(
+        keep, kept, saved, api_name=False, show_progress="hidden")
+    for picker in (source_a, source_b):  # a model picked is kept too, before any message
+        picker.input(keep, kept, saved, api_name=False, show_progress="hidden")
+    # The browser reads what it kept once the page is drawn, which can be after the page's load event: its change
+    # gives the conversation back, then the panes are named after its models (each page once).
+    restored = gr.State(False)
+    saved.change(restore, [saved, restored], [*kept, restored], api_name=False, show_progress="hidden").then(
+        relabel, [source_a, source_b], [source_a, source_b, chat_a, chat_b, gpus_a, gpus_b], api_name=False,
+        show_progress="hidden")
     source_a.change(label_a, source_a, chat_a, api_name=False)
     source_b.change(label_b, source_b, chat_b, api_name=False)
     if many:  # the comparison model's GPU, once there is one
