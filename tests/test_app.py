@@ -249,6 +249,12 @@ def test_merge_then_chat_streams_a_reply(app, finished_run):
     _, hist_a, hist_b, note = job.result()
     assert hist_a[-1]["role"] == "assistant" and text(hist_a[-1]).strip()
     assert text(hist_b[-1]).strip(), "side by side: the base model answered too"
+    # Regenerate: the last message answered again in both panes, in place of its replies (greedy: the same ones).
+    _, again_a, again_b, note = c.predict("typed meanwhile", hist_a, hist_b, str(merged), "default", "", "auto", 0.0,
+                                          1.0, 0, 1.1, 12, api_name="/regenerate")
+    assert [text(m) for m in again_a] == [text(m) for m in hist_a] and len(again_a) == 2, (again_a, hist_a)
+    assert [text(m) for m in again_b] == [text(m) for m in hist_b] and len(again_b) == 2, (again_b, hist_b)
+    assert note.count("tokens/s, first token after") == 2, note
 
 
 def text(message: dict) -> str:

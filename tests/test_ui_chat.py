@@ -395,6 +395,33 @@ def test_a_message_sent_before_stop_that_waited_for_its_turn_is_not_answered(two
         gr.update(), gr.update())
 
 
+def test_regenerate_writes_the_last_reply_again_in_both_panes_and_keeps_the_rest(two_panes, monkeypatch):
+    """Regenerate takes back the last message's replies and answers it again with the settings now (here:
+    greedy, 6 tokens); earlier turns, a pane that was not asked that message, and the box's text stay."""
+    from ui import chat
+
+    asked = []
+
+    def answer(pane, history, message, gen):
+        asked.append((pane[0], message, len(history), gen.temperature))
+        yield [*history, {"role": "user", "content": message}, {"role": "assistant", "content": pane[0] + " again"}]
+
+    monkeypatch.setattr(chat, "_answer", answer)
+    two_turns = [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"},
+                 {"role": "user", "content": [{"type": "text", "text": "Q2"}]}, {"role": "assistant", "content": "old"}]
+    for hist_b, kept_b in ((two_turns, 2), (two_turns[:2], 2)):  # B was asked Q2 too; B was added after Q2
+        asked.clear()
+        updates = list(chat.regenerate(None, "typed meanwhile", two_turns, hist_b, "a", "b", "", "auto", 0.0, 1.0, 0,
+                                       1.0, 6))
+        _, pane_a, pane_b, note = updates[-1]
+        assert asked == [("a", "Q2", 2, 0.0), ("b", "Q2", kept_b, 0.0)], asked
+        assert pane_a == [*two_turns[:2], {"role": "user", "content": "Q2"}, {"role": "assistant", "content": "a again"}]
+        assert pane_b[-1] == {"role": "assistant", "content": "b again"} and pane_b[:2] == two_turns[:2]
+        assert all(isinstance(u[0], dict) and "value" not in u[0] for u in updates), "the box keeps its text"
+    nothing = list(chat.regenerate(None, "", [], [], "a", "b", "", "auto", 0.0, 1.0, 0, 1.0, 6))
+    assert len(nothing) == 1 and "send a message first" in nothing[0][3] and "请先发送一条消息" in nothing[0][3]
+
+
 # ---- the conversation kept in the browser ------------------------------------------------------
 def test_a_reload_gives_back_the_conversation_and_its_models_where_they_still_exist(monkeypatch, tmp_path):
     """What the browser keeps after a message is what the page gets back on load: both panes as plain

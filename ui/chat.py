@@ -403,6 +403,28 @@ def respond(request: gr.Request | None, message, hist_a, hist_b, source_a, sourc
     yield gr.update(), *histories, warn(_failure(error, hint), language=lang(request))
 
 
+def _asked_last(history) -> int | None:
+    """Where the last message the user sent begins in a pane's history (None: none sent)."""
+    return next((i for i in range(len(history or []) - 1, -1, -1)
+                 if isinstance(history[i], dict) and history[i].get("role") == "user"), None)
+
+
+def regenerate(request: gr.Request | None, message, hist_a, hist_b, source_a, source_b, system, precision,
+               temperature, top_p, top_k, repetition_penalty, max_new_tokens, gpus_a="", gpus_b="", sent_at=None):
+    """Answer the last message again, with the settings as they are now: its replies are taken back in both
+    panes (a pane that was not asked it keeps its history) and written anew; what is typed in the box stays."""
+    at = _asked_last(hist_a)
+    if at is None:
+        yield gr.update(), gr.update(), gr.update(), both("nothing_to_regenerate")
+        return
+    asked = _text(hist_a[at].get("content"))
+    b = _asked_last(hist_b)
+    hist_b = hist_b[:b] if b is not None and _text(hist_b[b].get("content")) == asked else hist_b
+    for _, *panes in respond(request, asked, hist_a[:at], hist_b, source_a, source_b, system, precision, temperature,
+                             top_p, top_k, repetition_penalty, max_new_tokens, gpus_a, gpus_b, sent_at):
+        yield gr.update(), *panes
+
+
 def stop_reply(request: gr.Request | None, pressed_at=None) -> None:
     """Stop: this browser's reply being written ends after its current token, a comparison reply not begun does
     not begin, and a message sent before Stop that still waits for its turn is not answered. respond() ends as it
@@ -565,6 +587,7 @@ def build() -> dict:
         with gr.Column(scale=1, min_width=120):
             send = gr.Button(t("send"), variant="primary")
             stop = gr.Button(t("stop_reply"), variant="stop")
+            again = gr.Button(t("regenerate"))
             clear = gr.Button(t("clear"))
     fit_badge_html = gr.HTML(elem_id="fit-chat")  # does the model load in the free memory, before Send loads it
     note = gr.Markdown()
@@ -588,7 +611,9 @@ def build() -> dict:
     for sent in (send.click(respond, inputs, outputs, js=stamped, api_name="chat", concurrency_id="gpu",
                             concurrency_limit=1),
                  message.submit(respond, inputs, outputs, js=stamped, api_name=False, concurrency_id="gpu",
-                                concurrency_limit=1)):
+                                concurrency_limit=1),
+                 again.click(regenerate, inputs, outputs, js=stamped, api_name="regenerate", concurrency_id="gpu",
+                             concurrency_limit=1)):
         sent.then(keep, kept, saved, api_name=False, show_progress="hidden")
     # At once, outside the queue, where the reply being written holds the GPU's place.
     stop.click(stop_reply, clock, None, js=CLOCK.format(n=1), queue=False, api_name=False)
