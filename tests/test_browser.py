@@ -284,6 +284,32 @@ def test_walk_in_both_languages(app, page):
     page.locator("#runs-table th", has_text="final loss").first.wait_for()
 
 
+def test_a_question_sent_while_a_reply_is_written_waits_and_that_reply_stays_whole(app, page):
+    """Shift+Enter while a reply streams sends the next question: it waits for its turn, then is answered on the
+    reply as written to its end (the page sent the reply as it was then, and answering on that cut it short)."""
+    page.goto(app.url)
+    page.get_by_role("tab", name="4 · Chat", exact=True).click()
+    chat = page.locator("#tab-chat")
+    page.get_by_text("Sampling settings").click()
+    fill(chat, "Max new tokens", 60)  # greedy, this story runs past 60 tokens
+    chat.get_by_label("Temperature").first.fill("0")
+    chat.get_by_label("Temperature").first.press("Tab")
+    box = chat.get_by_label("Message", exact=True).first
+    box.fill("Write a long story about a ship.")
+    chat.get_by_role("button", name="Send").click()
+    bots, users = chat.locator("[data-testid=bot]"), chat.locator("[data-testid=user]")
+    page.wait_for_function("() => { const b = document.querySelector('#tab-chat [data-testid=bot]');"
+                           " return b && b.innerText.trim().length > 0; }", timeout=120_000)
+    box.fill("And then?")
+    box.press("Shift+Enter")
+    partial = bots.first.inner_text()
+    page.wait_for_function("() => document.querySelectorAll('#tab-chat [data-testid=bot]').length == 2"
+                           " && /first token/.test(document.querySelector('#tab-chat').innerText)", timeout=180_000)
+    whole, then = bots.all_inner_texts()
+    assert users.all_inner_texts() == ["Write a long story about a ship.", "And then?"] and then.strip()
+    assert whole.startswith(partial) and len(whole) > len(partial) + 20, (partial, whole)
+
+
 @pytest.mark.parametrize("locale, tab, words", [("en-US", "Models", "no GPU here"), ("zh-CN", "模型", "本机没有显卡")])
 def test_models_tab_lists_the_local_models_in_the_readers_language(app, browser, locale, tab, words):
     page = browser.new_page(viewport={"width": 1400, "height": 1000}, locale=locale)

@@ -422,6 +422,42 @@ def test_regenerate_writes_the_last_reply_again_in_both_panes_and_keeps_the_rest
     assert len(nothing) == 1 and "send a message first" in nothing[0][3] and "请先发送一条消息" in nothing[0][3]
 
 
+def test_a_message_that_waited_while_a_reply_was_written_is_answered_on_that_reply_whole(two_panes, monkeypatch):
+    """A message sent while a reply is written (Enter while Send's reply streams, or Regenerate) carries the panes
+    as they were when it was sent: the reply half written, the comparison's not begun. Answered on those, the
+    page lost the rest of that reply, and the model never saw it. It is answered on the panes as the reply left
+    them; what another page holds, or panes cleared since, are not mixed in."""
+    from types import SimpleNamespace
+
+    from ui import chat
+
+    def answer(pane, history, message, gen):
+        for part in ("Once", "Once upon", "Once upon a time."):
+            yield [*history, {"role": "user", "content": message}, {"role": "assistant", "content": f"{pane[0]}: {part}"}]
+
+    monkeypatch.setattr(chat, "_answer", answer)
+    page, other = SimpleNamespace(session_hash="page", headers={}), SimpleNamespace(session_hash="other", headers={})
+    settings = ("a", "b", "", "auto", 0.0, 1.0, 0, 1.0, 6)
+    first = chat.respond(page, "Tell me a story.", [], [], *settings)
+    _, half_a, half_b, _ = next(first)  # the page, as the next message is sent: A half written, B not begun
+    assert (half_a[-1]["content"], half_b) == ("a: Once", [])
+    *_, (_, whole_a, whole_b, _) = first
+    _, next_a, next_b, _ = list(chat.respond(page, "And then?", half_a, half_b, *settings))[-1]
+    assert next_a[:2] == whole_a and next_b[:2] == whole_b and len(next_a) == len(next_b) == 4, (next_a, next_b)
+    assert whole_b[-1]["content"] == "b: Once upon a time."
+    # Regenerate sent at the same moment writes the last reply again on the panes as they are, not as then.
+    _, again_a, _, _ = list(chat.regenerate(page, "", half_a, half_b, *settings))[-1]
+    assert [m["content"] for m in again_a] == ["Tell me a story.", "a: Once upon a time.", "And then?",
+                                               "a: Once upon a time."], again_a
+    # Another page's panes are its own; after Clear, an empty pane is empty.
+    assert len(list(chat.respond(other, "Hi", [], [], *settings))[-1][1]) == 2
+    chat.cleared(page)
+    assert len(list(chat.respond(page, "Hi", [], [], *settings))[-1][1]) == 2
+    # A page closed: what the server held of it goes.
+    chat.forget(page)
+    assert list(chat.respond(page, "Hi", half_a, [], *settings))[-1][1][1]["content"] == "a: Once"
+
+
 # ---- the conversation kept in the browser ------------------------------------------------------
 def test_a_reload_gives_back_the_conversation_and_its_models_where_they_still_exist(monkeypatch, tmp_path):
     """What the browser keeps after a message is what the page gets back on load: both panes as plain

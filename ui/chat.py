@@ -30,6 +30,9 @@ _lock = threading.Lock()
 # after it is.
 _stopped: dict[str | None, tuple[float, float | None]] = {}
 _writing: dict[str | None, object] = {}
+# The panes as this session's replies last left them, or write them now. A message the page sends while a reply
+# is still being written (Enter, Regenerate) carries the panes as they were then; it is answered on these.
+_shown: dict[str, list[list]] = {}
 CLOCK = "(...values) => [...values.slice(0, {n} - 1), Date.now()]"
 """Front-end code run on a click before its handler: the last of its `n` inputs becomes the browser's time (ms)."""
 
@@ -331,6 +334,31 @@ def _answer(pane: tuple[str, str], history: list, message: str, gen: GenerationC
     yield history
 
 
+def _as_shown(session: str | None, sent: list) -> list:
+    """Each pane's history to answer on: what the page sent, unless the page sent it while a reply was still
+    being written into the pane (a message that waited for its turn): then the pane as that reply left it."""
+    shown = _shown.get(session) if session is not None else None
+    if not shown:
+        return sent
+    out = []
+    for mine, theirs in zip(sent, shown, strict=True):
+        mine, theirs = _messages(mine), _messages(theirs)
+        n = len(mine)
+        # Empty: sent before this pane's reply began (Clear forgets what the server holds). Else the same
+        # messages, the last one as far as it was written then.
+        older = n == 0 or n <= len(theirs) and mine[:-1] == theirs[:n - 1] and mine[-1]["role"] == theirs[n - 1][
+            "role"] and theirs[n - 1]["content"].startswith(mine[-1]["content"])
+        out.append(theirs if older else mine)
+    return out
+
+
+def forget(request: gr.Request = None) -> None:
+    """A page closed, or its panes cleared: what the server holds of its session goes."""
+    session = _session(request)
+    _shown.pop(session, None)
+    _stopped.pop(session, None)
+
+
 def respond(request: gr.Request | None, message, hist_a, hist_b, source_a, source_b, system, precision, temperature,
             top_p, top_k, repetition_penalty, max_new_tokens, gpus_a="", gpus_b="", sent_at=None):
     """Send the message to the chosen model and, side by side, to the comparison model; replies stream.
@@ -338,6 +366,14 @@ def respond(request: gr.Request | None, message, hist_a, hist_b, source_a, sourc
     `gpus_a`, `gpus_b`: the GPU pickers of the two models ("" = the idlest GPU; see place()). `sent_at`: when the
     browser sent the message (its clock, ms; CLOCK), so that a Stop pressed while it waited for its turn holds it.
     """
+    hist_a, hist_b = _as_shown(_session(request), [hist_a, hist_b])
+    yield from _respond(request, message, hist_a, hist_b, source_a, source_b, system, precision, temperature, top_p,
+                        top_k, repetition_penalty, max_new_tokens, gpus_a, gpus_b, sent_at)
+
+
+def _respond(request, message, hist_a, hist_b, source_a, source_b, system, precision, temperature, top_p, top_k,
+             repetition_penalty, max_new_tokens, gpus_a, gpus_b, sent_at):
+    """respond() on the panes as they are."""
     # A message not answered leaves the panes as they are now: the histories it was sent with may be older (sent
     # while a reply was written, it waited for its turn), and writing them back would cut that reply short.
     if not message or not message.strip():
@@ -381,6 +417,8 @@ def respond(request: gr.Request | None, message, hist_a, hist_b, source_a, sourc
             _writing[session] = chat
             for history in _answer(pane, histories[i], message, gen):
                 histories[i] = history
+                if session is not None:
+                    _shown[session] = list(histories)
                 yield box, *histories, note
                 box = gr.update()
                 if stopped():
@@ -413,6 +451,7 @@ def regenerate(request: gr.Request | None, message, hist_a, hist_b, source_a, so
                temperature, top_p, top_k, repetition_penalty, max_new_tokens, gpus_a="", gpus_b="", sent_at=None):
     """Answer the last message again, with the settings as they are now: its replies are taken back in both
     panes (a pane that was not asked it keeps its history) and written anew; what is typed in the box stays."""
+    hist_a, hist_b = _as_shown(_session(request), [hist_a, hist_b])
     at = _asked_last(hist_a)
     if at is None:
         yield gr.update(), gr.update(), gr.update(), both("nothing_to_regenerate")
@@ -420,8 +459,8 @@ def regenerate(request: gr.Request | None, message, hist_a, hist_b, source_a, so
     asked = _text(hist_a[at].get("content"))
     b = _asked_last(hist_b)
     hist_b = hist_b[:b] if b is not None and _text(hist_b[b].get("content")) == asked else hist_b
-    for _, *panes in respond(request, asked, hist_a[:at], hist_b, source_a, source_b, system, precision, temperature,
-                             top_p, top_k, repetition_penalty, max_new_tokens, gpus_a, gpus_b, sent_at):
+    for _, *panes in _respond(request, asked, hist_a[:at], hist_b, source_a, source_b, system, precision, temperature,
+                              top_p, top_k, repetition_penalty, max_new_tokens, gpus_a, gpus_b, sent_at):
         yield gr.update(), *panes
 
 
@@ -503,6 +542,12 @@ def fit_badge(request: gr.Request | None, source, precision, pick="") -> str:
 def unload():
     release()
     return both("released")
+
+
+def cleared(request: gr.Request = None):
+    """Clear: both panes and the note emptied, here and in what the server holds of them."""
+    _shown.pop(_session(request), None)
+    return [], [], ""
 
 
 # The conversation is kept in the browser (its localStorage, encrypted), so that a reload, a closed tab or a
@@ -617,7 +662,7 @@ def build() -> dict:
         sent.then(keep, kept, saved, api_name=False, show_progress="hidden")
     # At once, outside the queue, where the reply being written holds the GPU's place.
     stop.click(stop_reply, clock, None, js=CLOCK.format(n=1), queue=False, api_name=False)
-    clear.click(lambda: ([], [], ""), None, [chat_a, chat_b, note], api_name="clear_chat").then(
+    clear.click(cleared, None, [chat_a, chat_b, note], api_name="clear_chat").then(
         keep, kept, saved, api_name=False, show_progress="hidden")
     for picker in (source_a, source_b):  # a model picked is kept too, before any message
         picker.input(keep, kept, saved, api_name=False, show_progress="hidden")

@@ -71,6 +71,7 @@ def build() -> gr.Blocks:
         # The language: the saved choice (or the browser's) on load; a switch redraws what the server wrote.
         # Each tab's build() gives its `relabel` (fn, inputs, outputs): its server-made text in the chosen language.
         demo.load(None, None, switch, js=LOAD_JS, api_name=False)
+        demo.unload(chat.forget)  # a page closed: what the chat held for it goes
         switched = switch.input(None, switch, None, js=SWITCH_JS, api_name=False)
         every_tab = [data_tab, train_tab, merge_tab, chat_tab, runs_tab, models_tab]
         labels = (lambda: [gr.Tab(label=t(k)) for k in TABS], None, every_tab)
