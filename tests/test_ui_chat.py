@@ -502,3 +502,4 @@ def test_the_browsers_key_is_made_once_per_workspace_and_only_its_owner_reads_it
     assert len(first) >= 24 and chat.browser_key() == first
     key = tmp_path / "home" / "browser.key"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600 and key.read_text() == first
+    assert [p.name for p in key.parent.iterdir()] == ["browser.key"], "nothing half written is left beside it"

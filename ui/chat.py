@@ -568,12 +568,16 @@ def browser_key() -> str:
     except OSError:
         pass
     key = secrets.token_urlsafe(24)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another start made it first
-        return path.read_text(encoding="ascii").strip()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="ascii") as f:
         f.write(key)
+    try:  # whole or not at all, and never over a key another start made meanwhile
+        os.link(tmp, path)
+    except FileExistsError:
+        key = path.read_text(encoding="ascii").strip()
+    finally:
+        tmp.unlink()
     return key
 
 
