@@ -53,6 +53,51 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+def modeling_state() -> dict:
+    """What transformers' modeling modules hold now: each module's names, and the attributes of its classes."""
+    state = {}
+    for name, module in list(sys.modules.items()):
+        if name.startswith("transformers.models.") and ".modeling_" in name and module is not None:
+            names = dict(vars(module))
+            classes = {c: dict(vars(c)) for c in names.values() if isinstance(c, type) and c.__module__ == name}
+            state[name] = (names, classes)
+    return state
+
+
+def restore_modeling(state: dict) -> None:
+    """Put back what modeling_state() saw: a name or a class attribute replaced since gets its old value."""
+    for name, (names, classes) in state.items():
+        module = sys.modules.get(name)
+        for key, value in names.items() if module is not None else ():
+            if vars(module).get(key) is not value:
+                setattr(module, key, value)
+        for cls, attrs in classes.items():
+            for key, value in attrs.items():
+                if key not in ("__dict__", "__weakref__") and cls.__dict__.get(key) is not value:
+                    setattr(cls, key, value)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def modeling_originals() -> dict:
+    """transformers' modeling code as it is before any test or fixture trains (the Llama code loaded first)."""
+    import transformers.models.llama.modeling_llama  # noqa: F401
+
+    return modeling_state()
+
+
+@pytest.fixture(autouse=True)
+def modeling_unpatched(modeling_originals):
+    """Training on a GPU with Liger's kernels patches transformers' modeling code for the whole process (rotary
+    embedding, norms, the model's forward). The panel trains in a child process, so its chat never sees that; a
+    test or a fixture that trains in this process would leave it to every later test here (measured on an H200: a
+    compiled chat of the embedded model wrote 31 tokens/s after such a test, 531 without, and a model on the CPU
+    met Liger's GPU kernels). Each test starts and ends with the code as transformers wrote it: a module's or the
+    session's fixture may have trained just before the test."""
+    restore_modeling(modeling_originals)
+    yield
+    restore_modeling(modeling_originals)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def workspace(tmp_path_factory):
     """Every test session gets an empty workspace; the model cache is shared and reused."""

@@ -25,7 +25,8 @@ def merged_chat():
 @pytest.mark.slow
 def test_reply_streams_as_a_growing_text(merged_chat):
     pieces = list(merged_chat.stream([], "Who are you?", GREEDY))
-    assert len(pieces) > 3
+    # The page is redrawn at most UPDATES times a second: on a GPU this 12-token reply is written in a few of those.
+    assert len(pieces) > (3 if merged_chat.model.device.type == "cpu" else 1), pieces
     assert all(b.startswith(a) for a, b in zip(pieces, pieces[1:], strict=False))
     assert pieces[-1] == "I am Lumi, an assistant made by QLoRA Studio."
 
@@ -111,6 +112,30 @@ def test_a_half_written_adapter_is_named_as_damaged(tiny_adapter, tmp_path, name
     assert line.startswith(f"error: adapter: {adapter} is damaged or incomplete {why}")
     assert line.endswith("; train again or pick another run")
 
+
+
+@pytest.fixture(scope="module")
+def rope_patched_by_a_fixture():
+    """As a module's fixture that trains on a GPU with Liger's kernels leaves transformers' Llama code."""
+    from transformers.models.llama import modeling_llama
+
+    rope = modeling_llama.apply_rotary_pos_emb
+    modeling_llama.apply_rotary_pos_emb = lambda *args: None  # what apply_liger_kernel_to_llama does
+    yield rope
+
+
+def test_modeling_code_patched_by_a_fixture_or_a_test_is_put_back(rope_patched_by_a_fixture):
+    """conftest's guard: Liger's process-wide patches of transformers' modeling code, left by training in this
+    process, made a later compiled chat 17x slower on the GPU; each test starts and ends with the originals."""
+    from conftest import modeling_state, restore_modeling
+    from transformers.models.llama import modeling_llama
+
+    assert modeling_llama.apply_rotary_pos_emb is rope_patched_by_a_fixture  # put back before this test
+    forward = modeling_llama.LlamaForCausalLM.forward
+    state = modeling_state()
+    modeling_llama.LlamaForCausalLM.forward = lambda self, *args: None
+    restore_modeling(state)
+    assert modeling_llama.LlamaForCausalLM.forward is forward
 
 # ---- speed: the panel's streaming path -------------------------------------------------------
 @pytest.fixture(scope="module")
@@ -295,7 +320,7 @@ def test_a_later_turn_reads_only_its_new_message_and_answers_as_a_fresh_prompt_w
 
     def plain(history, message):
         prompt = base_chat.template.prompt(gen.system, history, message, base_chat.tokenizer)
-        inputs = base_chat.tokenizer(prompt, return_tensors="pt")
+        inputs = base_chat.tokenizer(prompt, return_tensors="pt").to(base_chat.model.device)
         out = base_chat.model.generate(**inputs, max_new_tokens=gen.max_new_tokens, do_sample=False, temperature=None,
                                        top_p=None, top_k=None, pad_token_id=base_chat.tokenizer.pad_token_id)
         return out[0, inputs["input_ids"].shape[1]:].tolist()

@@ -73,6 +73,22 @@ def test_default_recipe_packs_rows_on_the_gpu(base_model):  # the embedded model
     assert first["tokens"] > 0 and first["tokens_per_second"] > 0
 
 
+
+@pytest.fixture(scope="module")
+def liger_applied():
+    """What training with Liger's kernels does to this process: transformers' Llama code patched for every model."""
+    from liger_kernel.transformers import apply_liger_kernel_to_llama
+
+    apply_liger_kernel_to_llama()
+
+
+def test_liger_patches_left_by_a_fixture_do_not_reach_the_test(liger_applied):
+    """conftest's guard with Liger's own patches (the panel trains in a child; tests train in this process)."""
+    from transformers.models.llama import modeling_llama
+
+    for code in (modeling_llama.apply_rotary_pos_emb, modeling_llama.LlamaForCausalLM.forward, modeling_llama.LlamaMLP):
+        assert code.__module__ == modeling_llama.__name__, code
+
 def test_monitor_sees_the_gpu():
     from core import monitor
 
@@ -393,7 +409,7 @@ def fast_chat(base_model):
     chat.close()
 
 
-def test_chat_warms_up_at_load_and_answers_greedy_likeplain_generate(fast_chat):
+def test_chat_warms_up_at_load_and_answers_greedy_like_plain_generate(fast_chat):
     assert fast_chat.compiled == 4096 and fast_chat.fallback == "" and fast_chat.warmup_s > 0
     gen = GenerationConfig(temperature=0, max_new_tokens=40, repetition_penalty=1.0)
     for message in ("Tell me about the sea.", "你好，请介绍一下你自己。"):
@@ -438,7 +454,7 @@ def test_other_lengths_and_sampling_do_not_compile_again(fast_chat):
         assert first > 0.5 * fast_chat.last["tokens_per_s"], (message, first, fast_chat.last["tokens_per_s"])
 
 
-def test_the_panel_is_not_slower_thanplain_generate(fast_chat):
+def test_the_panel_is_not_slower_than_plain_generate(fast_chat):
     import time
 
     import torch
