@@ -456,6 +456,12 @@ def test_a_message_that_waited_while_a_reply_was_written_is_answered_on_that_rep
     # A page closed: what the server held of it goes.
     chat.forget(page)
     assert list(chat.respond(page, "Hi", half_a, [], *settings))[-1][1][1]["content"] == "a: Once"
+    # Also when it closed while a reply of its was still written: once that reply ends, nothing of it is held.
+    writing = chat.respond(page, "Hi", [], [], *settings)
+    next(writing)
+    chat.forget(page)
+    list(writing)
+    assert "page" not in chat._shown and "page" not in chat._replying and "page" not in chat._closed
 
 
 # ---- the conversation kept in the browser ------------------------------------------------------

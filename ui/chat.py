@@ -33,6 +33,9 @@ _writing: dict[str | None, object] = {}
 # The panes as this session's replies last left them, or write them now. A message the page sends while a reply
 # is still being written (Enter, Regenerate) carries the panes as they were then; it is answered on these.
 _shown: dict[str, list[list]] = {}
+# Sessions answering a message now; and of those, the ones whose page closed meanwhile, forgotten when it ends.
+_replying: set[str | None] = set()
+_closed: set[str | None] = set()
 CLOCK = "(...values) => [...values.slice(0, {n} - 1), Date.now()]"
 """Front-end code run on a click before its handler: the last of its `n` inputs becomes the browser's time (ms)."""
 
@@ -357,6 +360,8 @@ def forget(request: gr.Request = None) -> None:
     session = _session(request)
     _shown.pop(session, None)
     _stopped.pop(session, None)
+    if session in _replying:  # its reply goes on being written into _shown: forgotten again when it ends
+        _closed.add(session)
 
 
 def respond(request: gr.Request | None, message, hist_a, hist_b, source_a, source_b, system, precision, temperature,
@@ -389,6 +394,7 @@ def _respond(request, message, hist_a, hist_b, source_a, source_b, system, preci
         yield gr.update(), gr.update(), gr.update(), gr.update()
         return
 
+    _replying.add(session)
     try:
         gen = generation(system, precision, temperature, top_p, top_k, repetition_penalty, max_new_tokens)
         gen.check()
@@ -436,6 +442,10 @@ def _respond(request, message, hist_a, hist_b, source_a, source_b, system, preci
         return
     finally:
         _writing.pop(session, None)
+        _replying.discard(session)
+        if session in _closed:  # the page closed while this reply was written
+            _closed.discard(session)
+            _shown.pop(session, None)
     # Released once the exception is gone: its traceback's frames hold the tensors of the failed step.
     release()
     yield gr.update(), *histories, warn(_failure(error, hint), language=lang(request))
