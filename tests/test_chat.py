@@ -113,7 +113,6 @@ def test_a_half_written_adapter_is_named_as_damaged(tiny_adapter, tmp_path, name
     assert line.endswith("; train again or pick another run")
 
 
-
 @pytest.fixture(scope="module")
 def rope_patched_by_a_fixture():
     """As a module's fixture that trains on a GPU with Liger's kernels leaves transformers' Llama code."""
@@ -136,6 +135,7 @@ def test_modeling_code_patched_by_a_fixture_or_a_test_is_put_back(rope_patched_b
     modeling_llama.LlamaForCausalLM.forward = lambda self, *args: None
     restore_modeling(state)
     assert modeling_llama.LlamaForCausalLM.forward is forward
+
 
 # ---- speed: the panel's streaming path -------------------------------------------------------
 @pytest.fixture(scope="module")

@@ -73,7 +73,6 @@ def test_default_recipe_packs_rows_on_the_gpu(base_model):  # the embedded model
     assert first["tokens"] > 0 and first["tokens_per_second"] > 0
 
 
-
 @pytest.fixture(scope="module")
 def liger_applied():
     """What training with Liger's kernels does to this process: transformers' Llama code patched for every model."""
@@ -88,6 +87,7 @@ def test_liger_patches_left_by_a_fixture_do_not_reach_the_test(liger_applied):
 
     for code in (modeling_llama.apply_rotary_pos_emb, modeling_llama.LlamaForCausalLM.forward, modeling_llama.LlamaMLP):
         assert code.__module__ == modeling_llama.__name__, code
+
 
 def test_monitor_sees_the_gpu():
     from core import monitor
