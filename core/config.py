@@ -72,6 +72,11 @@ class _Config:
 
     def validate(self) -> list[str]:
         """Every problem with these settings, one message each (empty list = fine)."""
+        # A number left empty in the form: said first, before any rule compares it with something.
+        empty = [Text(f"{f.name}: give a number", f"{f.name}：请填一个数字") for f in fields(self)
+                 if getattr(self, f.name) is None and str(f.type) in ("int", "float")]
+        if empty:
+            return empty
         out = []
         for f in fields(self):
             value = getattr(self, f.name)
@@ -86,6 +91,8 @@ class _Config:
             elif "bounds" in f.metadata and not f.metadata["bounds"][0] <= value <= f.metadata["bounds"][1]:
                 lo, hi = f.metadata["bounds"]
                 out.append(Text(f"{f.name}: must be between {lo:g} and {hi:g}", f"{f.name}：必须在 {lo:g} 到 {hi:g} 之间"))
+            elif f.name == "seed" and not 0 <= value < 2**32:  # what the random generators take
+                out.append(Text("seed: must be between 0 and 4294967295", "seed：必须在 0 到 4294967295 之间"))
         named = {m.split(":", 1)[0] for m in out}
         # One message per setting: a nan learning rate is "not finite", not also "not between 0 and 1".
         return out + [m for m in self._rules() if m.split(":", 1)[0] not in named]

@@ -168,7 +168,7 @@ def test_a_broken_row_is_named_when_the_file_is_chosen(app):
 
 def test_validation_messages_are_shown_next_to_the_form(app, dataset):
     message, _ = start(app.client(), dataset, lora_dropout=0.9, learning_rate=3.0)
-    assert "lora_dropout: must be between 0 and 0.5" in message and "learning_rate" in message
+    assert "LoRA dropout: must be between 0 and 0.5" in message and "Learning rate: " in message
 
 
 def test_train_streams_metrics_then_finishes(finished_run):
@@ -182,7 +182,7 @@ def test_bad_model_or_data_is_refused_before_anything_starts(app, dataset, finis
     c = app.client()
     missing = app.home / "models" / "nothing"
     message, viewed = start(c, dataset, model=str(missing), name="bad")
-    assert message == f"⚠️ model: folder {missing} not found", message
+    assert message == f"⚠️ Model: folder {missing} not found", message
     message, _ = start(c, str(app.home / "data"), name="bad")
     assert "is not a prepared dataset" in message
     assert not (app.home / "runs" / "bad").exists()

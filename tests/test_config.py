@@ -120,3 +120,15 @@ def test_without_a_gpu_the_default_preset_is_sized_for_the_cpu_and_the_users_own
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     cfg = build_config({"data": "d", "out": "o", "learning_rate": 5e-4})
     assert cfg.learning_rate == 5e-4 and cfg.max_steps == CPU_SIZED["max_steps"] and cfg.lora_r == CPU_SIZED["lora_r"]
+
+
+def test_an_empty_number_and_a_seed_out_of_range_are_said_in_words():
+    """A number box left empty gives None: said as such (the rules would have compared None and failed with a
+    TypeError); a seed the random generators do not take is refused before a run starts."""
+    from core.config import PrepareConfig, TrainConfig
+
+    empty = TrainConfig(data="d", out="o", batch_size=None)
+    assert empty.validate() == ["batch_size: give a number"] and empty.validate()[0].zh == "batch_size：请填一个数字"
+    assert TrainConfig(data="d", out="o", seed=-1).validate() == ["seed: must be between 0 and 4294967295"]
+    assert PrepareConfig(input="x.jsonl", seed=2**32).validate() == ["seed: must be between 0 and 4294967295"]
+    assert TrainConfig(data="d", out="o", seed=0).validate() == []

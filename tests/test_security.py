@@ -101,7 +101,7 @@ def test_training_reads_only_allowed_models_and_datasets(app, outside):
     c = app.client()
     for model in ["/etc", str(outside), "../../../../etc", "~"]:
         message, _ = start(c, name="m", model=model, data=str(app.home / "datasets"))
-        assert "model:" in message and "outside the workspace" in message, (model, message)
+        assert "Model:" in message and "outside the workspace" in message, (model, message)
     message, _ = start(c, name="d", data=str(outside))
     assert "dataset:" in message and "outside the workspace" in message
     assert not list((app.home / "runs").glob("m*")) and not (app.home / "runs" / "d").exists()
@@ -130,14 +130,14 @@ def test_merge_output_is_a_name_inside_merged(app, outside):
     assert not (app.home / "escape_merged").exists() and not Path("/tmp/escape_merged").exists()
     assert not (Path(__file__).resolve().parent.parent.parent / "escape_merged").exists()
     result, _ = c.predict(str(run), "/etc", "fine", "float32", api_name="/merge")
-    assert "base:" in result and "outside the workspace" in result
+    assert "Base model:" in result and "outside the workspace" in result
 
 
 def test_chat_loads_only_allowed_models(app, outside):
     c = app.client()
     for source in ["/etc", str(outside), "adapter:" + str(outside / "run" / "adapter"), "adapter:/proc/self"]:
         _, hist, _, note = c.predict("hi", [], [], source, "", "", "auto", 0.0, 1.0, 0, 1.1, 4, api_name="/chat")
-        assert "model:" in note and ("outside" in note or "not inside" in note), (source, note)
+        assert "Model:" in note and ("outside" in note or "not inside" in note), (source, note)
 
 
 def test_uploads_are_bounded(app, tmp_path):

@@ -76,9 +76,9 @@ def test_a_sampled_dataset_is_shown_as_a_data_file(home):
 def test_a_wrong_hub_id_or_a_missing_mirror_address_is_one_line(home):
     said, timer = models.start("not a repo", "huggingface", "", "", False)
     said = html.unescape(said)
-    assert said.startswith("⚠️ repo: 'not a repo' is not a hub id") and "\n" not in said
+    assert said.startswith("⚠️ Hub id (owner/name): 'not a repo' is not a hub id") and "\n" not in said
     said, _ = models.start("me/tiny", "mirror", "", "", False)
-    assert "endpoint: give the mirror's address" in html.unescape(said)
+    assert "Mirror address: give the mirror's address" in html.unescape(said)
     said, _ = models.start("me/tiny", "huggingface", "", "../up", False)
-    assert said.startswith("⚠️ name:")
+    assert said.startswith("⚠️ Name:")
     assert models.stop(Request("en")) == SAY["en"]["dl_nothing"]

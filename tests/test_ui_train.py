@@ -68,6 +68,11 @@ def test_train_tab_warns_when_the_settings_go_over_little_data_many_times(tmp_pa
     text = plan_text(None, data, *values)
     assert "**3 updates**" in text and "by heart" not in text
     assert plan_text(None, "", *values) == "" and plan_text(None, data, *[None] * len(SETTINGS)) == ""
+    # A setting out of its range is said at once, in words and in the reader's language (it was gradio's English
+    # popup, or nothing), and the plan's numbers of the last good settings are gone.
+    values[SETTINGS.index("max_steps")], values[SETTINGS.index("seed")] = -3, -1
+    zh = plan_text(_Page("zh"), data, *values)
+    assert "⚠️ 最大步数：必须为 0 或更大" in zh and "⚠️ 随机种子：必须在 0 到 4294967295 之间" in zh and "updates" not in zh
 
 
 def test_without_a_gpu_the_gpu_only_settings_are_greyed_out(monkeypatch):
@@ -251,9 +256,9 @@ def test_a_bad_setting_is_shown_in_the_pages_language(tmp_path):
     values = [getattr(TrainConfig(), n) for n in SETTINGS]
     values[SETTINGS.index("lora_dropout")] = 0.9
     zh, _ = start(_Page("zh"), "default", data, "default", "", "", *values)
-    assert "lora_dropout：必须在 0 到 0.5 之间" in zh and "must be" not in zh
+    assert "⚠️ LoRA dropout：必须在 0 到 0.5 之间" in zh and "must be" not in zh
     en, _ = start(_Page("en"), "default", data, "default", "", "", *values)
-    assert "lora_dropout: must be between 0 and 0.5" in en and "必须" not in en
+    assert "⚠️ LoRA dropout: must be between 0 and 0.5" in en and "必须" not in en
 
 
 def test_a_failed_jobs_error_is_shown_in_the_pages_language(tmp_path):

@@ -188,12 +188,12 @@ def build() -> dict:
             file = gr.File(label=t("upload"), file_types=list(SUFFIXES), type="filepath", height=120)
             source = gr.Dropdown(files(), value=None, label=t("source"), allow_custom_value=True)
             sample_btn = gr.Button(t("use_sample"), size="sm")
-            sample = widget(PrepareConfig, "sample", minimum=0)
+            sample = widget(PrepareConfig, "sample")
             seed = widget(PrepareConfig, "seed")
             template = widget(PrepareConfig, "template", options=["auto", "seed", "chat"])
             eval_ratio = widget(PrepareConfig, "eval_ratio")
             with gr.Accordion(t("advanced"), open=False):
-                max_len = widget(PrepareConfig, "max_seq_length", minimum=16)
+                max_len = widget(PrepareConfig, "max_seq_length")
                 model = gr.Dropdown(models.available(), value="default", label=t("base_model"), info=help(PrepareConfig, "model"),
                                     allow_custom_value=True)
                 skip_bad = widget(PrepareConfig, "skip_bad")

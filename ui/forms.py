@@ -7,12 +7,13 @@ from the one dataclass field that the engine validates; the tabs only say where 
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import MISSING, fields
 
 import gradio as gr
 
 from core import errors
-from ui.i18n import LABEL_EN, help, label
+from ui.i18n import LABEL_EN, LABEL_ZH, help, label
 
 WARN = "⚠️ "
 
@@ -49,16 +50,38 @@ def widget(cls, name: str, value=MISSING, *, options: list | None = None, **kw):
     if "bounds" in f.metadata:
         low, high = f.metadata["bounds"]
         return gr.Slider(low, high, step=f.metadata.get("step", 1), **kw)
+    # No bounds of gradio's own on a number: its check is a popup in English only; the settings' validate() says
+    # what is wrong next to the form, in the reader's language.
     if kind.startswith("int"):
-        return gr.Number(precision=0, **{"minimum": 0, **kw})
+        return gr.Number(precision=0, **kw)
     if kind.startswith("float"):
-        return gr.Number(**{"minimum": 0, **kw})
+        return gr.Number(**kw)
     return gr.Textbox(**kw)
 
 
-def warn(*problems, language: str | None = None) -> str:
-    """Problems (UserErrors or text) as the page shows them: one line each, marked, HTML-escaped.
+# What the engine names at the start of a message (a setting as the command line calls it) that is not a setting
+# with a label of its own: the page says these in words too.
+NAMES = {
+    "en": {"data": "Dataset", "model": "Model", "adapter": "Adapter", "out": "Output", "base": "Base model",
+           "resume": "Resume", "name": "Name", "dataset name": "Dataset name", "input": "Data file"},
+    "zh": {"data": "数据集", "model": "模型", "adapter": "适配器", "out": "输出位置", "base": "基础模型",
+           "resume": "继续训练", "name": "名称", "dataset name": "数据集名称", "input": "数据文件"},
+}
+_NAMED = re.compile(r"([a-z][a-z_ ]*?)(: |：)")
 
-    In `language` ("zh" or "en", from i18n.lang) where the message carries it (core.errors), else English.
-    """
-    return "  \n".join(WARN + html.escape(errors.text(p, language)) for p in problems)
+
+def _in_words(text: str, language: str) -> str:
+    """A message that starts with a setting's name ("batch_size：至少为 1") starts with its label instead."""
+    m = _NAMED.match(text)
+    if not m:
+        return text
+    words = NAMES[language].get(m.group(1)) or (LABEL_ZH if language == "zh" else LABEL_EN).get(m.group(1))
+    return f"{words}{m.group(2)}{text[m.end():]}" if words else text
+
+
+def warn(*problems, language: str | None = None) -> str:
+    """Problems (UserErrors or text) as the page shows them: one line each, marked, HTML-escaped, a setting named
+    by its label. In `language` ("zh" or "en", from i18n.lang) where the message carries it (core.errors), else
+    English."""
+    words = "zh" if language == "zh" else "en"
+    return "  \n".join(WARN + html.escape(_in_words(errors.text(p, language), words)) for p in problems)

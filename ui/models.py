@@ -203,7 +203,7 @@ def build() -> dict:
             endpoint = widget(DownloadConfig, "endpoint", placeholder="https://hf-mirror.com")
             name = gr.Textbox(label=t("download_name"))
             allow_bin = widget(DownloadConfig, "allow_bin")
-            rows = widget(DownloadConfig, "rows", minimum=1)
+            rows = widget(DownloadConfig, "rows")
             with gr.Row():
                 go = gr.Button(t("download_btn"), variant="primary")
                 halt = gr.Button(t("download_stop"), variant="stop")

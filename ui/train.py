@@ -80,6 +80,13 @@ def plan_text(request: gr.Request | None, data, *values) -> str:
         cfg = config(None, data, "default", "", *values)
     except UserError:
         return ""  # the form shows the problem when Start is pressed
+    # A setting out of its range is said here at once, in the reader's language (the dataset and the run's name
+    # are asked for when Start is pressed).
+    if any(v is None for v in values):  # a number being typed again
+        return ""
+    problems = [p for p in cfg.validate() if p.split(":", 1)[0] not in ("data", "out")]
+    if problems:
+        return warn(*problems, language=lang(request))
     numbers = {k: getattr(cfg, k) for k in PLAN}
     if not data or any(v is None for v in numbers.values()) or min(cfg.batch_size, cfg.grad_accum, cfg.max_seq_length) < 1:
         return ""
