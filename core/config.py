@@ -175,7 +175,7 @@ class TrainConfig(_Config):
     lora_dropout: float = _f(0.1, "Dropout on the LoRA inputs, against over-fitting (0 to 0.5).")
     target_modules: str = _f("default", "Layers that get LoRA: 'default' (the model's usual, q_proj and v_proj for Llama), 'all-linear', or names separated by commas.")
     # optimisation
-    learning_rate: float = _f(3.4e-4, "How big each update is. 2e-4 is usual for LoRA on unpacked rows; the default preset uses 3.4e-4 because its packed updates hold about 1.7x the tokens.")
+    learning_rate: float = _f(3.4e-4, "How big each update is. 2e-4 is usual for LoRA on unpacked rows; the default preset uses 3.4e-4 on a GPU because its packed updates hold about 1.7x the tokens, and 1e-3 on a CPU, where it trains a smaller LoRA for fewer updates.")
     lr_scheduler: str = _f("linear", "How the learning rate changes over the run.", choices=("linear", "cosine", "constant", "constant_with_warmup"))
     warmup_ratio: float = _f(0.0, "Share of the steps during which the learning rate ramps up from 0.")
     batch_size: int = _f(16, "Sequences per step on each GPU. Lower it if the GPU runs out of memory.")

@@ -395,6 +395,20 @@ def test_a_message_sent_before_stop_that_waited_for_its_turn_is_not_answered(two
         gr.update(), gr.update())
 
 
+def test_a_message_with_no_model_chosen_is_not_answered_and_says_so(monkeypatch):
+    """The Model box emptied: the default model answered, in a pane named "Chatbot". Now nothing is loaded or
+    answered, the message stays in the box, the page says to pick a model, and the pane says none is chosen."""
+    import gradio as gr
+
+    from ui import chat
+
+    monkeypatch.setattr(chat, "_loads", lambda *a: pytest.fail("no model is loaded"))
+    said = list(chat.respond(None, "你好", [], [], "", "default", "", "auto", 0.0, 1.0, 0, 1.0, 6))
+    assert len(said) == 1 and said[0][:3] == (gr.update(), gr.update(), gr.update()), said
+    assert "Pick a model to chat with first" in said[0][3] and "请先在上面的“模型”里选择要对话的模型" in said[0][3]
+    assert chat.label_a("")["label"] == "no model chosen"
+
+
 def test_regenerate_writes_the_last_reply_again_in_both_panes_and_keeps_the_rest(two_panes, monkeypatch):
     """Regenerate takes back the last message's replies and answers it again with the settings now (here:
     greedy, 6 tokens); earlier turns, a pane that was not asked that message, and the box's text stay."""

@@ -384,6 +384,9 @@ def _respond(request, message, hist_a, hist_b, source_a, source_b, system, preci
     if not message or not message.strip():
         yield gr.update(), gr.update(), gr.update(), ""
         return
+    if not source_a:  # the Model box emptied: nobody was asked, so nobody answers (the text stays in the box)
+        yield gr.update(), gr.update(), gr.update(), both("pick_model")
+        return
     note, session, started, histories = "", _session(request), time.monotonic(), [hist_a, hist_b]
 
     def stopped() -> bool:
@@ -704,7 +707,8 @@ def build() -> dict:
 
 
 def label_a(source: str, request: gr.Request = None):
-    return gr.update(label=pane_label(source, "", lang(request)))
+    language = lang(request)
+    return gr.update(label=pane_label(source, say("no_model", language), language))
 
 
 def label_b(source: str, request: gr.Request = None):
