@@ -77,6 +77,9 @@ def test_a_wrong_hub_id_or_a_missing_mirror_address_is_one_line(home):
     said, timer = models.start("not a repo", "huggingface", "", "", False)
     said = html.unescape(said)
     assert said.startswith("⚠️ Hub id (owner/name): 'not a repo' is not a hub id") and "\n" not in said
+    # Not a hub id, and not a folder name either: the id is what is wrong (the name, made from it, said "no '/'").
+    said, _ = models.start("hello world!!", "huggingface", "", "", False)
+    assert html.unescape(said).startswith("⚠️ Hub id (owner/name): 'hello world!!' is not a hub id"), said
     said, _ = models.start("me/tiny", "mirror", "", "", False)
     assert "Mirror address: give the mirror's address" in html.unescape(said)
     said, _ = models.start("me/tiny", "huggingface", "", "../up", False)

@@ -66,7 +66,9 @@ def config(repo, source, endpoint, name, allow_bin, kind="model", rows=1000) -> 
     sample a file in the uploads (data/), where the Data tab finds it."""
     repo = (repo or "").strip()
     rows = int(rows or 0)
-    name = (name or "").strip() or (repo.split("/")[-1] + (f"-{rows}" if kind == "dataset" else ""))
+    # Named after the hub id only when it is one: else the id's own problem is the one to say, not its name's.
+    name = (name or "").strip() or (repo.split("/")[-1] + (f"-{rows}" if kind == "dataset" else "")
+                                    if paths.HUB_ID.fullmatch(repo) else "")
     if name and kind == "dataset":
         out = str(paths.child(paths.uploads(), name if name.endswith(".jsonl") else f"{name}.jsonl", "name"))
     else:
