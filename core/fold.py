@@ -35,6 +35,8 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from core.errors import Text
+
 SHARD = 2 * 2**30
 ADAPTER_PREFIX = "base_model.model."
 SMALL_FILES = ("config.json", "generation_config.json")
@@ -441,7 +443,9 @@ def fold(base: Path, adapter: Path, out: Path, dtype: str, progress: Callable[[f
             total += tensor.numel() * tensor.element_size()
             written += 1
             if written % max(1, len(plan) // 50) == 0 or written == len(plan):  # about fifty reports
-                progress(0.1 + 0.7 * written / len(plan), f"folding the adapter into the weights ({written}/{len(plan)})")
+                done = f"{written}/{len(plan)}"
+                progress(0.1 + 0.7 * written / len(plan),
+                         Text(f"folding the adapter into the weights ({done})", f"正在把适配器合并进权重（{done}）"))
         writer.finish()
     finally:
         if writer is not None and any(thread.is_alive() for thread in writer.threads):  # a failure above: let it stop

@@ -92,14 +92,15 @@ def merge(cfg: MergeConfig, progress=None, own_process: bool = False) -> dict:
     try:
         with paths.whole(out) as tmp:
             if why_not is None:  # tensor by tensor: neither the GPU nor the whole model in memory
-                say(0.05, f"reading {base_spec} tensor by tensor")
+                say(0.05, Text(f"reading {base_spec} tensor by tensor", f"正在逐个张量读取 {base_spec}"))
                 folded = fold.fold(base, adapter, tmp, cfg.dtype, say, rounding)
                 method = "tensor by tensor"
             else:
-                say(0.05, f"loading {base_spec} with the adapter (peft's merge: the adapter has {why_not})")
+                say(0.05, Text(f"loading {base_spec} with the adapter (peft's merge: the adapter has {why_not})",
+                               f"正在加载 {base_spec} 和适配器（用 peft 合并：适配器含有 {why_not}）"))
                 folded = _with_peft(base_spec, adapter, tmp, cfg)
                 method = f"peft ({why_not})"
-            say(0.85, "checking the merged model against base + adapter")
+            say(0.85, Text("checking the merged model against base + adapter", "正在核对合并后的模型与基础模型 + 适配器的输出"))
             check = _compare(base_spec, adapter, tmp, cfg, rounding)
             size = models.size_bytes(tmp)
             ok = check["finite"] and (not check["compared"] or (check["top1_agreement"] >= AGREEMENT and (
@@ -113,9 +114,12 @@ def merge(cfg: MergeConfig, progress=None, own_process: bool = False) -> dict:
         raise UserError(f"out: {cfg.out} already exists; choose a new folder for the merged model", field="out",
                         zh=f"out：{cfg.out} 已存在，请为合并后的模型选择新文件夹") from None
     diff = f", max logit difference {check['max_abs_diff']:.2e}" if check["compared"] else ""
-    say(1.0, f"merged model written to {out} ({report['size_gb']} GiB{diff})")
+    zh_diff = f"，最大 logit 差 {check['max_abs_diff']:.2e}" if check["compared"] else ""
+    say(1.0, Text(f"merged model written to {out} ({report['size_gb']} GiB{diff})",
+                  f"合并后的模型已写入 {out}（{report['size_gb']} GiB{zh_diff}）"))
     if not check["finite"]:
-        say(1.0, f"the merged model gives NaN/inf values in {cfg.dtype}: do not use it; merge in bfloat16 or float32")
+        say(1.0, Text(f"the merged model gives NaN/inf values in {cfg.dtype}: do not use it; merge in bfloat16 or float32",
+                      f"合并后的模型在 {cfg.dtype} 下输出 NaN/inf：请勿使用；请用 bfloat16 或 float32 重新合并"))
     return report
 
 

@@ -35,7 +35,7 @@ LIVE = ("starting", "running", "stopping")
 FIELDS = {"state": "starting", "pid": None, "started": None, "ended": None, "step": 0, "max_steps": 0,
           "device": None, "mode": None, "error": None, "hint": None, "error_zh": None, "hint_zh": None,
           "warning": None, "adapter": None,
-          "progress": None, "message": None, "report": None,
+          "progress": None, "message": None, "message_zh": None, "report": None,
           "bytes_done": None, "bytes_total": None, "speed": None, "eta": None}
 
 OOM_HINT = Text("lower batch size or max sequence length, or turn on gradient checkpointing",
@@ -171,8 +171,9 @@ def read(folder: str | Path, log: str | Path | None = None, kind: str = "train")
 
 
 def bilingual(changes: dict) -> dict:
-    """`error` and `hint` with their Chinese beside them (error_zh, hint_zh), where they carry it."""
-    for key in ("error", "hint"):
+    """`error`, `hint` and a job's progress `message` with their Chinese beside them (error_zh, ...), where they
+    carry it (a core.errors.Text)."""
+    for key in ("error", "hint", "message"):
         if key in changes:
             value = changes[key]
             changes = {**changes, key + "_zh": getattr(value, "zh", None) if value else None}

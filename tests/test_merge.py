@@ -409,3 +409,16 @@ def test_a_base_weight_that_overflows_float16_is_named_and_nothing_is_written(tm
     (tmp_path / "bf16").mkdir()
     fold.fold(tmp_path / "base", lora, tmp_path / "bf16", "bfloat16", lambda f, t: None)
     assert load_file(str(tmp_path / "bf16" / "model.safetensors"))["model.norm.weight"][3] == 1e6
+
+
+def test_a_jobs_progress_line_is_shown_in_the_readers_language(tmp_path):
+    """A merge's or an export's stage, as the job writes it into its status, reads in Chinese on a Chinese page
+    (it was English on both)."""
+    from core import status
+    from core.errors import Text
+    from ui import merge as merge_tab
+
+    status.Status(tmp_path).update(state="running", progress=0.85,
+                                   message=Text("checking the merged model", "正在核对合并后的模型"))
+    assert "85% · 正在核对合并后的模型" in merge_tab.progress_text(tmp_path, "zh")
+    assert "85% · checking the merged model" in merge_tab.export_progress_text(tmp_path, "en")

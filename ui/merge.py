@@ -91,11 +91,15 @@ def result_text(folder: str | Path) -> str:
     return "\n\n".join(lines)
 
 
+def _stage(now: dict, language: str) -> str:
+    """A job's stage and share done, as it reports them in its status, in the reader's language where it gave it."""
+    message = (language == "zh" and now.get("message_zh")) or now.get("message")
+    return f"\n\n**{now['progress']:.0%} · {message}**" if message else ""
+
+
 def progress_text(folder: str | Path, language: str) -> str:
     """The merge's stage and share done, as the job reports it in its status."""
-    now = status.read(folder)
-    stage = f"\n\n**{now['progress']:.0%} · {now['message']}**" if now.get("message") else ""
-    return say("merge_running", language) + stage
+    return say("merge_running", language) + _stage(status.read(folder), language)
 
 
 def merge(request: gr.Request | None, run, base, out, dtype, base_weights="original"):
@@ -152,9 +156,7 @@ def export_result_text(folder: str | Path, language: str) -> str:
 
 
 def export_progress_text(folder: str | Path, language: str) -> str:
-    now = status.read(folder)
-    stage = f"\n\n**{now['progress']:.0%} · {now['message']}**" if now.get("message") else ""
-    return say("export_running", language) + stage
+    return say("export_running", language) + _stage(status.read(folder), language)
 
 
 def export(request: gr.Request | None, model, out, quant):
