@@ -277,3 +277,19 @@ def test_a_failed_jobs_error_is_shown_in_the_pages_language(tmp_path):
     assert "disk full" not in zh
     en = progress_html(str(run), "en")
     assert "disk full: No space left on device (adapter.safetensors)" in en and "free some disk space" in en
+
+
+def test_the_stopping_line_goes_once_the_run_has_stopped(tmp_path):
+    """"Will stop after the current step" stayed under the buttons beside "stopped"; it goes once the run Stop was
+    pressed for has ended, and not before (nor with nothing stopped)."""
+    import gradio as gr
+
+    from core import status
+    from ui.train import stop_settled
+
+    run = tmp_path / "run"
+    run.mkdir()
+    status.Status(run).update(state="stopping")
+    assert stop_settled(str(run)) == (gr.update(), gr.update()) and stop_settled("") == (gr.update(), gr.update())
+    status.Status(run).update(state="stopped")
+    assert stop_settled(str(run)) == ("", "")

@@ -237,6 +237,20 @@ def start(request: gr.Request | None, model, data, preset, name, wandb_key, *val
     return both("started", run=Path(job.folder).name), gr.update(choices=run_choices(), value=job.folder)
 
 
+def stopping_run() -> str:
+    """The folder of the job being stopped ("" when none), so that the word "stopping" can go once it has."""
+    job = jobs.current()
+    return job.folder if job is not None else ""
+
+
+def stop_settled(folder: str):
+    """Once the job Stop was pressed for has ended, its "will stop after the current step" goes (it stayed beside
+    "stopped"); until then, and with nothing stopped, the line under the buttons is left alone."""
+    if not folder or status.read(folder)["state"] in status.LIVE:
+        return gr.update(), gr.update()
+    return "", ""
+
+
 def stop(request: gr.Request = None):
     """Ask the running job to stop after its current step."""
     job = jobs.stop()
@@ -349,14 +363,17 @@ def build() -> dict:
     for trigger in [model, data, preset] + [widgets[n] for n in PLAN]:
         trigger.change(estimate_text, [model, data, preset, *settings], estimate, api_name=False,
                        show_progress="hidden")
-    start_btn.click(start, [model, data, preset, name, wandb_key, *settings], [problems, viewed], api_name="start")
+    stopped = gr.State("")  # the folder of the run Stop was pressed for, until it has stopped
+    start_btn.click(start, [model, data, preset, name, wandb_key, *settings], [problems, viewed], api_name="start").then(
+        lambda: "", None, stopped, api_name=False)
     fit_inputs = [model, data, preset, *settings]
     for trigger in [model, preset] + [widgets[n] for n in FIT]:
         trigger.change(fit_badge, fit_inputs, fit_badge_html, api_name=False, show_progress="hidden")
     gr.Timer(5.0).tick(fit_badge, fit_inputs, fit_badge_html, api_name="fit", show_progress="hidden")
     retry_btn.click(retry, [viewed, wandb_key], [problems, viewed, *settings], api_name="retry_fit")
-    stop_btn.click(stop, None, problems, api_name="stop")
-    resume_btn.click(resume, [viewed, wandb_key, armed], [problems, viewed, armed], api_name="resume")
+    stop_btn.click(stop, None, problems, api_name="stop").then(stopping_run, None, stopped, api_name=False)
+    resume_btn.click(resume, [viewed, wandb_key, armed], [problems, viewed, armed], api_name="resume").then(
+        lambda: "", None, stopped, api_name=False)
     refresh.click(lambda: gr.update(choices=run_choices()), None, viewed, api_name=False)
     view = [progress, plot, log]
     viewed.change(live.poll, viewed, view, api_name=False)
@@ -365,6 +382,7 @@ def build() -> dict:
     ticker = gr.Timer(2.0)
     ticker.tick(live.poll, viewed, view, api_name="poll", show_progress="hidden")
     ticker.tick(retry_offer, viewed, retry_btn, api_name=False, show_progress="hidden")
+    ticker.tick(stop_settled, stopped, [problems, stopped], api_name=False, show_progress="hidden")
     viewed.change(retry_offer, viewed, retry_btn, api_name=False, show_progress="hidden")
     gr.Timer(3.0).tick(live.gpu_markdown, None, gpu, api_name="gpu", show_progress="hidden")
     return {"model": model, "data": data, "viewed": viewed, "live": view, "problems": problems, "poll": live.poll,
