@@ -251,7 +251,6 @@ def test_walk_in_both_languages(app, page):
     box.fill("那故宫呢？")
     page.wait_for_timeout(500)
     assert box.input_value() == "那故宫呢？"
-    asked = chat.locator("[data-testid=user]").count()
     box.press("Shift+Enter")
     page.wait_for_timeout(300)
     chat.get_by_role("button", name="停止回答").dispatch_event("click")  # at once, however busy the page is drawing
@@ -267,7 +266,9 @@ def test_walk_in_both_languages(app, page):
     page.wait_for_function("(n) => (document.querySelector('#tab-chat').innerText.match(/首个 token 用时/g) || [])"
                            ".length == n", arg=len(stopped) - 1, timeout=10_000)
     page.wait_for_timeout(2000)  # the held message's turn has come and gone
-    assert chat.locator("[data-testid=user]").count() == asked and box.input_value() == "那故宫呢？"
+    # (Counted by its text: the comparison pane's own copy of the question before may have appeared meanwhile,
+    # when the first pane's reply ended by itself and the second's turn came before Stop.)
+    assert chat.locator("[data-testid=user]", has_text="那故宫呢？").count() == 0 and box.input_value() == "那故宫呢？"
     assert english(page, names) == []
     shot(page, "chat_zh.png")
 
