@@ -483,6 +483,8 @@ def test_a_reload_gives_back_the_conversation_and_its_models_where_they_still_ex
     """What the browser keeps after a message is what the page gets back on load: both panes as plain
     messages (a message sent as parts too), and the models; a model gone since, or a kept value that is not a
     conversation at all, gives the default instead of an error."""
+    from types import SimpleNamespace
+
     import gradio as gr
 
     from ui import chat
@@ -493,6 +495,11 @@ def test_a_reload_gives_back_the_conversation_and_its_models_where_they_still_ex
               {"role": "assistant", "content": "你好！我是小助手。", "metadata": None}]
     hist_b = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "Hello."}]
     kept = chat.keep(merged, "default", hist_a, hist_b)
+    # A page whose copy of a reply is an earlier state of what the server wrote keeps the reply whole.
+    page = SimpleNamespace(session_hash="keeper", headers={})
+    chat._shown["keeper"] = [[*hist_a[:1], {"role": "assistant", "content": "你好！我是小助手。很高兴认识你"}], hist_b]
+    assert chat.keep(merged, "default", hist_a, hist_b, page)["hist_a"][1]["content"] == "你好！我是小助手。很高兴认识你"
+    chat.cleared(page)
     assert kept == {"source_a": merged, "source_b": "default",
                     "hist_a": [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！我是小助手。"}],
                     "hist_b": hist_b}

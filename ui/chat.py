@@ -602,8 +602,10 @@ def _messages(history) -> list[dict]:
             if isinstance(m, dict) and m.get("role") in ("user", "assistant")]
 
 
-def keep(source_a, source_b, hist_a, hist_b) -> dict:
-    """What the browser keeps of the conversation: the two models and their panes."""
+def keep(source_a, source_b, hist_a, hist_b, request: gr.Request = None) -> dict:
+    """What the browser keeps of the conversation: the two models and their panes, as this page's replies left
+    them on the server where the page's copy is an earlier state of them (a reply's last words cut)."""
+    hist_a, hist_b = _as_shown(_session(request), [hist_a, hist_b])
     return {"source_a": source_a or "default", "source_b": source_b or "",
             "hist_a": _messages(hist_a), "hist_b": _messages(hist_b)}
 
