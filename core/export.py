@@ -168,7 +168,8 @@ def _convert(model: Path, target: Path, outtype: str, expected: float, say, span
 
 def _quantize(tool: str, source: Path, target: Path, kind: str, expected: float, say, span) -> dict:
     say(span[0], Text(f"quantizing to {kind} with llama-quantize", f"正在用 llama-quantize 量化为 {kind}"))
-    _run([tool, str(source), str(target), kind], target, expected, f"quantizing to {kind}", say, span)
+    _run([tool, str(source), str(target), kind], target, expected,
+         Text(f"quantizing to {kind}", f"正在量化为 {kind}"), say, span)
     return {"kind": kind.lower(), "path": str(target), "bytes": target.stat().st_size}
 
 

@@ -88,7 +88,7 @@ def plan_text(request: gr.Request | None, data, *values) -> str:
     if problems:
         return warn(*problems, language=lang(request))
     numbers = {k: getattr(cfg, k) for k in PLAN}
-    if not data or any(v is None for v in numbers.values()) or min(cfg.batch_size, cfg.grad_accum, cfg.max_seq_length) < 1:
+    if not data or min(cfg.batch_size, cfg.grad_accum, cfg.max_seq_length) < 1:
         return ""
     info = plan(data, **numbers)
     if info is None:
