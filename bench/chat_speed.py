@@ -5,8 +5,9 @@
 For each shape and precision a child process loads the model once, the way the Chat tab does
 (core.chat.Chat.load, warm-up included: on a GPU the static cache is compiled then), and measures
   - plain `generate`: greedy, no streamer, no stopping criteria, the model's own dynamic cache;
-  - the panel's path: Chat.stream, exactly what the Chat tab runs, once per --decoders entry (generate:
-    transformers' generate on its compiled static cache; loop: core/decode.py, steps queued ahead),
+  - the panel's path: Chat.stream, exactly what the Chat tab runs, once per --decoders entry (replay: a 16-bit
+    model's own kernels replayed from CUDA graphs, core.decode.Replayed; generate: transformers' generate on its
+    compiled static cache; loop: core/decode.py, steps queued ahead),
     the later ones on the same loaded model warmed up again, checked to write the same greedy tokens;
 each on a ~500-token prompt that holds two earlier turns of history: time to the first token,
 and tokens/s for each of --replies replies of --new-tokens tokens (the tokens after the first, over
@@ -62,7 +63,7 @@ def measure(model: str, precision: str, replies: int, new_tokens: int,
     """Plain generate and the panel's path with each decoder (core.chat.DECODERS), on one loaded model: rows of the table."""
     import torch
 
-    from core.chat import Chat
+    from core.chat import Chat, decoder_for
     from core.config import GenerationConfig
 
     cuda = torch.cuda.is_available()
@@ -111,10 +112,18 @@ def measure(model: str, precision: str, replies: int, new_tokens: int,
         speeds.append((made - 1) / max(seconds - first, 1e-9))
     rows.append(dict(path="plain generate", tps=speeds, first=first, warmup=None, peak=peak()))
     for decoder in decoders:
-        if decoder != chat.decoder:  # the same loaded model, warmed up again for this decoder
+        if decoder == "replay" and decoder_for(chat.model) != "replay":  # a quantized model, or the CPU
+            rows.append(dict(path="panel (Chat.stream, replay): not set up", tps=[], first=None, warmup=None,
+                             peak=None, fallback="replayed steps need a 16-bit model on one GPU"))
+            continue
+        if decoder != chat.decoder or not chat.compiled:  # the same loaded model, warmed up for this decoder
             chat.decoder = decoder
             if cuda or decoder == "loop":  # on a CPU the loop runs on its static cache, uncompiled
                 chat.warm_up()
+        if decoder == "replay" and chat.decoder != "replay":  # its steps could not be recorded or checked
+            rows.append(dict(path="panel (Chat.stream, replay): not set up", tps=[], first=None, warmup=None,
+                             peak=None, fallback=chat.replay_note))
+            continue
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         speeds, firsts, ids = [], [], []
@@ -125,6 +134,8 @@ def measure(model: str, precision: str, replies: int, new_tokens: int,
             firsts.append(chat.last["first_token_s"])
             ids.append(chat.last["ids"])
         cache = (" static cache" + (", compiled" if cuda else "")) if chat.compiled else ""
+        if decoder == "replay":
+            cache = " dynamic cache, the model's kernels replayed from CUDA graphs"
         rows.append(dict(path=f"panel (Chat.stream, {decoder}){cache}",
                          tps=speeds, first=min(firsts), warmup=chat.warmup_s, peak=peak(), fallback=chat.fallback,
                          same=len({tuple(x) for x in ids}) == 1, ids=ids[0]))
@@ -137,8 +148,9 @@ def measure(model: str, precision: str, replies: int, new_tokens: int,
             chat.reply(said, TURN, gen)  # the history is most of this prompt, as in a chat
             rows[-1].update(conversation=chat.last["first_token_s"], conversation_prompt=chat.last["prompt_tokens"],
                             conversation_reused=chat.last["reused_tokens"])
-    if len(rows) > 2:  # greedy: every decoder must write the same tokens
-        rows[-1]["same_as_first_decoder"] = rows[-1]["ids"] == rows[1]["ids"]
+    written = [r for r in rows[1:] if "ids" in r]
+    if len(written) > 1:  # greedy: every decoder must write the same tokens
+        written[-1]["same_as_first_decoder"] = written[-1]["ids"] == written[0]["ids"]
     for row in rows:
         row.update(prompt_tokens=n_prompt, new_tokens=new_tokens, words=words)
     chat.close()
@@ -240,7 +252,7 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=200)
     p.add_argument("--work", default="/tmp/chat-speed")
     p.add_argument("--inductor", default="", help="KEY=VALUE,... torch._inductor.config settings to try (a variant row)")
-    p.add_argument("--decoders", default="generate,loop", help="the panel's decoders to measure (core.chat.DECODERS)")
+    p.add_argument("--decoders", default="replay,loop,generate", help="the panel's decoders to measure (core.chat.DECODERS)")
     p.add_argument("--one", nargs=2, metavar=("MODEL", "PRECISION"), help=argparse.SUPPRESS)
     p.add_argument("--side-by-side", action="store_true",
                    help="instead: two copies of each model side by side, as the Chat tab compares two models")
@@ -293,7 +305,8 @@ def main() -> None:
                     if r.get("conversation") is not None else "—")
             if r.get("words"):
                 note += f" (head: {r['words']} words)"
-            print(f"| {shape} | {precision} | {r['path']}{variant}{note} | {tps} | {r['first']:.2f} s "
+            first = "—" if r["first"] is None else f"{r['first']:.2f} s"
+            print(f"| {shape} | {precision} | {r['path']}{variant}{note} | {tps} | {first} "
                   f"({r['prompt_tokens']} tokens) | {talk} | {warm} | {peak} |", flush=True)
 
 

@@ -26,10 +26,14 @@ from core.template import Template, reply_text
 
 log = logging.getLogger(__name__)
 UPDATES = 15  # times a second the growing reply is handed on, at most
-# How a warmed-up model writes: "loop" (core.decode: one compiled step, with the GPU queued several steps ahead
-# of the host; 110 tokens/s on the 13B shape in 16-bit against generate's 86, docs/BENCHMARKS.md) or
-# "generate" (transformers' generate() on its compiled static cache), kept for a model spread over several GPUs.
-DECODERS = ("generate", "loop")
+# How a warmed-up model writes:
+# - "replay" (core.decode.Replayed): a 16-bit model on one GPU; the model's own kernels replayed from CUDA graphs
+#   with attention eager on the dynamic cache, so greedy replies are plain generate()'s token for token;
+# - "loop" (core.decode.Decoder: one compiled step on a static cache, with the GPU queued several steps ahead of
+#   the host; 110 tokens/s on the 13B shape in 16-bit against generate's 86, docs/BENCHMARKS.md): quantized
+#   models, the CPU, and a 16-bit model whose replayed steps could not be recorded or checked;
+# - "generate" (transformers' generate() on its compiled static cache), kept for a model spread over several GPUs.
+DECODERS = ("generate", "loop", "replay")
 
 
 class Chat:
@@ -43,6 +47,7 @@ class Chat:
         self.compiled = 0  # on a GPU after warm-up: the static cache's length in tokens
         self.warmup_s: float | None = None
         self.fallback = ""  # why the fast path could not be set up, in one line
+        self.replay_note = ""  # why a 16-bit model could not use the replayed steps (it uses "loop"), in one line
         self.phase, self.since = "", 0.0  # "loading" / "warming" while load() runs, for a progress line
         self.decoder = "loop"  # see DECODERS; load() picks it for the model (decoder_for)
         self._loop = None  # core.decode.Decoder once warmed up with decoder "loop"
@@ -64,7 +69,7 @@ class Chat:
         if decoder is not None and decoder not in DECODERS:
             raise ValueError(f"decoder: {decoder!r} is not one of {', '.join(DECODERS)}")
         self.fitted = {}  # on a GPU: the precision chosen and the numbers behind it (core.fit)
-        self.fallback, self.warmup_s = "", None
+        self.fallback, self.replay_note, self.warmup_s = "", "", None
         self.phase, self.since = "loading", time.time()
         try:
             try:
@@ -78,7 +83,11 @@ class Chat:
                 _free_memory()
                 raise
             self.template = _template(record, self.tokenizer)
+            if self.model.device.type == "cuda":
+                _attention_without_cudnn()
             self.decoder = decoder or decoder_for(self.model)
+            if self.decoder == "replay" and decoder_for(self.model) != "replay":
+                self.decoder, self.replay_note = "loop", "replayed steps need a 16-bit model on one GPU"
             self.description = f"{description} ({self.template.label} template)"
             if self.model.device.type == "cuda" if compile is None else compile:
                 self.warm_up()
@@ -97,6 +106,17 @@ class Chat:
         self.compiled = cache_tokens(self.model)
         self._loop = None
         try:
+            if self.decoder == "replay":
+                from core.decode import Replayed
+
+                try:
+                    self._loop = Replayed(self.model)
+                    self._loop.check()
+                except Exception as e:  # a model whose step cannot be recorded: the compiled loop, which can
+                    self._loop, self.decoder = None, "loop"
+                    self.replay_note = f"{type(e).__name__}: {' '.join(str(e).split())[:120]}"
+                    log.info("replayed steps not used", exc_info=True)
+                    _free_memory()  # what half-recorded graphs held
             if self.decoder == "loop":
                 from core.decode import Decoder
 
@@ -293,6 +313,20 @@ def release(model) -> None:
             pass
 
 
+def _attention_without_cudnn() -> None:
+    """Keep torch's attention off cuDNN's kernels in this process (the chat's; training runs in a process of its own).
+
+    torch 2.11 sends a one-token query on an H200 to cuDNN, which builds a plan for every new length of the cache,
+    55-67 ms each: a reply at lengths the process had not met yet ran at 15 tokens/s where the same reply again ran
+    at 88, and plain generate() at 11.5 against 28.7. cuDNN's kernels also gave plain generate() other tokens in
+    its second run on the same prompt (a random 13B shape). Without them torch picks its flash kernel: as fast the
+    first time as the second, and the same tokens every time (docs/BENCHMARKS.md).
+    """
+    import torch
+
+    torch.backends.cuda.enable_cudnn_sdp(False)
+
+
 def _forget_compiled() -> None:
     """Drop what a failed compilation left behind (graphs, half-recorded CUDA graphs): the next model starts clean."""
     try:
@@ -426,10 +460,16 @@ def _graphs_in_this_thread() -> None:
 
 
 def decoder_for(model) -> str:
-    """The decoder for a loaded model: "loop", or "generate" where the model is spread over several GPUs (one
-    compiled step would span devices, and CUDA graphs hold one device each)."""
+    """The decoder for a loaded model (DECODERS): "generate" where the model is spread over several GPUs (one
+    compiled step would span devices, and CUDA graphs hold one device each), "replay" for a 16-bit model on a GPU,
+    else "loop"."""
     places = set((getattr(model, "hf_device_map", None) or {}).values()) - {"cpu", "disk"}
-    return "generate" if len(places) > 1 else "loop"
+    if len(places) > 1:
+        return "generate"
+    device = getattr(getattr(model, "device", None), "type", None)
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    quantized = getattr(inner, "hf_quantizer", None) is not None or getattr(inner, "is_quantized", False)
+    return "replay" if device == "cuda" and not quantized else "loop"
 
 
 def gpu_room() -> int | None:

@@ -21,11 +21,16 @@ The decoding step (one token in, the next token's logits out) is the only compil
 with CUDA graphs ("reduce-overhead") on a static cache whose shapes never change, so it compiles
 once at warm-up. Choosing the token (repetition penalty, temperature, top-k, top-p, sampling) uses
 transformers' own logits processors, on the GPU, outside the graph.
+
+`Replayed` is the same loop with another step, for a 16-bit model on one GPU: the model's own kernels
+recorded as CUDA graphs between its attention calls, attention eager on transformers' dynamic cache. Its
+greedy replies are plain `generate()`'s token for token, which a compiled step's fused kernels are not.
 """
 
 from __future__ import annotations
 
 import inspect
+import threading
 from collections.abc import Callable
 
 AHEAD = 8  # steps queued before their tokens are read back: 15-20 reads a second at 120-160 tokens/s
@@ -89,7 +94,7 @@ class Decoder:
         """
         import torch
 
-        if input_ids.shape[1] + max_new_tokens > self.tokens:
+        if self.tokens is not None and input_ids.shape[1] + max_new_tokens > self.tokens:
             raise ValueError(f"{input_ids.shape[1]} + {max_new_tokens} tokens do not fit the {self.tokens}-token cache")
         if do_sample:  # what generate() takes from the model's own generation config when a setting is left out
             own = self.model.generation_config
@@ -97,26 +102,13 @@ class Decoder:
             top_p = own.top_p if top_p is None else top_p
             top_k = own.top_k if top_k is None else top_k
         choose = _chooser(do_sample, temperature, top_p, top_k, repetition_penalty)
-        device = input_ids.device
         n = input_ids.shape[1]
-        written = torch.empty((1, n + max_new_tokens), dtype=torch.long, device=device)
+        written = torch.empty((1, n + max_new_tokens), dtype=torch.long, device=input_ids.device)
         written[:, :n] = input_ids
         ends = set(eos_token_id)
         streamer.put(input_ids.cpu())  # the prompt first, as generate() does
-        prompt = input_ids[0].tolist()
-        # What the cache holds of this prompt already (an earlier turn's prompt and reply), short of its last
-        # token: the prompt pass must still give the next token's logits.
-        keep = min(_shared(self.held, prompt), n - 1)
-        self.held, self.kept = [], 0  # unknown until this reply ends well
-        if keep > 0 and self._rewind(keep):
-            self.kept = keep
-        else:
-            self.cache.reset()
         with torch.no_grad():
-            # The prompt in one pass, the plain way (its length changes every time), then one token a step.
-            logits = self.model(input_ids=input_ids[:, self.kept:], use_cache=True, logits_to_keep=1,
-                                position_ids=torch.arange(self.kept, n, device=device)[None],
-                                **{self.cache_arg: self.cache}).logits[:, -1, :]
+            logits = self._begin(input_ids)
             fed = n  # tokens whose keys and values are in the cache
             read = 0  # tokens already handed to the streamer
             for i in range(max_new_tokens):
@@ -131,14 +123,182 @@ class Decoder:
                     if end is not None or made == max_new_tokens or stop():
                         self.held = written[0, :fed].tolist()
                         return
-                position = torch.full((1,), n + i, dtype=torch.long, device=device)
-                logits = None  # the last step's output: its CUDA graph's memory is written again by the next step
-                if self.compiled:
-                    torch.compiler.cudagraph_mark_step_begin()
-                # A fresh [1, 1] tensor: a slice of `written` carries its row's length in its stride, and the
-                # compiled step would compile again for every prompt and reply length.
-                logits = self.step(written[:, n + i: n + i + 1].clone(memory_format=torch.contiguous_format), position)
+                logits = None  # the last step's output: the next step may write its memory again
+                logits = self._next(written[:, n + i: n + i + 1], n + i)
                 fed += 1
+
+    def _begin(self, input_ids):
+        """The prompt into the cache (what it holds of it already is kept), and the logits after its last token."""
+        import torch
+
+        n = input_ids.shape[1]
+        # What the cache holds of this prompt already (an earlier turn's prompt and reply), short of its last
+        # token: the prompt pass must still give the next token's logits.
+        keep = min(_shared(self.held, input_ids[0].tolist()), n - 1)
+        self.held, self.kept = [], 0  # unknown until this reply ends well
+        if keep > 0 and self._rewind(keep):
+            self.kept = keep
+        else:
+            self.cache.reset()
+        # The prompt in one pass, the plain way (its length changes every time), then one token a step.
+        return self.model(input_ids=input_ids[:, self.kept:], use_cache=True, logits_to_keep=1,
+                          position_ids=torch.arange(self.kept, n, device=input_ids.device)[None],
+                          **{self.cache_arg: self.cache}).logits[:, -1, :]
+
+    def _next(self, token, position: int):
+        """The logits after `token` (a [1, 1] slice of the reply's ids) at `position`; the cache takes it."""
+        import torch
+
+        if self.compiled:
+            torch.compiler.cudagraph_mark_step_begin()
+        # A fresh [1, 1] tensor: a slice carries its row's length in its stride, and the compiled step would
+        # compile again for every prompt and reply length.
+        return self.step(token.clone(memory_format=torch.contiguous_format),
+                         torch.full((1,), position, dtype=torch.long, device=token.device))
+
+
+class Replayed(Decoder):
+    """A step that replays the model's own kernels from CUDA graphs, with attention run as `generate()` runs it.
+
+    Every kernel of a decoding step except attention does the same work whatever the reply's length: the
+    embedding, the norms, the projections, the rotary embedding, the MLP, the head. Those are recorded once,
+    as one CUDA graph from each layer's attention to the next (the model's own forward, run once while
+    recording), and replayed; between two graphs, the layer's keys and values go into transformers' dynamic
+    cache and attention runs eagerly over exactly the tokens written, with the function and arguments the
+    model's own code uses. So each step launches the kernels that plain `generate()` launches, on the same
+    values, and gives its logits bit for bit (checked at warm-up: `check()`), without the host's time for each
+    kernel, which holds plain `generate()` to a third of this speed on a 13B (docs/BENCHMARKS.md).
+
+    The prompt pass is the model's plain forward, on the whole prompt each time (a cache cut to an earlier
+    turn would give the same tokens only up to rounding).
+    """
+
+    def __init__(self, model):
+        import torch
+        from transformers import DynamicCache
+
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        if getattr(inner.config, "_attn_implementation", None) != "sdpa":
+            raise ValueError(f"attention {inner.config._attn_implementation!r}: replayed steps need 'sdpa'")
+        self.model, self.tokens, self.compiled = model, None, False
+        self.cache_arg = "cache" if "cache" in _parameters(inner.forward) else "past_key_values"
+        self.cache = DynamicCache(config=inner.config)
+        self.held, self.kept = [], 0  # nothing is kept between replies (the whole prompt is read each time)
+        device = model.device
+        self.ids = torch.zeros((1, 1), dtype=torch.long, device=device)  # the step's token and position, in
+        self.position = torch.zeros((1, 1), dtype=torch.long, device=device)  # place for the graphs to read
+        self.graphs: list = []
+        self.layers: list[tuple] = []  # per attention call: (module, query, key, value, output, arguments)
+        self._record()
+
+    def _record(self) -> None:
+        import torch
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        attend = ALL_ATTENTION_FUNCTIONS["sdpa"]
+        me = threading.get_ident()
+        pool = torch.cuda.graph_pool_handle()
+        stream = torch.cuda.Stream(device=self.model.device)
+
+        def split(module, query, key, value, mask, **kwargs):
+            if threading.get_ident() != me or not torch.cuda.is_current_stream_capturing():
+                return attend(module, query, key, value, mask, **kwargs)  # another model, or the warm-up run
+            self.graphs[-1].capture_end()
+            # The output's place, outside the graphs' pool: written between two replays, read by the next one.
+            out = torch.empty((query.shape[0], query.shape[2], query.shape[1], value.shape[-1]), dtype=query.dtype,
+                              device=query.device)
+            self.layers.append((module, query, key, value, out, kwargs))
+            self.graphs.append(torch.cuda.CUDAGraph())
+            self.graphs[-1].capture_begin(pool=pool, capture_error_mode="thread_local")
+            return out, None
+
+        ALL_ATTENTION_FUNCTIONS["sdpa"] = split
+        self.attend = attend
+        try:
+            with torch.no_grad():
+                stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(stream):
+                    for _ in range(2):  # cuBLAS and the allocator set up before recording, as CUDA graphs need
+                        self._forward()
+                    torch.cuda.synchronize()
+                    self.graphs.append(torch.cuda.CUDAGraph())
+                    self.graphs[-1].capture_begin(pool=pool, capture_error_mode="thread_local")
+                    try:
+                        self.logits = self._forward()
+                    finally:
+                        self.graphs[-1].capture_end()
+                torch.cuda.current_stream().wait_stream(stream)
+        finally:
+            del ALL_ATTENTION_FUNCTIONS["sdpa"]  # the library's own again
+        if not self.layers:
+            raise ValueError("no attention call to split the step at")
+
+    def _forward(self):
+        """One step of the model's own forward on the token and position in place; its logits, [1, vocab]."""
+        # No cache: each layer's attention gets this token's keys and values (the split above puts the cache in).
+        return self.model(input_ids=self.ids, position_ids=self.position, use_cache=False).logits[:, -1, :]
+
+    def _begin(self, input_ids):
+        import torch
+        from transformers import DynamicCache
+
+        inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        self.cache = DynamicCache(config=inner.config)
+        self.held, self.kept = [], 0
+        n = input_ids.shape[1]
+        return self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1,
+                          position_ids=torch.arange(n, device=input_ids.device)[None],
+                          **{self.cache_arg: self.cache}).logits[:, -1, :]
+
+    def _next(self, token, position: int):
+        self.ids.copy_(token)
+        self.position.fill_(position)
+        graphs, cache, attend = self.graphs, self.cache, self.attend
+        for i, (module, query, key, value, out, kwargs) in enumerate(self.layers):
+            graphs[i].replay()
+            key, value = cache.update(key, value, module.layer_idx)
+            # No mask: what transformers makes for one query with no padding, for sdpa.
+            out.copy_(attend(module, query, key, value, None, **kwargs)[0])
+        graphs[-1].replay()
+        return self.logits
+
+    def _rewind(self, keep: int) -> bool:
+        return False
+
+    def forget(self) -> None:
+        pass
+
+    def check(self, steps: int = 3) -> None:
+        """Raise unless replayed steps give the logits of the model's plain forward bit for bit.
+
+        The plain forward runs twice: where its two runs differ from each other (a GPU whose kernels do not give
+        the same bits twice: measured on a random 13B shape, docs/BENCHMARKS.md) no path can be held to its bits,
+        and only a difference the plain forward does not show too counts.
+        """
+        import torch
+        from transformers import DynamicCache
+
+        inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        prompt = torch.arange(3, 3 + 12, device=self.ids.device)[None] % inner.config.vocab_size
+        plain = [DynamicCache(config=inner.config) for _ in range(2)]
+        with torch.no_grad():
+            want = [self.model(input_ids=prompt, use_cache=True, **{self.cache_arg: c}).logits[:, -1, :] for c in plain]
+            got = self._begin(prompt)
+            for k in range(steps):
+                token = want[0].argmax(-1, keepdim=True)
+                position = prompt.shape[1] + k
+                at = torch.tensor([[position]], device=token.device)
+                want = [self.model(input_ids=token, use_cache=True, position_ids=at, **{self.cache_arg: c}).logits[:, -1, :]
+                        for c in plain]
+                got = self._next(token, position)
+                if not torch.equal(got, want[0]) and torch.equal(want[0], want[1]):
+                    raise ValueError(f"replayed step {k + 1} differs from the plain forward by "
+                                     f"{float((got.float() - want[0].float()).abs().max()):.3g}")
+        self.cache = DynamicCache(config=inner.config)
+
+
+def _parameters(fn) -> set[str]:
+    return set(inspect.signature(fn).parameters)
 
 
 def _shared(a: list[int], b: list[int]) -> int:

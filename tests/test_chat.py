@@ -6,6 +6,7 @@ import pytest
 from test_merge import adapter_copy, one_line, own_code_model
 from test_train import core_cli, core_here, shared_merge, shared_run
 
+from core.chat import decoder_for
 from core.config import GenerationConfig
 from core.errors import UserError
 
@@ -284,7 +285,7 @@ def test_static_cache_gives_the_same_tokens_and_a_failed_warm_up_falls_back(base
         assert "\n" not in base_chat.fallback
         assert base_chat.reply([], "Name three colours.", gen) == plain
     finally:
-        base_chat.compiled, base_chat.fallback, base_chat.decoder = 0, "", "loop"
+        base_chat.compiled, base_chat.fallback, base_chat.decoder = 0, "", decoder_for(base_chat.model)
 
 
 def test_the_loop_decoder_writes_the_tokens_of_plain_generate(base_chat):
@@ -293,7 +294,8 @@ def test_the_loop_decoder_writes_the_tokens_of_plain_generate(base_chat):
     ends there, and sampling stays within its settings."""
     import torch
 
-    assert base_chat.decoder == "loop"  # chosen at load for a model on one device (chat.decoder_for)
+    assert base_chat.decoder == decoder_for(base_chat.model)  # chosen at load: "loop" on the CPU
+    base_chat.decoder = "loop"  # on a GPU machine, where a 16-bit model gets "replay"
     try:
         assert base_chat.warm_up() > 0 and base_chat.compiled == 4096 and base_chat.fallback == ""
         for message, gen in [("Tell me about the sea.", GenerationConfig(temperature=0, max_new_tokens=24,
@@ -309,7 +311,7 @@ def test_the_loop_decoder_writes_the_tokens_of_plain_generate(base_chat):
         sampled = base_chat.reply([], "Hi.", GenerationConfig(temperature=0.8, top_p=0.9, top_k=20, max_new_tokens=12))
         assert sampled and 0 < base_chat.last["tokens"] <= 12
     finally:
-        base_chat.compiled = 0
+        base_chat.compiled, base_chat.decoder = 0, decoder_for(base_chat.model)
 
 
 def test_a_later_turn_reads_only_its_new_message_and_answers_as_a_fresh_prompt_would(base_chat):
@@ -325,7 +327,7 @@ def test_a_later_turn_reads_only_its_new_message_and_answers_as_a_fresh_prompt_w
                                        top_p=None, top_k=None, pad_token_id=base_chat.tokenizer.pad_token_id)
         return out[0, inputs["input_ids"].shape[1]:].tolist()
 
-    assert base_chat.decoder == "loop"
+    base_chat.decoder = "loop"  # on a GPU machine, where a 16-bit model gets "replay"
     try:
         assert base_chat.warm_up() > 0 and base_chat.fallback == ""
         history, kept = [], []
@@ -342,7 +344,7 @@ def test_a_later_turn_reads_only_its_new_message_and_answers_as_a_fresh_prompt_w
         base_chat.reply(history[:2], "Which of the two do you like more?", gen)
         assert base_chat.last["reused_tokens"] == 0 and base_chat.last["ids"] == plain(history[:2], history[2][0])
     finally:
-        base_chat.compiled = 0
+        base_chat.compiled, base_chat.decoder = 0, decoder_for(base_chat.model)
 
 
 def test_a_sliding_window_cache_reads_the_whole_prompt_again():
@@ -367,15 +369,20 @@ def test_a_sliding_window_cache_reads_the_whole_prompt_again():
         assert out.ids == plain
 
 
-def test_a_model_spread_over_several_gpus_keeps_generate_and_one_device_gets_the_loop():
+def test_each_model_gets_its_decoder_spread_16bit_on_a_gpu_quantized_or_on_the_cpu():
+    """A model spread over several GPUs keeps generate(); a 16-bit model on one GPU gets the replayed steps (plain
+    generate()'s kernels, so its greedy tokens); a quantized one or one on the CPU gets the loop."""
     from types import SimpleNamespace
 
-    from core.chat import decoder_for
-
+    gpu, cpu = SimpleNamespace(type="cuda"), SimpleNamespace(type="cpu")
     assert decoder_for(SimpleNamespace()) == "loop"  # no device map: one device
-    assert decoder_for(SimpleNamespace(hf_device_map={"": 0})) == "loop"
+    assert decoder_for(SimpleNamespace(hf_device_map={"": 0}, device=cpu)) == "loop"
     assert decoder_for(SimpleNamespace(hf_device_map={"model.embed_tokens": 0, "lm_head": "cpu"})) == "loop"
     assert decoder_for(SimpleNamespace(hf_device_map={"model.layers.0": 0, "model.layers.1": 1})) == "generate"
+    assert decoder_for(SimpleNamespace(hf_device_map={"": 0}, device=gpu)) == "replay"
+    assert decoder_for(SimpleNamespace(device=gpu, hf_quantizer=object())) == "loop"
+    adapter_on_4bit = SimpleNamespace(device=gpu, get_base_model=lambda: SimpleNamespace(hf_quantizer=object()))
+    assert decoder_for(adapter_on_4bit) == "loop"
 
 
 def test_the_loop_decoder_traces_its_step_once_for_every_prompt_and_reply_length():
@@ -463,7 +470,7 @@ def test_a_warning_while_warming_up_is_logged_and_keeps_the_fast_path(base_chat,
         assert base_chat.compiled == 4096 and base_chat.fallback == "", base_chat.fallback
         assert "while compiling: UserWarning: a remark from the compiler" in caplog.text
     finally:
-        base_chat.compiled, base_chat.fallback, base_chat.decoder = 0, "", "loop"
+        base_chat.compiled, base_chat.fallback, base_chat.decoder = 0, "", decoder_for(base_chat.model)
 
 
 def test_generation_stops_right_after_a_stop_string(base_chat):

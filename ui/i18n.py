@@ -440,7 +440,7 @@ SAY = {
         # ---- chat speed ----
         "chat_speed": "{name}: {tps} tokens/s, first token after {first} s ({tokens} tokens).",
         "chat_loading": "{name}: loading, {s} s",
-        "chat_warming": "{name}: warming up (compiling for fast replies), {s} s",
+        "chat_warming": "{name}: warming up (preparing fast replies), {s} s",
         "chat_ready": "{name}: ready; the warm-up took {s} s.",
         "chat_plain": "{name}: fast replies could not be set up ({why}); answering the plain way, more slowly.",
         "chat_training_cpu": "Training is running: chat and training share the CPU, so both are slower.",
@@ -599,7 +599,7 @@ SAY = {
         # ---- chat speed ----
         "chat_speed": "{name}：每秒 {tps} 个 token，首个 token 用时 {first} 秒（共 {tokens} 个 token）。",
         "chat_loading": "{name}：正在加载，{s} 秒",
-        "chat_warming": "{name}：正在预热（编译以加快回答），{s} 秒",
+        "chat_warming": "{name}：正在预热（准备快速回答），{s} 秒",
         "chat_ready": "{name}：已就绪，预热用了 {s} 秒。",
         "chat_plain": "{name}：无法启用快速回答（{why}），改用普通方式回答，速度较慢。",
         "chat_training_cpu": "正在训练：对话和训练共用 CPU，两者都会变慢。",
