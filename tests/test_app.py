@@ -257,6 +257,26 @@ def test_merge_then_chat_streams_a_reply(app, finished_run):
     assert note.count("tokens/s, first token after") == 2, note
 
 
+def test_clear_during_a_reply_stops_it_and_leaves_the_panes_empty(app):
+    """Clear pressed while a reply is written: the reply ends at once and the panes end empty (the clearing comes
+    after the reply's last words; emptied while it was written, the reply wrote them back)."""
+    c = app.client()
+    job = c.submit("Tell me a long story about the sea.", [], [], "default", "", "", "auto", 0.0, 1.0, 0, 1.0, 400,
+                   api_name="/chat")
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(text(m).strip() for m in (job.outputs()[-1][1] if job.outputs() else [])
+                                             if m["role"] == "assistant"):
+        time.sleep(0.1)
+    assert not job.done(), "the reply ended before Clear could be pressed"
+    hist_a, hist_b, note = c.predict(None, api_name="/clear_chat")
+    assert hist_a == [] and hist_b == [] and note == ""
+    _, written, _, said = job.result(timeout=30)
+    import re
+
+    made = re.findall(r"\((\d+) tokens\)", said)  # the speed line of the reply Clear stopped
+    assert len(made) == 1 and 0 < int(made[0]) < 400 and text(written[-1]).strip(), said
+
+
 def text(message: dict) -> str:
     content = message["content"]
     return content if isinstance(content, str) else "".join(p.get("text", "") for p in content)

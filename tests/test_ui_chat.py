@@ -479,6 +479,25 @@ def test_a_message_that_waited_while_a_reply_was_written_is_answered_on_that_rep
 
 
 # ---- the conversation kept in the browser ------------------------------------------------------
+def test_clear_stops_the_reply_and_empties_the_panes_only_after_its_last_words():
+    """Clear during a reply: Stop's work first, then the panes are emptied once the reply has written its last
+    words (emptied earlier, the reply wrote them back: the walk's "Clear does nothing")."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from ui import chat
+
+    page = SimpleNamespace(session_hash="clearing", headers={})
+    chat._replying.add("clearing")  # a reply of this page is being written; it ends 0.3 s from now
+    threading.Timer(0.3, chat._replying.discard, ["clearing"]).start()
+    start = time.monotonic()
+    assert chat.cleared(page, pressed_at=1_000) == ([], [], "")
+    assert time.monotonic() - start >= 0.3 and "clearing" not in chat._replying
+    assert chat._stopped["clearing"][1] == 1_000  # what Stop records: a message sent before it is not answered
+    chat.forget(page)
+
+
 def test_a_reload_gives_back_the_conversation_and_its_models_where_they_still_exist(monkeypatch, tmp_path):
     """What the browser keeps after a message is what the page gets back on load: both panes as plain
     messages (a message sent as parts too), and the models; a model gone since, or a kept value that is not a

@@ -557,9 +557,15 @@ def unload():
     return both("released")
 
 
-def cleared(request: gr.Request = None):
-    """Clear: both panes and the note emptied, here and in what the server holds of them."""
-    _shown.pop(_session(request), None)
+def cleared(request: gr.Request = None, pressed_at=None):
+    """Clear: both panes and the note emptied, here and in what the server holds of them. A reply being written
+    stops first (as with Stop, `pressed_at` the browser's time), and the panes are emptied after its last words:
+    emptied while it was written, the reply wrote them back."""
+    stop_reply(request, pressed_at)
+    session, deadline = _session(request), time.monotonic() + 60
+    while session in _replying and time.monotonic() < deadline:
+        time.sleep(0.05)
+    _shown.pop(session, None)
     return [], [], ""
 
 
@@ -681,8 +687,8 @@ def build() -> dict:
         sent.then(keep, kept, saved, api_name=False, show_progress="hidden")
     # At once, outside the queue, where the reply being written holds the GPU's place.
     stop.click(stop_reply, clock, None, js=CLOCK.format(n=1), queue=False, api_name=False)
-    clear.click(cleared, None, [chat_a, chat_b, note], api_name="clear_chat").then(
-        keep, kept, saved, api_name=False, show_progress="hidden")
+    clear.click(cleared, clock, [chat_a, chat_b, note], js=CLOCK.format(n=1), api_name="clear_chat",
+                show_progress="hidden").then(keep, kept, saved, api_name=False, show_progress="hidden")
     for picker in (source_a, source_b):  # a model picked is kept too, before any message
         picker.input(keep, kept, saved, api_name=False, show_progress="hidden")
     # The browser reads what it kept once the page is drawn, which can be after the page's load event: its change
