@@ -314,6 +314,30 @@ def test_a_question_sent_while_a_reply_is_written_waits_and_that_reply_stays_who
     assert whole.startswith(partial) and len(whole) > len(partial) + 20, (partial, whole)
 
 
+def test_a_reload_while_a_reply_is_written_keeps_the_question_and_what_was_written(app, page):
+    """A reload (or a closed tab) mid-reply: the page comes back with the question and the reply as far as it was
+    written, not without that exchange."""
+    page.goto(app.url)
+    page.get_by_role("tab", name="4 · Chat", exact=True).click()
+    chat = page.locator("#tab-chat")
+    page.get_by_text("Sampling settings").click()
+    fill(chat, "Max new tokens", 400)
+    chat.get_by_label("Temperature").first.fill("0")
+    chat.get_by_label("Temperature").first.press("Tab")
+    chat.get_by_label("Message", exact=True).first.fill("Tell me a long story about a lighthouse.")
+    chat.get_by_role("button", name="Send").click()
+    page.wait_for_function("() => { const b = document.querySelector('#tab-chat [data-testid=bot]');"
+                           " return b && b.innerText.trim().length > 40; }", timeout=120_000)
+    page.wait_for_timeout(1000)  # the browser's copy follows the pane
+    written = chat.locator("[data-testid=bot]").first.inner_text().strip()
+    page.reload()
+    page.get_by_role("tab", name="4 · Chat", exact=True).click()
+    users = chat.locator("[data-testid=user]", has_text="Tell me a long story about a lighthouse.")
+    users.first.wait_for(timeout=30_000)
+    back = chat.locator("[data-testid=bot]").first.inner_text().strip()
+    assert back and (back.startswith(written[:40]) or written.startswith(back)), (written, back)
+
+
 @pytest.mark.parametrize("locale, tab, words", [("en-US", "Models", "no GPU here"), ("zh-CN", "模型", "本机没有显卡")])
 def test_models_tab_lists_the_local_models_in_the_readers_language(app, browser, locale, tab, words):
     page = browser.new_page(viewport={"width": 1400, "height": 1000}, locale=locale)

@@ -691,6 +691,10 @@ def build() -> dict:
                 show_progress="hidden").then(keep, kept, saved, api_name=False, show_progress="hidden")
     for picker in (source_a, source_b):  # a model picked is kept too, before any message
         picker.input(keep, kept, saved, api_name=False, show_progress="hidden")
+    # And the panes while a reply is written (the latest state, one keep at a time): a reload mid-reply gives back
+    # the question and what was written of its answer, where it lost the whole exchange.
+    for pane in (chat_a, chat_b):
+        pane.change(keep, kept, saved, api_name=False, show_progress="hidden", trigger_mode="always_last")
     # The browser reads what it kept once the page is drawn, which can be after the page's load event: its change
     # gives the conversation back, then the panes are named after its models (each page once).
     restored = gr.State(False)
