@@ -38,6 +38,11 @@ _replying: set[str | None] = set()
 _closed: set[str | None] = set()
 CLOCK = "(...values) => [...values.slice(0, {n} - 1), Date.now()]"
 """Front-end code run on a click before its handler: the last of its `n` inputs becomes the browser's time (ms)."""
+SENT = ("(...values) => {{ const now = Date.now(), last = window.qsSent || {{}}; window.qsSent = {{text: values[0], now}};"
+        " if (values[0] && values[0] === last.text && now - last.now < 1500) values[0] = '';"
+        " return [...values.slice(0, {n} - 1), now]; }}")
+"""CLOCK for Send and Enter, which also send while a reply is written (the message waits for its turn): the
+same text sent again within 1.5 s (a double click, Enter and a click) goes as an empty message, not answered."""
 
 
 @dataclass(frozen=True)
@@ -381,8 +386,8 @@ def _respond(request, message, hist_a, hist_b, source_a, source_b, system, preci
     """respond() on the panes as they are."""
     # A message not answered leaves the panes as they are now: the histories it was sent with may be older (sent
     # while a reply was written, it waited for its turn), and writing them back would cut that reply short.
-    if not message or not message.strip():
-        yield gr.update(), gr.update(), gr.update(), ""
+    if not message or not message.strip():  # the note too: the speed lines of the reply before stay
+        yield gr.update(), gr.update(), gr.update(), gr.update()
         return
     if not source_a:  # the Model box emptied: nobody was asked, so nobody answers (the text stays in the box)
         yield gr.update(), gr.update(), gr.update(), both("pick_model")
@@ -678,10 +683,13 @@ def build() -> dict:
     stamped = CLOCK.format(n=len(inputs))
     saved = gr.BrowserState({}, storage_key=SAVED_KEY, secret=browser_key())
     kept = [source_a, source_b, chat_a, chat_b]
-    for sent in (send.click(respond, inputs, outputs, js=stamped, api_name="chat", concurrency_id="gpu",
-                            concurrency_limit=1),
-                 message.submit(respond, inputs, outputs, js=stamped, api_name=False, concurrency_id="gpu",
-                                concurrency_limit=1),
+    # Send and Enter during a reply queue their message (gradio's default drops a click while its event runs, so a
+    # second Send did nothing and said nothing); it waits for its turn, as Shift+Enter's does.
+    sending = SENT.format(n=len(inputs))
+    for sent in (send.click(respond, inputs, outputs, js=sending, api_name="chat", concurrency_id="gpu",
+                            concurrency_limit=1, trigger_mode="multiple"),
+                 message.submit(respond, inputs, outputs, js=sending, api_name=False, concurrency_id="gpu",
+                                concurrency_limit=1, trigger_mode="multiple"),
                  again.click(regenerate, inputs, outputs, js=stamped, api_name="regenerate", concurrency_id="gpu",
                              concurrency_limit=1)):
         sent.then(keep, kept, saved, api_name=False, show_progress="hidden")
