@@ -59,3 +59,28 @@ def test_the_panel_shows_the_runs_own_lines_only(tmp_path):
         "2026-11-30 12:01:08 WARNING the loss rose\n"
         '{"state": "finished", "step": 3}\n', encoding="utf-8")
     assert runs.story(run) == "12:01:02 base model loaded in 1.2 s\n12:01:07 step 3/3 loss=1.2\n12:01:08 WARNING: the loss rose"
+
+
+def test_a_run_records_the_settings_the_machine_made_of_its_config():
+    """On a CPU, 4-bit loading, fp16, Liger and offloading do not apply: used() says what the run applies instead,
+    and a GPU run keeps what it asked for (its auto number format resolved)."""
+    import torch
+
+    from core.config import preset
+    from core.trainer import Device, used
+
+    tutorial = preset("tutorial", fp8_base="all")
+    cpu = used(tutorial, Device("cpu", "LoRA float32 (no GPU)", "", False, torch.float32))
+    assert cpu == {"quantization": "none", "double_quant": False, "compute_dtype": "float32", "liger_kernels": False,
+                   "fp8_base": "off", "offload_activations": False}
+    gpu = used(preset("default"), Device("cuda:0 NVIDIA H200", "4-bit NF4 (bf16 compute)", "", True, torch.bfloat16))
+    assert gpu["quantization"] == "4bit" and gpu["double_quant"] is True and gpu["compute_dtype"] == "bfloat16"
+    assert gpu["offload_activations"] is True and gpu["fp8_base"] == "off"
+
+
+def test_the_settings_a_run_used_are_its_config_with_what_the_machine_changed(tmp_path):
+    run = make_run(tmp_path, "a", {"state": "finished"}, quantization="4bit", compute_dtype="float16", lora_r=8)
+    assert runs.settings_used(run)["quantization"] == "4bit"  # nothing recorded (an older run): as asked for
+    status.write_json(run / runs.USED, {"quantization": "none", "compute_dtype": "float32"})
+    used = runs.settings_used(run)
+    assert used["quantization"] == "none" and used["compute_dtype"] == "float32" and used["lora_r"] == 8

@@ -9,8 +9,8 @@ import pandas as pd
 
 from core import paths, runs, status
 from core.errors import UserError
-from ui.forms import warn
-from ui.i18n import lang, say, state, t
+from ui.forms import setting_words, warn
+from ui.i18n import SAY, lang, say, state, t
 from ui.live import PALETTE
 
 COLUMNS = ["name", "state", "step", "model", "data", "preset", "r", "lr", "steps", "batch", "final_loss", "learned",
@@ -82,15 +82,32 @@ def curves_frame(view: dict, language: str) -> pd.DataFrame:
         {"step": "int64", "loss": "float64", "series": "string"})
 
 
+def value_words(name: str, value, language: str) -> str:
+    """A setting's value as the table shows it: yes / no, a choice in words (4-bit NF4, 仅回答部分), a number."""
+    if isinstance(value, bool):
+        return say("yes" if value else "no", language)
+    key = f"value_{name}_{value}"
+    return say(key, language) if isinstance(value, str) and key in SAY["en"] else _shown(value)
+
+
 def settings_frame(view: dict, language: str):
-    """The settings side by side, one column per run; the rows whose values differ are highlighted."""
+    """The settings each run trained with side by side, one column per run, each named by its label; the rows
+    whose values differ are highlighted, and a value the machine changed says what was asked for."""
     setting = say("col_setting", language)
+    asked = view.get("asked", {})
     # The differences first: they are what a comparison is for.
     names = sorted(view["settings"], key=lambda name: name not in view["differ"])
-    rows = [{setting: name, **{run: _shown(v) for run, v in zip(view["runs"], view["settings"][name], strict=True)}}
-            for name in names]
+    rows = []
+    for name in names:
+        row = {setting: setting_words(name, language) or name}
+        for i, (run, value) in enumerate(zip(view["runs"], view["settings"][name], strict=True)):
+            row[run] = value_words(name, value, language)
+            if name in asked and asked[name][i] != value and asked[name][i] is not None:
+                row[run] = say("compare_asked", language, value=row[run],
+                               asked=value_words(name, asked[name][i], language))
+        rows.append(row)
     frame = pd.DataFrame(rows, columns=[setting, *view["runs"]])
-    differ = [name in view["differ"] for name in frame[setting]]
+    differ = [name in view["differ"] for name in names]
     return frame.style.apply(lambda row: [DIFFERS if differ[row.name] else ""] * len(row), axis=1)
 
 
