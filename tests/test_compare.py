@@ -1,10 +1,12 @@
-"""Comparing runs in the Runs tab: loss curves on one chart, settings side by side, "did it learn"."""
+"""The Runs tab: comparing runs (loss curves on one chart, settings side by side, "did it learn") and the buttons
+that open the selected run in another tab."""
 
 from __future__ import annotations
 
 import json
 import re
 
+import pytest
 from test_runs import make_run
 
 from ui import runs as runs_tab
@@ -118,3 +120,24 @@ def test_the_settings_table_speaks_chinese_on_a_chinese_page(tmp_path, monkeypat
     assert words <= {"float", "bfloat", "LoRA", "NF", "SmolLM", "Instruct", "adamw", "torch", "qlora", "studio",
                      "belle", "x", "datasets"}, words
 
+
+@pytest.mark.parametrize("key", ["open_train", "open_merge", "open_chat"])
+def test_a_button_for_the_selected_run_asks_for_one_when_none_is_selected(key):
+    """With no row selected, "Show in Train", "Merge this run" and "Chat with this run" switched tabs (to an empty
+    form) or did nothing: now they say a run must be picked first, in both languages, and the page stays."""
+    import gradio as gr
+
+    from ui import layout
+    from ui.i18n import say
+
+    demo = layout.build()
+    button = next(b for b in demo.blocks.values() if isinstance(b, gr.Button) and f'"key": "{key}"' in str(b.value))
+    tabs = next(b for b in demo.blocks.values() if isinstance(b, gr.Tabs))
+    press = next(f for f in demo.fns.values() if (button._id, "click") in f.targets)
+    outputs = dict(zip([o._id for o in press.outputs], press.fn(""), strict=True))
+    assert outputs[tabs._id] == gr.update()  # no tab switch
+    note = [v for v in outputs.values() if isinstance(v, str) and v]
+    assert len(note) == 1 and say("pick_run_first", "zh") in note[0] and say("pick_run_first", "en") in note[0]
+    # A run selected: its tab opens and the line goes.
+    outputs = dict(zip([o._id for o in press.outputs], press.fn("/somewhere/runs/a"), strict=True))
+    assert outputs[tabs._id] != gr.update() and "" in outputs.values()

@@ -9,8 +9,8 @@ import pandas as pd
 
 from core import paths, runs, status
 from core.errors import UserError
-from ui.forms import setting_words, warn
-from ui.i18n import SAY, lang, say, state, t
+from ui.forms import WARN, setting_words, warn
+from ui.i18n import SAY, both, lang, say, state, t
 from ui.live import PALETTE
 
 COLUMNS = ["name", "state", "step", "model", "data", "preset", "r", "lr", "steps", "batch", "final_loss", "learned",
@@ -40,6 +40,11 @@ def learned_cell(found: dict, language: str) -> str:
     if before is None or after is None:
         return ""
     return f"{before:.3f} → {after:.3f} {say('verdict_' + found.get('verdict', 'unknown'), language)}"
+
+
+def pick_first() -> str:
+    """What a button acting on the selected run says when no run is selected (both languages: it stays on screen)."""
+    return WARN + both("pick_run_first")
 
 
 def select(frame: pd.DataFrame, evt: gr.SelectData):
@@ -169,7 +174,9 @@ def build() -> dict:
         to_train = gr.Button(t("open_train"))
         to_merge = gr.Button(t("open_merge"))
         to_chat = gr.Button(t("open_chat"))
+    pick_note = gr.Markdown()  # "pick a run first", after a button pressed with none selected
     frame.select(select, frame, selected, api_name=False)
+    frame.select(lambda: "", None, pick_note, api_name=False, show_progress="hidden")
     refresh.click(table, None, frame, api_name="runs")
     gr.Markdown(t("compare_intro"))
     with gr.Row():
@@ -185,4 +192,4 @@ def build() -> dict:
     go.click(compare, picked, [note, plot, settings, learned], api_name="compare").then(
         recolor, plot, plot, api_name=False, show_progress="hidden")
     return {"frame": frame, "selected": selected, "to_train": to_train, "to_merge": to_merge, "to_chat": to_chat,
-            "picked": picked, "relabel": (table, None, frame)}
+            "pick_note": pick_note, "picked": picked, "relabel": (table, None, frame)}
