@@ -84,3 +84,23 @@ def test_the_settings_a_run_used_are_its_config_with_what_the_machine_changed(tm
     status.write_json(run / runs.USED, {"quantization": "none", "compute_dtype": "float32"})
     used = runs.settings_used(run)
     assert used["quantization"] == "none" and used["compute_dtype"] == "float32" and used["lora_r"] == 8
+
+
+def test_a_resume_from_a_terminal_starts_its_clock_from_the_time_the_run_trained(tmp_path):
+    """The status a resumed run starts from carries the time its earlier sessions took (two of them here), also of
+    a session whose process vanished without writing its end (counted to its last status write)."""
+    import os
+    import time
+
+    from core import saving
+
+    run = make_run(tmp_path, "a", {"state": "stopped", "started": 100.0, "ended": 400.0, "elapsed_before": 50.0,
+                                   "step": 3})
+    checkpoint = run / "checkpoints" / "checkpoint-3"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 3, "max_steps": 10}))
+    assert saving.progress_so_far(run, checkpoint)["elapsed_before"] == 350.0
+    (run / "status.json").write_text(json.dumps({"state": "running", "pid": 2**22 + 12345, "started": 100.0}))
+    os.utime(run / "status.json", (160.0, 160.0))
+    assert saving.progress_so_far(run, checkpoint)["elapsed_before"] == 60.0
+    assert status.spent(make_run(tmp_path, "fresh", {"state": "starting", "started": time.time()})) == 0

@@ -293,3 +293,18 @@ def test_the_stopping_line_goes_once_the_run_has_stopped(tmp_path):
     assert stop_settled(str(run)) == (gr.update(), gr.update()) and stop_settled("") == (gr.update(), gr.update())
     status.Status(run).update(state="stopped")
     assert stop_settled(str(run)) == ("", "")
+
+
+def test_a_resumed_runs_clock_goes_on_from_the_time_it_trained_before(tmp_path):
+    """After Resume the elapsed time started again from 0:00:00; it goes on from what the run had spent."""
+    import time
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "status.json").write_text(json.dumps({"state": "running", "step": 6, "max_steps": 10,
+                                                 "started": time.time() - 60, "elapsed_before": 3600}))
+    assert "elapsed 1:01:00" in progress_html(str(run))
+    (run / "status.json").write_text(json.dumps({"state": "finished", "step": 10, "max_steps": 10,
+                                                 "started": 100.0, "ended": 220.0, "elapsed_before": 3600}))
+    assert "elapsed 1:02:00" in progress_html(str(run))
+

@@ -7,7 +7,6 @@ the same run.
 
 from __future__ import annotations
 
-import time
 from html import escape
 from pathlib import Path
 
@@ -52,9 +51,9 @@ def progress_html(run: str, language: str = "en", metrics: list[dict] | None = N
     step = now.get("step") or last.get("step", 0)
     total = now.get("max_steps") or last.get("max_steps") or runs.read_config(run).get("max_steps", 0)
     pct = 100 * step / total if total else 0
-    elapsed = last.get("elapsed")
-    if now.get("started"):  # the wall clock since start, so it keeps moving between logging steps
-        elapsed = (now.get("ended") or time.time()) - now["started"]
+    # The wall clock since start, so it keeps moving between logging steps; a resumed run's goes on from the time
+    # it trained before.
+    elapsed = status.elapsed(now) if now.get("started") else last.get("elapsed")
     remaining = _clock(last.get("remaining")) if state in status.LIVE else "–"
     parts = [f"<div class='qs-progress'><span class='qs-state qs-{state}'>{words(state, now.get('adapter'), language)}</span> "
              f"<b>{escape(Path(run).name)}</b>",
