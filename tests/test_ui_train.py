@@ -308,3 +308,29 @@ def test_a_resumed_runs_clock_goes_on_from_the_time_it_trained_before(tmp_path):
                                                  "started": 100.0, "ended": 220.0, "elapsed_before": 3600}))
     assert "elapsed 1:02:00" in progress_html(str(run))
 
+
+def test_no_run_selected_goes_once_a_run_is_started(monkeypatch):
+    """"还没有选择训练记录。" (Resume pressed with no run shown) stayed on screen after a training had started."""
+    from types import SimpleNamespace
+
+    import gradio as gr
+
+    from core import jobs
+    from ui import layout
+    from ui.i18n import both
+    from ui.train import no_run_settled, resume
+
+    monkeypatch.setattr(jobs, "current", lambda *a, **k: None)
+    line, _, _ = resume("", "", "")
+    assert "还没有选择训练记录。" in line and "No run selected." in line
+    assert no_run_settled("", line) == gr.update()  # still no run: it stays
+    # A training starts (from this page, another one or a terminal): the line goes at the next tick.
+    monkeypatch.setattr(jobs, "current", lambda *a, **k: SimpleNamespace(kind="train"))
+    assert no_run_settled("", line) == ""
+    # A run picked (or started here, which shows it): the line goes too; any other line stays.
+    monkeypatch.setattr(jobs, "current", lambda *a, **k: None)
+    assert no_run_settled("/ws/runs/a", line) == ""
+    assert no_run_settled("/ws/runs/a", both("started", run="a")) == gr.update()
+    # It is asked at every tick of the live view and whenever the run shown changes.
+    events = {event for f in layout.build().fns.values() if f.fn is no_run_settled for _, event in f.targets}
+    assert events == {"tick", "change"}
