@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from ui.live import progress_html
 
 
@@ -334,3 +336,19 @@ def test_no_run_selected_goes_once_a_run_is_started(monkeypatch):
     # It is asked at every tick of the live view and whenever the run shown changes.
     events = {event for f in layout.build().fns.values() if f.fn is no_run_settled for _, event in f.targets}
     assert events == {"tick", "change"}
+
+
+def test_an_absurd_number_of_steps_is_refused_in_the_pages_language(tmp_path, monkeypatch):
+    from core import jobs
+    from core.config import TrainConfig
+    from ui.train import SETTINGS, plan_text, start
+
+    monkeypatch.setattr(jobs, "start_train", lambda *a, **k: pytest.fail("a run started"))
+    data = _dataset(tmp_path, [40] * 8)
+    values = [getattr(TrainConfig(), n) for n in SETTINGS]
+    values[SETTINGS.index("max_steps")] = 1_000_000_000
+    zh, _ = start(_Page("zh"), "default", data, "default", "", "", *values)
+    assert zh == "⚠️ 最大步数：最多 1,000,000（一百万次更新）；填 0 则按训练轮数训练"
+    en, _ = start(_Page("en"), "default", data, "default", "", "", *values)
+    assert en == "⚠️ Max steps: must be at most 1,000,000 (a million updates); 0 trains for the given epochs instead"
+    assert "最多 1,000,000" in plan_text(_Page("zh"), data, *values)  # said at once, before Start
