@@ -141,3 +141,14 @@ def test_a_button_for_the_selected_run_asks_for_one_when_none_is_selected(key):
     # A run selected: its tab opens and the line goes.
     outputs = dict(zip([o._id for o in press.outputs], press.fn("/somewhere/runs/a"), strict=True))
     assert outputs[tabs._id] != gr.update() and "" in outputs.values()
+
+
+
+def test_a_compared_curve_of_one_point_is_drawn(tmp_path, monkeypatch):
+    """lr-high has one eval point: the chart draws lines, so it did not show; it is drawn as a dash."""
+    from math import isnan
+
+    a, b = two_runs(tmp_path, monkeypatch)
+    curves = runs_tab.compare([a, b], Reader("en"))[1]["value"]
+    drawn = curves[(curves["series"] == "lr-high · eval") & ~curves["loss"].map(isnan)].sort_values("step")
+    assert drawn["loss"].tolist() == [2.2, 2.2] and drawn["step"].iloc[-1] == 10 and drawn["step"].iloc[0] > 9

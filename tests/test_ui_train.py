@@ -352,3 +352,21 @@ def test_an_absurd_number_of_steps_is_refused_in_the_pages_language(tmp_path, mo
     en, _ = start(_Page("en"), "default", data, "default", "", "", *values)
     assert en == "⚠️ Max steps: must be at most 1,000,000 (a million updates); 0 trains for the given epochs instead"
     assert "最多 1,000,000" in plan_text(_Page("zh"), data, *values)  # said at once, before Start
+
+
+def test_a_curve_of_one_logged_point_is_drawn(tmp_path):
+    """A 5-step run that logs every 10 steps has one point until its last step (the chart draws lines, not dots):
+    the chart stood empty. A lone point is drawn as a short level dash ending at it; two points are a line as before."""
+    from math import isnan
+
+    from ui.live import chart
+
+    run = tmp_path / "run"
+    run.mkdir()
+    frame = chart(str(run), [{"step": 1, "loss": 2.5, "max_steps": 5}], "en")["value"]
+    drawn = frame[(frame["series"] == "train") & ~frame["loss"].map(isnan)].sort_values("step")
+    assert len(drawn) == 2 and drawn["loss"].tolist() == [2.5, 2.5] and drawn["step"].iloc[-1] == 1
+    assert 0 < 1 - drawn["step"].iloc[0] <= 1  # a dash shorter than a step, before the point
+    frame = chart(str(run), [{"step": 1, "loss": 2.5, "max_steps": 5}, {"step": 5, "loss": 1.5, "max_steps": 5}], "en")
+    drawn = frame["value"][frame["value"]["series"] == "train"]
+    assert drawn["step"].tolist() == [1, 5] and drawn["loss"].tolist() == [2.5, 1.5]

@@ -9,9 +9,9 @@ import pandas as pd
 
 from core import paths, runs, status
 from core.errors import UserError
+from ui import live
 from ui.forms import WARN, setting_words, warn
 from ui.i18n import SAY, both, lang, say, state, t
-from ui.live import PALETTE
 
 COLUMNS = ["name", "state", "step", "model", "data", "preset", "r", "lr", "steps", "batch", "final_loss", "learned",
            "created", "folder"]
@@ -80,11 +80,18 @@ def _shown(value) -> str:
 
 
 def curves_frame(view: dict, language: str) -> pd.DataFrame:
-    """Every run's train and eval loss by step, one series (and colour) per run and kind."""
+    """Every run's train and eval loss by step, one series (and colour) per run and kind (a curve of one point drawn
+    as a dash)."""
     names = {"train": say("series_train", language), "eval": say("series_eval", language)}
     rows = [{"step": c["step"], "loss": c["loss"], "series": f"{c['run']} · {names[c['series']]}"} for c in view["curves"]]
+    rows = live.with_lone_points_drawn(rows, steps_span(view) / live.DASH)
     return pd.DataFrame(rows, columns=["step", "loss", "series"]).astype(
-        {"step": "int64", "loss": "float64", "series": "string"})
+        {"step": live.steps_type(rows), "loss": "float64", "series": "string"})
+
+
+def steps_span(view: dict) -> int:
+    """The comparison chart's x axis: the longest curve's steps, and enough for its ticks to fall on whole steps."""
+    return live.span(c["step"] for c in view["curves"])
 
 
 def value_words(name: str, value, language: str) -> str:
@@ -159,7 +166,7 @@ def recolor(plot):
     if "series" not in columns:
         return gr.update()
     names = list(dict.fromkeys(row[columns.index("series")] for row in plot["data"]))
-    return gr.update(color_map={name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}) if names else gr.update()
+    return gr.update(color_map={name: live.PALETTE[i % len(live.PALETTE)] for i, name in enumerate(names)}) if names else gr.update()
 
 
 def build() -> dict:
