@@ -152,3 +152,28 @@ def test_a_compared_curve_of_one_point_is_drawn(tmp_path, monkeypatch):
     curves = runs_tab.compare([a, b], Reader("en"))[1]["value"]
     drawn = curves[(curves["series"] == "lr-high · eval") & ~curves["loss"].map(isnan)].sort_values("step")
     assert drawn["loss"].tolist() == [2.2, 2.2] and drawn["step"].iloc[-1] == 10 and drawn["step"].iloc[0] > 9
+
+
+def test_the_comparison_chart_counts_whole_steps(tmp_path, monkeypatch):
+    """Two 20-step runs were drawn over 0..20 and the axis ticked 0.5, 1, 1.5 ...; it now spans at least as many steps
+    as the Train tab's chart (whose ticks fall on whole steps), or the longest run."""
+    from ui.live import MIN_SPAN
+
+    a, b = two_runs(tmp_path, monkeypatch)
+    _, plot, _, _ = runs_tab.compare([a, b], Reader("en"))
+    assert plot["x_lim"] == [0, MIN_SPAN]
+    long = make_run(tmp_path, "long", {"state": "finished", "started": 300}, '{"step": 1, "loss": 2.0}\n'
+                    '{"step": 250, "loss": 1.0}\n')
+    _, plot, _, _ = runs_tab.compare([a, str(long)], Reader("en"))
+    assert plot["x_lim"] == [0, 250]
+
+
+def test_the_two_comparison_tables_are_each_as_wide_as_the_page():
+    """Side by side in one row the settings table's last run column was cut off: they stand one under the other."""
+    import gradio as gr
+
+    from ui import layout
+
+    tables = [b for b in layout.build().blocks.values()
+              if isinstance(b, gr.Dataframe) and "compare_" in str(getattr(b, "label", ""))]
+    assert len(tables) == 2 and not any(isinstance(t.parent, gr.Row) for t in tables)

@@ -147,7 +147,8 @@ def compare(picked: list[str] | None, request: gr.Request = None):
     except UserError as e:
         return warn(e, language=language), gr.update(), gr.update(), gr.update()
     plot = gr.update(value=curves_frame(view, language), x_title=say("chart_step", language),
-                     y_title=say("chart_loss", language), color_title=say("chart_series", language))
+                     y_title=say("chart_loss", language), color_title=say("chart_series", language),
+                     x_lim=[0, steps_span(view)])
     differ = len(view["differ"])
     shown = dict(visible=True)
     return (say("compare_differ", language, n=differ), gr.update(**plot, **shown),
@@ -191,11 +192,12 @@ def build() -> dict:
         go = gr.Button(t("compare_btn"), variant="primary", scale=1)
     note = gr.Markdown()
     # Hidden until two runs are compared: empty, they would only show placeholder headers.
+    # Whole steps on the axis: it spans at least live.MIN_SPAN steps (as the Train tab's chart does).
     plot = gr.LinePlot(curves_frame({"curves": []}, "en"), x="step", y="loss", color="series",
-                       label=t("loss_chart"), height=420, visible=False)
-    with gr.Row():
-        settings = gr.Dataframe(label=t("compare_settings"), interactive=False, wrap=True, max_height=420, visible=False)
-        learned = gr.Dataframe(label=t("compare_learned"), interactive=False, wrap=True, visible=False)
+                       label=t("loss_chart"), height=420, visible=False, x_lim=[0, live.MIN_SPAN])
+    # One under the other, each as wide as the page: side by side, the settings' last run column was cut off.
+    settings = gr.Dataframe(label=t("compare_settings"), interactive=False, wrap=True, max_height=420, visible=False)
+    learned = gr.Dataframe(label=t("compare_learned"), interactive=False, wrap=True, visible=False)
     go.click(compare, picked, [note, plot, settings, learned], api_name="compare").then(
         recolor, plot, plot, api_name=False, show_progress="hidden")
     return {"frame": frame, "selected": selected, "to_train": to_train, "to_merge": to_merge, "to_chat": to_chat,
