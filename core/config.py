@@ -308,6 +308,15 @@ CPU_SIZED: dict[str, Any] = dict(
 )
 
 
+def on_cpu(compute_dtype: str) -> dict[str, Any]:
+    """What a run without a GPU makes of the settings the machine decides (core.trainer.USED), whatever they ask for:
+    plain LoRA (no 4-bit loading) in float32, or bfloat16 where asked for (float16 autocast fails on a CPU), and no
+    GPU kernels, FP8 or offloading."""
+    return {"quantization": "none", "double_quant": False,
+            "compute_dtype": "bfloat16" if compute_dtype == "bfloat16" else "float32",
+            "liger_kernels": False, "fp8_base": "off", "offload_activations": False}
+
+
 def preset(name: str, cpu: bool = False, **overrides) -> TrainConfig:
     """A TrainConfig from a named preset (the default one sized for a CPU when `cpu`), with the user's own settings on top."""
     if name not in PRESETS:

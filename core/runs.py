@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO
 
 from core import learned, paths, status
+from core.config import on_cpu
 from core.errors import UserError
 
 
@@ -33,9 +34,14 @@ USED = "used.json"
 def settings_used(run: str | Path) -> dict:
     """The settings a run trained with: config.json with what RUN/used.json says the machine made of it.
 
-    A run started before used.json was written has only config.json: the settings as asked for.
+    A run started before used.json was written: on a CPU (its status.json says so), what a CPU makes of its config;
+    elsewhere its config as asked for.
     """
-    return {**read_config(run), **status.read_json(Path(run) / USED)}
+    cfg = read_config(run)
+    used = status.read_json(Path(run) / USED)
+    if not used and status.read_json(Path(run) / status.FILE).get("device") == "cpu":
+        used = on_cpu(cfg.get("compute_dtype", ""))
+    return {**cfg, **used}
 
 
 def read_metrics(run: str | Path) -> list[dict]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core import gpus, models
-from core.config import TrainConfig
+from core.config import TrainConfig, on_cpu
 from core.errors import UserError
 
 log = logging.getLogger("qlora_studio.train")
@@ -45,9 +45,8 @@ def device(cfg: TrainConfig) -> Device:
     if not torch.cuda.is_available():
         # bitsandbytes has a CPU 4-bit path, but it is slower than float32 on CPU and needs extra
         # kernels; float16 autocast fails on CPU. Plain LoRA in float32 always works.
-        dtype = torch.bfloat16 if cfg.compute_dtype == "bfloat16" else torch.float32
-        dt = str(dtype).removeprefix("torch.")
-        return Device("cpu", f"LoRA {dt} (no GPU)", f"no GPU: plain LoRA in {dt}", False, dtype)
+        dt = on_cpu(cfg.compute_dtype)["compute_dtype"]
+        return Device("cpu", f"LoRA {dt} (no GPU)", f"no GPU: plain LoRA in {dt}", False, getattr(torch, dt))
     if cfg.compute_dtype == "auto":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     else:
@@ -98,13 +97,15 @@ def used(cfg: TrainConfig, dev: Device) -> dict:
 
     core.train writes them into RUN/used.json when the run starts, so what the run really did can be shown.
     """
-    quantized = dev.cuda and cfg.quantization == "4bit"
+    if not dev.cuda:
+        return on_cpu(cfg.compute_dtype)
+    quantized = cfg.quantization == "4bit"
     return {"quantization": "4bit" if quantized else "none",
             "double_quant": quantized and cfg.double_quant,
             "compute_dtype": str(dev.dtype).removeprefix("torch."),
             "liger_kernels": uses_liger(cfg, dev),
             "fp8_base": "off" if fp8_refused(cfg, dev) else cfg.fp8_base,
-            "offload_activations": dev.cuda and cfg.offload_activations}
+            "offload_activations": cfg.offload_activations}
 
 
 def pinned_arena(cfg: TrainConfig, folder: str):

@@ -104,3 +104,14 @@ def test_a_resume_from_a_terminal_starts_its_clock_from_the_time_the_run_trained
     os.utime(run / "status.json", (160.0, 160.0))
     assert saving.progress_so_far(run, checkpoint)["elapsed_before"] == 60.0
     assert status.spent(make_run(tmp_path, "fresh", {"state": "starting", "started": time.time()})) == 0
+
+
+def test_a_cpu_run_from_before_used_json_shows_what_a_cpu_trains_with(tmp_path):
+    """The walk-through's tutorial run on a CPU predates used.json: its status.json says it ran on the CPU, which
+    trains every run without 4-bit loading, in float32; a GPU run of that time shows its config as asked for."""
+    cpu = make_run(tmp_path, "cpu", {"state": "finished", "device": "cpu", "mode": "LoRA float32 (no GPU)"},
+                   preset="tutorial", compute_dtype="float16")
+    used = runs.settings_used(cpu)
+    assert (used["quantization"], used["compute_dtype"], used["double_quant"]) == ("none", "float32", False)
+    gpu = make_run(tmp_path, "gpu", {"state": "finished", "device": "cuda:0 NVIDIA H200"}, compute_dtype="float16")
+    assert runs.settings_used(gpu)["quantization"] == "4bit" and runs.settings_used(gpu)["compute_dtype"] == "float16"
