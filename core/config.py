@@ -150,6 +150,9 @@ class PrepareConfig(_Config):
         return out
 
 
+MAX_STEPS = 1_000_000
+"""The most updates a run may ask for: at a second an update, eleven and a half days (a typo, not a plan, above)."""
+
 FP8_MODES = ("off", "backward", "all")
 """fp8_base's choices: which multiplications by the frozen 4-bit weights run in FP8 (core.fp8)."""
 
@@ -218,6 +221,10 @@ class TrainConfig(_Config):
         for name in ("max_steps", "save_steps", "eval_steps"):
             if getattr(self, name) < 0:
                 out.append(Text(f"{name}: must be 0 or more", f"{name}：必须为 0 或更大"))
+        if self.max_steps > MAX_STEPS:
+            out.append(Text(f"max_steps: must be at most {MAX_STEPS:,} (a million updates); 0 trains for the "
+                            "given epochs instead",
+                            f"max_steps：最多 {MAX_STEPS:,}（一百万次更新）；填 0 则按训练轮数训练"))
         if self.max_steps == 0 and self.epochs <= 0:
             out.append(Text("epochs: must be more than 0 when max steps is 0", "epochs：max_steps 为 0 时必须大于 0"))
         if not 0 <= self.lora_dropout <= 0.5:
@@ -299,6 +306,15 @@ CPU_SIZED: dict[str, Any] = dict(
     lora_r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", learning_rate=1e-3,
     max_steps=15, logging_steps=1,
 )
+
+
+def on_cpu(compute_dtype: str) -> dict[str, Any]:
+    """What a run without a GPU makes of the settings the machine decides (core.trainer.USED), whatever they ask for:
+    plain LoRA (no 4-bit loading) in float32, or bfloat16 where asked for (float16 autocast fails on a CPU), and no
+    GPU kernels, FP8 or offloading."""
+    return {"quantization": "none", "double_quant": False,
+            "compute_dtype": "bfloat16" if compute_dtype == "bfloat16" else "float32",
+            "liger_kernels": False, "fp8_base": "off", "offload_activations": False}
 
 
 def preset(name: str, cpu: bool = False, **overrides) -> TrainConfig:

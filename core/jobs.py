@@ -179,11 +179,13 @@ class JobManager:
             cfg = cfg.replace(out=str(run))
             cfg.save(run / "config.json")
             status.clear_stop(run)
-            # A resumed run keeps its step and adapter on the page until the child says more.
+            # A resumed run keeps its step and adapter on the page until the child says more, and its clock goes on
+            # from the time it has trained so far.
             earlier = status.read_json(run / status.FILE) if cfg.resume else {}
             status.write_json(run / status.FILE, {
                 **status.FIELDS, "step": earlier.get("step", 0), "adapter": earlier.get("adapter"),
-                "max_steps": earlier.get("max_steps") or cfg.max_steps, "state": "starting", "started": time.time()})
+                "max_steps": earlier.get("max_steps") or cfg.max_steps, "state": "starting", "started": time.time(),
+                "elapsed_before": status.spent(run) if cfg.resume else None})
             argv = ["train", "--config", str(run / "config.json"), "--out", str(run)]
             if cfg.resume:
                 argv.append("--resume")

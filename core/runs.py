@@ -1,7 +1,8 @@
 """Reading run folders: config, metrics, logs and a one-line summary of every run; who trains a run.
 
-The training child writes RUN/config.json, RUN/metrics.jsonl and RUN/train.log (and its
-status.json through core.status); everything here only reads them, so the panel, the command
+The training child writes RUN/config.json (the settings asked for), RUN/used.json (the settings the machine
+decides, as the run applied them: a CPU trains without 4-bit loading, in float32), RUN/metrics.jsonl and
+RUN/train.log (and its status.json through core.status); everything here only reads them, so the panel, the command
 line and tests all see the same thing. The one exception is RUN/.lock: the trainer holds an OS
 lock on it for as long as it lives (`lock`), so anyone can ask whether a run is being trained
 (`locked`), and a killed trainer can never leave a stale lock behind.
@@ -18,12 +19,29 @@ from pathlib import Path
 from typing import IO
 
 from core import learned, paths, status
+from core.config import on_cpu
 from core.errors import UserError
 
 
 def read_config(run: str | Path) -> dict:
     """RUN/config.json as a dict ({} if missing or damaged)."""
     return status.read_json(Path(run) / "config.json")
+
+
+USED = "used.json"
+
+
+def settings_used(run: str | Path) -> dict:
+    """The settings a run trained with: config.json with what RUN/used.json says the machine made of it.
+
+    A run started before used.json was written: on a CPU (its status.json says so), what a CPU makes of its config;
+    elsewhere its config as asked for.
+    """
+    cfg = read_config(run)
+    used = status.read_json(Path(run) / USED)
+    if not used and status.read_json(Path(run) / status.FILE).get("device") == "cpu":
+        used = on_cpu(cfg.get("compute_dtype", ""))
+    return {**cfg, **used}
 
 
 def read_metrics(run: str | Path) -> list[dict]:
@@ -176,10 +194,11 @@ def locked(run: str | Path) -> bool:
 
 # ---- comparing runs ----------------------------------------------------------------------------
 def compare(folders: list[str | Path]) -> dict:
-    """Several runs side by side: their losses by step, their settings, and their "did it learn" numbers.
+    """Several runs side by side: their losses by step, the settings they trained with, their "did it learn" numbers.
 
-    {"curves": [{"run", "step", "loss", "series": "train"|"eval"}], "settings": {name: [value per run]},
-     "differ": {names whose values are not all equal}, "learned": [dict per run]}
+    {"curves": [{"run", "step", "loss", "series": "train"|"eval"}], "settings": {name: [value used per run]},
+     "asked": {name: [value asked for per run], for the names where some run used another value},
+     "differ": {names whose used values are not all equal}, "learned": [dict per run]}
     """
     folders = [Path(f) for f in folders]
     curves = []
@@ -189,8 +208,11 @@ def compare(folders: list[str | Path]) -> dict:
                 if m.get(key) is not None:
                     curves.append({"run": run.name, "step": m.get("step", 0), "loss": m[key], "series": series})
     configs = [read_config(run) for run in folders]
-    names = list(dict.fromkeys(k for c in configs for k in c if k not in ("out", "resume")))
-    settings = {name: [c.get(name) for c in configs] for name in names}
+    used = [settings_used(run) for run in folders]
+    names = list(dict.fromkeys(k for c in used for k in c if k not in ("out", "resume")))
+    settings = {name: [u.get(name) for u in used] for name in names}
+    asked = {name: [c.get(name) for c in configs] for name in names
+             if any(c.get(name) != u.get(name) for c, u in zip(configs, used, strict=True))}
     differ = {name for name, values in settings.items() if len({json.dumps(v, sort_keys=True) for v in values}) > 1}
-    return {"runs": [run.name for run in folders], "curves": curves, "settings": settings, "differ": differ,
-            "learned": [learned.read(run) for run in folders]}
+    return {"runs": [run.name for run in folders], "curves": curves, "settings": settings, "asked": asked,
+            "differ": differ, "learned": [learned.read(run) for run in folders]}

@@ -184,7 +184,8 @@ def resume_point(run: Path, tidy: bool = True) -> tuple[Path, int, str | None]:
 
 
 def progress_so_far(run: Path, checkpoint: Path | None) -> dict:
-    """Status fields a resumed run starts from, so a resume that fails early does not read step 0 of 0."""
+    """Status fields a resumed run starts from, so a resume that fails early does not read step 0 of 0, and its clock
+    goes on from the time it has trained so far."""
     if checkpoint is None:
         return {}
     from core import status
@@ -194,7 +195,8 @@ def progress_so_far(run: Path, checkpoint: Path | None) -> dict:
     adapter = run / "adapter"
     return {"step": before.get("step") or state.get("global_step") or 0,
             "max_steps": before.get("max_steps") or state.get("max_steps") or 0,
-            "adapter": str(adapter) if (adapter / "adapter_config.json").is_file() else None}
+            "adapter": str(adapter) if (adapter / "adapter_config.json").is_file() else None,
+            "elapsed_before": status.spent(run)}
 
 
 # ---- the adapter ---------------------------------------------------------------------------

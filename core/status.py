@@ -6,6 +6,7 @@ through here. Torch-free, so the panel can import it.
     state      starting → running → (stopping →) finished | stopped | failed
     pid        the job's process, so a reader can tell a vanished job from a live one
     step, max_steps, started, ended, device, mode, adapter     (training)
+    elapsed_before   seconds a resumed run trained in its earlier sessions (its clock goes on from there)
     progress (0 to 1), message, report                         (a merge: its stage, then its result)
     bytes_done, bytes_total, speed (bytes/s), eta (seconds)    (a download, with progress and message)
     error      what went wrong, one line;   hint   what to do about it
@@ -34,7 +35,7 @@ FINAL = ("finished", "stopped", "failed")
 LIVE = ("starting", "running", "stopping")
 FIELDS = {"state": "starting", "pid": None, "started": None, "ended": None, "step": 0, "max_steps": 0,
           "device": None, "mode": None, "error": None, "hint": None, "error_zh": None, "hint_zh": None,
-          "warning": None, "adapter": None,
+          "warning": None, "adapter": None, "elapsed_before": None,
           "progress": None, "message": None, "message_zh": None, "report": None,
           "bytes_done": None, "bytes_total": None, "speed": None, "eta": None}
 
@@ -168,6 +169,31 @@ def read(folder: str | Path, log: str | Path | None = None, kind: str = "train")
                 status[key], status[key + "_zh"] = fresh[key], fresh[key + "_zh"]
         status["state"] = "stopped" if stopping else "failed"
     return status
+
+
+def elapsed(status: dict, now: float | None = None) -> float | None:
+    """Seconds a job has run (a resumed run: with its earlier sessions), to its end or to `now`; None before it started."""
+    if not status.get("started"):
+        return None
+    return (status.get("elapsed_before") or 0) + (status.get("ended") or now or time.time()) - status["started"]
+
+
+def spent(folder: str | Path) -> float:
+    """Seconds a run has trained in all its sessions so far: where the clock of a resume starts.
+
+    A session whose process vanished without its end written counts to the last time it wrote its status.
+    """
+    path = Path(folder) / FILE
+    status = read_json(path)
+    end = status.get("ended")
+    if end is None and status.get("state") in ("running", "stopping"):
+        try:
+            end = path.stat().st_mtime
+        except OSError:
+            end = None
+    if end is None or not status.get("started"):
+        return status.get("elapsed_before") or 0
+    return elapsed(status, end)
 
 
 def bilingual(changes: dict) -> dict:

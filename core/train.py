@@ -5,7 +5,8 @@ tokenize the rendered segments (the loss mask comes from the template), load the
 base model (4-bit NF4 on a GPU, plain LoRA elsewhere), wrap it in LoRA, hand it to
 trl's SFTTrainer, and save the adapter with everything chat and merge need to use it.
 
-The run folder: config.json, status.json, metrics.jsonl, train.log, checkpoints/, adapter/, and
+The run folder: config.json (the settings asked for), used.json (the ones the machine decides, such as 4-bit
+loading, as this run applied them), status.json, metrics.jsonl, train.log, checkpoints/, adapter/, and
 .lock, held by the one process that trains it. Checkpoints and the adapter appear whole or not
 at all (core/saving.py); a full disk, a NaN or a second trainer ends the run with the cause in words.
 """
@@ -26,14 +27,16 @@ from pathlib import Path
 from core import gpus, logs, models, runs, saving
 from core.config import TORCH_OPTIMIZERS, Parser, TrainConfig, add_arguments, preset
 from core.errors import Text, UserError
+from core.status import write_json
 from core.template import Template
 from core.tracking import leave_out
 from core.tracking import setup as tracking_setup
 
 log = logging.getLogger("qlora_studio.train")
 
-# Files the supervisor may put into a run folder before it starts us.
-PRESTART_FILES = {"config.json", "train.log", "status.json", ".lock"}
+# Files a run folder may hold before it holds a run: the supervisor's, and the settings a start that failed before
+# training wrote (used.json, written again by the next start).
+PRESTART_FILES = {"config.json", "train.log", "status.json", ".lock", "used.json"}
 
 
 # ---- the command line --------------------------------------------------------------------
@@ -225,6 +228,8 @@ def _train(cfg: TrainConfig, run: Path, data: Path, folder: str, status) -> dict
         cfg.save(run / "config.json")  # never a secret: keys come from the environment only
 
     dev = parts.device(cfg)
+    if main:  # what this machine makes of the settings (a CPU: no 4-bit, float32), before anything can fail
+        write_json(run / runs.USED, parts.used(cfg, dev))
     if dev.cuda:  # the metrics' memory peak is this run's, also where train() runs in a process that held other models
         torch.cuda.reset_peak_memory_stats()
     status.update(device=dev.name, mode=dev.mode)

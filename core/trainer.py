@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core import gpus, models
-from core.config import TrainConfig
+from core.config import TrainConfig, on_cpu
 from core.errors import UserError
 
 log = logging.getLogger("qlora_studio.train")
@@ -45,9 +45,8 @@ def device(cfg: TrainConfig) -> Device:
     if not torch.cuda.is_available():
         # bitsandbytes has a CPU 4-bit path, but it is slower than float32 on CPU and needs extra
         # kernels; float16 autocast fails on CPU. Plain LoRA in float32 always works.
-        dtype = torch.bfloat16 if cfg.compute_dtype == "bfloat16" else torch.float32
-        dt = str(dtype).removeprefix("torch.")
-        return Device("cpu", f"LoRA {dt} (no GPU)", f"no GPU: plain LoRA in {dt}", False, dtype)
+        dt = on_cpu(cfg.compute_dtype)["compute_dtype"]
+        return Device("cpu", f"LoRA {dt} (no GPU)", f"no GPU: plain LoRA in {dt}", False, getattr(torch, dt))
     if cfg.compute_dtype == "auto":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     else:
@@ -68,6 +67,45 @@ def has_liger() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("liger_kernel") is not None
+
+
+def uses_liger(cfg: TrainConfig, dev: Device) -> bool:
+    """Liger's fused kernels: on a GPU, when asked for and installed."""
+    return dev.cuda and cfg.liger_kernels and has_liger()
+
+
+def fp8_refused(cfg: TrainConfig, dev: Device) -> str | None:
+    """Why fp8_base, asked for, cannot apply here (one line), or None (it applies, or it is off)."""
+    if cfg.fp8_base == "off":
+        return None
+    import torch
+
+    from core import fp8
+
+    why = fp8.supported(dev.index)  # "no GPU" on a CPU
+    if not why and not (cfg.quantization == "4bit" and dev.dtype == torch.bfloat16):
+        why = "it is for 4-bit base weights with bf16 compute"
+    return why
+
+
+USED = ("quantization", "double_quant", "compute_dtype", "liger_kernels", "fp8_base", "offload_activations")
+"""The settings the machine may change: a CPU trains without 4-bit loading, in float32, without GPU kernels."""
+
+
+def used(cfg: TrainConfig, dev: Device) -> dict:
+    """The USED settings as this run applies them on `dev` (config.json keeps what was asked for).
+
+    core.train writes them into RUN/used.json when the run starts, so what the run really did can be shown.
+    """
+    if not dev.cuda:
+        return on_cpu(cfg.compute_dtype)
+    quantized = cfg.quantization == "4bit"
+    return {"quantization": "4bit" if quantized else "none",
+            "double_quant": quantized and cfg.double_quant,
+            "compute_dtype": str(dev.dtype).removeprefix("torch."),
+            "liger_kernels": uses_liger(cfg, dev),
+            "fp8_base": "off" if fp8_refused(cfg, dev) else cfg.fp8_base,
+            "offload_activations": cfg.offload_activations}
 
 
 def pinned_arena(cfg: TrainConfig, folder: str):
@@ -168,9 +206,7 @@ def load_model(cfg: TrainConfig, folder: str, device: Device):
     if cfg.fp8_base != "off":
         from core import fp8
 
-        why = fp8.supported(device.index)  # "no GPU" on a CPU
-        if not why and not (cfg.quantization == "4bit" and dtype == torch.bfloat16):
-            why = "it is for 4-bit base weights with bf16 compute"
+        why = fp8_refused(cfg, device)
         if why:
             log.info("fp8_base: %s; ignored", why)
         else:
@@ -212,7 +248,7 @@ def sft_args(cfg: TrainConfig, run: Path, dev: Device, tracking: list[str], eval
         bf16=dev.dtype == torch.bfloat16,
         use_cpu=not dev.cuda,
         # Liger's fused RMSNorm/SwiGLU/RoPE kernels: less activation memory, faster steps (GPU only).
-        use_liger_kernel=dev.cuda and cfg.liger_kernels and has_liger(),
+        use_liger_kernel=uses_liger(cfg, dev),
         max_length=cfg.max_seq_length,
         packing=cfg.packing,
         packing_strategy="bfd",

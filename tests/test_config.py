@@ -132,3 +132,15 @@ def test_an_empty_number_and_a_seed_out_of_range_are_said_in_words():
     assert TrainConfig(data="d", out="o", seed=-1).validate() == ["seed: must be between 0 and 4294967295"]
     assert PrepareConfig(input="x.jsonl", seed=2**32).validate() == ["seed: must be between 0 and 4294967295"]
     assert TrainConfig(data="d", out="o", seed=0).validate() == []
+
+
+def test_an_absurd_number_of_steps_is_refused_with_a_bound_a_user_understands():
+    """max_steps 1000000000 was only warned about (the run would take years); validate() refuses it now."""
+    from core.config import MAX_STEPS
+    from core.errors import text
+
+    problems = TrainConfig(**READY, max_steps=1_000_000_000).validate()
+    assert [text(p, "en") for p in problems] == [
+        "max_steps: must be at most 1,000,000 (a million updates); 0 trains for the given epochs instead"]
+    assert text(problems[0], "zh") == "max_steps：最多 1,000,000（一百万次更新）；填 0 则按训练轮数训练"
+    assert TrainConfig(**READY, max_steps=MAX_STEPS).validate() == []

@@ -148,12 +148,17 @@ def test_restarted_manager_reattaches_and_resume_continues(home, monkeypatch):
     again.stop(found, grace=10)
     wait_for(lambda: not job.alive())
     assert again.current() is None
-    assert status.read(job.folder)["state"] == "stopped"
+    first = status.read(job.folder)
+    assert first["state"] == "stopped"
     resumed = again.resume(job.folder)
     assert resumed.folder == job.folder
     wait_for(lambda: resumed.state() == "finished")
     steps = [m["step"] for m in runs.read_metrics(job.folder)]
     assert steps == list(range(1, 9))
+    # The run's clock goes on from the time it trained before the stop (it started again from 0).
+    after = status.read(job.folder)
+    assert after["elapsed_before"] == pytest.approx(first["ended"] - first["started"])
+    assert status.elapsed(after) == pytest.approx(after["elapsed_before"] + after["ended"] - after["started"])
     assert json.loads((Path(job.folder) / "config.json").read_text())["resume"] is True
 
 

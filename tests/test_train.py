@@ -143,6 +143,10 @@ def test_run_folder_holds_what_merge_and_chat_need(base_model):
     assert record["base_model"] == "default" and record["template"]["name"] == "chat"
     assert record["config"]["max_steps"] == 12 and record["run"] == str(run)
     assert TrainConfig.load(run / "config.json").lora_r == 16
+    # What this CPU made of the settings asked for (config.json keeps those: 4-bit): plain LoRA in float32.
+    assert TrainConfig.load(run / "config.json").quantization == "4bit"
+    used = json.loads((run / "used.json").read_text())
+    assert used["quantization"] == "none" and used["compute_dtype"] == "float32" and used["double_quant"] is False
     # Weights are safetensors everywhere; the adapter holds no pickle at all.
     assert pickles(adapter) == []
     assert not list(run.rglob("training_args.bin")) and not list(run.rglob("*.bin"))

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from ui.live import progress_html
 
 
@@ -293,3 +295,78 @@ def test_the_stopping_line_goes_once_the_run_has_stopped(tmp_path):
     assert stop_settled(str(run)) == (gr.update(), gr.update()) and stop_settled("") == (gr.update(), gr.update())
     status.Status(run).update(state="stopped")
     assert stop_settled(str(run)) == ("", "")
+
+
+def test_a_resumed_runs_clock_goes_on_from_the_time_it_trained_before(tmp_path):
+    """After Resume the elapsed time started again from 0:00:00; it goes on from what the run had spent."""
+    import time
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "status.json").write_text(json.dumps({"state": "running", "step": 6, "max_steps": 10,
+                                                 "started": time.time() - 60, "elapsed_before": 3600}))
+    assert "elapsed 1:01:00" in progress_html(str(run))
+    (run / "status.json").write_text(json.dumps({"state": "finished", "step": 10, "max_steps": 10,
+                                                 "started": 100.0, "ended": 220.0, "elapsed_before": 3600}))
+    assert "elapsed 1:02:00" in progress_html(str(run))
+
+
+def test_no_run_selected_goes_once_a_run_is_started(monkeypatch):
+    """"还没有选择训练记录。" (Resume pressed with no run shown) stayed on screen after a training had started."""
+    from types import SimpleNamespace
+
+    import gradio as gr
+
+    from core import jobs
+    from ui import layout
+    from ui.i18n import both
+    from ui.train import no_run_settled, resume
+
+    monkeypatch.setattr(jobs, "current", lambda *a, **k: None)
+    line, _, _ = resume("", "", "")
+    assert "还没有选择训练记录。" in line and "No run selected." in line
+    assert no_run_settled("", line) == gr.update()  # still no run: it stays
+    # A training starts (from this page, another one or a terminal): the line goes at the next tick.
+    monkeypatch.setattr(jobs, "current", lambda *a, **k: SimpleNamespace(kind="train"))
+    assert no_run_settled("", line) == ""
+    # A run picked (or started here, which shows it): the line goes too; any other line stays.
+    monkeypatch.setattr(jobs, "current", lambda *a, **k: None)
+    assert no_run_settled("/ws/runs/a", line) == ""
+    assert no_run_settled("/ws/runs/a", both("started", run="a")) == gr.update()
+    # It is asked at every tick of the live view and whenever the run shown changes.
+    events = {event for f in layout.build().fns.values() if f.fn is no_run_settled for _, event in f.targets}
+    assert events == {"tick", "change"}
+
+
+def test_an_absurd_number_of_steps_is_refused_in_the_pages_language(tmp_path, monkeypatch):
+    from core import jobs
+    from core.config import TrainConfig
+    from ui.train import SETTINGS, plan_text, start
+
+    monkeypatch.setattr(jobs, "start_train", lambda *a, **k: pytest.fail("a run started"))
+    data = _dataset(tmp_path, [40] * 8)
+    values = [getattr(TrainConfig(), n) for n in SETTINGS]
+    values[SETTINGS.index("max_steps")] = 1_000_000_000
+    zh, _ = start(_Page("zh"), "default", data, "default", "", "", *values)
+    assert zh == "⚠️ 最大步数：最多 1,000,000（一百万次更新）；填 0 则按训练轮数训练"
+    en, _ = start(_Page("en"), "default", data, "default", "", "", *values)
+    assert en == "⚠️ Max steps: must be at most 1,000,000 (a million updates); 0 trains for the given epochs instead"
+    assert "最多 1,000,000" in plan_text(_Page("zh"), data, *values)  # said at once, before Start
+
+
+def test_a_curve_of_one_logged_point_is_drawn(tmp_path):
+    """A 5-step run that logs every 10 steps has one point until its last step (the chart draws lines, not dots):
+    the chart stood empty. A lone point is drawn as a short level dash ending at it; two points are a line as before."""
+    from math import isnan
+
+    from ui.live import chart
+
+    run = tmp_path / "run"
+    run.mkdir()
+    frame = chart(str(run), [{"step": 1, "loss": 2.5, "max_steps": 5}], "en")["value"]
+    drawn = frame[(frame["series"] == "train") & ~frame["loss"].map(isnan)].sort_values("step")
+    assert len(drawn) == 2 and drawn["loss"].tolist() == [2.5, 2.5] and drawn["step"].iloc[-1] == 1
+    assert 0 < 1 - drawn["step"].iloc[0] <= 1  # a dash shorter than a step, before the point
+    frame = chart(str(run), [{"step": 1, "loss": 2.5, "max_steps": 5}, {"step": 5, "loss": 1.5, "max_steps": 5}], "en")
+    drawn = frame["value"][frame["value"]["series"] == "train"]
+    assert drawn["step"].tolist() == [1, 5] and drawn["loss"].tolist() == [2.5, 1.5]

@@ -63,11 +63,19 @@ def widget(cls, name: str, value=MISSING, *, options: list | None = None, **kw):
 # with a label of its own: the page says these in words too.
 NAMES = {
     "en": {"data": "Dataset", "model": "Model", "adapter": "Adapter", "out": "Output", "base": "Base model",
-           "resume": "Resume", "name": "Name", "dataset name": "Dataset name", "input": "Data file"},
+           "resume": "Resume", "name": "Name", "dataset name": "Dataset name", "input": "Data file",
+           "preset": "Preset"},
     "zh": {"data": "数据集", "model": "模型", "adapter": "适配器", "out": "输出位置", "base": "基础模型",
-           "resume": "继续训练", "name": "名称", "dataset name": "数据集名称", "input": "数据文件"},
+           "resume": "继续训练", "name": "名称", "dataset name": "数据集名称", "input": "数据文件",
+           "preset": "预设"},
 }
 _NAMED = re.compile(r"([a-z][a-z_ ]*?)(: |：)")
+
+
+def setting_words(name: str, language: str) -> str | None:
+    """A setting as the command line calls it ("batch_size") in words ("批大小"), in `language`; None if it has none."""
+    words = "zh" if language == "zh" else "en"
+    return NAMES[words].get(name) or (LABEL_ZH if words == "zh" else LABEL_EN).get(name)
 
 
 def _in_words(text: str, language: str) -> str:
@@ -75,7 +83,7 @@ def _in_words(text: str, language: str) -> str:
     m = _NAMED.match(text)
     if not m:
         return text
-    words = NAMES[language].get(m.group(1)) or (LABEL_ZH if language == "zh" else LABEL_EN).get(m.group(1))
+    words = setting_words(m.group(1), language)
     return f"{words}{m.group(2)}{text[m.end():]}" if words else text
 
 

@@ -58,11 +58,11 @@ def build() -> gr.Blocks:
         # A saved dataset is offered (and chosen) in the Train tab at once.
         d["dataset"].change(lambda p: gr.update(choices=train.datasets(), value=p or None), d["dataset"], tr["data"],
                             api_name=False)
-        # Runs tab buttons open the selected run elsewhere.
-        r["to_train"].click(lambda s: (gr.update(choices=train.run_choices(), value=s), gr.Tabs(selected="train")),
-                            r["selected"], [tr["viewed"], tabs], api_name=False)
-        r["to_merge"].click(_open_merge, r["selected"], [m["run"], tabs], api_name=False)
-        r["to_chat"].click(_open_chat, r["selected"], [c["source_a"], c["source_b"], tabs], api_name=False)
+        # Runs tab buttons open the selected run elsewhere; with none selected they say so and stay.
+        r["to_train"].click(open_train, r["selected"], [tr["viewed"], tabs, r["pick_note"]], api_name=False)
+        r["to_merge"].click(open_merge, r["selected"], [m["run"], tabs, r["pick_note"]], api_name=False)
+        r["to_chat"].click(open_chat, r["selected"], [c["source_a"], c["source_b"], tabs, r["pick_note"]],
+                           api_name=False)
         demo.load(_reattach, None, [tr["viewed"], tr["data"], m["run"], r["frame"], c["source_a"], c["source_b"]],
                   api_name="reattach")
         demo.load(data.titles, None, d["hist"], api_name=False)
@@ -86,15 +86,26 @@ def build() -> gr.Blocks:
     return demo
 
 
-def _open_merge(run: str, request: gr.Request = None):
-    return gr.update(choices=merge.finished_runs(request), value=run), gr.Tabs(selected="merge")
+# The Runs tab's buttons: the run selected in its table opened in another tab (and the line under the buttons
+# cleared), or, with no run selected, that line asks for one and the page stays on the Runs tab.
+def open_train(run: str):
+    if not run:
+        return gr.update(), gr.update(), runs.pick_first()
+    return gr.update(choices=train.run_choices(), value=run), gr.Tabs(selected="train"), ""
 
 
-def _open_chat(run: str, request: gr.Request = None):
-    adapter = str(Path(run) / "adapter") if run else ""
+def open_merge(run: str, request: gr.Request = None):
+    if not run:
+        return gr.update(), gr.update(), runs.pick_first()
+    return gr.update(choices=merge.finished_runs(request), value=run), gr.Tabs(selected="merge"), ""
+
+
+def open_chat(run: str, request: gr.Request = None):
+    if not run:
+        return gr.update(), gr.update(), gr.update(), runs.pick_first()
     choices = chat.sources(lang(request))
-    return (gr.update(choices=choices, value=chat.ADAPTER + adapter if adapter else "default"),
-            gr.update(choices=[("—", "")] + choices, value="default" if adapter else ""), gr.Tabs(selected="chat"))
+    return (gr.update(choices=choices, value=chat.ADAPTER + str(Path(run) / "adapter")),
+            gr.update(choices=[("—", "")] + choices, value="default"), gr.Tabs(selected="chat"), "")
 
 
 def launch_kwargs() -> dict:

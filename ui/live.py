@@ -7,7 +7,6 @@ the same run.
 
 from __future__ import annotations
 
-import time
 from html import escape
 from pathlib import Path
 
@@ -52,9 +51,9 @@ def progress_html(run: str, language: str = "en", metrics: list[dict] | None = N
     step = now.get("step") or last.get("step", 0)
     total = now.get("max_steps") or last.get("max_steps") or runs.read_config(run).get("max_steps", 0)
     pct = 100 * step / total if total else 0
-    elapsed = last.get("elapsed")
-    if now.get("started"):  # the wall clock since start, so it keeps moving between logging steps
-        elapsed = (now.get("ended") or time.time()) - now["started"]
+    # The wall clock since start, so it keeps moving between logging steps; a resumed run's goes on from the time
+    # it trained before.
+    elapsed = status.elapsed(now) if now.get("started") else last.get("elapsed")
     remaining = _clock(last.get("remaining")) if state in status.LIVE else "–"
     parts = [f"<div class='qs-progress'><span class='qs-state qs-{state}'>{words(state, now.get('adapter'), language)}</span> "
              f"<b>{escape(Path(run).name)}</b>",
@@ -123,8 +122,31 @@ PALETTE = ("#2563eb", "#f97316", "#16a34a", "#dc2626", "#9333ea", "#0891b2", "#c
 COLORS = {name: color for language in ("en", "zh") for name, color in zip(series(language), PALETTE, strict=False)}
 
 
-def loss_frame(run: str, metrics: list[dict] | None = None, language: str = "en") -> pd.DataFrame:
-    """Training and eval loss against step, from the start of the run."""
+MIN_SPAN = 40  # steps the x axis spans at least: vega puts a tick about every 40 px, so over fewer steps they fall between steps (1.1, 1.2, ...)
+DASH = 80  # a curve of one point is drawn as a dash of 1/DASH of the x axis (8 px of a 640 px chart)
+
+
+def span(steps) -> int:
+    """How many steps a loss chart's x axis spans: the run's (or the longest curve's) length, and at least MIN_SPAN, so
+    that its ticks fall on whole steps."""
+    return max(max(steps, default=0) or 0, MIN_SPAN)
+
+
+def with_lone_points_drawn(rows: list[dict], width: float) -> list[dict]:
+    """`rows` ({"step", "loss", "series"}), a curve of one point drawn as a short level dash ending at it.
+
+    The chart draws lines, not dots: a curve of one point (the first logged step of a run that logs every 10 steps,
+    a run of one step, an eval at the end only) was not drawn at all, and the chart stood empty.
+    """
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["series"]] = counts.get(r["series"], 0) + 1
+    dashes = [{**r, "step": r["step"] - width} for r in rows if counts[r["series"]] == 1]
+    return dashes + rows
+
+
+def loss_frame(run: str, metrics: list[dict] | None = None, language: str = "en", total: int = 0) -> pd.DataFrame:
+    """Training and eval loss against step, from the start of the run (`total`: its length in steps, where known)."""
     if metrics is None:
         metrics = runs.read_metrics(run) if run else []
     train, evaluation = series(language)
@@ -134,6 +156,7 @@ def loss_frame(run: str, metrics: list[dict] | None = None, language: str = "en"
             rows.append({"step": m.get("step", 0), "loss": m["loss"], "series": train})
         if m.get("eval_loss") is not None:
             rows.append({"step": m.get("step", 0), "loss": m["eval_loss"], "series": evaluation})
+    rows = with_lone_points_drawn(rows, span([total, *(r["step"] for r in rows)]) / DASH)
     # The chart colours only the curves named when its drawing was last set up, and may draw new points with
     # that older set-up: a page in Chinese, set up with the English names, drew no line. So every name of both
     # languages is always present, an empty point (no loss) holding the place of each without points; the
@@ -142,19 +165,21 @@ def loss_frame(run: str, metrics: list[dict] | None = None, language: str = "en"
     for name in COLORS:
         if not any(r["series"] == name for r in rows):
             rows.append({"step": first, "loss": float("nan"), "series": name})
-    return pd.DataFrame(rows).astype({"step": "int64", "loss": "float64", "series": "string"})
+    return pd.DataFrame(rows).astype({"step": steps_type(rows), "loss": "float64", "series": "string"})
 
 
-MIN_SPAN = 40  # steps the x axis spans at least: vega puts a tick about every 40 px, so over fewer steps they fall between steps (1.1, 1.2, ...)
+def steps_type(rows: list[dict]) -> str:
+    """Whole steps as integers; a dash's start (with_lone_points_drawn) needs a float."""
+    return "int64" if all(float(r["step"]).is_integer() for r in rows) else "float64"
 
 
 def chart(run: str, metrics: list[dict], language: str):
     """The loss chart's data over the run's whole length, with titles in the reader's language."""
     last = metrics[-1] if metrics else {}
     total = last.get("max_steps") or (runs.read_config(run).get("max_steps") if run else 0) or last.get("step", 0)
-    return gr.update(value=loss_frame(run, metrics, language), x_title=say("chart_step", language),
+    return gr.update(value=loss_frame(run, metrics, language, total or 0), x_title=say("chart_step", language),
                      y_title=say("chart_loss", language), color_title=say("chart_series", language),
-                     colors_in_legend=list(series(language)), x_lim=[0, max(total or 0, MIN_SPAN)])
+                     colors_in_legend=list(series(language)), x_lim=[0, span([total or 0])])
 
 
 def gpu_markdown(request: gr.Request = None) -> str:

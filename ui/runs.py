@@ -9,9 +9,9 @@ import pandas as pd
 
 from core import paths, runs, status
 from core.errors import UserError
-from ui.forms import warn
-from ui.i18n import lang, say, state, t
-from ui.live import PALETTE
+from ui import live
+from ui.forms import WARN, setting_words, warn
+from ui.i18n import SAY, both, lang, say, state, t
 
 COLUMNS = ["name", "state", "step", "model", "data", "preset", "r", "lr", "steps", "batch", "final_loss", "learned",
            "created", "folder"]
@@ -40,6 +40,11 @@ def learned_cell(found: dict, language: str) -> str:
     if before is None or after is None:
         return ""
     return f"{before:.3f} → {after:.3f} {say('verdict_' + found.get('verdict', 'unknown'), language)}"
+
+
+def pick_first() -> str:
+    """What a button acting on the selected run says when no run is selected (both languages: it stays on screen)."""
+    return WARN + both("pick_run_first")
 
 
 def select(frame: pd.DataFrame, evt: gr.SelectData):
@@ -75,22 +80,46 @@ def _shown(value) -> str:
 
 
 def curves_frame(view: dict, language: str) -> pd.DataFrame:
-    """Every run's train and eval loss by step, one series (and colour) per run and kind."""
+    """Every run's train and eval loss by step, one series (and colour) per run and kind (a curve of one point drawn
+    as a dash)."""
     names = {"train": say("series_train", language), "eval": say("series_eval", language)}
     rows = [{"step": c["step"], "loss": c["loss"], "series": f"{c['run']} · {names[c['series']]}"} for c in view["curves"]]
+    rows = live.with_lone_points_drawn(rows, steps_span(view) / live.DASH)
     return pd.DataFrame(rows, columns=["step", "loss", "series"]).astype(
-        {"step": "int64", "loss": "float64", "series": "string"})
+        {"step": live.steps_type(rows), "loss": "float64", "series": "string"})
+
+
+def steps_span(view: dict) -> int:
+    """The comparison chart's x axis: the longest curve's steps, and enough for its ticks to fall on whole steps."""
+    return live.span(c["step"] for c in view["curves"])
+
+
+def value_words(name: str, value, language: str) -> str:
+    """A setting's value as the table shows it: yes / no, a choice in words (4-bit NF4, 仅回答部分), a number."""
+    if isinstance(value, bool):
+        return say("yes" if value else "no", language)
+    key = f"value_{name}_{value}"
+    return say(key, language) if isinstance(value, str) and key in SAY["en"] else _shown(value)
 
 
 def settings_frame(view: dict, language: str):
-    """The settings side by side, one column per run; the rows whose values differ are highlighted."""
+    """The settings each run trained with side by side, one column per run, each named by its label; the rows
+    whose values differ are highlighted, and a value the machine changed says what was asked for."""
     setting = say("col_setting", language)
+    asked = view.get("asked", {})
     # The differences first: they are what a comparison is for.
     names = sorted(view["settings"], key=lambda name: name not in view["differ"])
-    rows = [{setting: name, **{run: _shown(v) for run, v in zip(view["runs"], view["settings"][name], strict=True)}}
-            for name in names]
+    rows = []
+    for name in names:
+        row = {setting: setting_words(name, language) or name}
+        for i, (run, value) in enumerate(zip(view["runs"], view["settings"][name], strict=True)):
+            row[run] = value_words(name, value, language)
+            if name in asked and asked[name][i] != value and asked[name][i] is not None:
+                row[run] = say("compare_asked", language, value=row[run],
+                               asked=value_words(name, asked[name][i], language))
+        rows.append(row)
     frame = pd.DataFrame(rows, columns=[setting, *view["runs"]])
-    differ = [name in view["differ"] for name in frame[setting]]
+    differ = [name in view["differ"] for name in names]
     return frame.style.apply(lambda row: [DIFFERS if differ[row.name] else ""] * len(row), axis=1)
 
 
@@ -118,7 +147,8 @@ def compare(picked: list[str] | None, request: gr.Request = None):
     except UserError as e:
         return warn(e, language=language), gr.update(), gr.update(), gr.update()
     plot = gr.update(value=curves_frame(view, language), x_title=say("chart_step", language),
-                     y_title=say("chart_loss", language), color_title=say("chart_series", language))
+                     y_title=say("chart_loss", language), color_title=say("chart_series", language),
+                     x_lim=[0, steps_span(view)])
     differ = len(view["differ"])
     shown = dict(visible=True)
     return (say("compare_differ", language, n=differ), gr.update(**plot, **shown),
@@ -137,7 +167,7 @@ def recolor(plot):
     if "series" not in columns:
         return gr.update()
     names = list(dict.fromkeys(row[columns.index("series")] for row in plot["data"]))
-    return gr.update(color_map={name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}) if names else gr.update()
+    return gr.update(color_map={name: live.PALETTE[i % len(live.PALETTE)] for i, name in enumerate(names)}) if names else gr.update()
 
 
 def build() -> dict:
@@ -152,7 +182,9 @@ def build() -> dict:
         to_train = gr.Button(t("open_train"))
         to_merge = gr.Button(t("open_merge"))
         to_chat = gr.Button(t("open_chat"))
+    pick_note = gr.Markdown()  # "pick a run first", after a button pressed with none selected
     frame.select(select, frame, selected, api_name=False)
+    frame.select(lambda: "", None, pick_note, api_name=False, show_progress="hidden")
     refresh.click(table, None, frame, api_name="runs")
     gr.Markdown(t("compare_intro"))
     with gr.Row():
@@ -160,12 +192,13 @@ def build() -> dict:
         go = gr.Button(t("compare_btn"), variant="primary", scale=1)
     note = gr.Markdown()
     # Hidden until two runs are compared: empty, they would only show placeholder headers.
+    # Whole steps on the axis: it spans at least live.MIN_SPAN steps (as the Train tab's chart does).
     plot = gr.LinePlot(curves_frame({"curves": []}, "en"), x="step", y="loss", color="series",
-                       label=t("loss_chart"), height=420, visible=False)
-    with gr.Row():
-        settings = gr.Dataframe(label=t("compare_settings"), interactive=False, wrap=True, max_height=420, visible=False)
-        learned = gr.Dataframe(label=t("compare_learned"), interactive=False, wrap=True, visible=False)
+                       label=t("loss_chart"), height=420, visible=False, x_lim=[0, live.MIN_SPAN])
+    # One under the other, each as wide as the page: side by side, the settings' last run column was cut off.
+    settings = gr.Dataframe(label=t("compare_settings"), interactive=False, wrap=True, max_height=420, visible=False)
+    learned = gr.Dataframe(label=t("compare_learned"), interactive=False, wrap=True, visible=False)
     go.click(compare, picked, [note, plot, settings, learned], api_name="compare").then(
         recolor, plot, plot, api_name=False, show_progress="hidden")
     return {"frame": frame, "selected": selected, "to_train": to_train, "to_merge": to_merge, "to_chat": to_chat,
-            "picked": picked, "relabel": (table, None, frame)}
+            "pick_note": pick_note, "picked": picked, "relabel": (table, None, frame)}

@@ -251,6 +251,15 @@ def stop_settled(folder: str):
     return "", ""
 
 
+def no_run_settled(viewed, line):
+    """"No run selected" (Resume pressed with no run shown) goes once there is one: a run picked, or a training
+    started (here, from another page or from a terminal); any other line under the buttons is left alone."""
+    if line != both("no_run"):
+        return gr.update()
+    job = jobs.current()
+    return "" if viewed or (job is not None and job.kind == "train") else gr.update()
+
+
 def stop(request: gr.Request = None):
     """Ask the running job to stop after its current step."""
     job = jobs.stop()
@@ -383,6 +392,8 @@ def build() -> dict:
     ticker.tick(live.poll, viewed, view, api_name="poll", show_progress="hidden")
     ticker.tick(retry_offer, viewed, retry_btn, api_name=False, show_progress="hidden")
     ticker.tick(stop_settled, stopped, [problems, stopped], api_name=False, show_progress="hidden")
+    for event in (ticker.tick, viewed.change):
+        event(no_run_settled, [viewed, problems], problems, api_name=False, show_progress="hidden")
     viewed.change(retry_offer, viewed, retry_btn, api_name=False, show_progress="hidden")
     gr.Timer(3.0).tick(live.gpu_markdown, None, gpu, api_name="gpu", show_progress="hidden")
     return {"model": model, "data": data, "viewed": viewed, "live": view, "problems": problems, "poll": live.poll,
