@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from core import errors, gpus
-from core.errors import Text, UserError
+from core.errors import Text, UserError, json_zh
 from core.status import write_json
 
 DEFAULT_MODEL = "default"
@@ -58,7 +58,7 @@ class _Config:
             raise UserError(f"{path}: file not found", zh=f"{path}：找不到文件") from None
         except json.JSONDecodeError as e:
             raise UserError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}",
-                            zh=f"{path}：第 {e.lineno} 行不是有效的 JSON：{e.msg}") from None
+                            zh=f"{path}：第 {e.lineno} 行不是有效的 JSON：{json_zh(e.msg)}") from None
 
     @classmethod
     def help(cls) -> dict[str, str]:

@@ -67,3 +67,21 @@ def of(e: BaseException) -> Text:
     first = e.args[0] if len(e.args) == 1 else None
     zh = getattr(e, "zh", None) or getattr(first, "zh", None)
     return Text(str(e), zh or str(e))
+
+
+# What Python's JSON reader says of a broken text, in Chinese (its message starts with one of these).
+_JSON_ZH = (("Expecting value", "这里缺少一个值"), ("Expecting ',' delimiter", "这里缺少逗号 ','"),
+            ("Expecting ':' delimiter", "这里缺少冒号 ':'"),
+            ("Expecting property name enclosed in double quotes", "字段名要用英文双引号括起来"),
+            ("Unterminated string", "字符串没有结束（缺少右引号）"),
+            ("Invalid control character", "字符串里有未转义的控制字符（如换行）"),
+            ("Invalid \\uXXXX escape", "无效的 \\u 转义"), ("Invalid \\escape", "无效的 \\ 转义"),
+            ("Extra data", "一个 JSON 值之后还有多余的内容"), ("Illegal trailing comma", "结尾多了一个逗号"))
+
+
+def json_zh(message: str) -> str:
+    """json.JSONDecodeError's message (`msg`) in Chinese, with the English kept where there is no match."""
+    for en, zh in _JSON_ZH:
+        if message.startswith(en):
+            return zh
+    return message

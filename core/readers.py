@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from core.errors import Text, UserError
+from core.errors import Text, UserError, json_zh
 
 USER_ROLES = {"human": "user", "user": "user"}
 ASSISTANT_ROLES = {"gpt": "assistant", "assistant": "assistant", "model": "assistant", "bot": "assistant"}
@@ -50,6 +51,26 @@ class Dropped(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+# The reasons rows are dropped under (BadRow.reason, Dropped.reason), counted in a dataset's manifest in English, in
+# Chinese; the ones that name a field ("no output", "history not a list") by their pattern.
+REASONS_ZH = {"invalid JSON": "JSON 格式错误", "not an object": "不是 JSON 对象", "not UTF-8": "不是 UTF-8 文本",
+              "wrong number of cells": "单元格数与表头不符", "bad history": "history 格式不对",
+              "reply without question": "回复前没有问题", "empty output": "回答为空", "empty instruction": "问题为空",
+              "empty text": "文本为空", "no assistant reply": "没有助手的回答"}
+_PATTERNS_ZH = ((re.compile(r"no (\w+)"), "缺少 `{}` 字段"), (re.compile(r"(\w+) not text"), "`{}` 不是文本"),
+                (re.compile(r"(\w+) not a list"), "`{}` 不是列表"), (re.compile(r"unknown (\w+)"), "`{}` 未知"))
+
+
+def reason_zh(reason: str) -> str:
+    """A drop reason in Chinese (the English one where it has none)."""
+    if reason in REASONS_ZH:
+        return REASONS_ZH[reason]
+    for pattern, words in _PATTERNS_ZH:
+        if found := pattern.fullmatch(reason):
+            return words.format(found.group(1))
+    return reason
 
 
 # ---- containers ---------------------------------------------------------------------
@@ -130,7 +151,7 @@ def _jsonl(path: Path, digest) -> Iterator[tuple[str, dict]]:
             hint, hint_zh = ("; JSON lines need one whole object per line", "；JSON lines 要求每行一个完整对象") \
                 if n == 1 else ("", "")
             rec = BadRow(f"{where}: invalid JSON at column {e.colno}: {e.msg}{hint}", "invalid JSON",
-                         zh=f"{Text(where).zh}：第 {e.colno} 列 JSON 格式错误：{e.msg}{hint_zh}")
+                         zh=f"{Text(where).zh}：第 {e.colno} 列 JSON 格式错误：{json_zh(e.msg)}{hint_zh}")
         except BadRow as e:
             rec = e
         yield where, rec
@@ -205,7 +226,7 @@ def _json_array(path: Path, digest) -> Iterator[tuple[str, dict]]:
                     raise UserError(f"{path.name} line {line + buf.count(chr(10), pos, e.pos)}: "
                                     f"invalid JSON: {e.msg}",
                                     zh=f"{path.name} 第 {line + buf.count(chr(10), pos, e.pos)} 行："
-                                       f"JSON 格式错误：{e.msg}") from None
+                                       f"JSON 格式错误：{json_zh(e.msg)}") from None
             line += buf.count("\n", pos, end)
             pos = end
             if not isinstance(rec, dict):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -425,3 +426,18 @@ def test_a_message_in_a_row_and_a_row_of_an_array_are_named_in_both_languages(tm
     with pytest.raises(UserError) as caught:
         data.prepare(PrepareConfig(input=str(path), template="seed"))
     assert str(caught.value).startswith(en) and caught.value.zh.startswith(zh), (str(caught.value), caught.value.zh)
+
+
+def test_broken_rows_are_explained_in_chinese_words_on_a_chinese_page(tmp_path):
+    """A broken row's message and the count of rows dropped, on a Chinese page: Chinese words, not Python's JSON
+    reader's English ("Expecting ',' delimiter") or the manifest's reason keys ("invalid JSON: 2")."""
+    from ui.data import _stats_text
+
+    with pytest.raises(UserError) as caught:
+        data.prepare(PrepareConfig(input=str(DATA / "bad_json.jsonl"), template="seed"))
+    assert "这里缺少逗号 ','" in caught.value.zh and "Expecting" not in caught.value.zh, caught.value.zh
+    m = prep(tmp_path, DATA / "mixed_bad.jsonl", skip_bad=True)
+    zh, en = _stats_text(m, "zh"), _stats_text(m, "en")
+    assert "JSON 格式错误: 2" in zh and "缺少 `output` 字段: 1" in zh and "回答为空: 1" in zh, zh
+    assert not re.search(r"invalid|output:|empty", zh), zh
+    assert "invalid JSON: 2" in en and "no output: 1" in en, en

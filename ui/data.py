@@ -130,7 +130,8 @@ def _stats_text(m: dict, language: str) -> str:
     lines = [say("saved", language, name=Path(m["path"]).name, train=c.get("train", 0), eval=c.get("eval", 0)), "",
              say("counts", language, **{k: c.get(k, 0) for k in ("read", "usable", "kept")})]
     if c.get("dropped_total"):
-        why = say("list_sep", language).join(f"{r}: {n}" for r, n in c.get("dropped", {}).items())
+        named = readers.reason_zh if language == "zh" else str
+        why = say("list_sep", language).join(f"{named(r)}: {n}" for r, n in c.get("dropped", {}).items())
         lines.append(say("dropped", language, n=c["dropped_total"], why=why))
     if tok:
         lines.append(say("tokens_per_row", language, mean=tok["mean"], p50=tok["p50"], p95=tok["p95"], max=tok["max"]))
