@@ -151,6 +151,7 @@ class PrepareConfig(_Config):
 
 
 MAX_STEPS = 1_000_000
+MAX_EPOCHS = 1_000  # passes over the data: more teaches a model its rows by heart long before
 """The most updates a run may ask for: at a second an update, eleven and a half days (a typo, not a plan, above)."""
 
 FP8_MODES = ("off", "backward", "all")
@@ -225,8 +226,9 @@ class TrainConfig(_Config):
             out.append(Text(f"max_steps: must be at most {MAX_STEPS:,} (a million updates); 0 trains for the "
                             "given epochs instead",
                             f"max_steps：最多 {MAX_STEPS:,}（一百万次更新）；填 0 则按训练轮数训练"))
-        if self.max_steps == 0 and self.epochs <= 0:
-            out.append(Text("epochs: must be more than 0 when max steps is 0", "epochs：max_steps 为 0 时必须大于 0"))
+        if self.max_steps == 0 and not 0 < self.epochs <= MAX_EPOCHS:
+            out.append(Text(f"epochs: must be more than 0 and at most {MAX_EPOCHS:,} when max steps is 0",
+                            f"epochs：max_steps 为 0 时必须大于 0 且不超过 {MAX_EPOCHS:,}"))
         if not 0 <= self.lora_dropout <= 0.5:
             out.append(Text("lora_dropout: must be between 0 and 0.5", "lora_dropout：必须在 0 到 0.5 之间"))
         if not 0 < self.learning_rate < 1:

@@ -144,3 +144,10 @@ def test_an_absurd_number_of_steps_is_refused_with_a_bound_a_user_understands():
         "max_steps: must be at most 1,000,000 (a million updates); 0 trains for the given epochs instead"]
     assert text(problems[0], "zh") == "max_steps：最多 1,000,000（一百万次更新）；填 0 则按训练轮数训练"
     assert TrainConfig(**READY, max_steps=MAX_STEPS).validate() == []
+    # Training by epochs: a thousand passes at most.
+    for epochs in (1e9, 1_000.5, 0):
+        problems = TrainConfig(**READY, max_steps=0, epochs=epochs).validate()
+        assert [text(p, "en") for p in problems] == [
+            "epochs: must be more than 0 and at most 1,000 when max steps is 0"], (epochs, problems)
+        assert text(problems[0], "zh") == "epochs：max_steps 为 0 时必须大于 0 且不超过 1,000"
+    assert TrainConfig(**READY, max_steps=0, epochs=1_000).validate() == []
