@@ -112,17 +112,14 @@ def measure(model: str, precision: str, replies: int, new_tokens: int,
         speeds.append((made - 1) / max(seconds - first, 1e-9))
     rows.append(dict(path="plain generate", tps=speeds, first=first, warmup=None, peak=peak()))
     for decoder in decoders:
-        if decoder == "replay" and decoder_for(chat.model) != "replay":  # a quantized model, or the CPU
-            rows.append(dict(path="panel (Chat.stream, replay): not set up", tps=[], first=None, warmup=None,
-                             peak=None, fallback="replayed steps need a 16-bit model on one GPU"))
-            continue
-        if decoder != chat.decoder or not chat.compiled:  # the same loaded model, warmed up for this decoder
+        unusable = decoder == "replay" and decoder_for(chat.model) != "replay"  # a quantized model, or the CPU
+        if not unusable and (decoder != chat.decoder or not chat.compiled):  # the same model, warmed up for this
             chat.decoder = decoder
             if cuda or decoder == "loop":  # on a CPU the loop runs on its static cache, uncompiled
                 chat.warm_up()
-        if decoder == "replay" and chat.decoder != "replay":  # its steps could not be recorded or checked
+        if decoder == "replay" and chat.decoder != "replay" or unusable:  # or its steps failed their check
             rows.append(dict(path="panel (Chat.stream, replay): not set up", tps=[], first=None, warmup=None,
-                             peak=None, fallback=chat.replay_note))
+                             peak=None, fallback=chat.replay_note or "replayed steps need a 16-bit model on one GPU"))
             continue
         if cuda:
             torch.cuda.reset_peak_memory_stats()

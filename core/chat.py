@@ -85,8 +85,9 @@ class Chat:
             self.template = _template(record, self.tokenizer)
             if self.model.device.type == "cuda":
                 _attention_without_cudnn()
-            self.decoder = decoder or decoder_for(self.model)
-            if self.decoder == "replay" and decoder_for(self.model) != "replay":
+            best = decoder_for(self.model)
+            self.decoder = decoder or best
+            if self.decoder == "replay" and best != "replay":
                 self.decoder, self.replay_note = "loop", "replayed steps need a 16-bit model on one GPU"
             self.description = f"{description} ({self.template.label} template)"
             if self.model.device.type == "cuda" if compile is None else compile:
@@ -467,7 +468,7 @@ def decoder_for(model) -> str:
     if len(places) > 1:
         return "generate"
     device = getattr(getattr(model, "device", None), "type", None)
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = models.unwrapped(model)
     quantized = getattr(inner, "hf_quantizer", None) is not None or getattr(inner, "is_quantized", False)
     return "replay" if device == "cuda" and not quantized else "loop"
 

@@ -151,8 +151,9 @@ class PrepareConfig(_Config):
 
 
 MAX_STEPS = 1_000_000
-MAX_EPOCHS = 1_000  # passes over the data: more teaches a model its rows by heart long before
 """The most updates a run may ask for: at a second an update, eleven and a half days (a typo, not a plan, above)."""
+MAX_EPOCHS = 1_000
+"""The most passes over the data a run may ask for: a model has its rows by heart long before."""
 
 FP8_MODES = ("off", "backward", "all")
 """fp8_base's choices: which multiplications by the frozen 4-bit weights run in FP8 (core.fp8)."""
@@ -311,7 +312,7 @@ CPU_SIZED: dict[str, Any] = dict(
 
 
 def on_cpu(compute_dtype: str) -> dict[str, Any]:
-    """What a run without a GPU makes of the settings the machine decides (core.trainer.USED), whatever they ask for:
+    """What a run without a GPU makes of the settings the machine decides (core.trainer.used), whatever they ask for:
     plain LoRA (no 4-bit loading) in float32, or bfloat16 where asked for (float16 autocast fails on a CPU), and no
     GPU kernels, FP8 or offloading."""
     return {"quantization": "none", "double_quant": False,

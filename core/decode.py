@@ -33,6 +33,8 @@ import inspect
 import threading
 from collections.abc import Callable
 
+from core.models import unwrapped
+
 AHEAD = 8  # steps queued before their tokens are read back: 15-20 reads a second at 120-160 tokens/s
 
 
@@ -46,9 +48,8 @@ class Decoder:
         self.model = model
         self.tokens = cache_tokens
         self.cache = StaticCache(config=model.config, max_cache_len=cache_tokens)
-        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-        # The cache's argument was renamed (`cache`, past_key_values deprecated): the name this transformers reads.
-        self.cache_arg = "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
+        inner = unwrapped(model)
+        self.cache_arg = _cache_arg(inner)
         # What transformers says cannot compile (bitsandbytes' layers) runs its steps as they are.
         quantizer = getattr(inner, "hf_quantizer", None)
         self.compiled = compile and getattr(quantizer, "is_compileable", True)
@@ -175,14 +176,11 @@ class Replayed(Decoder):
 
     def __init__(self, model):
         import torch
-        from transformers import DynamicCache
 
-        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-        if getattr(inner.config, "_attn_implementation", None) != "sdpa":
-            raise ValueError(f"attention {inner.config._attn_implementation!r}: replayed steps need 'sdpa'")
-        self.model, self.tokens, self.compiled = model, None, False
-        self.cache_arg = "cache" if "cache" in _parameters(inner.forward) else "past_key_values"
-        self.cache = DynamicCache(config=inner.config)
+        inner = unwrapped(model)
+        self.model, self.config, self.tokens, self.compiled = model, inner.config, None, False
+        self.cache_arg = _cache_arg(inner)
+        self.cache = None  # a dynamic cache, new for each reply (_begin)
         self.held, self.kept = [], 0  # nothing is kept between replies (the whole prompt is read each time)
         device = model.device
         self.ids = torch.zeros((1, 1), dtype=torch.long, device=device)  # the step's token and position, in
@@ -230,8 +228,8 @@ class Replayed(Decoder):
                 torch.cuda.current_stream().wait_stream(stream)
         finally:
             del ALL_ATTENTION_FUNCTIONS["sdpa"]  # the library's own again
-        if not self.layers:
-            raise ValueError("no attention call to split the step at")
+        if not self.layers:  # the model's attention is not sdpa (eager, flash): nothing to split the step at
+            raise ValueError("no sdpa attention call to split the step at")
 
     def _forward(self):
         """One step of the model's own forward on the token and position in place; its logits, [1, vocab]."""
@@ -242,9 +240,7 @@ class Replayed(Decoder):
         import torch
         from transformers import DynamicCache
 
-        inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        self.cache = DynamicCache(config=inner.config)
-        self.held, self.kept = [], 0
+        self.cache = DynamicCache(config=self.config)
         n = input_ids.shape[1]
         return self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1,
                           position_ids=torch.arange(n, device=input_ids.device)[None],
@@ -278,9 +274,8 @@ class Replayed(Decoder):
         import torch
         from transformers import DynamicCache
 
-        inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        prompt = torch.arange(3, 3 + 12, device=self.ids.device)[None] % inner.config.vocab_size
-        plain = [DynamicCache(config=inner.config) for _ in range(2)]
+        prompt = torch.arange(3, 3 + 12, device=self.ids.device)[None] % self.config.vocab_size
+        plain = [DynamicCache(config=self.config) for _ in range(2)]
         with torch.no_grad():
             want = [self.model(input_ids=prompt, use_cache=True, **{self.cache_arg: c}).logits[:, -1, :] for c in plain]
             got = self._begin(prompt)
@@ -294,11 +289,11 @@ class Replayed(Decoder):
                 if not torch.equal(got, want[0]) and torch.equal(want[0], want[1]):
                     raise ValueError(f"replayed step {k + 1} differs from the plain forward by "
                                      f"{float((got.float() - want[0].float()).abs().max()):.3g}")
-        self.cache = DynamicCache(config=inner.config)
 
 
-def _parameters(fn) -> set[str]:
-    return set(inspect.signature(fn).parameters)
+def _cache_arg(model) -> str:
+    """The name this transformers reads the cache under (it was renamed `cache`, past_key_values deprecated)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _shared(a: list[int], b: list[int]) -> int:

@@ -75,6 +75,11 @@ def embedded(convert: bool = True) -> Path:
     return target
 
 
+def unwrapped(model):
+    """The transformers model itself: the base under a peft adapter, else the model."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def _convert_gguf(gguf: Path, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -88,12 +88,9 @@ def fp8_refused(cfg: TrainConfig, dev: Device) -> str | None:
     return why
 
 
-USED = ("quantization", "double_quant", "compute_dtype", "liger_kernels", "fp8_base", "offload_activations")
-"""The settings the machine may change: a CPU trains without 4-bit loading, in float32, without GPU kernels."""
-
-
 def used(cfg: TrainConfig, dev: Device) -> dict:
-    """The USED settings as this run applies them on `dev` (config.json keeps what was asked for).
+    """The settings the machine may change (a CPU trains without 4-bit loading, in float32, without GPU kernels), as
+    this run applies them on `dev` (config.json keeps what was asked for).
 
     core.train writes them into RUN/used.json when the run starts, so what the run really did can be shown.
     """
