@@ -332,6 +332,29 @@ def test_stop_ends_the_reply_after_its_token_and_gives_its_speed_and_the_compari
     assert not isinstance(updates[-1][0], str), "the message box keeps what was typed meanwhile"
 
 
+def test_a_comparison_stopped_before_its_first_word_leaves_no_empty_reply(two_panes, monkeypatch):
+    """The first pane's reply ends by itself, the comparison's turn comes, and Stop comes before its first word:
+    the comparison pane is left as if its turn had not come, not with the question and an empty reply."""
+    from types import SimpleNamespace
+
+    from ui import chat
+
+    _, respond = two_panes
+    monkeypatch.setattr(chat, "_model", lambda source, precision, pick="", where=None: SimpleNamespace(stop=bool))
+
+    def answer(pane, history, message, gen):
+        asked = [*history, {"role": "user", "content": message}]
+        if pane[0] == "a":
+            yield [*asked, {"role": "assistant", "content": "a whole reply"}]
+            return
+        yield [*asked, {"role": "assistant", "content": ""}]  # begun, nothing written yet
+        chat.stop_reply(None)
+        yield [*asked, {"role": "assistant", "content": ""}]
+
+    *_, (_, pane_a, pane_b, _) = respond(answer)
+    assert [m["content"] for m in pane_a] == ["Hi!", "a whole reply"] and pane_b == [], (pane_a, pane_b)
+
+
 def test_a_message_sent_after_stop_is_answered_in_full(two_panes, monkeypatch):
     """Stop ends the replies begun before it; a message sent after it (typed ahead and queued, say) is answered."""
     from ui import chat

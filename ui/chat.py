@@ -429,6 +429,7 @@ def _respond(request, message, hist_a, hist_b, source_a, source_b, system, preci
             if stopped():
                 break
             _writing[session] = chat
+            before = histories[i]
             for history in _answer(pane, histories[i], message, gen):
                 histories[i] = history
                 if session is not None:
@@ -437,6 +438,11 @@ def _respond(request, message, hist_a, hist_b, source_a, source_b, system, preci
                 box = gr.update()
                 if stopped():
                     chat.stop()  # also a Stop that came while this reply was being set up
+            if i and stopped() and not _text(histories[i][-1].get("content")):
+                # The comparison stopped before its first word: as if its turn had not come (no empty reply left).
+                histories[i] = before
+                if session is not None:
+                    _shown[session] = list(histories)
             speeds.append(_speed(pane[0], chat, request))
         yield gr.update(), *histories, "  \n".join(x for x in (note, *speeds) if x)
     except UserError as e:
