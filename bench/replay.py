@@ -1,11 +1,12 @@
 """16-bit chat on the GPU: plain generate() against the replayed steps (core.decode.Replayed), side by side.
 
     python bench/replay.py --tokenizer TOKDIR [--shapes 135m,13b] [--new-tokens 200] [--cudnn on|off] [--compiled]
+                           [--overlap on,off]
 
 For each shape a random bf16 Llama (bench/speed.py's shapes; random weights: the question is the arithmetic and
 the speed, not the answer) is built on the GPU. On one prompt of 500 tokens, greedy, --new-tokens tokens:
   - plain `model.generate()` (its dynamic cache), three times: tokens/s, and whether its runs agree;
-  - the replayed steps: the seconds to record and check them, the reply twice on prompts of lengths this process
+  - the replayed steps, with and without independent kernels side by side (--overlap): the seconds to record and check them, the reply twice on prompts of lengths this process
     has not met ("cold": each length of the cache is new to torch's attention) and again on the same prompt
     ("warm"): tokens/s, time to the first token, and whether the tokens are plain generate()'s;
   - with --compiled, the compiled loop (core.decode.Decoder, inductor with CUDA graphs on a static cache).
@@ -53,7 +54,23 @@ def write(decoder, ids, new: int) -> tuple[list[int], float, float]:
     return out.ids, (n1 - n0) / (t1 - t0), t0 - start
 
 
-def measure(shape: str, tok, new: int, compiled: bool) -> None:
+def busy(decoder, ids, new: int) -> None:
+    """How much of a reply's wall time the GPU spends in kernels (torch's profiler; kernels inside graphs too)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as p:
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        write(decoder, ids, new)
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+    kernels = [e for e in p.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    gpu = sum(e.device_time for e in kernels) / 1e6
+    print(f"  profiled reply: wall {wall:.3f} s, kernels {gpu:.3f} s ({len(kernels)} kernels, "
+          f"{len(kernels) / new:.0f} a token)", flush=True)
+
+
+def measure(shape: str, tok, new: int, compiled: bool, overlaps: list[bool], profile: bool) -> None:
     cfg = LlamaConfig(vocab_size=len(tok), max_position_embeddings=4096, tie_word_embeddings=shape == "135m",
                       **speed.SHAPES[shape])
     torch.manual_seed(0)
@@ -76,17 +93,27 @@ def measure(shape: str, tok, new: int, compiled: bool) -> None:
           f"{'on' if torch.backends.cuda.cudnn_sdp_enabled() else 'off'}", flush=True)
     print(f"plain generate: {', '.join(f'{x:.1f}' for x in speeds)} tokens/s; its three runs agree: "
           f"{all(r == plain for r in runs)}", flush=True)
-    start = time.perf_counter()
-    replayed = Replayed(model)
-    replayed.check()
-    print(f"replayed: recorded {len(replayed.graphs)} graphs and checked in {time.perf_counter() - start:.2f} s",
-          flush=True)
-    for label, ids in (("cold", text[:, 37:37 + n]), ("warm", text[:, 37:37 + n]), ("plain's prompt", prompt)):
-        got, rate, first = write(replayed, ids, new)
-        same = f"; plain generate()'s tokens: {got == plain}" if ids is prompt else ""
-        print(f"replayed, {label}: {rate:.1f} tokens/s, first token {first:.3f} s{same}", flush=True)
-    print(f"GPU peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB", flush=True)
-    del replayed
+    for overlap in overlaps:
+        start = time.perf_counter()
+        replayed = Replayed(model, 4096, overlap=overlap)
+        try:
+            replayed.check()
+        except ValueError as e:
+            print(f"replayed, overlap {'on' if overlap else 'off'}: CHECK FAILED: {e}", flush=True)
+        side = f", {replayed.overlap.forks} operations on side streams" if overlap else ""
+        print(f"replayed, overlap {'on' if overlap else 'off'}: recorded {len(replayed.graphs)} graphs{side} and "
+              f"checked in {time.perf_counter() - start:.2f} s", flush=True)
+        for label, ids in (("cold", text[:, 37 + overlap:37 + overlap + n]), ("warm", text[:, 37 + overlap:37 + overlap + n]),
+                           ("plain's prompt", prompt), ("plain's prompt", prompt)):
+            got, rate, first = write(replayed, ids, new)
+            same = f"; plain generate()'s tokens: {got == plain}" if ids is prompt else ""
+            print(f"replayed, overlap {'on' if overlap else 'off'}, {label}: {rate:.1f} tokens/s, first token "
+                  f"{first:.3f} s{same}", flush=True)
+        print(f"GPU peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB", flush=True)
+        if profile:
+            busy(replayed, prompt, new)
+        del replayed
+        torch.cuda.empty_cache()
     if compiled:
         start = time.perf_counter()
         loop = Decoder(model, 4096, compile=True)
@@ -112,6 +139,9 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=200)
     p.add_argument("--cudnn", choices=("on", "off"), default="off")
     p.add_argument("--compiled", action="store_true")
+    p.add_argument("--profile", action="store_true", help="also a profiled reply: the GPU's kernel time in it")
+    p.add_argument("--overlap", default="on,off", help="the replayed steps with independent kernels side by side "
+                   "(core.overlap), without, or both in turn")
     a = p.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench/replay.py measures CUDA graphs: it needs a GPU")
@@ -119,7 +149,7 @@ def main() -> None:
     print(f"# {torch.cuda.get_device_name(0)}; torch {torch.__version__}", flush=True)
     tok = AutoTokenizer.from_pretrained(a.tokenizer)
     for shape in a.shapes.split(","):
-        measure(shape, tok, a.new_tokens, a.compiled)
+        measure(shape, tok, a.new_tokens, a.compiled, [x == "on" for x in a.overlap.split(",")], a.profile)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ Replies stream: generation runs in a background thread and the growing text is y
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -28,7 +29,8 @@ log = logging.getLogger(__name__)
 UPDATES = 15  # times a second the growing reply is handed on, at most
 # How a warmed-up model writes:
 # - "replay" (core.decode.Replayed): a 16-bit model on one GPU; the model's own kernels replayed from CUDA graphs
-#   with attention eager on the dynamic cache, so greedy replies are plain generate()'s token for token;
+#   with attention eager over the cache, so greedy replies are plain generate()'s token for token (101 tokens/s on
+#   the 13B shape, docs/BENCHMARKS.md);
 # - "loop" (core.decode.Decoder: one compiled step on a static cache, with the GPU queued several steps ahead of
 #   the host; 110 tokens/s on the 13B shape in 16-bit against generate's 86, docs/BENCHMARKS.md): quantized
 #   models, the CPU, and a 16-bit model whose replayed steps could not be recorded or checked;
@@ -110,14 +112,18 @@ class Chat:
             if self.decoder == "replay":
                 from core.decode import Replayed
 
-                try:
-                    self._loop = Replayed(self.model)
-                    self._loop.check()
-                except Exception as e:  # a model whose step cannot be recorded: the compiled loop, which can
-                    self._loop, self.decoder = None, "loop"
-                    self.replay_note = f"{type(e).__name__}: {' '.join(str(e).split())[:120]}"
-                    log.info("replayed steps not used", exc_info=True)
-                    _free_memory()  # what half-recorded graphs held
+                for overlap in (True, False):  # independent kernels side by side where that keeps the bits
+                    try:
+                        self._loop = Replayed(self.model, self.compiled, overlap=overlap)
+                        self._loop.check()
+                        break
+                    except Exception as e:  # a model whose step cannot be recorded: the compiled loop, which can
+                        self._loop, self.decoder = None, "loop"
+                        self.replay_note = f"{type(e).__name__}: {' '.join(str(e).split())[:120]}"
+                        log.info("replayed steps not used (overlap %s)", overlap, exc_info=True)
+                        _free_memory()  # what half-recorded graphs held
+                if self._loop is not None:
+                    self.decoder, self.replay_note = "replay", ""
             if self.decoder == "loop":
                 from core.decode import Decoder
 
@@ -125,7 +131,8 @@ class Chat:
             # The compiler's own notes (TF32, an empty CUDA graph, deprecations inside the packages) go to the
             # log: a process that turns warnings into errors (python -W error, a test run) would otherwise lose
             # the fast path over a remark.
-            with warnings.catch_warnings(record=True) as noted:
+            on_gpu = self.model.device.type == "cuda"
+            with warnings.catch_warnings(record=True) as noted, _compiled_attention(on_gpu and self.decoder != "replay"):
                 warnings.simplefilter("always")
                 for message, gen in WARM_UP:
                     self.reply([], message, gen)
@@ -326,6 +333,28 @@ def _attention_without_cudnn() -> None:
     import torch
 
     torch.backends.cuda.enable_cudnn_sdp(False)
+
+
+@contextlib.contextmanager
+def _compiled_attention(cudnn: bool):
+    """cuDNN's attention kernels on while a compiled step is compiled (the loop's, generate()'s static cache).
+
+    The compiler picks the attention kernel once, when it compiles, for the static cache's one fixed length: there
+    cuDNN's plan is built once, and its kernel ran the 13B shape's compiled loop at 111 tokens/s, where torch's
+    kernel for a masked query over the whole 4096-token cache gave 66 (docs/BENCHMARKS.md). Eager attention after
+    warm-up (prompts, the replayed steps, plain generate()) stays off cuDNN (_attention_without_cudnn).
+    """
+    import torch
+
+    if not cudnn:
+        yield
+        return
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)
 
 
 def _forget_compiled() -> None:

@@ -23,8 +23,9 @@ once at warm-up. Choosing the token (repetition penalty, temperature, top-k, top
 transformers' own logits processors, on the GPU, outside the graph.
 
 `Replayed` is the same loop with another step, for a 16-bit model on one GPU: the model's own kernels
-recorded as CUDA graphs between its attention calls, attention eager on transformers' dynamic cache. Its
-greedy replies are plain `generate()`'s token for token, which a compiled step's fused kernels are not.
+recorded as CUDA graphs between its attention calls (independent kernels side by side: core.overlap), attention
+eager over the tokens written. Its greedy replies are plain `generate()`'s token for token, which a compiled step's
+fused kernels are not.
 """
 
 from __future__ import annotations
@@ -164,29 +165,35 @@ class Replayed(Decoder):
     Every kernel of a decoding step except attention does the same work whatever the reply's length: the
     embedding, the norms, the projections, the rotary embedding, the MLP, the head. Those are recorded once,
     as one CUDA graph from each layer's attention to the next (the model's own forward, run once while
-    recording), and replayed; between two graphs, the layer's keys and values go into transformers' dynamic
-    cache and attention runs eagerly over exactly the tokens written, with the function and arguments the
-    model's own code uses. So each step launches the kernels that plain `generate()` launches, on the same
-    values, and gives its logits bit for bit (checked at warm-up: `check()`), without the host's time for each
-    kernel, which holds plain `generate()` to a third of this speed on a 13B (docs/BENCHMARKS.md).
+    recording), and replayed; each graph also writes the token's keys and values into the layer's place in a
+    cache of `cache_tokens` tokens. Between two graphs, attention runs eagerly over exactly the tokens
+    written, with the function and arguments the model's own code uses. So each step launches the kernels
+    that plain `generate()` launches, on the same values, and gives its logits bit for bit (checked at
+    warm-up: `check()`), without the host's time for each kernel, which holds plain `generate()` to a third
+    of this speed on a 13B (docs/BENCHMARKS.md). With `overlap`, kernels that do not depend on each other
+    run side by side in the graphs (core.overlap).
 
-    The prompt pass is the model's plain forward, on the whole prompt each time (a cache cut to an earlier
-    turn would give the same tokens only up to rounding).
+    The prompt pass is the model's plain forward on a dynamic cache, on the whole prompt each time (a cache
+    cut to an earlier turn would give the same tokens only up to rounding); its keys and values are then
+    copied into place.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, cache_tokens: int, overlap: bool = True):
         import torch
 
+        from core import overlap as sides
+
         inner = unwrapped(model)
-        self.model, self.config, self.tokens, self.compiled = model, inner.config, None, False
+        self.model, self.config, self.tokens, self.compiled = model, inner.config, cache_tokens, False
         self.cache_arg = _cache_arg(inner)
-        self.cache = None  # a dynamic cache, new for each reply (_begin)
         self.held, self.kept = [], 0  # nothing is kept between replies (the whole prompt is read each time)
         device = model.device
         self.ids = torch.zeros((1, 1), dtype=torch.long, device=device)  # the step's token and position, in
         self.position = torch.zeros((1, 1), dtype=torch.long, device=device)  # place for the graphs to read
         self.graphs: list = []
-        self.layers: list[tuple] = []  # per attention call: (module, query, key, value, output, arguments)
+        self.layers: list[tuple] = []  # per attention call: (module, query, keys, values, output, arguments)
+        self.kv: dict = {}  # attention module -> its cache: keys and values, [1, heads, cache_tokens, size] each
+        self.overlap = sides.mode() if overlap else None
         self._record()
 
     def _record(self) -> None:
@@ -197,17 +204,37 @@ class Replayed(Decoder):
         me = threading.get_ident()
         pool = torch.cuda.graph_pool_handle()
         stream = torch.cuda.Stream(device=self.model.device)
+        slot = self.position.view(1)
+
+        def begin():
+            self.graphs.append(torch.cuda.CUDAGraph())
+            self.graphs[-1].capture_begin(pool=pool, capture_error_mode="thread_local")
+            if self.overlap is not None:
+                self.overlap.begin()
+
+        def end():
+            if self.overlap is not None:
+                self.overlap.join()
+            self.graphs[-1].capture_end()
 
         def split(module, query, key, value, mask, **kwargs):
-            if threading.get_ident() != me or not torch.cuda.is_current_stream_capturing():
-                return attend(module, query, key, value, mask, **kwargs)  # another model, or the warm-up run
-            self.graphs[-1].capture_end()
+            if threading.get_ident() != me:  # another model's attention, in another thread
+                return attend(module, query, key, value, mask, **kwargs)
+            if not torch.cuda.is_current_stream_capturing():  # a run before recording: the cache's place made
+                if module not in self.kv:
+                    shape = (key.shape[0], key.shape[1], self.tokens, key.shape[3])
+                    self.kv[module] = (torch.zeros(shape, dtype=key.dtype, device=key.device),
+                                       torch.zeros(shape, dtype=value.dtype, device=value.device))
+                return attend(module, query, key, value, mask, **kwargs)
+            keys, values = self.kv[module]
+            keys.index_copy_(2, slot, key)  # the token's keys and values at its place, in the graph
+            values.index_copy_(2, slot, value)
+            end()
             # The output's place, outside the graphs' pool: written between two replays, read by the next one.
             out = torch.empty((query.shape[0], query.shape[2], query.shape[1], value.shape[-1]), dtype=query.dtype,
                               device=query.device)
-            self.layers.append((module, query, key, value, out, kwargs))
-            self.graphs.append(torch.cuda.CUDAGraph())
-            self.graphs[-1].capture_begin(pool=pool, capture_error_mode="thread_local")
+            self.layers.append((module, query, keys, values, out, kwargs))
+            begin()
             return out, None
 
         ALL_ATTENTION_FUNCTIONS["sdpa"] = split
@@ -219,12 +246,15 @@ class Replayed(Decoder):
                     for _ in range(2):  # cuBLAS and the allocator set up before recording, as CUDA graphs need
                         self._forward()
                     torch.cuda.synchronize()
-                    self.graphs.append(torch.cuda.CUDAGraph())
-                    self.graphs[-1].capture_begin(pool=pool, capture_error_mode="thread_local")
+                    begin()
                     try:
-                        self.logits = self._forward()
+                        if self.overlap is not None:
+                            with self.overlap:
+                                self.logits = self._forward()
+                        else:
+                            self.logits = self._forward()
                     finally:
-                        self.graphs[-1].capture_end()
+                        end()
                 torch.cuda.current_stream().wait_stream(stream)
         finally:
             del ALL_ATTENTION_FUNCTIONS["sdpa"]  # the library's own again
@@ -240,21 +270,27 @@ class Replayed(Decoder):
         import torch
         from transformers import DynamicCache
 
-        self.cache = DynamicCache(config=self.config)
+        cache = DynamicCache(config=self.config)
         n = input_ids.shape[1]
-        return self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1,
-                          position_ids=torch.arange(n, device=input_ids.device)[None],
-                          **{self.cache_arg: self.cache}).logits[:, -1, :]
+        logits = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1,
+                            position_ids=torch.arange(n, device=input_ids.device)[None],
+                            **{self.cache_arg: cache}).logits[:, -1, :]
+        held = list(cache.layers)
+        if len(held) != len(self.layers):
+            raise ValueError(f"the prompt pass cached {len(held)} layers, the recorded step has {len(self.layers)}")
+        for (_, _, keys, values, _, _), layer in zip(self.layers, held, strict=True):
+            keys[:, :, :n].copy_(layer.keys)
+            values[:, :, :n].copy_(layer.values)
+        return logits
 
     def _next(self, token, position: int):
         self.ids.copy_(token)
         self.position.fill_(position)
-        graphs, cache, attend = self.graphs, self.cache, self.attend
-        for i, (module, query, key, value, out, kwargs) in enumerate(self.layers):
+        graphs, attend, n = self.graphs, self.attend, position + 1
+        for i, (module, query, keys, values, out, kwargs) in enumerate(self.layers):
             graphs[i].replay()
-            key, value = cache.update(key, value, module.layer_idx)
             # No mask: what transformers makes for one query with no padding, for sdpa.
-            out.copy_(attend(module, query, key, value, None, **kwargs)[0])
+            out.copy_(attend(module, query, keys[:, :, :n], values[:, :, :n], None, **kwargs)[0])
         graphs[-1].replay()
         return self.logits
 

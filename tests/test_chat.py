@@ -288,6 +288,15 @@ def test_static_cache_gives_the_same_tokens_and_a_failed_warm_up_falls_back(base
         base_chat.compiled, base_chat.fallback, base_chat.decoder = 0, "", decoder_for(base_chat.model)
 
 
+def compiled_loop_rounds_otherwise(chat) -> None:
+    """Skip on a GPU: there the loop's step is compiled, and its fused kernels round differently from plain
+    generate()'s, so its greedy tokens part from them at near-ties (measured at token 15 of "Tell me about the sea.",
+    docs/BENCHMARKS.md). On the GPU a 16-bit model replays its own kernels instead, and tests/test_gpu.py holds those
+    to plain generate()'s tokens; the compiled loop's own GPU test checks what it can promise."""
+    if chat.model.device.type == "cuda":
+        pytest.skip("the compiled loop's fused kernels round otherwise than plain generate(): exact on the CPU only")
+
+
 def test_the_loop_decoder_writes_the_tokens_of_plain_generate(base_chat):
     """core.decode, the GPU's path with steps queued ahead of the host (here uncompiled, on the CPU): greedy replies
     have plain generate()'s tokens with and without a repetition penalty, a reply that ends inside a batch of steps
@@ -295,7 +304,8 @@ def test_the_loop_decoder_writes_the_tokens_of_plain_generate(base_chat):
     import torch
 
     assert base_chat.decoder == decoder_for(base_chat.model)  # chosen at load: "loop" on the CPU
-    base_chat.decoder = "loop"  # on a GPU machine, where a 16-bit model gets "replay"
+    compiled_loop_rounds_otherwise(base_chat)
+    base_chat.decoder = "loop"
     try:
         assert base_chat.warm_up() > 0 and base_chat.compiled == 4096 and base_chat.fallback == ""
         for message, gen in [("Tell me about the sea.", GenerationConfig(temperature=0, max_new_tokens=24,
@@ -327,7 +337,8 @@ def test_a_later_turn_reads_only_its_new_message_and_answers_as_a_fresh_prompt_w
                                        top_p=None, top_k=None, pad_token_id=base_chat.tokenizer.pad_token_id)
         return out[0, inputs["input_ids"].shape[1]:].tolist()
 
-    base_chat.decoder = "loop"  # on a GPU machine, where a 16-bit model gets "replay"
+    compiled_loop_rounds_otherwise(base_chat)
+    base_chat.decoder = "loop"
     try:
         assert base_chat.warm_up() > 0 and base_chat.fallback == ""
         history, kept = [], []
