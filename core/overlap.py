@@ -49,6 +49,12 @@ def _plain_index(index) -> bool:
     return all(p is None or p is Ellipsis or isinstance(p, (int, slice)) for p in parts)
 
 
+def _in_place(name: str) -> bool:
+    """True for an operation that writes into its first argument (add_, copy_, +=, x[i] = ...)."""
+    return (name.endswith("_") and not name.startswith("_")) or name in (
+        "__iadd__", "__isub__", "__imul__", "__itruediv__", "__ior__", "__iand__", "__setitem__")
+
+
 def _where(t) -> int:
     """A tensor's memory, as the allocator handed it out: views of one result share it."""
     return t.untyped_storage().data_ptr()
@@ -72,6 +78,9 @@ def mode(sides: int = 2):
             self.made: set[int] = set()  # memory the main stream wrote in this recording
             self.ready: dict = {}  # memory the main stream wrote -> an event recorded right after it
             self.read: set[int] = set()  # inputs some linear layer already read
+            self.sided: set[int] = set()  # memory a side stream wrote in this recording
+            self.reading: dict[int, set[int]] = {}  # memory -> side streams that read it, not waited for yet
+            self.seen: set[int] = set()  # memory the main stream read or wrote in this recording
             self.forks = 0  # how many operations ran on a side stream (for the tests and the notes)
 
         def begin(self) -> None:
@@ -80,6 +89,7 @@ def mode(sides: int = 2):
             if not self.sides or self.sides[0].device != self.main.device:
                 self.sides = [torch.cuda.Stream(device=self.main.device) for _ in range(sides)]
             self.forked, self.pending, self.made, self.read, self.ready = set(), {}, set(), set(), {}
+            self.sided, self.reading, self.seen = set(), {}, set()
 
         def join(self, side: int | None = None) -> None:
             for s in ([side] if side is not None else list(self.forked)):
@@ -87,18 +97,48 @@ def mode(sides: int = 2):
                     self.main.wait_stream(self.sides[s])
                     self.forked.discard(s)
                     self.pending = {m: x for m, x in self.pending.items() if x != s}
+                    self.reading = {m: x - {s} for m, x in self.reading.items() if x - {s}}
 
         def _on(self, s: int, func, args, kwargs, ins):
             stream = self.sides[s]
             for t in ins:
                 if _where(t) not in self.pending:  # the main stream's memory: not handed out again meanwhile
                     t.record_stream(stream)
+                self.reading.setdefault(_where(t), set()).add(s)
             with torch.cuda.stream(stream):
                 out = func(*args, **kwargs)
             for t in _tensors(out, []):
                 self.pending[_where(t)] = s
+                self.sided.add(_where(t))
             self.forks += 1
             return out
+
+        def _beside(self, func, name: str, places: list[int], on: set[int]) -> int | None:
+            """The side stream an operation runs on, or None for the main stream."""
+            if _in_place(name) and places[0] in self.seen:
+                # A side stream starts at an event, not at the main stream's end: it must not write what the main
+                # stream has read or written in this recording, which may still be in use there.
+                return None
+            if not on and func is linear:
+                source = places[0]
+                if source not in self.read:
+                    self.read.add(source)
+                    return None
+                # Another projection of an input already projected: beside the first, from when its input was written.
+                free = next((s for s in range(len(self.sides)) if s not in self.forked), None)
+                if free is not None:
+                    ready = self.ready.get(source)
+                    if ready is not None:
+                        self.sides[free].wait_event(ready)
+                    else:
+                        self.sides[free].wait_stream(self.main)
+                    self.forked.add(free)
+                return free
+            if len(on) == 1 and not any(p in self.made for p in places if p not in self.pending):
+                # Its inputs are that stream's, or from before this recording (weights, an earlier graph's results):
+                # it follows that stream. One that also reads the main stream's work stays there.
+                return next(iter(on))
+            return None
 
         def __torch_function__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
@@ -110,33 +150,25 @@ def mode(sides: int = 2):
                 return func(*args, **kwargs)
             places = [_where(t) for t in ins]
             on = {self.pending[p] for p in places if p in self.pending}
-            if not on and func is linear:
-                source = places[0]
-                if source in self.read:  # another projection of an input already projected: beside it
-                    free = next((s for s in range(len(self.sides)) if s not in self.forked), None)
-                    if free is not None:
-                        ready = self.ready.get(source)  # from when its input was written, not the main stream's end
-                        if ready is not None:
-                            self.sides[free].wait_event(ready)
-                        else:
-                            self.sides[free].wait_stream(self.main)
-                        self.forked.add(free)
-                        return self._on(free, func, args, kwargs, ins)
-                self.read.add(source)
-            elif len(on) == 1:
-                (s,) = on
-                if not any(p in self.made for p in places if p not in self.pending):
-                    # Its inputs are that stream's, or from before this recording (weights, an earlier graph's
-                    # results): it follows that stream. One that also reads the main stream's work stays there.
-                    return self._on(s, func, args, kwargs, ins)
+            side = self._beside(func, name, places, on)
+            if side is not None:
+                return self._on(side, func, args, kwargs, ins)
             for s in on:
                 self.join(s)
+            if _in_place(name):  # writing what a side stream may still be reading: wait for it first
+                for s in list(self.reading.get(places[0], ())):
+                    self.join(s)
+            for t, p in zip(ins, places, strict=True):
+                if p in self.sided:  # a side stream's memory: not handed out again there while this reads it
+                    t.record_stream(self.main)
+            self.seen.update(places)
             out = func(*args, **kwargs)
             if out is not None:
                 ready = torch.cuda.Event()
                 ready.record(self.main)
                 for t in _tensors(out, []):
                     self.made.add(_where(t))
+                    self.seen.add(_where(t))
                     self.ready[_where(t)] = ready
             return out
 

@@ -54,7 +54,8 @@ class Streams:
         monkeypatch.setattr(torch.cuda, "Event", Event)
         monkeypatch.setattr(torch.cuda, "stream", Switch)
         monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
-        monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, stream: None)
+        monkeypatch.setattr(torch.Tensor, "record_stream",
+                            lambda tensor, stream: streams.log.append(("keep", tensor.shape, stream.name)))
         monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
 
 
@@ -108,8 +109,9 @@ def test_key_and_value_projections_run_beside_the_query_projection(recorded):
     runs = [(op, stream) for kind, *rest in log if kind == "run" for op, stream in [rest]]
     assert runs[:3] == [("q_proj", "main"), ("k_proj", "side1"), ("v_proj", "side2")]
     # Each side stream starts when the normed input is written (an event), not after the query's projection.
-    first_k = log.index(("run", "k_proj", "side1"))
-    assert log[first_k - 1] == ("wait", "side1", "event of main")
+    order = [entry for entry in log if entry[0] != "keep"]
+    first_k = order.index(("run", "k_proj", "side1"))
+    assert order[first_k - 1] == ("wait", "side1", "event of main")
     assert side.forks > 0
 
 
@@ -142,3 +144,26 @@ def test_without_capture_nothing_changes_stream():
     with side:
         y = torch.nn.functional.linear(x, x) + torch.nn.functional.linear(x, x)
     assert torch.equal(y, 2 * x @ x.T) and side.forks == 0
+
+
+def test_the_main_stream_waits_before_writing_what_a_side_stream_reads_and_keeps_side_memory_it_reads(monkeypatch):
+    """A side stream starts at an event, not at the main stream's end, so the main stream must wait for it before an
+    in-place write to memory it reads; and memory a side stream wrote is kept from reuse while the main one reads it."""
+    streams = Streams(monkeypatch)
+    side = overlap.mode()
+    x, w = torch.ones(1, 4), torch.ones(4, 4)
+    side.begin()
+    with side:
+        x = x * 2
+        a = torch.nn.functional.linear(x, w)  # main
+        b = torch.nn.functional.linear(x, 2 * w)  # beside it: reads x
+        streams.log.append(("mark",))
+        x.add_(1)  # on the main stream, after the side stream is waited for
+        c = a + b  # reads the side stream's memory on the main stream
+    side.join()
+    log = streams.log
+    assert ("wait", "side1", "event of main") in log
+    mark = log.index(("mark",))
+    assert log[mark + 1] == ("wait", "main", "side1")
+    assert ("keep", torch.Size([1, 4]), "main") in log[mark:]
+    assert torch.equal(c, torch.full((1, 4), 24.0)) and torch.equal(x, torch.full((1, 4), 3.0))
