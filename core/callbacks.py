@@ -19,7 +19,10 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from core.errors import Text
+from core.logs import zh
 from core.status import Status, stop_requested
+
+NAMES_ZH = {"loss": "损失", "eval_loss": "评估损失", "learning_rate": "学习率", "tokens_per_second": "每秒tokens"}
 
 
 def keep_metrics_until(path: Path, step: int) -> None:
@@ -129,7 +132,8 @@ class Progress(TrainerCallback):
             control.should_training_stop = True
             control.should_save = True
             self.status.update(state="stopping")
-            self.log.info("stop requested: ending after step %d", state.global_step)
+            self.log.info("stop requested: ending after step %d", state.global_step,
+                          extra=zh(f"收到停止请求：第 {state.global_step} 步之后结束"))
         if state.global_step >= state.max_steps or control.should_training_stop:
             # The last step is always on the chart, however short the run (the first is too: logging_first_step).
             control.should_log = True
@@ -177,8 +181,10 @@ class Progress(TrainerCallback):
         self.file.flush()
         keys = ("eval_loss",) if evaluation else ("loss", "learning_rate", "tokens_per_second")
         shown = {k: line[k] for k in keys if line.get(k) is not None}
-        self.log.info("step %d/%d %s", line["step"], line["max_steps"],
-                      " ".join(f"{k}={v:.4g}" for k, v in shown.items()))
+        values = " ".join(f"{k}={v:.4g}" for k, v in shown.items())
+        chinese = " ".join(f"{NAMES_ZH[k]}={v:.4g}" for k, v in shown.items())
+        self.log.info("step %d/%d %s", line["step"], line["max_steps"], values,
+                      extra=zh(f"第 {line['step']}/{line['max_steps']} 步 {chinese}"))
 
     def _gpu_memory(self):
         """The peak GiB of this run's fullest GPU (every rank reads its own; the largest is the one that must fit)."""
@@ -248,7 +254,7 @@ class Guard(TrainerCallback):
 
     def _stop(self, control, cause: str, step: int) -> None:
         if self.problem is None:  # on_log may only name the cause of the same step better
-            self.log.error("%s: stopping the run", cause)
+            self.log.error("%s: stopping the run", cause, extra=zh(f"{getattr(cause, 'zh', cause)}：训练停止"))
         self.problem, self.step = cause, step
         control.should_training_stop = True
         control.should_save = False  # earlier checkpoints stay; this step's weights are not worth keeping
@@ -261,8 +267,10 @@ class Guard(TrainerCallback):
             return
         if sum(recent) / len(recent) > DIVERGING * self.losses[0]:
             self.warned = True
-            warning = (f"the loss rose from {self.losses[0]:.3g} to {loss:.3g} by step {step}: training may be "
-                       "diverging; lower the learning rate or LoRA alpha")
+            warning = Text(f"the loss rose from {self.losses[0]:.3g} to {loss:.3g} by step {step}: training may be "
+                           "diverging; lower the learning rate or LoRA alpha",
+                           f"到第 {step} 步，损失从 {self.losses[0]:.3g} 升到了 {loss:.3g}：训练可能在发散；"
+                           "请调低学习率或 LoRA alpha")
             self.log.warning(warning)
             self.status.update(warning=warning)
 

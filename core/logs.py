@@ -2,12 +2,45 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 from pathlib import Path
 
 FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+STORY = "story.jsonl"  # a run's own lines for its reader, in English and Chinese (core.runs.story reads it)
+
+
+def zh(text: str) -> dict:
+    """`extra=` for one of our log calls: the same line in Chinese, for the panel's reader (STORY)."""
+    return {"zh": text}
+
+
+class _Story(logging.Handler):
+    """Our INFO-and-above lines, each as one JSON line with its Chinese: time, level, en, zh (None where a line has
+    none: the reader gets the English). One short write a line, appended: a reader never sees half a line."""
+
+    def __init__(self, path: Path):
+        super().__init__(logging.INFO)
+        self.path = path
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            chinese = getattr(record, "zh", None) or (getattr(record.msg, "zh", None) if not record.args else None)
+            line = {"time": FORMAT.formatTime(record, "%H:%M:%S"), "level": record.levelname,
+                    "en": record.getMessage(), "zh": chinese}
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(line, ensure_ascii=False) + "\n")
+        except Exception:
+            self.handleError(record)
+
+
+def story_to(path: Path) -> logging.Handler:
+    """Our lines also into `path` (STORY), in both languages; remove the handler when the job ends."""
+    handler = _Story(path)
+    logging.getLogger("qlora_studio").addHandler(handler)
+    return handler
 
 
 def to_file(path: Path) -> logging.Handler:

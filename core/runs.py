@@ -21,6 +21,7 @@ from typing import IO
 from core import learned, paths, status
 from core.config import on_cpu
 from core.errors import UserError
+from core.logs import STORY
 
 
 def read_config(run: str | Path) -> dict:
@@ -140,12 +141,26 @@ def log_tail(run: str | Path, n: int = 40, name: str = "train.log") -> str:
 
 
 _BAR = re.compile(r"^(.*?):\s*\d+%\|")
+LEVEL_ZH = {"WARNING": "警告", "ERROR": "错误"}
 _OURS = re.compile(r"^\d{4}-\d\d-\d\d (\d\d:\d\d:\d\d) (INFO|WARNING|ERROR) (.*)$")
 
 
-def story(run: str | Path, n: int = 8) -> str:
-    """The last n lines a run wrote for its reader ("12:01:07 step 3/3 loss=1.2"): no progress bars,
-    library notices or the final JSON; train.log keeps everything."""
+def story(run: str | Path, n: int = 8, language: str = "en") -> str:
+    """The last n lines a run wrote for its reader ("12:01:07 step 3/3 loss=1.2"; in Chinese where `language` is
+    "zh" and the line has it), from RUN/story.jsonl (core.logs.STORY): no progress bars, library notices or the
+    final JSON; train.log keeps everything. A run from before that file: its own lines of train.log, in English."""
+    told = log_tail(run, 400, STORY)
+    if told:
+        lines = []
+        for raw in told.splitlines():
+            try:
+                line = json.loads(raw)
+                text = (language == "zh" and line.get("zh")) or line["en"]
+                lines.append(f"{line['time']} {text}" if line["level"] == "INFO" else
+                             f"{line['time']} {LEVEL_ZH.get(line['level'], line['level']) if language == 'zh' else line['level']}: {text}")
+            except (ValueError, KeyError, TypeError):  # a line cut short by a full disk: the others still read
+                continue
+        return "\n".join(lines[-n:])
     lines = []
     for line in log_tail(run, 400).splitlines():
         m = _OURS.match(line)

@@ -18,7 +18,7 @@ import shutil
 import struct
 from pathlib import Path
 
-from core import models
+from core import logs, models
 from core.errors import Text, UserError
 
 log = logging.getLogger("qlora_studio.train")
@@ -173,14 +173,18 @@ def resume_point(run: Path, tidy: bool = True) -> tuple[Path, int, str | None]:
         skipped = []
     for broken, why in skipped:
         # Training repeats their steps from the older checkpoint; kept, they would confuse rotation.
-        log.warning("skipped %s: %s; removed, its steps are trained again", broken.name, why)
+        log.warning("skipped %s: %s; removed, its steps are trained again", broken.name, why,
+                    extra=logs.zh(f"跳过了 {broken.name}：{why}；已删除，它的步数会重新训练"))
         shutil.rmtree(broken, ignore_errors=True)
     for leftover in (run / "checkpoints" / ".staging", run / ".adapter.tmp") if tidy else ():  # a save cut short by a kill
         shutil.rmtree(leftover, ignore_errors=True)  # the room it takes may be what the disk lacks
     step = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))["global_step"]
-    log.info("resuming from %s (step %d)", checkpoint.name, step)
-    warning = "; ".join(f"{b.name} was skipped ({why})" for b, why in skipped)
-    return checkpoint, step, f"{warning}; resumed from {checkpoint.name}" if skipped else None
+    log.info("resuming from %s (step %d)", checkpoint.name, step, extra=logs.zh(f"从 {checkpoint.name} 继续训练（第 {step} 步）"))
+    if not skipped:
+        return checkpoint, step, None
+    warning = Text("; ".join(f"{b.name} was skipped ({why})" for b, why in skipped) + f"; resumed from {checkpoint.name}",
+                   "；".join(f"跳过了 {b.name}（{why}）" for b, why in skipped) + f"；从 {checkpoint.name} 继续训练")
+    return checkpoint, step, warning
 
 
 def progress_so_far(run: Path, checkpoint: Path | None) -> dict:

@@ -11,7 +11,7 @@ through here. Torch-free, so the panel can import it.
     bytes_done, bytes_total, speed (bytes/s), eta (seconds)    (a download, with progress and message)
     error      what went wrong, one line;   hint   what to do about it
     error_zh, hint_zh   the same in Chinese (written by update() from a core.errors.Text); pick with said()
-    warning    something worth knowing while it still runs (a diverging loss)
+    warning, warning_zh   something worth knowing while it still runs (a diverging loss), and in Chinese
 
 A stop request is a file beside it (STOP), not a field: the job rewrites status.json as it
 goes, and a field written by the panel would be lost in the next rewrite.
@@ -35,7 +35,7 @@ FINAL = ("finished", "stopped", "failed")
 LIVE = ("starting", "running", "stopping")
 FIELDS = {"state": "starting", "pid": None, "started": None, "ended": None, "step": 0, "max_steps": 0,
           "device": None, "mode": None, "error": None, "hint": None, "error_zh": None, "hint_zh": None,
-          "warning": None, "adapter": None, "elapsed_before": None,
+          "warning": None, "warning_zh": None, "adapter": None, "elapsed_before": None,
           "progress": None, "message": None, "message_zh": None, "report": None,
           "bytes_done": None, "bytes_total": None, "speed": None, "eta": None}
 
@@ -197,9 +197,9 @@ def spent(folder: str | Path) -> float:
 
 
 def bilingual(changes: dict) -> dict:
-    """`error`, `hint` and a job's progress `message` with their Chinese beside them (error_zh, ...), where they
-    carry it (a core.errors.Text)."""
-    for key in ("error", "hint", "message"):
+    """`error`, `hint`, a job's progress `message` and a run's `warning` with their Chinese beside them (error_zh,
+    ...), where they carry it (a core.errors.Text)."""
+    for key in ("error", "hint", "message", "warning"):
         if key in changes:
             value = changes[key]
             changes = {**changes, key + "_zh": getattr(value, "zh", None) if value else None}

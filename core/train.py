@@ -33,6 +33,8 @@ from core.tracking import leave_out
 from core.tracking import setup as tracking_setup
 
 log = logging.getLogger("qlora_studio.train")
+STATE_ZH = {"finished": "完成", "stopped": "停止"}  # a run's end, in the story's Chinese lines
+VERDICT_ZH = {"better": "变好了", "worse": "变差了", "same": "没有变化", "unknown": "不知道"}
 
 # Files a run folder may hold before it holds a run: the supervisor's, and the settings a start that failed before
 # training wrote (used.json, written again by the next start).
@@ -99,6 +101,7 @@ def train(cfg: TrainConfig) -> dict:
     # A second trainer of this run is refused here, before it writes anything.
     with runs.lock(run) if main else contextlib.nullcontext(), _noting_interrupts() as interrupted:
         handler = logs.to_file(run / "train.log") if main else logs.rank_console(gpus.rank())
+        told = logs.story_to(run / logs.STORY) if main else None
         status = None
         try:
             status = Status(run if main else None, **saving.progress_so_far(run, checkpoint))
@@ -108,7 +111,7 @@ def train(cfg: TrainConfig) -> dict:
             # leaves a module that fails the next time it is imported. Interrupted before training (while it
             # trains, the trainer's own handlers take the signal), the run stopped.
             if isinstance(e, KeyboardInterrupt) or interrupted.is_set():
-                log.info("stopped before the first step")
+                log.info("stopped before the first step", extra=logs.zh("在第一步之前停止了"))
                 if status is not None:
                     status.last_word(log, state="stopped", ended=time.time(),
                                      hint=Text("stopped before training began: nothing to keep",
@@ -116,7 +119,7 @@ def train(cfg: TrainConfig) -> dict:
                 raise KeyboardInterrupt from None
 
             error, hint = explain(e)
-            log.error("run failed: %s", error)
+            log.error("run failed: %s", error, extra=logs.zh(f"训练失败：{getattr(error, 'zh', error)}"))
             log.debug("%s", traceback.format_exc())  # train.log keeps it; a terminal gets the one line
             if status is None:  # status.json itself could not be written: the error speaks for itself
                 raise
@@ -127,8 +130,9 @@ def train(cfg: TrainConfig) -> dict:
         finally:
             if main:
                 clear_stop(run)  # answered: a later resume starts afresh
-            logging.getLogger("qlora_studio").removeHandler(handler)
-            handler.close()
+            for h in (handler, told) if told else (handler,):
+                logging.getLogger("qlora_studio").removeHandler(h)
+                h.close()
 
 
 @contextlib.contextmanager
@@ -156,15 +160,16 @@ def _check_learning(run: Path, model, tokenizer, template, eval_rows, eval_file:
     from core import learned
 
     log.info("checking what the run learned: eval loss and %d unseen questions, base model against tuned",
-             learned.PROMPTS)
+             learned.PROMPTS, extra=logs.zh(f"检查这次训练学到了什么：评估损失和 {learned.PROMPTS} 个没见过的问题，基础模型对比微调后的模型"))
     try:
         summary = learned.summarize(model, tokenizer, template, eval_rows, eval_file)
         learned.write(run, summary)
     except Exception as e:  # noqa: BLE001 - the adapter is saved; a failed check only loses the summary
-        log.warning("could not check what the run learned: %s", e)
+        log.warning("could not check what the run learned: %s", e, extra=logs.zh(f"无法检查这次训练学到了什么：{e}"))
         return
     log.info("eval loss %s before, %s after: %s", summary["eval_loss_before"], summary["eval_loss_after"],
-             summary["verdict"])
+             summary["verdict"], extra=logs.zh(f"评估损失：训练前 {summary['eval_loss_before']}，训练后 "
+                                               f"{summary['eval_loss_after']}：{VERDICT_ZH.get(summary['verdict'], summary['verdict'])}"))
 
 
 def check_input(cfg: TrainConfig, fetch: bool = True, main: bool = True) -> tuple[Path, str, Path | None]:
@@ -233,13 +238,17 @@ def _train(cfg: TrainConfig, run: Path, data: Path, folder: str, status) -> dict
     if dev.cuda:  # the metrics' memory peak is this run's, also where train() runs in a process that held other models
         torch.cuda.reset_peak_memory_stats()
     status.update(device=dev.name, mode=dev.mode)
-    log.info("run %s: model %s, data %s (%s template), preset %s", run, cfg.model, data, template.label, cfg.preset)
-    log.info("device %s; %s", dev.name, dev.why)
+    log.info("run %s: model %s, data %s (%s template), preset %s", run, cfg.model, data, template.label, cfg.preset,
+             extra=logs.zh(f"训练记录 {run}：模型 {cfg.model}，数据 {data}（{template.label} 模板），预设 {cfg.preset}"))
+    log.info("device %s; %s", dev.name, dev.why, extra=logs.zh(f"设备 {dev.name}；{getattr(dev.why, 'zh', dev.why)}"))
     work = _share(cfg)  # the settings one process of a data-parallel run trains with
     if dev.cuda and cfg.liger_kernels and not parts.has_liger():
-        log.info("liger_kernels: the liger-kernel package is not installed; using the model's own layers")
+        log.info("liger_kernels: the liger-kernel package is not installed; using the model's own layers",
+                 extra=logs.zh("liger_kernels：没有安装 liger-kernel 包；改用模型自己的层"))
     if cfg.offload_activations:
-        log.info("offload_activations: %s", "saved activations go to CPU memory" if dev.cuda else "no GPU, nothing to offload (ignored)")
+        log.info("offload_activations: %s", "saved activations go to CPU memory" if dev.cuda else "no GPU, nothing to offload (ignored)",
+                 extra=logs.zh("offload_activations：" + ("为反向传播保存的激活值放在 CPU 内存" if dev.cuda
+                                                          else "没有 GPU，无需转移（已忽略）")))
     # Pinned while the model loads, instead of during the first step.
     arena = parts.pinned_arena(work, folder) if cfg.offload_activations and dev.cuda else None
     resume = saving.resume_point(run, tidy=main) if cfg.resume else None  # (checkpoint, its step, what was skipped)
@@ -253,7 +262,8 @@ def _train(cfg: TrainConfig, run: Path, data: Path, folder: str, status) -> dict
     def rows():
         train_rows = parts.tokenized(data / "train.jsonl", tokenizer, work)
         eval_rows = parts.tokenized(data / "eval.jsonl", tokenizer, work) if (data / "eval.jsonl").is_file() else None
-        log.info("%d training rows%s", len(train_rows), f", {len(eval_rows)} eval rows" if eval_rows else "")
+        log.info("%d training rows%s", len(train_rows), f", {len(eval_rows)} eval rows" if eval_rows else "",
+                 extra=logs.zh(f"{len(train_rows)} 行训练数据" + (f"，{len(eval_rows)} 行评估数据" if eval_rows else "")))
         return train_rows, eval_rows
 
     # The rows are tokenized while the model loads (the tokenizer and the loading both let go of the GIL).
@@ -261,7 +271,8 @@ def _train(cfg: TrainConfig, run: Path, data: Path, folder: str, status) -> dict
         tokenizing = pool.submit(rows)
         loading = time.time()
         model = parts.load_model(work, folder, dev)
-        log.info("base model loaded in %.1f s", time.time() - loading)
+        took = time.time() - loading
+        log.info("base model loaded in %.1f s", took, extra=logs.zh(f"基础模型加载用时 {took:.1f} 秒"))
         train_rows, eval_rows = tokenizing.result()  # a problem with the rows is raised here, in its own words
 
     tracking = tracking_setup(cfg.report_to, cfg.wandb_project, run) if main else []
@@ -272,7 +283,8 @@ def _train(cfg: TrainConfig, run: Path, data: Path, folder: str, status) -> dict
     guard = Guard(status, log, fp16=dev.fp16)  # after Progress: it has the last say on saving
     trainer = parts.build(work, parts.sft_args(work, run, dev, tracking, eval_rows is not None), model, tokenizer,
                           train_rows, eval_rows, [progress, guard], counter, arena)
-    log.info("trainable parameters: %s", parts.count(trainer.model))
+    counted = parts.count(trainer.model)
+    log.info("trainable parameters: %s", counted, extra=logs.zh(f"可训练参数：{counted.replace(' of ', ' / ')}"))
     weights = trainer.trainable_bytes()
     # Fail now rather than after hours of training: room for a checkpoint (weights and Adam's two
     # moments) and for the adapter.
@@ -280,7 +292,8 @@ def _train(cfg: TrainConfig, run: Path, data: Path, folder: str, status) -> dict
 
     if stop.agreed():  # asked while the model loaded: end before the first step, with nothing to keep
         stop.uninstall()
-        log.info("stop requested before the first step: nothing was trained")
+        log.info("stop requested before the first step: nothing was trained",
+                 extra=logs.zh("在第一步之前收到停止请求：什么都没有训练"))
         status.update(state="stopped", ended=time.time(), hint=Text("stopped before training began: nothing to keep", "在训练开始前就停止了：没有可保留的内容"))
         return status.data
     try:
@@ -299,7 +312,8 @@ def _train(cfg: TrainConfig, run: Path, data: Path, folder: str, status) -> dict
     state = "stopped" if stop.requested else "finished"
     if state == "finished" and eval_rows is not None:
         _check_learning(run, trainer.model, tokenizer, template, eval_rows, data / "eval.jsonl")
-    log.info("%s at step %d; adapter saved to %s", state, trainer.state.global_step, adapter)
+    log.info("%s at step %d; adapter saved to %s", state, trainer.state.global_step, adapter,
+             extra=logs.zh(f"在第 {trainer.state.global_step} 步{STATE_ZH.get(state, state)}；适配器已保存到 {adapter}"))
     status.update(state=state, step=trainer.state.global_step, adapter=str(adapter), ended=time.time())
     if "wandb" in tracking:
         import wandb
@@ -317,5 +331,7 @@ def _share(cfg: TrainConfig) -> TrainConfig:
         return cfg
     batch, accum, factor = share(cfg.batch_size, cfg.grad_accum, n)
     log.info("%d processes train together: %d rows x %d accumulation each, %d rows an update%s", n, batch, accum,
-             batch * accum * n, f"; learning rate x {factor:.3g} for the larger update" if factor != 1 else "")
+             batch * accum * n, f"; learning rate x {factor:.3g} for the larger update" if factor != 1 else "",
+             extra=logs.zh(f"{n} 个进程一起训练：每个 {batch} 行 x 累积 {accum} 次，每次更新 {batch * accum * n} 行"
+                           + (f"；更新变大，学习率 x {factor:.3g}" if factor != 1 else "")))
     return cfg.replace(batch_size=batch, grad_accum=accum, learning_rate=cfg.learning_rate * factor)

@@ -12,9 +12,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from core import gpus, models
+from core import gpus, logs, models
 from core.config import TrainConfig, on_cpu
-from core.errors import UserError
+from core.errors import Text, UserError
 
 log = logging.getLogger("qlora_studio.train")
 
@@ -46,7 +46,8 @@ def device(cfg: TrainConfig) -> Device:
         # bitsandbytes has a CPU 4-bit path, but it is slower than float32 on CPU and needs extra
         # kernels; float16 autocast fails on CPU. Plain LoRA in float32 always works.
         dt = on_cpu(cfg.compute_dtype)["compute_dtype"]
-        return Device("cpu", f"LoRA {dt} (no GPU)", f"no GPU: plain LoRA in {dt}", False, getattr(torch, dt))
+        return Device("cpu", f"LoRA {dt} (no GPU)", Text(f"no GPU: plain LoRA in {dt}", f"没有 GPU：用 {dt} 做普通 LoRA"),
+                      False, getattr(torch, dt))
     if cfg.compute_dtype == "auto":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     else:
@@ -58,9 +59,11 @@ def device(cfg: TrainConfig) -> Device:
     short = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}[dt]
     if cfg.quantization == "4bit":
         dq = " + double quant" if cfg.double_quant else ""
-        return Device(name, f"4-bit NF4 ({short} compute)", f"QLoRA: 4-bit NF4{dq}, {short} compute", True, dtype,
-                      index)
-    return Device(name, f"LoRA {dt}", f"plain LoRA in {dt} (quantization off)", True, dtype, index)
+        why = Text(f"QLoRA: 4-bit NF4{dq}, {short} compute",
+                   f"QLoRA：4-bit NF4{' + 双重量化' if dq else ''}，{short} 计算")
+        return Device(name, f"4-bit NF4 ({short} compute)", why, True, dtype, index)
+    return Device(name, f"LoRA {dt}", Text(f"plain LoRA in {dt} (quantization off)", f"用 {dt} 做普通 LoRA（不量化）"),
+                  True, dtype, index)
 
 
 def has_liger() -> bool:
@@ -162,7 +165,8 @@ def tokenized(path: Path, tokenizer, cfg: TrainConfig):
                 batch = []
     add(batch)
     if dropped:
-        log.info("%s: %d rows skipped: their prompt fills max_seq_length (%d)", path.name, dropped, cfg.max_seq_length)
+        log.info("%s: %d rows skipped: their prompt fills max_seq_length (%d)", path.name, dropped, cfg.max_seq_length,
+                 extra=logs.zh(f"{path.name}：跳过 {dropped} 行：它们的提示已占满 max_seq_length（{cfg.max_seq_length}）"))
     if not rows:
         raise UserError(f"{path}: no usable rows; raise max_seq_length or prepare the data again",
                         zh=f"{path}：没有可用的行；请调大 max_seq_length 或重新准备数据")
@@ -205,9 +209,11 @@ def load_model(cfg: TrainConfig, folder: str, device: Device):
 
         why = fp8_refused(cfg, device)
         if why:
-            log.info("fp8_base: %s; ignored", why)
+            log.info("fp8_base: %s; ignored", why, extra=logs.zh(f"fp8_base：{why}；已忽略"))
         else:
-            log.info("fp8_base=%s: %d 4-bit layers multiply in FP8", cfg.fp8_base, fp8.use(model, cfg.fp8_base))
+            layers = fp8.use(model, cfg.fp8_base)
+            log.info("fp8_base=%s: %d 4-bit layers multiply in FP8", cfg.fp8_base, layers,
+                     extra=logs.zh(f"fp8_base={cfg.fp8_base}：{layers} 个 4-bit 层用 FP8 做乘法"))
     # Without a cache, transformers reads restarting position_ids as separate rows: packed rows
     # then attend only to themselves (with a cache it would treat them as one long row).
     model.config.use_cache = False
@@ -300,7 +306,8 @@ def build(cfg: TrainConfig, args, model, tokenizer, train_rows, eval_rows, callb
         if hasattr(trainer, "maybe_activation_offload_context"):
             trainer.maybe_activation_offload_context = Offload(arena)  # trl enters it around each micro-batch
         else:
-            log.warning("offload_activations: this trl version has no place for it; activations stay on the GPU")
+            log.warning("offload_activations: this trl version has no place for it; activations stay on the GPU",
+                        extra=logs.zh("offload_activations：这个版本的 trl 不支持它；激活值留在 GPU 上"))
     # Packed rows stay separate rows (see core/packing.py); either way count the real tokens.
     counter.collator = PackedRows(tokenizer.pad_token_id) if cfg.packing else trainer.data_collator
     counter.model = trainer.model

@@ -71,6 +71,7 @@ def test_resume_skips_a_half_written_checkpoint_and_logs_each_step_once(tmp_path
     assert result["state"] == "finished" and result["step"] == 4, result
     assert result["resumed_from"] == "checkpoint-2"
     assert "checkpoint-3 was skipped (trainer_state.json is empty or damaged)" in result["warning"]
+    assert result["warning_zh"].startswith("跳过了 checkpoint-3（") and "从 checkpoint-2 继续训练" in result["warning_zh"]
     log = (run / "train.log").read_text()
     assert "skipped checkpoint-3: trainer_state.json is empty or damaged" in log
     assert "resuming from checkpoint-2" in log

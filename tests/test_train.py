@@ -132,6 +132,22 @@ def test_loss_falls_and_every_step_is_logged(base_model):
 
 
 @pytest.mark.slow
+def test_the_runs_own_lines_read_in_the_readers_language(base_model):
+    """The Train tab's story of a run: its own lines (not library notices), each in Chinese for a Chinese reader and
+    in English otherwise; train.log keeps the English for the record."""
+    from core import runs
+
+    run = shared_run()
+    en, zh = runs.story(run, 100, "en"), runs.story(run, 100, "zh")
+    assert "step 12/12 loss=" in en and "base model loaded in" in en and "trainable parameters:" in en
+    assert "第 12/12 步 损失=" in zh and "基础模型加载用时" in zh and "可训练参数：" in zh
+    assert "在第 12 步完成；适配器已保存到" in zh and "finished at step 12; adapter saved to" in en
+    assert "设备 cpu；没有 GPU：用 float32 做普通 LoRA" in zh
+    assert len(en.splitlines()) == len(zh.splitlines()) > 10  # line for line
+    assert "step 12/12" in (run / "train.log").read_text() and "第 12/12 步" not in (run / "train.log").read_text()
+    assert runs.story(run, 3, "zh").count("\n") == 2  # the last lines only
+
+
 def test_run_folder_holds_what_merge_and_chat_need(base_model):
     run = shared_run()
     status = json.loads((run / "status.json").read_text())

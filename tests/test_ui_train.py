@@ -370,3 +370,23 @@ def test_a_curve_of_one_logged_point_is_drawn(tmp_path):
     frame = chart(str(run), [{"step": 1, "loss": 2.5, "max_steps": 5}, {"step": 5, "loss": 1.5, "max_steps": 5}], "en")
     drawn = frame["value"][frame["value"]["series"] == "train"]
     assert drawn["step"].tolist() == [1, 5] and drawn["loss"].tolist() == [2.5, 1.5]
+
+
+def test_a_diverging_loss_is_warned_about_in_the_readers_language(tmp_path):
+    """The warning the training guard writes carries its Chinese into status.json, and a Chinese page shows that."""
+    import logging
+
+    from core.callbacks import Guard
+    from core.status import Status
+
+    run = tmp_path / "run"
+    run.mkdir()
+    status = Status(run)
+    status.update(state="running", step=6, max_steps=10, started=1.0)
+    guard = Guard(status, logging.getLogger("qlora_studio.test"), fp16=False)
+    from types import SimpleNamespace
+
+    for step, loss in enumerate([2.1, 2.0, 7.5, 9.0, 9.7], start=1):
+        guard.on_log(None, SimpleNamespace(global_step=step), SimpleNamespace(), logs={"loss": loss})
+    zh, en = progress_html(str(run), "zh"), progress_html(str(run), "en")
+    assert "训练可能在发散" in zh and "训练可能在发散" not in en and "training may be diverging" in en

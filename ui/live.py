@@ -69,7 +69,8 @@ def progress_html(run: str, language: str = "en", metrics: list[dict] | None = N
             mode = mode.replace(say(phrase), say(phrase, language))
         parts.append(f"<p class='qs-mode'>{escape(mode)}{' · ' + escape(where) if where else ''}</p>")
     if now.get("warning"):  # the run goes on, but something needs the user's eye (the loss rising, an older checkpoint)
-        parts.append(f"<p class='qs-warning'>⚠ {escape(now['warning'])}</p>")
+        warning = (language == "zh" and now.get("warning_zh")) or now["warning"]
+        parts.append(f"<p class='qs-warning'>⚠ {escape(warning)}</p>")
     if state == "failed":
         error, hint = status.words(now, language)
         parts.append(f"<p class='qs-error'>{escape(error or '')}</p>")
@@ -207,6 +208,6 @@ def poll(viewed, request: gr.Request = None):
     run = shown_run(viewed)
     metrics = runs.read_metrics(run) if run else []  # once a tick, for both views
     language = lang(request)
-    return progress_html(run, language, metrics), chart(run, metrics, language), runs.story(run, 8) if run else ""
+    return progress_html(run, language, metrics), chart(run, metrics, language), runs.story(run, 8, language) if run else ""
 
 
