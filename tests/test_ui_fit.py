@@ -100,5 +100,9 @@ def test_chat_badge_names_the_precision_on_a_gpu_and_ram_on_the_cpu(base_model, 
     assert "✅ Loads in 16-bit" in fit_badge(None, "default", "auto")
     monkeypatch.setattr(fit, "machine", machine(gpu_free=(need["8bit"] + need["16bit"]) / 2 / GiB, gpu_total=80))
     assert "⚠️ Loads in 8-bit: 16-bit needs about" in fit_badge(None, "default", "auto")
+    assert "choose Precision int4" in fit_badge(None, "default", "auto")  # it fits where 8-bit does
+    assert "“精度”选为 int4" in fit_badge(_Chinese(), "default", "auto")
     monkeypatch.setattr(fit, "machine", machine(gpu_free=need["4bit"] / 2 / GiB, gpu_total=80))
     assert "⛔ Will not fit: even 4-bit needs" in fit_badge(None, "default", "auto")
+    monkeypatch.setattr(fit, "machine", machine(gpu_free=(need["16bit"] - 1) / GiB, gpu_total=80))
+    assert "int4" not in fit_badge(None, "default", "16bit")  # a precision chosen by hand: no advice

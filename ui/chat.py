@@ -558,6 +558,8 @@ def fit_badge(request: gr.Request | None, source, precision, pick="") -> str:
         text, verdict = say("fit_chat", language, bits=bits, need=gib(need[found["precision"]]), free=free), found["verdict"]
     else:
         text, verdict = say("fit_chat_smaller", language, bits=bits, need16=gib(need["16bit"]), free=free), "tight"
+        if need.get("int4", found["free"] + 1) <= found["free"]:  # the fast 4-bit path fits: say it is there
+            text += " " + say("fit_int4_hint", language)
     if where:
         text = say("chat_placed", language, where=where.words(language), what=text)
     return f"<div class='qs-fit qs-fit-{verdict}'>{escape(text)}</div>"

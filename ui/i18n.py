@@ -442,6 +442,8 @@ SAY = {
         "fit_merge_peft": "This adapter is merged with the whole model in memory ({why}).",
         "fit_chat": "✅ Loads in {bits}-bit: needs about {need} GiB of GPU memory, {free} GiB free.",
         "fit_chat_smaller": "⚠️ Loads in {bits}-bit: 16-bit needs about {need16} GiB of GPU memory, {free} GiB free.",
+        "fit_int4_hint": "For faster replies choose Precision int4: about five times the speed of 4-bit NF4 "
+                         "(measured on a 7B), after a minute or two of compiling when it loads.",
         "fit_chat_no": "⛔ Will not fit: even 4-bit needs about {need} GiB of GPU memory, {free} GiB free.",
         "fitfix_quantization": "turn on 4-bit", "fitfix_offload_activations": "offload activations",
         "fitfix_gradient_checkpointing": "turn on gradient checkpointing", "fitfix_batch_size": "batch {v}",
@@ -613,6 +615,8 @@ SAY = {
         "fit_merge_peft": "这个适配器要把整个模型放进内存来合并（{why}）。",
         "fit_chat": "✅ 用 {bits} 位加载：大约需要 {need} GiB 显存，当前空闲 {free} GiB。",
         "fit_chat_smaller": "⚠️ 用 {bits} 位加载：16 位大约需要 {need16} GiB 显存，当前空闲 {free} GiB。",
+        "fit_int4_hint": "想回复更快，可以把“精度”选为 int4：速度约是 4 位 NF4 的五倍（在 7B 上实测），"
+                         "加载时要先编译一两分钟。",
         "fit_chat_no": "⛔ 放不下：即使 4 位也大约需要 {need} GiB 显存，当前空闲 {free} GiB。",
         "fitfix_quantization": "开启 4 位量化", "fitfix_offload_activations": "把激活值放到内存",
         "fitfix_gradient_checkpointing": "开启梯度检查点", "fitfix_batch_size": "批大小 {v}",
