@@ -132,8 +132,8 @@ def measure(model: str, precision: str, replies: int, new_tokens: int,
             ids.append(chat.last["ids"])
         cache = (" static cache" + (", compiled" if cuda else "")) if chat.compiled else ""
         if decoder == "replay":
-            side = getattr(chat._loop, "overlap", None) is not None
-            cache = " the model's kernels replayed from CUDA graphs" + (", independent ones side by side" if side else "")
+            side = ", independent ones side by side" if chat.side_operations else ""
+            cache = " the model's kernels replayed from CUDA graphs" + side
         rows.append(dict(path=f"panel (Chat.stream, {decoder}){cache}",
                          tps=speeds, first=min(firsts), warmup=chat.warmup_s, peak=peak(), fallback=chat.fallback,
                          same=len({tuple(x) for x in ids}) == 1, ids=ids[0]))

@@ -50,6 +50,7 @@ class Chat:
         self.warmup_s: float | None = None
         self.fallback = ""  # why the fast path could not be set up, in one line
         self.replay_note = ""  # why a 16-bit model could not use the replayed steps (it uses "loop"), in one line
+        self.side_operations = 0  # replayed steps: how many of their operations run side by side (core.overlap)
         self.phase, self.since = "", 0.0  # "loading" / "warming" while load() runs, for a progress line
         self.decoder = "loop"  # see DECODERS; load() picks it for the model (decoder_for)
         self._loop = None  # core.decode.Decoder once warmed up with decoder "loop"
@@ -71,7 +72,7 @@ class Chat:
         if decoder is not None and decoder not in DECODERS:
             raise ValueError(f"decoder: {decoder!r} is not one of {', '.join(DECODERS)}")
         self.fitted = {}  # on a GPU: the precision chosen and the numbers behind it (core.fit)
-        self.fallback, self.replay_note, self.warmup_s = "", "", None
+        self.fallback, self.replay_note, self.warmup_s, self.side_operations = "", "", None, 0
         self.phase, self.since = "loading", time.time()
         try:
             try:
@@ -116,14 +117,14 @@ class Chat:
                     try:
                         self._loop = Replayed(self.model, self.compiled, overlap=overlap)
                         self._loop.check()
+                        self.side_operations = self._loop.overlap.forks if overlap else 0
                         break
                     except Exception as e:  # a model whose step cannot be recorded: the compiled loop, which can
-                        self._loop, self.decoder = None, "loop"
-                        self.replay_note = f"{type(e).__name__}: {' '.join(str(e).split())[:120]}"
+                        self._loop, note = None, f"{type(e).__name__}: {' '.join(str(e).split())[:120]}"
                         log.info("replayed steps not used (overlap %s)", overlap, exc_info=True)
                         _free_memory()  # what half-recorded graphs held
-                if self._loop is not None:
-                    self.decoder, self.replay_note = "replay", ""
+                if self._loop is None:
+                    self.decoder, self.replay_note = "loop", note
             if self.decoder == "loop":
                 from core.decode import Decoder
 

@@ -96,7 +96,7 @@ class Decoder:
         """
         import torch
 
-        if self.tokens is not None and input_ids.shape[1] + max_new_tokens > self.tokens:
+        if input_ids.shape[1] + max_new_tokens > self.tokens:
             raise ValueError(f"{input_ids.shape[1]} + {max_new_tokens} tokens do not fit the {self.tokens}-token cache")
         if do_sample:  # what generate() takes from the model's own generation config when a setting is left out
             own = self.model.generation_config

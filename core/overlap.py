@@ -75,8 +75,7 @@ def mode(sides: int = 2):
             self.sides: list = []
             self.forked: set[int] = set()  # side streams forked from the main one and not joined yet
             self.pending: dict[int, int] = {}  # memory -> the side stream that writes it, not waited for yet
-            self.made: set[int] = set()  # memory the main stream wrote in this recording
-            self.ready: dict = {}  # memory the main stream wrote -> an event recorded right after it
+            self.ready: dict = {}  # memory the main stream wrote in this recording -> an event recorded right after it
             self.read: set[int] = set()  # inputs some linear layer already read
             self.sided: set[int] = set()  # memory a side stream wrote in this recording
             self.reading: dict[int, set[int]] = {}  # memory -> side streams that read it, not waited for yet
@@ -88,7 +87,7 @@ def mode(sides: int = 2):
             self.main = torch.cuda.current_stream()
             if not self.sides or self.sides[0].device != self.main.device:
                 self.sides = [torch.cuda.Stream(device=self.main.device) for _ in range(sides)]
-            self.forked, self.pending, self.made, self.read, self.ready = set(), {}, set(), set(), {}
+            self.forked, self.pending, self.read, self.ready = set(), {}, set(), {}
             self.sided, self.reading, self.seen = set(), {}, set()
 
         def join(self, side: int | None = None) -> None:
@@ -134,7 +133,7 @@ def mode(sides: int = 2):
                         self.sides[free].wait_stream(self.main)
                     self.forked.add(free)
                 return free
-            if len(on) == 1 and not any(p in self.made for p in places if p not in self.pending):
+            if len(on) == 1 and not any(p in self.ready for p in places if p not in self.pending):
                 # Its inputs are that stream's, or from before this recording (weights, an earlier graph's results):
                 # it follows that stream. One that also reads the main stream's work stays there.
                 return next(iter(on))
@@ -167,7 +166,6 @@ def mode(sides: int = 2):
                 ready = torch.cuda.Event()
                 ready.record(self.main)
                 for t in _tensors(out, []):
-                    self.made.add(_where(t))
                     self.seen.add(_where(t))
                     self.ready[_where(t)] = ready
             return out

@@ -156,10 +156,12 @@ def story(run: str | Path, n: int = 8, language: str = "en") -> str:
             try:
                 line = json.loads(raw)
                 text = (language == "zh" and line.get("zh")) or line["en"]
-                lines.append(f"{line['time']} {text}" if line["level"] == "INFO" else
-                             f"{line['time']} {LEVEL_ZH.get(line['level'], line['level']) if language == 'zh' else line['level']}: {text}")
+                level = line["level"]
             except (ValueError, KeyError, TypeError):  # a line cut short by a full disk: the others still read
                 continue
+            if level != "INFO":
+                text = f"{LEVEL_ZH.get(level, level) if language == 'zh' else level}: {text}"
+            lines.append(f"{line['time']} {text}")
         return "\n".join(lines[-n:])
     lines = []
     for line in log_tail(run, 400).splitlines():
