@@ -300,13 +300,13 @@ class Stash:
     def _hand(self, index: int, x: torch.Tensor) -> torch.Tensor | None:
         self._retire(wait=True)
         item = self.items[index]
-        item.handed = True
         if item.gpu is not None and item.ready is None and item.gpu._version != item.version:
             item.void = True  # held on the GPU since the forward pass, and changed in place there
         if item.void:
-            item.gpu = None
+            item.gpu, item.handed = None, True
             return None
         self._bring(item.layer)  # nothing to do when it was brought back ahead
+        item.handed = True
         compute = self.streams.current_stream()
         if item.ready is not None:
             compute.wait_event(item.ready)

@@ -98,9 +98,11 @@ def stash_of(budget: int, **kw) -> Stash:
     return Stash(pinned, device=DEVICE, **kw)
 
 
-def test_kept_outputs_give_the_same_gradients_and_the_recomputation_skips_their_products(model):
+@pytest.mark.parametrize("keep", [0, 1 << 30])
+def test_kept_outputs_give_the_same_gradients_and_the_recomputation_skips_their_products(model, keep):
+    """All of them brought back from CPU memory (`keep` 0), or the newest held on the GPU as well (here all)."""
     net, calls = model
-    stash = stash_of(16 * MB)
+    stash = stash_of(16 * MB, keep=keep)
     assert stash.attach(net) == 3 * 7
     assert stash.attach(net) == 0  # not wrapped twice
     for seed in (1, 2, 3):  # the first micro-batch also learns which outputs the recomputation asks for
