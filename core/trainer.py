@@ -131,7 +131,7 @@ def pinned_stash(cfg: TrainConfig, folder: str, arena):
     import psutil
     from transformers import AutoConfig
 
-    from core.fit import shape, stash_bytes
+    from core.fit import STASH_HOST, shape, stash_bytes
     from core.recompute import CHUNK, Pinned
 
     try:
@@ -141,7 +141,7 @@ def pinned_stash(cfg: TrainConfig, folder: str, arena):
     room = psutil.virtual_memory().available // 2 - (arena.nbytes if arena is not None else 0)
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     widest = max(o for _, o in shape(text.to_dict())["dims"].values())
-    return Pinned(max(0, min(stash_bytes(config, cfg.batch_size, cfg.max_seq_length), room)),
+    return Pinned(max(0, min(stash_bytes(config, cfg.batch_size, cfg.max_seq_length), room, STASH_HOST)),
                   chunk=max(CHUNK, cfg.batch_size * cfg.max_seq_length * widest * 2))  # the largest output fits a chunk
 
 
