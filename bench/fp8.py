@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core import fp8, recompute  # noqa: E402
+from core import fp8  # noqa: E402
 
 SHAPES = {"13b": (5120, 13824, 40), "7b": (4096, 11008, 32)}
 
@@ -105,7 +105,7 @@ def main() -> None:
     res["fp8_rel_error_vs_bf16"] = round(float((y.float() - ref.float()).norm() / ref.float().norm()), 4)
     # mode "backward": the first forward pass in bf16, the recomputed one and the input gradients in FP8
     fp8.use(torch.nn.ModuleList(lins), "backward")
-    res["fp8_backward_ms_layer"] = timed(lambda: step(lins, xs, gs, recompute.RECOMPUTE()[1]), a.iters)
+    res["fp8_backward_ms_layer"] = timed(lambda: step(lins, xs, gs, fp8.RECOMPUTE()[1]), a.iters)
     for k in [k for k in res if k.endswith("_ms_layer")]:
         res[k.replace("_ms_layer", "_s_step")] = round(res[k] * depth / 1000, 3)
         res[k.replace("_ms_layer", "_tflops")] = round(flops / res[k] / 1e9, 1)

@@ -193,7 +193,6 @@ class TrainConfig(_Config):
     liger_kernels: bool = _f(True, "Use Liger's fused GPU kernels (RMSNorm, SwiGLU, RoPE) where the liger-kernel package is installed: less memory, faster steps. GPU only.")
     fp8_base: str = _f("off", "Multiply by the frozen 4-bit base weights in FP8 on GPUs with FP8 units (compute capability 8.9 or newer, e.g. RTX 40xx, H100). 'off'; 'backward': only in the backward pass (the forward pass that gives the loss stays bf16): the same learning, a few percent faster on a 13B, slower on smaller models; 'all': faster still, but the model learns slightly less. The LoRA layers stay in bf16. Ignored elsewhere. GPU only.", choices=FP8_MODES)
     offload_activations: bool = _f(True, "Keep the activations saved for the backward pass in CPU memory instead of GPU memory (GPU only): more rows fit in one pass. The copies run beside the math and come back just before they are needed.")
-    keep_outputs: bool = _f(True, "Keep the outputs of the frozen base layers in CPU memory during the forward pass, so that the backward pass does not compute them again (GPU only, with gradient checkpointing): faster steps. Uses free CPU memory (at most half of it) and the bus beside the math; what does not fit is computed again as before.")
     loss_on: str = _f("response", "Compute the loss on the replies only ('response') or on the whole text ('all').", choices=("response", "all"))
     optim: str = _f("adamw_torch", "Optimizer (any name transformers accepts, e.g. adamw_torch, paged_adamw_8bit).")
     max_grad_norm: float = _f(1.0, "Clip gradients to this norm (0 = off).")
@@ -289,7 +288,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # targets, batch 4 x accumulation 4, lr 2e-4, 100 steps, 512 tokens, whole-text loss, no packing.
     "tutorial": dict(
         compute_dtype="float16", learning_rate=2e-4, batch_size=4, grad_accum=4, packing=False, loss_on="all",
-        liger_kernels=False, offload_activations=False, keep_outputs=False,
+        liger_kernels=False, offload_activations=False,
     ),
 }
 
@@ -305,7 +304,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # "default" everywhere and gets what fits the machine; the tutorial preset stays the tutorial's
 # recipe wherever it runs, so the two can be compared.
 CPU_SIZED: dict[str, Any] = dict(
-    quantization="none", double_quant=False, liger_kernels=False, offload_activations=False, keep_outputs=False,
+    quantization="none", double_quant=False, liger_kernels=False, offload_activations=False,
     gradient_checkpointing=False, batch_size=4, grad_accum=1, max_seq_length=256, packing=False,
     lora_r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", learning_rate=1e-3,
     max_steps=15, logging_steps=1,
@@ -318,7 +317,7 @@ def on_cpu(compute_dtype: str) -> dict[str, Any]:
     GPU kernels, FP8 or offloading."""
     return {"quantization": "none", "double_quant": False,
             "compute_dtype": "bfloat16" if compute_dtype == "bfloat16" else "float32",
-            "liger_kernels": False, "fp8_base": "off", "offload_activations": False, "keep_outputs": False}
+            "liger_kernels": False, "fp8_base": "off", "offload_activations": False}
 
 
 def preset(name: str, cpu: bool = False, **overrides) -> TrainConfig:

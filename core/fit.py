@@ -138,11 +138,6 @@ LAYER_MLP = 5  # the same per MLP unit (gate, up, their product and gradients)
 LOGIT_BYTES = 2  # per token per vocabulary word, without Liger's fused loss (which never holds all the logits)
 WORKSPACE = 0.1 * 2**30  # cuBLAS workspaces and small buffers, seen as the floor on the 135M shape
 NF4_DQ_BYTES = 0.5 + 0.0161  # NF4 with double quantization: 4.127 bits a weight (the QLoRA paper)
-STASH_KEEP = 0  # kept outputs (core.recompute): the newest ones held on the GPU as well
-STASH_LAG = 1.0 * 2**30  # and those whose copy to CPU memory has not finished
-# Pinned CPU memory for them: about what the bus fills in a 13B micro-batch's forward pass (6 to 9 GiB measured);
-# pinning more only slowed the model's loading (29 GiB: 6 s became 16 s on an H200).
-STASH_HOST = 8 * 2**30
 ADAM_BYTES = 16  # a float32 LoRA weight, its gradient and Adam's two moments
 CUDA_CONTEXT = 0.6 * 2**30  # what a CUDA process holds outside torch's allocator (not in the peaks above)
 RESERVE = 1.05  # the allocator reserves a little more than it hands out (expandable segments on)
@@ -230,10 +225,6 @@ def train_needs(config: dict, cfg, cuda: bool, liger: bool = True) -> dict:
         saved = s["layers"] * layer
     else:  # each layer's input; offloaded, only the two nearest layers' stay on the GPU
         saved = (2 if cfg.offload_activations else s["layers"]) * tokens * s["hidden"] * 2 * (width // 2)
-    if cfg.gradient_checkpointing and getattr(cfg, "keep_outputs", False):
-        # Forward: the newest kept outputs and those still being copied; backward: the next layer's, brought back.
-        kept = tokens * _kept_width(s) * width
-        saved += max(STASH_KEEP + STASH_LAG, kept)
     logits = 0 if (cfg.liger_kernels and liger) else tokens * s["vocab"] * LOGIT_BYTES
     parts = {"weights": weights, "lora": lora, "activations": saved + layer, "logits": logits, "workspace": WORKSPACE}
     peak = sum(parts.values())
@@ -250,20 +241,6 @@ def arena_bytes(config, batch_size: int, max_seq_length: int) -> int:
     if not hidden or not layers:
         return 0
     return (layers + 4) * batch_size * max_seq_length * hidden * 2
-
-
-def stash_bytes(config, batch_size: int, max_seq_length: int) -> int:
-    """What the kept outputs of one micro-batch could fill (core.recompute): every frozen product of every decoder
-    layer that its recomputation uses (attention's four, the MLP's gate and up)."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    s = shape(text.to_dict() if hasattr(text, "to_dict") else dict(text))
-    return s["layers"] * batch_size * max_seq_length * _kept_width(s) * 2
-
-
-def _kept_width(s: dict) -> int:
-    """Output numbers a token gets from a decoder layer's frozen products that its recomputation uses (all but the
-    last, down_proj)."""
-    return sum(o for n, (_, o) in s["dims"].items() if n != "down_proj")
 
 
 class _Dims:

@@ -23,11 +23,10 @@ not a multiple of 16, a GPU without FP8) goes through bitsandbytes' own forward.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
-
-from core import recompute
 
 E4M3 = torch.float8_e4m3fn
 # Scaling to 440 rather than e4m3's largest value (448) leaves room for the bf16 roundings of the
@@ -78,6 +77,33 @@ class _Base(torch.autograd.Function):
         return torch._scaled_mm(gq, wtq.t(), scale_a=sg, scale_b=swt, out_dtype=g.dtype).reshape(ctx.shape), None, None
 
 
+# While torch's checkpoint recomputes a layer's forward pass for the backward pass (mode "backward").
+_recomputing = 0
+
+
+@contextlib.contextmanager
+def _recompute():
+    global _recomputing
+    _recomputing += 1
+    try:
+        yield
+    finally:
+        _recomputing -= 1
+
+
+class Recompute(str):
+    """torch.utils.checkpoint's `context_fn` for mode "backward": the recomputed forward passes multiply in FP8.
+
+    A str, so that the training arguments that carry it to the checkpoint still turn into JSON (wandb's
+    and tensorboard's record of the run)."""
+
+    def __call__(self):
+        return contextlib.nullcontext(), _recompute()
+
+
+RECOMPUTE = Recompute("fp8-recompute")
+
+
 def dequantized(layer) -> torch.Tensor:
     """The layer's frozen weight in its compute dtype (bf16), by bitsandbytes' own kernel."""
     import bitsandbytes.functional as bnbf
@@ -107,7 +133,7 @@ def _forward(self, mode: str, x: torch.Tensor) -> torch.Tensor:
     fits = m and m % ALIGN == 0 and n % ALIGN == 0 and k % ALIGN == 0
     if not (fits and x.dtype == torch.bfloat16):  # per-row scales give bf16 only
         return type(self).forward(self, x)
-    y = _Base.apply(x, self, mode == "all" or (mode == "backward" and recompute.active()))
+    y = _Base.apply(x, self, mode == "all" or (mode == "backward" and _recomputing > 0))
     if self.bias is not None:
         y = y + self.bias.to(y.dtype)
     return y.reshape(*x.shape[:-1], n)
@@ -116,8 +142,8 @@ def _forward(self, mode: str, x: torch.Tensor) -> torch.Tensor:
 def use(model, mode: str = "all") -> int:
     """Let every bitsandbytes 4-bit layer of `model` multiply in FP8 as `mode` says; returns how many.
 
-    Mode "backward" needs torch's checkpoint to recompute with `context_fn=core.recompute.RECOMPUTE`; without it,
-    only the input gradients multiply in FP8."""
+    Mode "backward" needs torch's checkpoint to recompute with `context_fn=RECOMPUTE`; without it, only the
+    input gradients multiply in FP8."""
     import bitsandbytes as bnb
 
     from core.config import FP8_MODES

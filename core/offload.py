@@ -33,7 +33,7 @@ class Arena:
     """One block of pinned CPU memory handed out front to back; reset for every micro-batch."""
 
     def __init__(self, nbytes: int = 0, *, pin: bool = True):
-        self.pin, self.nbytes = pin, nbytes
+        self.pin = pin
         self.block: torch.Tensor | None = None
         self.offset = 0
         self._thread: threading.Thread | None = None

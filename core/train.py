@@ -251,8 +251,6 @@ def _train(cfg: TrainConfig, run: Path, data: Path, folder: str, status) -> dict
                                                           else "没有 GPU，无需转移（已忽略）")))
     # Pinned while the model loads, instead of during the first step.
     arena = parts.pinned_arena(work, folder) if cfg.offload_activations and dev.cuda else None
-    keep = cfg.keep_outputs and cfg.gradient_checkpointing and dev.cuda
-    pinned = parts.pinned_stash(work, folder, arena) if keep else None
     resume = saving.resume_point(run, tidy=main) if cfg.resume else None  # (checkpoint, its step, what was skipped)
     if resume:
         status.update(resumed_from=resume[0].name, warning=resume[2])
@@ -284,7 +282,7 @@ def _train(cfg: TrainConfig, run: Path, data: Path, folder: str, status) -> dict
     progress = Progress(run / "metrics.jsonl" if main else None, status, stop, log, dev, counter)
     guard = Guard(status, log, fp16=dev.fp16)  # after Progress: it has the last say on saving
     trainer = parts.build(work, parts.sft_args(work, run, dev, tracking, eval_rows is not None), model, tokenizer,
-                          train_rows, eval_rows, [progress, guard], counter, arena, pinned)
+                          train_rows, eval_rows, [progress, guard], counter, arena)
     counted = parts.count(trainer.model)
     log.info("trainable parameters: %s", counted, extra=logs.zh(f"可训练参数：{counted.replace(' of ', ' / ')}"))
     weights = trainer.trainable_bytes()

@@ -105,8 +105,7 @@ def used(cfg: TrainConfig, dev: Device) -> dict:
             "compute_dtype": str(dev.dtype).removeprefix("torch."),
             "liger_kernels": uses_liger(cfg, dev),
             "fp8_base": "off" if fp8_refused(cfg, dev) else cfg.fp8_base,
-            "offload_activations": cfg.offload_activations,
-            "keep_outputs": cfg.keep_outputs and cfg.gradient_checkpointing}
+            "offload_activations": cfg.offload_activations}
 
 
 def pinned_arena(cfg: TrainConfig, folder: str):
@@ -123,26 +122,6 @@ def pinned_arena(cfg: TrainConfig, folder: str):
         return Arena()  # the model load reports the problem in its own words
     need = arena_bytes(config, cfg.batch_size, cfg.max_seq_length)
     return Arena(min(need, psutil.virtual_memory().available // 2))
-
-
-def pinned_stash(cfg: TrainConfig, folder: str, arena):
-    """Start reserving the pinned CPU memory for the kept outputs (core.recompute, in a thread): what one micro-batch
-    could keep, within half of the free memory less the offloading's share."""
-    import psutil
-    from transformers import AutoConfig
-
-    from core.fit import STASH_HOST, shape, stash_bytes
-    from core.recompute import CHUNK, Pinned
-
-    try:
-        config = AutoConfig.from_pretrained(folder, trust_remote_code=cfg.trust_remote_code)
-    except (OSError, ValueError):
-        return Pinned(0)
-    room = psutil.virtual_memory().available // 2 - (arena.nbytes if arena is not None else 0)
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    widest = max(o for _, o in shape(text.to_dict())["dims"].values())
-    return Pinned(max(0, min(stash_bytes(config, cfg.batch_size, cfg.max_seq_length), room, STASH_HOST)),
-                  chunk=max(CHUNK, cfg.batch_size * cfg.max_seq_length * widest * 2))  # the largest output fits a chunk
 
 
 def tokenized(path: Path, tokenizer, cfg: TrainConfig):
@@ -266,7 +245,7 @@ def sft_args(cfg: TrainConfig, run: Path, dev: Device, tracking: list[str], eval
         warmup_steps=cfg.warmup_ratio,  # a float below 1 is a share of the steps
         optim=cfg.optim,
         max_grad_norm=cfg.max_grad_norm,
-        **_checkpointing(SFTConfig, cfg.gradient_checkpointing),
+        **_checkpointing(SFTConfig, cfg.gradient_checkpointing, cfg.fp8_base == "backward"),
         activation_offloading=False,  # core/offload.py instead (see build): it prefetches, and pins memory early
         fp16=dev.fp16,
         bf16=dev.dtype == torch.bfloat16,
@@ -296,22 +275,23 @@ def sft_args(cfg: TrainConfig, run: Path, dev: Device, tracking: list[str], eval
     )
 
 
-def _checkpointing(args_class, on: bool) -> dict:
-    """Recomputing activations, under the name this transformers knows (it became `activation_checkpointing`), with
-    core.recompute's context: the recomputation can then skip kept outputs and multiply in FP8 (core.fp8)."""
+def _checkpointing(args_class, on: bool, fp8_recompute: bool = False) -> dict:
+    """Recomputing activations, under the name this transformers knows (it became `activation_checkpointing`);
+    with `fp8_recompute`, the recomputed forward passes multiply in FP8 (core.fp8, mode "backward")."""
     import dataclasses
-
-    from core import recompute
 
     known = {f.name for f in dataclasses.fields(args_class)}
     name = "activation_checkpointing" if "activation_checkpointing" in known else "gradient_checkpointing"
-    return {name: on, f"{name}_kwargs": {"use_reentrant": False, "context_fn": recompute.RECOMPUTE}}
+    kwargs = {"use_reentrant": False}
+    if fp8_recompute:
+        from core import fp8
+
+        kwargs["context_fn"] = fp8.RECOMPUTE
+    return {name: on, f"{name}_kwargs": kwargs}
 
 
-def build(cfg: TrainConfig, args, model, tokenizer, train_rows, eval_rows, callbacks: list, counter, arena,
-          pinned=None):
-    """trl's SFTTrainer with our checkpoints (no pickles), callbacks, token counter, offloading (`arena`) and kept
-    outputs (`pinned`)."""
+def build(cfg: TrainConfig, args, model, tokenizer, train_rows, eval_rows, callbacks: list, counter, arena):
+    """trl's SFTTrainer with our checkpoints (no pickles), callbacks, token counter and offloading."""
     from transformers import PrinterCallback
 
     from core.checkpoints import trainer_class
@@ -320,26 +300,14 @@ def build(cfg: TrainConfig, args, model, tokenizer, train_rows, eval_rows, callb
     trainer = trainer_class()(model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows,
                               processing_class=tokenizer, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # Progress already writes one line per logging step
-    around = []  # entered around each micro-batch's forward and backward pass
     if arena is not None:
         from core.offload import Offload
 
-        around.append(Offload(arena))
-    if pinned is not None:
-        from core.recompute import Stash
-
-        stash = Stash(pinned)
-        layers = stash.attach(trainer.model)
-        log.info("keep_outputs: %d frozen layers' outputs can be kept for the backward pass (up to %.1f GiB of CPU "
-                 "memory)", layers, pinned.budget / 2**30,
-                 extra=logs.zh(f"keep_outputs：{layers} 个冻结层的输出可以留给反向传播（最多 {pinned.budget / 2**30:.1f} GiB 内存）"))
-        around.append(stash)
-    if around:
         if hasattr(trainer, "maybe_activation_offload_context"):
-            trainer.maybe_activation_offload_context = _Each(around)  # trl enters it around each micro-batch
+            trainer.maybe_activation_offload_context = Offload(arena)  # trl enters it around each micro-batch
         else:
-            log.warning("offload_activations, keep_outputs: this trl version has no place for them; activations stay "
-                        "on the GPU", extra=logs.zh("offload_activations、keep_outputs：这个版本的 trl 不支持它们；激活值留在 GPU 上"))
+            log.warning("offload_activations: this trl version has no place for it; activations stay on the GPU",
+                        extra=logs.zh("offload_activations：这个版本的 trl 不支持它；激活值留在 GPU 上"))
     # Packed rows stay separate rows (see core/packing.py); either way count the real tokens.
     counter.collator = PackedRows(tokenizer.pad_token_id) if cfg.packing else trainer.data_collator
     counter.model = trainer.model
@@ -350,23 +318,6 @@ def build(cfg: TrainConfig, args, model, tokenizer, train_rows, eval_rows, callb
             if p.requires_grad:
                 p.data = p.data.float()
     return trainer
-
-
-class _Each:
-    """Several context managers entered as one, again and again (trl enters one around each micro-batch)."""
-
-    def __init__(self, contexts: list):
-        self.contexts = contexts
-
-    def __enter__(self):
-        for c in self.contexts:
-            c.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        for c in reversed(self.contexts):
-            c.__exit__(*exc)
-        return False
 
 
 def count(model) -> str:

@@ -9,7 +9,7 @@ import torch
 
 bnb = pytest.importorskip("bitsandbytes")
 
-from core import fp8, recompute  # noqa: E402
+from core import fp8  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -136,7 +136,7 @@ def test_each_mode_multiplies_in_fp8_only_where_it_says(fp8_products, mode, forw
     ref_grad, x.grad = x.grad.clone(), None
 
     fp8.use(layers, mode)
-    loss = checkpointed_loss(layers, x, context_fn=recompute.RECOMPUTE)
+    loss = checkpointed_loss(layers, x, context_fn=fp8.RECOMPUTE)
     assert len(fp8_products) == forward
     loss.backward()
     assert len(fp8_products) == forward + backward
@@ -153,13 +153,13 @@ def test_an_unknown_mode_is_refused():
 
 
 def test_the_recompute_context_travels_in_the_training_arguments_and_they_still_serialize(tmp_path):
-    """A run hands torch's checkpoint core.recompute's context through trl's arguments, whatever the mode; wandb and
-    tensorboard record those arguments as JSON."""
+    """Mode "backward" hands torch's checkpoint its context through trl's arguments; wandb and tensorboard
+    record those arguments as JSON."""
     import json
 
-    for mode in ("backward", "off"):
-        kwargs, args = checkpoint_kwargs(mode, tmp_path)
-        assert kwargs["context_fn"] is recompute.RECOMPUTE and json.loads(args.to_json_string())
+    kwargs, args = checkpoint_kwargs("backward", tmp_path)
+    assert kwargs["context_fn"] is fp8.RECOMPUTE and json.loads(args.to_json_string())
+    assert "context_fn" not in checkpoint_kwargs("all", tmp_path)[0]
 
 
 def test_through_transformers_checkpointing_backward_mode_recomputes_in_fp8(fp8_products, tmp_path):

@@ -72,12 +72,10 @@ def test_a_run_records_the_settings_the_machine_made_of_its_config():
     tutorial = preset("tutorial", fp8_base="all")
     cpu = used(tutorial, Device("cpu", "LoRA float32 (no GPU)", "", False, torch.float32))
     assert cpu == {"quantization": "none", "double_quant": False, "compute_dtype": "float32", "liger_kernels": False,
-                   "fp8_base": "off", "offload_activations": False, "keep_outputs": False}
+                   "fp8_base": "off", "offload_activations": False}
     gpu = used(preset("default"), Device("cuda:0 NVIDIA H200", "4-bit NF4 (bf16 compute)", "", True, torch.bfloat16))
     assert gpu["quantization"] == "4bit" and gpu["double_quant"] is True and gpu["compute_dtype"] == "bfloat16"
-    assert gpu["offload_activations"] is True and gpu["fp8_base"] == "off" and gpu["keep_outputs"] is True
-    assert used(preset("default", gradient_checkpointing=False), Device("cuda:0", "", "", True, torch.bfloat16))[
-        "keep_outputs"] is False  # nothing is recomputed, so nothing to keep for it
+    assert gpu["offload_activations"] is True and gpu["fp8_base"] == "off"
 
 
 def test_the_settings_a_run_used_are_its_config_with_what_the_machine_changed(tmp_path):

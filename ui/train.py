@@ -24,7 +24,7 @@ BASIC = ("max_steps", "learning_rate", "batch_size", "grad_accum", "max_seq_leng
 PLACED = ("gpus",)  # next to the model, and only on a machine with several GPUs
 ADVANCED = tuple(f.name for f in fields(TrainConfig) if f.name not in HIDDEN + BASIC + PLACED)
 SETTINGS = BASIC + ADVANCED + PLACED
-GPU_ONLY = ("quantization", "double_quant", "liger_kernels", "fp8_base", "offload_activations", "keep_outputs")
+GPU_ONLY = ("quantization", "double_quant", "liger_kernels", "fp8_base", "offload_activations")
 
 
 def config(model, data, preset, name, *values) -> TrainConfig:
@@ -158,7 +158,7 @@ def _duration(took: float, language: str) -> str:
         return say("minutes", language, n=minutes)
     return say("hours", language, n=f"{took / 3600:.1f}")
 FIT = ("batch_size", "grad_accum", "max_seq_length", "lora_r", "target_modules", "quantization", "double_quant",
-       "compute_dtype", "packing", "gradient_checkpointing", "liger_kernels", "offload_activations", "keep_outputs")
+       "compute_dtype", "packing", "gradient_checkpointing", "liger_kernels", "offload_activations")
 OUT_OF_MEMORY = ("out of GPU memory", "out of system memory", "ran out of memory")
 
 
