@@ -391,6 +391,27 @@ def test_a_cpu_run_leaves_out_wandb_and_bitsandbytes_when_it_will_not_use_them(t
     assert said == [f"left out: False False {lean} {lean} {lean}"], done.stdout[-2000:]
 
 
+@pytest.mark.parametrize("once", [True, False])
+def test_a_command_maps_the_installed_distributions_once(once):
+    """trl and transformers each map every installed distribution when imported; a `python -m core` command maps
+    them once (seconds in an environment of many packages). The control, without it: twice. Each caller gets its
+    own copy of the map."""
+    import subprocess
+    import sys
+
+    code = ("import sys, importlib.metadata as m; scans = []; scan = m.packages_distributions; "
+            "m.packages_distributions = lambda: scans.append(1) or scan(); "
+            "from core.__main__ import _scan_once; sys.argv[1] == 'True' and _scan_once(); "
+            "import trl, transformers.utils.import_utils as iu; iu._candidate_distribution_names('torch'); "
+            "a, b = m.packages_distributions(), m.packages_distributions(); a['x'] = 1; "
+            "print('scans:', len(scans), 'x' in b, a.keys() - {'x'} == b.keys())")
+    done = subprocess.run([sys.executable, "-c", code, str(once)], capture_output=True, text=True, timeout=300,
+                          cwd=ROOT, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert done.returncode == 0, done.stderr[-2000:]
+    said = [line for line in done.stdout.splitlines() if line.startswith("scans:")]
+    assert said == [f"scans: {1 if once else 4} False True"], done.stdout[-2000:]
+
+
 @pytest.mark.slow
 def test_wandb_without_key_or_network_logs_offline(tmp_path):
     from core import paths
