@@ -26,8 +26,9 @@ COMMANDS = {
 
 def _scan_once() -> None:
     """transformers and trl each map every installed distribution to its import names when imported
-    (importlib.metadata.packages_distributions): 0.1 s in this project's own environment, 2.3 s a scan in one with
-    many packages (the GPU machine's, docs/BENCHMARKS.md). One command maps them once; each caller gets its own copy."""
+    (importlib.metadata.packages_distributions): 0.1 s in this project's own environment, 0.8 to 1.7 s a scan in one
+    with many packages (the GPU machine's, docs/BENCHMARKS.md). One command maps them once; each caller gets its own
+    copy."""
     import functools
     import importlib.metadata as metadata
 

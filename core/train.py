@@ -257,23 +257,24 @@ def _train(cfg: TrainConfig, run: Path, data: Path, folder: str, status) -> dict
     stop = StopFlag(run)
     stop.install()
 
+    tokenizer = models.load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+
     def rows():
-        tokenizer = models.load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
         train_rows = parts.tokenized(data / "train.jsonl", tokenizer, work)
         eval_rows = parts.tokenized(data / "eval.jsonl", tokenizer, work) if (data / "eval.jsonl").is_file() else None
         log.info("%d training rows%s", len(train_rows), f", {len(eval_rows)} eval rows" if eval_rows else "",
                  extra=logs.zh(f"{len(train_rows)} 行训练数据" + (f"，{len(eval_rows)} 行评估数据" if eval_rows else "")))
-        return tokenizer, train_rows, eval_rows
+        return train_rows, eval_rows
 
-    # The tokenizer loads and the rows are tokenized while the model loads (the tokenizer and the loading both let
-    # go of the GIL for most of their work).
+    # The rows are tokenized while the model loads (the tokenizer and the loading both let go of the GIL). Loading the
+    # tokenizer there too made the 13B's loading slower on an H200 (4.6-4.8 s became 4.8-7.3 s; docs/BENCHMARKS.md).
     with ThreadPoolExecutor(1, thread_name_prefix="tokenize") as pool:
         tokenizing = pool.submit(rows)
         loading = time.time()
         model = parts.load_model(work, folder, dev)
         took = time.time() - loading
         log.info("base model loaded in %.1f s", took, extra=logs.zh(f"基础模型加载用时 {took:.1f} 秒"))
-        tokenizer, train_rows, eval_rows = tokenizing.result()  # a problem with the rows is raised here, in its own words
+        train_rows, eval_rows = tokenizing.result()  # a problem with the rows is raised here, in its own words
 
     tracking = tracking_setup(cfg.report_to, cfg.wandb_project, run) if main else []
     if resume and main:  # the steps after the checkpoint are trained again: their old lines would be doubled in the chart
