@@ -6,10 +6,11 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
-STORY = "story.jsonl"  # a run's own lines for its reader, in English and Chinese (core.runs.story reads it)
+STORY = "story.jsonl"  # a job's own lines for its reader, in English and Chinese (core.runs.story reads it)
 
 
 def zh(text: str) -> dict:
@@ -28,12 +29,16 @@ class _Story(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             chinese = getattr(record, "zh", None) or (getattr(record.msg, "zh", None) if not record.args else None)
-            line = {"time": FORMAT.formatTime(record, "%H:%M:%S"), "level": record.levelname,
-                    "en": record.getMessage(), "zh": chinese}
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(line, ensure_ascii=False) + "\n")
+            tell(self.path, record.getMessage(), chinese, record.levelname, record.created)
         except Exception:
             self.handleError(record)
+
+
+def tell(path: Path, en: str, zh: str | None, level: str = "INFO", when: float | None = None) -> None:
+    """One line of a job's story (STORY) in both languages: time, level, en, zh (None: the reader gets the English)."""
+    line = {"time": time.strftime("%H:%M:%S", time.localtime(when)), "level": level, "en": en, "zh": zh}
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(line, ensure_ascii=False) + "\n")
 
 
 def story_to(path: Path) -> logging.Handler:

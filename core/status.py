@@ -27,6 +27,7 @@ import threading
 import time
 from pathlib import Path
 
+from core import logs
 from core.errors import Text
 
 FILE = "status.json"
@@ -130,14 +131,24 @@ def reporting(folder: Path, work, log, kind: str, log_name: str):
     """Run `work(progress)` as a job reporting in `folder`/status.json; returns (the Status, work's result).
 
     `folder` is where the panel keeps the job's status and log (run by hand, without it, the job
-    only prints). `progress(fraction, text)` prints a line and records it; a failure is written as
-    the job's last word, in words, and raised again.
+    only prints). `progress(fraction, text)` prints a line and records it (status.json, and the job's story in both
+    languages for the page: core.logs.STORY); a failure is written as the job's last word, in words, and raised again.
     """
     job = Status(folder if Path(folder).is_dir() else None)
+    story = Path(folder) / logs.STORY if job.path is not None else None
+
+    def tell(text: str, level: str = "INFO", before: str = "") -> None:
+        if story is not None:
+            chinese = getattr(text, "zh", None)
+            try:
+                logs.tell(story, before + str(text), chinese and before + chinese, level)
+            except OSError:  # the story is for the page; status.json and the log still say it
+                pass
 
     def progress(fraction: float, text: str) -> None:
         print(f"[{fraction:4.0%}] {text}", flush=True)
         job.update(state="running", progress=round(fraction, 3), message=text)
+        tell(text, before=f"[{fraction:4.0%}] ")
 
     try:
         return job, work(progress)
@@ -147,6 +158,7 @@ def reporting(folder: Path, work, log, kind: str, log_name: str):
             hint = Text(hint.replace("train.log", log_name), getattr(hint, "zh", hint).replace("train.log", log_name))
         job.last_word(log, state="failed", error=error, hint=hint or None,
                       ended=time.time())
+        tell(error, "ERROR")
         raise
 
 

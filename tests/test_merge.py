@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from test_train import core_cli, core_here, pickles, shared_merge, shared_run
 
+from core import runs
 from core.config import MergeConfig
 from core.errors import UserError
 from core.merge import job_folder, merge
@@ -82,6 +83,33 @@ def test_a_merge_started_by_the_panel_reports_progress_and_result_in_its_status(
     assert done["report"]["path"] == str(tmp_path / "m") and (tmp_path / "m" / "config.json").is_file()
     assert len(seen) >= 2, seen  # the stages (loading, merging, writing, …) arrived while it worked
     assert job.folder == str(job_folder(tmp_path / "m")) and (Path(job.folder) / "merge.log").is_file()
+    # The page's log: the job's own lines, in the reader's language.
+    chinese, english = runs.story(job.folder, 200, "zh"), runs.story(job.folder, 200, "en")
+    assert "正在逐个张量读取" in chinese and "合并后的模型已写入" in chinese and "reading" not in chinese, chinese
+    assert "reading default tensor by tensor" in english and "merged model written to" in english, english
+    assert "[100%]" in chinese.splitlines()[-1]
+
+
+def test_the_merge_tab_shows_the_jobs_lines_in_the_readers_language(tmp_path):
+    """While a job runs and when it has ended, the Merge tab's log is its story in the reader's language; a job with
+    no story yet shows the tail of its output."""
+    from core import logs
+    from ui import merge as tab
+
+    class Job:
+        folder, ticks = str(tmp_path), [True, False]
+
+        def alive(self):
+            return self.ticks.pop(0)
+
+        def log_tail(self, n):
+            return "raw output"
+
+    shown = [log for _, log in tab._follow(Job(), lambda: "", lambda: "", "zh")]
+    assert shown == ["raw output", "raw output"]
+    logs.tell(tmp_path / logs.STORY, "[ 50%] checking", "[ 50%] 正在核对")
+    Job.ticks = [False]
+    assert [log.split(" ", 1)[1] for _, log in tab._follow(Job(), lambda: "", lambda: "", "zh")] == ["[ 50%] 正在核对"]
 
 
 def test_refuses_an_existing_output_folder(tmp_path):

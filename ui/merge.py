@@ -110,7 +110,7 @@ def merge(request: gr.Request | None, run, base, out, dtype, base_weights="origi
     except UserError as e:
         yield warn(e, language=language), ""
         return
-    yield from _follow(job, lambda: progress_text(job.folder, language), lambda: result_text(job.folder))
+    yield from _follow(job, lambda: progress_text(job.folder, language), lambda: result_text(job.folder), language)
 
 
 # ---- export ----------------------------------------------------------------------------------
@@ -174,7 +174,7 @@ def export(request: gr.Request | None, model, out, quant):
         yield warn(e, language=language), ""
         return
     yield from _follow(job, lambda: export_progress_text(job.folder, language),
-                       lambda: export_result_text(job.folder, language))
+                       lambda: export_result_text(job.folder, language), language)
 
 
 def build() -> dict:
@@ -214,9 +214,13 @@ def build() -> dict:
     return {"run": run, "model": model, "relabel": (refresh, None, run)}
 
 
-def _follow(job, progress, result):
-    """(text, log) about once a second while the job runs, then the result."""
+def _follow(job, progress, result, language: str):
+    """(text, log) about once a second while the job runs, then the result. The log is the job's own lines in the
+    reader's language (its story), or the tail of its output where it has none yet."""
+    def log() -> str:
+        return runs.story(job.folder, 12, language) or job.log_tail(12)
+
     while job.alive():
-        yield progress(), job.log_tail(12)
+        yield progress(), log()
         time.sleep(1.0)
-    yield result(), job.log_tail(12)
+    yield result(), log()
