@@ -50,7 +50,7 @@ def cli(argv: list[str]) -> int:
                       hint=Text("start the same download again to continue where it stopped",
                                 "再次开始同一个下载即可从中断处继续") if cfg.kind == "model"
                       else Text("start it again to take a new sample", "请重新开始以抽取新的样本"))
-        print("stopped; the files downloaded so far are kept", flush=True)
+        print("stopped; the files downloaded so far are kept · 已停止；已下载的文件会保留", flush=True)
         os._exit(130)
 
     signal.signal(signal.SIGINT, stop)
