@@ -105,11 +105,11 @@ def test_the_merge_tab_shows_the_jobs_lines_in_the_readers_language(tmp_path):
         def log_tail(self, n):
             return "raw output"
 
-    shown = [log for _, log in tab._follow(Job(), lambda: "", lambda: "", "zh")]
+    shown = [log for _, log in tab.follow(Job(), lambda: "", lambda: "", "zh")]
     assert shown == ["raw output", "raw output"]
     logs.tell(tmp_path / logs.STORY, "[ 50%] checking", "[ 50%] 正在核对")
     Job.ticks = [False]
-    assert [log.split(" ", 1)[1] for _, log in tab._follow(Job(), lambda: "", lambda: "", "zh")] == ["[ 50%] 正在核对"]
+    assert [log.split(" ", 1)[1] for _, log in tab.follow(Job(), lambda: "", lambda: "", "zh")] == ["[ 50%] 正在核对"]
 
 
 def test_refuses_an_existing_output_folder(tmp_path):

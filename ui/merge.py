@@ -110,7 +110,7 @@ def merge(request: gr.Request | None, run, base, out, dtype, base_weights="origi
     except UserError as e:
         yield warn(e, language=language), ""
         return
-    yield from _follow(job, lambda: progress_text(job.folder, language), lambda: result_text(job.folder), language)
+    yield from follow(job, lambda: progress_text(job.folder, language), lambda: result_text(job.folder), language)
 
 
 # ---- export ----------------------------------------------------------------------------------
@@ -173,7 +173,7 @@ def export(request: gr.Request | None, model, out, quant):
     except UserError as e:
         yield warn(e, language=language), ""
         return
-    yield from _follow(job, lambda: export_progress_text(job.folder, language),
+    yield from follow(job, lambda: export_progress_text(job.folder, language),
                        lambda: export_result_text(job.folder, language), language)
 
 
@@ -214,7 +214,7 @@ def build() -> dict:
     return {"run": run, "model": model, "relabel": (refresh, None, run)}
 
 
-def _follow(job, progress, result, language: str):
+def follow(job, progress, result, language: str):
     """(text, log) about once a second while the job runs, then the result. The log is the job's own lines in the
     reader's language (its story), or the tail of its output where it has none yet."""
     def log() -> str:
