@@ -13,8 +13,8 @@ The mode (`core.config.FP8_MODES`) says which multiplications: "all" of them, or
 the backward pass ("backward": the input gradients and the recomputed forward pass, whose outputs
 only feed the gradients), where the forward pass that gives the loss stays bf16, as without FP8.
 On an H200 (docs/BENCHMARKS.md): "all" makes a 13B step about 16% faster but the embedded model's
-held-out loss worse; "backward" keeps that loss and makes a 13B step 6-8% faster, a 7B step 15-17%
-slower.
+held-out loss worse; "backward" keeps that loss and makes a 13B step 2-8% faster, a 7B step as fast or, in
+some processes, 15-17% slower.
 
 `use(model, mode)` swaps the forward of every bitsandbytes 4-bit layer, LoRA's base layers among
 them; the LoRA layers themselves stay in bf16. Anything this path cannot take (a row count that is
