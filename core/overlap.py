@@ -20,6 +20,8 @@ kernels changes, so the step gives the same bits (core.decode.Replayed.check com
 
 from __future__ import annotations
 
+import weakref
+
 # Operations that make no kernel: they describe a tensor (its shape, a view of its memory). Reading a side
 # stream's result through them does not need the result yet, so they neither wait nor follow.
 _SHAPES = frozenset({
@@ -76,7 +78,9 @@ def mode(sides: int = 2):
             self.forked: set[int] = set()  # side streams forked from the main one and not joined yet
             self.pending: dict[int, int] = {}  # memory -> the side stream that writes it, not waited for yet
             self.ready: dict = {}  # memory the main stream wrote in this recording -> an event recorded right after it
-            self.read: set[int] = set()  # inputs some linear layer already read
+            # Inputs some linear layer already read: memory -> the tensor, held weakly. Memory freed and handed out
+            # again within a recording (the next layer's norm where the last MLP's input was) is a new input.
+            self.read: dict[int, weakref.ref] = {}
             self.sided: set[int] = set()  # memory a side stream wrote in this recording
             self.reading: dict[int, set[int]] = {}  # memory -> side streams that read it, not waited for yet
             self.seen: set[int] = set()  # memory the main stream read or wrote in this recording
@@ -87,7 +91,7 @@ def mode(sides: int = 2):
             self.main = torch.cuda.current_stream()
             if not self.sides or self.sides[0].device != self.main.device:
                 self.sides = [torch.cuda.Stream(device=self.main.device) for _ in range(sides)]
-            self.forked, self.pending, self.read, self.ready = set(), {}, set(), {}
+            self.forked, self.pending, self.read, self.ready = set(), {}, {}, {}
             self.sided, self.reading, self.seen = set(), {}, set()
 
         def join(self, side: int | None = None) -> None:
@@ -112,7 +116,7 @@ def mode(sides: int = 2):
             self.forks += 1
             return out
 
-        def _beside(self, func, name: str, places: list[int], on: set[int]) -> int | None:
+        def _beside(self, func, name: str, places: list[int], on: set[int], ins: list) -> int | None:
             """The side stream an operation runs on, or None for the main stream."""
             if _in_place(name) and places[0] in self.seen:
                 # A side stream starts at an event, not at the main stream's end: it must not write what the main
@@ -120,8 +124,9 @@ def mode(sides: int = 2):
                 return None
             if not on and func is linear:
                 source = places[0]
-                if source not in self.read:
-                    self.read.add(source)
+                first = self.read.get(source)
+                if first is None or first() is None:
+                    self.read[source] = weakref.ref(ins[0])
                     return None
                 # Another projection of an input already projected: beside the first, from when its input was written.
                 free = next((s for s in range(len(self.sides)) if s not in self.forked), None)
@@ -149,7 +154,7 @@ def mode(sides: int = 2):
                 return func(*args, **kwargs)
             places = [_where(t) for t in ins]
             on = {self.pending[p] for p in places if p in self.pending}
-            side = self._beside(func, name, places, on)
+            side = self._beside(func, name, places, on, ins)
             if side is not None:
                 return self._on(side, func, args, kwargs, ins)
             for s in on:
