@@ -85,3 +85,11 @@ def test_a_wrong_hub_id_or_a_missing_mirror_address_is_one_line(home):
     said, _ = models.start("me/tiny", "huggingface", "", "../up", False)
     assert said.startswith("⚠️ Name:")
     assert models.stop(Request("en")) == SAY["en"]["dl_nothing"]
+
+
+def test_the_log_box_leaves_out_the_report_printed_for_a_terminal(home):
+    folder = write(home, state="finished", progress=1.0)
+    (folder / "download.log").write_text('[ 90%] me/tiny\n[100%] me/tiny\n{"path": "/x", "repo": "me/tiny"}\n',
+                                         encoding="utf-8")
+    assert models.log_text(folder) == "[ 90%] me/tiny\n[100%] me/tiny"
+    assert models.log_text(None) == ""

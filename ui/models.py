@@ -143,16 +143,21 @@ def poll(seen: str, request: gr.Request = None):
     language = lang(request)
     folder = shown()
     state = status.read(folder)["state"] if folder else ""
-    log = _log(folder)
+    log = log_text(folder)
     live = state in status.LIVE
     fresh = table(request) if state == "finished" and seen != "finished" else gr.update()
     return progress_html(folder, language), log, fresh, state, gr.Timer(active=live)
 
 
-def _log(folder: Path | None) -> str:
+def log_text(folder: Path | None) -> str:
+    """The download's last lines as its log box shows them: without the JSON report printed for a terminal at the
+    end (the progress above the box says how it ended, in the reader's language)."""
     from core import runs
 
-    return runs.log_tail(folder / "download.log", 12) if folder else ""
+    if not folder:
+        return ""
+    lines = runs.log_tail(folder / "download.log", 13).splitlines()
+    return "\n".join(line for line in lines if not line.startswith("{"))
 
 
 def start(repo, source, endpoint, name, allow_bin, kind="model", rows=1000, request: gr.Request = None):
@@ -182,7 +187,7 @@ def reattach(request: gr.Request = None):
     """
     folder = shown()
     live = bool(folder) and status.read(folder)["state"] in status.LIVE
-    return gpu_note(request), progress_html(folder, lang(request)), _log(folder), gr.Timer(active=live)
+    return gpu_note(request), progress_html(folder, lang(request)), log_text(folder), gr.Timer(active=live)
 
 
 def relabel(request: gr.Request = None):
