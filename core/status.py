@@ -146,9 +146,10 @@ def reporting(folder: Path, work, log, kind: str, log_name: str):
                 pass
 
     def progress(fraction: float, text: str) -> None:
-        print(f"[{fraction:4.0%}] {text}", flush=True)
+        share = f"[{fraction:4.0%}] "
+        print(f"{share}{text}", flush=True)
         job.update(state="running", progress=round(fraction, 3), message=text)
-        tell(text, before=f"[{fraction:4.0%}] ")
+        tell(text, before=share)
 
     try:
         return job, work(progress)
