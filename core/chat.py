@@ -8,7 +8,6 @@ Replies stream: generation runs in a background thread and the growing text is y
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import os
 import queue
@@ -22,6 +21,7 @@ from collections.abc import Iterator
 from core import gpus, models
 from core.config import GenerationConfig, Parser, add_arguments
 from core.errors import UserError
+from core.gpus import release_memory
 from core.logs import quiet
 from core.template import Template, reply_text
 
@@ -69,6 +69,7 @@ class Chat:
         numbers): one GPU to load the model on, or two or more to spread it over (core.models.load_for_inference).
         """
         self.close()
+        release_memory()  # what an earlier model or training run in this process left to the collector counts as free
         if decoder is not None and decoder not in DECODERS:
             raise ValueError(f"decoder: {decoder!r} is not one of {', '.join(DECODERS)}")
         self.fitted = {}  # on a GPU: the precision chosen and the numbers behind it (core.fit)
@@ -83,7 +84,7 @@ class Chat:
                 # The half-loaded model lives on in the traceback's frames (out of memory halfway, say): clear
                 # them, or its GPU memory stays taken for as long as anyone holds the exception.
                 traceback.clear_frames(e.__traceback__)
-                _free_memory()
+                release_memory()
                 raise
             self.template = _template(record, self.tokenizer)
             if self.model.device.type == "cuda":
@@ -122,7 +123,7 @@ class Chat:
                     except Exception as e:  # a model whose step cannot be recorded: the compiled loop, which can
                         self._loop, note = None, f"{type(e).__name__}: {' '.join(str(e).split())[:120]}"
                         log.info("replayed steps not used (overlap %s)", overlap, exc_info=True)
-                        _free_memory()  # what half-recorded graphs held
+                        release_memory()  # what half-recorded graphs held
                 if self._loop is None:
                     self.decoder, self.replay_note = "loop", note
             if self.decoder == "loop":
@@ -270,7 +271,7 @@ class Chat:
         release(model)
         del model
         self.compiled = 0
-        _free_memory()
+        release_memory()
 
     def _submit(self, fn, *args) -> None:
         """Run `fn` on this chat's own generation thread.
@@ -365,29 +366,6 @@ def _forget_compiled() -> None:
 
         torch.compiler.reset()
     except Exception:  # pragma: no cover - nothing compiled, nothing to drop
-        pass
-
-
-def _free_memory() -> None:
-    """Collect what nothing references any more, then give the GPU's cached blocks back to the driver."""
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            # Each GPU that holds memory here: a bare synchronize() would start a context on GPU 0 even where the
-            # model was on another (a training run's, say).
-            for index in range(torch.cuda.device_count()):
-                if torch.cuda.memory_reserved(index):
-                    torch.cuda.synchronize(index)
-            # cuBLAS keeps a workspace (32 MiB on an H200) for each thread's stream, and the one of the chat's
-            # thread sat in the segment transformers reserves for the whole model at load: that one small block
-            # kept the whole segment, 12.8 GiB of an 8-bit 13B, reserved after close (H200).
-            clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
-            if clear is not None:
-                clear()
-            torch.cuda.empty_cache()
-    except ImportError:  # pragma: no cover
         pass
 
 

@@ -116,20 +116,27 @@ def any_tokenizer():
         return AutoTokenizer.from_pretrained(os.environ["QLORA_STUDIO_GPU_TOKENIZER"])
 
 
+_BUILT: dict[str, str] = {}  # folder name -> the folder built for it in this test session
+
+
 def _random_llama(tokenizer, folder, **shape):
     """A randomly initialised Llama of a real shape (weights do not change the cost), with the tokenizer.
 
-    With QLORA_STUDIO_GPU_MODELS set, a folder of that name there is used as it is (the benchmark
-    builds the same shapes; writing 26 GB twice would only cost time)."""
+    Built once a test session for each folder name: the modules that share a shape share its folder (a second
+    13B copy filled the GPU machine's 64 GB disk). With QLORA_STUDIO_GPU_MODELS set, a folder of that name there
+    is used as it is (the benchmark builds the same shapes; writing 26 GB twice would only cost time)."""
     import os
     from pathlib import Path
 
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    built = Path(os.environ.get("QLORA_STUDIO_GPU_MODELS", "/nonexistent")) / Path(folder).name
+    name = Path(folder).name
+    built = Path(os.environ.get("QLORA_STUDIO_GPU_MODELS", "/nonexistent")) / name
     if (built / "config.json").is_file():
         return str(built)
+    if name in _BUILT and (Path(_BUILT[name]) / "config.json").is_file():
+        return _BUILT[name]
 
     cfg = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id,
                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **shape)
@@ -140,6 +147,7 @@ def _random_llama(tokenizer, folder, **shape):
     tokenizer.save_pretrained(folder)
     del model
     torch.cuda.empty_cache()
+    _BUILT[name] = str(folder)
     return str(folder)
 
 

@@ -497,3 +497,28 @@ def test_a_run_shorter_than_logging_steps_still_shows_its_first_and_last_step(tm
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 3], lines
     assert lines[0]["tokens_per_second"] > 0 and lines[0]["remaining"] is not None and lines[-1]["loss"] > 0
+
+
+def test_a_finished_run_leaves_its_model_to_nobody(tmp_path):
+    """train() in a process that goes on (a test, a script) hands its model's memory back on return: the model and
+    its trainer hold each other, and on a GPU the 13B's 10 GB stayed taken until the collector happened to run, so a
+    chat loaded next in that process chose 4-bit where 8-bit fitted (H200)."""
+    import gc
+
+    import torch
+
+    from core.train import train
+
+    def models() -> int:
+        return sum(issubclass(type(o), torch.nn.Module) and type(o).__name__.endswith("ForCausalLM") for o in gc.get_objects())
+
+    gc.collect()
+    before = models()
+    gc.disable()  # only train() itself may collect
+    try:
+        result = train(preset("default", data=str(identity_dataset()), out=str(tmp_path / "run"), max_steps=1, **FAST))
+        after = models()
+    finally:
+        gc.enable()
+    assert result["state"] == "finished", result
+    assert after == before, (before, after)
