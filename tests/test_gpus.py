@@ -67,3 +67,22 @@ def test_the_gpus_of_the_running_training(monkeypatch, tmp_path):
         assert jobs.training_gpus() == expected, picked
     monkeypatch.setattr(jobs, "current", lambda which=jobs.WORK: SimpleNamespace(kind="merge", folder=str(run)))
     assert jobs.training_gpus() == set()
+
+
+def test_giving_memory_back_never_hides_how_a_run_ended(monkeypatch):
+    """A GPU in an error state fails every CUDA call: release_memory (a training run's last act, a chat's first)
+    logs that instead of raising over the run's own result."""
+    import torch
+
+    calls = []
+
+    def broken(index=None):
+        calls.append(index)
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda index=None: 1)
+    monkeypatch.setattr(torch.cuda, "synchronize", broken)
+    gpus.release_memory()
+    assert calls == [0]
