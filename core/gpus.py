@@ -10,6 +10,8 @@ left alone: the launcher gives each process its card.
 Training on two or more GPUs is data-parallel: the job is torch's own launcher (torchrun) with
 one process per chosen GPU, each seeing all the chosen cards and taking the one of its local
 rank. Rank 0 alone writes the run's files; the others train and stay quiet.
+
+`release_memory` gives the GPU memory of what a process let go of back to the driver (after a run, before a load).
 """
 
 from __future__ import annotations
