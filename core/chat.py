@@ -69,7 +69,6 @@ class Chat:
         numbers): one GPU to load the model on, or two or more to spread it over (core.models.load_for_inference).
         """
         self.close()
-        release_memory()  # what an earlier model or training run in this process left to the collector counts as free
         if decoder is not None and decoder not in DECODERS:
             raise ValueError(f"decoder: {decoder!r} is not one of {', '.join(DECODERS)}")
         self.fitted = {}  # on a GPU: the precision chosen and the numbers behind it (core.fit)

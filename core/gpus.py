@@ -11,13 +11,16 @@ Training on two or more GPUs is data-parallel: the job is torch's own launcher (
 one process per chosen GPU, each seeing all the chosen cards and taking the one of its local
 rank. Rank 0 alone writes the run's files; the others train and stay quiet.
 
-`release_memory` gives the GPU memory of what a process let go of back to the driver (after a run, before a load).
+`release_memory` gives the GPU memory of what a process let go of back to the driver (when a run ends, when a chat closes).
 """
 
 from __future__ import annotations
 
+import gc
+import logging
 import os
 import re
+import sys
 
 from core.errors import Text, UserError
 
@@ -171,12 +174,8 @@ def release_memory() -> None:
     A model let go of is often still held by a reference cycle (a finished training run's model and trainer, a
     closed chat's) until the collector runs: until then its GPU memory counts as taken, in this process's fit
     checks too. torch is not imported for it: a process that never used torch holds no GPU memory. It never raises:
-    a GPU left in an error state (a failed kernel fails every later call) must not hide how a run or a load ended.
+    a GPU left in an error state (a failed kernel fails every later call) must not hide how a run or a chat ended.
     """
-    import gc
-    import logging
-    import sys
-
     gc.collect()
     torch = sys.modules.get("torch")
     if torch is None or not torch.cuda.is_available():

@@ -70,7 +70,7 @@ def test_the_gpus_of_the_running_training(monkeypatch, tmp_path):
 
 
 def test_giving_memory_back_never_hides_how_a_run_ended(monkeypatch):
-    """A GPU in an error state fails every CUDA call: release_memory (a training run's last act, a chat's first)
+    """A GPU in an error state fails every CUDA call: release_memory (a training run's last act, a closing chat's)
     logs that instead of raising over the run's own result."""
     import torch
 
